@@ -1,0 +1,70 @@
+cdef inline unsigned int unpack_be32(const unsigned char* p) nogil:
+    return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
+
+
+cdef inline void pack_be32(unsigned char* p, unsigned int v) nogil:
+    p[0] = (v >> 24) & 0xff
+    p[1] = (v >> 16) & 0xff
+    p[2] = (v >> 8) & 0xff
+    p[3] = v & 0xff
+
+
+cdef class PgFrameReader(FrameReader):
+
+    def __cinit__(self):
+        self.header_size = 5
+
+    cdef int parse_header(self, const unsigned char* p) except -1:
+        cdef unsigned int length = unpack_be32(p + 1)
+        # The length counts itself, so anything below 4 is nonsense; above 2^31 is not a
+        # length any server or client produces.
+        if length < 4 or length > 0x7ffffffb:
+            raise FrameError(f"invalid length {length} in message of type {chr(p[0])!r}")
+        self.cur_kind = <char>p[0]
+        self.cur_size = <Py_ssize_t>length + 1
+        return 0
+
+
+cdef class PgFramer(PgFrameReader):
+    """Feed bytes as they arrive; get back the whole messages they complete.
+
+    >>> f = PgFramer(); f.feed_messages(b"Z\\x00\\x00\\x00\\x05I")
+    [('Z', b'I')]
+    """
+
+    def __init__(self, Py_ssize_t max_size=0x7fffffff, bint inspect_all=True):
+        if max_size < 5:
+            raise ValueError("max_size must be at least 5")
+        self.max_size = max_size
+        self.inspect_all = inspect_all
+        self.messages = []
+
+    cdef int on_header(self, char kind, Py_ssize_t size) except -1:
+        self.count += 1
+        return INSPECT if self.inspect_all else FORWARD
+
+    cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
+        self.messages.append((chr(<unsigned char>kind), msg[5:size]))
+        return None
+
+    def feed_messages(self, data):
+        """Return [(type, body)] for the messages this chunk completes."""
+        self.messages = []
+        self.feed(data)
+        return self.messages
+
+    def feed_forward(self, data):
+        """Walk the chunk as the relay's forward path does; return the pieces it would write."""
+        self.feed(data)
+        return self.out
+
+    @property
+    def message_count(self):
+        return self.count
+
+    @property
+    def pending(self):
+        """Bytes of an unfinished message buffered or awaited (0 at a message boundary)."""
+        if self.held is not None:
+            return self.held_need - len(self.held)
+        return self.skip + self.hdr_have

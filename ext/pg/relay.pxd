@@ -1,0 +1,62 @@
+# The relay: a session after authentication. Two protocol objects (one per socket) share a
+# Relay; bytes are framed in place and written to the other side, usually as the very chunk
+# that arrived. Python is entered only for a statement that policy must judge and for events
+# (close, block).
+
+cdef enum:
+    RTT_RING = 64          # pipelined units (Query or Sync) whose send time we remember
+    RTT_BUCKETS = 15
+
+
+cdef class ConnStats:
+    # Counters for one configured connection, summed over its sessions; read at scrape time.
+    cdef public unsigned long long bytes_from_client
+    cdef public unsigned long long bytes_from_upstream
+    cdef public unsigned long long queries         # simple-protocol Query messages
+    cdef public unsigned long long executes        # extended-protocol Execute messages
+    cdef public unsigned long long rtt_count       # units timed (Query/Sync -> ReadyForQuery)
+    cdef public double rtt_sum
+    cdef unsigned long long rtt_buckets[RTT_BUCKETS]
+
+    cdef void observe_rtt(self, double seconds) noexcept
+
+
+cdef class Relay:
+    cdef:
+        readonly ClientSide client
+        readonly UpstreamSide upstream
+        object client_tr
+        object upstream_tr
+        ConnStats stats
+        public object policy           # None, or .check(bytes) -> verdict or None
+        public object events           # Python object told about blocks, logs and the close
+        readonly str close_reason
+        bint closed
+        readonly double last_activity   # monotonic seconds
+        readonly bint in_copy_in        # client is streaming COPY data
+
+        # Round-trip timing: send time of each unit in flight, oldest first.
+        double sent_at[RTT_RING]
+        unsigned int sent_head          # next to pop
+        unsigned int sent_tail          # next to push
+        readonly unsigned long long units_sent   # Query + Sync messages forwarded
+        readonly unsigned long long units_done   # ReadyForQuery messages received
+        readonly char tx_status
+
+        # Blocked statements replaced by a marker statement that makes the upstream fail
+        # exactly where the blocked one would have; its error is rewritten on the way back.
+        list rewrites                   # [(unit, marker bytes, error message bytes)]
+        bytes marker_prefix
+        unsigned long long marker_seq
+
+    cdef int _close(self, str reason, object notify_client) except -1
+    cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size)
+
+
+cdef class ClientSide(PgFrameReader):
+    cdef Relay relay
+
+
+cdef class UpstreamSide(PgFrameReader):
+    cdef Relay relay

@@ -1,0 +1,306 @@
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from libc.string cimport memchr
+
+
+cdef inline double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+# Upper bounds of the statement round-trip histogram, in seconds (+Inf is the last bucket).
+RTT_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+cdef double _rtt_bounds[14]
+for _i, _b in enumerate(RTT_BOUNDS):
+    _rtt_bounds[_i] = _b
+
+cdef bytes TERMINATE = b"X\x00\x00\x00\x04"
+
+
+def error_response(str severity, str code, str message, str detail=None, str hint=None):
+    """An ErrorResponse (or, with severity NOTICE/WARNING, still 'E' -- use notice_response)."""
+    return _fields_message(b"E", severity, code, message, detail, hint)
+
+
+def notice_response(str severity, str code, str message, str detail=None, str hint=None):
+    return _fields_message(b"N", severity, code, message, detail, hint)
+
+
+cdef bytes _fields_message(bytes kind, str severity, str code, str message, str detail, str hint):
+    cdef list parts = [b"S", severity.encode(), b"\x00", b"V", severity.encode(), b"\x00",
+                       b"C", code.encode(), b"\x00", b"M", message.encode(), b"\x00"]
+    if detail:
+        parts += [b"D", detail.encode(), b"\x00"]
+    if hint:
+        parts += [b"H", hint.encode(), b"\x00"]
+    parts.append(b"\x00")
+    cdef bytes body = b"".join(parts)
+    return kind + (len(body) + 4).to_bytes(4, "big") + body
+
+
+cdef class ConnStats:
+    """Counters of one configured connection, summed over its sessions (C ints, no locks:
+    each worker process is one thread)."""
+
+    cdef void observe_rtt(self, double seconds) noexcept:
+        cdef int i
+        self.rtt_count += 1
+        self.rtt_sum += seconds
+        for i in range(14):
+            if seconds <= _rtt_bounds[i]:
+                self.rtt_buckets[i] += 1
+                return
+        self.rtt_buckets[14] += 1
+
+    def rtt_histogram(self):
+        """Cumulative bucket counts [(upper bound, count)], +Inf last, and the sum."""
+        cdef unsigned long long acc = 0
+        out = []
+        for i in range(15):
+            acc += self.rtt_buckets[i]
+            out.append((RTT_BOUNDS[i] if i < 14 else float("inf"), acc))
+        return out, self.rtt_sum
+
+
+cdef class Relay:
+    """One authenticated session: client transport <-> upstream transport."""
+
+    def __init__(self, ConnStats stats, object policy=None, object events=None,
+                 Py_ssize_t max_message_size=64 * 1024 * 1024, bytes marker_prefix=b"hoopwire_blocked"):
+        self.stats = stats
+        self.policy = policy
+        self.events = events
+        self.client = ClientSide.__new__(ClientSide)
+        self.client.relay = self
+        self.client.max_size = max_message_size + 1
+        self.upstream = UpstreamSide.__new__(UpstreamSide)
+        self.upstream.relay = self
+        self.rewrites = []
+        self.marker_prefix = marker_prefix
+        self.tx_status = b"I"[0]
+        self.last_activity = monotonic()
+
+    def start(self, client_tr, upstream_tr, bytes client_pending=b"", bytes upstream_pending=b""):
+        """Take over both transports (after startup); feed bytes the startup phase read ahead."""
+        self.client_tr = client_tr
+        self.upstream_tr = upstream_tr
+        client_tr.set_protocol(self.client)
+        upstream_tr.set_protocol(self.upstream)
+        if upstream_pending:
+            self.upstream.data_received(upstream_pending)
+        if client_pending:
+            self.client.data_received(client_pending)
+        if not self.closed:
+            client_tr.resume_reading()
+            upstream_tr.resume_reading()
+
+    def idle_seconds(self):
+        return monotonic() - self.last_activity
+
+    def shutdown(self, str reason, bytes notify_client=None):
+        """Close the session from outside (idle timeout, gateway stopping)."""
+        self._close(reason, notify_client)
+
+    @property
+    def is_closed(self):
+        return self.closed
+
+    cdef int _close(self, str reason, object notify_client) except -1:
+        if self.closed:
+            return 0
+        self.closed = True
+        self.close_reason = reason
+        if self.client_tr is not None and not self.client_tr.is_closing():
+            # Injected bytes must not land in the middle of a message the client is reading.
+            if notify_client is not None and self.upstream.skip == 0 and self.upstream.held is None \
+                    and self.upstream.hdr_have == 0:
+                self.client_tr.write(notify_client)
+            self.client_tr.close()
+        if self.upstream_tr is not None and not self.upstream_tr.is_closing():
+            if reason != "client_terminate" and self.client.skip == 0 and self.client.held is None \
+                    and self.client.hdr_have == 0:
+                self.upstream_tr.write(TERMINATE)
+            self.upstream_tr.close()
+        if self.events is not None:
+            self.events.session_closed(self, reason)
+        return 0
+
+    cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size):
+        """Policy on a Query or Parse: None to forward, or the bytes to send instead."""
+        cdef const unsigned char* body = msg + 5
+        cdef Py_ssize_t blen = size - 5
+        cdef const unsigned char* end
+        cdef bytes name = b""
+        cdef bytes sql
+        if kind == b"P"[0]:
+            end = <const unsigned char*>memchr(body, 0, blen)
+            if end == NULL:
+                raise FrameError("malformed Parse message")
+            name = body[:end - body]
+            blen -= (end - body) + 1
+            body = end + 1
+        end = <const unsigned char*>memchr(body, 0, blen)
+        if end == NULL:
+            raise FrameError("malformed Query or Parse message")
+        sql = body[:end - body]
+        verdict = self.policy.check(sql)
+        if verdict is None:
+            return None
+        if verdict.action != "block":
+            if self.events is not None:
+                self.events.statement_matched(self, verdict, sql)
+            return None
+        # Replace the statement by one the upstream must reject: the upstream then fails the
+        # transaction, skips to Sync and reports ReadyForQuery exactly as if the blocked
+        # statement had failed, so ordering and transaction state stay the server's own.
+        self.marker_seq += 1
+        marker = self.marker_prefix + str(self.marker_seq).encode()
+        if kind == b"Q"[0]:
+            unit = self.units_sent          # this Query's own ReadyForQuery
+            body_out = marker + b"\x00"
+        else:
+            unit = self.units_sent + 1      # the next Sync's ReadyForQuery
+            body_out = name + b"\x00" + marker + b"\x00\x00\x00"
+        err = error_response("ERROR", "42501",
+                             f"statement blocked by hoopwire rule \"{verdict.rule}\""
+                             + (f": {verdict.message}" if verdict.message else ""))
+        self.rewrites.append((unit, marker, err))
+        if self.events is not None:
+            self.events.statement_blocked(self, verdict, sql)
+        return bytes((kind,)) + (len(body_out) + 4).to_bytes(4, "big") + body_out
+
+    cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size):
+        """An upstream ErrorResponse while a blocked statement is pending: ours, or genuine?"""
+        cdef bytes raw = msg[:size]
+        for i, (unit, marker, err) in enumerate(self.rewrites):
+            if marker in raw:
+                del self.rewrites[i]
+                return err
+        return None
+
+
+cdef class ClientSide(PgFrameReader):
+    """The client's socket: messages towards the upstream."""
+
+    cdef int on_header(self, char kind, Py_ssize_t size) except -1:
+        cdef Relay r = self.relay
+        if kind == b"Q"[0] or kind == b"S"[0]:
+            r.units_sent += 1
+            if r.sent_tail - r.sent_head < RTT_RING:
+                r.sent_at[r.sent_tail % RTT_RING] = r.last_activity
+                r.sent_tail += 1
+            if kind == b"Q"[0]:
+                r.stats.queries += 1
+                return INSPECT if r.policy is not None else FORWARD
+        elif kind == b"E"[0]:
+            r.stats.executes += 1
+        elif kind == b"P"[0]:
+            return INSPECT if r.policy is not None else FORWARD
+        elif kind == b"X"[0]:
+            r.close_reason = "client_terminate"
+        return FORWARD
+
+    cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
+        return self.relay._judge(kind, msg, size)
+
+    # asyncio protocol
+
+    def connection_made(self, transport):
+        pass
+
+    def data_received(self, data):
+        cdef Relay r = self.relay
+        r.last_activity = monotonic()
+        r.stats.bytes_from_client += len(data)
+        try:
+            self.feed(data)
+        except FrameError as e:
+            r._close("client_protocol_error", error_response("FATAL", e.code, str(e)))
+            return
+        except Exception as e:
+            r._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
+            raise
+        if r.closed:
+            return
+        out = self.out
+        if len(out) == 1:
+            r.upstream_tr.write(out[0])
+        elif out:
+            r.upstream_tr.writelines(out)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        cdef Relay r = self.relay
+        r._close(r.close_reason or ("client_closed" if exc is None else "client_error"), None)
+
+    def pause_writing(self):
+        # The client reads slower than the upstream produces: stop reading the upstream.
+        self.relay.upstream_tr.pause_reading()
+
+    def resume_writing(self):
+        if not self.relay.closed:
+            self.relay.upstream_tr.resume_reading()
+
+
+cdef class UpstreamSide(PgFrameReader):
+    """The upstream's socket: messages towards the client."""
+
+    cdef int on_header(self, char kind, Py_ssize_t size) except -1:
+        if kind == b"Z"[0]:
+            return INSPECT      # six bytes: its status ends a unit
+        if kind == b"E"[0] and self.relay.rewrites:
+            return INSPECT
+        return FORWARD
+
+    cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
+        cdef Relay r = self.relay
+        cdef unsigned long long done
+        if kind == b"Z"[0]:
+            if size >= 6:
+                r.tx_status = msg[5]
+            r.units_done += 1
+            if r.sent_head < r.sent_tail:
+                r.stats.observe_rtt(monotonic() - r.sent_at[r.sent_head % RTT_RING])
+                r.sent_head += 1
+            if r.rewrites:
+                done = r.units_done
+                r.rewrites = [w for w in r.rewrites if w[0] > done]
+            return None
+        if kind == b"E"[0]:
+            return r._rewrite_error(msg, size)
+        return None
+
+    def connection_made(self, transport):
+        pass
+
+    def data_received(self, data):
+        cdef Relay r = self.relay
+        r.last_activity = monotonic()
+        r.stats.bytes_from_upstream += len(data)
+        try:
+            self.feed(data)
+        except FrameError as e:
+            r._close("upstream_protocol_error",
+                     error_response("FATAL", "08P01", "protocol violation from the upstream server"))
+            return
+        out = self.out
+        if len(out) == 1:
+            r.client_tr.write(out[0])
+        elif out:
+            r.client_tr.writelines(out)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.relay._close("upstream_closed", error_response(
+            "FATAL", "08006", "the upstream server closed the connection"))
+
+    def pause_writing(self):
+        self.relay.client_tr.pause_reading()
+
+    def resume_writing(self):
+        if not self.relay.closed:
+            self.relay.client_tr.resume_reading()

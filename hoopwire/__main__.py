@@ -1,0 +1,5 @@
+import sys
+
+from hoopwire.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""The `hoopwire` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from hoopwire import __version__
+
+__all__ = ["main"]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # prometheus-client picks its multiprocess mode when metrics are created, so the
+        # directory must exist before hoopwire.metrics is imported.
+        import tempfile
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hoopwire-metrics-")
+    from hoopwire.server import run
+    return run(args.config, args.workers)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from hoopwire.config import ConfigError, load_config
+    from hoopwire.server import build_policies
+    try:
+        config = load_config(args.file)
+        build_policies(config)
+    except ConfigError as e:
+        for line in e.lines():
+            print(f"{args.file}: {line}", file=sys.stderr)
+        print(f"{len(e.problems)} error(s)", file=sys.stderr)
+        return 1
+    names = ", ".join(f"{c.name} ({c.protocol} on {c.listen[0]}:{c.listen[1]})" for c in config.connections)
+    print(f"{args.file}: ok -- {len(config.connections)} connection(s): {names}")
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from hoopwire.identity.devtoken import create_dev_key, mint_token
+    from hoopwire.config import parse_duration
+    if args.create_key or not os.path.exists(args.key):
+        if not args.create_key:
+            print(f"no key at {args.key}: pass --create-key to make a development key there",
+                  file=sys.stderr)
+            return 1
+        jwks = create_dev_key(args.key, kid=args.kid)
+        print(f"development key written to {args.key}; its JWKS (for jwks_uri = \"file://"
+              f"{os.path.abspath(jwks)}\") to {jwks}", file=sys.stderr)
+        if not args.subject:
+            return 0
+    if not args.subject:
+        print("--subject is required to mint a token", file=sys.stderr)
+        return 1
+    groups = [g for g in (args.groups or "").split(",") if g]
+    token = mint_token(args.key, issuer=args.issuer, audience=args.audience, subject=args.subject,
+                       groups=groups, ttl=parse_duration(args.ttl), kid=args.kid)
+    print(token)
+    return 0
+
+
+def _cmd_hash_key(args: argparse.Namespace) -> int:
+    from hoopwire.config import hash_api_key
+    key = args.key if args.key is not None else sys.stdin.readline().rstrip("\r\n")
+    print(hash_api_key(key))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hoopwire.demo import main as demo_main
+    return demo_main(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hoopwire", description="Identity-aware, inspecting gateway "
+                                "for machine access to production data.")
+    p.add_argument("--version", action="version", version=f"hoopwire {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", required=True, help="the TOML configuration file")
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes sharing each port (SO_REUSEPORT); default 1")
+    s.set_defaults(func=_cmd_serve)
+
+    c = sub.add_parser("check-config", help="validate a configuration file; print every error")
+    c.add_argument("file")
+    c.set_defaults(func=_cmd_check_config)
+
+    t = sub.add_parser("token", help="DEVELOPMENT HELPER: mint a JWT from a local key (demos, tests)",
+                       description="Development helper, not for production identities: signs an "
+                       "ES256 JWT with a local key so demos and tests have a token. Production tokens "
+                       "come from your identity provider.")
+    t.add_argument("--key", default="hoopwire-dev-key.pem", help="the private key (PEM)")
+    t.add_argument("--create-key", action="store_true",
+                   help="create the key and KEY.jwks.json (the JWKS to configure as jwks_uri)")
+    t.add_argument("--kid", default="dev")
+    t.add_argument("--issuer", default="https://hoopwire.dev.local")
+    t.add_argument("--audience", default="hoopwire")
+    t.add_argument("--subject", help="the identity, e.g. agent-7")
+    t.add_argument("--groups", help="comma-separated groups, e.g. agents,analysts")
+    t.add_argument("--ttl", default="15m", help="lifetime, e.g. 15m (default)")
+    t.set_defaults(func=_cmd_token)
+
+    h = sub.add_parser("hash-key", help="print the sha256 to store for an API key")
+    h.add_argument("key", nargs="?", help="the key (read from stdin when omitted)")
+    h.set_defaults(func=_cmd_hash_key)
+
+    d = sub.add_parser("demo", help="run hoopwire in front of a throwaway PostgreSQL and show an "
+                       "agent's session")
+    d.add_argument("--keep", action="store_true", help="keep running until Ctrl-C after the demo")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,613 @@
+"""The configuration file: one TOML document, validated on load.
+
+The keys are the user-facing contract described in DESIGN.md. Validation collects every problem
+(key path + reason) instead of stopping at the first, so `hoopwire check-config` can print them
+all. Unknown keys are errors: a typo must never silently turn a guardrail off.
+
+Secrets (upstream passwords, HS shared secrets) are read from the environment or from files named
+in the config; the values live in `Secret` objects whose repr never shows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = [
+    "ConfigError", "Secret", "Config", "AdminConfig", "LogConfig", "IdentityConfig",
+    "IssuerConfig", "ApiKeyConfig", "ConnectionConfig", "RoleConfig", "GuardrailConfig",
+    "MaskConfig", "load_config", "parse_config", "parse_duration", "parse_size", "parse_listen",
+]
+
+
+class ConfigError(Exception):
+    """Every problem found in one configuration, each as (key path, reason)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{k}: {r}" for k, r in problems))
+
+    def lines(self) -> list[str]:
+        return [f"{key}: {reason}" for key, reason in self.problems]
+
+
+class Secret:
+    """A secret value that never prints itself."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str):
+        self._value = value
+        self.source = source  # "env:NAME" or "file:/path" -- safe to log
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(<{self.source}>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: tuple[str, int] | None = None
+    admin_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"  # text | json
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    issuer: str
+    audience: tuple[str, ...]
+    jwks_uri: str | None
+    groups_claim: str = "groups"
+    subject_claim: str = "sub"
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    shared_secret: Secret | None = None  # HS* only, and only when this is set
+    leeway: float = 30.0
+    jwks_cache_ttl: float = 300.0
+    jwks_refetch_interval: float = 30.0  # at most one refetch on an unknown kid per interval
+
+
+@dataclass(frozen=True)
+class ApiKeyConfig:
+    name: str
+    sha256: bytes
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    issuers: tuple[IssuerConfig, ...] = ()
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    name: str  # what the client puts in its startup `user`
+    user: str  # upstream user
+    password: Secret | None
+    allow_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GuardrailConfig:
+    name: str
+    patterns: tuple[str, ...] = ()
+    pack: str | None = None
+    action: str = "block"  # block | log | approve
+    message: str = ""
+    groups: tuple[str, ...] = ()
+    except_groups: tuple[str, ...] = ()
+    scan_literals: bool = False
+    approvers: tuple[str, ...] = ()
+    timeout: float = 900.0
+    reason_required: bool = False
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    columns: tuple[str, ...] = ()
+    detectors: tuple[str, ...] = ()
+    strategy: str = "redact"
+    keep: int = 4
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    name: str
+    protocol: str
+    listen: tuple[str, int]
+    upstream: tuple[str, int]
+    database: str | None
+    user: str
+    password: Secret | None
+    upstream_tls: str = "disable"  # disable | require | verify-full
+    upstream_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    require_tls: bool = False
+    allow_groups: tuple[str, ...] = ()
+    allow_client_database: bool = False
+    roles: tuple[RoleConfig, ...] = ()
+    guardrails: tuple[GuardrailConfig, ...] = ()
+    masks: tuple[MaskConfig, ...] = ()
+    max_connections: int = 1000
+    max_message_size: int = 64 * 1024 * 1024
+    handshake_timeout: float = 15.0
+    idle_timeout: float = 0.0  # 0: never
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str | None
+    admin: AdminConfig
+    log: LogConfig
+    identity: IdentityConfig
+    connections: tuple[ConnectionConfig, ...]
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# scalar parsers
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib|k|m|g)?\s*$", re.I)
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_duration(value: Any) -> float:
+    """'30s', '15m', '2h', '1d', '250ms' or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"30s\", \"15m\" or a number of seconds")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(f"expected a duration such as \"30s\", \"15m\" or a number of seconds, got {value!r}")
+
+
+def parse_size(value: Any) -> int:
+    """'16MiB', '64k' or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            n = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower() or None]
+            if n > 0:
+                return n
+    raise ValueError(f"expected a size such as \"16MiB\" or a number of bytes, got {value!r}")
+
+
+def parse_listen(value: Any, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """'host:port', '[v6]:port' or ':port'."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected \"host:port\"")
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected \"[ipv6]:port\", got {value!r}")
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected \"host:port\", got {value!r}")
+        host = host or default_host
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad port in {value!r}")
+    return host, int(port)
+
+
+# ---------------------------------------------------------------------------------------------
+# the validating reader
+
+class _Reader:
+    """Walks one table, records problems, and remembers which keys were used."""
+
+    def __init__(self, problems: list[tuple[str, str]], table: dict, path: str):
+        self.problems = problems
+        self.table = table if isinstance(table, dict) else {}
+        self.path = path
+        self.used: set[str] = set()
+        if not isinstance(table, dict):
+            self.error("", "expected a table")
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, reason: str) -> None:
+        self.problems.append((self.key(name) if name else self.path or "<root>", reason))
+
+    def get(self, name: str, kind: type | tuple, default: Any = None, required: bool = False,
+            convert: Callable[[Any], Any] | None = None, choices: tuple | None = None) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if required:
+                self.error(name, "is required")
+            return default
+        value = self.table[name]
+        if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            self.error(name, f"expected {_tomlname(names)}, got {type(value).__name__}")
+            return default
+        if choices is not None and value not in choices:
+            self.error(name, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+            return default
+        if convert is not None:
+            try:
+                return convert(value)
+            except (ValueError, TypeError) as e:
+                self.error(name, str(e))
+                return default
+        return value
+
+    def strings(self, name: str, required: bool = False, default: tuple = ()) -> tuple[str, ...]:
+        value = self.get(name, (list, str), None, required)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = [value]
+        bad = [v for v in value if not isinstance(v, str) or not v]
+        if bad:
+            self.error(name, "expected a list of non-empty strings")
+            return default
+        return tuple(value)
+
+    def tables(self, name: str) -> list[tuple[dict, str]]:
+        self.used.add(name)
+        value = self.table.get(name)
+        if value is None:
+            return []
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.error(name, "expected an array of tables ([[" + self.key(name) + "]])")
+            return []
+        return [(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value)]
+
+    def secret(self, base: str, required: bool = False) -> Secret | None:
+        """`<base>_env` or `<base>_file`, one of them."""
+        env = self.get(f"{base}_env", str)
+        path = self.get(f"{base}_file", str)
+        if env and path:
+            self.error(f"{base}_env", f"give {base}_env or {base}_file, not both")
+            return None
+        if env:
+            value = os.environ.get(env)
+            if value is None:
+                self.error(f"{base}_env", f"environment variable {env} is not set")
+                return None
+            return Secret(value, f"env:{env}")
+        if path:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    value = f.read().rstrip("\r\n")
+            except OSError as e:
+                self.error(f"{base}_file", f"cannot read {path}: {e.strerror}")
+                return None
+            return Secret(value, f"file:{path}")
+        if base in self.table:
+            self.used.add(base)
+            self.error(base, f"secrets are never written in the config: use {base}_env or {base}_file")
+            return None
+        if required:
+            self.error(f"{base}_env", f"is required (or {base}_file)")
+        return None
+
+    def finish(self) -> None:
+        for k in self.table:
+            if k not in self.used:
+                self.error(k, "unknown key")
+
+
+def _tomlname(name: str) -> str:
+    return {"str": "a string", "int": "an integer", "bool": "true or false", "list": "an array",
+            "dict": "a table", "float": "a number"}.get(name, name)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,63}$")
+_TLS_MODES = ("disable", "require", "verify-full")
+_PROTOCOLS = ("postgres", "mysql", "http")
+_IMPLEMENTED_PROTOCOLS = ("postgres",)
+_ACTIONS = ("block", "log", "approve")
+_STRATEGIES = ("redact", "partial", "hash", "null", "format")
+_ALLOWED_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                 "EdDSA", "HS256", "HS384", "HS512")
+
+
+def _issuer(r: _Reader) -> IssuerConfig | None:
+    issuer = r.get("issuer", str, required=True)
+    audience = r.strings("audience", required=True)
+    jwks_uri = r.get("jwks_uri", str)
+    if jwks_uri is not None and not jwks_uri.startswith(("file://", "https://", "http://")):
+        r.error("jwks_uri", "must be a file://, https:// or http:// URI")
+    groups_claim = r.get("groups_claim", str, "groups")
+    subject_claim = r.get("subject_claim", str, "sub")
+    algorithms = r.strings("algorithms", default=("RS256", "ES256"))
+    for alg in algorithms:
+        if alg.lower() == "none":
+            r.error("algorithms", "'none' is never accepted")
+        elif alg not in _ALLOWED_ALGS:
+            r.error("algorithms", f"unsupported algorithm {alg!r}")
+    shared = r.secret("shared_secret")
+    has_hs = any(a.startswith("HS") for a in algorithms)
+    if has_hs and shared is None:
+        r.error("algorithms", "HS* algorithms need shared_secret_env or shared_secret_file")
+    if shared is not None and not has_hs:
+        r.error("shared_secret_env", "a shared secret is only used with HS* algorithms")
+    if shared is not None and len(shared.get()) < 32:
+        r.error("shared_secret_env", "an HS shared secret must be at least 32 bytes")
+    if jwks_uri is None and not has_hs:
+        r.error("jwks_uri", "is required unless only HS* algorithms are used")
+    leeway = r.get("leeway", (int, str, float), 30.0, convert=parse_duration)
+    ttl = r.get("jwks_cache_ttl", (int, str, float), 300.0, convert=parse_duration)
+    refetch = r.get("jwks_refetch_interval", (int, str, float), 30.0, convert=parse_duration)
+    r.finish()
+    if issuer is None or not audience:
+        return None
+    return IssuerConfig(issuer=issuer, audience=audience, jwks_uri=jwks_uri,
+                        groups_claim=groups_claim, subject_claim=subject_claim,
+                        algorithms=algorithms, shared_secret=shared, leeway=leeway,
+                        jwks_cache_ttl=ttl, jwks_refetch_interval=refetch)
+
+
+def _api_key(r: _Reader) -> ApiKeyConfig | None:
+    name = r.get("name", str, required=True)
+    digest = r.get("sha256", str, required=True)
+    groups = r.strings("groups")
+    if "key" in r.table:
+        r.used.add("key")
+        r.error("key", "store the key's sha256 (hoopwire hash-key), never the key itself")
+    raw = None
+    if digest is not None:
+        try:
+            raw = bytes.fromhex(digest)
+            if len(raw) != 32:
+                raise ValueError
+        except ValueError:
+            r.error("sha256", "expected 64 hex digits (the sha256 of the key)")
+            raw = None
+    r.finish()
+    if name is None or raw is None:
+        return None
+    return ApiKeyConfig(name=name, sha256=raw, groups=groups)
+
+
+def _guardrail(r: _Reader) -> GuardrailConfig | None:
+    name = r.get("name", str)
+    pack = r.get("pack", str)
+    patterns = r.strings("patterns")
+    action = r.get("action", str, "block", choices=_ACTIONS)
+    message = r.get("message", str, "")
+    groups = r.strings("groups")
+    except_groups = r.strings("except_groups")
+    scan_literals = r.get("scan_literals", bool, False)
+    approvers = r.strings("approvers")
+    timeout = r.get("timeout", (int, str, float), 900.0, convert=parse_duration)
+    reason_required = r.get("reason_required", bool, False)
+    if groups and except_groups:
+        r.error("except_groups", "give groups or except_groups, not both")
+    if pack is None and not patterns:
+        r.error("patterns", "is required (or pack = \"<name>\" for a built-in pack)")
+    if pack is not None and patterns:
+        r.error("patterns", "a rule is either a built-in pack or its own patterns, not both")
+    if name is None:
+        if pack is None:
+            r.error("name", "is required")
+        name = pack
+    if action == "approve" and not approvers:
+        r.error("approvers", "an approve rule needs the groups that may decide")
+    if action != "approve" and approvers:
+        r.error("approvers", "only approve rules have approvers")
+    r.finish()
+    if name is None:
+        return None
+    return GuardrailConfig(name=name, patterns=patterns, pack=pack, action=action, message=message,
+                           groups=groups, except_groups=except_groups, scan_literals=scan_literals,
+                           approvers=approvers, timeout=timeout, reason_required=reason_required)
+
+
+def _mask(r: _Reader) -> MaskConfig:
+    columns = r.strings("columns")
+    detectors = r.strings("detectors")
+    strategy = r.get("strategy", str, "redact", choices=_STRATEGIES)
+    keep = r.get("keep", int, 4)
+    if not columns and not detectors:
+        r.error("columns", "a mask rule needs columns or detectors")
+    r.finish()
+    return MaskConfig(columns=columns, detectors=detectors, strategy=strategy, keep=keep)
+
+
+def _role(r: _Reader) -> RoleConfig | None:
+    name = r.get("name", str, required=True)
+    user = r.get("user", str, required=True)
+    password = r.secret("password")
+    allow_groups = r.strings("allow_groups")
+    r.finish()
+    if name is None or user is None:
+        return None
+    return RoleConfig(name=name, user=user, password=password, allow_groups=allow_groups)
+
+
+def _connection(r: _Reader) -> ConnectionConfig | None:
+    name = r.get("name", str, required=True)
+    if name is not None and not _NAME.match(name):
+        r.error("name", "use letters, digits and . _ @ - (at most 63)")
+    protocol = r.get("protocol", str, "postgres", choices=_PROTOCOLS)
+    if protocol not in _IMPLEMENTED_PROTOCOLS:
+        r.error("protocol", f"{protocol!r} is not supported by this version yet (postgres is)")
+    listen = r.get("listen", str, required=True, convert=parse_listen)
+    upstream = r.get("upstream", str, required=True, convert=parse_listen)
+    database = r.get("database", str)
+    user = r.get("user", str, required=True)
+    password = r.secret("password")
+    upstream_tls = r.get("upstream_tls", str, "disable", choices=_TLS_MODES)
+    upstream_ca = r.get("upstream_ca", str)
+    if upstream_ca is not None and not os.path.isfile(upstream_ca):
+        r.error("upstream_ca", f"no such file: {upstream_ca}")
+    if upstream_tls == "verify-full" and upstream_ca is None:
+        pass  # the system trust store is used
+    tls_cert = r.get("tls_cert", str)
+    tls_key = r.get("tls_key", str)
+    for k, v in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+        if v is not None and not os.path.isfile(v):
+            r.error(k, f"no such file: {v}")
+    if (tls_cert is None) != (tls_key is None):
+        r.error("tls_key" if tls_key is None else "tls_cert", "tls_cert and tls_key go together")
+    require_tls = r.get("require_tls", bool, False)
+    if require_tls and tls_cert is None:
+        r.error("require_tls", "needs tls_cert and tls_key")
+    allow_groups = r.strings("allow_groups")
+    allow_client_database = r.get("allow_client_database", bool, False)
+    if database is None and not allow_client_database:
+        r.error("database", "is required unless allow_client_database = true")
+    max_connections = r.get("max_connections", int, 1000)
+    if max_connections is not None and max_connections < 1:
+        r.error("max_connections", "must be at least 1")
+    max_message_size = r.get("max_message_size", (int, str), 64 * 1024 * 1024, convert=parse_size)
+    if max_message_size is not None and max_message_size < 1024:
+        r.error("max_message_size", "must be at least 1KiB")
+    handshake_timeout = r.get("handshake_timeout", (int, str, float), 15.0, convert=parse_duration)
+    idle_timeout = r.get("idle_timeout", (int, str, float), 0.0, convert=parse_duration)
+    connect_timeout = r.get("connect_timeout", (int, str, float), 10.0, convert=parse_duration)
+
+    roles = []
+    for t, p in r.tables("role"):
+        role = _role(_Reader(r.problems, t, p))
+        if role is not None:
+            roles.append(role)
+    seen = set()
+    for i, role in enumerate(roles):
+        if role.name in seen:
+            r.problems.append((f"{r.key('role')}[{i}].name", f"duplicate role name {role.name!r}"))
+        seen.add(role.name)
+    guardrails = []
+    for t, p in r.tables("guardrail"):
+        g = _guardrail(_Reader(r.problems, t, p))
+        if g is not None:
+            guardrails.append(g)
+    masks = [_mask(_Reader(r.problems, t, p)) for t, p in r.tables("mask")]
+    r.finish()
+    if None in (name, listen, upstream, user):
+        return None
+    return ConnectionConfig(
+        name=name, protocol=protocol, listen=listen, upstream=upstream, database=database,
+        user=user, password=password, upstream_tls=upstream_tls, upstream_ca=upstream_ca,
+        tls_cert=tls_cert, tls_key=tls_key, require_tls=require_tls, allow_groups=allow_groups,
+        allow_client_database=allow_client_database, roles=tuple(roles),
+        guardrails=tuple(guardrails), masks=tuple(masks), max_connections=max_connections,
+        max_message_size=max_message_size, handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout, connect_timeout=connect_timeout)
+
+
+def parse_config(doc: dict, path: str | None = None) -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    problems: list[tuple[str, str]] = []
+    root = _Reader(problems, doc, "")
+
+    admin = AdminConfig()
+    if "admin" in doc:
+        root.used.add("admin")
+        a = _Reader(problems, doc["admin"], "admin")
+        admin = AdminConfig(listen=a.get("listen", str, None, convert=parse_listen),
+                            admin_groups=a.strings("admin_groups"))
+        a.finish()
+
+    log = LogConfig()
+    if "log" in doc:
+        root.used.add("log")
+        lr = _Reader(problems, doc["log"], "log")
+        log = LogConfig(level=lr.get("level", str, "info",
+                                     choices=("debug", "info", "warning", "error")),
+                        format=lr.get("format", str, "text", choices=("text", "json")))
+        lr.finish()
+
+    issuers, api_keys = [], []
+    if "identity" in doc:
+        root.used.add("identity")
+        ir = _Reader(problems, doc["identity"], "identity")
+        for t, p in ir.tables("issuer"):
+            iss = _issuer(_Reader(problems, t, p))
+            if iss is not None:
+                issuers.append(iss)
+        for t, p in ir.tables("api_key"):
+            k = _api_key(_Reader(problems, t, p))
+            if k is not None:
+                api_keys.append(k)
+        ir.finish()
+    names = [k.name for k in api_keys]
+    for n in set(names):
+        if names.count(n) > 1:
+            problems.append(("identity.api_key", f"duplicate api key name {n!r}"))
+
+    connections = []
+    for t, p in root.tables("connection"):
+        c = _connection(_Reader(problems, t, p))
+        if c is not None:
+            connections.append(c)
+    if not connections and not any(k == "connection" or k.startswith("connection[") for k, _ in problems):
+        problems.append(("connection", "at least one [[connection]] is required"))
+    seen_names, seen_listen = set(), set()
+    for i, c in enumerate(connections):
+        if c.name in seen_names:
+            problems.append((f"connection[{i}].name", f"duplicate connection name {c.name!r}"))
+        if c.listen in seen_listen and c.listen[1] != 0:
+            problems.append((f"connection[{i}].listen", f"{c.listen[0]}:{c.listen[1]} is used twice"))
+        seen_names.add(c.name)
+        seen_listen.add(c.listen)
+    if connections and not issuers and not api_keys:
+        problems.append(("identity", "no [[identity.issuer]] or [[identity.api_key]]: nobody could connect"))
+
+    for section in ("audit", "state", "webhook"):
+        if section in doc:
+            root.used.add(section)
+            problems.append((section, "is not supported by this version yet"))
+    root.finish()
+    if problems:
+        raise ConfigError(problems)
+    return Config(path=path, admin=admin, log=log,
+                  identity=IdentityConfig(issuers=tuple(issuers), api_keys=tuple(api_keys)),
+                  connections=tuple(connections), raw=doc)
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([("<file>", f"cannot read {path}: {e.strerror}")]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([("<file>", f"not valid TOML: {e}")]) from None
+    return parse_config(doc, path)
+
+
+def hash_api_key(key: str) -> str:
+    """The hex sha256 an [[identity.api_key]] stores for `key`."""
+    return hashlib.sha256(key.encode()).hexdigest()

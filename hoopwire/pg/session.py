@@ -1,0 +1,377 @@
+"""A PostgreSQL listener and the startup of each client session.
+
+Startup runs here in Python on asyncio streams: TLS negotiation, the startup packet, the token
+(asked for as a cleartext password), identity and role checks, the upstream login. Then both
+sockets are handed to the Cython relay (hoopwire._pgwire.Relay) and Python only hears about the
+session again for a policy event or its close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from hoopwire import metrics
+from hoopwire._pgwire import Relay
+from hoopwire.config import ConnectionConfig, RoleConfig
+from hoopwire.identity import AuthError, Identity
+from hoopwire.logs import event
+from hoopwire.pg import messages as m
+from hoopwire.pg.upstream import UpstreamError, connect_upstream, send_cancel, upstream_ssl_context
+
+if TYPE_CHECKING:
+    from hoopwire.server import Gateway
+
+log = logging.getLogger("hoopwire.pg")
+
+__all__ = ["PgListener", "Session"]
+
+# Startup parameters that are ours to set, never the client's to pass on.
+_NOT_FORWARDED = {"user", "database", "password", "replication"}
+
+
+class _CancelDone(Exception):
+    """A CancelRequest was handled: the connection ends without a session."""
+
+
+class StartupRefused(Exception):
+    """Refuse the client with a FATAL ErrorResponse; `reason` labels the metric and the log."""
+
+    def __init__(self, reason: str, code: str, message: str, detail: str = ""):
+        super().__init__(message)
+        self.reason, self.code, self.message, self.detail = reason, code, message, detail
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class Session:
+    """One client session once relayed: what policy and the log need to know about it."""
+
+    __slots__ = ("listener", "identity", "role", "peer", "started", "pid", "client_secret",
+                 "relay", "tls", "database", "id", "writers")
+
+    def __init__(self, listener: "PgListener", identity: Identity, role: str, peer: str,
+                 tls: bool, database: str):
+        self.listener = listener
+        self.identity = identity
+        self.role = role
+        self.peer = peer
+        self.tls = tls
+        self.database = database
+        self.started = time.time()
+        self.pid = 0
+        self.client_secret = 0
+        self.relay: Relay | None = None
+        self.id = os.urandom(8).hex()
+        # asyncio's StreamWriter closes its transport when collected, so the startup phase's
+        # writers live as long as the session that took over their transports.
+        self.writers: tuple = ()
+
+    # events from the relay
+
+    def session_closed(self, relay: Relay, reason: str) -> None:
+        self.listener.session_ended(self, reason)
+
+    def statement_blocked(self, relay: Relay, verdict, sql: bytes) -> None:
+        self.listener.statement_event(self, "block", verdict, sql)
+
+    def statement_matched(self, relay: Relay, verdict, sql: bytes) -> None:
+        self.listener.statement_event(self, verdict.action, verdict, sql)
+
+
+class PgListener:
+    """Serves one [[connection]] with protocol = "postgres"."""
+
+    def __init__(self, gateway: "Gateway", cfg: ConnectionConfig):
+        self.gateway = gateway
+        self.stats = metrics.conn_stats(cfg.name)
+        self.sessions: set[Session] = set()
+        self.starting = 0
+        self.server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.apply(cfg)
+
+    def apply(self, cfg: ConnectionConfig, policy_engine=None) -> None:
+        """Take a (re)loaded configuration: new sessions use it, open ones get the new policy."""
+        self.cfg = cfg
+        self.tls_context = server_ssl_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+        self.upstream_context = upstream_ssl_context(cfg.upstream_tls, cfg.upstream_ca)
+        self.policy_engine = policy_engine
+        for s in self.sessions:
+            if s.relay is not None:
+                s.relay.policy = self._policy_for(s.identity)
+
+    def _policy_for(self, identity: Identity):
+        engine = self.policy_engine
+        if engine is None or engine.empty:
+            return None
+        return engine.for_groups(identity.groups)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    async def start(self) -> None:
+        host, port = self.cfg.listen
+        self.server = await asyncio.start_server(
+            self._accept, host, port, reuse_port=self.gateway.workers > 1, backlog=1024,
+            limit=64 * 1024)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        bound = self.server.sockets[0].getsockname()
+        self.bound = (bound[0], bound[1])
+        event(log, "listening", connection=self.name, address=f"{bound[0]}:{bound[1]}",
+              tls="on" if self.tls_context else "off", upstream="%s:%d" % self.cfg.upstream)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        shutdown = m.error_response("FATAL", "57P01", "terminating connection: the gateway is shutting down")
+        for s in list(self.sessions):
+            if s.relay is not None:
+                s.relay.shutdown("gateway_shutdown", shutdown)
+
+    async def _sweep(self) -> None:
+        """Close sessions idle longer than idle_timeout."""
+        notice = m.error_response("FATAL", "57P05", "terminating connection due to idle timeout")
+        while True:
+            limit = self.cfg.idle_timeout
+            await asyncio.sleep(min(1.0, limit / 4) if limit else 1.0)
+            if not limit:
+                continue
+            for s in list(self.sessions):
+                if s.relay is not None and s.relay.idle_seconds() > limit:
+                    s.relay.shutdown("idle_timeout", notice)
+
+    # ------------------------------------------------------------------------------------
+    # startup
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        cfg = self.cfg
+        result = "ok"
+        self.starting += 1
+        try:
+            if len(self.sessions) + self.starting > cfg.max_connections:
+                raise StartupRefused("too_many_connections", "53300",
+                                     "sorry, too many clients already")
+            await asyncio.wait_for(self._startup(reader, writer, peer_s, cfg), cfg.handshake_timeout)
+        except _CancelDone:
+            result = "cancel"
+        except StartupRefused as e:
+            result = e.reason
+            event(log, "connection refused", logging.WARNING, connection=cfg.name, peer=peer_s,
+                  reason=e.reason, detail=e.detail or e.message)
+            await self._refuse(writer, m.error_response("FATAL", e.code, e.message))
+        except m.ProtocolError as e:
+            result = "protocol_error"
+            event(log, "bad startup", logging.WARNING, connection=cfg.name, peer=peer_s, error=str(e))
+            await self._refuse(writer, m.error_response("FATAL", e.code, str(e)))
+        except UpstreamError as e:
+            result = "upstream_error"
+            event(log, "upstream login failed", logging.ERROR, connection=cfg.name, peer=peer_s,
+                  error=str(e))
+            await self._refuse(writer, e.server_error or m.error_response("FATAL", e.code, e.client_message))
+        except asyncio.TimeoutError:
+            result = "handshake_timeout"
+            event(log, "startup timed out", logging.WARNING, connection=cfg.name, peer=peer_s,
+                  timeout=cfg.handshake_timeout)
+            await self._refuse(writer, m.error_response("FATAL", "08006", "startup timed out"))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
+            result = "client_gone"
+            event(log, "client left during startup", logging.DEBUG, connection=cfg.name,
+                  peer=peer_s, error=type(e).__name__)
+            writer.close()
+        except asyncio.CancelledError:
+            writer.close()
+            raise
+        except Exception:
+            result = "internal_error"
+            log.exception("startup failed", extra={"fields": {"connection": cfg.name, "peer": peer_s}})
+            await self._refuse(writer, m.error_response("FATAL", "XX000", "internal error in the gateway"))
+        finally:
+            self.starting -= 1
+            metrics.CONNECTIONS_TOTAL.labels(cfg.name, result).inc()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, err: bytes) -> None:
+        try:
+            if not writer.is_closing():
+                writer.write(err)
+                await asyncio.wait_for(writer.drain(), 2.0)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            pass
+        writer.close()
+
+    async def _startup(self, reader, writer, peer: str, cfg: ConnectionConfig) -> None:
+        tls = False
+        while True:
+            startup = await m.read_startup(reader)
+            if startup.code == m.SSL_REQUEST:
+                if tls:
+                    raise m.ProtocolError("SSLRequest after TLS was already negotiated")
+                if self.tls_context is None:
+                    writer.write(b"N")
+                    continue
+                writer.write(b"S")
+                await writer.drain()
+                if reader._buffer:  # noqa: SLF001 -- bytes sent before the TLS handshake
+                    raise m.ProtocolError("received unencrypted data after SSL request")
+                await writer.start_tls(self.tls_context)
+                tls = True
+                continue
+            if startup.code == m.GSSENC_REQUEST:
+                writer.write(b"N")  # GSSAPI encryption is not offered; the client may go on
+                continue
+            if startup.code == m.CANCEL_REQUEST:
+                await self._cancel(startup.cancel_pid, startup.cancel_secret, peer)
+                writer.close()
+                raise _CancelDone()
+            break
+
+        params = startup.params
+        if cfg.require_tls and not tls:
+            raise StartupRefused("tls_required", "28000",
+                                 f"connection \"{cfg.name}\" requires TLS (use sslmode=require)")
+        if "replication" in params and params["replication"].lower() not in ("false", "off", "no", "0"):
+            raise StartupRefused("replication", "28000",
+                                 "replication connections are not supported through the gateway")
+        user = params.get("user")
+        if not user:
+            raise StartupRefused("no_user", "28000", "no PostgreSQL user name specified in startup packet")
+        if startup.minor > 0 or startup.unrecognised:
+            writer.write(m.negotiate_protocol_version(0, startup.unrecognised))
+
+        # The token, asked for as a password.
+        writer.write(m.auth_request(m.AUTH_CLEARTEXT))
+        await writer.drain()
+        kind, body = await m.read_message(reader, max_size=16 * 1024)
+        if kind != b"p":
+            raise m.ProtocolError(f"expected a password message, got message type {kind!r}")
+        token = body.rstrip(b"\0").decode("utf-8", "replace").strip()
+        try:
+            identity = await self.gateway.authenticator.authenticate(token)
+        except AuthError as e:
+            metrics.AUTH_FAILURES.labels(cfg.name, e.reason).inc()
+            raise StartupRefused("auth_failed", "28P01",
+                                 f"password authentication failed for user \"{user}\"",
+                                 detail=f"{e.reason}: {e.detail}") from None
+
+        role = self._pick_role(cfg, user)
+        allowed = role.allow_groups if role.allow_groups else cfg.allow_groups
+        if allowed and not (identity.groups & set(allowed)):
+            metrics.AUTH_FAILURES.labels(cfg.name, "group_not_allowed").inc()
+            raise StartupRefused("denied", "28000",
+                                 f"identity is not allowed to use \"{user}\" on connection \"{cfg.name}\"",
+                                 detail=f"subject={identity.subject} groups={sorted(identity.groups)}")
+
+        database = cfg.database
+        if cfg.allow_client_database and params.get("database"):
+            database = params["database"]
+        elif database is None:
+            database = params.get("database") or user
+        up_params = {k: v for k, v in params.items() if k not in _NOT_FORWARDED}
+        up_params["database"] = database
+        password = role.password.get() if role.password is not None else None
+        host, port = cfg.upstream
+        up = await connect_upstream(host, port, user=role.user, password=password, params=up_params,
+                                    tls_mode=cfg.upstream_tls, ssl_context=self.upstream_context,
+                                    timeout=cfg.connect_timeout)
+        metrics.UPSTREAM_CONNECT_SECONDS.labels(cfg.name).observe(up.connect_seconds)
+
+        session = Session(self, identity, role.name, peer, tls, database)
+        session.pid = up.pid
+        session.client_secret = self.gateway.cancel_keys.to_client(cfg.name, up.pid, up.secret)
+        out = [m.auth_request(m.AUTH_OK), *up.status,
+               m.backend_key_data(up.pid, session.client_secret), m.ready_for_query(up.tx_status)]
+        writer.writelines(out)
+
+        relay = Relay(self.stats, self._policy_for(identity), session, cfg.max_message_size,
+                      self.gateway.marker_prefix)
+        session.relay = relay
+        session.writers = (writer, up.writer)
+        self.sessions.add(session)
+        self.gateway.cancel_keys.register(cfg.name, up.pid, session.client_secret, session)
+        metrics.CONNECTIONS_ACTIVE.labels(cfg.name).inc()
+        event(log, "session started", connection=cfg.name, session=session.id, peer=peer,
+              subject=identity.subject, method=identity.method, role=role.name,
+              upstream_user=role.user, database=database, tls="on" if tls else "off",
+              upstream_tls="on" if up.tls else "off", backend_pid=up.pid)
+        # Bytes either side sent ahead of the switch are handed to the relay first.
+        client_pending = bytes(reader._buffer)  # noqa: SLF001
+        reader._buffer.clear()  # noqa: SLF001
+        upstream_pending = bytes(up.reader._buffer)  # noqa: SLF001
+        up.reader._buffer.clear()  # noqa: SLF001
+        relay.start(writer.transport, up.writer.transport, client_pending, upstream_pending)
+
+    def _pick_role(self, cfg: ConnectionConfig, user: str) -> RoleConfig:
+        for role in cfg.roles:
+            if role.name == user:
+                return role
+        return RoleConfig(name="default", user=cfg.user, password=cfg.password,
+                          allow_groups=cfg.allow_groups)
+
+    async def _cancel(self, pid: int, client_secret: int, peer: str) -> None:
+        keys = self.gateway.cancel_keys
+        known = keys.lookup(self.name, pid, client_secret)
+        if known is None and self.gateway.workers == 1:
+            event(log, "cancel request with an unknown key ignored", logging.WARNING,
+                  connection=self.name, peer=peer, backend_pid=pid)
+            metrics.CONNECTIONS_TOTAL.labels(self.name, "cancel_unknown").inc()
+            return
+        secret = keys.to_upstream(self.name, pid, client_secret)
+        host, port = self.cfg.upstream
+        try:
+            await send_cancel(host, port, pid, secret, self.upstream_context)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, UpstreamError) as e:
+            event(log, "cancel could not reach the upstream", logging.WARNING,
+                  connection=self.name, error=repr(e))
+            return
+        event(log, "cancel forwarded", connection=self.name, peer=peer, backend_pid=pid,
+              session=getattr(known, "id", "other-worker"))
+
+    # ------------------------------------------------------------------------------------
+    # session events
+
+    def session_ended(self, session: Session, reason: str) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.gateway.cancel_keys.unregister(self.name, session.pid, session.client_secret)
+        metrics.CONNECTIONS_ACTIVE.labels(self.name).dec()
+        metrics.SESSIONS_CLOSED.labels(self.name, reason).inc()
+        event(log, "session closed", connection=self.name, session=session.id,
+              subject=session.identity.subject, reason=reason,
+              seconds=round(time.time() - session.started, 3))
+
+    def statement_event(self, session: Session, action: str, verdict, sql: bytes) -> None:
+        metrics.STATEMENT_VERDICTS.labels(self.name, action, verdict.rule).inc()
+        event(log, "statement blocked" if action == "block" else "guardrail matched",
+              logging.WARNING if action == "block" else logging.INFO,
+              connection=self.name, session=session.id, subject=session.identity.subject,
+              groups=",".join(sorted(session.identity.groups)), rule=verdict.rule,
+              rules=",".join(verdict.matched), action=action,
+              statement=self.gateway.mask_statement(sql))
+
+

@@ -1,0 +1,283 @@
+"""The gateway process: listeners, reload, shutdown, and the worker supervisor.
+
+One process runs one uvloop. `--workers N` forks N such processes that share each listen port
+with SO_REUSEPORT; the parent then only supervises them and serves the admin listener, reading
+the workers' metrics from a shared directory (see hoopwire.metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+from hoopwire.config import Config, ConfigError, load_config
+from hoopwire.logs import configure as configure_logging, event
+
+log = logging.getLogger("hoopwire.server")
+
+__all__ = ["Gateway", "run"]
+
+
+def _build_policy(cfg):
+    """The guardrail engine for one connection (None when it has no rules)."""
+    if not cfg.guardrails:
+        return None
+    from hoopwire.policy import PolicyEngine
+    from hoopwire.metrics import GUARDRAIL_SCAN_SECONDS
+    return PolicyEngine(cfg.guardrails, path=f"connection[{cfg.name}].guardrail",
+                        scan_observer=GUARDRAIL_SCAN_SECONDS.labels(cfg.name).observe)
+
+
+def build_policies(config: Config) -> dict:
+    """Compile every connection's guardrails; raise ConfigError naming each bad rule."""
+    if not any(c.guardrails for c in config.connections):
+        return {}
+    from hoopwire.policy import PolicyError
+    engines, problems = {}, []
+    for i, c in enumerate(config.connections):
+        try:
+            engines[c.name] = _build_policy(c)
+        except PolicyError as e:
+            problems.extend((k.replace(f"connection[{c.name}]", f"connection[{i}]"), r)
+                            for k, r in e.problems)
+    if problems:
+        raise ConfigError(problems)
+    return engines
+
+
+class Gateway:
+    def __init__(self, config: Config, *, workers: int = 1, cancel_key: bytes | None = None,
+                 serve_admin: bool = True, multiproc_dir: str | None = None):
+        from hoopwire.identity import Authenticator
+        from hoopwire.pg.cancel import CancelKeys
+        self.config = config
+        self.workers = workers
+        self.serve_admin = serve_admin
+        self.multiproc_dir = multiproc_dir
+        self.cancel_keys = CancelKeys(cancel_key)
+        # Prefix of the marker statement that stands in for a blocked one (see the relay);
+        # random per process so a client cannot forge it.
+        self.marker_prefix = b"hoopwire_blocked_" + os.urandom(6).hex().encode() + b"_"
+        self.authenticator = Authenticator(config.identity)
+        self.listeners: dict[str, object] = {}
+        self.admin = None
+        self.ready = False
+        self._stopping: asyncio.Event | None = None
+
+    def mask_statement(self, sql: bytes) -> str:
+        """A statement as it may appear in a log line: literals replaced by '?'."""
+        try:
+            from hoopwire._sqlnorm import mask_literals
+        except ImportError:  # pragma: no cover - the extension is part of every install
+            return "<statement>"
+        return mask_literals(sql[:4096])
+
+    async def start(self) -> None:
+        from hoopwire.pg.session import PgListener
+        engines = build_policies(self.config)
+        for c in self.config.connections:
+            listener = PgListener(self, c)
+            listener.policy_engine = engines.get(c.name)
+            await listener.start()
+            self.listeners[c.name] = listener
+        if self.serve_admin and self.config.admin.listen is not None:
+            from hoopwire.admin import AdminServer
+            self.admin = AdminServer(self, self.multiproc_dir)
+            await self.admin.start(*self.config.admin.listen)
+        self.ready = True
+
+    async def reload(self) -> list[str]:
+        """Re-read the config file; on any error keep running on the old one."""
+        try:
+            new = load_config(self.config.path)
+            engines = build_policies(new)
+        except ConfigError as e:
+            for line in e.lines():
+                event(log, "reload rejected: config error", logging.ERROR, problem=line)
+            return e.lines()
+        from hoopwire.identity import Authenticator
+        old_auth = self.authenticator
+        self.authenticator = Authenticator(new.identity)
+        await old_auth.close()
+        for c in new.connections:
+            listener = self.listeners.get(c.name)
+            if listener is None:
+                event(log, "reload: new connections need a restart", logging.WARNING, connection=c.name)
+                continue
+            if c.listen != listener.cfg.listen:
+                event(log, "reload: a changed listen address needs a restart", logging.WARNING,
+                      connection=c.name)
+            listener.apply(c, engines.get(c.name))
+        self.config = new
+        event(log, "configuration reloaded", path=new.path)
+        return []
+
+    async def stop(self) -> None:
+        self.ready = False
+        await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+        if self.admin is not None:
+            await self.admin.stop()
+        await self.authenticator.close()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        await self.start()
+        snap = None
+        if self.multiproc_dir is not None:
+            snap = loop.create_task(self._publish_stats())
+        await self._stopping.wait()
+        event(log, "stopping")
+        if snap is not None:
+            snap.cancel()
+        await self.stop()
+        if self.multiproc_dir is not None:
+            from hoopwire.metrics import write_snapshot
+            write_snapshot(self.multiproc_dir)
+
+    async def _publish_stats(self) -> None:
+        from hoopwire.metrics import write_snapshot
+        while True:
+            write_snapshot(self.multiproc_dir)
+            await asyncio.sleep(1.0)
+
+
+def _run_loop(coro_factory) -> None:
+    import uvloop
+    uvloop.run(coro_factory())
+
+
+def run(config_path: str, workers: int = 1) -> int:
+    """`hoopwire serve`: returns the process exit status."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        for line in e.lines():
+            print(f"config error: {line}", file=sys.stderr)
+        return 1
+    configure_logging(config.log.level, config.log.format)
+    try:
+        build_policies(config)
+    except ConfigError as e:
+        for line in e.lines():
+            print(f"config error: {line}", file=sys.stderr)
+        return 1
+    if workers <= 1:
+        gw = Gateway(config)
+        try:
+            _run_loop(gw.serve_forever)
+        except OSError as e:
+            event(log, "cannot start", logging.ERROR, error=str(e))
+            return 1
+        return 0
+    return _supervise(config, workers)
+
+
+def _supervise(config: Config, workers: int) -> int:
+    """Fork the workers, serve the admin listener, restart a worker that dies."""
+    import shutil
+    import tempfile
+    mpdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    own_dir = mpdir is None
+    if own_dir:
+        mpdir = tempfile.mkdtemp(prefix="hoopwire-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir
+    cancel_key = os.urandom(32)
+    children: dict[int, int] = {}
+    started: dict[int, float] = {}
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            status = 0
+            try:
+                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                    signal.signal(s, signal.SIG_DFL)
+                gw = Gateway(config, workers=workers, cancel_key=cancel_key, serve_admin=False,
+                             multiproc_dir=mpdir)
+                _run_loop(gw.serve_forever)
+            except BaseException:  # noqa: BLE001 - the worker must never return into the parent's code
+                log.exception("worker failed")
+                status = 1
+            finally:
+                os._exit(status)
+        children[pid] = index
+        started[index] = time.monotonic()
+        event(log, "worker started", worker=index, pid=pid)
+
+    for i in range(workers):
+        spawn(i)
+    failed: list[int] = []
+
+    async def parent() -> None:
+        from hoopwire.admin import AdminServer
+        from prometheus_client import multiprocess
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+        loop.add_signal_handler(signal.SIGINT, stopping.set)
+
+        def hup() -> None:
+            try:
+                load_config(config.path)
+            except ConfigError as e:
+                for line in e.lines():
+                    event(log, "reload rejected: config error", logging.ERROR, problem=line)
+                return
+            for pid in children:
+                os.kill(pid, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, hup)
+        admin = None
+        if config.admin.listen is not None:
+            admin = AdminServer(None, mpdir)
+            await admin.start(*config.admin.listen)
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            while children:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                index = children.pop(pid, None)
+                multiprocess.mark_process_dead(pid)
+                if index is None or stopping.is_set():
+                    continue
+                if time.monotonic() - started[index] < 5.0:
+                    # Dying at once (a port in use, a bad certificate) will not heal by itself.
+                    event(log, "worker failed at start; stopping", logging.ERROR, worker=index,
+                          pid=pid, status=status)
+                    failed.append(index)
+                    stopping.set()
+                    break
+                event(log, "worker died; restarting", logging.ERROR, worker=index, pid=pid,
+                      status=status)
+                spawn(index)
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while children and time.monotonic() < deadline:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                children.pop(pid, None)
+            else:
+                await asyncio.sleep(0.05)
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        if admin is not None:
+            await admin.stop()
+
+    try:
+        _run_loop(parent)
+    finally:
+        if own_dir:
+            shutil.rmtree(mpdir, ignore_errors=True)
+    return 1 if failed else 0

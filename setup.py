@@ -1,0 +1,46 @@
+"""Build the Cython extensions in ext/ into the hoopwire package.
+
+Each extension is one root .pyx (with its .pxd) that `include`s its parts, so calls between the
+parts stay C calls. The generated .c files are build outputs and never committed.
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+try:
+    from Cython.Build import cythonize
+except ImportError as e:  # pip installs Cython from [build-system].requires
+    raise SystemExit("building hoopwire needs Cython>=3 (pip install Cython)") from e
+
+DEBUG = os.environ.get("HOOPWIRE_DEBUG") == "1"
+
+# module name -> root source; each root lives in ext/ and includes its parts from there
+EXTENSIONS = {
+    "hoopwire._pgwire": "ext/pgwire.pyx",
+}
+
+# HOOPWIRE_EXT=hoopwire._pgwire,... builds only those (handy while working on one module)
+ONLY = {n for n in os.environ.get("HOOPWIRE_EXT", "").split(",") if n}
+
+extensions = [
+    Extension(name, [src], extra_compile_args=["-O2"] + (["-g", "-O0"] if DEBUG else []))
+    for name, src in EXTENSIONS.items()
+    if not ONLY or name in ONLY
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        include_path=["ext"],
+        compiler_directives={
+            "boundscheck": DEBUG,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+        compile_time_env={"DEBUG": DEBUG},
+        annotate=DEBUG,
+    ),
+)
