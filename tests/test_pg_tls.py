@@ -1,0 +1,90 @@
+"""TLS on both sides of the gateway, and each way the upstream may ask for a password."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from gwfixtures import conninfo, gateway_config, gateway_env
+from helpers import Gateway
+
+UPSTREAM_SSL = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+
+
+@pytest.fixture(scope="module")
+def tls_gw(pg, idp, pki):
+    cfg = gateway_config(pg, idp, tls_cert=pki.server_cert, tls_key=pki.server_key,
+                         upstream_tls="verify-full", upstream_ca=pki.ca_pem)
+    cfg["connection"].append({
+        "name": "strict", "protocol": "postgres", "upstream": f"127.0.0.1:{pg.port}",
+        "database": "appdb", "user": "app", "password_env": "APP_DB_PASSWORD",
+        "tls_cert": pki.server_cert, "tls_key": pki.server_key, "require_tls": True})
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        yield g
+
+
+def test_client_tls_verify_full(tls_gw, idp, pki):
+    dsn = conninfo(tls_gw, idp.token(), host="localhost", sslmode="verify-full",
+                   sslrootcert=pki.ca_pem)
+    with psycopg.connect(dsn) as conn:
+        assert conn.pgconn.ssl_in_use
+        # and the gateway reached the upstream over TLS, verifying its certificate
+        assert conn.execute(UPSTREAM_SSL).fetchone()[0] is True
+    tls_gw.wait_log(r"session started .*tls=on upstream_tls=on")
+
+
+def test_client_tls_against_the_wrong_ca_fails_on_the_client(tls_gw, idp, pki):
+    dsn = conninfo(tls_gw, idp.token(), host="localhost", sslmode="verify-full",
+                   sslrootcert=pki.other_ca_pem)
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(dsn)
+
+
+def test_plaintext_still_allowed_without_require_tls(tls_gw, idp):
+    with psycopg.connect(conninfo(tls_gw, idp.token(), sslmode="disable")) as conn:
+        assert not conn.pgconn.ssl_in_use
+
+
+def test_require_tls_refuses_plaintext(tls_gw, idp, pki):
+    with pytest.raises(psycopg.OperationalError, match="requires TLS"):
+        psycopg.connect(conninfo(tls_gw, idp.token(), name="strict", sslmode="disable"))
+    dsn = conninfo(tls_gw, idp.token(), name="strict", sslmode="require")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select 1").fetchone()[0] == 1
+
+
+def test_upstream_verify_full_with_a_wrong_ca_fails_closed(pg, idp, pki):
+    cfg = gateway_config(pg, idp, upstream_tls="verify-full", upstream_ca=pki.other_ca_pem)
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        with pytest.raises(psycopg.OperationalError, match="could not connect to the upstream"):
+            psycopg.connect(conninfo(g, idp.token()))
+        g.wait_log(r"upstream login failed .*certificate")
+
+
+def test_upstream_tls_require_encrypts_without_verifying(pg, idp):
+    cfg = gateway_config(pg, idp, upstream_tls="require")
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        with psycopg.connect(conninfo(g, idp.token())) as conn:
+            assert conn.execute(UPSTREAM_SSL).fetchone()[0] is True
+
+
+@pytest.mark.parametrize("user,secret_env", [("app", "APP_DB_PASSWORD"),        # SCRAM-SHA-256
+                                             ("md5user", "MD5_PASSWORD"),       # MD5
+                                             ("passuser", "PASS_PASSWORD")])    # cleartext
+def test_upstream_password_methods(pg, idp, user, secret_env):
+    cfg = gateway_config(pg, idp, user=user, password_env=secret_env)
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        with psycopg.connect(conninfo(g, idp.token())) as conn:
+            assert conn.execute("select current_user").fetchone()[0] == user
+
+
+def test_wrong_upstream_password_is_the_operators_problem(pg, idp):
+    cfg = gateway_config(pg, idp)
+    with Gateway(cfg, env={"APP_DB_PASSWORD": "wrong-password"}) as g:
+        with pytest.raises(psycopg.OperationalError) as e:
+            psycopg.connect(conninfo(g, idp.token()))
+        # the client learns nothing about the upstream role or why
+        assert "could not log in to the upstream" in str(e.value)
+        assert '"app"' not in str(e.value)
+        g.wait_log(r"upstream login failed .*password authentication failed")
+        assert "wrong-password" not in g.log_text()
