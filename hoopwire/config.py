@@ -562,6 +562,10 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
             if k is not None:
                 api_keys.append(k)
         ir.finish()
+    issuer_names = [i.issuer for i in issuers]
+    for n in set(issuer_names):
+        if issuer_names.count(n) > 1:
+            problems.append(("identity.issuer", f"issuer {n!r} is configured twice"))
     names = [k.name for k in api_keys]
     for n in set(names):
         if names.count(n) > 1:
