@@ -1,0 +1,225 @@
+"""`hoopwire demo`: an agent's session through the gateway, start to finish, on this machine.
+
+Starts a throwaway PostgreSQL with a small shop database, starts `hoopwire serve` in front of
+it with guardrails on, mints a token for an agent identity, and runs the agent's statements
+through the gateway with psycopg -- printing what was allowed, what was blocked and what the
+operator's log and metrics saw. Everything runs in a temporary directory and is removed on exit
+or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+__all__ = ["main"]
+
+SAMPLE_DATA = """
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, plan text);
+CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers, total numeric(10,2),
+                     placed_at timestamptz DEFAULT now());
+INSERT INTO customers VALUES
+  (1, 'Ada Lovelace', 'ada@example.com', 'pro'),
+  (2, 'Alan Turing', 'alan@example.org', 'free'),
+  (3, 'Grace Hopper', 'grace@example.net', 'pro');
+INSERT INTO orders (id, customer_id, total)
+  SELECT g, 1 + g % 3, round((10 + g * 7.31)::numeric % 500, 2) FROM generate_series(1, 42) g;
+"""
+
+# What the agent runs, and what we expect the gateway to do with each.
+AGENT_STEPS = [
+    ("allowed", "SELECT count(*) FROM orders"),
+    ("allowed", "SELECT c.name, sum(o.total) FROM customers c JOIN orders o ON o.customer_id = c.id "
+                "GROUP BY c.name ORDER BY 2 DESC LIMIT 1"),
+    ("blocked", "DROP TABLE orders"),
+    ("blocked", "DELETE FROM orders"),
+    ("blocked", "SELECT pg_read_file('/etc/passwd')"),
+    ("blocked", "DrOp/**/TaBlE customers"),
+    ("allowed", "DELETE FROM orders WHERE id = 42"),
+    ("allowed", "SELECT 'drop table orders' AS just_a_string"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the gateway exited during startup")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the gateway did not start listening in time")
+
+
+def _say(tag: str, text: str) -> None:
+    colours = {"allowed": "32", "blocked": "31", "refused": "31", "info": "36", "log": "90"}
+    if sys.stdout.isatty():
+        tag = f"\033[{colours.get(tag, '0')}m{tag:>8}\033[0m"
+    else:
+        tag = f"{tag:>8}"
+    print(f"{tag}  {text}", flush=True)
+
+
+def _config(pg_port: int, gw_port: int, admin_port: int, jwks: str, api_key_sha: str) -> str:
+    return f"""\
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[[identity.issuer]]
+issuer = "https://idp.demo.local"
+audience = "hoopwire"
+jwks_uri = "file://{jwks}"
+algorithms = ["ES256"]
+
+[[identity.api_key]]
+name = "nightly-etl"
+sha256 = "{api_key_sha}"
+groups = ["etl"]
+
+[[connection]]
+name = "shop"
+protocol = "postgres"
+listen = "127.0.0.1:{gw_port}"
+upstream = "127.0.0.1:{pg_port}"
+database = "shop"
+user = "shop_app"
+password_env = "SHOP_DB_PASSWORD"
+allow_groups = ["agents", "etl"]
+
+  [[connection.guardrail]]
+  pack = "destructive-ddl"
+  message = "DDL goes through a migration, not an agent"
+
+  [[connection.guardrail]]
+  pack = "unbounded-write"
+  message = "DELETE and UPDATE need a WHERE clause"
+
+  [[connection.guardrail]]
+  pack = "server-side-io"
+"""
+
+
+def main(keep: bool = False) -> int:
+    try:
+        import psycopg
+    except ImportError:
+        print("the demo's client is psycopg: pip install 'psycopg[binary]'", file=sys.stderr)
+        return 1
+    from hoopwire.devserver import PgServer, PgServerError
+    from hoopwire.identity.devtoken import create_dev_key, mint_token
+
+    work = tempfile.mkdtemp(prefix="hoopwire-demo-")
+    pg = gw = None
+    # Ctrl-C anywhere: fall through to the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        print("hoopwire demo: an AI agent's database session, through the gateway\n")
+        _say("info", "starting a throwaway PostgreSQL (initdb in a temp dir)...")
+        db_password = secrets.token_urlsafe(18)
+        try:
+            pg = PgServer().start()
+        except PgServerError as e:
+            print(f"cannot start PostgreSQL: {e}", file=sys.stderr)
+            return 1
+        pg.create_role("shop_app", db_password)
+        pg.create_database("shop", owner="shop_app")
+        pg.sql("SET ROLE shop_app;\n" + SAMPLE_DATA, dbname="shop")
+        _say("info", f"PostgreSQL on 127.0.0.1:{pg.port}, database shop (customers, orders)")
+
+        key = os.path.join(work, "dev-key.pem")
+        jwks = create_dev_key(key, kid="demo")
+        api_key = "etl-" + secrets.token_urlsafe(24)
+        gw_port, admin_port = _free_port(), _free_port()
+        cfg_path = os.path.join(work, "hoopwire.toml")
+        with open(cfg_path, "w") as f:
+            f.write(_config(pg.port, gw_port, admin_port, jwks,
+                            hashlib.sha256(api_key.encode()).hexdigest()))
+        log_path = os.path.join(work, "gateway.log")
+        log_file = open(log_path, "wb")
+        env = dict(os.environ, SHOP_DB_PASSWORD=db_password)
+        gw = subprocess.Popen([sys.executable, "-m", "hoopwire", "serve", "--config", cfg_path],
+                              env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        _wait_port(gw_port, gw)
+        _say("info", f"hoopwire on 127.0.0.1:{gw_port} (admin and /metrics on 127.0.0.1:{admin_port})")
+        token = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
+                           subject="agent-7", groups=["agents"], ttl=900, kid="demo")
+        _say("info", "minted a 15-minute token for agent-7 (group: agents) -- the agent's only "
+                     "change is its DSN:")
+        dsn = f"host=127.0.0.1 port={gw_port} dbname=shop user=agent-7 password={token[:12]}..."
+        print(f"          {dsn}\n")
+
+        with psycopg.connect(host="127.0.0.1", port=gw_port, dbname="shop", user="agent-7",
+                             password=token, autocommit=True) as conn:
+            for expected, sql in AGENT_STEPS:
+                try:
+                    rows = conn.execute(sql).fetchall() if "select" in sql.lower() else None
+                    shown = rows[0] if rows else "ok"
+                    _say("allowed", f"{sql}\n          -> {shown}")
+                except psycopg.errors.InsufficientPrivilege as e:
+                    _say("blocked", f"{sql}\n          -> ERROR {e.sqlstate}: {e.diag.message_primary}")
+                except psycopg.Error as e:
+                    _say("blocked", f"{sql}\n          -> ERROR {e.sqlstate}: {e}")
+
+        try:
+            psycopg.connect(host="127.0.0.1", port=gw_port, dbname="shop", user="agent-7",
+                            password=token[:-4] + "AAAA", connect_timeout=5).close()
+            _say("allowed", "a tampered token (unexpected!)")
+        except psycopg.OperationalError as e:
+            _say("refused", f"a tampered token -> {str(e).strip().splitlines()[-1]}")
+        with psycopg.connect(host="127.0.0.1", port=gw_port, dbname="shop", user="etl",
+                             password=api_key) as conn:
+            n = conn.execute("SELECT count(*) FROM customers").fetchone()[0]
+            _say("allowed", f"the nightly-etl API key (stored only as its sha256): {n} customers")
+
+        time.sleep(0.3)
+        print("\nWhat the operator's log saw (secrets and literals never appear):")
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if any(w in line for w in ("session started", "blocked", "refused", "session closed")):
+                    _say("log", line.rstrip()[:220])
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
+        print("\nMetrics (/metrics):")
+        for line in metrics.splitlines():
+            if line.startswith(("hoopwire_connections_total", "hoopwire_guardrail_verdicts_total",
+                                "hoopwire_auth_failures_total", "hoopwire_statements_total")):
+                _say("log", line)
+
+        if keep:
+            fresh = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
+                               subject="you", groups=["agents"], ttl=3600, kid="demo")
+            print(f"\nStill running. Try it yourself (Ctrl-C to stop):\n  psql \"host=127.0.0.1 "
+                  f"port={gw_port} dbname=shop user=you password={fresh}\"")
+            while gw.poll() is None:
+                time.sleep(0.5)
+        print("\ndone: stopping the gateway and PostgreSQL.")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the gateway and PostgreSQL.")
+        return 130
+    finally:
+        if gw is not None and gw.poll() is None:
+            gw.terminate()
+            try:
+                gw.wait(10)
+            except subprocess.TimeoutExpired:
+                gw.kill()
+        if pg is not None:
+            pg.stop()
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
