@@ -1,0 +1,10 @@
+"""Throwaway servers for tests, benchmarks and the demo.
+
+Each server lives in its own temporary directory, listens on loopback only and is removed on
+stop() (and at interpreter exit, in case a caller never got that far). Nothing here is meant for
+production data: durability is switched off for speed.
+"""
+
+from hoopwire.devserver.postgres import PgServer, PgServerError, find_pg_bindir
+
+__all__ = ["PgServer", "PgServerError", "find_pg_bindir"]
