@@ -248,6 +248,7 @@ cdef class UpstreamSide(PgFrameReader):
     """The upstream's socket: messages towards the client."""
 
     cdef int on_header(self, char kind, Py_ssize_t size) except -1:
+        self.relay.last_upstream_kind = kind
         if kind == b"Z"[0]:
             return INSPECT      # six bytes: its status ends a unit
         if kind == b"E"[0] and self.relay.rewrites:
@@ -295,8 +296,14 @@ cdef class UpstreamSide(PgFrameReader):
         return False
 
     def connection_lost(self, exc):
-        self.relay._close("upstream_closed", error_response(
-            "FATAL", "08006", "the upstream server closed the connection"))
+        cdef Relay r = self.relay
+        if r.close_reason == "client_terminate":
+            r._close("client_terminate", None)      # the server closing after our Terminate
+        elif r.last_upstream_kind == b"E"[0]:
+            r._close("upstream_closed", None)       # it told the client why (FATAL) already
+        else:
+            r._close("upstream_closed", error_response(
+                "FATAL", "08006", "the upstream server closed the connection"))
 
     def pause_writing(self):
         self.relay.client_tr.pause_reading()

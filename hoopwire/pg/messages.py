@@ -60,8 +60,10 @@ def ready_for_query(status: bytes = b"I") -> bytes:
     return message(b"Z", status)
 
 
-def negotiate_protocol_version(minor: int, unrecognised: list[str]) -> bytes:
-    body = struct.pack("!II", minor, len(unrecognised))
+def negotiate_protocol_version(version: int, unrecognised: list[str]) -> bytes:
+    # The field holds the whole version code (3 << 16 | minor), as servers send it and libpq
+    # reads it -- not the bare minor number the protocol docs suggest.
+    body = struct.pack("!II", version, len(unrecognised))
     body += b"".join(o.encode() + b"\0" for o in unrecognised)
     return message(b"v", body)
 

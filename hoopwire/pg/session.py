@@ -261,7 +261,7 @@ class PgListener:
         if not user:
             raise StartupRefused("no_user", "28000", "no PostgreSQL user name specified in startup packet")
         if startup.minor > 0 or startup.unrecognised:
-            writer.write(m.negotiate_protocol_version(0, startup.unrecognised))
+            writer.write(m.negotiate_protocol_version(m.PROTOCOL_3_0, startup.unrecognised))
 
         # The token, asked for as a password.
         writer.write(m.auth_request(m.AUTH_CLEARTEXT))

@@ -1,0 +1,498 @@
+#!/usr/bin/env python3
+"""End-to-end load comparison: pgbench straight to PostgreSQL and through hoopwire, PgBouncer
+(session pooling) and HAProxy (TCP), all started here as throwaway processes on loopback.
+
+    python bench/pgbench_compare.py --rounds 3 --duration 10 --scale 10
+    python bench/pgbench_compare.py --targets direct,pgbouncer,haproxy --duration 5
+    python bench/pgbench_compare.py --idle 500          # gateway memory per idle connection
+
+Runs are interleaved (each round runs every variant against every target, targets in a
+shuffled order) so drift on the machine spreads over all targets instead of favouring one.
+Reported per variant: median TPS and mean latency over rounds, and the median of the per-round
+TPS ratio to `direct` and to `pgbouncer`. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import pwd
+import random
+import re
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+
+from helpers import Gateway, free_port, wait_port  # noqa: E402  (tests/helpers.py)
+from hoopwire.devserver import PgServer  # noqa: E402
+
+ALL_TARGETS = ("direct", "hoopwire", "pgbouncer", "haproxy")
+DB = "bench"
+DB_USER = "bench"
+CLIENT_USER = "bench-client"    # what clients put in `user` when going through hoopwire
+PW_ENV = "HOOPWIRE_BENCH_DB_PASSWORD"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the proxies under comparison
+
+class Service:
+    """A long-running child process with its output in a log file; its own process group."""
+
+    def __init__(self, name: str, cmd: list[str], workdir: str, port: int):
+        self.name, self.port, self.workdir = name, port, workdir
+        self.logfile = os.path.join(workdir, f"{name}.log")
+        with open(self.logfile, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=workdir,
+                                         start_new_session=True)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    wait_port("127.0.0.1", port, timeout=0.2)
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{name} is not listening on {port}:\n{self.log_tail()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        with open(self.logfile, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def _chown_to_postgres(path: str) -> None:
+    # PgBouncer refuses to run as root; as root we start it with `-u postgres`
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def start_pgbouncer(pg: PgServer, password: str, pool_size: int, workdir: str) -> Service:
+    exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(exe):
+        raise RuntimeError("pgbouncer not found: apt-get install pgbouncer")
+    d = os.path.join(workdir, "pgbouncer")
+    os.mkdir(d, 0o700)
+    _chown_to_postgres(d)
+    port = free_port()
+    userlist = os.path.join(d, "userlist.txt")
+    fd = os.open(userlist, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        # a plain password lets PgBouncer do SCRAM both with the client and with the server
+        f.write(f'"{DB_USER}" "{password}"\n')
+    _chown_to_postgres(userlist)
+    ini = os.path.join(d, "pgbouncer.ini")
+    with open(ini, "w") as f:
+        f.write(f"""[databases]
+{DB} = host={pg.host} port={pg.port} dbname={DB}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {userlist}
+pool_mode = session
+default_pool_size = {pool_size}
+max_client_conn = {pool_size + 100}
+server_tls_sslmode = disable
+client_tls_sslmode = disable
+""")
+    _chown_to_postgres(ini)
+    cmd = [exe, ini] + (["-u", "postgres"] if os.geteuid() == 0 else [])
+    return Service("pgbouncer", cmd, d, port)
+
+
+def start_haproxy(pg: PgServer, maxconn: int, workdir: str) -> Service:
+    exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not os.path.exists(exe):
+        raise RuntimeError("haproxy not found: apt-get install haproxy")
+    d = os.path.join(workdir, "haproxy")
+    os.mkdir(d, 0o700)
+    port = free_port()
+    cfg = os.path.join(d, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    maxconn {maxconn + 100}
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+
+frontend pg_in
+    bind 127.0.0.1:{port}
+    default_backend pg
+
+backend pg
+    server pg1 {pg.host}:{pg.port}
+""")
+    return Service("haproxy", [exe, "-db", "-f", cfg], d, port)
+
+
+def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | None) -> Gateway:
+    config = {
+        "identity": {"api_key": [{"name": "bench",
+                                  "sha256": hashlib.sha256(api_key.encode()).hexdigest(),
+                                  "groups": ["bench"]}]},
+        "connection": [{"name": "bench", "protocol": "postgres",
+                        "upstream": f"{pg.host}:{pg.port}", "database": DB, "user": DB_USER,
+                        "password_env": PW_ENV}],
+    }
+    return Gateway(config, env={PW_ENV: db_password}, workers=workers)
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    user: str
+    password: str
+    pid: int | None = None  # the process whose memory --idle measures (None: not a proxy)
+
+
+# ------------------------------------------------------------------------------------------------
+# pgbench
+
+@dataclass(frozen=True)
+class Variant:
+    script: str      # "select-only" | "tpcb-like"
+    mode: str        # "simple" | "extended" | "prepared"
+    clients: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return (f"{self.script}, {self.mode} protocol, {self.clients} client"
+                f"{'s' if self.clients > 1 else ''} / {self.threads} thread"
+                f"{'s' if self.threads > 1 else ''}")
+
+
+@dataclass
+class Result:
+    tps: float
+    latency_ms: float
+    failed: int = 0
+
+
+_TPS = re.compile(r"^tps = ([\d.]+)", re.M)
+_LAT = re.compile(r"^latency average = ([\d.]+) ms", re.M)
+_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+
+
+def pg_env(target: Target) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGHOST="127.0.0.1", PGPORT=str(target.port), PGUSER=target.user,
+               PGPASSWORD=target.password, PGDATABASE=DB, PGSSLMODE="disable",
+               PGGSSENCMODE="disable", PGAPPNAME="pgbench_compare")
+    return env
+
+
+def run_pgbench(pg: PgServer, target: Target, v: Variant, duration: int) -> Result | None:
+    if v.script == "tpcb-like":
+        # what pgbench itself does before a run, done here on the side (-n below) so that every
+        # target starts from the same table state and none pays for it through its own path
+        pg.sql("VACUUM pgbench_branches; VACUUM pgbench_tellers; TRUNCATE pgbench_history; "
+               "CHECKPOINT;", dbname=DB)
+    cmd = [os.path.join(pg.bindir, "pgbench"), "-n", "-T", str(duration), "-c", str(v.clients),
+           "-j", str(v.threads), "-M", v.mode, "-b", v.script]
+    try:
+        r = subprocess.run(cmd, env=pg_env(target), capture_output=True, text=True,
+                           timeout=duration + 120)
+    except subprocess.TimeoutExpired:
+        log(f"    pgbench against {target.name} hung; counted as failed")
+        return None
+    tps, lat = _TPS.search(r.stdout), _LAT.search(r.stdout)
+    if r.returncode != 0 or not tps or not lat:
+        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
+        log(f"    pgbench against {target.name} failed (exit {r.returncode}):\n{tail}")
+        return None
+    failed = _FAILED.search(r.stdout)
+    return Result(float(tps.group(1)), float(lat.group(1)), int(failed.group(1)) if failed else 0)
+
+
+def parse_clients(spec: str) -> list[tuple[int, int]]:
+    pairs = []
+    for part in spec.split(","):
+        c, _, j = part.partition(":")
+        pairs.append((int(c), int(j or 1)))
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------------
+# reporting
+
+def median_or_none(values: list[float]) -> float | None:
+    values = [x for x in values if x is not None]
+    return statistics.median(values) if values else None
+
+
+def ratios(results: dict[str, list[Result | None]], target: str, base: str) -> list[float]:
+    out = []
+    for mine, theirs in zip(results.get(target, []), results.get(base, [])):
+        if mine and theirs and theirs.tps > 0:
+            out.append(mine.tps / theirs.tps)
+    return out
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """`spec` as in format(); a missing value is a right-aligned '-' of the same width."""
+    width = int(re.match(r"\d*", spec).group() or 0)
+    return "-".rjust(width) if value is None else format(value, spec)
+
+
+def print_tables(variants: list[Variant], targets: list[str],
+                 results: dict[Variant, dict[str, list[Result | None]]], rounds: int) -> None:
+    for v in variants:
+        print(f"\n{v.label}  ({rounds} round{'s' if rounds > 1 else ''})")
+        print(f"  {'target':<10} {'TPS':>11} {'latency ms':>11} {'vs direct':>10} {'vs pgbouncer':>13}")
+        for t in targets:
+            runs = results[v][t]
+            ok = [r for r in runs if r]
+            tps = median_or_none([r.tps for r in ok])
+            lat = median_or_none([r.latency_ms for r in ok])
+            vs_direct = median_or_none(ratios(results[v], t, "direct"))
+            vs_bouncer = median_or_none(ratios(results[v], t, "pgbouncer"))
+            note = "" if len(ok) == len(runs) else f"  ({len(runs) - len(ok)} failed)"
+            if any(r.failed for r in ok):
+                note += f"  ({sum(r.failed for r in ok)} failed transactions)"
+            print(f"  {t:<10} {fmt(tps, '11.1f')} {fmt(lat, '11.3f')} {fmt(vs_direct, '10.3f')} "
+                  f"{fmt(vs_bouncer, '13.3f')}{note}")
+
+
+# ------------------------------------------------------------------------------------------------
+# idle connections: memory per connection
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of a process and its descendants (gateway workers), in KiB."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+    return total
+
+
+def measure_idle(pg: PgServer, target: Target, n: int) -> None:
+    import psycopg
+
+    def connect() -> psycopg.Connection:
+        return psycopg.connect(host="127.0.0.1", port=target.port, user=target.user,
+                               password=target.password, dbname=DB, sslmode="disable",
+                               gssencmode="disable", connect_timeout=30, autocommit=True)
+
+    # one connection first: lazy set-up on first use is not a per-connection cost
+    with connect() as c:
+        c.execute("SELECT 1")
+    time.sleep(0.5)
+    before = tree_rss_kib(target.pid)
+    conns = []
+    started = time.monotonic()
+    try:
+        for _ in range(n):
+            conns.append(connect())
+        elapsed = time.monotonic() - started
+        time.sleep(1.0)
+        after = tree_rss_kib(target.pid)
+        for c in conns[:: max(1, n // 20)]:  # the sessions still work
+            c.execute("SELECT 1")
+    finally:
+        for c in conns:
+            with contextlib.suppress(Exception):
+                c.close()
+    print(f"  {target.name:<10} {n} idle connections in {elapsed:5.1f} s; RSS {before / 1024:7.1f} "
+          f"-> {after / 1024:7.1f} MiB; {(after - before) / n:6.1f} KiB per connection")
+    # PgBouncer keeps its server connections after the clients leave; free them for the next target
+    pg.sql(f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+           f"WHERE usename = '{DB_USER}'")
+
+
+# ------------------------------------------------------------------------------------------------
+
+def versions(pg: PgServer, targets: list[str]) -> str:
+    parts = [f"PostgreSQL {pg.sql('SHOW server_version')}"]
+
+    def first_line(cmd: list[str]) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+        return "?"
+    if "pgbouncer" in targets:
+        parts.append(first_line(["pgbouncer", "--version"]))
+    if "haproxy" in targets:
+        parts.append(" ".join(first_line(["haproxy", "-v"]).split()[:3]))
+    if "hoopwire" in targets:
+        import hoopwire
+        parts.append(f"hoopwire {hoopwire.__version__}")
+    return "; ".join(parts) + f"; {os.cpu_count()} CPUs; Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS),
+                    help=f"comma-separated subset of {','.join(ALL_TARGETS)} (default: all)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per pgbench run (-T)")
+    ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
+    ap.add_argument("--scripts", default="select-only,tpcb-like",
+                    help="pgbench built-in scripts (default: select-only,tpcb-like)")
+    ap.add_argument("--modes", default="simple,extended", help="pgbench -M query modes")
+    ap.add_argument("--clients", default="1:1,8:2",
+                    help="clients:threads pairs for -c/-j (default: 1:1,8:2)")
+    ap.add_argument("--gateway-workers", type=int, default=None,
+                    help="hoopwire serve --workers (default: the CLI's default)")
+    ap.add_argument("--idle", type=int, default=0, metavar="N",
+                    help="instead of pgbench: hold N idle connections through each proxy and "
+                         "report its memory growth per connection")
+    ap.add_argument("--seed", type=int, default=None, help="seed for the target order")
+    ap.add_argument("--json", metavar="PATH", help="also write every run's numbers as JSON")
+    args = ap.parse_args(argv)
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(targets) - set(ALL_TARGETS)
+    if unknown or not targets:
+        ap.error(f"unknown targets: {', '.join(sorted(unknown)) or '(none)'}")
+    variants = [Variant(s, m, c, j) for s in args.scripts.split(",") for m in args.modes.split(",")
+                for c, j in parse_clients(args.clients)]
+    max_clients = max([v.clients for v in variants] + [args.idle])
+
+    # idle mode opens many sockets from this one process
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    # SIGTERM unwinds like Ctrl-C, so every process below is stopped by the ExitStack
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    rng = random.Random(args.seed)
+    db_password = secrets.token_urlsafe(18)
+    api_key = secrets.token_urlsafe(24)
+    with contextlib.ExitStack() as stack:
+        workdir = tempfile.mkdtemp(prefix="hoopwire-bench-")
+        stack.callback(shutil.rmtree, workdir, True)
+        _chown_to_postgres(workdir)
+
+        log("starting PostgreSQL ...")
+        pg = stack.enter_context(PgServer(extra_conf={"max_connections": max(200, max_clients + 50)}))
+        pg.create_role(DB_USER, db_password)
+        pg.create_database(DB, owner=DB_USER)
+        log(f"pgbench -i -s {args.scale} ...")
+        init = subprocess.run([os.path.join(pg.bindir, "pgbench"), "-i", "-q", "-s", str(args.scale)],
+                              env=pg_env(Target("direct", pg.port, DB_USER, db_password)),
+                              capture_output=True, text=True)
+        if init.returncode != 0:
+            log(init.stderr)
+            return 1
+        pg.sql("VACUUM ANALYZE; CHECKPOINT;", dbname=DB)
+
+        by_name: dict[str, Target] = {}
+        for name in targets:
+            log(f"starting {name} ...")
+            if name == "direct":
+                by_name[name] = Target(name, pg.port, DB_USER, db_password)
+            elif name == "pgbouncer":
+                svc = start_pgbouncer(pg, db_password, max_clients + 10, workdir)
+                stack.callback(svc.stop)
+                by_name[name] = Target(name, svc.port, DB_USER, db_password, svc.pid)
+            elif name == "haproxy":
+                svc = start_haproxy(pg, max_clients, workdir)
+                stack.callback(svc.stop)
+                by_name[name] = Target(name, svc.port, DB_USER, db_password, svc.pid)
+            elif name == "hoopwire":
+                gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers)
+                stack.callback(gw.stop)
+                by_name[name] = Target(name, gw.port("bench"), CLIENT_USER, api_key, gw.pid)
+        log(versions(pg, targets))
+
+        if args.idle:
+            print(f"\nmemory per idle connection ({args.idle} connections, RSS of the proxy "
+                  f"process and its children)")
+            for name in targets:
+                if by_name[name].pid is None:
+                    print(f"  {name:<10} (not a proxy: PostgreSQL runs a process per connection)")
+                    continue
+                measure_idle(pg, by_name[name], args.idle)
+            return 0
+
+        total = args.rounds * len(variants) * len(targets) * args.duration
+        log(f"{len(variants)} variants x {len(targets)} targets x {args.rounds} rounds x "
+            f"{args.duration} s = about {total / 60:.1f} min")
+        results: dict[Variant, dict[str, list[Result | None]]] = {
+            v: {t: [] for t in targets} for v in variants}
+        for rnd in range(1, args.rounds + 1):
+            for v in variants:
+                order = targets[:]
+                rng.shuffle(order)
+                for name in order:
+                    res = run_pgbench(pg, by_name[name], v, args.duration)
+                    results[v][name].append(res)
+                    log(f"  round {rnd}/{args.rounds}  {v.label:<55} {name:<10} "
+                        + (f"{res.tps:10.1f} tps {res.latency_ms:8.3f} ms" if res else "failed"))
+
+        print(f"\n{versions(pg, targets)}\npgbench -T {args.duration}, scale {args.scale}; "
+              "medians over rounds; ratios are per-round TPS ratios, then the median")
+        print_tables(variants, targets, results, args.rounds)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "results": [
+                    {"variant": v.__dict__, "target": t,
+                     "runs": [r.__dict__ if r else None for r in results[v][t]]}
+                    for v in variants for t in targets]}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("interrupted; everything started here has been stopped")
+        sys.exit(130)

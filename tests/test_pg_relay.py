@@ -1,0 +1,895 @@
+"""The relay after startup, against a real PostgreSQL with real drivers: cancel (also across
+worker processes), pipelining, COPY both ways, LISTEN/NOTIFY, large results under a memory bound,
+Terminate, and either side going away mid-session."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import random
+import re
+import secrets
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import asyncpg
+import psycopg
+import pytest
+
+import pgraw
+from gwfixtures import conninfo, gateway_config, gateway_env
+from helpers import APP_DB, Gateway
+
+pytestmark = pytest.mark.timeout(60)
+
+# a hang guard for every driver session; short enough to bound a test, long enough not to be
+# mistaken for a cancel (the cancel tests assert on elapsed time well below it)
+GUARD = "-c statement_timeout=20000"
+
+
+def dsn(gw: Gateway, idp, subject: str = "agent-7", **kw) -> str:
+    kw.setdefault("options", GUARD)
+    return conninfo(gw, idp.token(subject=subject), **kw)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def backends(pg, application_name: str) -> int:
+    """How many upstream backends carry this application_name (counted by the superuser)."""
+    return int(pg.sql("select count(*) from pg_stat_activity "
+                      f"where application_name = '{application_name}'"))
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(interval)
+
+
+def wait_active(pg, application_name: str, count: int = 1, timeout: float = 5.0) -> None:
+    """Wait until `count` backends of `application_name` are running a statement."""
+    wait_for(lambda: int(pg.sql(
+        "select count(*) from pg_stat_activity where state = 'active' "
+        f"and application_name = '{application_name}'")) >= count,
+        timeout, what=f"{count} active backend(s) named {application_name}")
+
+
+# ------------------------------------------------------------------------------------------------
+# cancel
+
+@pytest.mark.parametrize("method", ["cancel", "cancel_safe"])
+def test_psycopg_cancel_of_a_long_query(gw, idp, pg, method):
+    app = unique("cancel")
+    with psycopg.connect(dsn(gw, idp, application_name=app), autocommit=True) as conn:
+        pid = conn.info.backend_pid
+        result: dict = {}
+
+        def run():
+            t0 = time.monotonic()
+            try:
+                conn.execute("select pg_sleep(30)")
+                result["outcome"] = "completed"
+            except psycopg.Error as e:
+                result["outcome"] = e
+            result["end"] = time.monotonic()
+            result["t0"] = t0
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        wait_active(pg, app)
+        t_cancel = time.monotonic()
+        getattr(conn, method)()
+        worker.join(10)
+        assert not worker.is_alive(), "the query was not cancelled within 10 s"
+        assert isinstance(result["outcome"], psycopg.errors.QueryCanceled), result["outcome"]
+        assert "user request" in str(result["outcome"])  # not the statement_timeout guard
+        assert result["end"] - t_cancel < 2.0, f"cancel took {result['end'] - t_cancel:.2f} s"
+        # the session goes on, on the same backend
+        assert conn.execute("select 1").fetchone()[0] == 1
+        assert conn.execute("select pg_backend_pid()").fetchone()[0] == pid
+        # and a cancel inside a transaction leaves it failed, as it would directly
+        conn.autocommit = False
+        timer = threading.Timer(0.5, getattr(conn, method))
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("select pg_sleep(30)")
+        timer.join()
+        assert time.monotonic() - t0 < 2.5
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("select 1")
+        conn.rollback()
+        assert conn.execute("select 2").fetchone()[0] == 2
+    gw.wait_log(rf"cancel forwarded .*backend_pid={pid}\b")
+
+
+def test_asyncpg_cancel_on_timeout(gw, idp, pg):
+    app = unique("acancel")
+
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=gw.port("pg"), user="agent-7",
+                                     password=idp.token(), database=APP_DB, ssl=False,
+                                     server_settings={"application_name": app,
+                                                      "statement_timeout": "20000"})
+        try:
+            pid = conn.get_server_pid()
+            for attempt in range(2):
+                t0 = time.monotonic()
+                with pytest.raises(asyncio.TimeoutError):
+                    # the task is cancelled at the timeout: asyncpg sends a CancelRequest
+                    await asyncio.wait_for(conn.fetchval("select pg_sleep(30)"), 0.5)
+                # the next query waits for the cancelled one to end: it must not take long
+                assert await conn.fetchval("select 41 + 1") == 42
+                assert time.monotonic() - t0 < 2.5, f"attempt {attempt}: {time.monotonic() - t0:.2f} s"
+            # asyncpg's own timeout argument takes the same path
+            t0 = time.monotonic()
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.fetchval("select pg_sleep(30)", timeout=0.5)
+            assert await conn.fetchval("select pg_backend_pid()") == pid
+            assert time.monotonic() - t0 < 2.5
+            # nothing of ours still runs upstream
+            return pid
+        finally:
+            await conn.close()
+
+    pid = asyncio.run(asyncio.wait_for(main(), 40))
+    assert int(pg.sql("select count(*) from pg_stat_activity where query like '%pg_sleep(30)%' "
+                      f"and state = 'active' and application_name = '{app}'")) == 0
+    gw.wait_log(rf"cancel forwarded .*backend_pid={pid}\b")
+
+
+def test_forged_cancel_key_cancels_nothing(gw, idp, pg):
+    host, port = gw.address("pg")
+    app = unique("forged")
+    with psycopg.connect(dsn(gw, idp, application_name=app), autocommit=True) as conn, \
+            psycopg.connect(pg.dsn(user="app", dbname=APP_DB), autocommit=True) as direct:
+        pid = conn.info.backend_pid
+        direct_pid = direct.info.backend_pid
+        done: dict = {}
+
+        def sleep_direct():
+            try:
+                direct.execute("select pg_sleep(2)")
+                done["direct"] = "completed"
+            except psycopg.Error as e:
+                done["direct"] = e
+
+        other = threading.Thread(target=sleep_direct)
+        other.start()
+
+        def forge():
+            wait_active(pg, app)
+            for _ in range(5):
+                # the real pid with random secrets, and the pid of a session that never went
+                # through the gateway at all
+                assert pgraw.send_cancel(host, port, pid, random.getrandbits(32)) == b""
+                assert pgraw.send_cancel(host, port, direct_pid, random.getrandbits(32)) == b""
+
+        forger = threading.Thread(target=forge)
+        forger.start()
+        t0 = time.monotonic()
+        assert conn.execute("select pg_sleep(2), 'finished'").fetchone()[1] == "finished"
+        elapsed = time.monotonic() - t0
+        forger.join(10)
+        other.join(10)
+        assert elapsed >= 1.9
+        assert done["direct"] == "completed", done["direct"]
+        assert conn.execute("select 1").fetchone()[0] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# extended protocol, pipelining
+
+def test_psycopg_pipeline_mode_with_a_failure_in_the_middle(gw, idp):
+    with psycopg.connect(dsn(gw, idp), autocommit=True) as conn:
+        conn.execute("create temp table pl (id int primary key, v text)")
+        conn.execute("create temp sequence pl_seq")
+        with conn.pipeline() as p:
+            with conn.cursor() as cur:
+                cur.executemany("insert into pl values (%s, %s)",
+                                [(i, f"v{i}") for i in range(500)])
+            selects = [conn.execute("select v from pl where id = %s", (i,))
+                       for i in range(0, 500, 7)]
+            count = conn.execute("select count(*) from pl")
+            p.sync()
+            assert [c.fetchone()[0] for c in selects] == [f"v{i}" for i in range(0, 500, 7)]
+            assert count.fetchone() == (500,)
+
+            # One sync block: a good insert, an insert that fails (late, so that everything
+            # after it is already on the wire), then statements the server must skip.
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                conn.execute("insert into pl values (1000, 'in the failed block')")
+                conn.execute("insert into pl select 1, 'dup' from pg_sleep(0.5)")
+                conn.execute("insert into pl values (1001, 'skipped')")
+                conn.execute("select nextval('pl_seq')")   # non-transactional: shows if it ran
+                conn.execute("select 1/0")                 # would be a different error
+                p.sync()
+
+            # the pipeline recovers: the next sync block runs normally
+            after = conn.execute("select count(*), max(id) from pl")
+            nxt = conn.execute("select nextval('pl_seq')")
+            for i in range(2000, 2100):
+                conn.execute("insert into pl values (%s, 'later')", (i,))
+            final = conn.execute("select count(*), max(id) from pl")
+            p.sync()
+            assert after.fetchone() == (500, 499)   # the failed block's insert rolled back
+            assert nxt.fetchone() == (1,)           # nextval after the error never ran
+            assert final.fetchone() == (600, 2099)
+        assert conn.execute("select count(*) from pl where id >= 1000").fetchone() == (100,)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_psycopg_pipeline_in_a_transaction(gw, idp):
+    with psycopg.connect(dsn(gw, idp)) as conn:
+        conn.execute("create temp table pt (id int primary key)")
+        conn.commit()
+        with conn.pipeline():
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                with conn.transaction():
+                    for i in range(100):
+                        conn.execute("insert into pt values (%s)", (i,))
+                    conn.execute("insert into pt select 5 from pg_sleep(0.2)")
+                    conn.execute("insert into pt values (500)")
+            with conn.transaction():
+                for i in range(100, 150):
+                    conn.execute("insert into pt values (%s)", (i,))
+        assert conn.execute("select count(*), min(id), max(id) from pt").fetchone() == (50, 100, 149)
+
+
+def test_asyncpg_executemany_and_prepared_statements(gw, idp):
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=gw.port("pg"), user="agent-7",
+                                     password=idp.token(), database=APP_DB, ssl=False)
+        try:
+            await conn.execute("create temp table em (id int primary key, v text)")
+            await conn.executemany("insert into em values ($1, $2)",
+                                   [(i, f"r{i}") for i in range(20000)])
+            assert await conn.fetchval("select count(*) from em") == 20000
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.executemany("insert into em values ($1, $2)",
+                                       [(i, "x") for i in range(30000, 30100)] + [(7, "dup")])
+            assert await conn.fetchval("select count(*) from em") == 20000
+            stmt = await conn.prepare("select v from em where id = $1")
+            for i in range(0, 20000, 997):
+                assert await stmt.fetchval(i) == f"r{i}"
+        finally:
+            await conn.close()
+    asyncio.run(asyncio.wait_for(main(), 40))
+
+
+# ------------------------------------------------------------------------------------------------
+# COPY
+
+N_COPY = 100_000
+
+
+def copy_payload() -> bytes:
+    return b"".join(b"%d\t%s\n" % (i, hashlib.md5(b"%d" % i).hexdigest().encode())
+                    for i in range(1, N_COPY + 1))
+
+
+CHECK_SQL = ("select count(*), sum(id), md5(string_agg(id || E'\\t' || name || E'\\n', '' "
+             "order by id)) from {table}")
+
+
+def test_psycopg_copy_both_ways_100k_rows(gw, idp):
+    data = copy_payload()
+    digest = hashlib.md5(data).hexdigest()
+    with psycopg.connect(dsn(gw, idp), autocommit=True) as conn:
+        conn.execute("create temp table cp (id int, name text)")
+        with conn.cursor() as cur:
+            with cur.copy("copy cp (id, name) from stdin") as copy:
+                for off in range(0, len(data), 65536):
+                    copy.write(data[off:off + 65536])
+            assert cur.rowcount == N_COPY
+            assert cur.execute(CHECK_SQL.format(table="cp")).fetchone() == \
+                (N_COPY, N_COPY * (N_COPY + 1) // 2, digest)
+
+            out = hashlib.md5()
+            size = 0
+            with cur.copy("copy (select id, name from cp order by id) to stdout") as copy:
+                for block in copy:
+                    out.update(block)
+                    size += len(block)
+            assert size == len(data)
+            assert out.hexdigest() == digest
+
+            # row by row, in binary, the other way round
+            with cur.copy("copy (select id, name from cp where id % 1000 = 0 order by id) "
+                          "to stdout (format binary)") as copy:
+                copy.set_types(["int4", "text"])
+                rows = list(copy.rows())
+            assert rows == [(i, hashlib.md5(b"%d" % i).hexdigest()) for i in range(1000, N_COPY + 1, 1000)]
+
+            # a COPY the client abandons (CopyFail) and one the server rejects mid-stream
+            with pytest.raises(RuntimeError):
+                with cur.copy("copy cp (id, name) from stdin") as copy:
+                    copy.write(data[:100000])
+                    raise RuntimeError("the client gives up")
+            with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+                with cur.copy("copy cp (id, name) from stdin") as copy:
+                    copy.write(b"not-a-number\tx\n")
+                    for off in range(0, 1 << 20, 65536):
+                        copy.write(data[off:off + 65536])
+            assert cur.execute("select count(*) from cp").fetchone() == (N_COPY,)
+
+
+def test_psql_copy_both_ways_100k_rows(gw, idp, tmp_path):
+    data = copy_payload()
+    src, dst = tmp_path / "in.tsv", tmp_path / "out.tsv"
+    src.write_bytes(data)
+    script = (
+        "create temp table cq (id int, name text);\n"
+        f"\\copy cq (id, name) from '{src}'\n"
+        f"{CHECK_SQL.format(table='cq')};\n"
+        f"\\copy (select id, name from cq order by id) to '{dst}'\n"
+    )
+    out = subprocess.run(["psql", dsn(gw, idp), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+                          "-f", "-"], input=script, capture_output=True, text=True, timeout=45)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [f"{N_COPY}|{N_COPY * (N_COPY + 1) // 2}|{hashlib.md5(data).hexdigest()}"]
+    assert dst.read_bytes() == data
+
+
+def test_asyncpg_binary_copy_both_ways(gw, idp):
+    records = [(i, f"name-{i}") for i in range(1, N_COPY + 1)]
+
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=gw.port("pg"), user="agent-7",
+                                     password=idp.token(), database=APP_DB, ssl=False)
+        try:
+            await conn.execute("create temp table ca (id int, name text)")
+            status = await conn.copy_records_to_table("ca", records=records)
+            assert status == f"COPY {N_COPY}"
+            row = await conn.fetchrow("select count(*), sum(id) from ca")
+            assert tuple(row) == (N_COPY, N_COPY * (N_COPY + 1) // 2)
+            buf = io.BytesIO()
+            status = await conn.copy_from_query("select id, name from ca order by id", output=buf)
+            assert status == f"COPY {N_COPY}"
+            expected = "".join(f"{i}\t{n}\n" for i, n in records).encode()
+            assert buf.getvalue() == expected
+        finally:
+            await conn.close()
+    asyncio.run(asyncio.wait_for(main(), 40))
+
+
+# ------------------------------------------------------------------------------------------------
+# LISTEN / NOTIFY
+
+def test_listen_notify(gw, idp, pg):
+    channel = "hw_" + secrets.token_hex(4)
+    with psycopg.connect(dsn(gw, idp), autocommit=True) as listener, \
+            psycopg.connect(dsn(gw, idp), autocommit=True) as notifier:
+        listener.execute(f"listen {channel}")
+        # through the gateway, directly on the server, and a large payload
+        notifier.execute("select pg_notify(%s, %s)", (channel, "through the gateway"))
+        pg.sql(f"notify {channel}, 'from a direct session'", dbname=APP_DB)
+        big = "p" * 7000
+        notifier.execute("select pg_notify(%s, %s)", (channel, big))
+        got = list(listener.notifies(timeout=5, stop_after=3))
+        assert [n.channel for n in got] == [channel] * 3
+        assert [n.payload for n in got] == ["through the gateway", "from a direct session", big]
+        assert got[0].pid == notifier.info.backend_pid
+        # the listener still answers queries, and notifications keep coming after
+        assert listener.execute("select 1").fetchone()[0] == 1
+        notifier.execute(f"notify {channel}, 'again'")
+        again = list(listener.notifies(timeout=5, stop_after=1))
+        assert [n.payload for n in again] == ["again"]
+
+
+def test_asyncpg_listener(gw, idp):
+    channel = "hw_" + secrets.token_hex(4)
+
+    async def main():
+        kw = dict(host="127.0.0.1", port=gw.port("pg"), user="agent-7", password=idp.token(),
+                  database=APP_DB, ssl=False)
+        listener = await asyncpg.connect(**kw)
+        notifier = await asyncpg.connect(**kw)
+        try:
+            queue: asyncio.Queue = asyncio.Queue()
+            await listener.add_listener(channel, lambda c, pid, ch, payload: queue.put_nowait(payload))
+            for i in range(20):
+                await notifier.execute(f"notify {channel}, 'n{i}'")
+            got = [await asyncio.wait_for(queue.get(), 5) for _ in range(20)]
+            assert got == [f"n{i}" for i in range(20)]
+        finally:
+            await listener.close()
+            await notifier.close()
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# ------------------------------------------------------------------------------------------------
+# a large result under a memory bound
+
+ROWS = 200_000
+WIDTH = 1000
+BIG_SQL = f"select repeat('x', {WIDTH}) from generate_series(1, {ROWS})"
+RSS_BOUND = 64 * 1024 * 1024
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, interval: float = 0.01):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            self.samples += 1
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def test_large_result_streamed_with_bounded_gateway_memory(gw, idp):
+    with psycopg.connect(dsn(gw, idp), autocommit=True) as conn:
+        cur = conn.cursor()
+        # warm up: allocator pools and buffers reach their working size first
+        for _ in cur.stream(f"select repeat('x', {WIDTH}) from generate_series(1, 20000)", size=500):
+            pass
+        baseline = rss_bytes(gw.pid)
+        rows = size = 0
+        with RssSampler(gw.pid) as sampler:
+            # single-row / chunked mode: the client holds at most one chunk at a time
+            for (value,) in cur.stream(BIG_SQL, size=500):
+                rows += 1
+                size += len(value)
+        assert rows == ROWS and size == ROWS * WIDTH
+        assert sampler.samples > 10
+        growth = sampler.peak - baseline
+        assert growth < RSS_BOUND, f"gateway RSS grew by {growth / 2**20:.1f} MiB"
+        assert conn.execute("select 1").fetchone()[0] == 1
+
+
+def test_large_result_to_a_slow_reader_is_not_buffered_by_the_gateway(gw, idp):
+    """A client that stops reading: the gateway must stop reading the upstream, not buffer."""
+    host, port = gw.address("pg")
+    baseline = rss_bytes(gw.pid)
+    with pgraw.login(host, port, idp.token()) as c, RssSampler(gw.pid) as sampler:
+        c.send(pgraw.typed(b"Q", BIG_SQL.encode() + b"\0"))
+        time.sleep(1.5)                         # not reading at all
+        total, tail, stalls = 0, b"", [50 << 20, 150 << 20]
+        c.sock.settimeout(20)
+        while True:
+            chunk = c.sock.recv(1 << 20)
+            assert chunk, "the gateway closed the connection mid-result"
+            total += len(chunk)
+            tail = (tail + chunk)[-6:]
+            if tail == b"Z\x00\x00\x00\x05I":
+                break
+            if stalls and total > stalls[0]:
+                stalls.pop(0)
+                time.sleep(0.7)                 # stop reading again mid-stream
+        # RowDescription + one DataRow of 1011 bytes per row + CommandComplete + ReadyForQuery
+        assert total > ROWS * (WIDTH + 11)
+        c.send(pgraw.typed(b"X"))
+    growth = sampler.peak - baseline
+    assert growth < RSS_BOUND, f"gateway RSS grew by {growth / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------------------------------------------
+# the end of a session
+
+def test_psql_terminate_is_logged(gw, idp):
+    subject = unique("term")
+    out = subprocess.run(["psql", dsn(gw, idp, subject=subject), "-X", "-A", "-t", "-c", "select 7"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "7"
+    gw.wait_log(rf"session closed .*subject={subject} reason=client_terminate", timeout=5)
+
+
+def test_driver_close_is_a_terminate(gw, idp):
+    s1, s2 = unique("term-psycopg"), unique("term-asyncpg")
+    with psycopg.connect(dsn(gw, idp, subject=s1)) as conn:
+        conn.execute("select 1")
+
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=gw.port("pg"), user="agent-7",
+                                     password=idp.token(subject=s2), database=APP_DB, ssl=False)
+        await conn.fetchval("select 1")
+        await conn.close()
+    asyncio.run(asyncio.wait_for(main(), 20))
+    gw.wait_log(rf"session closed .*subject={s1} reason=client_terminate", timeout=5)
+    gw.wait_log(rf"session closed .*subject={s2} reason=client_terminate", timeout=5)
+
+
+def test_upstream_backend_terminated_while_idle(gw, idp, pg):
+    subject = unique("updown")
+    conn = psycopg.connect(dsn(gw, idp, subject=subject), autocommit=True)
+    try:
+        pid = conn.info.backend_pid
+        assert pg.sql(f"select pg_terminate_backend({pid})") == "t"
+        gw.wait_log(rf"session closed .*subject={subject} reason=upstream_closed", timeout=5)
+        with pytest.raises(psycopg.OperationalError) as ei:
+            conn.execute("select 1")
+        # the server's own FATAL reaches the client
+        assert isinstance(ei.value, psycopg.errors.AdminShutdown), repr(ei.value)
+        assert conn.closed or conn.broken
+    finally:
+        conn.close()
+    with psycopg.connect(dsn(gw, idp), autocommit=True) as again:
+        assert again.execute("select 1").fetchone()[0] == 1
+
+
+def test_upstream_backend_terminated_mid_query(gw, idp, pg):
+    subject, app = unique("updown-q"), unique("updown-q")
+    with psycopg.connect(dsn(gw, idp, subject=subject, application_name=app), autocommit=True) as conn:
+        pid = conn.info.backend_pid
+
+        def kill():
+            wait_active(pg, app)
+            pg.sql(f"select pg_terminate_backend({pid})")
+
+        killer = threading.Thread(target=kill)
+        killer.start()
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.errors.AdminShutdown):
+            conn.execute("select pg_sleep(15)")
+        killer.join(10)
+        assert time.monotonic() - t0 < 5
+    gw.wait_log(rf"session closed .*subject={subject} reason=upstream_closed", timeout=5)
+
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=gw.port("pg"), user="agent-7",
+                                     password=idp.token(), database=APP_DB, ssl=False)
+        try:
+            return await conn.fetchval("select 42")
+        finally:
+            await conn.close()
+    assert asyncio.run(asyncio.wait_for(main(), 20)) == 42
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_client_vanishes_mid_query(gw, idp, pg, how):
+    host, port = gw.address("pg")
+    subject, app = unique("vanish"), unique("vanish")
+    c = pgraw.login(host, port, idp.token(subject=subject), application_name=app)
+    c.send(pgraw.typed(b"Q", b"select pg_sleep(5)\0"))
+    wait_active(pg, app)
+    t_kill = time.monotonic()
+    c.close(reset=how == "rst")
+    gw.wait_log(rf"session closed .*subject={subject} reason=client_(closed|error)", timeout=3)
+    # the upstream session ends: at the latest when the backend's statement is over
+    wait_for(lambda: backends(pg, app) == 0, timeout=5 + 4 - (time.monotonic() - t_kill),
+             what="the upstream backend to go away")
+    with psycopg.connect(dsn(gw, idp), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone()[0] == 1
+
+
+def test_client_vanishes_while_idle(gw, idp, pg):
+    host, port = gw.address("pg")
+    subject, app = unique("vanish-idle"), unique("vanish-idle")
+    with pgraw.login(host, port, idp.token(subject=subject), application_name=app) as c:
+        c.send(pgraw.typed(b"Q", b"select 1\0"))
+        while c.read_message()[0] != b"Z":
+            pass
+        assert backends(pg, app) == 1
+        c.close(reset=True)
+    gw.wait_log(rf"session closed .*subject={subject} reason=client_(closed|error)", timeout=3)
+    wait_for(lambda: backends(pg, app) == 0, timeout=3, what="the upstream backend to go away")
+
+
+# ------------------------------------------------------------------------------------------------
+# several worker processes
+
+def test_two_workers_sessions_and_cancel_across_workers(pg, idp):
+    with Gateway(gateway_config(pg, idp), env=gateway_env(pg), workers=2) as g2:
+        host, port = g2.address("pg")
+        token = idp.token()
+
+        # many sessions at once, each doing real work
+        def session(i: int) -> int:
+            with psycopg.connect(conninfo(g2, token, options=GUARD), autocommit=True) as conn:
+                return conn.execute("select sum(g) from generate_series(1, %s) g", (i,)).fetchone()[0]
+
+        results: dict[int, int] = {}
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, session(i)))
+                   for i in range(1, 31)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert results == {i: i * (i + 1) // 2 for i in range(1, 31)}
+
+        crossed = False
+        for round_no in range(4):
+            app = unique(f"w2-{round_no}")
+            conns = [psycopg.connect(conninfo(g2, token, application_name=app, options=GUARD),
+                                     autocommit=True) for _ in range(10)]
+            try:
+                outcome: dict[int, tuple] = {}
+
+                def run(i: int, conn) -> None:
+                    try:
+                        conn.execute("select pg_sleep(30)")
+                        outcome[i] = ("completed", time.monotonic())
+                    except psycopg.Error as e:
+                        outcome[i] = (e, time.monotonic())
+
+                runners = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(conns)]
+                for t in runners:
+                    t.start()
+                wait_active(pg, app, count=10)
+                cancelled_at = {}
+                for i, conn in enumerate(conns):
+                    cancelled_at[i] = time.monotonic()
+                    conn.cancel_safe(timeout=5)
+                for t in runners:
+                    t.join(10)
+                for i in range(10):
+                    result, end = outcome[i]
+                    assert isinstance(result, psycopg.errors.QueryCanceled), (i, result)
+                    assert end - cancelled_at[i] < 2.0, f"cancel {i} took {end - cancelled_at[i]:.2f} s"
+                    assert conns[i].execute("select 1").fetchone()[0] == 1
+            finally:
+                for c in conns:
+                    c.close()
+            # With two workers about half the CancelRequests land on the worker that does not
+            # hold the session; go on until that case has happened at least once.
+            if re.search(r"cancel forwarded .*session=other-worker", g2.log_text()):
+                crossed = True
+                break
+        assert crossed, "no CancelRequest ever landed on the other worker (p = 2^-40)\n" + g2.log_text()
+
+        # forged keys, whichever worker they land on, cancel nothing
+        app = unique("w2-forged")
+        with psycopg.connect(conninfo(g2, token, application_name=app, options=GUARD),
+                             autocommit=True) as conn:
+            pid = conn.info.backend_pid
+
+            def forge():
+                wait_active(pg, app)
+                for _ in range(8):
+                    assert pgraw.send_cancel(host, port, pid, random.getrandbits(32)) == b""
+
+            forger = threading.Thread(target=forge)
+            forger.start()
+            t0 = time.monotonic()
+            assert conn.execute("select pg_sleep(2), 'done'").fetchone()[1] == "done"
+            forger.join(10)
+            assert time.monotonic() - t0 >= 1.9
+
+
+# ------------------------------------------------------------------------------------------------
+# framing on the live relay: messages split at every byte, and many in one segment
+
+def test_messages_split_byte_by_byte_and_coalesced(gw, idp):
+    host, port = gw.address("pg")
+    with pgraw.login(host, port, idp.token()) as c:
+        # one Query and one extended-protocol round, dribbled one byte per segment
+        stream = (pgraw.typed(b"Q", b"select 'dribbled'\0") +
+                  pgraw.typed(b"P", b"\0select $1::int * 2\0\0\0") +
+                  pgraw.typed(b"B", b"\0\0\0\0\0\1\0\0\0\x0221\0\0") +
+                  pgraw.typed(b"E", b"\0\0\0\0\0") + pgraw.typed(b"S"))
+        for i in range(len(stream)):
+            c.send(stream[i:i + 1])
+            time.sleep(0.0005)
+        got = []
+        while len([k for k in got if k[0] == b"Z"]) < 2:
+            got.append(c.read_message(5))
+        assert [k for k, _ in got] == [b"T", b"D", b"C", b"Z", b"1", b"2", b"D", b"C", b"Z"]
+        assert got[1][1].endswith(b"dribbled") and got[6][1].endswith(b"42")
+        # a thousand statements in one write
+        c.send(b"".join(pgraw.typed(b"Q", b"select %d\0" % i) for i in range(1000)))
+        values = []
+        while len(values) < 1000 or kind != b"Z":
+            kind, body = c.read_message(5)
+            assert kind != b"E", pgraw.error_fields(body)
+            if kind == b"D":
+                values.append(int(body[6:]))
+        assert values == list(range(1000))
+
+
+# ------------------------------------------------------------------------------------------------
+# what the client sees when the upstream goes away
+
+def test_server_fatal_is_the_last_word(gw, idp, pg):
+    """The server says FATAL and closes: the client gets that error, and no second one made up
+    by the gateway (a server never sends two)."""
+    host, port = gw.address("pg")
+    with pgraw.login(host, port, idp.token()) as c:
+        pg.sql(f"select pg_terminate_backend({c.pid})")
+        data, _ = c.read_until_closed(5)
+    msgs, tail = pgraw.parse_messages(data)
+    assert tail == b""
+    errors = [pgraw.error_fields(body) for kind, body in msgs if kind == b"E"]
+    assert [e["C"] for e in errors] == ["57P01"], errors
+
+
+class Forwarder:
+    """A TCP forwarder between the gateway and PostgreSQL that the test can cut."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.doomed: set[socket.socket] = set()   # cut: to be reset, not closed
+        self.from_server: list[bytearray] = []    # the first 64 KiB each server sent
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                a, _ = self.listener.accept()
+            except OSError:
+                return
+            b = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [a, b]
+            capture = bytearray()
+            self.from_server.append(capture)
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pump, args=(b, a, capture), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, capture: bytearray | None = None) -> None:
+        try:
+            while src not in self.doomed:
+                data = src.recv(1 << 16)
+                if not data or src in self.doomed:
+                    break
+                if capture is not None and len(capture) < 1 << 16:
+                    capture += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                if s in self.doomed:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:
+                    # a FIN now, even while the other pump thread still blocks in recv()
+                    s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def cut(self) -> None:
+        """The network goes away: every forwarded connection is reset, without a word."""
+        with self.lock:
+            self.doomed.update(self.sockets)
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RD)   # wakes the pump, which resets both ends
+                except OSError:
+                    pass
+            self.sockets.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_upstream_connection_lost_without_a_word(pg, idp):
+    fwd = Forwarder(("127.0.0.1", pg.port))
+    try:
+        cfg = gateway_config(pg, idp, upstream=f"127.0.0.1:{fwd.port}")
+        with Gateway(cfg, env=gateway_env(pg)) as g:
+            host, port = g.address("pg")
+            # idle: the gateway tells the client at once, with its own FATAL
+            subject = unique("cut-idle")
+            with pgraw.login(host, port, idp.token(subject=subject)) as c:
+                fwd.cut()
+                data, _ = c.read_until_closed(5)
+                msgs, tail = pgraw.parse_messages(data)
+                assert tail == b"" and [k for k, _ in msgs] == [b"E"], data
+                fields = pgraw.error_fields(msgs[0][1])
+                assert fields["S"] == "FATAL" and fields["C"] == "08006", fields
+            g.wait_log(rf"session closed .*subject={subject} reason=upstream_closed", timeout=3)
+
+            # mid-result: the driver gets an error, promptly, not a hang or a desync
+            subject = unique("cut-busy")
+            with psycopg.connect(conninfo(g, idp.token(subject=subject), options=GUARD)) as conn:
+                cur = conn.cursor()
+                t0 = time.monotonic()
+                rows = 0
+                with pytest.raises(psycopg.OperationalError):
+                    for _ in cur.stream(BIG_SQL, size=100):
+                        rows += 1
+                        if rows == 20_000:
+                            fwd.cut()
+                assert 20_000 <= rows < ROWS
+                assert time.monotonic() - t0 < 10
+            g.wait_log(rf"session closed .*subject={subject} reason=upstream_closed", timeout=3)
+
+            # and new sessions work once the network is back
+            with psycopg.connect(conninfo(g, idp.token())) as conn:
+                assert conn.execute("select 1").fetchone()[0] == 1
+    finally:
+        fwd.close()
+
+
+@pytest.mark.parametrize("where", ["mid-message", "message-boundary"])
+def test_client_vanishes_mid_copy_in(gw, idp, pg, where):
+    """Nothing of an unfinished COPY FROM STDIN may be committed when the client goes away."""
+    host, port = gw.address("pg")
+    table = "copy_abort_" + secrets.token_hex(4)
+    app = unique("copy-abort")
+    pg.sql(f"create table {table} (id int, name text); grant all on {table} to app;", dbname=APP_DB)
+    try:
+        c = pgraw.login(host, port, idp.token(), application_name=app)
+        c.send(pgraw.typed(b"Q", f"copy {table} from stdin\0".encode()))
+        kind, _ = c.read_message(5)
+        assert kind == b"G"   # CopyInResponse
+        rows = b"".join(pgraw.typed(b"d", b"%d\tr%d\n" % (i, i)) for i in range(5000))
+        c.send(rows)
+        if where == "mid-message":
+            c.send(pgraw.typed(b"d", b"5000\tunfinished\n")[:9])
+        time.sleep(0.2)
+        c.close(reset=where == "mid-message")
+        wait_for(lambda: backends(pg, app) == 0, timeout=3, what="the upstream backend to go away")
+        assert pg.sql(f"select count(*) from {table}", dbname=APP_DB) == "0"
+    finally:
+        pg.sql(f"drop table {table}", dbname=APP_DB)
+
+
+def test_cancel_key_is_the_gateways_own(pg, idp):
+    """The client gets the server's pid but a secret of the gateway's; the server's secret never
+    reaches the client, and the client's secret is no good at the server itself."""
+    fwd = Forwarder(("127.0.0.1", pg.port))
+    try:
+        cfg = gateway_config(pg, idp, upstream=f"127.0.0.1:{fwd.port}")
+        with Gateway(cfg, env=gateway_env(pg)) as g:
+            host, port = g.address("pg")
+            app = unique("keys")
+            with pgraw.login(host, port, idp.token(), application_name=app) as c:
+                msgs, _ = pgraw.parse_messages(bytes(fwd.from_server[-1]))
+                keys = [struct.unpack("!II", body) for kind, body in msgs if kind == b"K"]
+                assert len(keys) == 1
+                server_pid, server_secret = keys[0]
+                assert c.pid == server_pid
+                assert c.secret != server_secret
+
+                # the client's key sent straight to the server cancels nothing
+                c.send(pgraw.typed(b"Q", b"select pg_sleep(1.5)\0"))
+                wait_active(pg, app)
+                assert pgraw.send_cancel("127.0.0.1", pg.port, c.pid, c.secret) == b""
+                t0 = time.monotonic()
+                kinds = []
+                while not kinds or kinds[-1] != b"Z":
+                    kinds.append(c.read_message(5)[0])
+                assert b"E" not in kinds and time.monotonic() - t0 > 0.5
+
+                # the same key through the gateway cancels
+                c.send(pgraw.typed(b"Q", b"select pg_sleep(30)\0"))
+                wait_active(pg, app)
+                t0 = time.monotonic()
+                assert pgraw.send_cancel(host, port, c.pid, c.secret) == b""
+                msgs = []
+                while not msgs or msgs[-1][0] != b"Z":
+                    msgs.append(c.read_message(5))
+                errors = [pgraw.error_fields(b) for k, b in msgs if k == b"E"]
+                assert [e["C"] for e in errors] == ["57014"]
+                assert time.monotonic() - t0 < 2
+    finally:
+        fwd.close()
