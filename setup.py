@@ -18,6 +18,7 @@ DEBUG = os.environ.get("HOOPWIRE_DEBUG") == "1"
 # module name -> root source; each root lives in ext/ and includes its parts from there
 EXTENSIONS = {
     "hoopwire._pgwire": "ext/pgwire.pyx",
+    "hoopwire._sqlnorm": "ext/sqlnorm.pyx",
 }
 
 # HOOPWIRE_EXT=hoopwire._pgwire,... builds only those (handy while working on one module)

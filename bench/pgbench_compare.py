@@ -214,6 +214,24 @@ class Result:
     tps: float
     latency_ms: float
     failed: int = 0
+    proxy_cpu_us: float | None = None  # the proxy's own CPU (user+system) per transaction
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its descendants (gateway workers), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
 
 
 _TPS = re.compile(r"^tps = ([\d.]+)", re.M)
@@ -237,6 +255,7 @@ def run_pgbench(pg: PgServer, target: Target, v: Variant, duration: int) -> Resu
                "CHECKPOINT;", dbname=DB)
     cmd = [os.path.join(pg.bindir, "pgbench"), "-n", "-T", str(duration), "-c", str(v.clients),
            "-j", str(v.threads), "-M", v.mode, "-b", v.script]
+    cpu0 = tree_cpu_seconds(target.pid) if target.pid else None
     try:
         r = subprocess.run(cmd, env=pg_env(target), capture_output=True, text=True,
                            timeout=duration + 120)
@@ -249,7 +268,10 @@ def run_pgbench(pg: PgServer, target: Target, v: Variant, duration: int) -> Resu
         log(f"    pgbench against {target.name} failed (exit {r.returncode}):\n{tail}")
         return None
     failed = _FAILED.search(r.stdout)
-    return Result(float(tps.group(1)), float(lat.group(1)), int(failed.group(1)) if failed else 0)
+    result = Result(float(tps.group(1)), float(lat.group(1)), int(failed.group(1)) if failed else 0)
+    if cpu0 is not None and result.tps > 0:
+        result.proxy_cpu_us = (tree_cpu_seconds(target.pid) - cpu0) / (result.tps * duration) * 1e6
+    return result
 
 
 def parse_clients(spec: str) -> list[tuple[int, int]]:
@@ -286,7 +308,8 @@ def print_tables(variants: list[Variant], targets: list[str],
                  results: dict[Variant, dict[str, list[Result | None]]], rounds: int) -> None:
     for v in variants:
         print(f"\n{v.label}  ({rounds} round{'s' if rounds > 1 else ''})")
-        print(f"  {'target':<10} {'TPS':>11} {'latency ms':>11} {'vs direct':>10} {'vs pgbouncer':>13}")
+        print(f"  {'target':<10} {'TPS':>11} {'latency ms':>11} {'vs direct':>10} {'vs pgbouncer':>13}"
+              f" {'proxy CPU us/tx':>16}")
         for t in targets:
             runs = results[v][t]
             ok = [r for r in runs if r]
@@ -294,11 +317,12 @@ def print_tables(variants: list[Variant], targets: list[str],
             lat = median_or_none([r.latency_ms for r in ok])
             vs_direct = median_or_none(ratios(results[v], t, "direct"))
             vs_bouncer = median_or_none(ratios(results[v], t, "pgbouncer"))
+            cpu = median_or_none([r.proxy_cpu_us for r in ok])
             note = "" if len(ok) == len(runs) else f"  ({len(runs) - len(ok)} failed)"
             if any(r.failed for r in ok):
                 note += f"  ({sum(r.failed for r in ok)} failed transactions)"
             print(f"  {t:<10} {fmt(tps, '11.1f')} {fmt(lat, '11.3f')} {fmt(vs_direct, '10.3f')} "
-                  f"{fmt(vs_bouncer, '13.3f')}{note}")
+                  f"{fmt(vs_bouncer, '13.3f')} {fmt(cpu, '16.1f')}{note}")
 
 
 # ------------------------------------------------------------------------------------------------

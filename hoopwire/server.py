@@ -29,7 +29,7 @@ def _build_policy(cfg):
     from hoopwire.policy import PolicyEngine
     from hoopwire.metrics import GUARDRAIL_SCAN_SECONDS
     return PolicyEngine(cfg.guardrails, path=f"connection[{cfg.name}].guardrail",
-                        scan_observer=GUARDRAIL_SCAN_SECONDS.labels(cfg.name).observe)
+                        scan_seconds=GUARDRAIL_SCAN_SECONDS.labels(cfg.name).observe)
 
 
 def build_policies(config: Config) -> dict:

@@ -17,6 +17,16 @@ for _i, _b in enumerate(RTT_BOUNDS):
 cdef bytes TERMINATE = b"X\x00\x00\x00\x04"
 
 
+class _FastpathVerdict:
+    action = "block"
+    rule = "fastpath-function-call"
+    message = "function calls by OID (the fast-path protocol) are not allowed while guardrails apply"
+    matched = ("fastpath-function-call",)
+
+
+FASTPATH_VERDICT = _FastpathVerdict()
+
+
 def error_response(str severity, str code, str message, str detail=None, str hint=None):
     """An ErrorResponse (or, with severity NOTICE/WARNING, still 'E' -- use notice_response)."""
     return _fields_message(b"E", severity, code, message, detail, hint)
@@ -126,24 +136,30 @@ cdef class Relay:
         return 0
 
     cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size):
-        """Policy on a Query or Parse: None to forward, or the bytes to send instead."""
+        """Policy on a Query, Parse or FunctionCall: None to forward, or bytes to send instead."""
         cdef const unsigned char* body = msg + 5
         cdef Py_ssize_t blen = size - 5
         cdef const unsigned char* end
         cdef bytes name = b""
         cdef bytes sql
-        if kind == b"P"[0]:
+        if kind == b"F"[0]:
+            # A call by function OID: no text for policy to read, so under guardrails it is
+            # refused (pg_read_file and friends are only an OID away).
+            verdict = FASTPATH_VERDICT
+            sql = b"<fast-path function call>"
+        else:
+            if kind == b"P"[0]:
+                end = <const unsigned char*>memchr(body, 0, blen)
+                if end == NULL:
+                    raise FrameError("malformed Parse message")
+                name = body[:end - body]
+                blen -= (end - body) + 1
+                body = end + 1
             end = <const unsigned char*>memchr(body, 0, blen)
             if end == NULL:
-                raise FrameError("malformed Parse message")
-            name = body[:end - body]
-            blen -= (end - body) + 1
-            body = end + 1
-        end = <const unsigned char*>memchr(body, 0, blen)
-        if end == NULL:
-            raise FrameError("malformed Query or Parse message")
-        sql = body[:end - body]
-        verdict = self.policy.check(sql)
+                raise FrameError("malformed Query or Parse message")
+            sql = body[:end - body]
+            verdict = self.policy.check(sql)
         if verdict is None:
             return None
         if verdict.action != "block":
@@ -155,9 +171,11 @@ cdef class Relay:
         # statement had failed, so ordering and transaction state stay the server's own.
         self.marker_seq += 1
         marker = self.marker_prefix + str(self.marker_seq).encode()
-        if kind == b"Q"[0]:
-            unit = self.units_sent          # this Query's own ReadyForQuery
+        if kind != b"P"[0]:
+            # A Query (or a FunctionCall, replaced by a Query): its own ReadyForQuery ends it.
+            unit = self.units_sent
             body_out = marker + b"\x00"
+            kind = b"Q"[0]
         else:
             unit = self.units_sent + 1      # the next Sync's ReadyForQuery
             body_out = name + b"\x00" + marker + b"\x00\x00\x00"
@@ -184,13 +202,15 @@ cdef class ClientSide(PgFrameReader):
 
     cdef int on_header(self, char kind, Py_ssize_t size) except -1:
         cdef Relay r = self.relay
-        if kind == b"Q"[0] or kind == b"S"[0]:
+        if kind == b"Q"[0] or kind == b"S"[0] or kind == b"F"[0]:
+            # each of these ends in exactly one ReadyForQuery
             r.units_sent += 1
             if r.sent_tail - r.sent_head < RTT_RING:
                 r.sent_at[r.sent_tail % RTT_RING] = r.last_activity
                 r.sent_tail += 1
             if kind == b"Q"[0]:
                 r.stats.queries += 1
+            if kind != b"S"[0]:
                 return INSPECT if r.policy is not None else FORWARD
         elif kind == b"E"[0]:
             r.stats.executes += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import ssl
 import struct
@@ -53,6 +54,60 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
     return ctx
+
+
+_GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def _options_settings(options: str) -> list[tuple[str, str]]:
+    """`-c name=value` / `--name=value` pairs of a startup `options` string (backslash escapes
+    the next character, as the server reads it)."""
+    words, cur, esc, has = [], [], False, False
+    for ch in options:
+        if esc:
+            cur.append(ch)
+            esc = False
+        elif ch == "\\":
+            esc, has = True, True
+        elif ch.isspace():
+            if cur or has:
+                words.append("".join(cur))
+            cur, has = [], False
+        else:
+            cur.append(ch)
+            has = True
+    if cur or has:
+        words.append("".join(cur))
+    out, i = [], 0
+    while i < len(words):
+        w = words[i]
+        item = None
+        if w == "-c" and i + 1 < len(words):
+            item, i = words[i + 1], i + 1
+        elif w.startswith("-c"):
+            item = w[2:]
+        elif w.startswith("--"):
+            item = w[2:]
+        if item and "=" in item:
+            name, _, value = item.partition("=")
+            out.append((name.replace("-", "_"), value))
+        i += 1
+    return out
+
+
+def startup_settings(params: dict[str, str]) -> list[bytes]:
+    """Every setting a startup packet makes, written as the SET statement it amounts to."""
+    pairs = []
+    for k, v in params.items():
+        if k == "options":
+            pairs.extend(_options_settings(v))
+        elif k != "database":
+            pairs.append((k, v))
+    out = []
+    for name, value in pairs:
+        ident = name if _GUC_NAME.match(name) else '"' + name.replace('"', '""') + '"'
+        out.append(f"SET {ident} = '{value.replace(chr(39), chr(39) * 2)}'".encode("utf-8", "replace"))
+    return out
 
 
 class Session:
@@ -116,7 +171,8 @@ class PgListener:
         engine = self.policy_engine
         if engine is None or engine.empty:
             return None
-        return engine.for_groups(identity.groups)
+        policy = engine.for_groups(identity.groups)
+        return None if policy.empty else policy  # no rule applies: skip inspection entirely
 
     @property
     def name(self) -> str:
@@ -286,6 +342,10 @@ class PgListener:
                                  f"identity is not allowed to use \"{user}\" on connection \"{cfg.name}\"",
                                  detail=f"subject={identity.subject} groups={sorted(identity.groups)}")
 
+        policy = self._policy_for(identity)
+        if policy is not None:
+            self._judge_startup(policy, params, identity, peer)
+
         database = cfg.database
         if cfg.allow_client_database and params.get("database"):
             database = params["database"]
@@ -307,7 +367,7 @@ class PgListener:
                m.backend_key_data(up.pid, session.client_secret), m.ready_for_query(up.tx_status)]
         writer.writelines(out)
 
-        relay = Relay(self.stats, self._policy_for(identity), session, cfg.max_message_size,
+        relay = Relay(self.stats, policy, session, cfg.max_message_size,
                       self.gateway.marker_prefix)
         session.relay = relay
         session.writers = (writer, up.writer)
@@ -324,6 +384,21 @@ class PgListener:
         upstream_pending = bytes(up.reader._buffer)  # noqa: SLF001
         up.reader._buffer.clear()  # noqa: SLF001
         relay.start(writer.transport, up.writer.transport, client_pending, upstream_pending)
+
+    def _judge_startup(self, policy, params: dict[str, str], identity: Identity, peer: str) -> None:
+        """Startup parameters are settings: `options=-c role=x` or a bare `role` parameter
+        would be a SET ROLE that no statement shows, so guardrails judge them as SETs."""
+        for setting in startup_settings(params):
+            verdict = policy.check(setting)
+            if verdict is None or verdict.action != "block":
+                continue
+            metrics.STATEMENT_VERDICTS.labels(self.name, "block", verdict.rule).inc()
+            event(log, "startup parameter blocked", logging.WARNING, connection=self.name,
+                  peer=peer, subject=identity.subject, rule=verdict.rule,
+                  statement=self.gateway.mask_statement(setting))
+            raise StartupRefused("blocked", "42501",
+                                 f"startup parameter blocked by hoopwire rule \"{verdict.rule}\""
+                                 + (f": {verdict.message}" if verdict.message else ""))
 
     def _pick_role(self, cfg: ConnectionConfig, user: str) -> RoleConfig:
         for role in cfg.roles:

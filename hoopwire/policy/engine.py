@@ -1,0 +1,307 @@
+"""The guardrail engine: rules compiled into Hyperscan databases, applied to statements.
+
+Protocol neutral: it takes the bytes of a query string (one or more statements) and returns a
+verdict. The SQL dialect lives in the normaliser (hoopwire._sqlnorm, PostgreSQL's lexical rules);
+a MySQL session will bring its own.
+
+    engine = PolicyEngine(connection.guardrails, path="connection[0].guardrail")  # compiles
+    policy = engine.for_groups(identity.groups)      # per group set, compiled once and cached
+    verdict = policy.check(query_bytes)              # None: nothing matched
+
+Per rule set there are up to three Hyperscan databases: one per view of the statement (the code
+view with literals replaced, and the full view for rules that scan literals), and, when both
+exist, their union for statements whose two views are the same text. They are compiled with
+CASELESS | DOTALL | SINGLEMATCH: blocking needs to know *whether* and *which* rule matched, not
+where, so no start-of-match tracking is paid for. Every pattern carries its rule's index as its
+Hyperscan id.
+
+Compiling is CPU work (milliseconds for a few rules, around a second for a thousand): build the
+engine, and call for_groups for a group set not seen before, off the event loop, then swap the
+result in by reference. A GroupPolicy is meant to be used from one thread at a time (each of its
+databases has its own Hyperscan scratch); for_groups may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+import hyperscan
+
+from hoopwire._sqlnorm import statement_views
+from hoopwire.config import GuardrailConfig
+from hoopwire.policy.packs import CODE, FULL
+from hoopwire.policy.rules import PolicyError, Rule, Verdict, build_rules
+
+__all__ = ["PolicyEngine", "GroupPolicy", "HS_FLAGS"]
+
+HS_FLAGS = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_SINGLEMATCH
+
+_MISS = object()
+_GROUP_CACHE = 1024          # group sets remembered by for_groups
+_CACHE_ITEM_MAX = 64 * 1024  # longer messages are scanned every time rather than cached
+
+
+def _compile(patterns: list[tuple[bytes, int]]) -> hyperscan.Database | None:
+    if not patterns:
+        return None
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=[p for p, _ in patterns], ids=[i for _, i in patterns],
+               elements=len(patterns), flags=HS_FLAGS)
+    return db
+
+
+def _compile_or_explain(rules: list[Rule], view: str, path: str) -> hyperscan.Database | None:
+    """One database for every pattern of `rules` in `view`. When Hyperscan refuses the set,
+    compile the patterns one by one to name each bad one (rule, pattern, reason)."""
+    patterns = [(p, r.index) for r in rules for v, p, _ in r.patterns if v == view]
+    try:
+        return _compile(patterns)
+    except hyperscan.error as whole:
+        problems = []
+        for r in rules:
+            for v, p, key in r.patterns:
+                if v != view:
+                    continue
+                try:
+                    _compile([(p, 0)])
+                except hyperscan.error as e:
+                    reason = e.args[0] if e.args else str(e)
+                    problems.append((key, f"rule {r.name!r}: pattern "
+                                          f"{p.decode('utf-8', 'replace')!r} does not compile: "
+                                          f"{reason}"))
+        if not problems:  # each compiles alone, the set does not (size limits)
+            reason = whole.args[0] if whole.args else str(whole)
+            problems.append((path, f"the {len(patterns)} patterns do not compile together: "
+                                   f"{reason}"))
+        raise PolicyError(problems) from None
+
+
+def _key_order(key: str) -> list:
+    """Sort "a[2].patterns[10]" after "a[2].patterns[9]"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"\[(\d+)\]", key)]
+
+
+class PolicyEngine:
+    """The compiled guardrails of one connection.
+
+    `scan_seconds`, when given, is called with the seconds one inspection took (normalising and
+    scanning a message that was not in the verdict cache); cache hits are not observed.
+    `cache_size` bounds each GroupPolicy's verdict cache in entries (0: no cache) and
+    `cache_bytes` in the total length of the cached messages.
+    """
+
+    def __init__(self, guardrails: tuple[GuardrailConfig, ...], *, cache_size: int = 4096,
+                 path: str = "guardrail", scan_seconds: Callable[[float], None] | None = None,
+                 cache_bytes: int = 8 * 1024 * 1024):
+        if cache_size < 0 or cache_bytes < 0:
+            raise ValueError("cache_size and cache_bytes must not be negative")
+        self._rules: tuple[Rule, ...] = tuple(build_rules(tuple(guardrails), path))
+        self._path = path
+        self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self.scan_seconds = scan_seconds
+        n = len(self._rules)
+        self._names = [r.name for r in self._rules]
+        self._blocking = [r.action == "block" for r in self._rules]
+        self._matches = [0] * n
+        self._lock = threading.Lock()
+        self._by_rules: OrderedDict[frozenset[int], GroupPolicy] = OrderedDict()
+        self._by_groups: OrderedDict[frozenset[str], GroupPolicy] = OrderedDict()
+        # compile every rule now: this is what reports bad patterns, at load and at reload
+        everything = frozenset(range(n))
+        self._by_rules[everything] = self._build(everything)
+
+    # -- public ----------------------------------------------------------------------------------
+
+    @property
+    def empty(self) -> bool:
+        """No rules at all: the gateway can skip inspection entirely."""
+        return not self._rules
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._rules
+
+    def for_groups(self, groups: Iterable[str]) -> GroupPolicy:
+        """The policy for an identity with these groups (rules scoped with groups /
+        except_groups applied). Group sets with the same applicable rules share one
+        GroupPolicy; the first request for a new rule set compiles it."""
+        groups = groups if isinstance(groups, frozenset) else frozenset(groups)
+        with self._lock:
+            policy = self._by_groups.get(groups)
+            if policy is not None:
+                self._by_groups.move_to_end(groups)
+                return policy
+            ids = frozenset(r.index for r in self._rules if r.applies_to(groups))
+            policy = self._by_rules.get(ids)
+            if policy is None:
+                policy = self._build(ids)
+                self._by_rules[ids] = policy
+                if len(self._by_rules) > _GROUP_CACHE:
+                    self._by_rules.popitem(last=False)
+            else:
+                self._by_rules.move_to_end(ids)
+            self._by_groups[groups] = policy
+            if len(self._by_groups) > _GROUP_CACHE:
+                self._by_groups.popitem(last=False)
+            return policy
+
+    def stats(self) -> dict[str, int]:
+        """Messages each rule has matched so far (cache hits included), by rule name."""
+        return dict(zip(self._names, self._matches))
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _build(self, ids: frozenset[int]) -> GroupPolicy:
+        rules = [r for r in self._rules if r.index in ids]
+        dbs, problems = [], []
+        for view in (CODE, FULL):
+            try:
+                dbs.append(_compile_or_explain(rules, view, self._path))
+            except PolicyError as e:
+                problems += e.problems
+        if problems:
+            problems.sort(key=lambda p: _key_order(p[0]))
+            raise PolicyError(problems)
+        code, full = dbs
+        both = full
+        if code is not None and full is not None:
+            # for statements whose two views are the same text (no literals, no quoted
+            # keywords -- most parameterised statements): every pattern in one scan
+            both = _compile([(p, r.index) for r in rules for _, p, _ in r.patterns])
+        return GroupPolicy(self, tuple(rules), code, full, both)
+
+    def _verdict(self, ids: Iterable[int]) -> tuple[Verdict, tuple[int, ...]]:
+        order = tuple(sorted(set(ids)))
+        rules = self._rules
+        best = min(order, key=lambda i: (rules[i].rank, i))
+        rule = rules[best]
+        return (Verdict(action=rule.action, rule=rule.name, message=rule.message,
+                        matched=tuple(rules[i].name for i in order)), order)
+
+
+class GroupPolicy:
+    """The rules that apply to one group set, compiled, with a verdict cache."""
+
+    __slots__ = ("_engine", "rules", "_code", "_full", "_both", "_want_full", "_cache",
+                 "_cache_size", "_cache_bytes", "_cached_bytes", "_on_match", "__weakref__")
+
+    def __init__(self, engine: PolicyEngine, rules: tuple[Rule, ...],
+                 code: hyperscan.Database | None, full: hyperscan.Database | None,
+                 both: hyperscan.Database | None):
+        self._engine = engine
+        self.rules = rules
+        # bound scan methods, looked up once: patterns on the code view (literals as '?'), on
+        # the full view (scan_literals), and all of them for statements whose views are equal
+        self._code = code.scan if code is not None else None
+        self._full = full.scan if full is not None else None
+        self._both = both.scan if both is not None else None
+        self._want_full = full is not None
+        self._cache_size = engine.cache_size
+        self._cache_bytes = engine.cache_bytes
+        self._cache: OrderedDict[bytes, object] | None = (
+            OrderedDict() if engine.cache_size and engine.cache_bytes else None)
+        self._cached_bytes = 0
+        blocking = engine._blocking
+
+        def on_match(rule_id: int, start: int, end: int, flags: int, hits: list) -> bool:
+            hits.append(rule_id)
+            return blocking[rule_id]   # True stops the scan: a block needs no more evidence
+
+        self._on_match = on_match
+
+    @property
+    def empty(self) -> bool:
+        """No rule applies to this group set."""
+        return not self.rules
+
+    def check(self, sql: bytes) -> Verdict | None:
+        """The verdict on one message (one or more statements), or None if no rule matched.
+
+        One blocked statement blocks the message. For a block, `matched` holds the rules found
+        up to the first blocking match (the scan stops there); for log/approve it is complete.
+        Verdicts are cached by the exact bytes of the message."""
+        if type(sql) is not bytes:
+            sql = bytes(sql)
+        cache = self._cache
+        if cache is not None:
+            hit = cache.get(sql, _MISS)
+            if hit is not _MISS:
+                cache.move_to_end(sql)
+                if hit is None:
+                    return None
+                matches = self._engine._matches
+                for i in hit[1]:
+                    matches[i] += 1
+                return hit[0]
+        if not self.rules:
+            return None
+        observe = self._engine.scan_seconds
+        if observe is not None:
+            t0 = time.perf_counter()
+            hits = self._inspect(sql)
+            observe(time.perf_counter() - t0)
+        else:
+            hits = self._inspect(sql)
+        result = None
+        if hits:
+            result = self._engine._verdict(hits)
+            matches = self._engine._matches
+            for i in result[1]:
+                matches[i] += 1
+        if cache is not None and len(sql) <= _CACHE_ITEM_MAX:
+            self._remember(sql, result)
+        return result[0] if result is not None else None
+
+    def _inspect(self, sql: bytes) -> list[int]:
+        """The ids of the rules that match, in the order found: one lexer pass for both views,
+        then one Hyperscan scan per statement and view -- or a single scan of the combined
+        database when the statement's two views are the same text."""
+        hits: list[int] = []
+        on_match = self._on_match
+        want_full = self._want_full
+        code, full, ambiguous = statement_views(sql, want_full)
+        try:
+            while True:
+                if full is None:
+                    scan = self._code
+                    for stmt in code:
+                        scan(stmt, on_match, 0, hits)
+                else:
+                    scan_code, scan_full, scan_both = self._code, self._full, self._both
+                    for c, f in zip(code, full):
+                        if c is f:
+                            scan_both(c, on_match, 0, hits)
+                        else:
+                            if scan_code is not None:
+                                scan_code(c, on_match, 0, hits)
+                            scan_full(f, on_match, 0, hits)
+                if not ambiguous:
+                    return hits
+                # A '...' literal holds a backslash. Should the client have turned
+                # standard_conforming_strings off, the server reads '\'' ... differently: read
+                # the message that way too, and let whichever reading matches decide.
+                code, full, ambiguous = statement_views(sql, want_full,
+                                                        standard_conforming_strings=False)
+                ambiguous = False
+        except hyperscan.ScanTerminated:
+            return hits  # a blocking rule matched
+
+    def _remember(self, sql: bytes, result: object) -> None:
+        cache = self._cache
+        if sql in cache:
+            return
+        cache[sql] = result
+        self._cached_bytes += len(sql)
+        while len(cache) > self._cache_size or self._cached_bytes > self._cache_bytes:
+            old, _ = cache.popitem(last=False)
+            self._cached_bytes -= len(old)
+
+    def clear_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()
+            self._cached_bytes = 0

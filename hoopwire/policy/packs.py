@@ -1,0 +1,289 @@
+"""Built-in guardrail packs, enabled in a rule with `pack = "<name>"`.
+
+Every pattern here is written against the *normalised* statement (hoopwire._sqlnorm), never the
+raw text, and is matched with Hyperscan (caseless, dot-all, single match, no lookaround):
+
+* the code view (`CODE`): lower-case, one space between words, no comments, every string literal
+  and dollar body replaced by '?', keyword-like quoted identifiers written "_name" (so `"drop"` is
+  not DROP) and ordinary quoted identifiers written bare (`"pg_read_file"` is pg_read_file).
+  Statements are scanned one at a time, so `^` is the start of a statement.
+* the full view (`FULL`): the same, with literals kept (decoded) as '...'. Packs use it only where
+  the thing to catch lives inside a literal: `set_config('role', ...)`, `LANGUAGE 'c'`, and
+  server-side file functions called from inside a DO / function body or an EXECUTE string.
+
+A rule with `scan_literals = true` scans every pattern of its pack in the full view.
+
+What each pack catches, and what it cannot (the README carries the same table):
+
+destructive-ddl
+    catches   every DROP statement (DROP TABLE / SCHEMA / DATABASE / VIEW / INDEX / FUNCTION /
+              ROLE / OWNED ...); TRUNCATE; ALTER TABLE / ALTER FOREIGN TABLE ... DROP [COLUMN]
+              col and DROP CONSTRAINT (but not DROP DEFAULT / NOT NULL / IDENTITY / EXPRESSION);
+              ALTER TYPE ... DROP ATTRIBUTE
+    passes    SELECT 'drop table', columns such as truncate_at or "drop", SELECT * FROM dropbox
+    cannot    DDL run from a DO block, a function body or EXECUTE of a built string (they are
+              literals here); DELETE of all rows (see unbounded-write); DROP inside a
+              CREATE EXTENSION script. Pair it with a role that does not own the objects.
+
+unbounded-write
+    catches   DELETE FROM and UPDATE ... SET with no WHERE at the top level of the statement:
+              plain, in a WITH (either the main statement or a data-modifying CTE), after
+              EXPLAIN ANALYZE, in PREPARE ... AS, in CREATE RULE ... DO [ALSO|INSTEAD], inside
+              COPY (...) and BEGIN ATOMIC; a WHERE that only sits inside parentheses
+              (USING (SELECT ... WHERE ...), SET a = (SELECT ... WHERE ...)) does not count;
+              also WHERE true / WHERE 1=1 / WHERE 'x'='x' / WHERE NOT false as the whole condition
+    passes    DELETE ... WHERE ..., UPDATE ... SET ... WHERE ..., UPDATE ... FROM ... WHERE,
+              WHERE CURRENT OF, INSERT ... ON CONFLICT DO UPDATE, SELECT ... FOR UPDATE
+    cannot    other always-true conditions (WHERE id > 0, WHERE x OR true, WHERE $1 with a
+              parameter bound to true); MERGE (its ON clause bounds it: MERGE ... ON true
+              WHEN MATCHED THEN DELETE is not seen); TRUNCATE (destructive-ddl has it); writes
+              done inside functions, triggers, rules created earlier, or DO blocks; CREATE RULE
+              ... DO UPDATE without ALSO/INSTEAD. Parentheses nested deeper than 8 levels before
+              the WHERE make the statement count as unbounded (blocked), never the reverse.
+              A column or alias literally named delete/update (`SELECT 1 AS update ...`) can
+              trip it.
+
+privilege-changes
+    catches   GRANT (also inside CREATE SCHEMA and ALTER DEFAULT PRIVILEGES), REVOKE,
+              CREATE / ALTER / DROP ROLE, USER and GROUP (also USER MAPPING), ALTER DEFAULT
+              PRIVILEGES, REASSIGN OWNED, ALTER ... OWNER TO, CREATE / ALTER / DROP POLICY,
+              ALTER TABLE ... DISABLE / NO FORCE ROW LEVEL SECURITY, SECURITY DEFINER functions
+    cannot    privilege changes done by a function that runs them (SECURITY DEFINER functions
+              created earlier, DO blocks, EXECUTE); what a role already has. Least privilege
+              on the upstream role is the real control; this pack stops an agent from
+              widening it through the gateway.
+
+server-side-io
+    catches   COPY ... TO/FROM PROGRAM and COPY ... TO/FROM '<file>' (COPY ... TO STDOUT /
+              FROM STDIN pass); the server file and large-object functions pg_read_file,
+              pg_read_binary_file, pg_ls_dir, pg_stat_file, the pg_ls_*dir family, lo_import,
+              lo_export, adminpack's pg_file_* and pg_logdir_ls, and every dblink* function,
+              however quoted or schema-qualified, and also when called as name(...) inside a
+              DO / function body or an EXECUTE string; LOAD; ALTER SYSTEM; CREATE EXTENSION of
+              adminpack, file_fdw, dblink, postgres_fdw and the untrusted languages; CREATE
+              LANGUAGE; functions or DO blocks in LANGUAGE c / internal / plpythonu /
+              plperlu / pltclu / plsh; CREATE SERVER, CREATE FOREIGN TABLE, IMPORT FOREIGN
+              SCHEMA, CREATE TABLESPACE; SET of the *_preload_libraries / dynamic_library_path
+              settings
+    cannot    a function name assembled at run time ('pg_read' || '_file' in EXECUTE, or
+              format('%I', ...)); functions created earlier that wrap these; psql's \\lo_import
+              and \\copy (client side: they use the fast-path protocol or COPY ... STDIN/STDOUT,
+              which is not server-side I/O). The upstream role should simply not hold
+              pg_read_server_files, pg_write_server_files or pg_execute_server_program.
+
+session-tampering
+    catches   SET [SESSION|LOCAL] ROLE, SET [SESSION|LOCAL] SESSION AUTHORIZATION, the same as
+              SET "role" / SET session_authorization = ..., SET session_replication_role
+              (it switches off triggers and foreign keys), RESET ROLE / SESSION AUTHORIZATION,
+              set_config('role' | 'session_authorization' | 'session_replication_role', ...),
+              and set_config whose first argument is not a plain string literal (a parameter,
+              an expression, a cast) because its name cannot be checked; switching the client
+              encoding to one whose characters can end in a backslash byte (SJIS, BIG5, GBK,
+              UHC, GB18030, JOHAB and their aliases) by SET client_encoding / SET NAMES /
+              set_config / ALTER ROLE ... SET, which would let a quote hide from the normaliser
+    cannot    role changes inside functions or DO blocks (SET ROLE in PL/pgSQL is in a
+              literal); RESET ALL and DISCARD ALL (connection pools send them; they only
+              return to the gateway's own upstream role, which is not an escalation); a client
+              encoding chosen in the startup packet (client_encoding or options=-c ...) -- the
+              PostgreSQL session itself must refuse those encodings
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CODE", "FULL", "Pack", "PACKS", "pack_names"]
+
+CODE = "code"   # scanned against normalize(sql)
+FULL = "full"   # scanned against normalize(sql, keep_literals=True)
+
+
+@dataclass(frozen=True)
+class Pack:
+    name: str
+    summary: str
+    patterns: tuple[tuple[str, str], ...]  # (view, Hyperscan regex)
+    message: str                           # the default message of a rule using the pack
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks for patterns on the normalised text
+
+# bytes that continue an identifier in PostgreSQL (the normaliser lower-cases ASCII)
+_IDC = r"a-z0-9_$\x80-\xff"
+_NEST = 8  # parentheses this deep are matched exactly; deeper ones count as suspicious
+
+
+def _letters_except(chars: str) -> str:
+    """[a-z] without `chars`, as class ranges."""
+    letters = [c for c in "abcdefghijklmnopqrstuvwxyz" if c not in chars]
+    out, i = [], 0
+    while i < len(letters):
+        j = i
+        while j + 1 < len(letters) and ord(letters[j + 1]) == ord(letters[j]) + 1:
+            j += 1
+        out.append(letters[i] if i == j else f"{letters[i]}-{letters[j]}")
+        i = j + 1
+    return "".join(out)
+
+
+def word_except(*words: str) -> str:
+    """An identifier that is none of `words`. It only means "a whole word" where the caller
+    puts a non-identifier byte (or the end) right after it: alone it also matches a prefix. Hyperscan has no lookahead, so this is spelled out as a trie: leave the
+    words' letters at some position, stop before a word ends, or run past its end."""
+
+    def build(suffixes: list[str], top: bool) -> str:
+        ends_here = "" in suffixes
+        firsts = sorted({s[0] for s in suffixes if s})
+        parts = [f"[{_letters_except(''.join(firsts))}0-9_$\\x80-\\xff][{_IDC}]*"]
+        for ch in firsts:
+            parts.append(ch + build([s[1:] for s in suffixes if s and s[0] == ch], False))
+        alt = "(?:" + "|".join(parts) + ")"
+        if not top and not ends_here:
+            alt += "?"  # a proper prefix of a word is a different word
+        return alt
+
+    return build([w.lower() for w in words], True)
+
+
+def _group(depth: int) -> str:
+    """Balanced parentheses nested at most `depth` deep, any content."""
+    g = r"\([^()]*\)"
+    for _ in range(depth - 1):
+        g = r"\((?:[^()]|" + g + r")*\)"
+    return g
+
+
+def _too_deep(depth: int) -> str:
+    """The start of a parenthesised group that reaches `depth` levels."""
+    r = r"\("
+    for level in range(2, depth + 1):
+        inner = r"[^()]" if level == 2 else r"(?:[^()]|" + _group(level - 2) + ")"
+        r = r"\(" + inner + "*" + r
+    return r
+
+
+# Text at the top level of one statement with no WHERE in it: separators and parenthesised
+# groups (whose insides do not matter) between whole words that are not `where`.
+_SEP = rf"(?:[^{_IDC}();]|{_group(_NEST)})"
+_NO_WHERE = rf"{_SEP}*(?:{word_except('where')}{_SEP}+)*(?:{word_except('where')})?"
+# where a DML statement of interest may begin: the statement start, a CTE or rule-action list
+# paren, after a WITH list, and after EXPLAIN [ANALYZE] [VERBOSE], BEGIN ATOMIC, CREATE RULE's
+# DO [ALSO|INSTEAD] and PREPARE name [(types)] AS
+_DML_START = (r"(?:^|[(;)]\s*|\b(?:explain|analyze|analyse|verbose|atomic|also|instead)\s+"
+              r"|\bprepare\s+[^\s(]+\s*(?:" + _group(3) + r"\s*)?as\s+)")
+# DELETE FROM / UPDATE at such a place (CREATE RULE's plain DO DELETE too; not DO UPDATE, which
+# is INSERT ... ON CONFLICT DO UPDATE, bounded by the conflict)
+_WRITE = rf"(?:{_DML_START}(?:delete\s+from\b|update\s)|\bdo\s+delete\s+from\b)"
+_END = r"\s*(?:;|\)|$)"
+_TAUTOLOGY = (r"where\s+(?:\(\s*)*(?:true|not\s+false|1\s*=\s*1|'\?'\s*=\s*'\?'|'\?'"
+              r"|'\?'\s*::\s*bool(?:ean)?)(?:\s*\))*")
+
+_SERVER_FUNCTIONS = (
+    r"pg_read_file|pg_read_binary_file|pg_ls_dir|pg_stat_file|pg_ls_logdir|pg_ls_waldir"
+    r"|pg_ls_tmpdir|pg_ls_archive_statusdir|pg_ls_logicalsnapdir|pg_ls_logicalmapdir"
+    r"|pg_ls_replslotdir|lo_import|lo_export|pg_file_write|pg_file_rename|pg_file_unlink"
+    r"|pg_file_sync|pg_file_read|pg_logdir_ls|dblink[a-z0-9_]*")
+_UNTRUSTED_LANGUAGES = r"c|internal|plpython[23]?u|plperlu|pltclu|plsh"
+_SET = r"\bset\s+(?:(?:session|local)\s+)?"
+# client encodings whose multi-byte characters can end in a 0x5C byte: the server converts such
+# text to its own encoding before lexing, so a backslash we see may not be one to the server.
+# The server compares encoding names with everything but letters and digits removed.
+_UNSAFE_ENCODINGS = ("sjis", "shiftjis", "mskanji", "win932", "windows932", "cp932", "big5",
+                     "win950", "windows950", "cp950", "gbk", "win936", "windows936", "cp936",
+                     "uhc", "win949", "windows949", "cp949", "gb18030", "johab")
+_ENC_SEP = r"[^a-z0-9'\";]*"
+_UNSAFE_ENCODING = "(?:" + "|".join(_ENC_SEP.join(name) for name in _UNSAFE_ENCODINGS) + ")"
+
+PACKS: dict[str, Pack] = {p.name: p for p in (
+    Pack(
+        name="destructive-ddl",
+        summary="DROP, TRUNCATE and ALTER ... DROP",
+        message="destructive DDL goes through a migration, not this connection",
+        patterns=(
+            (CODE, r"^drop\b"),
+            (CODE, r"\bdrop\s+(?:table|schema|database|view|materialized\s+view|index|sequence"
+                   r"|function|procedure|extension|owned)\b"),
+            (CODE, r"^truncate\b"),
+            (CODE, r"\btruncate\s+(?:table|only)\b"),
+            (CODE, r"^alter\s+(?:foreign\s+)?table\b.*\bdrop\s+(?:\"|"
+                   + word_except("default", "not", "identity", "expression")
+                   + rf"(?:[^{_IDC}]|$))"),
+            (CODE, r"^alter\s+type\b.*\bdrop\s+attribute\b"),
+        ),
+    ),
+    Pack(
+        name="unbounded-write",
+        summary="DELETE or UPDATE without a WHERE",
+        message="DELETE and UPDATE need a WHERE clause",
+        patterns=(
+            # ... then no top-level WHERE up to the end of the statement (or of its CTE / rule
+            # action), or only an always-true one, or parentheses too deep to follow before any
+            # WHERE (refuse rather than guess). One pattern: these share most of their automaton.
+            (CODE, _WRITE + _NO_WHERE + rf"(?:{_END}|{_TAUTOLOGY}\s*(?:;|\)|$|returning\b)"
+                   rf"|{_too_deep(_NEST + 1)})"),
+        ),
+    ),
+    Pack(
+        name="privilege-changes",
+        summary="GRANT, REVOKE, roles, ownership and row-level security",
+        message="privilege changes are not made through this connection",
+        patterns=(
+            (CODE, r"\bgrant\b"),
+            (CODE, r"^revoke\b"),
+            (CODE, r"^(?:create|alter|drop)\s+(?:role|user|group)\b"),
+            (CODE, r"^alter\s+default\s+privileges\b"),
+            (CODE, r"^reassign\s+owned\b"),
+            (CODE, r"^alter\b.*\bowner\s+to\b"),
+            (CODE, r"^(?:create|alter|drop)\s+policy\b"),
+            (CODE, r"\b(?:disable|no\s+force)\s+row\s+level\s+security\b"),
+            (CODE, r"\bsecurity\s+definer\b"),
+        ),
+    ),
+    Pack(
+        name="server-side-io",
+        summary="COPY to/from files and programs, server file functions, dblink, LOAD",
+        message="server-side file, program and network access is not allowed",
+        patterns=(
+            (CODE, r"^copy\b.*\b(?:to|from)\s+(?:program\s*)?'"),
+            (CODE, rf"\b(?:{_SERVER_FUNCTIONS})\b"),
+            (FULL, rf"\b(?:{_SERVER_FUNCTIONS})\s*\("),
+            (CODE, r"^load\b"),
+            (CODE, r"^alter\s+system\b"),
+            (CODE, r"^create\s+extension\b.*\b(?:adminpack|file_fdw|dblink|postgres_fdw"
+                   r"|plpython[23]?u|plperlu|pltclu)\b"),
+            (CODE, r"^create\s+(?:or\s+replace\s+)?(?:trusted\s+)?(?:procedural\s+)?language\b"),
+            (CODE, rf"\blanguage\s+(?:{_UNTRUSTED_LANGUAGES})\b"),
+            (FULL, rf"\blanguage\s+'(?:{_UNTRUSTED_LANGUAGES})'"),
+            (CODE, r"^(?:create\s+(?:server|foreign\s+table|tablespace)"
+                   r"|import\s+foreign\s+schema)\b"),
+            (CODE, _SET + r"(?:local_preload_libraries|session_preload_libraries"
+                   r"|shared_preload_libraries|dynamic_library_path)\b"),
+            (FULL, r"\bset_config\s*\(\s*'(?:local_preload_libraries|session_preload_libraries"
+                   r"|dynamic_library_path)'"),
+        ),
+    ),
+    Pack(
+        name="session-tampering",
+        summary="SET ROLE, SET SESSION AUTHORIZATION and their set_config forms",
+        message="changing the session's role or client encoding is not allowed",
+        patterns=(
+            (CODE, _SET + r"(?:role\b|\"_role\"|session\s+authorization\b"
+                   r"|session_authorization\b|session_replication_role\b)"),
+            (CODE, r"^reset\s+(?:role\b|\"_role\"|session\s+authorization\b"
+                   r"|session_authorization\b)"),
+            (FULL, r"\bset_config\s*\(\s*'(?:role|session_authorization"
+                   r"|session_replication_role)'"),
+            # a computed setting name cannot be checked: $1, an expression, a cast
+            (CODE, r"\bset_config\s*\(\s*(?:[^'\s)]|'\?'\s*(?:\|\||::))"),
+            # a client encoding that can hide a quote from the normaliser (see above)
+            (FULL, r"(?:\bclient_encoding\b|\bset\s+(?:(?:session|local)\s+)?names\b)['\"]?\s*"
+                   r"(?:=|\bto\b|,)?\s*['\"]?" + _ENC_SEP + _UNSAFE_ENCODING + _ENC_SEP + r"(?:['\"]|\b)"),
+            (FULL, r"\bset_config\s*\(\s*'client_encoding'\s*,\s*(?:[^'\s]|'[^']*'\s*(?:\|\||::))"),
+        ),
+    ),
+)}
+
+
+def pack_names() -> tuple[str, ...]:
+    return tuple(PACKS)
