@@ -94,7 +94,8 @@ class Gateway:
         """Re-read the config file; on any error keep running on the old one."""
         try:
             new = load_config(self.config.path)
-            engines = build_policies(new)
+            # Compiling a large rule set takes CPU time: keep the event loop serving meanwhile.
+            engines = await asyncio.to_thread(build_policies, new)
         except ConfigError as e:
             for line in e.lines():
                 event(log, "reload rejected: config error", logging.ERROR, problem=line)

@@ -126,8 +126,7 @@ GATEWAY_CONFIG = {
         "guardrail": [
             {"name": "no-ddl", "patterns": [r"\bdrop\s+(table|schema)\b", r'say "hi"\t'],
              "action": "block", "message": "not here"},
-            {"name": "deletes", "patterns": [r"\bdelete\b"], "action": "approve",
-             "approvers": ["dba"], "timeout": "15m"},
+            {"name": "deletes", "patterns": [r"\bdelete\b"], "action": "log"},
         ],
         "mask": [{"columns": ["*.password"], "strategy": "partial", "keep": 4}],
     }],

@@ -342,7 +342,8 @@ class PgListener:
                                  f"identity is not allowed to use \"{user}\" on connection \"{cfg.name}\"",
                                  detail=f"subject={identity.subject} groups={sorted(identity.groups)}")
 
-        policy = self._policy_for(identity)
+        # The first identity with a new group set compiles its rule set: off the event loop.
+        policy = await asyncio.to_thread(self._policy_for, identity)
         if policy is not None:
             self._judge_startup(policy, params, identity, peer)
 
