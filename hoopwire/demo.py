@@ -168,8 +168,8 @@ def main(keep: bool = False) -> int:
                              password=token, autocommit=True) as conn:
             for expected, sql in AGENT_STEPS:
                 try:
-                    rows = conn.execute(sql).fetchall() if "select" in sql.lower() else None
-                    shown = rows[0] if rows else "ok"
+                    cur = conn.execute(sql)
+                    shown = cur.fetchone() if cur.description else f"ok ({cur.statusmessage})"
                     _say("allowed", f"{sql}\n          -> {shown}")
                 except psycopg.errors.InsufficientPrivilege as e:
                     _say("blocked", f"{sql}\n          -> ERROR {e.sqlstate}: {e.diag.message_primary}")
