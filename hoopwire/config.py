@@ -21,7 +21,7 @@ from typing import Any, Callable
 __all__ = [
     "ConfigError", "Secret", "Config", "AdminConfig", "LogConfig", "IdentityConfig",
     "IssuerConfig", "ApiKeyConfig", "ConnectionConfig", "RoleConfig", "GuardrailConfig",
-    "MaskConfig", "load_config", "parse_config", "parse_duration", "parse_size", "parse_listen",
+    "MaskConfig", "DetectorConfig", "load_config", "parse_config", "parse_duration", "parse_size", "parse_listen",
 ]
 
 
@@ -124,10 +124,17 @@ class GuardrailConfig:
 
 @dataclass(frozen=True)
 class MaskConfig:
-    columns: tuple[str, ...] = ()
-    detectors: tuple[str, ...] = ()
-    strategy: str = "redact"
-    keep: int = 4
+    columns: tuple[str, ...] = ()      # schema.table.column globs masked whatever they hold
+    detectors: tuple[str, ...] = ()    # built-in or [[connection.detector]] names
+    strategy: str = "redact"           # redact | partial | hash | null | format
+    keep: int = 4                      # partial: trailing characters kept
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    name: str
+    pattern: str                       # Hyperscan regex
+    validator: str | None = None       # luhn | mod97 | None
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,10 @@ class ConnectionConfig:
     roles: tuple[RoleConfig, ...] = ()
     guardrails: tuple[GuardrailConfig, ...] = ()
     masks: tuple[MaskConfig, ...] = ()
+    detectors: tuple[DetectorConfig, ...] = ()
+    unresolved_columns: str = "detect"  # detect | mask | block
+    binary_copy: str = "mask"           # mask (by column rules) | refuse
+    mask_hash_key: Secret | None = None # the HMAC key of the hash strategy
     max_connections: int = 1000
     max_message_size: int = 64 * 1024 * 1024
     handshake_timeout: float = 15.0
@@ -441,10 +452,28 @@ def _mask(r: _Reader) -> MaskConfig:
     detectors = r.strings("detectors")
     strategy = r.get("strategy", str, "redact", choices=_STRATEGIES)
     keep = r.get("keep", int, 4)
+    if keep is not None and not 0 <= keep <= 64:
+        r.error("keep", "must be between 0 and 64")
     if not columns and not detectors:
         r.error("columns", "a mask rule needs columns or detectors")
+    for c in columns:
+        # a glob over "schema.table.column"; `*` spans dots, so "*.password" is any table's
+        if "." not in c or c.count(".") > 2:
+            r.error("columns", f"{c!r}: expected schema.table.column (globs allowed: *.password)")
     r.finish()
     return MaskConfig(columns=columns, detectors=detectors, strategy=strategy, keep=keep)
+
+
+def _detector(r: _Reader) -> DetectorConfig | None:
+    name = r.get("name", str, required=True)
+    pattern = r.get("pattern", str, required=True)
+    validator = r.get("validator", str, None, choices=("luhn", "mod97"))
+    if name is not None and not re.match(r"^[A-Z][A-Z0-9_]{0,63}$", name):
+        r.error("name", "detector names are UPPER_CASE (letters, digits, _)")
+    r.finish()
+    if name is None or pattern is None:
+        return None
+    return DetectorConfig(name=name, pattern=pattern, validator=validator)
 
 
 def _role(r: _Reader) -> RoleConfig | None:
@@ -516,6 +545,13 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         if g is not None:
             guardrails.append(g)
     masks = [_mask(_Reader(r.problems, t, p)) for t, p in r.tables("mask")]
+    detectors = [d for d in (_detector(_Reader(r.problems, t, p)) for t, p in r.tables("detector"))
+                 if d is not None]
+    unresolved = r.get("unresolved_columns", str, "detect", choices=("detect", "mask", "block"))
+    binary_copy = r.get("binary_copy", str, "mask", choices=("mask", "refuse"))
+    mask_hash_key = r.secret("mask_hash_key")
+    if any(m.strategy == "hash" for m in masks) and mask_hash_key is None:
+        r.error("mask_hash_key_env", "the hash strategy needs a key (mask_hash_key_env or _file)")
     r.finish()
     if None in (name, listen, upstream, user):
         return None
@@ -524,7 +560,9 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         user=user, password=password, upstream_tls=upstream_tls, upstream_ca=upstream_ca,
         tls_cert=tls_cert, tls_key=tls_key, require_tls=require_tls, allow_groups=allow_groups,
         allow_client_database=allow_client_database, roles=tuple(roles),
-        guardrails=tuple(guardrails), masks=tuple(masks), max_connections=max_connections,
+        guardrails=tuple(guardrails), masks=tuple(masks), detectors=tuple(detectors),
+        unresolved_columns=unresolved, binary_copy=binary_copy, mask_hash_key=mask_hash_key,
+        max_connections=max_connections,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout, connect_timeout=connect_timeout)
 
