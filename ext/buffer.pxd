@@ -25,18 +25,23 @@ cdef class FrameReader:
         char held_kind
         list out                   # pieces to write for the current read
         bint failed                # a framing error was raised: the stream is unusable
+        bint holding               # on_message returned HOLD: reading stops until resumed
+        bytes stalled              # the bytes from the held message on, fed again on resume
+        bint replaying             # resuming: the first message's header was seen already
 
         # Set by parse_header for the message being cut.
         char cur_kind
         Py_ssize_t cur_size        # whole message size, header included
 
     # The protocol's part: read a header, choose a disposition, judge a whole message.
-    # on_message returns None to forward the message as it is, or the bytes to send instead
-    # (b"" drops it).
+    # on_message returns None to forward the message as it is, the bytes to send instead
+    # (b"" drops it), or HOLD to stop here until resume_feed() (the protocol must then stop
+    # reading its transport; the message is judged again on resume).
     cdef int parse_header(self, const unsigned char* p) except -1
     cdef int on_header(self, char kind, Py_ssize_t size) except -1
     cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size)
 
     cdef int feed(self, object data) except -1
+    cdef int resume_feed(self) except -1
     cdef int _begin(self, const unsigned char* p, Py_ssize_t avail) except -1
     cdef int _hold_more(self, const unsigned char* p, Py_ssize_t n) except -1

@@ -3,6 +3,9 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyBy
 from libc.string cimport memcpy
 
 
+HOLD = object()  # on_message: stop here, this message is judged again on resume
+
+
 class FrameError(Exception):
     """The peer sent bytes that are not a valid message stream (bad length, oversized...)."""
 
@@ -40,7 +43,10 @@ cdef class FrameReader:
         self.held = None
         result = self.on_message(self.held_kind, <const unsigned char*>PyByteArray_AS_STRING(msg),
                                  self.held_need)
-        if result is None:
+        if result is HOLD:
+            self.holding = True
+            self.stalled = bytes(msg)
+        elif result is None:
             self.out.append(msg)
         elif len(result):
             self.out.append(result)
@@ -52,6 +58,10 @@ cdef class FrameReader:
         if self.cur_size > self.max_size:
             raise FrameError(f"message of {self.cur_size} bytes exceeds the limit of "
                              f"{self.max_size} bytes", "54000")
+        if self.replaying:
+            # the held message again: on_header already counted it and chose INSPECT
+            self.replaying = False
+            return INSPECT
         return self.on_header(self.cur_kind, self.cur_size)
 
     cdef int feed(self, object data) except -1:
@@ -60,6 +70,11 @@ cdef class FrameReader:
             return 0
         if not PyBytes_CheckExact(data):
             data = bytes(data)
+        if self.holding:
+            # read before the protocol could pause its transport: keep it for the resume
+            self.stalled = self.stalled + data
+            self.out = []
+            return 0
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t pos = 0      # next byte to look at
@@ -81,6 +96,9 @@ cdef class FrameReader:
                     take = n
                 self._hold_more(p, take)
                 pos = start = take
+                if self.holding:
+                    self.stalled = self.stalled + data[take:]
+                    return 0
             elif self.hdr_have:
                 take = self.header_size - self.hdr_have
                 if take > n:
@@ -104,6 +122,9 @@ cdef class FrameReader:
                         self._hold_more(p + pos, take)
                         pos += take
                         start = pos
+                        if self.holding:
+                            self.stalled = self.stalled + data[pos:]
+                            return 0
 
             # Whole messages in this chunk.
             while pos < n:
@@ -127,6 +148,14 @@ cdef class FrameReader:
                         pos = n
                 elif avail >= size:
                     result = self.on_message(self.cur_kind, p + pos, size)
+                    if result is HOLD:
+                        if start < pos:
+                            if view is None:
+                                view = memoryview(data)
+                            self.out.append(view[start:pos])
+                        self.holding = True
+                        self.stalled = data[pos:]
+                        return 0
                     if result is not None:
                         if start < pos:
                             if view is None:
@@ -156,4 +185,16 @@ cdef class FrameReader:
         except BaseException:
             self.failed = True
             raise
+        return 0
+
+    cdef int resume_feed(self) except -1:
+        """Feed again what arrived from the held message on; self.out gets the pieces."""
+        cdef bytes data = self.stalled
+        self.holding = False
+        self.stalled = None
+        if data:
+            self.replaying = True
+            self.feed(data)
+        else:
+            self.out = []
         return 0

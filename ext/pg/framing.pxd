@@ -12,3 +12,4 @@ cdef class PgFramer(PgFrameReader):
         bint inspect_all          # False: walk headers only (the relay's forward path)
         list messages             # (kind, bytes) collected by the last feed
         Py_ssize_t count          # messages seen in all
+        char hold_kind            # tests: HOLD the first message of this type once (0: never)

@@ -32,11 +32,12 @@ cdef class PgFramer(PgFrameReader):
     [('Z', b'I')]
     """
 
-    def __init__(self, Py_ssize_t max_size=0x7fffffff, bint inspect_all=True):
+    def __init__(self, Py_ssize_t max_size=0x7fffffff, bint inspect_all=True, hold_kind=None):
         if max_size < 5:
             raise ValueError("max_size must be at least 5")
         self.max_size = max_size
         self.inspect_all = inspect_all
+        self.hold_kind = ord(hold_kind) if hold_kind else 0
         self.messages = []
 
     cdef int on_header(self, char kind, Py_ssize_t size) except -1:
@@ -44,6 +45,9 @@ cdef class PgFramer(PgFrameReader):
         return INSPECT if self.inspect_all else FORWARD
 
     cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
+        if self.hold_kind and kind == self.hold_kind:
+            self.hold_kind = 0
+            return HOLD
         self.messages.append((chr(<unsigned char>kind), msg[5:size]))
         return None
 
@@ -57,6 +61,16 @@ cdef class PgFramer(PgFrameReader):
         """Walk the chunk as the relay's forward path does; return the pieces it would write."""
         self.feed(data)
         return self.out
+
+    def resume_messages(self):
+        """After a HOLD: continue; return the messages that completes."""
+        self.messages = []
+        self.resume_feed()
+        return self.messages
+
+    @property
+    def holding_now(self):
+        return self.holding
 
     @property
     def message_count(self):
