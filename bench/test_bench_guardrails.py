@@ -8,7 +8,8 @@ schemas, tables, columns and functions, the way an operator writes them, all dis
 cache is off (cache_size=0), so every call normalises and scans. The five built-in packs are
 measured on their own and on top of 1,000 rules.
 
-Each benchmark reports ns per statement and MB/s of SQL in extra_info; a table of all of them,
+Each benchmark reports ns per statement and MB/s of SQL in extra_info (from the fastest round:
+the cost undisturbed by other processes; the median is kept beside it); a table of all of them,
 with the 1,000-rule / 10-rule ratio (issue 3 asks for at most 1.5x), is printed at the end.
 """
 
@@ -156,10 +157,12 @@ def _summary(request):
     yield
     if not _results:
         return
-    lines = ["", "guardrails: normalise + scan per statement (verdict cache off)",
-             f"{'rules':>11} {'corpus':>9} {'ns/stmt':>10} {'MB/s':>8}"]
-    for (rules, corpus), (ns, mbs) in sorted(_results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        lines.append(f"{rules:>11} {corpus:>9} {ns:>10.0f} {mbs:>8.1f}")
+    lines = ["", "guardrails: normalise + scan per statement (verdict cache off; fastest round,"
+                 " median beside it)",
+             f"{'rules':>11} {'corpus':>9} {'ns/stmt':>10} {'MB/s':>8} {'median ns':>10}"]
+    for (rules, corpus), (ns, mbs, med) in sorted(_results.items(),
+                                                  key=lambda kv: (kv[0][1], kv[0][0])):
+        lines.append(f"{rules:>11} {corpus:>9} {ns:>10.0f} {mbs:>8.1f} {med:>10.0f}")
     for corpus in CORPORA:
         if ("10", corpus) in _results and ("1000", corpus) in _results:
             ratio = _results[("1000", corpus)][0] / _results[("10", corpus)][0]
@@ -175,12 +178,16 @@ def _summary(request):
 
 def _record(benchmark, rules: str, corpus: str) -> None:
     stmts = CORPORA[corpus]
-    mean = benchmark.stats.stats.mean           # seconds for one pass over the corpus
-    ns = mean / len(stmts) * 1e9
-    mbs = sum(map(len, stmts)) / mean / 1e6
+    # seconds for one pass over the corpus. The fastest round is the cost undisturbed (other
+    # processes on a shared machine only ever add time); the median is shown beside it.
+    best, median = benchmark.stats.stats.min, benchmark.stats.stats.median
+    size = sum(map(len, stmts))
+    ns, mbs = best / len(stmts) * 1e9, size / best / 1e6
+    ns_median = median / len(stmts) * 1e9
     benchmark.extra_info.update({"ns_per_statement": round(ns), "MB_per_s": round(mbs, 1),
+                                 "ns_per_statement_median": round(ns_median),
                                  "statements": len(stmts), "rules": rules})
-    _results[(rules, corpus)] = (ns, mbs)
+    _results[(rules, corpus)] = (ns, mbs, ns_median)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,9 +26,18 @@ def _build_policy(cfg):
     """The guardrail engine for one connection (None when it has no rules)."""
     if not cfg.guardrails:
         return None
+    from hoopwire.config import GuardrailConfig
     from hoopwire.policy import PolicyEngine
+    from hoopwire.policy.packs import UNSAFE_ENCODING_PATTERNS
     from hoopwire.metrics import GUARDRAIL_SCAN_SECONDS
-    return PolicyEngine(cfg.guardrails, path=f"connection[{cfg.name}].guardrail",
+    rules = cfg.guardrails
+    if not any(g.pack == "session-tampering" for g in rules):
+        # An encoding whose characters can end in a backslash byte would let a quote hide from
+        # the normaliser, and with it any statement from every other rule.
+        rules = rules + (GuardrailConfig(
+            name="unsafe-client-encoding", patterns=tuple(p for _, p in UNSAFE_ENCODING_PATTERNS),
+            scan_literals=True, message="this client encoding is not allowed while guardrails apply"),)
+    return PolicyEngine(rules, path=f"connection[{cfg.name}].guardrail",
                         scan_seconds=GUARDRAIL_SCAN_SECONDS.labels(cfg.name).observe)
 
 

@@ -285,3 +285,18 @@ def test_approve_is_refused_until_supported(pg, idp):
                                               "action": "approve", "approvers": ["dba"]}])
     with pytest.raises(GatewayError, match="not yet supported"):
         Gateway(cfg, env=gateway_env(pg), timeout=10)
+
+
+def test_client_encodings_that_can_hide_a_quote_are_refused(pg, idp):
+    """SJIS and friends have characters ending in a backslash byte: a quote could hide from the
+    normaliser. Refused at startup and by SET, even without the session-tampering pack."""
+    cfg = gateway_config(pg, idp, guardrail=[{"pack": "destructive-ddl"}])
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        with pytest.raises(psycopg.OperationalError, match="client encoding"):
+            psycopg.connect(conninfo(g, idp.token(), client_encoding="SJIS"))
+        with pytest.raises(psycopg.OperationalError, match="client encoding"):
+            psycopg.connect(conninfo(g, idp.token(), options="-c client_encoding=sjis"))
+        with connect(g, idp) as conn:
+            assert_blocked(conn, "SET client_encoding = 'SJIS'", "unsafe-client-encoding")
+            assert_blocked(conn, "SET NAMES 'big5'")
+            conn.execute("SET client_encoding = 'LATIN1'")  # single-byte: fine

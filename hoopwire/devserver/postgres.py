@@ -171,6 +171,7 @@ class PgServer:
         self.logfile = os.path.join(self.workdir, "postgres.log")
         try:
             self._give_to_owner(self.workdir)
+            self._check_owner_can_reach(self.workdir)
             os.mkdir(self.socket_dir, 0o700)
             self._give_to_owner(self.socket_dir)
             self._initdb()
@@ -283,6 +284,29 @@ class PgServer:
                 "(initdb and postgres refuse to run as root); the Debian `postgresql` package "
                 "creates it") from None
         os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _check_owner_can_reach(self, path: str) -> None:
+        """As root, fail clearly when the postgres user cannot reach our directory, e.g. a
+        basedir under pytest's /tmp/pytest-of-root (mode 0700), instead of a cryptic initdb error."""
+        if os.geteuid() != 0:
+            return
+        owner = pwd.getpwnam(_OS_USER)
+        parent = os.path.dirname(os.path.abspath(path))
+        while True:
+            st = os.stat(parent)
+            if st.st_uid == owner.pw_uid:
+                ok = st.st_mode & 0o100
+            elif st.st_gid == owner.pw_gid:
+                ok = st.st_mode & 0o010
+            else:
+                ok = st.st_mode & 0o001
+            if not ok:
+                raise PgServerError(
+                    f"the {_OS_USER!r} OS user cannot enter {parent} (mode "
+                    f"{st.st_mode & 0o777:o}); pass a basedir it can reach, such as /tmp")
+            if parent == os.path.dirname(parent):
+                return
+            parent = os.path.dirname(parent)
 
     def _env(self) -> dict[str, str]:
         # PG* variables from the caller's shell (PGDATA, PGPORT, PGHOST...) must not redirect us

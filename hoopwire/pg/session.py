@@ -95,16 +95,21 @@ def _options_settings(options: str) -> list[tuple[str, str]]:
     return out
 
 
-def startup_settings(params: dict[str, str]) -> list[bytes]:
-    """Every setting a startup packet makes, written as the SET statement it amounts to."""
+def startup_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
+    """Every (setting, value) a startup packet makes, `options` unpacked."""
     pairs = []
     for k, v in params.items():
         if k == "options":
             pairs.extend(_options_settings(v))
         elif k != "database":
             pairs.append((k, v))
+    return pairs
+
+
+def startup_settings(params: dict[str, str]) -> list[bytes]:
+    """Every setting a startup packet makes, written as the SET statement it amounts to."""
     out = []
-    for name, value in pairs:
+    for name, value in startup_pairs(params):
         ident = name if _GUC_NAME.match(name) else '"' + name.replace('"', '""') + '"'
         out.append(f"SET {ident} = '{value.replace(chr(39), chr(39) * 2)}'".encode("utf-8", "replace"))
     return out
@@ -389,6 +394,12 @@ class PgListener:
     def _judge_startup(self, policy, params: dict[str, str], identity: Identity, peer: str) -> None:
         """Startup parameters are settings: `options=-c role=x` or a bare `role` parameter
         would be a SET ROLE that no statement shows, so guardrails judge them as SETs."""
+        from hoopwire.policy.packs import UNSAFE_CLIENT_ENCODINGS
+        for name, value in startup_pairs(params):
+            if name.lower() == "client_encoding" and \
+                    re.sub(r"[^a-z0-9]", "", value.lower()) in UNSAFE_CLIENT_ENCODINGS:
+                raise StartupRefused("blocked", "42501", f"client encoding \"{value}\" is not "
+                                     "allowed through the gateway while guardrails apply")
         for setting in startup_settings(params):
             verdict = policy.check(setting)
             if verdict is None or verdict.action != "block":

@@ -28,7 +28,8 @@ destructive-ddl
 unbounded-write
     catches   DELETE FROM and UPDATE ... SET with no WHERE at the top level of the statement:
               plain, in a WITH (either the main statement or a data-modifying CTE), after
-              EXPLAIN ANALYZE, in PREPARE ... AS, in CREATE RULE ... DO [ALSO|INSTEAD], inside
+              EXPLAIN [ANALYZE] (plain EXPLAIN does not run it, but is refused all the same),
+              in PREPARE ... AS, in CREATE RULE ... DO [ALSO|INSTEAD], inside
               COPY (...) and BEGIN ATOMIC; a WHERE that only sits inside parentheses
               (USING (SELECT ... WHERE ...), SET a = (SELECT ... WHERE ...)) does not count;
               also WHERE true / WHERE 1=1 / WHERE 'x'='x' / WHERE NOT false as the whole condition
@@ -86,13 +87,27 @@ session-tampering
               return to the gateway's own upstream role, which is not an escalation); a client
               encoding chosen in the startup packet (client_encoding or options=-c ...) -- the
               PostgreSQL session itself must refuse those encodings
+
+All packs, and rules of one's own
+    * Only the text of a statement is seen. What runs later inside the server -- functions,
+      triggers, rules, DO blocks and EXECUTE of a string built at run time -- is not; the
+      upstream role's privileges are the control that covers those.
+    * A message with a backslash inside a '...' literal is read twice: as the server reads it
+      with standard_conforming_strings on, and as it would with it off; whichever reading
+      matches a rule decides, so switching the setting off cannot hide text.
+    * The normaliser reads the bytes as an ASCII-compatible encoding (UTF-8 and every server
+      encoding are). Client-only encodings whose characters can end in a 0x5C byte (SJIS, BIG5,
+      GBK, UHC, GB18030, JOHAB) can hide a quote; the session must not allow them.
+    * Hyperscan's \\b counts $ and non-ASCII bytes as non-word: an identifier such as a$drop or
+      édrop can trip a keyword pattern. That errs towards blocking, never towards a bypass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CODE", "FULL", "Pack", "PACKS", "pack_names"]
+__all__ = ["CODE", "FULL", "Pack", "PACKS", "pack_names", "UNSAFE_ENCODING_PATTERNS",
+           "UNSAFE_CLIENT_ENCODINGS"]
 
 CODE = "code"   # scanned against normalize(sql)
 FULL = "full"   # scanned against normalize(sql, keep_literals=True)
@@ -195,6 +210,16 @@ _UNSAFE_ENCODINGS = ("sjis", "shiftjis", "mskanji", "win932", "windows932", "cp9
 _ENC_SEP = r"[^a-z0-9'\";]*"
 _UNSAFE_ENCODING = "(?:" + "|".join(_ENC_SEP.join(name) for name in _UNSAFE_ENCODINGS) + ")"
 
+# A client encoding that can hide a quote from the normaliser (see above). Part of
+# session-tampering, and added on its own to every rule set that does not enable that pack:
+# without it no other rule could be trusted.
+UNSAFE_ENCODING_PATTERNS = (
+    (FULL, r"(?:\bclient_encoding\b|\bset\s+(?:(?:session|local)\s+)?names\b)['\"]?\s*"
+           r"(?:=|\bto\b|,)?\s*['\"]?" + _ENC_SEP + _UNSAFE_ENCODING + _ENC_SEP + r"(?:['\"]|\b)"),
+    (FULL, r"\bset_config\s*\(\s*'client_encoding'\s*,\s*(?:[^'\s]|'[^']*'\s*(?:\|\||::))"),
+)
+UNSAFE_CLIENT_ENCODINGS = frozenset(_UNSAFE_ENCODINGS)
+
 PACKS: dict[str, Pack] = {p.name: p for p in (
     Pack(
         name="destructive-ddl",
@@ -276,10 +301,7 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
                    r"|session_replication_role)'"),
             # a computed setting name cannot be checked: $1, an expression, a cast
             (CODE, r"\bset_config\s*\(\s*(?:[^'\s)]|'\?'\s*(?:\|\||::))"),
-            # a client encoding that can hide a quote from the normaliser (see above)
-            (FULL, r"(?:\bclient_encoding\b|\bset\s+(?:(?:session|local)\s+)?names\b)['\"]?\s*"
-                   r"(?:=|\bto\b|,)?\s*['\"]?" + _ENC_SEP + _UNSAFE_ENCODING + _ENC_SEP + r"(?:['\"]|\b)"),
-            (FULL, r"\bset_config\s*\(\s*'client_encoding'\s*,\s*(?:[^'\s]|'[^']*'\s*(?:\|\||::))"),
+            *UNSAFE_ENCODING_PATTERNS,
         ),
     ),
 )}
