@@ -19,6 +19,7 @@ DEBUG = os.environ.get("HOOPWIRE_DEBUG") == "1"
 EXTENSIONS = {
     "hoopwire._pgwire": "ext/pgwire.pyx",
     "hoopwire._sqlnorm": "ext/sqlnorm.pyx",
+    "hoopwire._mask": "ext/mask.pyx",
 }
 
 # HOOPWIRE_EXT=hoopwire._pgwire,... builds only those (handy while working on one module)

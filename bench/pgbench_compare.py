@@ -42,6 +42,10 @@ from helpers import Gateway, free_port, wait_port  # noqa: E402  (tests/helpers.
 from hoopwire.devserver import PgServer  # noqa: E402
 
 ALL_TARGETS = ("direct", "hoopwire", "pgbouncer", "haproxy")
+# hoopwire with the five built-in guardrail packs on: ask for it by name (--targets ...,hoopwire-packs)
+EXTRA_TARGETS = ("hoopwire-packs",)
+PACKS = ("destructive-ddl", "unbounded-write", "privilege-changes", "server-side-io",
+         "session-tampering")
 DB = "bench"
 DB_USER = "bench"
 CLIENT_USER = "bench-client"    # what clients put in `user` when going through hoopwire
@@ -171,7 +175,8 @@ backend pg
     return Service("haproxy", [exe, "-db", "-f", cfg], d, port)
 
 
-def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | None) -> Gateway:
+def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | None,
+                   packs: bool = False) -> Gateway:
     config = {
         "identity": {"api_key": [{"name": "bench",
                                   "sha256": hashlib.sha256(api_key.encode()).hexdigest(),
@@ -180,6 +185,8 @@ def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | 
                         "upstream": f"{pg.host}:{pg.port}", "database": DB, "user": DB_USER,
                         "password_env": PW_ENV}],
     }
+    if packs:
+        config["connection"][0]["guardrail"] = [{"pack": p} for p in PACKS]
     return Gateway(config, env={PW_ENV: db_password}, workers=workers)
 
 
@@ -391,7 +398,7 @@ def versions(pg: PgServer, targets: list[str]) -> str:
         parts.append(first_line(["pgbouncer", "--version"]))
     if "haproxy" in targets:
         parts.append(" ".join(first_line(["haproxy", "-v"]).split()[:3]))
-    if "hoopwire" in targets:
+    if "hoopwire" in targets or "hoopwire-packs" in targets:
         import hoopwire
         parts.append(f"hoopwire {hoopwire.__version__}")
     return "; ".join(parts) + f"; {os.cpu_count()} CPUs; Python {platform.python_version()}"
@@ -401,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default=",".join(ALL_TARGETS),
-                    help=f"comma-separated subset of {','.join(ALL_TARGETS)} (default: all)")
+                    help=f"comma-separated subset of {','.join(ALL_TARGETS + EXTRA_TARGETS)} (default: {','.join(ALL_TARGETS)})")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per pgbench run (-T)")
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
@@ -420,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(targets) - set(ALL_TARGETS)
+    unknown = set(targets) - set(ALL_TARGETS) - set(EXTRA_TARGETS)
     if unknown or not targets:
         ap.error(f"unknown targets: {', '.join(sorted(unknown)) or '(none)'}")
     variants = [Variant(s, m, c, j) for s in args.scripts.split(",") for m in args.modes.split(",")
@@ -471,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
                 svc = start_haproxy(pg, max_clients, workdir)
                 stack.callback(svc.stop)
                 by_name[name] = Target(name, svc.port, DB_USER, db_password, svc.pid)
-            elif name == "hoopwire":
-                gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers)
+            elif name in ("hoopwire", "hoopwire-packs"):
+                gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers,
+                                    packs=name == "hoopwire-packs")
                 stack.callback(gw.stop)
                 by_name[name] = Target(name, gw.port("bench"), CLIENT_USER, api_key, gw.pid)
         log(versions(pg, targets))

@@ -1,0 +1,68 @@
+# Declarations of the hoopwire._mask extension: the protocol-neutral span masker (Scanner) and
+# the PostgreSQL DataRow / COPY row rewriter (RowPlan). ext/mask.pyx holds the implementation.
+#
+# The relay may `from hoopwire._mask cimport RowPlan` and call plan.rewrite_ptr(msg, size) on a
+# DataRow it holds as a pointer: None means "forward the original bytes".
+
+# What a column gets (RowPlan.action[i])
+cpdef enum:
+    ACT_PASS = 0          # forwarded as it is
+    ACT_WHOLE = 1         # the whole value is masked by the column's strategy
+    ACT_DETECT = 2        # the detectors run over the value; hits are masked in place
+
+# How a column's bytes may be rewritten (RowPlan.kind[i]), from its type OID and format code
+cpdef enum:
+    K_STR = 0             # a string as the client reads it: masked text in place is valid
+    K_JSON = 1            # json text: hits masked in place if it stays JSON; whole -> "\"…\""
+    K_JSONB_BIN = 2       # binary jsonb: a version byte, then json text
+    K_INPLACE = 3         # text-format arrays of strings: hits in place; whole -> NULL
+    K_OTHER = 4           # any other type: a hit or a whole mask makes the value NULL
+    K_OPAQUE = 5          # bytea in text format (hex): whole masks only, detectors do not see it
+
+
+cdef class Scanner:
+    # All detectors of one connection: a database without start-of-match that only says which
+    # values hold a hit (fast), and one with SOM_LEFTMOST to find the spans in those values.
+    cdef:
+        readonly object db_find        # hyperscan.Database, MULTILINE, no SOM
+        readonly object db_span        # hyperscan.Database, SOM_LEFTMOST
+        object scratch_find
+        object scratch_span
+        readonly tuple names           # detector id -> name
+        tuple validators               # id -> callable(data, s, e) -> (s, e) | None
+        tuple strategies               # id -> hoopwire.masking.strategies.Strategy
+        readonly int ndet
+        list _spans                    # matches of the running span scan: [id, from, to, ...]
+
+    cdef object mask_value(self, object data, unsigned long long* counts)
+
+
+cdef class RowPlan:
+    # The columns of one result set and what each needs; reused for every row of that result.
+    cdef:
+        readonly Scanner scanner       # None when no column is ACT_DETECT
+        readonly Py_ssize_t ncols
+        unsigned char* action          # ACT_* per column
+        unsigned char* kind            # K_* per column
+        int* rule                      # per column: index into rule_names, or -1
+        list col_strategy              # per column: Strategy for ACT_WHOLE, else None
+        readonly tuple rule_names      # labels of the column rules, for counts
+        bint any_work                  # some column is not ACT_PASS
+        # per-row scratch, sized ncols
+        Py_ssize_t* off                # byte offset of each value in the message
+        Py_ssize_t* ln                 # its length (-1: NULL)
+        Py_ssize_t* scan_end           # end of each scanned value in the pass-1 buffer
+        int* scan_col                  # column of each scanned value
+        int nscan
+        unsigned char* hit             # pass 1 found something ending in this column
+        # counters since the last take_counts(): masked values per detector / per column rule
+        unsigned long long* det_counts
+        unsigned long long* rule_counts
+        readonly unsigned long long rows_seen
+        readonly unsigned long long rows_rewritten
+
+    cdef object rewrite_ptr(self, const unsigned char* msg, Py_ssize_t size)
+    cdef int _mark(self, Py_ssize_t end) except -1
+    cdef int _find(self, object buf) except -1
+    cdef object _detect_one(self, int col, object value)
+    cdef object _whole_one(self, int col, object value)

@@ -1,0 +1,778 @@
+# cython: language_level=3
+"""hoopwire._mask: masking values on their way out of the gateway.
+
+Two classes (declared in hoopwire._mask.pxd):
+
+* Scanner -- every detector of one connection compiled into two Hyperscan databases:
+  `db_find` without start-of-match (MULTILINE, so `^`/`$` also match at the separators between
+  values) answers "which values hold a hit" at full speed; `db_span` with SOM_LEFTMOST is run
+  only over the values pass 1 flagged, to find the exact spans, which the validators then check
+  and the strategies rewrite. Start-of-match is what makes Hyperscan slow (see
+  ../shared/STYLE.md), and most values hold no hit, so most bytes only ever see db_find.
+
+* RowPlan -- the columns of one result set: for each, PASS, WHOLE (mask the whole value by the
+  column rule's strategy) or DETECT (detectors over the value), plus how its bytes may be
+  rewritten given its type and format. `rewrite(datarow)` walks a DataRow, copies every DETECT
+  value into one buffer (separated by '\\n'), scans that buffer ONCE, maps hit end offsets back
+  to values, re-scans only those values for spans, and builds a new DataRow with recomputed
+  lengths -- or returns None when nothing changed, so the relay forwards the original bytes.
+  `mask_copy_line` does the same for one COPY TO STDOUT data row in text or CSV format.
+
+A malformed DataRow raises MaskRowError (SQLSTATE 08P01); nothing here reads outside the
+message it is given.
+"""
+
+import json as _json
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.string cimport memcpy, memset
+
+import hyperscan
+
+__all__ = ["Scanner", "RowPlan", "MaskRowError", "mask_copy_line", "ACT_PASS", "ACT_WHOLE",
+           "ACT_DETECT", "K_STR", "K_JSON", "K_JSONB_BIN", "K_INPLACE",
+           "K_OTHER", "K_OPAQUE", "column_kind"]
+
+
+cdef bytes REDACTED = b"****"
+cdef object NULL_VALUE = object()      # a replacement meaning SQL NULL
+
+
+class MaskRowError(ValueError):
+    """A DataRow (or COPY row) that is not well formed, or does not fit its RowDescription."""
+
+    def __init__(self, message, code="08P01"):
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------
+# type OIDs -> K_*
+
+# strings whatever the format: text, varchar, bpchar, name, "char", unknown, xml; 0 = not given
+# (COPY, where the relay knows no types)
+STRING_OIDS = frozenset({25, 1043, 1042, 19, 18, 705, 142, 0})
+# text-format arrays of strings: text[], varchar[], bpchar[], name[], json[], jsonb[], xml[]
+STRING_ARRAY_OIDS = frozenset({1009, 1015, 1014, 1003, 199, 3807, 143})
+JSON_OID = 114
+JSONB_OID = 3802
+BYTEA_OID = 17
+
+
+def column_kind(unsigned int type_oid, int fmt, extra_string_oids=()):
+    """K_* for a column of this type in this format (0 text, 1 binary)."""
+    if type_oid in STRING_OIDS or type_oid in extra_string_oids:
+        return K_STR
+    if type_oid == JSON_OID:
+        return K_JSON
+    if type_oid == JSONB_OID:
+        return K_JSONB_BIN if fmt == 1 else K_JSON
+    if type_oid == BYTEA_OID:
+        return K_STR if fmt == 1 else K_OPAQUE
+    if type_oid in STRING_ARRAY_OIDS and fmt == 0:
+        return K_INPLACE
+    return K_OTHER
+
+
+cdef inline unsigned int _be32(const unsigned char* p) noexcept nogil:
+    return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
+
+
+cdef inline void _put32(unsigned char* p, unsigned int v) noexcept nogil:
+    p[0] = (v >> 24) & 0xff
+    p[1] = (v >> 16) & 0xff
+    p[2] = (v >> 8) & 0xff
+    p[3] = v & 0xff
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperscan callbacks (the Python binding calls them with id, from, to, flags, context)
+
+def _on_find(unsigned int ident, unsigned long long frm, unsigned long long to, unsigned int flags,
+             RowPlan plan):
+    plan._mark(<Py_ssize_t>to)
+
+
+def _on_span(unsigned int ident, unsigned long long frm, unsigned long long to, unsigned int flags,
+             list spans):
+    spans.append((frm, -<long long>to, ident))
+
+
+# ---------------------------------------------------------------------------------------------
+
+cdef class Scanner:
+    """Scanner(detectors, strategies): detectors is a list of
+    hoopwire.masking.detectors.Detector, strategies the Strategy each one's hits get. Compiling
+    takes milliseconds: build it off the event loop. One thread at a time per Scanner."""
+
+    def __init__(self, list detectors, list strategies):
+        if len(detectors) != len(strategies) or not detectors:
+            raise ValueError("a Scanner needs one strategy per detector, and a detector")
+        self.ndet = len(detectors)
+        self.names = tuple(d.name for d in detectors)
+        self.validators = tuple(d.validator for d in detectors)
+        self.strategies = tuple(strategies)
+        pats = [d.pattern for d in detectors]
+        ids = list(range(self.ndet))
+        self.db_find = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self.db_find.compile(expressions=pats, ids=ids, elements=self.ndet,
+                             flags=[d.flags | hyperscan.HS_FLAG_MULTILINE for d in detectors])
+        self.db_span = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self.db_span.compile(expressions=pats, ids=ids, elements=self.ndet,
+                             flags=[d.flags | hyperscan.HS_FLAG_SOM_LEFTMOST for d in detectors])
+        self.scratch_find = hyperscan.Scratch(self.db_find)
+        self.scratch_span = hyperscan.Scratch(self.db_span)
+
+    cdef object mask_value(self, object data, unsigned long long* counts):
+        """data with every validated detector span rewritten, or None when nothing matched.
+        Overlapping spans: the leftmost wins, then the longest."""
+        cdef list spans = []
+        cdef Py_ssize_t last_end = 0, n = len(data), s, e
+        cdef list out
+        cdef object hit, v
+        cdef unsigned int ident
+        self.db_span.scan(data, match_event_handler=_on_span, context=spans,
+                          scratch=self.scratch_span)
+        if not spans:
+            return None
+        spans.sort()
+        out = None
+        for frm, negto, ident in spans:
+            s = frm
+            e = -negto
+            if s < last_end or e > n or s >= e:
+                continue
+            v = self.validators[ident]
+            if v is not None:
+                hit = v(data, s, e)
+                if hit is None:
+                    continue
+                s, e = hit
+                if s < last_end or s >= e:
+                    continue
+            if out is None:
+                out = []
+            out.append(data[last_end:s])
+            out.append((<object>self.strategies[ident]).inline(data[s:e]))
+            last_end = e
+            if counts != NULL:
+                counts[ident] += 1
+        if out is None:
+            return None
+        out.append(data[last_end:])
+        return b"".join(out)
+
+    def mask(self, data):
+        """(masked bytes, {detector: count}) for free text; the same object when unchanged."""
+        cdef unsigned long long* counts = <unsigned long long*>PyMem_Malloc(
+            self.ndet * sizeof(unsigned long long))
+        if counts == NULL:
+            raise MemoryError()
+        memset(counts, 0, self.ndet * sizeof(unsigned long long))
+        try:
+            res = self.mask_value(bytes(data) if not isinstance(data, bytes) else data, counts)
+            found = {self.names[i]: counts[i] for i in range(self.ndet) if counts[i]}
+        finally:
+            PyMem_Free(counts)
+        return (data if res is None else res), found
+
+
+# ---------------------------------------------------------------------------------------------
+
+cdef class RowPlan:
+    """RowPlan(columns, scanner=None, rule_names=()): columns is a sequence, one per column of
+    the result, of (action, kind, strategy, rule) where action is ACT_PASS / ACT_WHOLE /
+    ACT_DETECT, kind a K_* from column_kind(type_oid, format), strategy the Strategy of a WHOLE
+    column (else None) and rule the index of its column rule in rule_names (else -1).
+    hoopwire.masking.engine.MaskEngine.row_plan builds one from RowDescription facts."""
+
+    def __cinit__(self):
+        self.action = NULL
+        self.kind = NULL
+        self.rule = NULL
+        self.off = NULL
+        self.ln = NULL
+        self.scan_end = NULL
+        self.scan_col = NULL
+        self.hit = NULL
+        self.det_counts = NULL
+        self.rule_counts = NULL
+
+    def __init__(self, columns, Scanner scanner=None, rule_names=()):
+        cdef Py_ssize_t n = len(columns), i
+        cdef Py_ssize_t m = n if n > 0 else 1
+        self.ncols = n
+        self.rule_names = tuple(rule_names)
+        self.action = <unsigned char*>PyMem_Malloc(m)
+        self.kind = <unsigned char*>PyMem_Malloc(m)
+        self.hit = <unsigned char*>PyMem_Malloc(m)
+        self.rule = <int*>PyMem_Malloc(m * sizeof(int))
+        self.scan_col = <int*>PyMem_Malloc(m * sizeof(int))
+        self.off = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
+        self.ln = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
+        self.scan_end = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
+        self.rule_counts = <unsigned long long*>PyMem_Malloc(
+            (len(self.rule_names) + 1) * sizeof(unsigned long long))
+        self.det_counts = <unsigned long long*>PyMem_Malloc(
+            ((scanner.ndet if scanner is not None else 0) + 1) * sizeof(unsigned long long))
+        if (self.action == NULL or self.kind == NULL or self.hit == NULL or self.rule == NULL or
+                self.scan_col == NULL or self.off == NULL or self.ln == NULL or
+                self.scan_end == NULL or self.rule_counts == NULL or self.det_counts == NULL):
+            raise MemoryError()
+        memset(self.rule_counts, 0, (len(self.rule_names) + 1) * sizeof(unsigned long long))
+        memset(self.det_counts, 0,
+               ((scanner.ndet if scanner is not None else 0) + 1) * sizeof(unsigned long long))
+        self.col_strategy = []
+        self.any_work = False
+        cdef bint detect = False
+        for i in range(n):
+            action, kind, strategy, rule = columns[i]
+            if action not in (ACT_PASS, ACT_WHOLE, ACT_DETECT) or not 0 <= kind <= K_OPAQUE:
+                raise ValueError(f"column {i}: bad action/kind {action!r}/{kind!r}")
+            if action == ACT_WHOLE and strategy is None:
+                raise ValueError(f"column {i}: a WHOLE column needs a strategy")
+            if rule is not None and rule >= len(self.rule_names):
+                raise ValueError(f"column {i}: rule {rule} out of range")
+            if action == ACT_DETECT and kind == K_OPAQUE:
+                action = ACT_PASS          # hex text: detectors cannot see into it
+            if action == ACT_DETECT and scanner is None:
+                action = ACT_PASS
+            self.action[i] = action
+            self.kind[i] = kind
+            self.rule[i] = -1 if rule is None or rule < 0 else rule
+            self.col_strategy.append(strategy if action == ACT_WHOLE else None)
+            if action != ACT_PASS:
+                self.any_work = True
+            if action == ACT_DETECT:
+                detect = True
+        self.scanner = scanner if detect else None
+
+    def __dealloc__(self):
+        PyMem_Free(self.action)
+        PyMem_Free(self.kind)
+        PyMem_Free(self.hit)
+        PyMem_Free(self.rule)
+        PyMem_Free(self.scan_col)
+        PyMem_Free(self.off)
+        PyMem_Free(self.ln)
+        PyMem_Free(self.scan_end)
+        PyMem_Free(self.rule_counts)
+        PyMem_Free(self.det_counts)
+
+    @property
+    def passthrough(self):
+        """True when no column needs anything: the relay need not hand rows to this plan."""
+        return not self.any_work
+
+    def actions(self):
+        return [(self.action[i], self.kind[i]) for i in range(self.ncols)]
+
+    def take_counts(self):
+        """{detector name or "column:<rule>": masked values} since the last call; then reset.
+        Counts, never values."""
+        out = {}
+        cdef Py_ssize_t i
+        if self.scanner is not None:
+            for i in range(self.scanner.ndet):
+                if self.det_counts[i]:
+                    out[self.scanner.names[i]] = out.get(self.scanner.names[i], 0) + \
+                        self.det_counts[i]
+                    self.det_counts[i] = 0
+        for i in range(len(self.rule_names)):
+            if self.rule_counts[i]:
+                key = "column:" + self.rule_names[i]
+                out[key] = out.get(key, 0) + self.rule_counts[i]
+                self.rule_counts[i] = 0
+        return out
+
+    # -- pass 1 ------------------------------------------------------------------------------
+
+    cdef int _mark(self, Py_ssize_t end) except -1:
+        # the match's last byte is end-1; find the scanned value holding it (binary search)
+        cdef int lo = 0, hi = self.nscan - 1, mid
+        cdef Py_ssize_t last = end - 1
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.scan_end[mid] <= last:
+                lo = mid + 1
+            else:
+                hi = mid
+        if 0 <= lo < self.nscan:
+            self.hit[self.scan_col[lo]] = 1
+        return 0
+
+    cdef int _find(self, object buf) except -1:
+        self.scanner.db_find.scan(buf, match_event_handler=_on_find, context=self,
+                                  scratch=self.scanner.scratch_find)
+        return 0
+
+    # -- per value ---------------------------------------------------------------------------
+
+    cdef object _detect_one(self, int col, object value):
+        """The replacement of a DETECT value that pass 1 flagged: bytes, NULL_VALUE, or None
+        (no validated hit after all)."""
+        cdef int kind = self.kind[col]
+        cdef object res
+        if kind == K_JSONB_BIN:
+            if len(value) < 1:
+                return None
+            res = self.scanner.mask_value(value[1:], self.det_counts)
+            if res is None:
+                return None
+            return value[:1] + _json_safe(value[1:], res)
+        res = self.scanner.mask_value(value, self.det_counts)
+        if res is None:
+            return None
+        if kind == K_OTHER:
+            return NULL_VALUE
+        if kind == K_JSON:
+            return _json_safe(value, res)
+        return res
+
+    cdef object _whole_one(self, int col, object value):
+        cdef int kind = self.kind[col]
+        cdef object strategy = self.col_strategy[col]
+        cdef object res
+        if self.rule[col] >= 0:
+            self.rule_counts[self.rule[col]] += 1
+        if strategy.whole_is_null or kind == K_OTHER or kind == K_INPLACE:
+            return NULL_VALUE
+        if kind == K_OPAQUE:
+            if strategy.name == "format":
+                return REDACTED
+            return strategy.whole(value)
+        if kind == K_JSONB_BIN:
+            return b"\x01" + _json_string(strategy.whole(value[1:]))
+        if kind == K_JSON:
+            return _json_string(strategy.whole(value))
+        return strategy.whole(value)
+
+    # -- DataRow -------------------------------------------------------------------------------
+
+    def rewrite(self, msg):
+        """A whole DataRow ('D', int32 length, int16 count, fields) -> the rewritten message,
+        or None when no value changed. Raises MaskRowError on a malformed message."""
+        cdef const unsigned char[::1] view
+        if isinstance(msg, bytes):
+            return self.rewrite_ptr(<const unsigned char*>PyBytes_AS_STRING(msg),
+                                    PyBytes_GET_SIZE(msg))
+        view = memoryview(msg).cast("B")
+        if view.shape[0] == 0:
+            raise MaskRowError("empty DataRow")
+        return self.rewrite_ptr(&view[0], view.shape[0])
+
+    cdef object rewrite_ptr(self, const unsigned char* msg, Py_ssize_t size):
+        cdef Py_ssize_t pos, flen, i, total, w
+        cdef unsigned int length
+        cdef int nf, k, ncols = <int>self.ncols
+        cdef bint whole = False
+        cdef Py_ssize_t scan_bytes = 0
+        cdef unsigned char* dst
+        cdef bytes buf
+        cdef list repl
+        cdef object r, value
+        if size < 7 or msg[0] != 68:  # 'D'
+            raise MaskRowError("not a DataRow")
+        length = _be32(msg + 1)
+        if <Py_ssize_t>length + 1 != size:
+            raise MaskRowError(f"DataRow length {length} does not match its {size - 1} bytes")
+        nf = (msg[5] << 8) | msg[6]
+        if nf != ncols:
+            raise MaskRowError(f"DataRow has {nf} values, its RowDescription {ncols} columns")
+        self.rows_seen += 1
+        pos = 7
+        for i in range(nf):
+            if size - pos < 4:
+                raise MaskRowError(f"DataRow ends inside the length of value {i}")
+            flen = <int>_be32(msg + pos)
+            pos += 4
+            if flen < -1:
+                raise MaskRowError(f"DataRow value {i} has length {flen}")
+            if flen > size - pos:
+                raise MaskRowError(f"DataRow value {i} of {flen} bytes overruns the message")
+            self.off[i] = pos
+            self.ln[i] = flen
+            if flen > 0:
+                pos += flen
+                if self.action[i] == ACT_DETECT:
+                    scan_bytes += flen + 1
+                elif self.action[i] == ACT_WHOLE:
+                    whole = True
+            elif flen == 0 and self.action[i] == ACT_WHOLE:
+                whole = True
+        if pos != size:
+            raise MaskRowError(f"DataRow has {size - pos} bytes after its last value")
+        if not whole and scan_bytes == 0:
+            return None
+
+        # pass 1: one scan over every DETECT value, '\n' between values
+        memset(self.hit, 0, ncols)
+        if scan_bytes:
+            buf = PyBytes_FromStringAndSize(NULL, scan_bytes)
+            dst = <unsigned char*>PyBytes_AS_STRING(buf)
+            w = 0
+            self.nscan = 0
+            for i in range(nf):
+                if self.action[i] == ACT_DETECT and self.ln[i] > 0:
+                    memcpy(dst + w, msg + self.off[i], self.ln[i])
+                    w += self.ln[i]
+                    dst[w] = 10
+                    self.scan_end[self.nscan] = w   # the separator belongs to the value before it
+                    self.scan_col[self.nscan] = <int>i
+                    self.nscan += 1
+                    w += 1
+            self._find(buf)
+
+        # pass 2: flagged values and whole-masked values
+        repl = None
+        for i in range(nf):
+            flen = self.ln[i]
+            if flen < 0:
+                continue
+            if self.action[i] == ACT_WHOLE:
+                r = self._whole_one(<int>i, msg[self.off[i]:self.off[i] + flen])
+            elif self.hit[i]:
+                r = self._detect_one(<int>i, msg[self.off[i]:self.off[i] + flen])
+            else:
+                continue
+            if r is None:
+                continue
+            if repl is None:
+                repl = [None] * nf
+            repl[i] = r
+        if repl is None:
+            return None
+        self.rows_rewritten += 1
+
+        # the new message
+        total = 7
+        for i in range(nf):
+            r = repl[i]
+            if r is None:
+                total += 4 + (self.ln[i] if self.ln[i] > 0 else 0)
+            elif r is NULL_VALUE:
+                total += 4
+            else:
+                total += 4 + PyBytes_GET_SIZE(r)
+        if total - 1 > 0x7fffffff:
+            raise MaskRowError("masked DataRow would exceed the protocol's message size", "54000")
+        out = PyBytes_FromStringAndSize(NULL, total)
+        dst = <unsigned char*>PyBytes_AS_STRING(out)
+        dst[0] = 68
+        _put32(dst + 1, <unsigned int>(total - 1))
+        dst[5] = msg[5]
+        dst[6] = msg[6]
+        w = 7
+        for i in range(nf):
+            r = repl[i]
+            if r is None:
+                flen = self.ln[i]
+                _put32(dst + w, <unsigned int>flen)
+                w += 4
+                if flen > 0:
+                    memcpy(dst + w, msg + self.off[i], flen)
+                    w += flen
+            elif r is NULL_VALUE:
+                _put32(dst + w, 0xffffffff)
+                w += 4
+            else:
+                flen = PyBytes_GET_SIZE(r)
+                _put32(dst + w, <unsigned int>flen)
+                w += 4
+                memcpy(dst + w, PyBytes_AS_STRING(r), flen)
+                w += flen
+        return out
+
+    # -- COPY ----------------------------------------------------------------------------------
+
+    def mask_copy_line(self, line, bint csv=False, delimiter=None, null=None, quote=b'"',
+                       escape=None):
+        """One COPY TO STDOUT data row (a CopyData payload) in text or CSV format -> the
+        rewritten row, or the same object when nothing changed. delimiter/null/quote/escape as
+        in the COPY statement (defaults: tab and \\N for text; ',' and '' for CSV)."""
+        cdef bytes data = bytes(line)
+        cdef bytes eol = b""
+        cdef list fields
+        cdef int i, n
+        if data.endswith(b"\r\n"):
+            eol = b"\r\n"
+        elif data.endswith(b"\n"):
+            eol = b"\n"
+        body = data[:len(data) - len(eol)]
+        if delimiter is None:
+            delimiter = b"," if csv else b"\t"
+        if null is None:
+            null = b"" if csv else b"\\N"
+        if escape is None:
+            escape = quote
+        if len(delimiter) != 1 or (csv and (len(quote) != 1 or len(escape) != 1)):
+            raise ValueError("COPY delimiter, quote and escape are single bytes")
+        if csv:
+            fields = _csv_split(body, delimiter[0], quote[0], escape[0], null)
+        else:
+            fields = _text_split(body, delimiter[0], null)
+        n = len(fields)
+        if n != self.ncols:
+            raise MaskRowError(f"COPY row has {n} values, the result {self.ncols} columns")
+        if not self.any_work:
+            return line
+        self.rows_seen += 1
+        # values: decoded bytes, or None for NULL
+        cdef Py_ssize_t w = 0
+        parts = []
+        self.nscan = 0
+        memset(self.hit, 0, self.ncols if self.ncols > 0 else 1)
+        for i in range(n):
+            v = fields[i][0]
+            if self.action[i] == ACT_DETECT and v:
+                parts.append(v)
+                w += len(v)
+                self.scan_end[self.nscan] = w
+                self.scan_col[self.nscan] = i
+                self.nscan += 1
+                w += 1
+        if self.nscan:
+            parts.append(b"")
+            self._find(b"\n".join(parts))
+        changed = False
+        out = []
+        for i in range(n):
+            v, raw, quoted = fields[i]
+            r = None
+            if v is not None:
+                if self.action[i] == ACT_WHOLE:
+                    r = self._whole_one(i, v)
+                elif self.hit[i]:
+                    r = self._detect_one(i, v)
+            if r is None:
+                out.append(raw)
+                continue
+            changed = True
+            if r is NULL_VALUE:
+                out.append(null)
+            elif csv:
+                out.append(_csv_quote(r, delimiter[0], quote[0], escape[0], null, quoted))
+            else:
+                out.append(_text_escape(r, delimiter[0]))
+        if not changed:
+            return line
+        self.rows_rewritten += 1
+        return delimiter.join(out) + eol
+
+
+def mask_copy_line(line, RowPlan plan, bint csv=False, **options):
+    """plan.mask_copy_line(line, csv, **options)."""
+    return plan.mask_copy_line(line, csv, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON containers
+
+cdef bytes _json_string(object masked):
+    if masked is None:
+        return b"null"
+    return _json.dumps(masked.decode("utf-8", "replace"), ensure_ascii=False).encode("utf-8")
+
+
+cdef bytes _json_safe(bytes original, bytes masked):
+    """masked if it is still JSON (or the original was not), else the whole value as the JSON
+    string "****": in-place masking must never hand a client a json value it cannot parse."""
+    try:
+        _json.loads(masked)
+        return masked
+    except ValueError:
+        pass
+    try:
+        _json.loads(original)
+    except ValueError:
+        return masked
+    return b'"****"'
+
+
+# ---------------------------------------------------------------------------------------------
+# COPY text format: backslash escapes (PostgreSQL's CopyReadAttributesText / CopyAttributeOutText)
+
+cdef list _text_split(bytes body, unsigned char delim, bytes null):
+    """[(decoded value or None, raw bytes, False)] per field."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body), i = 0, start = 0
+    cdef list out = []
+    cdef bint esc = False
+    while True:
+        if i >= n or p[i] == delim:
+            raw = body[start:i]
+            if raw == null:
+                out.append((None, raw, False))
+            elif esc:
+                out.append((_text_unescape(raw), raw, False))
+            else:
+                out.append((raw, raw, False))
+            if i >= n:
+                break
+            i += 1
+            start = i
+            esc = False
+            continue
+        if p[i] == 92:  # backslash: it and the next byte belong to this field
+            esc = True
+            i += 2
+            if i > n:
+                i = n
+            continue
+        i += 1
+    return out
+
+
+cdef bytes _text_unescape(bytes raw):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), i = 0, j
+    cdef int c, v
+    cdef bytearray out = bytearray()
+    while i < n:
+        c = p[i]
+        if c != 92 or i + 1 >= n:
+            out.append(c)
+            i += 1
+            continue
+        c = p[i + 1]
+        i += 2
+        if 48 <= c <= 55:              # \ooo octal
+            v = c - 48
+            j = 0
+            while j < 2 and i < n and 48 <= p[i] <= 55:
+                v = v * 8 + p[i] - 48
+                i += 1
+                j += 1
+            out.append(v & 0xff)
+        elif c == 120 and i < n and _hexval(p[i]) >= 0:   # \xh or \xhh
+            v = _hexval(p[i])
+            i += 1
+            if i < n and _hexval(p[i]) >= 0:
+                v = v * 16 + _hexval(p[i])
+                i += 1
+            out.append(v)
+        elif c == 98:
+            out.append(8)
+        elif c == 102:
+            out.append(12)
+        elif c == 110:
+            out.append(10)
+        elif c == 114:
+            out.append(13)
+        elif c == 116:
+            out.append(9)
+        elif c == 118:
+            out.append(11)
+        else:
+            out.append(c)
+    return bytes(out)
+
+
+cdef inline int _hexval(unsigned char c) noexcept:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+cdef bytes _text_escape(bytes value, unsigned char delim):
+    cdef bytearray out = bytearray()
+    cdef unsigned char c
+    for c in value:
+        if c == 92:
+            out += b"\\\\"
+        elif c == 10:
+            out += b"\\n"
+        elif c == 13:
+            out += b"\\r"
+        elif c == 9:
+            out += b"\\t"
+        elif c == 8:
+            out += b"\\b"
+        elif c == 12:
+            out += b"\\f"
+        elif c == 11:
+            out += b"\\v"
+        elif c == delim:
+            out.append(92)
+            out.append(c)
+        else:
+            out.append(c)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# COPY CSV format
+
+cdef list _csv_split(bytes body, unsigned char delim, unsigned char quote, unsigned char escape,
+                     bytes null):
+    """[(decoded value or None, raw bytes, was quoted)] per field."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body), i = 0, start
+    cdef list out = []
+    cdef bytearray val
+    cdef unsigned char c
+    cdef bint quoted, inq
+    while True:
+        start = i
+        val = bytearray()
+        quoted = False
+        inq = False
+        while i < n:
+            c = p[i]
+            if inq:
+                if c == escape and i + 1 < n and (p[i + 1] == quote or p[i + 1] == escape) and \
+                        (escape != quote or p[i + 1] == quote):
+                    val.append(p[i + 1])
+                    i += 2
+                    continue
+                if c == quote:
+                    inq = False
+                    i += 1
+                    continue
+                val.append(c)
+                i += 1
+                continue
+            if c == delim:
+                break
+            if c == quote:
+                inq = True
+                quoted = True
+                i += 1
+                continue
+            val.append(c)
+            i += 1
+        raw = body[start:i]
+        if not quoted and raw == null:
+            out.append((None, raw, False))
+        else:
+            out.append((bytes(val), raw, quoted))
+        if i >= n:
+            break
+        i += 1      # the delimiter
+    return out
+
+
+cdef bytes _csv_quote(bytes value, unsigned char delim, unsigned char quote, unsigned char escape,
+                      bytes null, bint was_quoted):
+    cdef bint need = was_quoted or value == null or value == b"\\."
+    cdef unsigned char c
+    if not need:
+        for c in value:
+            if c == delim or c == quote or c == escape or c == 10 or c == 13:
+                need = True
+                break
+    if not need:
+        return value
+    cdef bytearray out = bytearray()
+    out.append(quote)
+    for c in value:
+        if c == quote or c == escape:
+            out.append(escape)
+        out.append(c)
+    out.append(quote)
+    return bytes(out)

@@ -1,0 +1,172 @@
+"""The masking engine of one connection: column rules, detectors and strategies, protocol neutral.
+
+    engine = MaskEngine(conn.masks, conn.detectors,
+                        hash_key=conn.mask_hash_key.get().encode() if conn.mask_hash_key else None,
+                        path="connection[0]")            # compiles: build it off the event loop
+    rule = engine.column_rule("public", "users", "ssn")   # MaskRule | None, cached
+    text, counts = engine.mask_text(b"Key (email)=(a@b.io) already exists.")
+    plan = engine.row_plan([Column("public", "users", "ssn", 25, 0), Column(None, None, None, 25, 0)])
+    new = plan.rewrite(datarow_bytes)                     # None: forward the original bytes
+    plan.take_counts()                                    # {"US_SSN": 3, "column:mask[0]": 10}
+
+Semantics of the configuration:
+
+* `columns` globs name source columns as `schema.table.column`; `*` matches any run of
+  characters, dots included (`*.password` is every column named password in every table), `?`
+  one character; matching ignores ASCII case (over-masking is the safe error). A value of a
+  matched column is masked whole, whatever it holds, with the rule's strategy.
+* `detectors` of every rule apply to every value that no column rule masks (and to free text:
+  error and notice fields, notification payloads, COPY rows); a hit is masked in place with the
+  strategy of the first rule that lists the detector.
+
+Hyperscan: all detectors compile into one Scanner (hoopwire._mask) with two databases -- pass 1
+without start-of-match over every candidate value of a row at once (end offsets say which values
+hold a hit), pass 2 with SOM_LEFTMOST over only those values to find the spans. Most values hold
+no hit, so most bytes never pay for start-of-match.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple, Optional
+
+from hoopwire._mask import (ACT_DETECT, ACT_PASS, ACT_WHOLE, K_STR, MaskRowError, RowPlan,
+                            Scanner, column_kind)
+from hoopwire.config import DetectorConfig, MaskConfig
+from hoopwire.masking.detectors import BUILTIN, Detector, DetectorError, build_detectors
+from hoopwire.masking.strategies import Strategy
+
+__all__ = ["MaskEngine", "MaskRule", "Column", "MaskRowError", "glob_regex"]
+
+_RULE_CACHE = 4096
+
+
+class Column(NamedTuple):
+    """What the relay knows of one result column. schema/table/column are the source column's
+    names (from RowDescription's table OID and attribute number, looked up in the catalog), or
+    None when the column is an expression or not resolved."""
+    schema: Optional[str]
+    table: Optional[str]
+    column: Optional[str]
+    type_oid: int = 0
+    format: int = 0
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    index: int                   # position among the connection's mask rules
+    label: str                   # "mask[0]": the name counts use
+    globs: tuple[str, ...]
+    strategy: Strategy = field(compare=False)
+
+
+def glob_regex(glob: str) -> str:
+    """`*` any run of characters (dots too), `?` one character, the rest literal."""
+    out = []
+    for ch in glob:
+        out.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
+    return "".join(out)
+
+
+class MaskEngine:
+
+    def __init__(self, masks: Iterable[MaskConfig], detectors: Iterable[DetectorConfig] = (), *,
+                 hash_key: bytes | None = None, path: str = "connection"):
+        masks = tuple(masks)
+        # Without a key (the configuration requires one for `hash`) a random per-process key:
+        # never an unkeyed hash, which a dictionary of likely values would reverse.
+        self._key = bytes(hash_key) if hash_key else os.urandom(32)
+        known = build_detectors(tuple(detectors), path=path)
+        self.rules: list[MaskRule] = []
+        problems = []
+        chosen: dict[str, Strategy] = {}
+        for i, m in enumerate(masks):
+            try:
+                strategy = Strategy(m.strategy, m.keep, self._key)
+            except ValueError as e:
+                problems.append((f"{path}.mask[{i}].strategy", str(e)))
+                continue
+            if m.columns:
+                self.rules.append(MaskRule(i, f"mask[{i}]", tuple(m.columns), strategy))
+            for name in m.detectors:
+                if name not in known:
+                    problems.append((f"{path}.mask[{i}].detectors",
+                                     f"unknown detector {name!r} (built in: "
+                                     f"{', '.join(sorted(BUILTIN))}, or a [[connection.detector]])"))
+                    continue
+                chosen.setdefault(name, strategy)
+        if problems:
+            raise DetectorError(problems)
+        self._globs = [re.compile("(?:" + "|".join(glob_regex(g) for g in r.globs) + r")\Z",
+                                  re.IGNORECASE | re.DOTALL) for r in self.rules]
+        self._rule_cache: dict[tuple[str, str, str], Optional[MaskRule]] = {}
+        self.detectors: tuple[Detector, ...] = tuple(known[n] for n in chosen)
+        self.scanner: Optional[Scanner] = (
+            Scanner(list(self.detectors), [chosen[d.name] for d in self.detectors])
+            if self.detectors else None)
+        self.rule_names = tuple(r.label for r in self.rules)
+        self._rule_pos = {r.index: k for k, r in enumerate(self.rules)}
+
+    @property
+    def detector_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.detectors)
+
+    # -- column rules ------------------------------------------------------------------------
+
+    def column_rule(self, schema: str, table: str, column: str) -> Optional[MaskRule]:
+        """The first rule whose globs match schema.table.column, or None. Cached."""
+        key = (schema, table, column)
+        try:
+            return self._rule_cache[key]
+        except KeyError:
+            pass
+        name = f"{schema}.{table}.{column}"
+        found = None
+        for rule, rx in zip(self.rules, self._globs):
+            if rx.match(name):
+                found = rule
+                break
+        if len(self._rule_cache) >= _RULE_CACHE:
+            self._rule_cache.clear()
+        self._rule_cache[key] = found
+        return found
+
+    # -- free text ---------------------------------------------------------------------------
+
+    def mask_text(self, data: bytes) -> tuple[bytes, dict[str, int]]:
+        """Detectors over free text (error and notice fields, notification payloads): the
+        rewritten bytes and {detector: hits}. Unchanged input comes back as the same object."""
+        if self.scanner is None or not data:
+            return data, {}
+        return self.scanner.mask(data)
+
+    # -- result sets -------------------------------------------------------------------------
+
+    def row_plan(self, columns: Iterable[Column | tuple], *, unresolved_rule: MaskRule | None = None,
+                 extra_string_oids: frozenset[int] = frozenset()) -> RowPlan:
+        """A RowPlan for one result set. A column whose source resolves to a column rule is
+        masked whole; with `unresolved_rule` (unresolved_columns = "mask"), every column without
+        a source is masked whole by that rule; every other column goes to the detectors (when
+        there are any). extra_string_oids: type OIDs to treat as text (citext, domains...)."""
+        cols = []
+        for c in columns:
+            c = c if isinstance(c, Column) else Column(*c)
+            kind = column_kind(c.type_oid, c.format, extra_string_oids)
+            rule = None
+            if c.column is not None:
+                rule = self.column_rule(c.schema or "", c.table or "", c.column)
+            elif unresolved_rule is not None:
+                rule = unresolved_rule
+            if rule is not None:
+                cols.append((ACT_WHOLE, kind, rule.strategy, self._rule_pos.get(rule.index, -1)))
+            elif self.scanner is not None:
+                cols.append((ACT_DETECT, kind, None, -1))
+            else:
+                cols.append((ACT_PASS, kind, None, -1))
+        return RowPlan(cols, self.scanner, self.rule_names)
+
+    def copy_plan(self, columns: Iterable[Column | tuple], **kw) -> RowPlan:
+        """A RowPlan for COPY TO STDOUT rows (text or CSV): every value is text there."""
+        return self.row_plan([Column(*(tuple(c)[:3] + (0, 0))) for c in columns], **kw)

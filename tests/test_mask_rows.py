@@ -1,0 +1,293 @@
+"""The Cython row rewriter: DataRow in text and binary formats, COPY text/CSV rows, and a
+property test that arbitrary bytes give a well-formed DataRow or MaskRowError, never a crash."""
+
+import json
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from hoopwire.config import MaskConfig
+from hoopwire.masking import BUILTIN, Column, MaskEngine, MaskRowError, mask_copy_line
+
+TEXT, INT4, INT8, UUID, BYTEA, JSON, JSONB, TEXTARR, VARCHAR = 25, 23, 20, 2950, 17, 114, 3802, 1009, 1043
+
+
+def datarow(*values):
+    body = struct.pack("!h", len(values))
+    for v in values:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    return b"D" + struct.pack("!i", len(body) + 4) + body
+
+
+def parse(msg):
+    """Reference parser: the values of a well-formed DataRow (asserts it is one)."""
+    assert msg[0:1] == b"D"
+    (length,) = struct.unpack("!i", msg[1:5])
+    assert length + 1 == len(msg)
+    (n,) = struct.unpack("!h", msg[5:7])
+    pos, out = 7, []
+    for _ in range(n):
+        (flen,) = struct.unpack("!i", msg[pos:pos + 4])
+        pos += 4
+        if flen == -1:
+            out.append(None)
+        else:
+            assert flen >= 0 and pos + flen <= len(msg)
+            out.append(msg[pos:pos + flen])
+            pos += flen
+    assert pos == len(msg)
+    return out
+
+
+def make(strategy="redact", columns=("public.users.ssn", "*.password"), detectors=tuple(BUILTIN), keep=4):
+    return MaskEngine([MaskConfig(columns=columns, detectors=detectors, strategy=strategy, keep=keep)],
+                      hash_key=b"k")
+
+
+@pytest.fixture(scope="module")
+def eng():
+    return make()
+
+
+USERS = [Column("public", "users", "id", INT4, 0), Column("public", "users", "email", TEXT, 0),
+         Column("public", "users", "ssn", TEXT, 0), Column(None, None, None, TEXT, 0)]
+
+
+def test_untouched_row_is_none(eng):
+    plan = eng.row_plan(USERS)
+    assert plan.rewrite(datarow(b"1", b"no pii here", None, b"nothing")) is None
+    assert plan.take_counts() == {}
+
+
+def test_column_rule_and_detector(eng):
+    plan = eng.row_plan(USERS)
+    out = plan.rewrite(datarow(b"1", b"alice@example.com", b"123-45-6789", b"note: call 415-555-2671"))
+    assert parse(out) == [b"1", b"****", b"****", b"note: call ****"]
+    assert plan.take_counts() == {"EMAIL": 1, "PHONE": 1, "column:mask[0]": 1}
+    assert plan.take_counts() == {}
+
+
+def test_null_values_stay_null(eng):
+    plan = eng.row_plan(USERS)
+    assert plan.rewrite(datarow(None, None, None, None)) is None
+    out = plan.rewrite(datarow(None, None, b"", None))  # an empty masked value is still masked
+    assert parse(out) == [None, None, b"****", None]
+
+
+def test_alias_unresolved_rule():
+    e = make()
+    rule = e.column_rule("public", "users", "ssn")
+    plan = e.row_plan([Column(None, None, None, TEXT, 0), Column("public", "users", "id", INT4, 0)],
+                      unresolved_rule=rule)
+    assert parse(plan.rewrite(datarow(b"123456789", b"7"))) == [b"****", b"7"]
+
+
+@pytest.mark.parametrize("strategy,expect", [
+    ("redact", b"****"), ("partial", b"*******6789"), ("null", None),
+    ("hash", None), ("format", None)])
+def test_whole_strategies(strategy, expect):
+    e = make(strategy)
+    plan = e.row_plan([Column("public", "users", "ssn", TEXT, 0)])
+    (v,) = parse(plan.rewrite(datarow(b"123-45-6789")))
+    if strategy == "null":
+        assert v is None
+    elif strategy == "hash":
+        assert v.startswith(b"h:") and len(v) == 18
+    elif strategy == "format":
+        assert len(v) == 11 and v[3:4] == b"-" and v != b"123-45-6789"
+    else:
+        assert v == expect
+
+
+def test_lengths_recomputed_with_multibyte():
+    e = make("partial", keep=3)
+    plan = e.row_plan([Column("public", "users", "password", TEXT, 0),
+                       Column(None, None, None, TEXT, 0)])
+    pw = "pässwörd€".encode()
+    note = "Grüße an jöhn@example.com → 4111111111111111 ✓".encode()
+    out = plan.rewrite(datarow(pw, note))
+    a, b = parse(out)
+    assert a == "******rd€".encode()
+    # the ASCII-only EMAIL pattern starts after "ö" (a documented limit)
+    assert b.decode("utf-8") == "Grüße an jö***********com → *************111 ✓"
+    assert parse(out) and len(out) == len(datarow(a, b))
+
+
+def test_binary_format_types():
+    e = make()
+    cols = [Column("public", "users", "password", BYTEA, 1),     # bytea binary: raw bytes
+            Column("public", "users", "password", INT8, 1),      # int8 binary -> NULL
+            Column("public", "users", "password", UUID, 1),      # uuid binary -> NULL
+            Column("public", "users", "password", VARCHAR, 1),   # varchar binary: the string
+            Column("public", "users", "password", JSONB, 1),     # jsonb binary: version + JSON
+            Column("public", "users", "password", JSON, 0),      # json text: a JSON string
+            Column("public", "users", "password", BYTEA, 0)]     # bytea hex text
+    out = e.row_plan(cols).rewrite(datarow(b"\x00\x01", struct.pack("!q", 5), b"\x11" * 16, b"pw",
+                                           b'\x01{"a": 1}', b'{"a": 1}', b"\\x0001"))
+    vals = parse(out)
+    assert vals == [b"****", None, None, b"****", b'\x01"****"', b'"****"', b"****"]
+    assert json.loads(vals[4][1:]) == "****"
+
+
+def test_detectors_on_binary_fields():
+    e = make(columns=())
+    cols = [Column(None, None, None, TEXT, 1), Column(None, None, None, JSONB, 1),
+            Column(None, None, None, INT8, 1), Column(None, None, None, INT8, 0),
+            Column(None, None, None, TEXTARR, 1), Column(None, None, None, TEXTARR, 0)]
+    arr_bin = b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x19\x00\x00\x00\x01\x00\x00\x00\x01" \
+              b"\x00\x00\x00\x08a@b.info"
+    out = e.row_plan(cols).rewrite(datarow(b"mail a@b.io", b'\x01{"e": "a@b.io"}',
+                                           struct.pack("!q", 4111111111111111), b"4111111111111111",
+                                           arr_bin, b"{a@b.io,x}"))
+    vals = parse(out)
+    assert vals[0] == b"mail ****"
+    assert vals[1] == b'\x01{"e": "****"}'
+    assert vals[2] == struct.pack("!q", 4111111111111111)   # 8 binary bytes: nothing to see
+    assert vals[3] is None                                   # a text int that is a card: NULL
+    assert vals[4] is None                                   # binary array holding an email: NULL
+    assert vals[5] == b"{****,x}"                            # text array: in place
+
+
+def test_json_stays_json():
+    # a hit whose in-place masking would break JSON makes the whole value the JSON string "****"
+    e = make("format", columns=(), detectors=("PEM_PRIVATE_KEY",))
+    doc = json.dumps({"k": "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----"}).encode()
+    (v,) = parse(e.row_plan([Column(None, None, None, JSON, 0)]).rewrite(datarow(doc)))
+    json.loads(v)
+    assert b"MIIEvQ" not in v
+
+
+@pytest.mark.parametrize("msg,why", [
+    (b"", "not a DataRow"), (b"T\x00\x00\x00\x06\x00\x00", "not a DataRow"),
+    (b"D\x00\x00\x00\x07\x00\x01", "does not match"),
+    (b"D\x00\x00\x00\x06\x00\x02", "values"),
+    (b"D\x00\x00\x00\x08\x00\x01\x00\x00", "ends inside"),
+    (b"D\x00\x00\x00\x0a\x00\x01\x00\x00\x00\x05", "overruns"),
+    (b"D\x00\x00\x00\x0a\x00\x01\xff\xff\xff\xfe", "length -2"),
+    (b"D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x00\x00", "after its last"),
+])
+def test_malformed_rows_raise_typed_error(msg, why):
+    plan = make().row_plan([Column(None, None, None, TEXT, 0)])
+    with pytest.raises(MaskRowError, match=why) as e:
+        plan.rewrite(msg)
+    assert e.value.code == "08P01"
+
+
+def test_rewrite_accepts_memoryview(eng):
+    plan = eng.row_plan(USERS)
+    msg = bytearray(datarow(b"1", b"a@b.io", None, None))
+    assert parse(plan.rewrite(memoryview(msg))) == [b"1", b"****", None, None]
+
+
+def test_passthrough_plan():
+    e = MaskEngine([MaskConfig(columns=("x.y.z",))], hash_key=b"k")
+    plan = e.row_plan([Column("public", "t", "a", TEXT, 0)])
+    assert plan.passthrough and plan.rewrite(datarow(b"a@b.io")) is None
+
+
+def test_many_columns_one_scan_maps_back(eng):
+    cols = [Column(None, None, None, TEXT, 0)] * 40
+    vals = [b"v%d" % i for i in range(40)]
+    vals[0] = b"a@b.io"
+    vals[17] = b"x 4111111111111111"
+    vals[39] = b"AKIAIOSFODNN7EXAMPLE"
+    vals[5] = None
+    out = parse(eng.row_plan(cols).rewrite(datarow(*vals)))
+    expect = list(vals)
+    expect[0], expect[17], expect[39] = b"****", b"x ****", b"****"
+    assert out == expect
+
+
+def test_values_do_not_join_across_fields(eng):
+    # "john" | "@example.com" are two values, not one address; ^...$ see one value each
+    plan = eng.row_plan([Column(None, None, None, TEXT, 0)] * 2)
+    assert plan.rewrite(datarow(b"john", b"@example.com")) is None
+
+
+# -- COPY -------------------------------------------------------------------------------------
+
+COPY_COLS = [("public", "users", "id"), ("public", "users", "ssn"), (None, None, None)]
+
+
+def test_copy_text_line(eng):
+    plan = eng.copy_plan(COPY_COLS)
+    line = b"1\t123-45-6789\tmail a@b.io\\tand\\\\more\\n\n"
+    out = mask_copy_line(line, plan, False)
+    assert out == b"1\t****\tmail ****\\tand\\\\more\\n\n"
+    assert mask_copy_line(b"2\t\\N\tnothing\n", plan, False) == b"2\t\\N\tnothing\n"
+    untouched = b"3\t\\N\tplain\n"
+    assert plan.mask_copy_line(untouched) is untouched
+
+
+def test_copy_text_escapes_in_masked_values():
+    e = make("partial", keep=3)
+    plan = e.copy_plan(COPY_COLS)
+    # the value decodes to "12\t3-45-67\\89": its escaped tail is kept re-escaped
+    out = plan.mask_copy_line(b"1\t12\\t3-45-67\\\\89\tx\n")
+    assert out == b"1\t**********\\\\89\tx\n"
+    # a delimiter inside a value
+    plan2 = e.copy_plan(COPY_COLS)
+    assert plan2.mask_copy_line(b"1|ab\\|cdef|x\n", delimiter=b"|") == b"1|****def|x\n"
+
+
+def test_copy_null_strategy_text_and_csv():
+    e = make("null")
+    plan = e.copy_plan(COPY_COLS)
+    assert plan.mask_copy_line(b"1\t123-45-6789\ta@b.io\n") == b"1\t\\N\t****\n"
+    assert plan.mask_copy_line(b'1,123-45-6789,a@b.io\n', csv=True) == b"1,,****\n"
+
+
+def test_copy_csv_quoting(eng):
+    plan = eng.copy_plan(COPY_COLS)
+    line = b'1,"123-45-6789","say ""hi"", a@b.io\nnext line"\r\n'
+    assert plan.mask_copy_line(line, csv=True) == b'1,"****","say ""hi"", ****\nnext line"\r\n'
+    assert plan.mask_copy_line(b'2,,""\n', csv=True) == b'2,,""\n'      # NULL and empty stay
+    e = make("partial", keep=3)
+    p2 = e.copy_plan(COPY_COLS)
+    # a kept tail holding the delimiter must be quoted
+    assert p2.mask_copy_line(b'1,"12345,67",x\n', csv=True) == b'1,"*****,67",x\n'
+    assert p2.mask_copy_line(b'1,"abc\\"d",x\n', csv=True, escape=b"\\") == b'1,"**c\\"d",x\n'
+
+
+def test_copy_wrong_column_count(eng):
+    with pytest.raises(MaskRowError):
+        eng.copy_plan(COPY_COLS).mask_copy_line(b"1\t2\n")
+
+
+# -- property: arbitrary bytes ------------------------------------------------------------------
+
+PROP_ENGINE = make("partial", keep=2)
+PROP_PLANS = {n: PROP_ENGINE.row_plan(
+    [Column("public", "users", "ssn" if i % 3 == 0 else "note", (TEXT, INT4, JSONB, BYTEA)[i % 4], i % 2)
+     for i in range(n)]) for n in range(0, 5)}
+
+pii = st.sampled_from([b"a@b.io", b"4111111111111111", b"123-45-6789", "é€ü".encode(), b"\x00\xff",
+                       b"AKIAIOSFODNN7EXAMPLE", b"", b"x"])
+value = st.one_of(st.none(), st.binary(max_size=40), st.lists(pii, max_size=4).map(b" ".join))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(value, min_size=0, max_size=4))
+def test_wellformed_rows_stay_wellformed(vals):
+    plan = PROP_PLANS[len(vals)]
+    msg = datarow(*vals)
+    out = plan.rewrite(msg)
+    if out is not None:
+        new = parse(out)
+        assert len(new) == len(vals)
+        for a, b in zip(vals, new):
+            assert (a is None) <= (b is None)   # NULL stays NULL
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.binary(max_size=64), st.integers(0, 4))
+def test_arbitrary_bytes_never_crash(data, n):
+    plan = PROP_PLANS[n]
+    for msg in (data, b"D" + data, b"D" + struct.pack("!i", len(data) + 6) + struct.pack("!h", n) + data):
+        try:
+            out = plan.rewrite(msg)
+        except MaskRowError:
+            continue
+        if out is not None:
+            parse(out)
