@@ -2,13 +2,6 @@ cdef inline unsigned int unpack_be32(const unsigned char* p) nogil:
     return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
 
 
-cdef inline void pack_be32(unsigned char* p, unsigned int v) nogil:
-    p[0] = (v >> 24) & 0xff
-    p[1] = (v >> 16) & 0xff
-    p[2] = (v >> 8) & 0xff
-    p[3] = v & 0xff
-
-
 cdef class PgFrameReader(FrameReader):
 
     def __cinit__(self):

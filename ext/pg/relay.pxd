@@ -57,7 +57,11 @@ cdef class Relay:
 
 cdef class ClientSide(PgFrameReader):
     cdef Relay relay
+    cdef object peer_write        # the upstream transport's write / writelines, bound once
+    cdef object peer_writelines
 
 
 cdef class UpstreamSide(PgFrameReader):
     cdef Relay relay
+    cdef object peer_write        # the client transport's write / writelines, bound once
+    cdef object peer_writelines

@@ -94,6 +94,10 @@ cdef class Relay:
         """Take over both transports (after startup); feed bytes the startup phase read ahead."""
         self.client_tr = client_tr
         self.upstream_tr = upstream_tr
+        self.client.peer_write = upstream_tr.write
+        self.client.peer_writelines = upstream_tr.writelines
+        self.upstream.peer_write = client_tr.write
+        self.upstream.peer_writelines = client_tr.writelines
         client_tr.set_protocol(self.client)
         upstream_tr.set_protocol(self.upstream)
         if upstream_pending:
@@ -231,22 +235,22 @@ cdef class ClientSide(PgFrameReader):
     def data_received(self, data):
         cdef Relay r = self.relay
         r.last_activity = monotonic()
-        r.stats.bytes_from_client += len(data)
+        r.stats.bytes_from_client += PyBytes_GET_SIZE(data) if PyBytes_CheckExact(data) else len(data)
         try:
             self.feed(data)
         except FrameError as e:
             r._close("client_protocol_error", error_response("FATAL", e.code, str(e)))
             return
-        except Exception as e:
+        except Exception:
             r._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
             raise
         if r.closed:
             return
-        out = self.out
+        cdef list out = self.out
         if len(out) == 1:
-            r.upstream_tr.write(out[0])
+            self.peer_write(out[0])
         elif out:
-            r.upstream_tr.writelines(out)
+            self.peer_writelines(out)
 
     def eof_received(self):
         return False
@@ -299,18 +303,23 @@ cdef class UpstreamSide(PgFrameReader):
     def data_received(self, data):
         cdef Relay r = self.relay
         r.last_activity = monotonic()
-        r.stats.bytes_from_upstream += len(data)
+        r.stats.bytes_from_upstream += PyBytes_GET_SIZE(data) if PyBytes_CheckExact(data) else len(data)
         try:
             self.feed(data)
-        except FrameError as e:
+        except FrameError:
             r._close("upstream_protocol_error",
                      error_response("FATAL", "08P01", "protocol violation from the upstream server"))
             return
-        out = self.out
+        except Exception:
+            r._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
+            raise
+        if r.closed:
+            return
+        cdef list out = self.out
         if len(out) == 1:
-            r.client_tr.write(out[0])
+            self.peer_write(out[0])
         elif out:
-            r.client_tr.writelines(out)
+            self.peer_writelines(out)
 
     def eof_received(self):
         return False
