@@ -45,7 +45,7 @@ STATEMENT_VERDICTS = Counter(
     "hoopwire_guardrail_verdicts", "Statements that matched a guardrail, by verdict and rule",
     ["connection", "verdict", "rule"])
 GUARDRAIL_SCAN_SECONDS = Histogram(
-    "hoopwire_guardrail_scan_seconds", "Time to normalise and scan one statement (cache misses)",
+    "hoopwire_guardrail_scan_seconds", "Time to normalise and scan one message (cache misses, sampled 1 in 16)",
     ["connection"],
     buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 

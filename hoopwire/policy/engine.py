@@ -41,6 +41,7 @@ __all__ = ["PolicyEngine", "GroupPolicy", "HS_FLAGS"]
 HS_FLAGS = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_SINGLEMATCH
 
 _MISS = object()
+_OBSERVE_EVERY = 16  # scan_seconds sees one cache miss in this many (a power of two)
 _GROUP_CACHE = 1024          # group sets remembered by for_groups
 _CACHE_ITEM_MAX = 64 * 1024  # longer messages are scanned every time rather than cached
 
@@ -104,6 +105,7 @@ class PolicyEngine:
         self.cache_size = cache_size
         self.cache_bytes = cache_bytes
         self.scan_seconds = scan_seconds
+        self._misses = 0
         n = len(self._rules)
         self._names = [r.name for r in self._rules]
         self._blocking = [r.action == "block" for r in self._rules]
@@ -125,6 +127,11 @@ class PolicyEngine:
     @property
     def rules(self) -> tuple[Rule, ...]:
         return self._rules
+
+    @property
+    def misses(self) -> int:
+        """Messages inspected (not answered from a cache), over all group sets."""
+        return self._misses
 
     def for_groups(self, groups: Iterable[str]) -> GroupPolicy:
         """The policy for an identity with these groups (rules scoped with groups /
@@ -203,8 +210,10 @@ class GroupPolicy:
         self._want_full = full is not None
         self._cache_size = engine.cache_size
         self._cache_bytes = engine.cache_bytes
-        self._cache: OrderedDict[bytes, object] | None = (
-            OrderedDict() if engine.cache_size and engine.cache_bytes else None)
+        # A plain dict evicted oldest-first: cheaper per miss than an LRU's bookkeeping, and a
+        # statement that stays hot is simply cached again after its eviction.
+        self._cache: dict[bytes, object] | None = (
+            {} if engine.cache_size and engine.cache_bytes else None)
         self._cached_bytes = 0
         blocking = engine._blocking
 
@@ -231,7 +240,6 @@ class GroupPolicy:
         if cache is not None:
             hit = cache.get(sql, _MISS)
             if hit is not _MISS:
-                cache.move_to_end(sql)
                 if hit is None:
                     return None
                 matches = self._engine._matches
@@ -240,8 +248,11 @@ class GroupPolicy:
                 return hit[0]
         if not self.rules:
             return None
-        observe = self._engine.scan_seconds
-        if observe is not None:
+        engine = self._engine
+        observe = engine.scan_seconds
+        engine._misses += 1
+        if observe is not None and not engine._misses & (_OBSERVE_EVERY - 1):
+            # timing every miss costs about as much as a small scan: sample instead
             t0 = time.perf_counter()
             hits = self._inspect(sql)
             observe(time.perf_counter() - t0)
@@ -298,7 +309,8 @@ class GroupPolicy:
         cache[sql] = result
         self._cached_bytes += len(sql)
         while len(cache) > self._cache_size or self._cached_bytes > self._cache_bytes:
-            old, _ = cache.popitem(last=False)
+            old = next(iter(cache))
+            del cache[old]
             self._cached_bytes -= len(old)
 
     def clear_cache(self) -> None:
