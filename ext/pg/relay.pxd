@@ -55,13 +55,18 @@ cdef class Relay:
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size)
 
 
-cdef class ClientSide(PgFrameReader):
+cdef class RelaySide(PgFrameReader):
+    # One socket of a relayed session; writes what it framed to the other socket.
     cdef Relay relay
-    cdef object peer_write        # the upstream transport's write / writelines, bound once
+    cdef object peer_write        # the other transport's write / writelines, bound once
     cdef object peer_writelines
 
+    cdef int flush(self) except -1
 
-cdef class UpstreamSide(PgFrameReader):
-    cdef Relay relay
-    cdef object peer_write        # the client transport's write / writelines, bound once
-    cdef object peer_writelines
+
+cdef class ClientSide(RelaySide):
+    pass
+
+
+cdef class UpstreamSide(RelaySide):
+    pass

@@ -201,7 +201,19 @@ cdef class Relay:
         return None
 
 
-cdef class ClientSide(PgFrameReader):
+cdef class RelaySide(PgFrameReader):
+
+    cdef int flush(self) except -1:
+        """Write the pieces the last read produced: one call, one system call where it can."""
+        cdef list out = self.out
+        if len(out) == 1:
+            self.peer_write(out[0])
+        elif out:
+            self.peer_writelines(out)
+        return 0
+
+
+cdef class ClientSide(RelaySide):
     """The client's socket: messages towards the upstream."""
 
     cdef int on_header(self, char kind, Py_ssize_t size) except -1:
@@ -244,13 +256,8 @@ cdef class ClientSide(PgFrameReader):
         except Exception:
             r._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
             raise
-        if r.closed:
-            return
-        cdef list out = self.out
-        if len(out) == 1:
-            self.peer_write(out[0])
-        elif out:
-            self.peer_writelines(out)
+        if not r.closed:
+            self.flush()
 
     def eof_received(self):
         return False
@@ -268,7 +275,7 @@ cdef class ClientSide(PgFrameReader):
             self.relay.upstream_tr.resume_reading()
 
 
-cdef class UpstreamSide(PgFrameReader):
+cdef class UpstreamSide(RelaySide):
     """The upstream's socket: messages towards the client."""
 
     cdef int on_header(self, char kind, Py_ssize_t size) except -1:
@@ -313,13 +320,8 @@ cdef class UpstreamSide(PgFrameReader):
         except Exception:
             r._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
             raise
-        if r.closed:
-            return
-        cdef list out = self.out
-        if len(out) == 1:
-            self.peer_write(out[0])
-        elif out:
-            self.peer_writelines(out)
+        if not r.closed:
+            self.flush()
 
     def eof_received(self):
         return False
