@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Fuzz hoopwire.masking RowPlan.rewrite: the Cython DataRow rewriter, fed bytes that came
+from the upstream server (or whoever sits in its place).
+
+    python fuzz/fuzz_mask_rows.py -max_total_time=60 [corpus_dir] [libFuzzer args]
+
+Input layout (all choices wrap, so every input is valid):
+  byte 0    engine: which of the ENGINES below (they differ in strategies and detectors)
+  byte 1    columns: low 3 bits how many (0-6); bits 3-4 how the message is given to rewrite
+            (bytes, bytearray, memoryview)
+  next n    one byte per column: low 4 bits its (type oid, format) from TYPES, bits 4-6 its
+            source from SOURCES (a column rule matches it, no rule, unresolved...); bit 7 of any
+            column: unresolved columns are masked by the first rule (unresolved_columns=mask)
+  next      message mode (low 3 bits): 0 the rest as the message; 1 b"D" + the rest; 2 a
+            correct header (length and this plan's field count) + the rest; 3 a DataRow built
+            from the rest with exactly the plan's field count (4-7: as many values as the rest
+            gives, up to one more): one value at a time, a byte 0xff = NULL, else (its low 6
+            bits) = how many bytes follow, each byte below len(PIECES) standing for a fragment
+            that detectors look for (an e-mail, a card number, JSON quotes...) and any other
+            byte for itself.
+
+Properties: rewrite raises nothing but MaskRowError (SQLSTATE 08P01, or 54000 for a row too
+large), and raises it exactly when the message is not a well-formed DataRow with as many values
+as the plan has columns (checked against a plain-Python parser); a non-None result is a
+well-formed DataRow with the same field count, in which NULL values stay NULL and the values of
+columns the plan passes through are unchanged; take_counts() gives {str: positive int}.
+
+Detector validators and strategies (hoopwire.masking.detectors / .strategies) are Python and
+are instrumented; the rewriter (hoopwire._mask) and Hyperscan are not.
+test_one_input(data) is importable without atheris (tests/test_fuzz_smoke.py uses it).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # harness.py beside us
+from harness import fuzz, instrumented_import  # noqa: E402
+
+if __name__ == "__main__":
+    instrumented_import("hoopwire.masking")
+
+from hoopwire.config import DetectorConfig, MaskConfig  # noqa: E402
+from hoopwire.masking import ACT_PASS, BUILTIN, Column, MaskEngine, MaskRowError  # noqa: E402
+
+TEXT, INT4, INT8, UUID, BYTEA, JSON, JSONB, TEXTARR, VARCHAR, NAME = (
+    25, 23, 20, 2950, 17, 114, 3802, 1009, 1043, 19)
+TYPES = (
+    (TEXT, 0), (TEXT, 1), (VARCHAR, 0), (INT4, 0), (INT8, 1), (UUID, 1), (BYTEA, 0), (BYTEA, 1),
+    (JSON, 0), (JSONB, 0), (JSONB, 1), (TEXTARR, 0), (TEXTARR, 1), (NAME, 0), (12345, 0),
+    (0, 0),
+)
+SOURCES = (
+    ("public", "users", "ssn"),          # rule 0
+    ("app", "accounts", "password"),     # rule 0 (glob *.password)
+    ("public", "users", "api_secret"),   # rule 1 (glob *.*secret*)
+    ("public", "users", "note"),         # no rule: detectors
+    (None, None, None),                  # unresolved: detectors, or rule 0 when set so
+    ("PUBLIC", "USERS", "SSN"),          # globs ignore case
+    ("public", "users", "id"),           # no rule
+    (None, None, None),
+)
+
+_ALL = tuple(BUILTIN)
+_HALF = len(_ALL) // 2
+_USER = (DetectorConfig("ACCOUNT_NO", r"\bACCT[0-9]{8,19}\b", "luhn"),
+         DetectorConfig("REF_CODE", r"\bRF[0-9]{2}[A-Z0-9]{4,20}\b", "mod97"))
+
+
+def _engine(s0: str, s1: str, keep: int = 4, split: bool = True) -> MaskEngine:
+    first = _ALL[:_HALF] + ("ACCOUNT_NO",) if split else _ALL + ("ACCOUNT_NO", "REF_CODE")
+    second = _ALL[_HALF:] + ("REF_CODE",) if split else ()
+    return MaskEngine([MaskConfig(columns=("public.users.ssn", "*.password"), detectors=first,
+                                  strategy=s0, keep=keep),
+                       MaskConfig(columns=("*.*secret*",), detectors=second, strategy=s1,
+                                  keep=keep)],
+                      _USER, hash_key=b"fuzz-key")
+
+
+ENGINES = (
+    _engine("redact", "partial", 2),
+    _engine("partial", "hash", 4),
+    _engine("hash", "format"),
+    _engine("null", "redact"),
+    _engine("format", "null", 0, split=False),
+    _engine("partial", "partial", 0, split=False),
+    MaskEngine([MaskConfig(columns=("*",), strategy="format")], hash_key=b"k"),  # all WHOLE
+    MaskEngine([MaskConfig(columns=("x.y.z",))], hash_key=b"k"),                 # passthrough
+)
+
+PIECES = (
+    b"a@b.io", b"john.doe+x@example.co.uk", b"4111111111111111", b"4111 1111 1111 1111",
+    b"5500-0000-0000-0004", b"123-45-6789", b"123 45 6789", b"(415) 555-2671", b"+14155552671",
+    b"415-555-2671", b"192.168.0.1", b"255.255.255.255", b"::1", b"2001:db8::ff00:42:8329",
+    b"::ffff:10.0.0.1", b"DE89370400440532013000", b"GB82 WEST 1234 5698 7654 32",
+    b"AKIAIOSFODNN7EXAMPLE", b"aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    b"ghp_" + b"a1B2" * 9, b"xoxb-1234567890-abcdef", b"api_key: 'Zx9_aB3-cD4.eF5+gH6'",
+    b"token=abcdefghijklmnopQRSTUV123456", b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig",
+    b"-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----",
+    b"-----BEGIN RSA PRIVATE KEY-----\\nMIIE", b"ACCT4111111111111111", b"RF18539007547034",
+    b'{"k": "', b'"}', b'\\"', b"\\", b'"', b"'", b",", b"{", b"}", b"\\x", b"\\u00e9", b" ",
+    b"\n", b"\t", b"@", b"-", b".", b":", b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80",
+    b"\xff", b"\x80", b"\xc3", b"\x00", b"\x01", b"0", b"9", b"A", b"z",
+)
+
+_PLANS: dict = {}
+
+
+def plan_for(engine: int, cols: tuple[int, ...]):
+    key = (engine, cols)
+    plan = _PLANS.get(key)
+    if plan is None:
+        eng = ENGINES[engine]
+        columns = []
+        for c in cols:
+            oid, fmt = TYPES[c & 15]
+            schema, table, column = SOURCES[(c >> 4) & 7]
+            columns.append(Column(schema, table, column, oid, fmt))
+        unresolved = eng.rules[0] if eng.rules and any(c >> 7 for c in cols) else None
+        plan = eng.row_plan(columns, unresolved_rule=unresolved)
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def datarow(values) -> bytes:
+    body = struct.pack("!h", len(values))
+    for v in values:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    return b"D" + struct.pack("!i", len(body) + 4) + body
+
+
+def parse_datarow(msg: bytes):
+    """The values of a well-formed DataRow, or None when it is not one."""
+    if len(msg) < 7 or msg[0] != 0x44:
+        return None
+    if int.from_bytes(msg[1:5], "big") + 1 != len(msg):
+        return None
+    n = int.from_bytes(msg[5:7], "big")
+    pos, out = 7, []
+    for _ in range(n):
+        if len(msg) - pos < 4:
+            return None
+        flen = int.from_bytes(msg[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if flen == -1:
+            out.append(None)
+            continue
+        if flen < 0 or flen > len(msg) - pos:
+            return None
+        out.append(msg[pos:pos + flen])
+        pos += flen
+    return out if pos == len(msg) else None
+
+
+def _values(data: bytes, ncols: int, exact: bool) -> list:
+    out = []
+    i = 0
+    while i < len(data) and len(out) < ncols + (0 if exact else 1):
+        b = data[i]
+        i += 1
+        if b == 0xFF:
+            out.append(None)
+            continue
+        raw = data[i:i + (b & 63)]
+        i += len(raw)
+        out.append(b"".join(PIECES[c] if c < len(PIECES) else bytes((c,)) for c in raw))
+    if exact:
+        out += [b""] * (ncols - len(out))
+    return out
+
+
+def message_of(data: bytes):
+    """(plan, the message, how to hand it over) from the input."""
+    engine = data[0] % len(ENGINES) if data else 0
+    shape = data[1] if len(data) > 1 else 0
+    ncols = (shape & 7) % 7
+    cols = tuple(data[2:2 + ncols])
+    cols += (0,) * (ncols - len(cols))
+    rest = data[2 + ncols:]
+    mode = rest[0] & 7 if rest else 0
+    rest = rest[1:]
+    if mode == 0:
+        msg = rest
+    elif mode == 1:
+        msg = b"D" + rest
+    elif mode == 2:
+        msg = b"D" + struct.pack("!iH", len(rest) + 6, ncols) + rest
+    else:
+        # 3: exactly the plan's field count; 4-7: as many values as the bytes give, up to one
+        # more than the plan has columns
+        msg = datarow(_values(rest, ncols, mode == 3))
+    return plan_for(engine, cols), msg, (shape >> 3) & 3
+
+
+def test_one_input(data: bytes) -> None:
+    plan, msg, how = message_of(data)
+    given = bytearray(msg) if how == 1 else memoryview(msg) if how == 2 else msg
+    expect = parse_datarow(msg)
+    if expect is not None and len(expect) != len(plan.actions()):
+        expect = None
+    try:
+        out = plan.rewrite(given)
+    except MaskRowError as e:
+        assert e.code in ("08P01", "54000"), e.code
+        assert expect is None, ("a well-formed DataRow was refused", str(e))
+        return
+    assert expect is not None, "a malformed DataRow was accepted"
+    counts = plan.take_counts()
+    assert isinstance(counts, dict) and all(
+        isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in counts.items()), counts
+    if out is None:
+        return
+    assert type(out) is bytes
+    got = parse_datarow(out)
+    assert got is not None, "the rewritten DataRow is not well formed"
+    assert len(got) == len(expect), ("field count changed", len(got), len(expect))
+    for (action, _kind), before, after in zip(plan.actions(), expect, got):
+        if before is None:
+            assert after is None, "a NULL value was replaced"
+        if action == ACT_PASS:
+            assert after == before, "a pass-through column was changed"
+
+
+
+if __name__ == "__main__":
+    fuzz(globals(), test_one_input, sys.argv)
