@@ -459,8 +459,9 @@ def test_pack_patterns_compile_alone():
 
 def test_cache_skips_repeated_statements():
     seen = []
+    # cache_size=4: two generations of two entries each
     engine = PolicyEngine((rule("no-drop", r"\bdrop\b"), rule("log-t", r"\bt\b", action="log")),
-                          cache_size=2, scan_seconds=seen.append)
+                          cache_size=4, scan_seconds=seen.append)
     p = engine.for_groups(frozenset())
     a, b, c = b"drop table t", b"select 1", b"select * from t"
     assert p.check(a).rule == "no-drop"
@@ -469,7 +470,7 @@ def test_cache_skips_repeated_statements():
     assert engine.misses == 1
     assert p.check(b) is None and p.check(b) is None       # "nothing matched" is cached too
     assert engine.misses == 2
-    p.check(c)                                             # evicts a (the oldest entry)
+    p.check(c)                                             # a's generation is dropped
     assert engine.misses == 3
     p.check(b)
     assert engine.misses == 3

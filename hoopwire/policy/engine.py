@@ -195,7 +195,7 @@ class GroupPolicy:
     """The rules that apply to one group set, compiled, with a verdict cache."""
 
     __slots__ = ("_engine", "rules", "_code", "_full", "_both", "_want_full", "_cache",
-                 "_cache_size", "_cache_bytes", "_cached_bytes", "_on_match", "__weakref__")
+                 "_old", "_gen_size", "_gen_bytes", "_cached_bytes", "_on_match", "__weakref__")
 
     def __init__(self, engine: PolicyEngine, rules: tuple[Rule, ...],
                  code: hyperscan.Database | None, full: hyperscan.Database | None,
@@ -208,12 +208,16 @@ class GroupPolicy:
         self._full = full.scan if full is not None else None
         self._both = both.scan if both is not None else None
         self._want_full = full is not None
-        self._cache_size = engine.cache_size
-        self._cache_bytes = engine.cache_bytes
-        # A plain dict evicted oldest-first: cheaper per miss than an LRU's bookkeeping, and a
-        # statement that stays hot is simply cached again after its eviction.
+        # Two generations of plain dicts: entries go to the young one; when it is full it
+        # becomes the old one and the previous old one is dropped; a hit in the old one is
+        # promoted. Constant time per miss -- an LRU's bookkeeping, or evicting from the front
+        # of one dict (whose iteration then skips the holes), cost more than a small scan,
+        # and with new literals in every statement most lookups miss.
+        self._gen_size = max(1, engine.cache_size // 2)
+        self._gen_bytes = max(1, engine.cache_bytes // 2)
         self._cache: dict[bytes, object] | None = (
             {} if engine.cache_size and engine.cache_bytes else None)
+        self._old: dict[bytes, object] = {}
         self._cached_bytes = 0
         blocking = engine._blocking
 
@@ -239,6 +243,10 @@ class GroupPolicy:
         cache = self._cache
         if cache is not None:
             hit = cache.get(sql, _MISS)
+            if hit is _MISS:
+                hit = self._old.get(sql, _MISS)
+                if hit is not _MISS:
+                    self._remember(sql, hit)
             if hit is not _MISS:
                 if hit is None:
                     return None
@@ -304,16 +312,15 @@ class GroupPolicy:
 
     def _remember(self, sql: bytes, result: object) -> None:
         cache = self._cache
-        if sql in cache:
-            return
         cache[sql] = result
         self._cached_bytes += len(sql)
-        while len(cache) > self._cache_size or self._cached_bytes > self._cache_bytes:
-            old = next(iter(cache))
-            del cache[old]
-            self._cached_bytes -= len(old)
+        if len(cache) >= self._gen_size or self._cached_bytes >= self._gen_bytes:
+            self._old = cache
+            self._cache = {}
+            self._cached_bytes = 0
 
     def clear_cache(self) -> None:
         if self._cache is not None:
-            self._cache.clear()
+            self._cache = {}
+            self._old = {}
             self._cached_bytes = 0
