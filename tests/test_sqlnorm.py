@@ -325,7 +325,12 @@ def test_split_pieces_hold_no_top_level_semicolon(sql, scs):
 @given(st.binary(max_size=60))
 def test_literal_contents_never_show_in_the_code_view(text):
     assert code(b"select '" + text.replace(b"'", b"''") + b"'") == b"select '?'"
-    assert code(b"select $q$" + text.replace(b"$q$", b"") + b"$q$") == b"select '?'"
+    # A body ending in "$q" would meet the closing "$q$" and end the literal early (as the
+    # server reads it too), so no "$q" may stay in the body, not only no "$q$".
+    body = text
+    while b"$q" in body:
+        body = body.replace(b"$q", b"")
+    assert code(b"select $q$" + body + b"$q$") == b"select '?'"
 
 
 @PROPS
