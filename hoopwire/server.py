@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 
+from hoopwire._sqlnorm import mask_literals
 from hoopwire.config import Config, ConfigError, load_config
 from hoopwire.logs import configure as configure_logging, event
 
@@ -79,18 +80,13 @@ class Gateway:
 
     def mask_statement(self, sql: bytes) -> str:
         """A statement as it may appear in a log line: literals replaced by '?'."""
-        try:
-            from hoopwire._sqlnorm import mask_literals
-        except ImportError:  # pragma: no cover - the extension is part of every install
-            return "<statement>"
         return mask_literals(sql[:4096])
 
     async def start(self) -> None:
         from hoopwire.pg.session import PgListener
         engines = build_policies(self.config)
         for c in self.config.connections:
-            listener = PgListener(self, c)
-            listener.policy_engine = engines.get(c.name)
+            listener = PgListener(self, c, engines.get(c.name))
             await listener.start()
             self.listeners[c.name] = listener
         if self.serve_admin and self.config.admin.listen is not None:
@@ -121,7 +117,11 @@ class Gateway:
             if c.listen != listener.cfg.listen:
                 event(log, "reload: a changed listen address needs a restart", logging.WARNING,
                       connection=c.name)
-            listener.apply(c, engines.get(c.name))
+            engine = engines.get(c.name)
+            if engine is not None and not engine.empty:
+                groups = listener.open_group_sets()
+                await asyncio.to_thread(lambda: [engine.for_groups(g) for g in groups])
+            listener.apply(c, engine)
         self.config = new
         event(log, "configuration reloaded", path=new.path)
         return []

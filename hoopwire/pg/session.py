@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import ssl
-import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -153,17 +152,18 @@ class Session:
 class PgListener:
     """Serves one [[connection]] with protocol = "postgres"."""
 
-    def __init__(self, gateway: "Gateway", cfg: ConnectionConfig):
+    def __init__(self, gateway: "Gateway", cfg: ConnectionConfig, policy_engine=None):
         self.gateway = gateway
         self.stats = metrics.conn_stats(cfg.name)
         self.sessions: set[Session] = set()
         self.starting = 0
         self.server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
-        self.apply(cfg)
+        self.apply(cfg, policy_engine)
 
     def apply(self, cfg: ConnectionConfig, policy_engine=None) -> None:
-        """Take a (re)loaded configuration: new sessions use it, open ones get the new policy."""
+        """Take a (re)loaded configuration: new sessions use it, open ones get the new policy
+        (compile their group sets first, off the loop: see open_group_sets)."""
         self.cfg = cfg
         self.tls_context = server_ssl_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
         self.upstream_context = upstream_ssl_context(cfg.upstream_tls, cfg.upstream_ca)
@@ -171,6 +171,9 @@ class PgListener:
         for s in self.sessions:
             if s.relay is not None:
                 s.relay.policy = self._policy_for(s.identity)
+
+    def open_group_sets(self) -> set[frozenset[str]]:
+        return {s.identity.groups for s in self.sessions}
 
     def _policy_for(self, identity: Identity):
         engine = self.policy_engine
@@ -347,8 +350,10 @@ class PgListener:
                                  f"identity is not allowed to use \"{user}\" on connection \"{cfg.name}\"",
                                  detail=f"subject={identity.subject} groups={sorted(identity.groups)}")
 
-        # The first identity with a new group set compiles its rule set: off the event loop.
-        policy = await asyncio.to_thread(self._policy_for, identity)
+        policy = None
+        if self.policy_engine is not None and not self.policy_engine.empty:
+            # The first identity with a new group set compiles its rule set: off the event loop.
+            policy = await asyncio.to_thread(self._policy_for, identity)
         if policy is not None:
             self._judge_startup(policy, params, identity, peer)
 
