@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import time
 import uuid
 
 import asyncpg
@@ -258,7 +257,7 @@ def test_reload_adds_a_rule_for_open_sessions(pg, idp):
         cfg["connection"][0]["guardrail"].append({"name": "broken", "patterns": ["(unclosed"]})
         g.write_config(cfg)
         g.signal(signal.SIGHUP)
-        m = g.wait_log(r"reload rejected.*")
+        g.wait_log(r"reload rejected.*")
         assert "broken" in g.log_text()
         with connect(g, idp) as conn:
             assert_blocked(conn, "SELECT count(*) FROM items", "no-items")

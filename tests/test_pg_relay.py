@@ -700,7 +700,7 @@ def test_messages_split_byte_by_byte_and_coalesced(gw, idp):
         assert got[1][1].endswith(b"dribbled") and got[6][1].endswith(b"42")
         # a thousand statements in one write
         c.send(b"".join(pgraw.typed(b"Q", b"select %d\0" % i) for i in range(1000)))
-        values = []
+        values, kind = [], None
         while len(values) < 1000 or kind != b"Z":
             kind, body = c.read_message(5)
             assert kind != b"E", pgraw.error_fields(body)

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple, Optional
 
-from hoopwire._mask import (ACT_DETECT, ACT_PASS, ACT_WHOLE, K_STR, MaskRowError, RowPlan,
+from hoopwire._mask import (ACT_DETECT, ACT_PASS, ACT_WHOLE, MaskRowError, RowPlan,
                             Scanner, column_kind)
 from hoopwire.config import DetectorConfig, MaskConfig
 from hoopwire.masking.detectors import BUILTIN, Detector, DetectorError, build_detectors
