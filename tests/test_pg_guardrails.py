@@ -299,3 +299,23 @@ def test_client_encodings_that_can_hide_a_quote_are_refused(pg, idp):
             assert_blocked(conn, "SET client_encoding = 'SJIS'", "unsafe-client-encoding")
             assert_blocked(conn, "SET NAMES 'big5'")
             conn.execute("SET client_encoding = 'LATIN1'")  # single-byte: fine
+
+
+def test_reload_judges_what_open_sessions_set_before_rules_existed(pg, idp):
+    """A session that switched to an encoding that can hide a quote while no rule applied is
+    closed when a reload brings rules; a plain session carries on under them."""
+    with Gateway(gateway_config(pg, idp), env=gateway_env(pg)) as g:
+        cfg = g.config
+        tainted = connect(g, idp)
+        tainted.execute("SET client_encoding = 'SJIS'")
+        plain = connect(g, idp)
+        cfg["connection"][0]["guardrail"] = [{"pack": "destructive-ddl"}]
+        g.write_config(cfg)
+        g.signal(signal.SIGHUP)
+        g.wait_log(r"configuration reloaded")
+        g.wait_log(r"session closed .*reason=policy_reload")
+        with pytest.raises(psycopg.Error, match="client encoding"):
+            tainted.execute("select 1")  # the FATAL says why
+        assert tainted.closed
+        assert_blocked(plain, "DROP TABLE items", "destructive-ddl")
+        plain.close()

@@ -282,6 +282,8 @@ cdef class UpstreamSide(RelaySide):
         self.relay.last_upstream_kind = kind
         if kind == b"Z"[0]:
             return INSPECT      # six bytes: its status ends a unit
+        if kind == b"S"[0]:
+            return INSPECT      # ParameterStatus: rare; remember the client encoding
         if kind == b"E"[0] and self.relay.rewrites:
             return INSPECT
         return FORWARD
@@ -302,6 +304,10 @@ cdef class UpstreamSide(RelaySide):
             return None
         if kind == b"E"[0]:
             return r._rewrite_error(msg, size)
+        if kind == b"S"[0]:
+            name, _, rest = msg[5:size].partition(b"\x00")
+            if name == b"client_encoding":
+                r.client_encoding = rest.partition(b"\x00")[0].decode("ascii", "replace")
         return None
 
     def connection_made(self, transport):

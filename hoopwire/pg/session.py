@@ -118,7 +118,7 @@ class Session:
     """One client session once relayed: what policy and the log need to know about it."""
 
     __slots__ = ("listener", "identity", "role", "peer", "started", "pid", "client_secret",
-                 "relay", "tls", "database", "id", "writers")
+                 "relay", "tls", "database", "id", "writers", "params")
 
     def __init__(self, listener: "PgListener", identity: Identity, role: str, peer: str,
                  tls: bool, database: str):
@@ -136,6 +136,7 @@ class Session:
         # asyncio's StreamWriter closes its transport when collected, so the startup phase's
         # writers live as long as the session that took over their transports.
         self.writers: tuple = ()
+        self.params: dict[str, str] = {}
 
     # events from the relay
 
@@ -168,9 +169,20 @@ class PgListener:
         self.tls_context = server_ssl_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
         self.upstream_context = upstream_ssl_context(cfg.upstream_tls, cfg.upstream_ca)
         self.policy_engine = policy_engine
-        for s in self.sessions:
-            if s.relay is not None:
-                s.relay.policy = self._policy_for(s.identity)
+        for s in list(self.sessions):
+            if s.relay is None:
+                continue
+            policy = self._policy_for(s.identity)
+            if policy is not None:
+                # What the session set at startup (or the encoding it switched to while no
+                # rule applied) is judged by the new rules as a new session's would be.
+                try:
+                    self._judge_startup(policy, s.params, s.identity, s.peer,
+                                        s.relay.client_encoding)
+                except StartupRefused as e:
+                    s.relay.shutdown("policy_reload", m.error_response("FATAL", e.code, e.message))
+                    continue
+            s.relay.policy = policy
 
     def open_group_sets(self) -> set[frozenset[str]]:
         return {s.identity.groups for s in self.sessions}
@@ -372,6 +384,7 @@ class PgListener:
         metrics.UPSTREAM_CONNECT_SECONDS.labels(cfg.name).observe(up.connect_seconds)
 
         session = Session(self, identity, role.name, peer, tls, database)
+        session.params = params  # judged again if a reload brings rules it has not met
         session.pid = up.pid
         session.client_secret = self.gateway.cancel_keys.to_client(cfg.name, up.pid, up.secret)
         out = [m.auth_request(m.AUTH_OK), *up.status,
@@ -396,11 +409,15 @@ class PgListener:
         up.reader._buffer.clear()  # noqa: SLF001
         relay.start(writer.transport, up.writer.transport, client_pending, upstream_pending)
 
-    def _judge_startup(self, policy, params: dict[str, str], identity: Identity, peer: str) -> None:
+    def _judge_startup(self, policy, params: dict[str, str], identity: Identity, peer: str,
+                       current_encoding: str | None = None) -> None:
         """Startup parameters are settings: `options=-c role=x` or a bare `role` parameter
         would be a SET ROLE that no statement shows, so guardrails judge them as SETs."""
         from hoopwire.policy.packs import UNSAFE_CLIENT_ENCODINGS
-        for name, value in startup_pairs(params):
+        encodings = [(n, v) for n, v in startup_pairs(params)]
+        if current_encoding:
+            encodings.append(("client_encoding", current_encoding))
+        for name, value in encodings:
             if name.lower() == "client_encoding" and \
                     re.sub(r"[^a-z0-9]", "", value.lower()) in UNSAFE_CLIENT_ENCODINGS:
                 raise StartupRefused("blocked", "42501", f"client encoding \"{value}\" is not "
