@@ -4,3 +4,4 @@
 include "buffer.pyx"
 include "pg/framing.pyx"
 include "pg/relay.pyx"
+include "pg/results.pyx"

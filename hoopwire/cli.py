@@ -23,10 +23,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from hoopwire.config import ConfigError, load_config
-    from hoopwire.server import build_policies
+    from hoopwire.server import build_engines
     try:
         config = load_config(args.file)
-        build_policies(config)
+        build_engines(config)
     except ConfigError as e:
         for line in e.lines():
             print(f"{args.file}: {line}", file=sys.stderr)

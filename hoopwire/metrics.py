@@ -23,7 +23,8 @@ from hoopwire._pgwire import RTT_BOUNDS, ConnStats
 
 __all__ = [
     "CONNECTIONS_ACTIVE", "CONNECTIONS_TOTAL", "AUTH_FAILURES", "UPSTREAM_CONNECT_SECONDS",
-    "SESSIONS_CLOSED", "STATEMENT_VERDICTS", "GUARDRAIL_SCAN_SECONDS", "conn_stats",
+    "SESSIONS_CLOSED", "STATEMENT_VERDICTS", "GUARDRAIL_SCAN_SECONDS", "MASKED_VALUES",
+    "MASK_REFUSED", "conn_stats",
     "RelayStatsCollector", "write_snapshot", "registry_for_scrape",
 ]
 
@@ -48,6 +49,12 @@ GUARDRAIL_SCAN_SECONDS = Histogram(
     "hoopwire_guardrail_scan_seconds", "Time to normalise and scan one message (cache misses, sampled 1 in 16)",
     ["connection"],
     buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
+MASKED_VALUES = Counter(
+    "hoopwire_masked_values", "Values masked on the way to the client, by column rule or detector "
+    "(kind = column | detector); never the values", ["connection", "kind", "name"])
+MASK_REFUSED = Counter(
+    "hoopwire_mask_refused_results", "Results refused because they read a masked column through "
+    "an expression (unresolved_columns = block)", ["connection"])
 
 _stats: dict[str, ConnStats] = {}
 

@@ -59,6 +59,30 @@ def build_policies(config: Config) -> dict:
     return engines
 
 
+def build_mask_engines(config: Config) -> dict:
+    """Compile every connection's masking (detectors into one Hyperscan database each)."""
+    from hoopwire.masking import MaskEngine
+    from hoopwire.masking.detectors import DetectorError
+    engines, problems = {}, []
+    for i, c in enumerate(config.connections):
+        if not c.masks:
+            continue
+        try:
+            engines[c.name] = MaskEngine(
+                c.masks, c.detectors, path=f"connection[{i}]",
+                hash_key=c.mask_hash_key.get().encode() if c.mask_hash_key else None)
+        except DetectorError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+    return engines
+
+
+def build_engines(config: Config) -> tuple[dict, dict]:
+    """(guardrail engines, mask engines) by connection name; ConfigError lists every problem."""
+    return build_policies(config), build_mask_engines(config)
+
+
 class Gateway:
     def __init__(self, config: Config, *, workers: int = 1, cancel_key: bytes | None = None,
                  serve_admin: bool = True, multiproc_dir: str | None = None):
@@ -84,9 +108,9 @@ class Gateway:
 
     async def start(self) -> None:
         from hoopwire.pg.session import PgListener
-        engines = build_policies(self.config)
+        engines, maskers = build_engines(self.config)
         for c in self.config.connections:
-            listener = PgListener(self, c, engines.get(c.name))
+            listener = PgListener(self, c, engines.get(c.name), maskers.get(c.name))
             await listener.start()
             self.listeners[c.name] = listener
         if self.serve_admin and self.config.admin.listen is not None:
@@ -100,7 +124,7 @@ class Gateway:
         try:
             new = load_config(self.config.path)
             # Compiling a large rule set takes CPU time: keep the event loop serving meanwhile.
-            engines = await asyncio.to_thread(build_policies, new)
+            engines, maskers = await asyncio.to_thread(build_engines, new)
         except ConfigError as e:
             for line in e.lines():
                 event(log, "reload rejected: config error", logging.ERROR, problem=line)
@@ -121,7 +145,7 @@ class Gateway:
             if engine is not None and not engine.empty:
                 groups = listener.open_group_sets()
                 await asyncio.to_thread(lambda: [engine.for_groups(g) for g in groups])
-            listener.apply(c, engine)
+            listener.apply(c, engine, maskers.get(c.name))
         self.config = new
         event(log, "configuration reloaded", path=new.path)
         return []
@@ -174,7 +198,7 @@ def run(config_path: str, workers: int = 1) -> int:
         return 1
     configure_logging(config.log.level, config.log.format)
     try:
-        build_policies(config)
+        build_engines(config)
     except ConfigError as e:
         for line in e.lines():
             print(f"config error: {line}", file=sys.stderr)

@@ -21,6 +21,9 @@ cdef class ConnStats:
     cdef void observe_rtt(self, double seconds) noexcept
 
 
+cdef class PgResults
+
+
 cdef class Relay:
     cdef:
         readonly ClientSide client
@@ -51,7 +54,11 @@ cdef class Relay:
         bytes marker_prefix
         unsigned long long marker_seq
 
+        # Masking: the request/response tracking that ties rows to their RowPlan (None: off).
+        readonly PgResults results
+
     cdef int _close(self, str reason, object notify_client) except -1
+    cdef int _upstream_failed(self, object e) except -1
     cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size)
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size)
 

@@ -108,6 +108,41 @@ cdef class Relay:
             client_tr.resume_reading()
             upstream_tr.resume_reading()
 
+    def enable_masking(self, masker, empty_info, suspect_info):
+        """Follow every result and mask it through `masker` (hoopwire.pg.masker.SessionMasker);
+        call before start()."""
+        self.results = PgResults(self, masker, empty_info, suspect_info)
+
+    def resume_upstream(self):
+        """Go on after a HOLD (the masker has what it waited for)."""
+        if self.closed:
+            return
+        try:
+            self.upstream.resume_feed()
+        except Exception as e:
+            self._upstream_failed(e)
+            return
+        if not self.closed:
+            self.upstream.flush()
+            if not self.upstream.holding:
+                self.upstream_tr.resume_reading()
+
+    cdef int _upstream_failed(self, object e) except -1:
+        """An error while cutting or masking what the upstream sent: close the session; never
+        let the bytes through unjudged."""
+        if isinstance(e, FrameError):
+            self._close("upstream_protocol_error",
+                        error_response("FATAL", "08P01", "protocol violation from the upstream server"))
+        elif isinstance(e, (MaskRowError, ResultTrackingError)):
+            if self.events is not None:
+                self.events.masking_failed(self, str(e))
+            self._close("mask_error", error_response(
+                "FATAL", "XX000", "the gateway could not mask this result; the session is closed"))
+        else:
+            self._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
+            raise e
+        return 0
+
     def idle_seconds(self):
         return monotonic() - self.last_activity
 
@@ -218,6 +253,9 @@ cdef class ClientSide(RelaySide):
 
     cdef int on_header(self, char kind, Py_ssize_t size) except -1:
         cdef Relay r = self.relay
+        cdef int disp = FORWARD
+        if r.results is not None:
+            disp = r.results.client_header(kind)
         if kind == b"Q"[0] or kind == b"S"[0] or kind == b"F"[0]:
             # each of these ends in exactly one ReadyForQuery
             r.units_sent += 1
@@ -226,18 +264,25 @@ cdef class ClientSide(RelaySide):
                 r.sent_tail += 1
             if kind == b"Q"[0]:
                 r.stats.queries += 1
-            if kind != b"S"[0]:
-                return INSPECT if r.policy is not None else FORWARD
+            if kind != b"S"[0] and r.policy is not None:
+                return INSPECT
         elif kind == b"E"[0]:
             r.stats.executes += 1
         elif kind == b"P"[0]:
-            return INSPECT if r.policy is not None else FORWARD
+            if r.policy is not None:
+                return INSPECT
         elif kind == b"X"[0]:
             r.close_reason = "client_terminate"
-        return FORWARD
+        return disp
 
     cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
-        return self.relay._judge(kind, msg, size)
+        cdef Relay r = self.relay
+        cdef object out = None
+        if r.policy is not None and (kind == b"Q"[0] or kind == b"P"[0] or kind == b"F"[0]):
+            out = r._judge(kind, msg, size)
+        if r.results is not None:
+            out = r.results.client_message(kind, msg, size, out)
+        return out
 
     # asyncio protocol
 
@@ -271,7 +316,7 @@ cdef class ClientSide(RelaySide):
         self.relay.upstream_tr.pause_reading()
 
     def resume_writing(self):
-        if not self.relay.closed:
+        if not self.relay.closed and not self.relay.upstream.holding:
             self.relay.upstream_tr.resume_reading()
 
 
@@ -280,6 +325,8 @@ cdef class UpstreamSide(RelaySide):
 
     cdef int on_header(self, char kind, Py_ssize_t size) except -1:
         self.relay.last_upstream_kind = kind
+        if self.relay.results is not None:
+            return self.relay.results.upstream_header(kind)
         if kind == b"Z"[0]:
             return INSPECT      # six bytes: its status ends a unit
         if kind == b"S"[0]:
@@ -291,6 +338,11 @@ cdef class UpstreamSide(RelaySide):
     cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
         cdef Relay r = self.relay
         cdef unsigned long long done
+        cdef object out = None
+        if r.results is not None:
+            out = r.results.upstream_message(kind, msg, size)
+            if out is HOLD:
+                return out
         if kind == b"Z"[0]:
             if size >= 6:
                 r.tx_status = msg[5]
@@ -301,14 +353,18 @@ cdef class UpstreamSide(RelaySide):
             if r.rewrites:
                 done = r.units_done
                 r.rewrites = [w for w in r.rewrites if w[0] > done]
-            return None
+            return out
         if kind == b"E"[0]:
-            return r._rewrite_error(msg, size)
+            if r.rewrites:
+                err = r._rewrite_error(msg, size)
+                if err is not None:
+                    return err if out is None or len(out) else out
+            return out
         if kind == b"S"[0]:
             name, _, rest = msg[5:size].partition(b"\x00")
             if name == b"client_encoding":
                 r.client_encoding = rest.partition(b"\x00")[0].decode("ascii", "replace")
-        return None
+        return out
 
     def connection_made(self, transport):
         pass
@@ -319,15 +375,14 @@ cdef class UpstreamSide(RelaySide):
         r.stats.bytes_from_upstream += PyBytes_GET_SIZE(data) if PyBytes_CheckExact(data) else len(data)
         try:
             self.feed(data)
-        except FrameError:
-            r._close("upstream_protocol_error",
-                     error_response("FATAL", "08P01", "protocol violation from the upstream server"))
+        except Exception as e:
+            r._upstream_failed(e)
             return
-        except Exception:
-            r._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
-            raise
         if not r.closed:
             self.flush()
+            if self.holding:
+                # the masker waits for the catalog: nothing more until it resumes us
+                r.upstream_tr.pause_reading()
 
     def eof_received(self):
         return False

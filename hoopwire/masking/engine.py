@@ -145,11 +145,11 @@ class MaskEngine:
     # -- result sets -------------------------------------------------------------------------
 
     def row_plan(self, columns: Iterable[Column | tuple], *, unresolved_rule: MaskRule | None = None,
-                 extra_string_oids: frozenset[int] = frozenset()) -> RowPlan:
+                 extra_string_oids: frozenset[int] = frozenset(), detect: bool = True) -> RowPlan:
         """A RowPlan for one result set. A column whose source resolves to a column rule is
         masked whole; with `unresolved_rule` (unresolved_columns = "mask"), every column without
         a source is masked whole by that rule; every other column goes to the detectors (when
-        there are any). extra_string_oids: type OIDs to treat as text (citext, domains...)."""
+        there are any, and detect is true). extra_string_oids: type OIDs to treat as text (citext, domains...)."""
         cols = []
         for c in columns:
             c = c if isinstance(c, Column) else Column(*c)
@@ -161,7 +161,7 @@ class MaskEngine:
                 rule = unresolved_rule
             if rule is not None:
                 cols.append((ACT_WHOLE, kind, rule.strategy, self._rule_pos.get(rule.index, -1)))
-            elif self.scanner is not None:
+            elif self.scanner is not None and detect:
                 cols.append((ACT_DETECT, kind, None, -1))
             else:
                 cols.append((ACT_PASS, kind, None, -1))

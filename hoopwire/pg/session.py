@@ -23,6 +23,8 @@ from hoopwire.config import ConnectionConfig, RoleConfig
 from hoopwire.identity import AuthError, Identity
 from hoopwire.logs import event
 from hoopwire.pg import messages as m
+from hoopwire.pg.catalog import CatalogError
+from hoopwire.pg.masker import NO_INFO, ConnectionMasking, SessionMasker, StatementInfo
 from hoopwire.pg.upstream import UpstreamError, connect_upstream, send_cancel, upstream_ssl_context
 
 if TYPE_CHECKING:
@@ -118,7 +120,7 @@ class Session:
     """One client session once relayed: what policy and the log need to know about it."""
 
     __slots__ = ("listener", "identity", "role", "peer", "started", "pid", "client_secret",
-                 "relay", "tls", "database", "id", "writers", "params")
+                 "relay", "tls", "database", "id", "writers", "params", "masker")
 
     def __init__(self, listener: "PgListener", identity: Identity, role: str, peer: str,
                  tls: bool, database: str):
@@ -137,6 +139,7 @@ class Session:
         # writers live as long as the session that took over their transports.
         self.writers: tuple = ()
         self.params: dict[str, str] = {}
+        self.masker: SessionMasker | None = None
 
     # events from the relay
 
@@ -149,29 +152,49 @@ class Session:
     def statement_matched(self, relay: Relay, verdict, sql: bytes) -> None:
         self.listener.statement_event(self, verdict.action, verdict, sql)
 
+    def masking_failed(self, relay: Relay, reason: str) -> None:
+        event(log, "masking failed: session closed", logging.ERROR, connection=self.listener.name,
+              session=self.id, subject=self.identity.subject, error=reason)
+
 
 class PgListener:
     """Serves one [[connection]] with protocol = "postgres"."""
 
-    def __init__(self, gateway: "Gateway", cfg: ConnectionConfig, policy_engine=None):
+    def __init__(self, gateway: "Gateway", cfg: ConnectionConfig, policy_engine=None,
+                 mask_engine=None):
         self.gateway = gateway
+        self.masking: ConnectionMasking | None = None
         self.stats = metrics.conn_stats(cfg.name)
         self.sessions: set[Session] = set()
         self.starting = 0
         self.server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
-        self.apply(cfg, policy_engine)
+        self.apply(cfg, policy_engine, mask_engine)
 
-    def apply(self, cfg: ConnectionConfig, policy_engine=None) -> None:
+    def apply(self, cfg: ConnectionConfig, policy_engine=None, mask_engine=None) -> None:
         """Take a (re)loaded configuration: new sessions use it, open ones get the new policy
-        (compile their group sets first, off the loop: see open_group_sets)."""
+        (compile their group sets first, off the loop: see open_group_sets) and, where they
+        mask already, the new mask rules from their next result on."""
         self.cfg = cfg
         self.tls_context = server_ssl_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
         self.upstream_context = upstream_ssl_context(cfg.upstream_tls, cfg.upstream_ca)
         self.policy_engine = policy_engine
+        old_masking = self.masking
+        self.masking = None
+        if mask_engine is not None:
+            self.masking = ConnectionMasking(
+                mask_engine, unresolved=cfg.unresolved_columns, binary_copy=cfg.binary_copy,
+                connect=self._catalog_connect, connection=cfg.name, timeout=cfg.connect_timeout)
+        if old_masking is not None:
+            old_masking.close()
         for s in list(self.sessions):
             if s.relay is None:
                 continue
+            if s.masker is not None:
+                if self.masking is not None:
+                    s.masker.rebind(self.masking)
+                else:
+                    s.masker.rebind(None)
             policy = self._policy_for(s.identity)
             if policy is not None:
                 # What the session set at startup (or the encoding it switched to while no
@@ -221,6 +244,8 @@ class PgListener:
         for s in list(self.sessions):
             if s.relay is not None:
                 s.relay.shutdown("gateway_shutdown", shutdown)
+        if self.masking is not None:
+            self.masking.close()
 
     async def _sweep(self) -> None:
         """Close sessions idle longer than idle_timeout."""
@@ -393,6 +418,19 @@ class PgListener:
 
         relay = Relay(self.stats, policy, session, cfg.max_message_size,
                       self.gateway.marker_prefix)
+        if self.masking is not None and self.masking.active:
+            masker = SessionMasker(self.masking, database)
+            if not masker.catalog.fresh():
+                try:
+                    await masker.catalog.load()
+                except CatalogError as e:
+                    up.writer.close()
+                    raise StartupRefused("mask_catalog_error", "08006",
+                                         "the gateway cannot read the catalog it masks results by",
+                                         detail=str(e)) from None
+            relay.enable_masking(masker, NO_INFO, StatementInfo(True))
+            masker.relay = relay
+            session.masker = masker
         session.relay = relay
         session.writers = (writer, up.writer)
         self.sessions.add(session)
@@ -433,6 +471,16 @@ class PgListener:
             raise StartupRefused("blocked", "42501",
                                  f"startup parameter blocked by hoopwire rule \"{verdict.rule}\""
                                  + (f": {verdict.message}" if verdict.message else ""))
+
+    async def _catalog_connect(self, database: str):
+        """The side connection masking reads the catalog over (the connection's own user)."""
+        cfg = self.cfg
+        host, port = cfg.upstream
+        return await connect_upstream(
+            host, port, user=cfg.user, password=cfg.password.get() if cfg.password else None,
+            params={"database": database, "application_name": "hoopwire-catalog"},
+            tls_mode=cfg.upstream_tls, ssl_context=self.upstream_context,
+            timeout=cfg.connect_timeout)
 
     def _pick_role(self, cfg: ConnectionConfig, user: str) -> RoleConfig:
         for role in cfg.roles:

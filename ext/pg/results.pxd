@@ -1,0 +1,58 @@
+# Result tracking for masking: which request each upstream message answers, and which RowPlan
+# the rows in flight belong to.
+#
+# PostgreSQL answers requests strictly in order, so a FIFO of what the client asked (Parse,
+# Bind, Describe, Execute, Close, Sync, Query) says what every response is. Rows carry no
+# description of their own: a Query's rows follow its RowDescription, but an Execute's rows
+# follow nothing (a driver that prepared with Describe-statement -- asyncpg -- or one that never
+# describes, which would otherwise be a way around masking). So before every Execute that the
+# client did not itself describe, the relay sends a Describe of that portal and swallows the
+# answer: every row then follows a RowDescription the server produced for exactly that portal.
+
+cdef enum:
+    R_PARSE = 1
+    R_BIND = 2
+    R_DESC_S = 3           # client's Describe statement: ParameterDescription, then T or n
+    R_DESC_P = 4           # client's Describe portal: T or n, forwarded
+    R_DESC_OURS = 5        # our Describe portal before an Execute: T or n, swallowed
+    R_EXEC = 6
+    R_CLOSE = 7
+    R_SYNC = 8
+    R_QUERY = 9            # simple Query (or a refused FunctionCall, replaced by one)
+
+cdef enum:
+    S_NONE = 0             # no result open: a DataRow now is a tracking failure
+    S_ROWS = 1             # rows of `plan`
+    S_COPY = 2             # CopyData of `copy` (None: forwarded as they are)
+    S_SKIP = 3             # a refused result: drop everything up to ReadyForQuery
+
+
+cdef class PgResults:
+    cdef:
+        Relay relay
+        object masker              # hoopwire.pg.masker.SessionMasker
+        object queue               # deque of (R_*, StatementInfo)
+        dict stmts                 # prepared statement name -> StatementInfo
+        dict portals               # portal name -> StatementInfo
+        char last_client           # kind of the client's last message (Flush not counted)
+        bint last_desc_portal      # ... and when it was a Describe, whether of a portal
+        bytes last_desc_name
+        int state
+        RowPlan plan
+        bint plan_work             # the plan rewrites something: rows are inspected
+        object copy                # _TextCopy / _BinaryCopy, or None
+        int copy_idx               # COPY statements of the current Query answered so far
+        readonly unsigned long long injected   # Describe messages we added
+
+    cdef int client_header(self, char kind) except -1
+    cdef object client_message(self, char kind, const unsigned char* msg, Py_ssize_t size,
+                               object replaced)
+    cdef int upstream_header(self, char kind) except -1
+    cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef object _head(self)
+    cdef int _expect(self, int kind) except -1
+    cdef int _error_skip(self) except -1
+    cdef int _ready(self) except -1
+    cdef int _end_result(self) except -1
+    cdef object _row_description(self, const unsigned char* msg, Py_ssize_t size)
+    cdef object _copy_out(self, const unsigned char* msg, Py_ssize_t size)

@@ -1,0 +1,305 @@
+from collections import deque
+
+from hoopwire._mask import MaskRowError
+
+
+cdef bytes DESCRIBE_PORTAL_HEAD = b"D"
+cdef object EMPTY_INFO = None            # set by PgResults.__init__: the masker's NO_INFO
+cdef object SUSPECT_INFO = None          # statements we know nothing about: assume they mention
+cdef tuple DDL_TAGS = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"GRANT", b"REVOKE",
+                       b"SECURITY", b"IMPORT", b"REFRESH", b"SELECT INTO")
+
+
+class ResultTrackingError(Exception):
+    """The upstream answered something the request FIFO does not expect: masking cannot tell
+    which result the next rows belong to, so the session is closed rather than guessed at."""
+
+
+cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
+    """The NUL-terminated string at p (at most n bytes); used = its length + 1."""
+    cdef Py_ssize_t i = 0
+    while i < n and p[i] != 0:
+        i += 1
+    if i >= n:
+        raise FrameError("malformed message: unterminated string")
+    used[0] = i + 1
+    return p[:i]
+
+
+cdef class PgResults:
+
+    def __init__(self, Relay relay, masker, empty_info, suspect_info):
+        global EMPTY_INFO, SUSPECT_INFO
+        EMPTY_INFO = empty_info
+        SUSPECT_INFO = suspect_info
+        self.relay = relay
+        self.masker = masker
+        self.queue = deque()
+        self.stmts = {}
+        self.portals = {}
+        self.last_desc_name = b""
+        self.state = S_NONE
+
+    # -- client -> upstream -----------------------------------------------------------------------
+
+    cdef int client_header(self, char kind) except -1:
+        """INSPECT for messages whose body we need; Sync only counts."""
+        if kind == b"S"[0]:
+            self.queue.append((R_SYNC, None))
+            self.last_client = kind
+            return FORWARD
+        if kind == b"H"[0]:
+            return FORWARD      # Flush: no answer of its own, and it keeps last_client
+        if kind == b"P"[0] or kind == b"B"[0] or kind == b"D"[0] or kind == b"E"[0] or \
+                kind == b"C"[0] or kind == b"Q"[0] or kind == b"F"[0]:
+            return INSPECT
+        self.last_client = kind
+        return FORWARD
+
+    cdef object client_message(self, char kind, const unsigned char* msg, Py_ssize_t size,
+                               object replaced):
+        cdef const unsigned char* body = msg + 5
+        cdef Py_ssize_t blen = size - 5, used
+        cdef bytes name, other
+        cdef object info
+        cdef object out = replaced
+        if kind == b"Q"[0]:
+            info = self.masker.statement(_cstr(body, blen, &used))
+            self.queue.append((R_QUERY, info))
+        elif kind == b"F"[0]:
+            # a call by function OID returns a value no description names: refused while
+            # masking applies (the relay replaces it by a failing Query, answered E + Z)
+            if out is None:
+                out = self.relay._judge(kind, msg, size)
+            self.queue.append((R_QUERY, EMPTY_INFO))
+        elif kind == b"P"[0]:
+            name = _cstr(body, blen, &used)
+            self.stmts[name] = self.masker.statement(_cstr(body + used, blen - used, &used))
+            self.queue.append((R_PARSE, None))
+        elif kind == b"B"[0]:
+            name = _cstr(body, blen, &used)
+            other = _cstr(body + used, blen - used, &used)
+            self.portals[name] = self.stmts.get(other, SUSPECT_INFO)
+            self.queue.append((R_BIND, None))
+        elif kind == b"D"[0]:
+            if blen < 2:
+                raise FrameError("malformed Describe message")
+            name = _cstr(body + 1, blen - 1, &used)
+            if body[0] == b"S"[0]:
+                self.queue.append((R_DESC_S, self.stmts.get(name, SUSPECT_INFO)))
+                self.last_desc_portal = False
+            else:
+                self.queue.append((R_DESC_P, self.portals.get(name, SUSPECT_INFO)))
+                self.last_desc_portal = True
+                self.last_desc_name = name
+        elif kind == b"E"[0]:
+            name = _cstr(body, blen, &used)
+            info = self.portals.get(name, SUSPECT_INFO)
+            if not (self.last_client == b"D"[0] and self.last_desc_portal and
+                    self.last_desc_name == name):
+                # Rows must follow a description we saw: ask for one, answer swallowed.
+                self.queue.append((R_DESC_OURS, info))
+                self.injected += 1
+                out = (DESCRIBE_PORTAL_HEAD + (len(name) + 6).to_bytes(4, "big") + b"P" + name +
+                       b"\x00" + msg[:size])
+            self.queue.append((R_EXEC, info))
+        elif kind == b"C"[0]:
+            if blen >= 2:
+                name = _cstr(body + 1, blen - 1, &used)
+                if body[0] == b"S"[0]:
+                    self.stmts.pop(name, None)
+                else:
+                    self.portals.pop(name, None)
+            self.queue.append((R_CLOSE, None))
+        self.last_client = kind
+        return out
+
+    # -- upstream -> client -----------------------------------------------------------------------
+
+    cdef int upstream_header(self, char kind) except -1:
+        if kind == b"D"[0]:
+            return FORWARD if self.state == S_ROWS and not self.plan_work else INSPECT
+        if kind == b"d"[0]:
+            return FORWARD if self.state == S_COPY and self.copy is None else INSPECT
+        return INSPECT
+
+    cdef object _head(self):
+        if not self.queue:
+            raise ResultTrackingError("a response arrived with no request outstanding")
+        return self.queue[0]
+
+    cdef int _expect(self, int kind) except -1:
+        head = self._head()
+        if head[0] != kind:
+            raise ResultTrackingError(f"response out of step (expected request {kind}, "
+                                      f"queue head {head[0]})")
+        self.queue.popleft()
+        return 0
+
+    cdef int _error_skip(self) except -1:
+        """After an error in the extended protocol the server skips to Sync: so do we."""
+        cdef int k
+        while self.queue:
+            k = self.queue[0][0]
+            if k == R_SYNC or k == R_QUERY:
+                break
+            self.queue.popleft()
+        return 0
+
+    cdef int _ready(self) except -1:
+        cdef int k
+        while self.queue:
+            k = self.queue.popleft()[0]
+            if k == R_SYNC or k == R_QUERY:
+                break
+        self.copy_idx = 0
+        return 0
+
+    cdef int _end_result(self) except -1:
+        if self.state == S_ROWS and self.plan_work:
+            self.masker.result_done(self.plan)
+        elif self.state == S_COPY and self.copy is not None:
+            self.copy.done()
+        self.state = S_NONE
+        self.plan = None
+        self.plan_work = False
+        self.copy = None
+        return 0
+
+    cdef object _row_description(self, const unsigned char* msg, Py_ssize_t size):
+        """T: set up the rows that follow. Nothing changes before the masker answers, so a
+        HOLD leaves the state as it was for the replay."""
+        head = self._head()
+        cdef int hk = head[0]
+        if hk == R_DESC_S:
+            self.queue.popleft()
+            return None             # a statement's description: no rows follow from it
+        if hk != R_QUERY and hk != R_DESC_P and hk != R_DESC_OURS:
+            raise ResultTrackingError(f"RowDescription answering request {hk}")
+        res = self.masker.row_description(msg[:size], head[1])
+        if res is HOLD:
+            return HOLD
+        self._end_result()
+        if hk != R_QUERY:
+            self.queue.popleft()
+        if isinstance(res, bytes):
+            self.state = S_SKIP
+            return res
+        self.plan = <RowPlan?>res
+        self.plan_work = not self.plan.passthrough
+        self.state = S_ROWS
+        return b"" if hk == R_DESC_OURS else None
+
+    cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
+        cdef int hk
+        if kind == b"D"[0]:
+            if self.state == S_ROWS:
+                return self.plan.rewrite_ptr(msg, size)
+            if self.state == S_SKIP:
+                return b""
+            raise ResultTrackingError("a data row arrived outside any result the gateway follows")
+        if kind == b"d"[0]:
+            if self.state == S_SKIP:
+                return b""
+            if self.state == S_COPY and self.copy is not None:
+                return self.copy.data(msg[:size])
+            return None             # CopyBoth (not offered) or an unmasked COPY
+        if kind == b"N"[0]:
+            return self.masker.fields(msg[:size])
+        if kind == b"A"[0]:
+            return self.masker.notification(msg[:size])
+        if kind == b"S"[0]:
+            return None
+        if self.state == S_SKIP:
+            if kind == b"Z"[0]:
+                self.state = S_NONE
+                self._ready()
+                return None
+            if kind == b"E"[0]:
+                if self.queue and self.queue[0][0] != R_QUERY and self.queue[0][0] != R_SYNC:
+                    self._error_skip()
+                return b""
+            # what the refused result and the statements after it answered: withheld, but
+            # still followed so the queue stays in step
+        if kind == b"T"[0]:
+            if self.state == S_SKIP:
+                if self._head()[0] != R_QUERY:
+                    self.queue.popleft()
+                return b""
+            return self._row_description(msg, size)
+        if kind == b"C"[0] or kind == b"I"[0] or kind == b"s"[0]:
+            if kind == b"C"[0]:
+                tag = msg[5:size - 1 if size - 1 < 30 else 30]
+                if tag.startswith(DDL_TAGS):
+                    self.masker.command_complete(tag)
+            if self.state != S_SKIP:
+                self._end_result()
+            hk = self._head()[0]
+            if hk == R_EXEC:
+                self.queue.popleft()
+            elif hk != R_QUERY:
+                raise ResultTrackingError(f"command completion answering request {hk}")
+            return b"" if self.state == S_SKIP else None
+        if kind == b"Z"[0]:
+            self._end_result()
+            self._ready()
+            return None
+        if kind == b"E"[0]:
+            if self.state != S_SKIP:
+                self._end_result()
+            if self.queue:
+                hk = self.queue[0][0]
+                if hk != R_QUERY and hk != R_SYNC:
+                    self._error_skip()
+            return self.masker.fields(msg[:size])
+        if kind == b"n"[0]:
+            hk = self._head()[0]
+            if hk == R_DESC_S or hk == R_DESC_P or hk == R_DESC_OURS:
+                self.queue.popleft()
+                if hk != R_DESC_S:
+                    self._end_result()
+                return b"" if hk == R_DESC_OURS or self.state == S_SKIP else None
+            raise ResultTrackingError(f"NoData answering request {hk}")
+        if kind == b"1"[0]:
+            self._expect(R_PARSE)
+        elif kind == b"2"[0]:
+            self._expect(R_BIND)
+        elif kind == b"3"[0]:
+            self._expect(R_CLOSE)
+        elif kind == b"H"[0]:
+            if self.state == S_SKIP:
+                return b""
+            return self._copy_out(msg, size)
+        elif kind == b"c"[0]:
+            if self.state != S_SKIP:
+                self._end_result()
+        if self.state == S_SKIP:
+            return b""
+        return None
+
+    cdef object _copy_out(self, const unsigned char* msg, Py_ssize_t size):
+        head = self._head()
+        cdef int hk = head[0]
+        info = head[1]
+        spec = None
+        copies = info.copies if info is not None else ()
+        if hk == R_QUERY:
+            if self.copy_idx < len(copies):
+                spec = copies[self.copy_idx]
+        elif hk == R_EXEC:
+            if copies:
+                spec = copies[0]
+        else:
+            raise ResultTrackingError(f"CopyOutResponse answering request {hk}")
+        res = self.masker.copy_out(msg[:size], spec, info if info is not None else EMPTY_INFO)
+        if res is HOLD:
+            return HOLD
+        self._end_result()
+        if hk == R_QUERY:
+            self.copy_idx += 1
+        if isinstance(res, bytes):
+            self.state = S_SKIP
+            return res
+        self.copy = res
+        self.state = S_COPY
+        return None
