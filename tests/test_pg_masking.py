@@ -391,3 +391,16 @@ def test_psql_client(mgw, idp, pg):
     assert out.returncode == 0, out.stderr
     assert "1|*******6789|****" in out.stdout
     assert "123-45-6789" not in out.stdout
+
+
+def test_returning_and_function_results(mgw, idp):
+    """RETURNING names its table's columns in RowDescription (masked by column rules); a
+    set-returning function's columns have no source: detectors only (a documented limit)."""
+    with connect(mgw, idp) as c:
+        c.execute("CREATE OR REPLACE FUNCTION crm.all_users() RETURNS SETOF crm.users "
+                  "LANGUAGE sql AS 'SELECT * FROM crm.users'")
+        with c.transaction(force_rollback=True):
+            got = q(c, "UPDATE crm.users SET name = name WHERE id = 1 RETURNING ssn, password")
+        assert got == [("*******6789", "****")]
+        rows = q(c, "SELECT ssn, password FROM crm.all_users() WHERE id = 1")
+        assert rows[0][0] == "****"             # the US_SSN detector; password: see README
