@@ -31,10 +31,12 @@ cdef class Scanner:
         readonly tuple names           # detector id -> name
         tuple validators               # id -> callable(data, s, e) -> (s, e) | None
         tuple strategies               # id -> hoopwire.masking.strategies.Strategy
+        tuple fast                     # id -> F_* code of its strategy
         readonly int ndet
         list _spans                    # matches of the running span scan: [id, from, to, ...]
 
     cdef object mask_value(self, object data, unsigned long long* counts)
+    cdef object apply_spans(self, object data, list spans, unsigned long long* counts)
 
 
 cdef class RowPlan:
@@ -46,6 +48,7 @@ cdef class RowPlan:
         unsigned char* kind            # K_* per column
         int* rule                      # per column: index into rule_names, or -1
         list col_strategy              # per column: Strategy for ACT_WHOLE, else None
+        int* col_fast                  # per column: F_* code of that strategy
         readonly tuple rule_names      # labels of the column rules, for counts
         bint any_work                  # some column is not ACT_PASS
         # per-row scratch, sized ncols
@@ -55,6 +58,9 @@ cdef class RowPlan:
         int* scan_col                  # column of each scanned value
         int nscan
         unsigned char* hit             # pass 1 found something ending in this column
+        bint dense                     # most rows hold hits: one span scan per row
+        int win_rows                   # scanned rows / rows with a hit in the current window
+        int win_hits
         # counters since the last take_counts(): masked values per detector / per column rule
         unsigned long long* det_counts
         unsigned long long* rule_counts
@@ -66,3 +72,5 @@ cdef class RowPlan:
     cdef int _find(self, object buf) except -1
     cdef object _detect_one(self, int col, object value)
     cdef object _whole_one(self, int col, object value)
+    cdef dict _spans_by_value(self, object buf)
+    cdef object _detect_spans(self, int col, object value, list spans)

@@ -30,7 +30,7 @@ from libc.string cimport memcpy, memset
 
 import hyperscan
 
-__all__ = ["Scanner", "RowPlan", "MaskRowError", "mask_copy_line", "ACT_PASS", "ACT_WHOLE",
+__all__ = ["Scanner", "RowPlan", "MaskRowError", "mask_copy_line", "luhn_ok", "ACT_PASS", "ACT_WHOLE",
            "ACT_DETECT", "K_STR", "K_JSON", "K_JSONB_BIN", "K_INPLACE",
            "K_OTHER", "K_OPAQUE", "column_kind"]
 
@@ -99,6 +99,73 @@ def _on_span(unsigned int ident, unsigned long long frm, unsigned long long to, 
     spans.append((frm, -<long long>to, ident))
 
 
+def luhn_ok(bytes digits):
+    """The Luhn checksum over ASCII digits (callers remove every other byte first)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(digits)
+    cdef Py_ssize_t i = PyBytes_GET_SIZE(digits)
+    cdef int total = 0, d
+    cdef bint alt = False
+    while i > 0:
+        i -= 1
+        d = p[i] - 48
+        if alt:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+        alt = not alt
+    return total % 10 == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategies on the hot path: redact and ASCII partial without a Python call; the rest (hash,
+# format, multibyte partial) through hoopwire.masking.strategies.Strategy.
+
+cdef enum:
+    F_PY = 0
+    F_REDACT = 1
+    F_PARTIAL = 2
+
+
+cdef inline int _fast_code(object strategy):
+    name = strategy.name
+    if name == "redact" or name == "null":
+        return F_REDACT
+    if name == "partial":
+        return F_PARTIAL
+    return F_PY
+
+
+cdef object _partial_ascii(object value, Py_ssize_t keep):
+    """`*` for all but the last `keep` bytes of an ASCII value; None if it is not ASCII."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value), i
+    cdef bytes out
+    cdef unsigned char* d
+    for i in range(n):
+        if p[i] >= 128:
+            return None
+    out = PyBytes_FromStringAndSize(NULL, n)
+    d = <unsigned char*>PyBytes_AS_STRING(out)
+    if n <= keep:
+        memset(d, 42, n)
+    else:
+        memset(d, 42, n - keep)
+        memcpy(d + n - keep, p + n - keep, keep)
+    return out
+
+
+cdef inline object _inline_fast(int code, object strategy, object value):
+    cdef object r
+    if code == F_REDACT:
+        return REDACTED
+    if code == F_PARTIAL:
+        r = _partial_ascii(value, strategy.keep)
+        if r is not None:
+            return r
+    return strategy.inline(value)
+
+
 # ---------------------------------------------------------------------------------------------
 
 cdef class Scanner:
@@ -113,6 +180,7 @@ cdef class Scanner:
         self.names = tuple(d.name for d in detectors)
         self.validators = tuple(d.validator for d in detectors)
         self.strategies = tuple(strategies)
+        self.fast = tuple(_fast_code(st) for st in strategies)
         pats = [d.pattern for d in detectors]
         ids = list(range(self.ndet))
         self.db_find = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
@@ -125,18 +193,22 @@ cdef class Scanner:
         self.scratch_span = hyperscan.Scratch(self.db_span)
 
     cdef object mask_value(self, object data, unsigned long long* counts):
-        """data with every validated detector span rewritten, or None when nothing matched.
-        Overlapping spans: the leftmost wins, then the longest."""
+        """data with every validated detector span rewritten, or None when nothing matched."""
         cdef list spans = []
-        cdef Py_ssize_t last_end = 0, n = len(data), s, e
-        cdef list out
-        cdef object hit, v
-        cdef unsigned int ident
         self.db_span.scan(data, match_event_handler=_on_span, context=spans,
                           scratch=self.scratch_span)
         if not spans:
             return None
         spans.sort()
+        return self.apply_spans(data, spans, counts)
+
+    cdef object apply_spans(self, object data, list spans, unsigned long long* counts):
+        """data with the validated spans (sorted (from, -to, id), offsets into data)
+        rewritten, or None. Overlapping spans: the leftmost wins, then the longest."""
+        cdef Py_ssize_t last_end = 0, n = len(data), s, e
+        cdef list out
+        cdef object hit, v
+        cdef unsigned int ident
         out = None
         for frm, negto, ident in spans:
             s = frm
@@ -154,7 +226,7 @@ cdef class Scanner:
             if out is None:
                 out = []
             out.append(data[last_end:s])
-            out.append((<object>self.strategies[ident]).inline(data[s:e]))
+            out.append(_inline_fast(<int>self.fast[ident], self.strategies[ident], data[s:e]))
             last_end = e
             if counts != NULL:
                 counts[ident] += 1
@@ -198,6 +270,7 @@ cdef class RowPlan:
         self.hit = NULL
         self.det_counts = NULL
         self.rule_counts = NULL
+        self.col_fast = NULL
 
     def __init__(self, columns, Scanner scanner=None, rule_names=()):
         cdef Py_ssize_t n = len(columns), i
@@ -212,13 +285,15 @@ cdef class RowPlan:
         self.off = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
         self.ln = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
         self.scan_end = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
+        self.col_fast = <int*>PyMem_Malloc(m * sizeof(int))
         self.rule_counts = <unsigned long long*>PyMem_Malloc(
             (len(self.rule_names) + 1) * sizeof(unsigned long long))
         self.det_counts = <unsigned long long*>PyMem_Malloc(
             ((scanner.ndet if scanner is not None else 0) + 1) * sizeof(unsigned long long))
         if (self.action == NULL or self.kind == NULL or self.hit == NULL or self.rule == NULL or
                 self.scan_col == NULL or self.off == NULL or self.ln == NULL or
-                self.scan_end == NULL or self.rule_counts == NULL or self.det_counts == NULL):
+                self.scan_end == NULL or self.rule_counts == NULL or self.det_counts == NULL or
+                self.col_fast == NULL):
             raise MemoryError()
         memset(self.rule_counts, 0, (len(self.rule_names) + 1) * sizeof(unsigned long long))
         memset(self.det_counts, 0,
@@ -242,6 +317,7 @@ cdef class RowPlan:
             self.kind[i] = kind
             self.rule[i] = -1 if rule is None or rule < 0 else rule
             self.col_strategy.append(strategy if action == ACT_WHOLE else None)
+            self.col_fast[i] = _fast_code(strategy) if action == ACT_WHOLE else F_PY
             if action != ACT_PASS:
                 self.any_work = True
             if action == ACT_DETECT:
@@ -259,6 +335,7 @@ cdef class RowPlan:
         PyMem_Free(self.scan_end)
         PyMem_Free(self.rule_counts)
         PyMem_Free(self.det_counts)
+        PyMem_Free(self.col_fast)
 
     @property
     def passthrough(self):
@@ -346,7 +423,67 @@ cdef class RowPlan:
             return b"\x01" + _json_string(strategy.whole(value[1:]))
         if kind == K_JSON:
             return _json_string(strategy.whole(value))
-        return strategy.whole(value)
+        return _inline_fast(self.col_fast[col], strategy, value)
+
+    cdef dict _spans_by_value(self, object buf):
+        """One start-of-match scan over the row's scan buffer: {column: [spans relative to its
+        value]}, and hit[] set. A span that crosses a separator (a pattern that may match
+        newlines) flags the values it touches for a scan of their own instead."""
+        cdef list spans = []
+        cdef dict out = {}
+        cdef Py_ssize_t frm, to, vstart
+        cdef int lo, hi, mid, k, col
+        self.scanner.db_span.scan(buf, match_event_handler=_on_span, context=spans,
+                                  scratch=self.scanner.scratch_span)
+        if not spans:
+            return None
+        spans.sort()
+        for sp in spans:
+            frm = sp[0]
+            to = -sp[1]
+            lo, hi = 0, self.nscan - 1
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if self.scan_end[mid] <= frm:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            k = lo
+            col = self.scan_col[k]
+            vstart = self.scan_end[k - 1] + 1 if k > 0 else 0
+            if to > self.scan_end[k] or self.kind[col] == K_JSONB_BIN:
+                # crosses into the next value, or needs its own offsets: scan alone
+                self.hit[col] = 1
+                out.pop(col, None)
+                out[col] = None
+                while k < self.nscan and self.scan_end[k] < to:
+                    k += 1
+                    if k < self.nscan:
+                        self.hit[self.scan_col[k]] = 1
+                        out[self.scan_col[k]] = None
+                continue
+            self.hit[col] = 1
+            lst = out.get(col, 0)
+            if lst is None:
+                continue
+            if lst == 0:
+                lst = out[col] = []
+            lst.append((frm - vstart, -(to - vstart), sp[2]))
+        for col in [c for c, v in out.items() if v is None]:
+            del out[col]
+        return out
+
+    cdef object _detect_spans(self, int col, object value, list spans):
+        """As _detect_one, with the spans of the row's single scan."""
+        cdef int kind = self.kind[col]
+        cdef object res = self.scanner.apply_spans(value, spans, self.det_counts)
+        if res is None:
+            return None
+        if kind == K_OTHER:
+            return NULL_VALUE
+        if kind == K_JSON:
+            return _json_safe(value, res)
+        return res
 
     # -- DataRow -------------------------------------------------------------------------------
 
@@ -372,6 +509,7 @@ cdef class RowPlan:
         cdef bytes buf
         cdef list repl
         cdef object r, value
+        cdef dict col_spans = None
         if size < 7 or msg[0] != 68:  # 'D'
             raise MaskRowError("not a DataRow")
         length = _be32(msg + 1)
@@ -422,7 +560,21 @@ cdef class RowPlan:
                     self.scan_col[self.nscan] = <int>i
                     self.nscan += 1
                     w += 1
-            self._find(buf)
+            if self.dense:
+                col_spans = self._spans_by_value(buf)
+            else:
+                self._find(buf)
+            # Most rows holding a hit: one start-of-match scan per row is cheaper than a find
+            # pass plus a span scan per flagged value. Decided again every 32 scanned rows.
+            self.win_rows += 1
+            for i in range(nf):
+                if self.hit[i]:
+                    self.win_hits += 1
+                    break
+            if self.win_rows >= 32:
+                self.dense = self.win_hits * 4 >= self.win_rows
+                self.win_rows = 0
+                self.win_hits = 0
 
         # pass 2: flagged values and whole-masked values
         repl = None
@@ -433,7 +585,11 @@ cdef class RowPlan:
             if self.action[i] == ACT_WHOLE:
                 r = self._whole_one(<int>i, msg[self.off[i]:self.off[i] + flen])
             elif self.hit[i]:
-                r = self._detect_one(<int>i, msg[self.off[i]:self.off[i] + flen])
+                if col_spans is not None and i in col_spans:
+                    r = self._detect_spans(<int>i, msg[self.off[i]:self.off[i] + flen],
+                                           col_spans[i])
+                else:
+                    r = self._detect_one(<int>i, msg[self.off[i]:self.off[i] + flen])
             else:
                 continue
             if r is None:

@@ -291,3 +291,23 @@ def test_arbitrary_bytes_never_crash(data, n):
             continue
         if out is not None:
             parse(out)
+
+
+DENSE_VALUES = [b"mail me at a.b@example.com or +14155552671", b"plain words", b"123-45-6789",
+                b"card 4111 1111 1111 1111 and AKIAIOSFODNN7EXAMPLE", b"", None,
+                b'{"k": "ghp_' + b"a" * 36 + b'"}', b"-----BEGIN PRIVATE KEY-----\nQUJD\n",
+                b"\n-----END PRIVATE KEY-----", "Chloé 555-12-3456 ü".encode()]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.sampled_from(DENSE_VALUES), min_size=4, max_size=4),
+                min_size=40, max_size=70))
+def test_dense_mode_masks_as_the_two_pass_mode(rows):
+    """After 32 rows with hits a plan scans each row once with start-of-match; the result must
+    be byte for byte what a fresh plan (two-pass mode) gives for the same row."""
+    cols = [Column(None, None, None, oid, 0) for oid in (25, 25, 114, 25)]
+    e = make()
+    long_lived = e.row_plan(cols)
+    for values in rows:
+        msg = datarow(*values)
+        assert long_lived.rewrite(msg) == e.row_plan(cols).rewrite(msg)
