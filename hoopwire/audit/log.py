@@ -1,0 +1,630 @@
+"""The audit log writer: append-only JSON-lines segments joined into one hash chain.
+
+Format. One JSON object per line, encoded canonically (orjson, keys sorted, no spaces). Every
+record carries `seq` (consecutive from 1, across segments and restarts), `ts` (epoch seconds,
+taken when the event was appended), `gw` (the gateway id), `prev` (the previous record's hash,
+`GENESIS` for seq 1) and `hash` = sha256 hex of `prev` followed by the canonical encoding of the
+record without `hash`. Editing, removing, inserting or reordering any line therefore breaks the
+chain at a precise record (verify.py finds it).
+
+Segments are `audit-<seq of their first record, 12 digits>.jsonl`. A new one is started when the
+next record would take the current one past `segment_bytes` (a record larger than that gets a
+segment of its own), and at start when the newest is already full.
+
+Write path. `append()` only stamps `ts`/`gw` on a shallow copy and queues it: no I/O and no
+hashing on the caller's path. The flusher task hands batches to a single worker thread, which
+assigns `seq`/`prev`/`hash` and writes them with one os.write per batch (unbuffered, so a batch is
+"written and flushed" at once); fsync happens only on rotation, retention and close. Because the
+chain is extended only when records actually reach the file, a record that is never written (the
+buffer overflowed while the disk was failing) never receives a seq: the chain stays whole and the
+loss is recorded by an `audit.dropped` record carrying the count.
+
+Write failures (ENOSPC, EFBIG, EACCES, ...) make the log unhealthy until a later write succeeds.
+Lines that made it to the file before the error stay; a torn last line is cut off (ftruncate back
+to the last complete record) before anything else is written. Unwritten records stay queued, up to
+MAX_PENDING; beyond that the oldest are dropped and counted. `healthy`/`refusing` describe the
+last write attempt, so statements started within one flush interval of a failure still run; their
+records are held like any other and written on recovery.
+
+Crash recovery. A crash can leave the newest segment ending in a partial line. On start the
+partial bytes are moved aside into `<segment>.partial` (appended, one fragment per line) and the
+segment is truncated after its last complete record, so the chain resumes from a record that is
+whole and the evidence of the crash is kept next to it rather than destroyed.
+
+Retention (at start, then at most once a minute by the injected clock) deletes closed segments
+from the oldest end only -- those whose newest record is older than `retention_days`, then more
+while the total size exceeds `max_bytes` -- so what remains is always a contiguous tail of the
+chain. First it writes and fsyncs a `retention` record naming the removed segments and the seq and
+`prev` of the first record that stays; verify() accepts a log that starts after seq 1 only when
+such a record vouches for that exact start.
+
+What the chain cannot show: cutting records off the END, or rewriting and re-hashing everything
+after some point. Only a copy of a recent (seq, hash) kept elsewhere can prove those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from hoopwire.config import AuditConfig
+
+__all__ = ["AuditLog", "AuditLogError", "GENESIS", "MAX_PENDING", "RETENTION_TYPE", "segment_files",
+           "canonical", "chain_hash"]
+
+log = logging.getLogger("hoopwire.audit")
+
+GENESIS = "0" * 64
+SEGMENT_RE = re.compile(r"^audit-(\d{12,})\.jsonl$")
+MAX_PENDING = 100_000        # records held in memory while the disk refuses them
+RETENTION_EVERY = 60.0       # seconds (by the log's clock) between retention passes
+RETENTION_TYPE = "retention"
+DROPPED_TYPE = "audit.dropped"
+# Records chained and written per os.write. Bounds the work thrown away when a write fails
+# (the next attempt re-chains), so retrying a 100k-record backlog every flush stays cheap.
+_CHUNK = 4096
+# Records taken from the queue per flush; more waiting wakes the flusher again at once.
+_MAX_BATCH = 16384
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+
+
+class AuditLogError(Exception):
+    """The log cannot be opened or its chain cannot be resumed (raised by start())."""
+
+
+# ---- the format, shared with verify.py ----------------------------------------------------------
+
+def segment_name(seq: int) -> str:
+    return f"audit-{seq:012d}.jsonl"
+
+
+def segment_files(path: str) -> list[tuple[int, str]]:
+    """(first seq from the name, file name) of every segment in `path`, oldest first.
+
+    Raises OSError when the directory cannot be listed."""
+    found = []
+    for name in os.listdir(path):
+        m = SEGMENT_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), name))
+    found.sort()
+    return found
+
+
+def canonical(record: dict) -> bytes:
+    """The one encoding that is hashed and written. verify.py relies on orjson giving back the
+    same bytes for a line it has just parsed."""
+    try:
+        return orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # Non-string keys, integers beyond 64 bits, lone surrogates: written as text rather
+        # than losing the record or wedging the queue behind it.
+        return orjson.dumps(_plain(record), default=str, option=orjson.OPT_SORT_KEYS)
+
+
+def chain_hash(prev: str, body: bytes) -> str:
+    return hashlib.sha256(prev.encode("ascii") + body).hexdigest()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {_plain_str(str(k)): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, str):
+        return _plain_str(v)
+    if isinstance(v, bool) or v is None or isinstance(v, float):
+        return v
+    if isinstance(v, int):
+        return v if -(2**63) <= v < 2**64 else str(v)
+    return _plain_str(str(v))
+
+
+def _plain_str(s: str) -> str:
+    return s.encode("utf-8", "replace").decode("utf-8")
+
+
+def _encode(rec: dict, seq: int, prev: str) -> tuple[bytes, str]:
+    body = {**rec, "seq": seq, "prev": prev}
+    h = chain_hash(prev, canonical(body))
+    body["hash"] = h
+    return canonical(body) + b"\n", h
+
+
+# ---- the files (worker thread only) -------------------------------------------------------------
+
+@dataclass
+class _Segment:
+    name: str
+    size: int
+    first_seq: int | None = None     # of its first record (or the next one, while empty)
+    first_prev: str | None = None
+    last_ts: float | None = None     # of its newest record: what retention_days looks at
+
+
+@dataclass
+class _Line:
+    data: bytes
+    seq: int
+    prev: str
+    hash: str
+    ts: float | None
+
+
+class _Writer:
+    """Owns the segment files and the chain head. Called only from the audit thread, one call at
+    a time, so it needs no locks."""
+
+    def __init__(self, cfg: AuditConfig, gateway_id: str) -> None:
+        self.cfg = cfg
+        self.dir = cfg.path
+        self.gw = gateway_id
+        self.segments: list[_Segment] = []
+        self.fd: int | None = None        # the current (newest) segment, O_APPEND
+        self.seq = 0                      # the chain head: last record on disk
+        self.prev = GENESIS
+        self.torn = False                 # a failed write may have left part of a line
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    # -- start
+
+    def open(self) -> None:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        segs = []
+        for _, name in segment_files(self.dir):
+            segs.append(_Segment(name, os.stat(self._path(name)).st_size))
+        if segs:
+            self._set_aside_partial(segs[-1])
+        head = None
+        for seg in reversed(segs):
+            last = self._scan(seg)
+            if head is None and last is not None:
+                head = (seg, last)
+        if head is not None:
+            seg, last = head
+            seq, h = last.get("seq"), last.get("hash")
+            if type(seq) is not int or not _is_hex64(h):
+                raise AuditLogError(f"cannot resume the audit chain: the last record of {seg.name}"
+                                    " has no valid seq/hash (verify the log)")
+            self.seq, self.prev = seq, h
+        if segs and segs[-1].size == 0:
+            newest = segs[-1]
+            if newest.name != segment_name(self.seq + 1):
+                # An empty file named for some other seq would make the next record look renamed.
+                os.unlink(self._path(newest.name))
+                segs.pop()
+            else:
+                newest.first_seq, newest.first_prev = self.seq + 1, self.prev
+        self.segments = segs
+
+    def _set_aside_partial(self, seg: _Segment) -> None:
+        if seg.size == 0:
+            return
+        path = self._path(seg.name)
+        with open(path, "rb") as f:
+            f.seek(seg.size - 1)
+            if f.read(1) == b"\n":
+                return
+            keep = _last_newline(f, seg.size) + 1
+            f.seek(keep)
+            tail = f.read()
+        aside = path + ".partial"
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, tail + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        seg.size = keep
+        log.warning("audit segment %s ended in a partial record (%d bytes, likely a crash); "
+                    "moved it to %s", seg.name, len(tail), os.path.basename(aside))
+
+    def _scan(self, seg: _Segment) -> dict | None:
+        """Fill in what retention needs from the segment's first and last lines; return the last
+        record (None when the segment is empty)."""
+        if seg.size == 0:
+            return None
+        with open(self._path(seg.name), "rb") as f:
+            first = _parse(f.readline())
+            last = _parse(_last_line(f, seg.size))
+        if first is not None:
+            seg.first_seq = first.get("seq")
+            seg.first_prev = first.get("prev")
+        if last is not None and isinstance(last.get("ts"), (int, float)):
+            seg.last_ts = float(last["ts"])
+        return last if last is not None else {}
+
+    # -- writing
+
+    def flush(self, batch: list[dict], dropped: int, now: float,
+              retain: bool) -> tuple[int, bool, BaseException | None]:
+        """Write a `dropped` note (when > 0), then the batch, then run retention. Returns how many
+        batch records were written, whether the note was, and the error that stopped it."""
+        written, noted = 0, False
+        try:
+            self._ensure_current()
+            if dropped:
+                self._append([{"type": DROPPED_TYPE, "count": dropped, "ts": now, "gw": self.gw}])
+                noted = True
+            for i in range(0, len(batch), _CHUNK):
+                before = self.seq
+                try:
+                    self._append(batch[i:i + _CHUNK])
+                finally:
+                    written += self.seq - before
+            if retain:
+                self._retain(now)
+        except Exception as e:  # the caller keeps what was not written; nothing is lost here
+            return written, noted, e
+        return written, noted, None
+
+    def _ensure_current(self) -> None:
+        if self.fd is not None:
+            return
+        if self.segments and self.segments[-1].size < self.cfg.segment_bytes:
+            self.fd = os.open(self._path(self.segments[-1].name), _OPEN_FLAGS)
+        else:
+            self._rotate(self.seq + 1, self.prev)
+
+    def _rotate(self, seq: int, prev: str) -> None:
+        name = segment_name(seq)
+        fd = os.open(self._path(name), _OPEN_FLAGS | os.O_CREAT, 0o600)
+        if self.fd is not None:
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                os.close(fd)
+                raise
+            os.close(self.fd)
+        self.fd = fd
+        self.torn = False
+        self.segments.append(_Segment(name, 0, seq, prev))
+        _fsync_dir(self.dir)
+
+    def _append(self, records: list[dict]) -> None:
+        """Chain and write records; on OSError the chain head covers exactly the complete lines
+        that reached the file."""
+        assert self.fd is not None
+        if self.torn:
+            os.ftruncate(self.fd, self.segments[-1].size)
+            self.torn = False
+        lines = []
+        seq, prev = self.seq, self.prev
+        for rec in records:
+            seq += 1
+            data, h = _encode(rec, seq, prev)
+            ts = rec.get("ts")
+            lines.append(_Line(data, seq, prev, h, ts if isinstance(ts, (int, float)) else None))
+            prev = h
+        limit = self.cfg.segment_bytes
+        i = 0
+        while i < len(lines):
+            cur = self.segments[-1]
+            if cur.size > 0 and cur.size + len(lines[i].data) > limit:
+                self._rotate(lines[i].seq, lines[i].prev)
+                cur = self.segments[-1]
+            j, size = i + 1, cur.size + len(lines[i].data)
+            while j < len(lines) and size + len(lines[j].data) <= limit:
+                size += len(lines[j].data)
+                j += 1
+            data = memoryview(b"".join(line.data for line in lines[i:j]))
+            done = 0
+            try:
+                while done < len(data):
+                    done += os.write(self.fd, data[done:])
+            finally:
+                for line in lines[i:j]:
+                    if done < len(line.data):
+                        break
+                    done -= len(line.data)
+                    self._commit(cur, line)
+                if done:
+                    self._cut_torn(cur)
+            i = j
+
+    def _commit(self, seg: _Segment, line: _Line) -> None:
+        seg.size += len(line.data)
+        if seg.first_seq is None:
+            seg.first_seq, seg.first_prev = line.seq, line.prev
+        if line.ts is not None:
+            seg.last_ts = line.ts
+        self.seq, self.prev = line.seq, line.hash
+
+    def _cut_torn(self, seg: _Segment) -> None:
+        # Part of a line reached the file. Cut it now if we can; otherwise before the next write,
+        # so a record never follows half of another.
+        self.torn = True
+        try:
+            os.ftruncate(self.fd, seg.size)
+            self.torn = False
+        except OSError:
+            pass
+
+    # -- retention
+
+    def _retain(self, now: float) -> None:
+        days, cap = self.cfg.retention_days, self.cfg.max_bytes
+        cutoff = now - days * 86400.0 if days is not None else None
+        total = sum(s.size for s in self.segments)
+        remove: list[_Segment] = []
+        for seg in self.segments[:-1]:                  # never the current segment
+            expired = cutoff is not None and seg.last_ts is not None and seg.last_ts < cutoff
+            if not (expired or (cap is not None and total > cap)):
+                break                                   # only ever a prefix: the rest stays whole
+            remove.append(seg)
+            total -= seg.size
+        if not remove:
+            return
+        kept = self.segments[len(remove)]
+        note = {"type": RETENTION_TYPE, "removed": [s.name for s in remove],
+                "oldest_kept_seq": kept.first_seq, "oldest_kept_prev": kept.first_prev,
+                "ts": now, "gw": self.gw}
+        self._append([note])
+        # The note must be durable before the segments it explains disappear.
+        os.fsync(self.fd)
+        for seg in remove:
+            try:
+                os.unlink(self._path(seg.name))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("audit retention: cannot remove %s (%s); retrying later",
+                            seg.name, e.strerror or e)
+                break
+            self.segments.remove(seg)
+        _fsync_dir(self.dir)
+
+    def close(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if self.torn:
+                os.ftruncate(self.fd, self.segments[-1].size)
+            os.fsync(self.fd)
+        except OSError as e:
+            log.warning("audit log: final fsync failed (%s)", e.strerror or e)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(path: str) -> None:
+    # Makes new and removed segment names durable. Best effort: some filesystems refuse to
+    # fsync a directory, and the records themselves are already safe.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _last_newline(f, size: int) -> int:
+    """Offset of the last b"\\n" in the file, -1 when there is none."""
+    pos, block = size, 65536
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        k = f.read(step).rfind(b"\n")
+        if k != -1:
+            return pos + k
+    return -1
+
+
+def _last_line(f, size: int) -> bytes:
+    """The last complete line (the file is known to end with a newline)."""
+    end = size - 1
+    start = _last_newline(f, end) + 1
+    f.seek(start)
+    return f.read(end - start)
+
+
+def _parse(raw: bytes) -> dict | None:
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _is_hex64(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+# ---- the event-loop side ------------------------------------------------------------------------
+
+class AuditLog:
+    """The gateway's audit log. `append()` from the event loop; `start()`/`close()` around use."""
+
+    def __init__(self, cfg: AuditConfig, *, gateway_id: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._cfg = cfg
+        self._gw = gateway_id
+        self._clock = clock
+        self._writer = _Writer(cfg, gateway_id)
+        self._pending: deque[dict] = deque()
+        self._unreported_drops = 0        # dropped records not yet noted in the log itself
+        self._healthy = True
+        self._drop_warned = False
+        self._last_retention: float | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._closing = False
+        self._closed = False
+        self.dropped = 0
+        self.written = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def refusing(self) -> bool:
+        return not self._healthy and self._cfg.on_write_failure == "fail-closed"
+
+    @property
+    def pending(self) -> int:
+        """Records appended but not yet on disk."""
+        return len(self._pending)
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._closing = self._closed = False
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoopwire-audit")
+        self._wake = asyncio.Event()
+        try:
+            await loop.run_in_executor(self._executor, self._writer.open)
+        except OSError as e:
+            self._executor.shutdown(wait=False)
+            raise AuditLogError(f"cannot open the audit log in {self._cfg.path}: "
+                                f"{e.strerror or e}") from e
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+        # Opens or starts the current segment, runs retention, writes anything appended so far.
+        # A failure here is an ordinary write failure: the log starts unhealthy and keeps trying.
+        await self._flush_once()
+        self._task = asyncio.create_task(self._run(), name="hoopwire-audit-flusher")
+
+    def append(self, record: dict) -> None:
+        if self._closed:
+            self.dropped += 1
+            if not self._drop_warned:
+                self._drop_warned = True
+                log.warning("audit log: record appended after close() was dropped")
+            return
+        rec = dict(record)
+        rec.pop("hash", None)
+        rec["ts"] = float(self._clock())
+        rec["gw"] = self._gw
+        self._pending.append(rec)
+        if len(self._pending) > MAX_PENDING:
+            self._trim()
+        if len(self._pending) >= _MAX_BATCH and self._wake is not None:
+            self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        await self._task
+        self._task = None
+        while self._pending or self._unreported_drops:
+            if not await self._flush_once():
+                break
+        if self._pending:
+            lost = len(self._pending)
+            log.warning("audit log: closing with %d records that could not be written", lost)
+            self.dropped += lost
+            self._pending.clear()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._writer.close)
+        self._executor.shutdown(wait=True)
+        self._closed = True
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._cfg.flush_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            if self._closing:
+                break
+            try:
+                await self._flush_once()
+            except Exception:  # a bug must not silently stop all auditing
+                log.exception("audit log: flusher error")
+
+    def _retention_due(self, now: float) -> bool:
+        if self._cfg.retention_days is None and self._cfg.max_bytes is None:
+            return False
+        last = self._last_retention
+        # A clock that stepped backwards must not postpone retention until it catches up.
+        return last is None or now - last >= RETENTION_EVERY or now < last
+
+    async def _flush_once(self) -> bool:
+        """One batch to the worker thread. True when everything attempted was written."""
+        now = self._clock()
+        retain = self._retention_due(now)
+        if not self._pending and not self._unreported_drops and not retain \
+                and self._writer.fd is not None:
+            return True
+        if retain:
+            self._last_retention = now
+        batch = [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_BATCH))]
+        dropped, self._unreported_drops = self._unreported_drops, 0
+        loop = asyncio.get_running_loop()
+        # Never cancelled (close() waits for the flusher instead), so the batch cannot be lost
+        # between the thread writing it and this side learning what was written.
+        written, noted, err = await loop.run_in_executor(
+            self._executor, self._writer.flush, batch, dropped, now, retain)
+        self.written += written
+        if not noted:
+            self._unreported_drops += dropped
+        if err is None:
+            if not self._healthy:
+                self._healthy = True
+                self._drop_warned = False
+                log.warning("audit log: writable again; %d records waiting", len(self._pending))
+            if len(self._pending) >= _MAX_BATCH:
+                self._wake.set()
+            return True
+        self._pending.extendleft(reversed(batch[written:]))
+        if len(self._pending) > MAX_PENDING:
+            self._trim()
+        if self._healthy:
+            self._healthy = False
+            code = errno.errorcode.get(getattr(err, "errno", None) or 0, type(err).__name__)
+            action = ("refusing new statements" if self._cfg.on_write_failure == "fail-closed"
+                      else "statements continue (fail-open)")
+            log.warning("audit log: write failed (%s: %s); %d records held in memory, retrying; "
+                        "%s", code, getattr(err, "strerror", None) or type(err).__name__,
+                        len(self._pending), action)
+        return False
+
+    def _trim(self) -> None:
+        excess = len(self._pending) - MAX_PENDING
+        for _ in range(excess):
+            self._pending.popleft()
+        self.dropped += excess
+        self._unreported_drops += excess
+        if not self._drop_warned:
+            self._drop_warned = True
+            log.warning("audit log: %d records held in memory; dropping the oldest",
+                        MAX_PENDING)
