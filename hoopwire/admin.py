@@ -1,13 +1,26 @@
-"""The admin listener: /metrics, /healthz, /readyz (the JSON API under /api/v1/ comes next).
+"""The admin listener: /metrics, /healthz, /readyz and the JSON API under /api/v1/.
 
 aiohttp serves it on the gateway's own event loop; in multi-worker mode the parent process
-serves it and renders every worker's metrics.
+serves it, renders every worker's metrics, and decides approvals through the shared state store
+(the worker holding a statement finds the decision there).
+
+The API authenticates every request with `Authorization: Bearer <token>` against the same
+identity configuration as the data path. Who may do what:
+
+* approvals: list and show -- members of `admin.admin_groups` and of any approve rule's
+  approver groups; approve and deny -- a member of *that request's* approver groups, never its
+  requester (hoopwire.approvals.manager decides).
+* sessions, replay and reload -- members of `admin.admin_groups` only (nobody when it is empty).
+
+Errors are JSON: {"error": {"code": "...", "message": "..."}} with the HTTP status.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,16 +31,65 @@ log = logging.getLogger("hoopwire.admin")
 
 __all__ = ["AdminServer"]
 
+_MAX_LIMIT = 1000
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _dumps(obj) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    """Every failure of the API is a JSON error; nothing else (tracebacks) reaches the caller."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return web.json_response({"error": {"code": e.code, "message": e.message}},
+                                 status=e.status, headers=headers)
+    except web.HTTPException as e:
+        if not request.path.startswith("/api/"):
+            raise
+        return web.json_response({"error": {"code": e.reason.lower().replace(" ", "_"),
+                                            "message": e.text or e.reason}}, status=e.status)
+    except Exception:
+        log.exception("admin API request failed", extra={"fields": {"path": request.path}})
+        return web.json_response({"error": {"code": "internal", "message": "internal error"}},
+                                 status=500)
+
 
 class AdminServer:
-    def __init__(self, gateway, multiproc_dir: str | None):
-        self.gateway = gateway  # None in the multi-worker parent
+    def __init__(self, gateway, multiproc_dir: str | None, *, parent: bool = False):
+        # the Gateway (its control objects: authenticator, store, approvals; in the multi-worker
+        # parent a Gateway that serves no listener)
+        self.gateway = gateway
+        self.parent = parent
         self.registry = registry_for_scrape(multiproc_dir)
         self.runner: web.AppRunner | None = None
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=64 * 1024, middlewares=[_errors])
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        r = app.router
+        r.add_get("/api/v1/openapi.json", self.openapi)
+        r.add_get("/api/v1/approvals", self.approvals_list)
+        r.add_get("/api/v1/approvals/{id}", self.approvals_show)
+        r.add_post("/api/v1/approvals/{id}/approve", self.approve)
+        r.add_post("/api/v1/approvals/{id}/deny", self.deny)
+        r.add_get("/api/v1/sessions", self.sessions_list)
+        r.add_get("/api/v1/sessions/{id}", self.sessions_show)
+        r.add_get("/api/v1/sessions/{id}/replay", self.sessions_replay)
+        r.add_post("/api/v1/reload", self.reload)
         self.app = app
 
     async def start(self, host: str, port: int) -> None:
@@ -49,5 +111,172 @@ class AdminServer:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready = self.gateway is None or self.gateway.ready
+        ready = self.parent or self.gateway is None or self.gateway.ready
         return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    # -- API: authentication and authorisation ---------------------------------------------------
+
+    async def _identity(self, request: web.Request):
+        from hoopwire.identity import AuthError
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
+        try:
+            return await self.gateway.authenticator.authenticate(token.strip())
+        except AuthError as e:
+            event(log, "admin API token refused", logging.WARNING, reason=e.reason,
+                  peer=request.remote)
+            raise ApiError(401, "unauthenticated", "the token was not accepted") from None
+
+    def _admin_groups(self) -> set[str]:
+        return set(self.gateway.config.admin.admin_groups)
+
+    def _approver_groups(self) -> set[str]:
+        return {a for c in self.gateway.config.connections for g in c.guardrails
+                if g.action == "approve" for a in g.approvers}
+
+    async def _require(self, request: web.Request, *, approvers: bool = False):
+        ident = await self._identity(request)
+        allowed = self._admin_groups() | (self._approver_groups() if approvers else set())
+        if not ident.groups & allowed:
+            raise ApiError(403, "forbidden", "this identity's groups may not use this endpoint")
+        return ident
+
+    def _store(self):
+        if self.gateway.store is None:
+            raise ApiError(404, "not_configured",
+                           "no state store: configure approvals ([state]) or [audit] first")
+        return self.gateway.store
+
+    @staticmethod
+    def _limit(request: web.Request) -> int:
+        raw = request.query.get("limit", "100")
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ApiError(400, "bad_request", "limit must be an integer") from None
+        if not 1 <= n <= _MAX_LIMIT:
+            raise ApiError(400, "bad_request", f"limit must be between 1 and {_MAX_LIMIT}")
+        return n
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict:
+        if not request.can_read_body:
+            return {}
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_request", "the body must be a JSON object")
+        unknown = set(body) - {"reason", "scope", "window_seconds"}
+        if unknown:
+            raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
+        reason = body.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
+            raise ApiError(400, "bad_request", "reason must be a string of at most 2000 characters")
+        scope = body.get("scope", "once")
+        if scope not in ("once", "window"):
+            raise ApiError(400, "bad_request", "scope must be \"once\" or \"window\"")
+        window = body.get("window_seconds")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                   or not 1 <= window <= 86400):
+            raise ApiError(400, "bad_request", "window_seconds must be an integer from 1 to 86400")
+        return body
+
+    # -- API: approvals ----------------------------------------------------------------------------
+
+    async def approvals_list(self, request: web.Request) -> web.Response:
+        await self._require(request, approvers=True)
+        status = request.query.get("status")
+        from hoopwire.state import APPROVAL_STATUSES
+        if status is not None and status not in APPROVAL_STATUSES:
+            raise ApiError(400, "bad_request", f"status must be one of {', '.join(APPROVAL_STATUSES)}")
+        rows = await self._store().list_approvals(status, limit=self._limit(request))
+        return _json({"approvals": [_public(r) for r in rows]})
+
+    async def approvals_show(self, request: web.Request) -> web.Response:
+        await self._require(request, approvers=True)
+        row = await self._store().get_approval(request.match_info["id"])
+        if row is None:
+            raise ApiError(404, "not_found", "no such approval request")
+        return _json(_public(row))
+
+    async def approve(self, request: web.Request) -> web.Response:
+        return await self._decide(request, True)
+
+    async def deny(self, request: web.Request) -> web.Response:
+        return await self._decide(request, False)
+
+    async def _decide(self, request: web.Request, approve: bool) -> web.Response:
+        from hoopwire.approvals.manager import ApprovalError
+        ident = await self._identity(request)
+        body = await self._body(request)
+        if self.gateway.approvals is None:
+            raise ApiError(404, "not_configured", "no approve rules are configured")
+        try:
+            row = await self.gateway.approvals.decide(
+                request.match_info["id"], approve, identity=ident, reason=body.get("reason"),
+                scope=body.get("scope", "once"), window=body.get("window_seconds"))
+        except ApprovalError as e:
+            code = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conflict"}
+            raise ApiError(e.status, code.get(e.status, "error"), e.message) from None
+        return _json(_public(row))
+
+    # -- API: sessions -----------------------------------------------------------------------------
+
+    async def sessions_list(self, request: web.Request) -> web.Response:
+        await self._require(request)
+        since = request.query.get("since")
+        if since is not None:
+            try:
+                since = float(since)
+            except ValueError:
+                raise ApiError(400, "bad_request", "since must be a unix time in seconds") from None
+            if not math.isfinite(since):
+                raise ApiError(400, "bad_request", "since must be a finite number")
+        rows = await self._store().list_sessions(
+            identity=request.query.get("identity"), connection=request.query.get("connection"),
+            since=since, limit=self._limit(request))
+        return _json({"sessions": rows})
+
+    async def sessions_show(self, request: web.Request) -> web.Response:
+        await self._require(request)
+        store = self._store()
+        sid = request.match_info["id"]
+        row = await store.get_session(sid)
+        if row is None:
+            raise ApiError(404, "not_found", "no such session")
+        return _json({"session": row, "statements": await store.session_statements(sid)})
+
+    async def sessions_replay(self, request: web.Request) -> web.Response:
+        await self._require(request)
+        sid = request.match_info["id"]
+        audit = self.gateway.config.audit
+        if audit is None:
+            raise ApiError(404, "not_configured", "no [audit] log to replay from")
+        import asyncio
+
+        from hoopwire.audit.log import read_records
+        records = await asyncio.to_thread(lambda: list(read_records(audit.path, session_id=sid)))
+        if not records:
+            raise ApiError(404, "not_found", "no recorded session with that id")
+        return _json({"session": sid, "records": records})
+
+    async def reload(self, request: web.Request) -> web.Response:
+        await self._require(request)
+        errors = await self.gateway.reload_from_api()
+        return _json({"reloaded": not errors, "errors": errors}, status=422 if errors else 200)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from hoopwire.openapi import document
+        return _json(document())
+
+
+def _public(row: dict) -> dict:
+    """An approval as the API shows it (the token id stays in the store)."""
+    return {k: v for k, v in row.items() if k != "token_id"}

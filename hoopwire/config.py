@@ -67,6 +67,34 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    path: str                              # directory of the hash-chained JSON-lines segments
+    retention_days: float | None = None    # segments (and index rows) older than this go
+    max_bytes: int | None = None           # ... and the oldest go while the log is larger
+    segment_bytes: int = 64 * 1024 * 1024  # a segment is closed and a new one started past this
+    on_write_failure: str = "fail-closed"  # fail-closed: refuse new statements | fail-open
+    statement_literals: str = "mask"       # mask: literals in recorded statements become ?
+    flush_interval: float = 0.2            # seconds between batched writes
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    url: str                               # sqlite:///path | postgresql://user@host:port/db
+    password: "Secret | None" = None       # for postgresql:// (password_env / password_file)
+    poll_interval: float = 0.25            # how often decisions taken elsewhere are looked for
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    secret: "Secret | None" = None         # HMAC-SHA256 key of the signature header
+    format: str = "json"                   # json | slack
+    events: tuple[str, ...] = ("approval.created", "approval.decided", "approval.expired")
+    timeout: float = 5.0
+    max_attempts: int = 6
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"  # text | json
@@ -165,6 +193,8 @@ class ConnectionConfig:
     handshake_timeout: float = 15.0
     idle_timeout: float = 0.0  # 0: never
     connect_timeout: float = 10.0
+    record_results: bool = False          # keep what the client saw (after masking) for replay
+    record_results_max_bytes: int = 1024 * 1024   # per session
 
 
 @dataclass(frozen=True)
@@ -174,7 +204,14 @@ class Config:
     log: LogConfig
     identity: IdentityConfig
     connections: tuple[ConnectionConfig, ...]
+    audit: AuditConfig | None = None
+    state: StateConfig | None = None
+    webhooks: tuple[WebhookConfig, ...] = ()
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def has_approvals(self) -> bool:
+        return any(g.action == "approve" for c in self.connections for g in c.guardrails)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,10 +470,8 @@ def _guardrail(r: _Reader) -> GuardrailConfig | None:
         if pack is None:
             r.error("name", "is required")
         name = pack
-    if action == "approve":
-        # Accepted by the schema so configs can be written ahead; refused until it works.
-        r.error("action", "\"approve\" is not yet supported by this version (approvals arrive "
-                "with the admin API); use \"block\" or \"log\" for now")
+    if action == "approve" and not approvers:
+        r.error("approvers", "an approve rule needs approvers (the groups whose members decide)")
     if action != "approve" and approvers:
         r.error("approvers", "only approve rules have approvers")
     r.finish()
@@ -528,6 +563,9 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
     handshake_timeout = r.get("handshake_timeout", (int, str, float), 15.0, convert=parse_duration)
     idle_timeout = r.get("idle_timeout", (int, str, float), 0.0, convert=parse_duration)
     connect_timeout = r.get("connect_timeout", (int, str, float), 10.0, convert=parse_duration)
+    record_results = r.get("record_results", bool, False)
+    record_results_max_bytes = r.get("record_results_max_bytes", (int, str), 1024 * 1024,
+                                     convert=parse_size)
 
     roles = []
     for t, p in r.tables("role"):
@@ -564,7 +602,72 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         unresolved_columns=unresolved, binary_copy=binary_copy, mask_hash_key=mask_hash_key,
         max_connections=max_connections,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
-        idle_timeout=idle_timeout, connect_timeout=connect_timeout)
+        idle_timeout=idle_timeout, connect_timeout=connect_timeout,
+        record_results=record_results, record_results_max_bytes=record_results_max_bytes)
+
+
+def _audit(r: _Reader) -> AuditConfig | None:
+    path = r.get("path", str, required=True)
+    retention_days = r.get("retention_days", (int, float), None)
+    if retention_days is not None and retention_days <= 0:
+        r.error("retention_days", "must be positive")
+    max_bytes = r.get("max_bytes", (int, str), None, convert=parse_size)
+    segment_bytes = r.get("segment_bytes", (int, str), 64 * 1024 * 1024, convert=parse_size)
+    if segment_bytes is not None and segment_bytes < 4096:
+        r.error("segment_bytes", "must be at least 4KiB")
+    if max_bytes is not None and segment_bytes is not None and max_bytes < 2 * segment_bytes:
+        r.error("max_bytes", "must hold at least two segments (2 x segment_bytes)")
+    on_failure = r.get("on_write_failure", str, "fail-closed", choices=("fail-closed", "fail-open"))
+    literals = r.get("statement_literals", str, "mask", choices=("mask", "keep"))
+    flush = r.get("flush_interval", (int, str, float), 0.2, convert=parse_duration)
+    r.finish()
+    if path is None:
+        return None
+    return AuditConfig(path=path, retention_days=retention_days, max_bytes=max_bytes,
+                       segment_bytes=segment_bytes, on_write_failure=on_failure,
+                       statement_literals=literals, flush_interval=flush)
+
+
+def _state(r: _Reader, config_path: str | None) -> StateConfig | None:
+    default = "sqlite:///" + os.path.join(os.path.dirname(os.path.abspath(config_path)) if config_path
+                                          else os.getcwd(), "hoopwire-state.db")
+    url = r.get("url", str, default)
+    password = r.secret("password")
+    poll = r.get("poll_interval", (int, str, float), 0.25, convert=parse_duration)
+    if url is not None and not (url.startswith("sqlite:///") or url.startswith("postgresql://")
+                                or url.startswith("postgres://")):
+        r.error("url", "expected sqlite:///<path> or postgresql://user@host:port/database")
+    if url is not None and "@" in url.split("://", 1)[-1].split("/", 1)[0] and \
+            ":" in url.split("://", 1)[-1].split("@", 1)[0]:
+        r.error("url", "put the password in password_env or password_file, not in the URL")
+    r.finish()
+    if url is None:
+        return None
+    return StateConfig(url=url, password=password, poll_interval=poll)
+
+
+_WEBHOOK_EVENTS = ("approval.created", "approval.decided", "approval.expired", "approval.cancelled")
+
+
+def _webhook(r: _Reader) -> WebhookConfig | None:
+    url = r.get("url", str, required=True)
+    if url is not None and not url.startswith(("http://", "https://")):
+        r.error("url", "expected an http:// or https:// URL")
+    secret = r.secret("secret")
+    fmt = r.get("format", str, "json", choices=("json", "slack"))
+    events = r.strings("events", default=_WEBHOOK_EVENTS[:3])
+    for e in events:
+        if e not in _WEBHOOK_EVENTS:
+            r.error("events", f"unknown event {e!r} (known: {', '.join(_WEBHOOK_EVENTS)})")
+    timeout = r.get("timeout", (int, str, float), 5.0, convert=parse_duration)
+    attempts = r.get("max_attempts", int, 6)
+    if attempts is not None and not 1 <= attempts <= 20:
+        r.error("max_attempts", "must be between 1 and 20")
+    r.finish()
+    if url is None:
+        return None
+    return WebhookConfig(url=url, secret=secret, format=fmt, events=tuple(events),
+                         timeout=timeout, max_attempts=attempts)
 
 
 def parse_config(doc: dict, path: str | None = None) -> Config:
@@ -629,16 +732,27 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
     if connections and not issuers and not api_keys:
         problems.append(("identity", "no [[identity.issuer]] or [[identity.api_key]]: nobody could connect"))
 
-    for section in ("audit", "state", "webhook"):
-        if section in doc:
-            root.used.add(section)
-            problems.append((section, "is not supported by this version yet"))
+    audit = None
+    if "audit" in doc:
+        root.used.add("audit")
+        audit = _audit(_Reader(problems, doc["audit"], "audit"))
+    state = None
+    has_approvals = any(g.action == "approve" for c in connections for g in c.guardrails)
+    if "state" in doc or has_approvals or audit is not None:
+        root.used.add("state")
+        state = _state(_Reader(problems, doc.get("state", {}), "state"), path)
+    webhooks = [w for w in (_webhook(_Reader(problems, t, p)) for t, p in root.tables("webhook"))
+                if w is not None]
+    if has_approvals and admin.listen is None:
+        problems.append(("admin.listen", "approve rules need the admin listener (approvers decide "
+                         "through its API)"))
     root.finish()
     if problems:
         raise ConfigError(problems)
     return Config(path=path, admin=admin, log=log,
                   identity=IdentityConfig(issuers=tuple(issuers), api_keys=tuple(api_keys)),
-                  connections=tuple(connections), raw=doc)
+                  connections=tuple(connections), audit=audit, state=state,
+                  webhooks=tuple(webhooks), raw=doc)
 
 
 def load_config(path: str) -> Config:

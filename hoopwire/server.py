@@ -85,7 +85,8 @@ def build_engines(config: Config) -> tuple[dict, dict]:
 
 class Gateway:
     def __init__(self, config: Config, *, workers: int = 1, cancel_key: bytes | None = None,
-                 serve_admin: bool = True, multiproc_dir: str | None = None):
+                 serve_admin: bool = True, multiproc_dir: str | None = None,
+                 worker_index: int = 0, serve_data: bool = True):
         from hoopwire.identity import Authenticator
         from hoopwire.pg.cancel import CancelKeys
         self.config = config
@@ -97,6 +98,12 @@ class Gateway:
         # random per process so a client cannot forge it.
         self.marker_prefix = b"hoopwire_blocked_" + os.urandom(6).hex().encode() + b"_"
         self.authenticator = Authenticator(config.identity)
+        from hoopwire.approvals.manager import gateway_id
+        self.gateway_id = gateway_id(worker_index)
+        self.store = None          # hoopwire.state.Store: approvals, grants, the session index
+        self.webhooks = None       # hoopwire.approvals.webhooks.WebhookSender
+        self.approvals = None      # hoopwire.approvals.manager.ApprovalManager
+        self.reload_hook = None    # the multi-worker parent reloads by signalling its workers
         self.listeners: dict[str, object] = {}
         self.admin = None
         self.ready = False
@@ -106,9 +113,34 @@ class Gateway:
         """A statement as it may appear in a log line: literals replaced by '?'."""
         return mask_literals(sql[:4096])
 
+    async def start_control(self, *, holds_statements: bool = True) -> None:
+        """The state store, webhooks and approvals (when configured)."""
+        cfg = self.config
+        if cfg.state is not None:
+            from hoopwire.state import open_store
+            self.store = await open_store(cfg.state)
+        if cfg.webhooks:
+            from hoopwire.approvals.webhooks import WebhookSender
+            self.webhooks = WebhookSender(cfg.webhooks)
+            await self.webhooks.start()
+        if cfg.has_approvals:
+            from hoopwire.approvals.manager import ApprovalManager
+            self.approvals = ApprovalManager(self.store, self.webhooks, gateway_id=self.gateway_id,
+                                             poll_interval=cfg.state.poll_interval)
+            await self.approvals.start(abandon=holds_statements)
+
+    async def stop_control(self) -> None:
+        if self.approvals is not None:
+            await self.approvals.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
+        if self.store is not None:
+            await self.store.close()
+
     async def start(self) -> None:
         from hoopwire.pg.session import PgListener
         engines, maskers = build_engines(self.config)
+        await self.start_control()
         for c in self.config.connections:
             listener = PgListener(self, c, engines.get(c.name), maskers.get(c.name))
             await listener.start()
@@ -118,6 +150,12 @@ class Gateway:
             self.admin = AdminServer(self, self.multiproc_dir)
             await self.admin.start(*self.config.admin.listen)
         self.ready = True
+
+    async def reload_from_api(self) -> list[str]:
+        """POST /api/v1/reload: the config errors, or [] when it was applied."""
+        if self.reload_hook is not None:
+            return self.reload_hook()
+        return await self.reload()
 
     async def reload(self) -> list[str]:
         """Re-read the config file; on any error keep running on the old one."""
@@ -152,9 +190,12 @@ class Gateway:
 
     async def stop(self) -> None:
         self.ready = False
+        if self.approvals is not None:
+            await self.approvals.shutdown()
         await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
         if self.admin is not None:
             await self.admin.stop()
+        await self.stop_control()
         await self.authenticator.close()
 
     async def serve_forever(self) -> None:
@@ -235,7 +276,7 @@ def _supervise(config: Config, workers: int) -> int:
                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(s, signal.SIG_DFL)
                 gw = Gateway(config, workers=workers, cancel_key=cancel_key, serve_admin=False,
-                             multiproc_dir=mpdir)
+                             multiproc_dir=mpdir, worker_index=index)
                 _run_loop(gw.serve_forever)
             except BaseException:  # noqa: BLE001 - the worker must never return into the parent's code
                 log.exception("worker failed")
@@ -258,19 +299,28 @@ def _supervise(config: Config, workers: int) -> int:
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         loop.add_signal_handler(signal.SIGINT, stopping.set)
 
-        def hup() -> None:
+        def hup() -> list[str]:
             try:
-                load_config(config.path)
+                new = load_config(config.path)
+                build_engines(new)
             except ConfigError as e:
                 for line in e.lines():
                     event(log, "reload rejected: config error", logging.ERROR, problem=line)
-                return
+                return e.lines()
             for pid in children:
                 os.kill(pid, signal.SIGHUP)
+            return []
         loop.add_signal_handler(signal.SIGHUP, hup)
+        # The parent serves the admin API: it decides approvals through the shared store, and
+        # the worker holding a statement finds the decision there.
+        from hoopwire.approvals.manager import gateway_id
+        ctl = Gateway(config, workers=workers, serve_admin=False, serve_data=False)
+        ctl.gateway_id = gateway_id("parent")
+        ctl.reload_hook = hup
+        await ctl.start_control(holds_statements=False)
         admin = None
         if config.admin.listen is not None:
-            admin = AdminServer(None, mpdir)
+            admin = AdminServer(ctl, mpdir, parent=True)
             await admin.start(*config.admin.listen)
         while not stopping.is_set():
             try:
@@ -308,6 +358,8 @@ def _supervise(config: Config, workers: int) -> int:
             os.kill(pid, signal.SIGKILL)
         if admin is not None:
             await admin.stop()
+        await ctl.stop_control()
+        await ctl.authenticator.close()
 
     try:
         _run_loop(parent)

@@ -278,11 +278,11 @@ def test_check_config_names_a_bad_pattern(pg, idp, tmp_path):
     assert "bad-one" in r.stderr and "(unclosed" in r.stderr
 
 
-def test_approve_is_refused_until_supported(pg, idp):
+def test_approve_rules_need_approvers(pg, idp):
     from helpers import GatewayError
     cfg = gateway_config(pg, idp, guardrail=[{"name": "ask", "patterns": ["delete"],
-                                              "action": "approve", "approvers": ["dba"]}])
-    with pytest.raises(GatewayError, match="not yet supported"):
+                                              "action": "approve"}])
+    with pytest.raises(GatewayError, match="approvers"):
         Gateway(cfg, env=gateway_env(pg), timeout=10)
 
 

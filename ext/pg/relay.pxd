@@ -4,6 +4,11 @@
 # (close, block).
 
 cdef enum:
+    DECISION_NONE = 0
+    DECISION_APPROVED = 1
+    DECISION_DENIED = 2
+
+cdef enum:
     RTT_RING = 64          # pipelined units (Query or Sync) whose send time we remember
     RTT_BUCKETS = 15
 
@@ -53,6 +58,10 @@ cdef class Relay:
         list rewrites                   # [(unit, marker bytes, error message bytes)]
         bytes marker_prefix
         unsigned long long marker_seq
+
+        # Approvals: the decision for the held message, read when it is judged again.
+        int decision
+        bytes deny_error
 
         # Masking: the request/response tracking that ties rows to their RowPlan (None: off).
         readonly PgResults results

@@ -15,6 +15,7 @@ for _i, _b in enumerate(RTT_BOUNDS):
     _rtt_bounds[_i] = _b
 
 cdef bytes TERMINATE = b"X\x00\x00\x00\x04"
+cdef Py_ssize_t HOLD_READ_LIMIT = 1024 * 1024
 
 
 class _FastpathVerdict:
@@ -113,6 +114,41 @@ cdef class Relay:
         call before start()."""
         self.results = PgResults(self, masker, empty_info, suspect_info)
 
+    def decide(self, bint approved, bytes error=None, bytes notice=None):
+        """Release a statement held for approval: approved, it goes upstream; denied, the
+        client gets `error` (an ErrorResponse) in its place and the session goes on."""
+        if self.closed or not self.client.holding:
+            return
+        self.decision = DECISION_APPROVED if approved else DECISION_DENIED
+        self.deny_error = error
+        try:
+            self.client.resume_feed()
+        except FrameError as e:
+            self._close("client_protocol_error", error_response("FATAL", e.code, str(e)))
+            return
+        except Exception:
+            self._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
+            raise
+        self.decision = DECISION_NONE
+        if not self.closed:
+            self.client.flush()
+            if not self.client.holding:
+                self.client_tr.resume_reading()
+
+    def notify_client(self, bytes message):
+        """Send the client an asynchronous message (a NoticeResponse) if no upstream message
+        is half written to it; False when it could not be sent now."""
+        if self.closed or self.upstream.skip or self.upstream.held is not None or \
+                self.upstream.hdr_have or self.upstream.holding:
+            return False
+        self.client_tr.write(message)
+        return True
+
+    @property
+    def held(self):
+        """A statement is held for approval."""
+        return self.client.holding
+
     def resume_upstream(self):
         """Go on after a HOLD (the masker has what it waited for)."""
         if self.closed:
@@ -201,7 +237,21 @@ cdef class Relay:
             verdict = self.policy.check(sql)
         if verdict is None:
             return None
-        if verdict.action != "block":
+        err = None
+        if verdict.action == "approve":
+            if self.decision == DECISION_APPROVED:
+                # the held message again, now approved: it goes to the upstream as it is
+                self.decision = DECISION_NONE
+                return None
+            if self.decision == DECISION_DENIED:
+                self.decision = DECISION_NONE
+                err = self.deny_error
+                self.deny_error = None
+            else:
+                if self.events is None or self.events.statement_held(self, verdict, sql) is None:
+                    return None         # a standing grant covers it
+                return HOLD
+        elif verdict.action != "block":
             if self.events is not None:
                 self.events.statement_matched(self, verdict, sql)
             return None
@@ -218,12 +268,13 @@ cdef class Relay:
         else:
             unit = self.units_sent + 1      # the next Sync's ReadyForQuery
             body_out = name + b"\x00" + marker + b"\x00\x00\x00"
-        err = error_response("ERROR", "42501",
-                             f"statement blocked by hoopwire rule \"{verdict.rule}\""
-                             + (f": {verdict.message}" if verdict.message else ""))
+        if err is None:
+            err = error_response("ERROR", "42501",
+                                 f"statement blocked by hoopwire rule \"{verdict.rule}\""
+                                 + (f": {verdict.message}" if verdict.message else ""))
+            if self.events is not None:
+                self.events.statement_blocked(self, verdict, sql)
         self.rewrites.append((unit, marker, err))
-        if self.events is not None:
-            self.events.statement_blocked(self, verdict, sql)
         return bytes((kind,)) + (len(body_out) + 4).to_bytes(4, "big") + body_out
 
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size):
@@ -280,6 +331,8 @@ cdef class ClientSide(RelaySide):
         cdef object out = None
         if r.policy is not None and (kind == b"Q"[0] or kind == b"P"[0] or kind == b"F"[0]):
             out = r._judge(kind, msg, size)
+            if out is HOLD:
+                return out          # judged again, whole, when the approval is decided
         if r.results is not None:
             out = r.results.client_message(kind, msg, size, out)
         return out
@@ -303,6 +356,11 @@ cdef class ClientSide(RelaySide):
             raise
         if not r.closed:
             self.flush()
+            if self.holding and self.stalled is not None and \
+                    PyBytes_GET_SIZE(self.stalled) > HOLD_READ_LIMIT:
+                # held for approval: what the client pipelines meanwhile waits in `stalled`;
+                # reading goes on (a client that leaves is noticed) up to this bound
+                r.client_tr.pause_reading()
 
     def eof_received(self):
         return False
@@ -401,5 +459,5 @@ cdef class UpstreamSide(RelaySide):
         self.relay.client_tr.pause_reading()
 
     def resume_writing(self):
-        if not self.relay.closed:
+        if not self.relay.closed and not self.relay.client.holding:
             self.relay.client_tr.resume_reading()

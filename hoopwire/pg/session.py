@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hoopwire import metrics
-from hoopwire._pgwire import Relay
+from hoopwire._pgwire import Relay, error_response, notice_response
 from hoopwire.config import ConnectionConfig, RoleConfig
 from hoopwire.identity import AuthError, Identity
 from hoopwire.logs import event
@@ -151,6 +151,11 @@ class Session:
 
     def statement_matched(self, relay: Relay, verdict, sql: bytes) -> None:
         self.listener.statement_event(self, verdict.action, verdict, sql)
+
+    def statement_held(self, relay: Relay, verdict, sql: bytes):
+        """An `approve` rule matched: the request id (the relay holds the statement), or None
+        when a standing grant lets it through now."""
+        return self.listener.hold_statement(self, relay, verdict, sql)
 
     def masking_failed(self, relay: Relay, reason: str) -> None:
         event(log, "masking failed: session closed", logging.ERROR, connection=self.listener.name,
@@ -515,12 +520,49 @@ class PgListener:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
+        if self.gateway.approvals is not None:
+            self.gateway.approvals.session_closed(session)
         self.gateway.cancel_keys.unregister(self.name, session.pid, session.client_secret)
         metrics.CONNECTIONS_ACTIVE.labels(self.name).dec()
         metrics.SESSIONS_CLOSED.labels(self.name, reason).inc()
         event(log, "session closed", connection=self.name, session=session.id,
               subject=session.identity.subject, reason=reason,
               seconds=round(time.time() - session.started, 3))
+
+    def hold_statement(self, session: Session, relay: Relay, verdict, sql: bytes):
+        approvals = self.gateway.approvals
+        rule = next((g for g in self.cfg.guardrails if g.name == verdict.rule), None)
+        statement = self.gateway.mask_statement(sql)
+        metrics.STATEMENT_VERDICTS.labels(self.name, "approve", verdict.rule).inc()
+        if approvals is None or rule is None:
+            # a rule from before a reload, or no approval service: nobody could approve it
+            err = error_response("ERROR", "42501", f"statement needs an approval under rule "
+                                 f"\"{verdict.rule}\" and no approver can be reached")
+            asyncio.get_running_loop().call_soon(relay.decide, False, err)
+            return "unavailable"
+
+        def deny_error(rid: str, reason: str) -> bytes:
+            return error_response("ERROR", "42501",
+                                  f"statement not approved under hoopwire rule \"{verdict.rule}\": "
+                                  f"{reason} (approval {rid})",
+                                  hint="the session is still usable")
+
+        from hoopwire.approvals.manager import format_duration
+        notice_for = rule.approvers
+        rid = approvals.hold(
+            relay=relay, session=session, identity=session.identity, connection=self.name,
+            client_addr=session.peer, rule=verdict.rule, approvers=rule.approvers,
+            timeout=rule.timeout, reason_required=rule.reason_required, statement=statement,
+            deny_error=deny_error, notice=None)
+        if rid is None:
+            event(log, "statement allowed by a standing approval grant", connection=self.name,
+                  session=session.id, subject=session.identity.subject, rule=verdict.rule)
+            return None
+        relay.notify_client(notice_response(
+            "NOTICE", "01000",
+            f"statement held for approval {rid} under hoopwire rule \"{verdict.rule}\" "
+            f"(approvers: {', '.join(notice_for)}); waiting up to {format_duration(rule.timeout)}"))
+        return rid
 
     def statement_event(self, session: Session, action: str, verdict, sql: bytes) -> None:
         metrics.STATEMENT_VERDICTS.labels(self.name, action, verdict.rule).inc()

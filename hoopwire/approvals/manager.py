@@ -1,0 +1,307 @@
+"""Held statements and their decisions: the approval workflow, protocol neutral.
+
+A statement that hits an `approve` rule is held by the protocol relay (its client's socket stops
+being read; nothing reaches the upstream). `ApprovalManager.hold` stores a request, announces it
+(webhooks) and tells the client what it is waiting for; an approver decides through the admin
+API (`decide`), possibly on another gateway process or replica; the manager that holds the
+statement releases it -- on approve the statement runs, on deny or timeout the client gets an
+error naming the request and the reason, and the session goes on.
+
+Replicas and worker processes share the state store. A decision taken where the statement is
+held releases it at once; one taken elsewhere is found by polling the store every
+`poll_interval` (0.25 s by default). Polling was chosen over LISTEN/NOTIFY because it works the
+same on SQLite and PostgreSQL, needs no extra connection per process, and a quarter of a second
+is nothing next to a human's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from hoopwire.logs import event
+
+log = logging.getLogger("hoopwire.approvals")
+
+__all__ = ["ApprovalManager", "ApprovalError", "gateway_id", "format_duration"]
+
+
+def gateway_id(worker: int = 0) -> str:
+    """A name for this gateway process that survives its restart (so the restarted process can
+    mark what its predecessor held as abandoned): HOOPWIRE_GATEWAY_ID, or host/worker."""
+    base = os.environ.get("HOOPWIRE_GATEWAY_ID") or socket.gethostname()
+    return f"{base}/{worker}"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds % 3600 == 0 and seconds >= 3600:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0 and seconds >= 60:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+class ApprovalError(Exception):
+    """A decision that cannot be taken: `status` is the HTTP status the admin API answers."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class _Held:
+    id: str
+    relay: Any                    # the protocol relay: .decide(approved, error), .notify_client
+    session: Any
+    rule: str
+    deny_error: Any               # callable(reason text) -> protocol error bytes
+    timer: Optional[asyncio.TimerHandle] = None
+    stored: bool = False
+
+
+class ApprovalManager:
+
+    def __init__(self, store, webhooks=None, *, gateway_id: str, poll_interval: float = 0.25,
+                 clock=time.time):
+        self.store = store
+        self.webhooks = webhooks
+        self.gateway_id = gateway_id
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._held: dict[str, _Held] = {}
+        self._grants: dict[tuple[str, str, str], float] = {}   # (subject, connection, rule) -> until
+        self._grants_at = 0.0
+        self._poller: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, *, abandon: bool = True) -> None:
+        if abandon:
+            n = await self.store.abandon_pending(self.gateway_id, self.clock())
+            if n:
+                event(log, "requests held before a restart marked abandoned", logging.WARNING,
+                      gateway=self.gateway_id, count=n)
+        await self._refresh_grants()
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def shutdown(self) -> None:
+        """The gateway is stopping: what it holds is abandoned now (stored, and the clients
+        told), rather than left pending for the next start to find."""
+        for rid in list(self._held):
+            try:
+                row = await self.store.decide_approval(rid, "abandoned", decided_by=None,
+                                                       reason="the gateway stopped",
+                                                       now=self.clock())
+            except Exception as e:  # noqa: BLE001 -- the next start marks it
+                event(log, "abandoning a request failed", logging.WARNING, request=rid,
+                      error=str(e))
+                row = None
+            self._release(rid, False, "the gateway is stopping")
+            if row is not None:
+                self._publish("approval.decided", row)
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        self._held.clear()
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    @property
+    def held_count(self) -> int:
+        return len(self._held)
+
+    # -- the data path --------------------------------------------------------------------------
+
+    def granted(self, subject: str, connection: str, rule: str) -> bool:
+        until = self._grants.get((subject, connection, rule))
+        return until is not None and until > self.clock()
+
+    def hold(self, *, relay, session, identity, connection: str, client_addr: str, rule: str,
+             approvers: tuple[str, ...], timeout: float, reason_required: bool, statement: str,
+             deny_error, notice=None) -> Optional[str]:
+        """Hold a statement for approval: the request id, or None when a standing grant for this
+        identity, connection and rule lets it through. Never waits: storing and announcing run
+        in a task; `relay.decide(...)` is called once it is decided."""
+        if self.granted(identity.subject, connection, rule):
+            return None
+        now = self.clock()
+        rid = "apr_" + secrets.token_hex(8)
+        request = {
+            "id": rid, "status": "pending", "created_at": now, "expires_at": now + timeout,
+            "decided_at": None, "requester": identity.subject,
+            "requester_groups": sorted(identity.groups), "token_id": identity.token_id,
+            "connection": connection, "session_id": session.id, "client_addr": client_addr,
+            "statement": statement, "rule": rule, "approvers": list(approvers),
+            "reason_required": reason_required, "decided_by": None, "reason": None,
+            "scope": "once", "grant_until": None, "gateway_id": self.gateway_id,
+        }
+        held = _Held(rid, relay, session, rule, deny_error)
+        self._held[rid] = held
+        loop = asyncio.get_running_loop()
+        held.timer = loop.call_later(timeout, lambda: self._spawn(self._expire(rid)))
+        self._spawn(self._announce(held, request, notice))
+        event(log, "statement held for approval", request=rid, connection=connection,
+              subject=identity.subject, rule=rule, timeout=format_duration(timeout),
+              statement=statement)
+        return rid
+
+    async def _announce(self, held: _Held, request: dict, notice) -> None:
+        try:
+            await self.store.create_approval(request)
+            held.stored = True
+        except Exception as e:  # noqa: BLE001 -- no store, no approval: deny now, keep serving
+            event(log, "approval request could not be stored; denied", logging.ERROR,
+                  request=held.id, error=str(e))
+            self._release(held.id, False, "the approval store is unavailable")
+            return
+        if notice is not None:
+            held.relay.notify_client(notice)
+        self._publish("approval.created", request)
+
+    def session_closed(self, session) -> None:
+        """The client left while held: its requests are cancelled."""
+        for rid, held in list(self._held.items()):
+            if held.session is session:
+                self._held.pop(rid, None)
+                if held.timer is not None:
+                    held.timer.cancel()
+                self._spawn(self._cancel(rid))
+
+    async def _cancel(self, rid: str) -> None:
+        try:
+            row = await self.store.decide_approval(rid, "cancelled", decided_by=None,
+                                                   reason="the client disconnected",
+                                                   now=self.clock())
+        except Exception as e:  # noqa: BLE001
+            event(log, "cancelling a request failed", logging.WARNING, request=rid, error=str(e))
+            return
+        if row is not None:
+            event(log, "approval request cancelled", request=rid, reason="client disconnected")
+            self._publish("approval.cancelled", row)
+
+    async def _expire(self, rid: str) -> None:
+        try:
+            row = await self.store.decide_approval(rid, "expired", decided_by=None,
+                                                   reason="no decision in time", now=self.clock())
+        except Exception as e:  # noqa: BLE001 -- retried by the poller's expire_due
+            event(log, "expiring a request failed", logging.WARNING, request=rid, error=str(e))
+            self._release(rid, False, "no decision in time (the approval store is unavailable)")
+            return
+        if row is not None:
+            self._apply(row)
+            self._publish("approval.expired", row)
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    async def decide(self, rid: str, approve: bool, *, identity, reason: str | None = None,
+                     scope: str = "once", window: float | None = None) -> dict:
+        """An approver's decision (admin API / CLI). Raises ApprovalError with the HTTP status."""
+        a = await self.store.get_approval(rid)
+        if a is None:
+            raise ApprovalError(404, f"no approval request {rid}")
+        if a["status"] != "pending":
+            raise ApprovalError(409, f"request {rid} is already {a['status']}")
+        if identity.subject == a["requester"]:
+            raise ApprovalError(403, "the requester cannot decide their own request")
+        if not set(a["approvers"]) & set(identity.groups):
+            raise ApprovalError(403, "only members of " + ", ".join(a["approvers"]) +
+                                " may decide this request")
+        if a["reason_required"] and not (reason or "").strip():
+            raise ApprovalError(400, "this rule requires a reason")
+        if scope not in ("once", "window"):
+            raise ApprovalError(400, "scope is \"once\" or \"window\"")
+        grant_until = None
+        if approve and scope == "window":
+            if not window or window <= 0 or window > 24 * 3600:
+                raise ApprovalError(400, "a window grant needs window_seconds between 1 and 86400")
+            grant_until = self.clock() + window
+        row = await self.store.decide_approval(
+            rid, "approved" if approve else "denied", decided_by=identity.subject,
+            reason=reason, scope=scope if approve else "once", grant_until=grant_until,
+            now=self.clock())
+        if row is None:
+            cur = await self.store.get_approval(rid)
+            raise ApprovalError(409, f"request {rid} is already "
+                                     f"{cur['status'] if cur else 'gone'}")
+        if grant_until is not None:
+            await self.store.add_grant(subject=row["requester"], connection=row["connection"],
+                                       rule=row["rule"], until=grant_until, approval_id=rid)
+            self._grants[(row["requester"], row["connection"], row["rule"])] = grant_until
+        event(log, "approval request decided", request=rid, status=row["status"],
+              decided_by=identity.subject, scope=row.get("scope"))
+        self._apply(row)
+        self._publish("approval.decided", row)
+        return row
+
+    def _apply(self, row: dict) -> None:
+        """A decided request: release its statement if this process holds it."""
+        status = row["status"]
+        if status == "approved":
+            self._release(row["id"], True, None)
+            return
+        who = row.get("decided_by")
+        why = row.get("reason") or ""
+        if status == "denied":
+            text = f"denied by {who}" + (f": {why}" if why else "")
+        elif status == "expired":
+            text = "no decision in time"
+        elif status == "abandoned":
+            text = "the gateway holding it restarted"
+        else:
+            text = status
+        self._release(row["id"], False, text)
+
+    def _release(self, rid: str, approved: bool, reason: str | None) -> None:
+        held = self._held.pop(rid, None)
+        if held is None:
+            return
+        if held.timer is not None:
+            held.timer.cancel()
+        held.relay.decide(approved, None if approved else held.deny_error(rid, reason or "denied"))
+
+    # -- other processes' decisions --------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                mine = [rid for rid, h in self._held.items() if h.stored]
+                if mine:
+                    for row in await self.store.decided_among(mine):
+                        self._apply(row)
+                now = self.clock()
+                if now - self._grants_at > 5.0:
+                    await self._refresh_grants()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- a store hiccup: try again next round
+                event(log, "approval poll failed", logging.WARNING, error=str(e))
+
+    async def _refresh_grants(self) -> None:
+        now = self.clock()
+        grants = {}
+        for g in await self.store.active_grants(now):
+            key = (g["subject"], g["connection"], g["rule"])
+            grants[key] = max(grants.get(key, 0.0), g["until"])
+        self._grants = grants
+        self._grants_at = now
+
+    def _publish(self, name: str, row: dict) -> None:
+        if self.webhooks is not None:
+            self.webhooks.publish(name, {k: v for k, v in row.items() if k != "token_id"})

@@ -1,0 +1,316 @@
+"""Just-in-time approvals on the PostgreSQL path: real server, real drivers, the real admin API.
+
+A held statement must not reach the upstream until it is approved: tests check the row is still
+there while the request is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import asyncpg
+import psycopg
+import pytest
+
+import pgraw
+from gwfixtures import conninfo, gateway_config, gateway_env
+from helpers import Gateway
+
+
+def approve_rules(timeout="20s"):
+    return [{"name": "deletes-need-a-human", "patterns": [r"\bdelete\b"], "action": "approve",
+             "approvers": ["dba"], "timeout": timeout},
+            {"name": "truncate-with-reason", "patterns": [r"\btruncate\b"], "action": "approve",
+             "approvers": ["dba"], "timeout": timeout, "reason_required": True}]
+
+
+def make_gateway(pg, idp, tmp, *, timeout="20s", state_url=None, state_extra=None, extra=None,
+                 env_extra=None, **kw):
+    cfg = gateway_config(pg, idp, guardrail=approve_rules(timeout),
+                         allow_groups=["agents", "dba"], **kw)
+    cfg["admin"] = {"admin_groups": ["admins"]}
+    cfg["state"] = {"url": state_url or f"sqlite:///{tmp}/state.db", "poll_interval": "100ms",
+                    **(state_extra or {})}
+    if extra:
+        cfg.update(extra)
+    env = gateway_env(pg)
+    env.update(env_extra or {})
+    return Gateway(cfg, env=env)
+
+
+@pytest.fixture(scope="module")
+def agw(pg, idp, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("approvals")
+    with make_gateway(pg, idp, tmp) as g:
+        yield g
+
+
+@pytest.fixture
+def table(pg):
+    name = "apr_" + uuid.uuid4().hex[:8]
+    pg.sql(f"CREATE TABLE {name} (id int primary key, v text);"
+           f"INSERT INTO {name} VALUES (1, 'a'), (2, 'b'), (3, 'c');"
+           f"ALTER TABLE {name} OWNER TO app;", dbname="appdb")
+    yield name
+    pg.sql(f"DROP TABLE IF EXISTS {name}", dbname="appdb")
+
+
+def count(pg, table) -> int:
+    return int(pg.sql(f"select count(*) from {table}", dbname="appdb"))
+
+
+def api(gw, method, path, token, body=None):
+    req = urllib.request.Request(gw.admin_url + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def wait_pending(gw, token, *, statement_part="", timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = api(gw, "GET", "/api/v1/approvals?status=pending", token)
+        assert status == 200, body
+        for a in body["approvals"]:
+            if statement_part in a["statement"]:
+                return a
+        time.sleep(0.05)
+    raise AssertionError("no pending approval request appeared")
+
+
+class Run(threading.Thread):
+    """Run a statement on its own connection in a thread; keep the result or the error."""
+
+    def __init__(self, dsn, sql, *, after=None):
+        super().__init__(daemon=True)
+        self.dsn, self.sql, self.after = dsn, sql, after
+        self.result = self.error = self.after_result = None
+        self.notices = []
+
+    def run(self):
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as c:
+                c.add_notice_handler(lambda d: self.notices.append(d.message_primary))
+                try:
+                    cur = c.execute(self.sql)
+                    self.result = cur.statusmessage
+                except psycopg.Error as e:
+                    self.error = e
+                if self.after:
+                    self.after_result = c.execute(self.after).fetchall()
+        except Exception as e:  # noqa: BLE001
+            self.error = e
+
+
+@pytest.fixture
+def tokens(idp):
+    return {"agent": idp.token("agent-7", ["agents"]), "dana": idp.token("dana", ["dba"]),
+            "eve": idp.token("eve", ["agents"]), "sam": idp.token("sam", ["agents", "dba"]),
+            "root": idp.token("root", ["admins"])}
+
+
+def test_held_until_approved_then_runs(agw, pg, table, tokens):
+    t = Run(conninfo(agw, tokens["agent"]), f"DELETE FROM {table} WHERE id = 1", after="SELECT 1")
+    t.start()
+    req = wait_pending(agw, tokens["dana"], statement_part=table)
+    assert req["requester"] == "agent-7" and req["rule"] == "deletes-need-a-human"
+    assert req["statement"].endswith("WHERE id = ?")           # literals masked
+    time.sleep(0.3)
+    assert count(pg, table) == 3 and t.is_alive()              # nothing reached the upstream
+    t0 = time.monotonic()
+    status, row = api(agw, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"],
+                      {"reason": "ok for cleanup"})
+    assert status == 200 and row["status"] == "approved" and row["decided_by"] == "dana"
+    t.join(10)
+    print(f"approval round trip (approve call -> result at the client): "
+          f"{(time.monotonic() - t0) * 1000:.1f} ms")
+    assert t.error is None and t.result == "DELETE 1"
+    assert t.after_result == [(1,)]
+    assert count(pg, table) == 2
+    assert any(req["id"] in n for n in t.notices)              # the client was told what it waits for
+    status, again = api(agw, "POST", f"/api/v1/approvals/{req['id']}/deny", tokens["dana"], {})
+    assert status == 409
+
+
+def test_denied_errors_and_session_goes_on(agw, pg, table, tokens):
+    t = Run(conninfo(agw, tokens["agent"]), f"DELETE FROM {table}", after="SELECT 2")
+    t.start()
+    req = wait_pending(agw, tokens["dana"], statement_part=table)
+    status, row = api(agw, "POST", f"/api/v1/approvals/{req['id']}/deny", tokens["dana"],
+                      {"reason": "use a WHERE clause"})
+    assert status == 200 and row["status"] == "denied"
+    t.join(10)
+    assert isinstance(t.error, psycopg.errors.InsufficientPrivilege)
+    msg = str(t.error)
+    assert req["id"] in msg and "use a WHERE clause" in msg and "dana" in msg
+    assert t.after_result == [(2,)]
+    assert count(pg, table) == 3
+
+
+def test_self_approval_and_non_approvers_refused(agw, pg, table, tokens):
+    t = Run(conninfo(agw, tokens["sam"]), f"DELETE FROM {table} WHERE id = 2")
+    t.start()
+    req = wait_pending(agw, tokens["dana"], statement_part=table)
+    status, body = api(agw, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["sam"], {})
+    assert status == 403 and "requester" in body["error"]["message"]
+    status, body = api(agw, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["eve"], {})
+    assert status == 403
+    status, body = api(agw, "GET", "/api/v1/approvals", tokens["eve"])
+    assert status == 403
+    status, body = api(agw, "GET", "/api/v1/approvals", "not-a-token")
+    assert status == 401
+    assert count(pg, table) == 3
+    status, _ = api(agw, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"], {})
+    assert status == 200
+    t.join(10)
+    assert t.error is None and count(pg, table) == 2
+
+
+def test_reason_required(agw, pg, table, tokens):
+    t = Run(conninfo(agw, tokens["agent"]), f"TRUNCATE {table}")
+    t.start()
+    req = wait_pending(agw, tokens["dana"], statement_part=table)
+    status, body = api(agw, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"], {})
+    assert status == 400 and "reason" in body["error"]["message"]
+    status, _ = api(agw, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"],
+                    {"reason": "ticket OPS-12"})
+    assert status == 200
+    t.join(10)
+    assert t.error is None and count(pg, table) == 0
+
+
+def test_timeout_denies(pg, idp, tmp_path, table, tokens):
+    with make_gateway(pg, idp, tmp_path, timeout="1s") as g:
+        t0 = time.monotonic()
+        t = Run(conninfo(g, tokens["agent"]), f"DELETE FROM {table}", after="SELECT 3")
+        t.start()
+        t.join(15)
+        assert 0.9 < time.monotonic() - t0 < 10
+        assert isinstance(t.error, psycopg.errors.InsufficientPrivilege)
+        assert "no decision in time" in str(t.error)
+        assert t.after_result == [(3,)]
+        assert count(pg, table) == 3
+        status, body = api(g, "GET", "/api/v1/approvals?status=expired", tokens["dana"])
+        assert status == 200 and len(body["approvals"]) == 1
+
+
+def test_window_grant_lets_the_next_ones_through(pg, idp, tmp_path, table, tokens):
+    with make_gateway(pg, idp, tmp_path) as g:
+        t = Run(conninfo(g, tokens["agent"]), f"DELETE FROM {table} WHERE id = 1")
+        t.start()
+        req = wait_pending(g, tokens["dana"], statement_part=table)
+        status, row = api(g, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"],
+                          {"scope": "window", "window_seconds": 600, "reason": "batch cleanup"})
+        assert status == 200 and row["scope"] == "window" and row["grant_until"] > time.time()
+        t.join(10)
+        assert t.error is None
+        with psycopg.connect(conninfo(g, tokens["agent"]), autocommit=True) as c:
+            assert c.execute(f"DELETE FROM {table} WHERE id = 2").statusmessage == "DELETE 1"
+        # the grant is for this identity only
+        t2 = Run(conninfo(g, tokens["eve"]), f"DELETE FROM {table} WHERE id = 3")
+        t2.start()
+        wait_pending(g, tokens["dana"], statement_part=table)
+        assert count(pg, table) == 1
+
+
+def test_disconnect_cancels_and_extended_protocol_holds(agw, pg, table, tokens):
+    host, port = agw.address("pg")
+    with pgraw.login(host, port, tokens["agent"]) as conn:
+        sql = f"DELETE FROM {table} WHERE id = $1".encode()
+        conn.send(pgraw.typed(b"P", b"\0" + sql + b"\0\0\0")
+                  + pgraw.typed(b"B", b"\0\0\0\0\0\1\0\0\0\x011\0\0")
+                  + pgraw.typed(b"E", b"\0\0\0\0\0") + pgraw.typed(b"S"))
+        req = wait_pending(agw, tokens["dana"], statement_part=table)
+    # the client went away while held
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, row = api(agw, "GET", f"/api/v1/approvals/{req['id']}", tokens["dana"])
+        if row["status"] != "pending":
+            break
+        time.sleep(0.05)
+    assert row["status"] == "cancelled"
+    assert count(pg, table) == 3
+
+
+def test_asyncpg_held_then_approved(agw, pg, table, tokens):
+    async def run():
+        conn = await asyncpg.connect(host="127.0.0.1", port=agw.port("pg"), user="agent-7",
+                                     database="appdb", password=tokens["agent"], ssl=False)
+        try:
+            return await conn.execute(f"DELETE FROM {table} WHERE id = $1", 3)
+        finally:
+            await conn.close()
+
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault("r", asyncio.run(run())), daemon=True)
+    th.start()
+    req = wait_pending(agw, tokens["dana"], statement_part=table)
+    assert api(agw, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"], {})[0] == 200
+    th.join(10)
+    assert out["r"] == "DELETE 1" and count(pg, table) == 2
+
+
+@pytest.mark.parametrize("how", ["crash", "stop"])
+def test_restart_marks_pending_abandoned(pg, idp, tmp_path, table, tokens, how):
+    """Held sessions do not survive the gateway; their requests are marked abandoned -- at once
+    on a clean stop (the client hears why), by the restarted process after a crash."""
+    g = make_gateway(pg, idp, tmp_path)
+    try:
+        t = Run(conninfo(g, tokens["agent"]), f"DELETE FROM {table}")
+        t.start()
+        req = wait_pending(g, tokens["dana"], statement_part=table)
+        if how == "crash":
+            g.proc.kill()
+        else:
+            g.stop()
+        t.join(10)
+        assert t.error is not None
+        if how == "stop":
+            assert "gateway" in str(t.error)
+    finally:
+        g.stop()
+    with make_gateway(pg, idp, tmp_path) as g2:
+        status, row = api(g2, "GET", f"/api/v1/approvals/{req['id']}", tokens["dana"])
+        assert status == 200 and row["status"] == "abandoned"
+    assert count(pg, table) == 3
+
+
+def test_admin_api_sessions_need_admin_group_and_openapi(agw, tokens):
+    assert api(agw, "GET", "/api/v1/sessions", tokens["dana"])[0] == 403
+    with urllib.request.urlopen(agw.admin_url + "/api/v1/openapi.json", timeout=5) as r:
+        doc = json.loads(r.read())
+    assert doc["openapi"].startswith("3.") and "/api/v1/approvals/{id}/approve" in doc["paths"]
+    status, body = api(agw, "POST", "/api/v1/approvals/apr_nope/approve", tokens["dana"], {"x": 1})
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, body = api(agw, "POST", "/api/v1/approvals/apr_nope/approve", tokens["dana"], {})
+    assert status == 404
+
+
+def test_two_gateways_share_a_postgresql_store(pg, idp, tmp_path, table, tokens):
+    """A statement held in gateway A is released by a decision taken through gateway B."""
+    pg.create_database("hwstate", owner="app")
+    url = f"postgresql://app@127.0.0.1:{pg.port}/hwstate"
+    kw = dict(state_url=url, state_extra={"password_env": "STATE_PW"})
+    env = {"STATE_PW": pg.passwords["app"]}
+    # two replicas: each its own name (on Kubernetes the pod's host name differs by itself)
+    with make_gateway(pg, idp, tmp_path, env_extra={**env, "HOOPWIRE_GATEWAY_ID": "a"}, **kw) as a, \
+            make_gateway(pg, idp, tmp_path, env_extra={**env, "HOOPWIRE_GATEWAY_ID": "b"}, **kw) as b:
+        t = Run(conninfo(a, tokens["agent"]), f"DELETE FROM {table} WHERE id = 1")
+        t.start()
+        req = wait_pending(b, tokens["dana"], statement_part=table)   # seen through B
+        t0 = time.monotonic()
+        assert api(b, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"], {})[0] == 200
+        t.join(10)
+        print(f"cross-replica release: {(time.monotonic() - t0) * 1000:.0f} ms")
+        assert t.error is None and count(pg, table) == 2
