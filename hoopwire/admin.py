@@ -261,7 +261,7 @@ class AdminServer:
             raise ApiError(404, "not_configured", "no [audit] log to replay from")
         import asyncio
 
-        from hoopwire.audit.log import read_records
+        from hoopwire.audit import read_records
         records = await asyncio.to_thread(lambda: list(read_records(audit.path, session_id=sid)))
         if not records:
             raise ApiError(404, "not_found", "no recorded session with that id")

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "agent's session")
     d.add_argument("--keep", action="store_true", help="keep running until Ctrl-C after the demo")
     d.set_defaults(func=_cmd_demo)
+
+    from hoopwire.admincli import add_commands
+    add_commands(sub)
     return p
 
 

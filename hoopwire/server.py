@@ -103,6 +103,7 @@ class Gateway:
         self.store = None          # hoopwire.state.Store: approvals, grants, the session index
         self.webhooks = None       # hoopwire.approvals.webhooks.WebhookSender
         self.approvals = None      # hoopwire.approvals.manager.ApprovalManager
+        self.recorder = None       # hoopwire.audit.recorder.Recorder
         self.reload_hook = None    # the multi-worker parent reloads by signalling its workers
         self.listeners: dict[str, object] = {}
         self.admin = None
@@ -128,8 +129,16 @@ class Gateway:
             self.approvals = ApprovalManager(self.store, self.webhooks, gateway_id=self.gateway_id,
                                              poll_interval=cfg.state.poll_interval)
             await self.approvals.start(abandon=holds_statements)
+        if cfg.audit is not None and holds_statements:
+            from hoopwire.audit.recorder import Recorder
+            self.recorder = Recorder(cfg.audit, self.store, gateway_id=self.gateway_id,
+                                     mask_statement=self.mask_statement,
+                                     marker_prefix=self.marker_prefix)
+            await self.recorder.start()
 
     async def stop_control(self) -> None:
+        if self.recorder is not None:
+            await self.recorder.close()
         if self.approvals is not None:
             await self.approvals.close()
         if self.webhooks is not None:
@@ -238,6 +247,9 @@ def run(config_path: str, workers: int = 1) -> int:
             print(f"config error: {line}", file=sys.stderr)
         return 1
     configure_logging(config.log.level, config.log.format)
+    # A file-size limit must surface as EFBIG to the audit writer (which has a policy for it),
+    # not kill the gateway.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         build_engines(config)
     except ConfigError as e:

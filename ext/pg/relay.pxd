@@ -41,6 +41,8 @@ cdef class Relay:
         readonly str close_reason
         bint closed
         readonly double last_activity   # monotonic seconds
+        readonly unsigned long long bytes_in    # from the client, this session
+        readonly unsigned long long bytes_out   # from the upstream, this session
         readonly bint in_copy_in        # client is streaming COPY data
 
         # Round-trip timing: send time of each unit in flight, oldest first.
@@ -63,6 +65,9 @@ cdef class Relay:
         int decision
         bytes deny_error
 
+        # fail-closed audit: every new statement is answered with this error while it is set
+        bytes refuse_error
+
         # Masking: the request/response tracking that ties rows to their RowPlan (None: off).
         readonly PgResults results
 
@@ -70,6 +75,7 @@ cdef class Relay:
     cdef int _upstream_failed(self, object e) except -1
     cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size)
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size)
+    cdef object _refuse_execute(self)
 
 
 cdef class RelaySide(PgFrameReader):

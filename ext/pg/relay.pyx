@@ -28,6 +28,16 @@ class _FastpathVerdict:
 FASTPATH_VERDICT = _FastpathVerdict()
 
 
+class _RefusedVerdict:
+    action = "block"
+    rule = "audit-unavailable"
+    message = "the audit log cannot be written"
+    matched = ("audit-unavailable",)
+
+
+REFUSED_VERDICT = _RefusedVerdict()
+
+
 def error_response(str severity, str code, str message, str detail=None, str hint=None):
     """An ErrorResponse (or, with severity NOTICE/WARNING, still 'E' -- use notice_response)."""
     return _fields_message(b"E", severity, code, message, detail, hint)
@@ -109,10 +119,21 @@ cdef class Relay:
             client_tr.resume_reading()
             upstream_tr.resume_reading()
 
-    def enable_masking(self, masker, empty_info, suspect_info):
-        """Follow every result and mask it through `masker` (hoopwire.pg.masker.SessionMasker);
-        call before start()."""
-        self.results = PgResults(self, masker, empty_info, suspect_info)
+    def enable_results(self, masker, empty_info, suspect_info, bint record=False):
+        """Follow every request's answer: to mask results through `masker`
+        (hoopwire.pg.masker.SessionMasker, or None) and/or, with `record`, to keep one record
+        per statement for the audit log (take_records). Call before start()."""
+        self.results = PgResults(self, masker, empty_info, suspect_info, record)
+
+    def take_records(self):
+        """Statement records completed since the last call (see PgResults.records)."""
+        if self.results is None:
+            return []
+        return self.results.take_records()
+
+    def refuse_statements(self, bytes error=None):
+        """While `error` is set, every new statement is answered with it (fail-closed audit)."""
+        self.refuse_error = error
 
     def decide(self, bint approved, bytes error=None, bytes notice=None):
         """Release a statement held for approval: approved, it goes upstream; denied, the
@@ -234,10 +255,16 @@ cdef class Relay:
             if end == NULL:
                 raise FrameError("malformed Query or Parse message")
             sql = body[:end - body]
-            verdict = self.policy.check(sql)
+            if self.refuse_error is not None:
+                # the audit log cannot be written and the policy is fail-closed
+                verdict = REFUSED_VERDICT
+            else:
+                verdict = self.policy.check(sql) if self.policy is not None else None
         if verdict is None:
             return None
         err = None
+        if verdict is REFUSED_VERDICT:
+            err = self.refuse_error
         if verdict.action == "approve":
             if self.decision == DECISION_APPROVED:
                 # the held message again, now approved: it goes to the upstream as it is
@@ -276,6 +303,16 @@ cdef class Relay:
                 self.events.statement_blocked(self, verdict, sql)
         self.rewrites.append((unit, marker, err))
         return bytes((kind,)) + (len(body_out) + 4).to_bytes(4, "big") + body_out
+
+    cdef object _refuse_execute(self):
+        """An Execute of a statement prepared before statements were refused: in its place a
+        Parse of a marker statement (named, so the client's unnamed statement is untouched),
+        whose error stands for the Execute's and makes the server skip to Sync."""
+        self.marker_seq += 1
+        marker = self.marker_prefix + str(self.marker_seq).encode()
+        body = b"hoopwire_refused\x00" + marker + b"\x00\x00\x00"
+        self.rewrites.append((self.units_sent + 1, marker, self.refuse_error))
+        return b"P" + (len(body) + 4).to_bytes(4, "big") + body
 
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size):
         """An upstream ErrorResponse while a blocked statement is pending: ours, or genuine?"""
@@ -329,10 +366,13 @@ cdef class ClientSide(RelaySide):
     cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
         cdef Relay r = self.relay
         cdef object out = None
-        if r.policy is not None and (kind == b"Q"[0] or kind == b"P"[0] or kind == b"F"[0]):
+        if (r.policy is not None or r.refuse_error is not None) and \
+                (kind == b"Q"[0] or kind == b"P"[0] or kind == b"F"[0]):
             out = r._judge(kind, msg, size)
             if out is HOLD:
                 return out          # judged again, whole, when the approval is decided
+        elif kind == b"E"[0] and r.refuse_error is not None:
+            out = r._refuse_execute()
         if r.results is not None:
             out = r.results.client_message(kind, msg, size, out)
         return out
@@ -345,7 +385,9 @@ cdef class ClientSide(RelaySide):
     def data_received(self, data):
         cdef Relay r = self.relay
         r.last_activity = monotonic()
-        r.stats.bytes_from_client += PyBytes_GET_SIZE(data) if PyBytes_CheckExact(data) else len(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data) if PyBytes_CheckExact(data) else len(data)
+        r.stats.bytes_from_client += n
+        r.bytes_in += n
         try:
             self.feed(data)
         except FrameError as e:
@@ -430,7 +472,9 @@ cdef class UpstreamSide(RelaySide):
     def data_received(self, data):
         cdef Relay r = self.relay
         r.last_activity = monotonic()
-        r.stats.bytes_from_upstream += PyBytes_GET_SIZE(data) if PyBytes_CheckExact(data) else len(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data) if PyBytes_CheckExact(data) else len(data)
+        r.stats.bytes_from_upstream += n
+        r.bytes_out += n
         try:
             self.feed(data)
         except Exception as e:

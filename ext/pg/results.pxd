@@ -43,6 +43,12 @@ cdef class PgResults:
         object copy                # _TextCopy / _BinaryCopy, or None
         int copy_idx               # COPY statements of the current Query answered so far
         readonly unsigned long long injected   # Describe messages we added
+        bint mask_on               # masking results (masker is a SessionMasker)
+        bint record_on             # keeping statement records for the audit log
+        list records               # (start, end, sql, tags, error fields, masked) per statement
+        list cur_tags              # CommandComplete tags of the statement in flight
+        bytes cur_error            # its first ErrorResponse body
+        long long cur_masked       # values masked in its results
 
     cdef int client_header(self, char kind) except -1
     cdef object client_message(self, char kind, const unsigned char* msg, Py_ssize_t size,
@@ -54,5 +60,6 @@ cdef class PgResults:
     cdef int _error_skip(self) except -1
     cdef int _ready(self) except -1
     cdef int _end_result(self) except -1
+    cdef int _record(self, object sql, double started) except -1
     cdef object _row_description(self, const unsigned char* msg, Py_ssize_t size)
     cdef object _copy_out(self, const unsigned char* msg, Py_ssize_t size)

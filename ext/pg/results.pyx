@@ -1,6 +1,13 @@
 from collections import deque
+from posix.time cimport CLOCK_REALTIME
 
 from hoopwire._mask import MaskRowError
+
+
+cdef inline double wallclock() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef bytes DESCRIBE_PORTAL_HEAD = b"D"
@@ -28,12 +35,16 @@ cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
 
 cdef class PgResults:
 
-    def __init__(self, Relay relay, masker, empty_info, suspect_info):
+    def __init__(self, Relay relay, masker, empty_info, suspect_info, bint record=False):
         global EMPTY_INFO, SUSPECT_INFO
         EMPTY_INFO = empty_info
         SUSPECT_INFO = suspect_info
         self.relay = relay
         self.masker = masker
+        self.mask_on = masker is not None
+        self.record_on = record
+        self.records = []
+        self.cur_tags = []
         self.queue = deque()
         self.stmts = {}
         self.portals = {}
@@ -45,7 +56,7 @@ cdef class PgResults:
     cdef int client_header(self, char kind) except -1:
         """INSPECT for messages whose body we need; Sync only counts."""
         if kind == b"S"[0]:
-            self.queue.append((R_SYNC, None))
+            self.queue.append((R_SYNC, None, None, 0.0))
             self.last_client = kind
             return FORWARD
         if kind == b"H"[0]:
@@ -63,46 +74,52 @@ cdef class PgResults:
         cdef bytes name, other
         cdef object info
         cdef object out = replaced
+        cdef bytes sql
+        cdef tuple known
         if kind == b"Q"[0]:
-            info = self.masker.statement(_cstr(body, blen, &used))
-            self.queue.append((R_QUERY, info))
+            sql = _cstr(body, blen, &used)
+            info = self.masker.statement(sql) if self.mask_on else None
+            self.queue.append((R_QUERY, info, sql, wallclock()))
         elif kind == b"F"[0]:
             # a call by function OID returns a value no description names: refused while
             # masking applies (the relay replaces it by a failing Query, answered E + Z)
-            if out is None:
+            if out is None and self.mask_on:
                 out = self.relay._judge(kind, msg, size)
-            self.queue.append((R_QUERY, EMPTY_INFO))
+            self.queue.append((R_QUERY, EMPTY_INFO, b"<fast-path function call>", wallclock()))
         elif kind == b"P"[0]:
             name = _cstr(body, blen, &used)
-            self.stmts[name] = self.masker.statement(_cstr(body + used, blen - used, &used))
-            self.queue.append((R_PARSE, None))
+            sql = _cstr(body + used, blen - used, &used)
+            self.stmts[name] = (self.masker.statement(sql) if self.mask_on else None, sql)
+            self.queue.append((R_PARSE, None, sql, 0.0))
         elif kind == b"B"[0]:
             name = _cstr(body, blen, &used)
             other = _cstr(body + used, blen - used, &used)
-            self.portals[name] = self.stmts.get(other, SUSPECT_INFO)
-            self.queue.append((R_BIND, None))
+            self.portals[name] = self.stmts.get(other, None) or (SUSPECT_INFO, b"")
+            self.queue.append((R_BIND, None, None, 0.0))
         elif kind == b"D"[0]:
             if blen < 2:
                 raise FrameError("malformed Describe message")
             name = _cstr(body + 1, blen - 1, &used)
             if body[0] == b"S"[0]:
-                self.queue.append((R_DESC_S, self.stmts.get(name, SUSPECT_INFO)))
+                known = self.stmts.get(name, None) or (SUSPECT_INFO, b"")
+                self.queue.append((R_DESC_S, known[0], None, 0.0))
                 self.last_desc_portal = False
             else:
-                self.queue.append((R_DESC_P, self.portals.get(name, SUSPECT_INFO)))
+                known = self.portals.get(name, None) or (SUSPECT_INFO, b"")
+                self.queue.append((R_DESC_P, known[0], None, 0.0))
                 self.last_desc_portal = True
                 self.last_desc_name = name
         elif kind == b"E"[0]:
             name = _cstr(body, blen, &used)
-            info = self.portals.get(name, SUSPECT_INFO)
-            if not (self.last_client == b"D"[0] and self.last_desc_portal and
-                    self.last_desc_name == name):
+            known = self.portals.get(name, None) or (SUSPECT_INFO, b"")
+            if self.mask_on and not (self.last_client == b"D"[0] and self.last_desc_portal and
+                                     self.last_desc_name == name):
                 # Rows must follow a description we saw: ask for one, answer swallowed.
-                self.queue.append((R_DESC_OURS, info))
+                self.queue.append((R_DESC_OURS, known[0], None, 0.0))
                 self.injected += 1
                 out = (DESCRIBE_PORTAL_HEAD + (len(name) + 6).to_bytes(4, "big") + b"P" + name +
                        b"\x00" + msg[:size])
-            self.queue.append((R_EXEC, info))
+            self.queue.append((R_EXEC, known[0], known[1], wallclock()))
         elif kind == b"C"[0]:
             if blen >= 2:
                 name = _cstr(body + 1, blen - 1, &used)
@@ -110,13 +127,16 @@ cdef class PgResults:
                     self.stmts.pop(name, None)
                 else:
                     self.portals.pop(name, None)
-            self.queue.append((R_CLOSE, None))
+            self.queue.append((R_CLOSE, None, None, 0.0))
         self.last_client = kind
         return out
 
     # -- upstream -> client -----------------------------------------------------------------------
 
     cdef int upstream_header(self, char kind) except -1:
+        if not self.mask_on and (kind == b"D"[0] or kind == b"d"[0] or kind == b"N"[0] or
+                                 kind == b"A"[0]):
+            return FORWARD      # recording only: rows and async messages are not ours to read
         if kind == b"D"[0]:
             return FORWARD if self.state == S_ROWS and not self.plan_work else INSPECT
         if kind == b"d"[0]:
@@ -137,29 +157,54 @@ cdef class PgResults:
         return 0
 
     cdef int _error_skip(self) except -1:
-        """After an error in the extended protocol the server skips to Sync: so do we."""
+        """After an error in the extended protocol the server skips to Sync: so do we. The
+        error is recorded against the request it answers (an Execute, or a Parse)."""
         cdef int k
+        cdef tuple head
+        cdef bint recorded = False
         while self.queue:
-            k = self.queue[0][0]
+            head = self.queue[0]
+            k = head[0]
             if k == R_SYNC or k == R_QUERY:
                 break
+            if self.record_on and not recorded and (k == R_EXEC or k == R_PARSE):
+                self._record(head[2], head[3] or wallclock())
+                recorded = True
             self.queue.popleft()
         return 0
 
     cdef int _ready(self) except -1:
         cdef int k
+        cdef tuple e
         while self.queue:
-            k = self.queue.popleft()[0]
+            e = self.queue.popleft()
+            k = e[0]
+            if k == R_QUERY and self.record_on:
+                self._record(e[2], e[3])
             if k == R_SYNC or k == R_QUERY:
                 break
         self.copy_idx = 0
         return 0
 
+    cdef int _record(self, object sql, double started) except -1:
+        """One statement done: (start, end, sql, command tags, error fields, masked values)."""
+        self.records.append((started, wallclock(), sql, self.cur_tags, self.cur_error,
+                             self.cur_masked))
+        self.cur_tags = []
+        self.cur_error = None
+        self.cur_masked = 0
+        return 0
+
+    def take_records(self):
+        cdef list out = self.records
+        self.records = []
+        return out
+
     cdef int _end_result(self) except -1:
         if self.state == S_ROWS and self.plan_work:
-            self.masker.result_done(self.plan)
+            self.cur_masked += self.masker.result_done(self.plan) or 0
         elif self.state == S_COPY and self.copy is not None:
-            self.copy.done()
+            self.cur_masked += self.copy.done() or 0
         self.state = S_NONE
         self.plan = None
         self.plan_work = False
@@ -176,6 +221,12 @@ cdef class PgResults:
             return None             # a statement's description: no rows follow from it
         if hk != R_QUERY and hk != R_DESC_P and hk != R_DESC_OURS:
             raise ResultTrackingError(f"RowDescription answering request {hk}")
+        if not self.mask_on:
+            self._end_result()
+            if hk != R_QUERY:
+                self.queue.popleft()
+            self.state = S_ROWS
+            return None
         res = self.masker.row_description(msg[:size], head[1])
         if res is HOLD:
             return HOLD
@@ -205,9 +256,9 @@ cdef class PgResults:
                 return self.copy.data(msg[:size])
             return None             # CopyBoth (not offered) or an unmasked COPY
         if kind == b"N"[0]:
-            return self.masker.fields(msg[:size])
+            return self.masker.fields(msg[:size]) if self.mask_on else None
         if kind == b"A"[0]:
-            return self.masker.notification(msg[:size])
+            return self.masker.notification(msg[:size]) if self.mask_on else None
         if kind == b"S"[0]:
             return None
         if self.state == S_SKIP:
@@ -229,14 +280,19 @@ cdef class PgResults:
             return self._row_description(msg, size)
         if kind == b"C"[0] or kind == b"I"[0] or kind == b"s"[0]:
             if kind == b"C"[0]:
-                tag = msg[5:size - 1 if size - 1 < 30 else 30]
-                if tag.startswith(DDL_TAGS):
+                tag = msg[5:size - 1 if size - 1 < 64 else 64]
+                if self.mask_on and tag.startswith(DDL_TAGS):
                     self.masker.command_complete(tag)
+                if self.record_on:
+                    self.cur_tags.append(tag)
             if self.state != S_SKIP:
                 self._end_result()
-            hk = self._head()[0]
+            head = self._head()
+            hk = head[0]
             if hk == R_EXEC:
                 self.queue.popleft()
+                if self.record_on:
+                    self._record(head[2], head[3])
             elif hk != R_QUERY:
                 raise ResultTrackingError(f"command completion answering request {hk}")
             return b"" if self.state == S_SKIP else None
@@ -247,11 +303,13 @@ cdef class PgResults:
         if kind == b"E"[0]:
             if self.state != S_SKIP:
                 self._end_result()
+            if self.record_on and self.cur_error is None:
+                self.cur_error = msg[5:size]
             if self.queue:
                 hk = self.queue[0][0]
                 if hk != R_QUERY and hk != R_SYNC:
                     self._error_skip()
-            return self.masker.fields(msg[:size])
+            return self.masker.fields(msg[:size]) if self.mask_on else None
         if kind == b"n"[0]:
             hk = self._head()[0]
             if hk == R_DESC_S or hk == R_DESC_P or hk == R_DESC_OURS:
@@ -269,6 +327,10 @@ cdef class PgResults:
         elif kind == b"H"[0]:
             if self.state == S_SKIP:
                 return b""
+            if not self.mask_on:
+                self.state = S_COPY
+                self.copy = None
+                return None
             return self._copy_out(msg, size)
         elif kind == b"c"[0]:
             if self.state != S_SKIP:

@@ -453,8 +453,10 @@ class SessionMasker:
         event(log, "result refused by masking", logging.WARNING, connection=self.conn.connection,
               database=self.database, what=what, policy=self.conn.unresolved)
 
-    def result_done(self, plan) -> None:
+    def result_done(self, plan) -> int:
+        """Count what a finished result masked (metrics); the number of masked values."""
         counts = plan.take_counts()
+        total = 0
         if counts:
             conn = self.conn.connection
             for name, n in counts.items():
@@ -463,6 +465,8 @@ class SessionMasker:
                 else:
                     metrics.MASKED_VALUES.labels(conn, "detector", name).inc(n)
                 self.masked_total += n
+                total += n
+        return total
 
     # -- free text ------------------------------------------------------------------------------
 
@@ -617,8 +621,8 @@ class _TextCopy:
             return None
         return b"d" + struct.pack("!I", len(new) + 4) + new
 
-    def done(self) -> None:
-        self.masker.result_done(self.plan)
+    def done(self) -> int:
+        return self.masker.result_done(self.plan)
 
 
 class _BinaryCopy:
@@ -650,8 +654,8 @@ class _BinaryCopy:
         body = head + new[5:]
         return b"d" + struct.pack("!I", len(body) + 4) + body
 
-    def done(self) -> None:
-        self.masker.result_done(self.plan)
+    def done(self) -> int:
+        return self.masker.result_done(self.plan)
 
 
 def _row_description(msg: bytes):

@@ -433,12 +433,20 @@ class PgListener:
                     raise StartupRefused("mask_catalog_error", "08006",
                                          "the gateway cannot read the catalog it masks results by",
                                          detail=str(e)) from None
-            relay.enable_masking(masker, NO_INFO, StatementInfo(True))
+            relay.enable_results(masker, NO_INFO, StatementInfo(True),
+                                 record=self.gateway.recorder is not None)
             masker.relay = relay
             session.masker = masker
+        elif self.gateway.recorder is not None:
+            relay.enable_results(None, NO_INFO, StatementInfo(True), record=True)
         session.relay = relay
         session.writers = (writer, up.writer)
         self.sessions.add(session)
+        recorder = self.gateway.recorder
+        if recorder is not None:
+            recorder.session_started(session)
+            if recorder.refusing:
+                relay.refuse_statements(recorder.refuse_error())
         self.gateway.cancel_keys.register(cfg.name, up.pid, session.client_secret, session)
         metrics.CONNECTIONS_ACTIVE.labels(cfg.name).inc()
         event(log, "session started", connection=cfg.name, session=session.id, peer=peer,
@@ -522,6 +530,9 @@ class PgListener:
         self.sessions.discard(session)
         if self.gateway.approvals is not None:
             self.gateway.approvals.session_closed(session)
+        if self.gateway.recorder is not None and session.relay is not None:
+            self.gateway.recorder.session_ended(session, reason, session.relay.bytes_in,
+                                                session.relay.bytes_out)
         self.gateway.cancel_keys.unregister(self.name, session.pid, session.client_secret)
         metrics.CONNECTIONS_ACTIVE.labels(self.name).dec()
         metrics.SESSIONS_CLOSED.labels(self.name, reason).inc()
@@ -558,6 +569,9 @@ class PgListener:
             event(log, "statement allowed by a standing approval grant", connection=self.name,
                   session=session.id, subject=session.identity.subject, rule=verdict.rule)
             return None
+        if self.gateway.recorder is not None:
+            self.gateway.recorder.session_event(session, "approval.held", request=rid,
+                                                rule=verdict.rule, statement=statement)
         relay.notify_client(notice_response(
             "NOTICE", "01000",
             f"statement held for approval {rid} under hoopwire rule \"{verdict.rule}\" "
@@ -566,6 +580,11 @@ class PgListener:
 
     def statement_event(self, session: Session, action: str, verdict, sql: bytes) -> None:
         metrics.STATEMENT_VERDICTS.labels(self.name, action, verdict.rule).inc()
+        if self.gateway.recorder is not None:
+            self.gateway.recorder.session_event(
+                session, "statement.blocked" if action == "block" else "statement.matched",
+                rule=verdict.rule, rules=list(verdict.matched),
+                statement=self.gateway.mask_statement(sql))
         event(log, "statement blocked" if action == "block" else "guardrail matched",
               logging.WARNING if action == "block" else logging.INFO,
               connection=self.name, session=session.id, subject=session.identity.subject,

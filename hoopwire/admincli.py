@@ -1,0 +1,254 @@
+"""`hoopwire approvals …`, `hoopwire sessions …`, `hoopwire audit verify`: the admin CLI.
+
+The first two talk to a running gateway's admin API (`--admin URL` or HOOPWIRE_ADMIN_URL,
+`--token T` or HOOPWIRE_TOKEN: the caller's own token -- an approver decides as themselves);
+`audit verify` reads the log files and needs no gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+__all__ = ["add_commands"]
+
+
+class CliError(Exception):
+    pass
+
+
+def _when(ts) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _call(args, method: str, path: str, body: dict | None = None) -> dict:
+    base = args.admin or os.environ.get("HOOPWIRE_ADMIN_URL") or "http://127.0.0.1:9187"
+    token = args.token or os.environ.get("HOOPWIRE_TOKEN")
+    if not token:
+        raise CliError("no token: pass --token or set HOOPWIRE_TOKEN")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json",
+                                          "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as r:
+            return json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read())["error"]["message"]
+        except Exception:  # noqa: BLE001
+            msg = e.reason
+        raise CliError(f"{e.code}: {msg}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise CliError(f"cannot reach the admin API at {base}: {getattr(e, 'reason', e)}") from None
+
+
+def _out(args, data) -> bool:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return True
+    return False
+
+
+# -- approvals -----------------------------------------------------------------------------------
+
+def _approvals_list(args) -> int:
+    q = "?" + urllib.parse.urlencode({"status": args.status}) if args.status else ""
+    data = _call(args, "GET", "/api/v1/approvals" + q)
+    if _out(args, data):
+        return 0
+    rows = data["approvals"]
+    if not rows:
+        print("no approval requests" + (f" with status {args.status}" if args.status else ""))
+        return 0
+    for a in rows:
+        print(f"{a['id']}  {a['status']:<9}  {_when(a['created_at'])}  {a['requester']:<16} "
+              f"{a['connection']:<12} {a['rule']:<20} {a['statement'][:60]}")
+    return 0
+
+
+def _approvals_show(args) -> int:
+    a = _call(args, "GET", f"/api/v1/approvals/{urllib.parse.quote(args.id)}")
+    if _out(args, a):
+        return 0
+    for k in ("id", "status", "requester", "requester_groups", "connection", "session_id",
+              "client_addr", "rule", "approvers", "statement", "created_at", "expires_at",
+              "decided_by", "decided_at", "reason", "scope", "grant_until"):
+        v = a.get(k)
+        if k.endswith("_at") or k == "grant_until":
+            v = _when(v)
+        elif isinstance(v, list):
+            v = ", ".join(v)
+        print(f"{k:>16}: {v if v is not None else '-'}")
+    return 0
+
+
+def _decide(args, verb: str) -> int:
+    body = {}
+    if args.reason:
+        body["reason"] = args.reason
+    if getattr(args, "window", None):
+        from hoopwire.config import parse_duration
+        body["scope"] = "window"
+        body["window_seconds"] = int(parse_duration(args.window))
+    a = _call(args, "POST", f"/api/v1/approvals/{urllib.parse.quote(args.id)}/{verb}", body)
+    if not _out(args, a):
+        print(f"{a['id']} {a['status']} by {a['decided_by']}"
+              + (f" until {_when(a['grant_until'])}" if a.get("grant_until") else ""))
+    return 0
+
+
+# -- sessions --------------------------------------------------------------------------------------
+
+def _sessions_list(args) -> int:
+    params = {k: v for k, v in (("identity", args.identity), ("connection", args.connection))
+              if v}
+    if args.since:
+        from hoopwire.config import parse_duration
+        try:
+            params["since"] = str(time.time() - parse_duration(args.since))
+        except ValueError:
+            params["since"] = args.since
+    q = "?" + urllib.parse.urlencode(params) if params else ""
+    data = _call(args, "GET", "/api/v1/sessions" + q)
+    if _out(args, data):
+        return 0
+    for s in data["sessions"]:
+        print(f"{s['id']}  {_when(s['started_at'])}  {s['subject']:<16} {s['connection']:<12} "
+              f"{s['statements']:>5} stmts  {s.get('close_reason') or 'open'}")
+    if not data["sessions"]:
+        print("no sessions")
+    return 0
+
+
+def _sessions_show(args) -> int:
+    data = _call(args, "GET", f"/api/v1/sessions/{urllib.parse.quote(args.id)}")
+    if _out(args, data):
+        return 0
+    s = data["session"]
+    print(f"session {s['id']}: {s['subject']} ({', '.join(s.get('groups') or [])}) on "
+          f"{s['connection']} from {s['client_addr']}, {_when(s['started_at'])} -> "
+          f"{_when(s.get('ended_at'))} ({s.get('close_reason') or 'open'})")
+    for st in data["statements"]:
+        extra = f" error: {st['error']}" if st.get("error") else ""
+        rows = f" rows={st['rows']}" if st.get("rows") is not None else ""
+        print(f"  #{st['seq']:<4} {st['verdict']:<6} {st.get('duration_ms') or 0:>9.3f} ms"
+              f"{rows} masked={st.get('masked', 0)}  {st['statement']}{extra}")
+    return 0
+
+
+def _sessions_replay(args) -> int:
+    data = _call(args, "GET", f"/api/v1/sessions/{urllib.parse.quote(args.id)}/replay")
+    if _out(args, data):
+        return 0
+    last = None
+    for r in data["records"]:
+        ts = r.get("started", r.get("ts"))
+        if args.pace == "recorded" and last is not None and ts is not None:
+            time.sleep(min(max(ts - last, 0.0), args.max_pause))
+        if ts is not None:
+            last = ts
+        kind = r.get("type")
+        if kind == "session.start":
+            print(f"[{_when(r['ts'])}] {r['subject']} connected to {r['connection']} "
+                  f"as {r.get('role')} from {r.get('client')}")
+        elif kind == "statement":
+            print(f"[{_when(ts)}] {r['verdict'].upper():<6} {r['statement']}")
+            if r.get("error"):
+                print(f"          error {r['error'].get('code')}: {r['error'].get('message')}")
+            else:
+                print(f"          {', '.join(r.get('tags') or [])}"
+                      + (f" ({r['masked']} values masked)" if r.get("masked") else ""))
+            for row in r.get("result") or []:
+                print(f"          | {row}")
+        elif kind == "session.end":
+            print(f"[{_when(r['ts'])}] session ended: {r['reason']} after {r['statements']} "
+                  "statement(s)")
+        else:
+            fields = {k: v for k, v in r.items()
+                      if k not in ("type", "session", "ts", "gw", "seq", "prev", "hash")}
+            print(f"[{_when(r['ts'])}] {kind} {json.dumps(fields, sort_keys=True)}")
+    return 0
+
+
+def _audit_verify(args) -> int:
+    from hoopwire.audit import main_verify
+    return main_verify(args.path)
+
+
+# -- wiring ------------------------------------------------------------------------------------------
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--admin", help="admin API base URL (env HOOPWIRE_ADMIN_URL; "
+                                   "default http://127.0.0.1:9187)")
+    p.add_argument("--token", help="your token (env HOOPWIRE_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+
+
+def _guard(fn):
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except CliError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    return run
+
+
+def add_commands(sub) -> None:
+    a = sub.add_parser("approvals", help="list, show and decide approval requests")
+    asub = a.add_subparsers(dest="action", required=True)
+    p = asub.add_parser("list", help="approval requests, newest first")
+    p.add_argument("--status", choices=["pending", "approved", "denied", "expired", "cancelled",
+                                        "abandoned"])
+    _common(p)
+    p.set_defaults(func=_guard(_approvals_list))
+    p = asub.add_parser("show", help="one request")
+    p.add_argument("id")
+    _common(p)
+    p.set_defaults(func=_guard(_approvals_show))
+    for verb in ("approve", "deny"):
+        p = asub.add_parser(verb, help=f"{verb} a pending request (as yourself: --token)")
+        p.add_argument("id")
+        p.add_argument("--reason")
+        if verb == "approve":
+            p.add_argument("--window", help="also let this identity pass this rule on this "
+                                            "connection for a while, e.g. 15m")
+        _common(p)
+        p.set_defaults(func=_guard(lambda args, v=verb: _decide(args, v)))
+
+    s = sub.add_parser("sessions", help="recorded sessions")
+    ssub = s.add_subparsers(dest="action", required=True)
+    p = ssub.add_parser("list", help="sessions, newest first")
+    p.add_argument("--identity")
+    p.add_argument("--connection")
+    p.add_argument("--since", help="a duration back from now (e.g. 2h) or a unix time")
+    _common(p)
+    p.set_defaults(func=_guard(_sessions_list))
+    p = ssub.add_parser("show", help="a session's statements with their verdicts")
+    p.add_argument("id")
+    _common(p)
+    p.set_defaults(func=_guard(_sessions_show))
+    p = ssub.add_parser("replay", help="the session as it happened, statement by statement")
+    p.add_argument("id")
+    p.add_argument("--pace", choices=["fast", "recorded"], default="fast")
+    p.add_argument("--max-pause", type=float, default=5.0, help="longest pause at recorded pace")
+    _common(p)
+    p.set_defaults(func=_guard(_sessions_replay))
+
+    au = sub.add_parser("audit", help="the audit log")
+    ausub = au.add_subparsers(dest="action", required=True)
+    p = ausub.add_parser("verify", help="check a log directory's hash chain (offline)")
+    p.add_argument("path")
+    p.set_defaults(func=_audit_verify)

@@ -1,0 +1,251 @@
+"""Session recording: what the data path did, into the audit log and the session index.
+
+The relay keeps one small tuple per finished statement (start, end, text, command tags, error,
+masked values) in C-level lists; nothing here runs per statement on the data path. Every
+`flush_interval` the recorder collects those tuples from every open session, turns them into
+audit records (statement text with literals masked unless configured otherwise) and index rows,
+and hands them on: the audit log writes in its own thread, the index in one batched store call.
+
+If the log cannot be written and `on_write_failure = "fail-closed"`, every open session (and
+every new one) answers new statements with an error until writing works again; with
+`fail-open` they carry on and `hoopwire_audit_write_failures_total` counts the failing flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from hoopwire.audit.log import AuditLog
+from hoopwire.config import AuditConfig
+from hoopwire.logs import event
+
+log = logging.getLogger("hoopwire.audit")
+
+__all__ = ["Recorder", "rows_from_tags"]
+
+AUDIT_RECORDS = Counter("hoopwire_audit_records", "Audit records handed to the log", ["type"])
+AUDIT_FAILURES = Counter("hoopwire_audit_write_failures",
+                         "Flushes that found the audit log unwritable")
+AUDIT_REFUSING = Gauge("hoopwire_audit_refusing",
+                       "1 while statements are refused because the audit log cannot be written "
+                       "(fail-closed)", multiprocess_mode="max")
+
+_PRUNE_EVERY = 3600.0
+
+
+def rows_from_tags(tags: list[bytes]) -> int | None:
+    """Rows a statement touched, from its CommandComplete tags (`SELECT 5`, `INSERT 0 3`...)."""
+    total = None
+    for tag in tags:
+        last = tag.rsplit(b" ", 1)[-1]
+        if last.isdigit():
+            total = (total or 0) + int(last)
+    return total
+
+
+def _error_fields(body: bytes | None) -> dict | None:
+    if not body:
+        return None
+    out = {}
+    for part in body.split(b"\0"):
+        if part[:1] in (b"C", b"M"):
+            out["code" if part[:1] == b"C" else "message"] = part[1:].decode("utf-8", "replace")
+    return out
+
+
+class Recorder:
+
+    def __init__(self, cfg: AuditConfig, store=None, *, gateway_id: str, mask_statement,
+                 marker_prefix: bytes = b"", clock=time.time):
+        self.cfg = cfg
+        self.store = store
+        self.log = AuditLog(cfg, gateway_id=gateway_id, clock=clock)
+        self.gateway_id = gateway_id
+        self.mask_statement = mask_statement if cfg.statement_literals == "mask" else \
+            (lambda sql: sql.decode("utf-8", "replace"))
+        self.marker_prefix = marker_prefix
+        self.clock = clock
+        self._open: dict[str, Any] = {}            # session id -> Session
+        self._counts: dict[str, int] = {}          # session id -> statements recorded
+        self._index_sessions: list[dict] = []
+        self._index_statements: list[dict] = []
+        self._task: asyncio.Task | None = None
+        self._refusing = False
+        self._pruned_at = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.log.start()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for sid, s in list(self._open.items()):
+            self._drain(sid, s)
+        await self._write_index()
+        await self.log.close()
+
+    @property
+    def refusing(self) -> bool:
+        return self._refusing
+
+    # -- events from the sessions ---------------------------------------------------------------
+
+    def session_started(self, s) -> None:
+        self._open[s.id] = s
+        self._counts[s.id] = 0
+        ident = s.identity
+        self.append({"type": "session.start", "session": s.id, "subject": ident.subject,
+                     "groups": sorted(ident.groups), "token_id": ident.token_id,
+                     "method": ident.method, "connection": s.listener.name, "role": s.role,
+                     "database": s.database, "client": s.peer, "tls": s.tls})
+        self._index_sessions.append(self._session_row(s))
+
+    def session_ended(self, s, reason: str, bytes_in: int, bytes_out: int) -> None:
+        if s.id not in self._open:
+            return
+        self._drain(s.id, s)
+        self._open.pop(s.id, None)
+        n = self._counts.pop(s.id, 0)
+        now = self.clock()
+        self.append({"type": "session.end", "session": s.id, "reason": reason,
+                     "bytes_in": bytes_in, "bytes_out": bytes_out, "statements": n,
+                     "seconds": round(now - s.started, 3)})
+        row = self._session_row(s)
+        row.update(ended_at=now, bytes_in=bytes_in, bytes_out=bytes_out, close_reason=reason,
+                   statements=n)
+        self._index_sessions.append(row)
+
+    def session_event(self, s, kind: str, **fields) -> None:
+        """A decision worth its own record: a block, a hold, an approval outcome."""
+        rec = {"type": kind, "session": s.id}
+        rec.update(fields)
+        self.append(rec)
+
+    def append(self, record: dict) -> None:
+        AUDIT_RECORDS.labels(record.get("type", "?")).inc()
+        self.log.append(record)
+
+    # -- the flusher -------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.flush_interval)
+            try:
+                for sid, s in list(self._open.items()):
+                    self._drain(sid, s)
+                self._check_health()
+                await self._write_index()
+                await self._prune()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 -- the recorder must outlive one bad flush
+                log.exception("audit flush failed")
+
+    def _drain(self, sid: str, s) -> None:
+        relay = s.relay
+        if relay is None:
+            return
+        for started, ended, sql, tags, error, masked in relay.take_records():
+            n = self._counts.get(sid, 0) + 1
+            self._counts[sid] = n
+            err = _error_fields(error)
+            verdict = "allow"
+            if err is not None:
+                msg = err.get("message", "")
+                if self.marker_prefix and self.marker_prefix.decode() in msg:
+                    verdict, err = "block", {"code": "42501", "message": "blocked by a hoopwire rule"}
+                else:
+                    verdict = "error"
+                    if s.masker is not None and msg:
+                        err["message"] = s.masker.engine.mask_text(msg.encode())[0].decode(
+                            "utf-8", "replace")
+            text = self.mask_statement(sql or b"")
+            rows = rows_from_tags(tags)
+            duration = round((ended - started) * 1000.0, 3)
+            rec = {"type": "statement", "session": sid, "seq": n, "started": started,
+                   "statement": text, "verdict": verdict,
+                   "tags": [t.decode("ascii", "replace") for t in tags], "rows": rows,
+                   "masked": masked, "duration_ms": duration}
+            if err is not None:
+                rec["error"] = err
+            self.append(rec)
+            self._index_statements.append({
+                "session_id": sid, "seq": n, "ts": started, "statement": text,
+                "verdict": verdict, "rules": [], "approval_id": None, "rows": rows,
+                "masked": masked, "duration_ms": duration,
+                "error": (err or {}).get("message")})
+
+    def _check_health(self) -> None:
+        refusing = self.log.refusing
+        if not self.log.healthy:
+            AUDIT_FAILURES.inc()
+        if refusing == self._refusing:
+            return
+        self._refusing = refusing
+        AUDIT_REFUSING.set(1 if refusing else 0)
+        event(log, "audit log unwritable: refusing statements" if refusing else
+              "audit log writable again: statements accepted",
+              logging.ERROR if refusing else logging.WARNING)
+        for s in self._open.values():
+            if s.relay is not None:
+                s.relay.refuse_statements(self.refuse_error() if refusing else None)
+
+    @staticmethod
+    def refuse_error() -> bytes:
+        from hoopwire._pgwire import error_response
+        return error_response("ERROR", "53100", "the gateway cannot write its audit log; "
+                              "statements are refused until it can (on_write_failure = fail-closed)")
+
+    async def _write_index(self) -> None:
+        if self.store is None:
+            self._index_sessions.clear()
+            self._index_statements.clear()
+            return
+        sessions, self._index_sessions = self._index_sessions, []
+        statements, self._index_statements = self._index_statements, []
+        try:
+            if sessions:
+                # one row per session: the newest state wins
+                latest = {}
+                for r in sessions:
+                    latest[r["id"]] = r
+                await self.store.record_sessions(list(latest.values()))
+            if statements:
+                await self.store.record_statements(statements)
+        except Exception as e:  # noqa: BLE001 -- the log is the record; the index can lag
+            event(log, "session index write failed", logging.WARNING, error=str(e))
+
+    async def _prune(self) -> None:
+        if self.store is None or not self.cfg.retention_days:
+            return
+        now = self.clock()
+        if now - self._pruned_at < _PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        try:
+            n = await self.store.prune(now - self.cfg.retention_days * 86400.0)
+            if n:
+                event(log, "session index pruned", rows=n)
+        except Exception as e:  # noqa: BLE001
+            event(log, "session index prune failed", logging.WARNING, error=str(e))
+
+    def _session_row(self, s) -> dict:
+        ident = s.identity
+        return {"id": s.id, "subject": ident.subject, "groups": sorted(ident.groups),
+                "token_id": ident.token_id, "method": ident.method, "connection": s.listener.name,
+                "role": s.role, "database": s.database, "client_addr": s.peer, "tls": s.tls,
+                "started_at": s.started, "ended_at": None, "bytes_in": 0, "bytes_out": 0,
+                "close_reason": None, "statements": self._counts.get(s.id, 0),
+                "gateway_id": self.gateway_id}

@@ -1,0 +1,204 @@
+"""Session recording and the audit trail: real server, real drivers, the real files.
+
+Covers the session index through the admin API and CLI, replay, the hash chain (verify passes,
+then fails at the right record after an edit or a removal), and what a full disk does under
+both write-failure policies (a small tmpfs, or a file-size limit where mounting is not allowed).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psycopg
+import pytest
+
+from gwfixtures import conninfo, gateway_config, gateway_env
+from helpers import Gateway
+
+ROOT_GROUPS = ["admins"]
+
+
+def audit_gateway(pg, idp, tmp, *, audit=None, **kw):
+    cfg = gateway_config(pg, idp, guardrail=[{"pack": "destructive-ddl"}],
+                         mask=[{"columns": ["*.secret_col"], "strategy": "redact"}], **kw)
+    cfg["admin"] = {"admin_groups": ROOT_GROUPS}
+    cfg["audit"] = {"path": str(tmp / "audit"), "flush_interval": "50ms", **(audit or {})}
+    cfg["state"] = {"url": f"sqlite:///{tmp}/state.db"}
+    return Gateway(cfg, env=gateway_env(pg))
+
+
+def api(gw, path, token):
+    req = urllib.request.Request(gw.admin_url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "hoopwire", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def recorded(pg, idp, tmp_path_factory):
+    """One gateway, one recorded session of every kind of statement; yields what tests need."""
+    tmp = tmp_path_factory.mktemp("audit")
+    pg.sql("CREATE TABLE IF NOT EXISTS audited (id int primary key, secret_col text);"
+           "ALTER TABLE audited OWNER TO app;"
+           "INSERT INTO audited VALUES (1, 's1'), (2, 's2') ON CONFLICT DO NOTHING;", dbname="appdb")
+    with audit_gateway(pg, idp, tmp) as g:
+        with psycopg.connect(conninfo(g, idp.token("agent-7", ["agents"])), autocommit=True) as c:
+            c.execute("SELECT id, secret_col FROM audited WHERE id = 1").fetchall()
+            c.execute("SELECT id FROM audited WHERE secret_col = %s", ("s2",)).fetchall()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("DROP TABLE audited")
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                c.execute("SELECT * FROM no_such_table")
+            with c.cursor() as cur, cur.copy("COPY audited TO STDOUT") as cp:
+                list(cp)
+            c.execute("UPDATE audited SET secret_col = 'x' WHERE id = 99")
+        time.sleep(0.5)
+        root = idp.token("root", ROOT_GROUPS)
+        yield g, root, tmp / "audit"
+
+
+def test_sessions_index_and_statements(recorded):
+    g, root, _ = recorded
+    sessions = api(g, "/api/v1/sessions?identity=agent-7", root)["sessions"]
+    assert sessions and sessions[0]["subject"] == "agent-7"
+    s = sessions[0]
+    assert s["close_reason"] == "client_terminate" and s["statements"] >= 6 and s["bytes_in"] > 0
+    detail = api(g, f"/api/v1/sessions/{s['id']}", root)
+    st = detail["statements"]
+    by_text = {x["statement"]: x for x in st}
+    assert by_text["SELECT id, secret_col FROM audited WHERE id = ?"]["rows"] == 1
+    assert by_text["SELECT id, secret_col FROM audited WHERE id = ?"]["masked"] == 1
+    assert "s2" not in json.dumps(st)                     # literals and parameters not recorded
+    assert any(x["verdict"] == "block" and x["statement"].startswith("DROP") for x in st)
+    err = [x for x in st if x["verdict"] == "error"]
+    assert err and "no_such_table" in err[0]["error"]
+    assert any(x["statement"].startswith("COPY") and x["rows"] == 2 for x in st)
+    assert [x["seq"] for x in st] == sorted(x["seq"] for x in st)
+
+
+def test_replay_and_cli(recorded, idp):
+    g, root, path = recorded
+    env = {"HOOPWIRE_ADMIN_URL": g.admin_url, "HOOPWIRE_TOKEN": root}
+    out = cli("sessions", "list", "--identity", "agent-7", env=env)
+    assert out.returncode == 0, out.stderr
+    sid = out.stdout.split()[0]
+    out = cli("sessions", "show", sid, env=env)
+    assert out.returncode == 0 and "block" in out.stdout and "DROP TABLE audited" in out.stdout
+    out = cli("sessions", "replay", sid, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "agent-7 connected" in lines[0] and "session ended" in lines[-1]
+    assert any("BLOCK" in ln and "DROP TABLE" in ln for ln in lines)
+    # a non-admin may not read sessions
+    out = cli("sessions", "list", env={**env, "HOOPWIRE_TOKEN": idp.token("eve", ["agents"])})
+    assert out.returncode == 1 and "403" in out.stderr
+
+
+def _segments(path):
+    return sorted(glob.glob(os.path.join(path, "audit-*.jsonl")))
+
+
+def test_verify_passes_then_names_the_broken_record(recorded, tmp_path):
+    _, _, path = recorded
+    out = cli("audit", "verify", str(path))
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stdout + out.stderr
+    # work on a copy: the gateway is still writing the original
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    seg = _segments(copy)[0]
+    with open(seg, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    assert len(lines) >= 5
+    edited = lines[:]
+    rec = json.loads(edited[3])
+    rec["statement" if "statement" in rec else "type"] = "tampered"
+    edited[3] = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    with open(seg, "wb") as f:
+        f.writelines(edited)
+    out = cli("audit", "verify", str(copy))
+    assert out.returncode == 1 and "line 4" in out.stdout, out.stdout
+    with open(seg, "wb") as f:
+        f.writelines(lines[:2] + lines[3:])          # line 3 removed
+    out = cli("audit", "verify", str(copy))
+    assert out.returncode == 1 and "line 3" in out.stdout, out.stdout
+
+
+def _fill(path) -> str:
+    """Fill the filesystem holding `path`; return the filler file to delete later."""
+    filler = os.path.join(path, "filler")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 1024)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("policy", ["fail-closed", "fail-open"])
+def test_disk_full(pg, idp, tmp_path, small_disk, policy):
+    cfg_tmp = tmp_path / "gw"
+    cfg_tmp.mkdir()
+    g = audit_gateway(pg, idp, cfg_tmp, audit={"path": str(small_disk / "audit"),
+                                                "on_write_failure": policy,
+                                                "segment_bytes": "64KiB"})
+    with g:
+        token = idp.token("agent-7", ["agents"])
+        with psycopg.connect(conninfo(g, token), autocommit=True) as c:
+            assert c.execute("SELECT 1").fetchall() == [(1,)]
+            time.sleep(0.3)
+            filler = _fill(str(small_disk))
+            # a statement's record cannot be written; within a flush or two the policy applies
+            deadline = time.monotonic() + 5
+            refused = None
+            while time.monotonic() < deadline:
+                try:
+                    c.execute("SELECT 2").fetchall()
+                except psycopg.errors.DiskFull as e:
+                    refused = e
+                    break
+                time.sleep(0.1)
+            if policy == "fail-closed":
+                assert refused is not None and "audit log" in str(refused), g.log_text()[-3000:]
+            else:
+                assert refused is None
+                metrics = urllib.request.urlopen(g.admin_url + "/metrics", timeout=5).read().decode()
+                assert "hoopwire_audit_write_failures_total" in metrics
+            os.unlink(filler)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    assert c.execute("SELECT 3").fetchall() == [(3,)]
+                    break
+                except psycopg.errors.DiskFull:
+                    time.sleep(0.1)
+            else:
+                raise AssertionError("statements still refused after the disk had room again")
+        time.sleep(0.4)
+    out = cli("audit", "verify", str(small_disk / "audit"))
+    assert out.returncode == 0, out.stdout + out.stderr
