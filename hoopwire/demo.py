@@ -1,15 +1,17 @@
 """`hoopwire demo`: an agent's session through the gateway, start to finish, on this machine.
 
 Starts a throwaway PostgreSQL with a small shop database, starts `hoopwire serve` in front of
-it with guardrails on, mints a token for an agent identity, and runs the agent's statements
-through the gateway with psycopg -- printing what was allowed, what was blocked and what the
-operator's log and metrics saw. Everything runs in a temporary directory and is removed on exit
-or Ctrl-C.
+it with guardrails, masking, an approval rule and session recording on, mints a token for an
+agent identity, and runs the agent's statements through the gateway with psycopg -- printing
+what was allowed, blocked, masked and held for a human (who approves it through the admin API
+as a second identity), then the recorded session and the audit chain check. Everything runs in a
+temporary directory and is removed on exit or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import signal
@@ -17,19 +19,20 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
 __all__ = ["main"]
 
 SAMPLE_DATA = """
-CREATE TABLE customers (id int PRIMARY KEY, name text, email text, plan text);
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, plan text, ssn text);
 CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers, total numeric(10,2),
                      placed_at timestamptz DEFAULT now());
 INSERT INTO customers VALUES
-  (1, 'Ada Lovelace', 'ada@example.com', 'pro'),
-  (2, 'Alan Turing', 'alan@example.org', 'free'),
-  (3, 'Grace Hopper', 'grace@example.net', 'pro');
+  (1, 'Ada Lovelace', 'ada@example.com', 'pro', '123-45-6789'),
+  (2, 'Alan Turing', 'alan@example.org', 'free', '219-09-9999'),
+  (3, 'Grace Hopper', 'grace@example.net', 'pro', '078-05-1120');
 INSERT INTO orders (id, customer_id, total)
   SELECT g, 1 + g % 3, round((10 + g * 7.31)::numeric % 500, 2) FROM generate_series(1, 42) g;
 """
@@ -43,9 +46,10 @@ AGENT_STEPS = [
     ("blocked", "DELETE FROM orders"),
     ("blocked", "SELECT pg_read_file('/etc/passwd')"),
     ("blocked", "DrOp/**/TaBlE customers"),
-    ("allowed", "DELETE FROM orders WHERE id = 42"),
     ("allowed", "SELECT 'drop table orders' AS just_a_string"),
+    ("masked", "SELECT name, email, ssn AS tax_id FROM customers ORDER BY id"),
 ]
+HELD_STEP = "DELETE FROM orders WHERE id = 42"
 
 
 def _free_port() -> int:
@@ -68,7 +72,9 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None
 
 
 def _say(tag: str, text: str) -> None:
-    colours = {"allowed": "32", "blocked": "31", "refused": "31", "info": "36", "log": "90"}
+    colours = {"allowed": "32", "allow": "32", "blocked": "31", "block": "31", "refused": "31",
+               "info": "36", "log": "90", "masked": "33", "held": "35", "approved": "32",
+               "audit": "36"}
     if sys.stdout.isatty():
         tag = f"\033[{colours.get(tag, '0')}m{tag:>8}\033[0m"
     else:
@@ -76,10 +82,18 @@ def _say(tag: str, text: str) -> None:
     print(f"{tag}  {text}", flush=True)
 
 
-def _config(pg_port: int, gw_port: int, admin_port: int, jwks: str, api_key_sha: str) -> str:
+def _config(pg_port: int, gw_port: int, admin_port: int, jwks: str, api_key_sha: str,
+            work: str) -> str:
     return f"""\
 [admin]
 listen = "127.0.0.1:{admin_port}"
+admin_groups = ["dba"]
+
+[state]
+url = "sqlite:///{work}/state.db"
+
+[audit]
+path = "{work}/audit"
 
 [[identity.issuer]]
 issuer = "https://idp.demo.local"
@@ -112,7 +126,42 @@ allow_groups = ["agents", "etl"]
 
   [[connection.guardrail]]
   pack = "server-side-io"
+
+  [[connection.guardrail]]
+  name = "deletes-need-a-human"
+  patterns = ['\\bdelete\\b']
+  action = "approve"
+  approvers = ["dba"]
+  timeout = "60s"
+
+  [[connection.mask]]
+  columns = ["public.customers.ssn"]
+  strategy = "partial"
+  keep = 4
+
+  [[connection.mask]]
+  detectors = ["EMAIL", "US_SSN", "CREDIT_CARD", "AWS_ACCESS_KEY_ID"]
+  strategy = "redact"
 """
+
+
+def _admin(port: int, method: str, path: str, token: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _wait_pending(port: int, token: str, timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pending = _admin(port, "GET", "/api/v1/approvals?status=pending", token)["approvals"]
+        if pending:
+            return pending[0]
+        time.sleep(0.05)
+    raise RuntimeError("the held statement's approval request did not appear")
 
 
 def main(keep: bool = False) -> int:
@@ -149,7 +198,7 @@ def main(keep: bool = False) -> int:
         cfg_path = os.path.join(work, "hoopwire.toml")
         with open(cfg_path, "w") as f:
             f.write(_config(pg.port, gw_port, admin_port, jwks,
-                            hashlib.sha256(api_key.encode()).hexdigest()))
+                            hashlib.sha256(api_key.encode()).hexdigest(), work))
         log_path = os.path.join(work, "gateway.log")
         log_file = open(log_path, "wb")
         env = dict(os.environ, SHOP_DB_PASSWORD=db_password)
@@ -169,12 +218,38 @@ def main(keep: bool = False) -> int:
             for expected, sql in AGENT_STEPS:
                 try:
                     cur = conn.execute(sql)
+                    if expected == "masked":
+                        rows = cur.fetchall()
+                        _say("masked", f"{sql}\n          -> " +
+                             "\n             ".join(str(r) for r in rows))
+                        continue
                     shown = cur.fetchone() if cur.description else f"ok ({cur.statusmessage})"
                     _say("allowed", f"{sql}\n          -> {shown}")
                 except psycopg.errors.InsufficientPrivilege as e:
                     _say("blocked", f"{sql}\n          -> ERROR {e.sqlstate}: {e.diag.message_primary}")
                 except psycopg.Error as e:
                     _say("blocked", f"{sql}\n          -> ERROR {e.sqlstate}: {e}")
+
+        # A statement that needs a human: the agent's call waits; a DBA approves it.
+        approver = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
+                              subject="dana", groups=["dba"], ttl=900, kid="demo")
+        held = {}
+
+        def agent_delete() -> None:
+            with psycopg.connect(host="127.0.0.1", port=gw_port, dbname="shop", user="agent-7",
+                                 password=token, autocommit=True) as c:
+                c.add_notice_handler(lambda d: held.setdefault("notice", d.message_primary))
+                held["result"] = c.execute(HELD_STEP).statusmessage
+        worker = threading.Thread(target=agent_delete, daemon=True)
+        worker.start()
+        request = _wait_pending(admin_port, approver)
+        _say("held", f"{HELD_STEP}\n          -> waiting: approval {request['id']} "
+                     f"(rule \"{request['rule']}\", approvers: {', '.join(request['approvers'])})")
+        decided = _admin(admin_port, "POST", f"/api/v1/approvals/{request['id']}/approve",
+                         approver, {"reason": "order 42 was a test order"})
+        worker.join(15)
+        _say("approved", f"by {decided['decided_by']} through the admin API -> the agent's "
+                         f"statement ran: {held.get('result')}")
 
         try:
             psycopg.connect(host="127.0.0.1", port=gw_port, dbname="shop", user="agent-7",
@@ -187,17 +262,30 @@ def main(keep: bool = False) -> int:
             n = conn.execute("SELECT count(*) FROM customers").fetchone()[0]
             _say("allowed", f"the nightly-etl API key (stored only as its sha256): {n} customers")
 
-        time.sleep(0.3)
+        time.sleep(0.5)
+        sessions = _admin(admin_port, "GET", "/api/v1/sessions?identity=agent-7", approver)
+        first = sessions["sessions"][-1]
+        shown = _admin(admin_port, "GET", f"/api/v1/sessions/{first['id']}", approver)
+        print(f"\nThe recorded session (hoopwire sessions show {first['id']}):")
+        for st in shown["statements"]:
+            _say(st["verdict"], f"#{st['seq']} {st['statement']}"
+                 + (f"  ({st['masked']} values masked)" if st.get("masked") else ""))
+        check = subprocess.run([sys.executable, "-m", "hoopwire", "audit", "verify",
+                                os.path.join(work, "audit")], capture_output=True, text=True)
+        _say("audit", f"hoopwire audit verify -> {check.stdout.strip()}")
+
         print("\nWhat the operator's log saw (secrets and literals never appear):")
         with open(log_path, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if any(w in line for w in ("session started", "blocked", "refused", "session closed")):
+                if any(w in line for w in ("session started", "blocked", "refused", "held for",
+                                           "decided", "session closed")):
                     _say("log", line.rstrip()[:220])
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
         print("\nMetrics (/metrics):")
         for line in metrics.splitlines():
             if line.startswith(("hoopwire_connections_total", "hoopwire_guardrail_verdicts_total",
-                                "hoopwire_auth_failures_total", "hoopwire_statements_total")):
+                                "hoopwire_auth_failures_total", "hoopwire_statements_total",
+                                "hoopwire_masked_values_total")):
                 _say("log", line)
 
         if keep:
