@@ -51,7 +51,8 @@ def recorded(pg, idp, tmp_path_factory):
     pg.sql("CREATE TABLE IF NOT EXISTS audited (id int primary key, secret_col text);"
            "ALTER TABLE audited OWNER TO app;"
            "INSERT INTO audited VALUES (1, 's1'), (2, 's2') ON CONFLICT DO NOTHING;", dbname="appdb")
-    with audit_gateway(pg, idp, tmp) as g:
+    with audit_gateway(pg, idp, tmp, record_results=True,
+                       record_results_max_bytes="64KiB") as g:
         with psycopg.connect(conninfo(g, idp.token("agent-7", ["agents"])), autocommit=True) as c:
             c.execute("SELECT id, secret_col FROM audited WHERE id = 1").fetchall()
             c.execute("SELECT id FROM audited WHERE secret_col = %s", ("s2",)).fetchall()
@@ -99,6 +100,8 @@ def test_replay_and_cli(recorded, idp):
     lines = out.stdout.splitlines()
     assert "agent-7 connected" in lines[0] and "session ended" in lines[-1]
     assert any("BLOCK" in ln and "DROP TABLE" in ln for ln in lines)
+    # record_results: the rows as the client saw them -- masked
+    assert "| ['1', '****']" in out.stdout and "s1" not in out.stdout
     # a non-admin may not read sessions
     out = cli("sessions", "list", env={**env, "HOOPWIRE_TOKEN": idp.token("eve", ["agents"])})
     assert out.returncode == 1 and "403" in out.stderr

@@ -119,11 +119,12 @@ cdef class Relay:
             client_tr.resume_reading()
             upstream_tr.resume_reading()
 
-    def enable_results(self, masker, empty_info, suspect_info, bint record=False):
+    def enable_results(self, masker, empty_info, suspect_info, bint record=False,
+                       Py_ssize_t capture_bytes=0):
         """Follow every request's answer: to mask results through `masker`
         (hoopwire.pg.masker.SessionMasker, or None) and/or, with `record`, to keep one record
         per statement for the audit log (take_records). Call before start()."""
-        self.results = PgResults(self, masker, empty_info, suspect_info, record)
+        self.results = PgResults(self, masker, empty_info, suspect_info, record, capture_bytes)
 
     def take_records(self):
         """Statement records completed since the last call (see PgResults.records)."""

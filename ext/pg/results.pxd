@@ -49,6 +49,8 @@ cdef class PgResults:
         list cur_tags              # CommandComplete tags of the statement in flight
         bytes cur_error            # its first ErrorResponse body
         long long cur_masked       # values masked in its results
+        list cur_rows              # its DataRows as the client got them (record_results)
+        Py_ssize_t capture_left    # bytes of rows the session may still keep for replay
 
     cdef int client_header(self, char kind) except -1
     cdef object client_message(self, char kind, const unsigned char* msg, Py_ssize_t size,

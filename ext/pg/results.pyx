@@ -35,7 +35,8 @@ cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
 
 cdef class PgResults:
 
-    def __init__(self, Relay relay, masker, empty_info, suspect_info, bint record=False):
+    def __init__(self, Relay relay, masker, empty_info, suspect_info, bint record=False,
+                 Py_ssize_t capture_bytes=0):
         global EMPTY_INFO, SUSPECT_INFO
         EMPTY_INFO = empty_info
         SUSPECT_INFO = suspect_info
@@ -45,6 +46,7 @@ cdef class PgResults:
         self.record_on = record
         self.records = []
         self.cur_tags = []
+        self.capture_left = capture_bytes if record else 0
         self.queue = deque()
         self.stmts = {}
         self.portals = {}
@@ -134,6 +136,8 @@ cdef class PgResults:
     # -- upstream -> client -----------------------------------------------------------------------
 
     cdef int upstream_header(self, char kind) except -1:
+        if kind == b"D"[0] and self.capture_left > 0 and self.state == S_ROWS:
+            return INSPECT      # kept for replay, as the client sees it
         if not self.mask_on and (kind == b"D"[0] or kind == b"d"[0] or kind == b"N"[0] or
                                  kind == b"A"[0]):
             return FORWARD      # recording only: rows and async messages are not ours to read
@@ -189,7 +193,8 @@ cdef class PgResults:
     cdef int _record(self, object sql, double started) except -1:
         """One statement done: (start, end, sql, command tags, error fields, masked values)."""
         self.records.append((started, wallclock(), sql, self.cur_tags, self.cur_error,
-                             self.cur_masked))
+                             self.cur_masked, self.cur_rows))
+        self.cur_rows = None
         self.cur_tags = []
         self.cur_error = None
         self.cur_masked = 0
@@ -245,7 +250,14 @@ cdef class PgResults:
         cdef int hk
         if kind == b"D"[0]:
             if self.state == S_ROWS:
-                return self.plan.rewrite_ptr(msg, size)
+                out = self.plan.rewrite_ptr(msg, size) if self.plan_work else None
+                if self.capture_left > 0:
+                    kept = out if out is not None else msg[:size]
+                    self.capture_left -= len(kept)
+                    if self.cur_rows is None:
+                        self.cur_rows = []
+                    self.cur_rows.append(kept)
+                return out
             if self.state == S_SKIP:
                 return b""
             raise ResultTrackingError("a data row arrived outside any result the gateway follows")

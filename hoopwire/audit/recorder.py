@@ -58,6 +58,25 @@ def _error_fields(body: bytes | None) -> dict | None:
     return out
 
 
+def _row_values(msg: bytes) -> list:
+    """A DataRow as the client saw it: text values decoded, binary ones as hex, NULL as None."""
+    n = int.from_bytes(msg[5:7], "big")
+    pos, out = 7, []
+    for _ in range(n):
+        ln = int.from_bytes(msg[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if ln < 0:
+            out.append(None)
+            continue
+        v = msg[pos:pos + ln]
+        pos += ln
+        try:
+            out.append(v.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append("\\x" + v.hex())
+    return out
+
+
 class Recorder:
 
     def __init__(self, cfg: AuditConfig, store=None, *, gateway_id: str, mask_statement,
@@ -157,7 +176,7 @@ class Recorder:
         relay = s.relay
         if relay is None:
             return
-        for started, ended, sql, tags, error, masked in relay.take_records():
+        for started, ended, sql, tags, error, masked, kept in relay.take_records():
             n = self._counts.get(sid, 0) + 1
             self._counts[sid] = n
             err = _error_fields(error)
@@ -180,6 +199,8 @@ class Recorder:
                    "masked": masked, "duration_ms": duration}
             if err is not None:
                 rec["error"] = err
+            if kept:
+                rec["result"] = [_row_values(r) for r in kept]
             self.append(rec)
             self._index_statements.append({
                 "session_id": sid, "seq": n, "ts": started, "statement": text,

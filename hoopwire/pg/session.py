@@ -434,11 +434,13 @@ class PgListener:
                                          "the gateway cannot read the catalog it masks results by",
                                          detail=str(e)) from None
             relay.enable_results(masker, NO_INFO, StatementInfo(True),
-                                 record=self.gateway.recorder is not None)
+                                 record=self.gateway.recorder is not None,
+                                 capture_bytes=self._capture_bytes())
             masker.relay = relay
             session.masker = masker
         elif self.gateway.recorder is not None:
-            relay.enable_results(None, NO_INFO, StatementInfo(True), record=True)
+            relay.enable_results(None, NO_INFO, StatementInfo(True), record=True,
+                                 capture_bytes=self._capture_bytes())
         session.relay = relay
         session.writers = (writer, up.writer)
         self.sessions.add(session)
@@ -484,6 +486,12 @@ class PgListener:
             raise StartupRefused("blocked", "42501",
                                  f"startup parameter blocked by hoopwire rule \"{verdict.rule}\""
                                  + (f": {verdict.message}" if verdict.message else ""))
+
+    def _capture_bytes(self) -> int:
+        """Result bytes a session keeps for replay (record_results), 0 when off."""
+        if self.gateway.recorder is None or not self.cfg.record_results:
+            return 0
+        return self.cfg.record_results_max_bytes
 
     async def _catalog_connect(self, database: str):
         """The side connection masking reads the catalog over (the connection's own user)."""
