@@ -314,3 +314,19 @@ def test_two_gateways_share_a_postgresql_store(pg, idp, tmp_path, table, tokens)
         t.join(10)
         print(f"cross-replica release: {(time.monotonic() - t0) * 1000:.0f} ms")
         assert t.error is None and count(pg, table) == 2
+
+
+def test_workers_share_approvals_through_the_parent(pg, idp, tmp_path, table, tokens):
+    """--workers 2: the statement is held in a worker; the parent serves the admin API and
+    decides through the shared SQLite store; the worker finds the decision and releases it."""
+    cfg_gw = make_gateway(pg, idp, tmp_path)
+    cfg = cfg_gw.config
+    cfg_gw.stop()
+    with Gateway(cfg, env=gateway_env(pg), workers=2) as g:
+        t = Run(conninfo(g, tokens["agent"]), f"DELETE FROM {table} WHERE id = 3")
+        t.start()
+        req = wait_pending(g, tokens["dana"], statement_part=table)
+        assert req["gateway_id"].endswith(("/0", "/1"))
+        assert api(g, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"], {})[0] == 200
+        t.join(10)
+        assert t.error is None and count(pg, table) == 2
