@@ -330,3 +330,15 @@ def test_workers_share_approvals_through_the_parent(pg, idp, tmp_path, table, to
         assert api(g, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"], {})[0] == 200
         t.join(10)
         assert t.error is None and count(pg, table) == 2
+
+
+def test_idle_timeout_spares_a_held_session(pg, idp, tmp_path, table, tokens):
+    with make_gateway(pg, idp, tmp_path, idle_timeout="1s") as g:
+        t = Run(conninfo(g, tokens["agent"]), f"DELETE FROM {table} WHERE id = 1")
+        t.start()
+        req = wait_pending(g, tokens["dana"], statement_part=table)
+        time.sleep(2.5)
+        assert t.is_alive()
+        assert api(g, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"], {})[0] == 200
+        t.join(10)
+        assert t.error is None and count(pg, table) == 2

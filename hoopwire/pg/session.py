@@ -261,7 +261,8 @@ class PgListener:
             if not limit:
                 continue
             for s in list(self.sessions):
-                if s.relay is not None and s.relay.idle_seconds() > limit:
+                # a session waiting for an approval is not idle: its rule's timeout applies
+                if s.relay is not None and not s.relay.held and s.relay.idle_seconds() > limit:
                     s.relay.shutdown("idle_timeout", notice)
 
     # ------------------------------------------------------------------------------------
