@@ -342,3 +342,14 @@ def test_idle_timeout_spares_a_held_session(pg, idp, tmp_path, table, tokens):
         assert api(g, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"], {})[0] == 200
         t.join(10)
         assert t.error is None and count(pg, table) == 2
+
+
+def test_startup_setting_under_an_approve_rule_is_refused(pg, idp, tmp_path, tokens):
+    """`options=-c ...` is a SET no statement shows; it cannot be held, so it is refused."""
+    cfg_rules = [{"name": "role-changes", "patterns": [r"\brole\b"], "action": "approve",
+                  "approvers": ["dba"]}]
+    cfg = gateway_config(pg, idp, guardrail=cfg_rules, allow_groups=["agents", "dba"])
+    cfg["state"] = {"url": f"sqlite:///{tmp_path}/state.db"}
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        with pytest.raises(psycopg.OperationalError, match="approval"):
+            psycopg.connect(conninfo(g, tokens["agent"], options="-c role=pg_read_all_data"))

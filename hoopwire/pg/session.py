@@ -478,7 +478,9 @@ class PgListener:
                                      "allowed through the gateway while guardrails apply")
         for setting in startup_settings(params):
             verdict = policy.check(setting)
-            if verdict is None or verdict.action != "block":
+            # A startup cannot wait for a human: a setting an approve rule covers is refused
+            # here (run it as a statement, where it can be held).
+            if verdict is None or verdict.action not in ("block", "approve"):
                 continue
             metrics.STATEMENT_VERDICTS.labels(self.name, "block", verdict.rule).inc()
             event(log, "startup parameter blocked", logging.WARNING, connection=self.name,
@@ -486,7 +488,9 @@ class PgListener:
                   statement=self.gateway.mask_statement(setting))
             raise StartupRefused("blocked", "42501",
                                  f"startup parameter blocked by hoopwire rule \"{verdict.rule}\""
-                                 + (f": {verdict.message}" if verdict.message else ""))
+                                 + (": it needs an approval, which a startup cannot wait for "
+                                    "(run it as a statement)" if verdict.action == "approve"
+                                    else f": {verdict.message}" if verdict.message else ""))
 
     def _capture_bytes(self) -> int:
         """Result bytes a session keeps for replay (record_results), 0 when off."""
