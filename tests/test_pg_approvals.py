@@ -353,3 +353,71 @@ def test_startup_setting_under_an_approve_rule_is_refused(pg, idp, tmp_path, tok
     with Gateway(cfg, env=gateway_env(pg)) as g:
         with pytest.raises(psycopg.OperationalError, match="approval"):
             psycopg.connect(conninfo(g, tokens["agent"], options="-c role=pg_read_all_data"))
+
+
+class _Receiver:
+    """A real local HTTP server collecting webhook deliveries (or hanging, to play dead)."""
+
+    def __init__(self, hang: bool = False):
+        import http.server
+        import socketserver
+        received = self.received = []
+        self.hang = hang
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(h):
+                if hang:
+                    time.sleep(30)
+                    return
+                body = h.rfile.read(int(h.headers.get("Content-Length", 0)))
+                received.append((dict(h.headers), body))
+                h.send_response(204)
+                h.end_headers()
+
+            def log_message(h, *a):
+                pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_webhooks_signed_and_a_dead_receiver_does_not_stall(pg, idp, tmp_path, table, tokens):
+    from hoopwire.approvals.webhooks import verify_signature
+    good, dead = _Receiver(), _Receiver(hang=True)
+    try:
+        hooks = [{"url": good.url, "secret_env": "HOOK_SECRET",
+                  "events": ["approval.created", "approval.decided"]},
+                 {"url": dead.url, "timeout": "10s"},
+                 {"url": "http://127.0.0.1:9/refused"}]
+        with make_gateway(pg, idp, tmp_path, extra={"webhook": hooks},
+                          env_extra={"HOOK_SECRET": "s3cr3t"}) as g:
+            t = Run(conninfo(g, tokens["agent"]), f"DELETE FROM {table} WHERE id = 1")
+            t.start()
+            req = wait_pending(g, tokens["dana"], statement_part=table)
+            t0 = time.monotonic()
+            assert api(g, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"],
+                       {})[0] == 200
+            t.join(10)
+            assert time.monotonic() - t0 < 1.0 and t.error is None
+            deadline = time.monotonic() + 5
+            while len(good.received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        events = []
+        for headers, body in good.received:
+            h = {k.lower(): v for k, v in headers.items()}
+            assert verify_signature(b"s3cr3t", h["x-hoopwire-timestamp"], body,
+                                    h["x-hoopwire-signature"])
+            doc = json.loads(body)
+            assert doc["data"]["id"] == req["id"] and "token_id" not in doc["data"]
+            events.append(doc["event"])
+        assert events == ["approval.created", "approval.decided"]
+    finally:
+        good.close()
+        dead.close()
