@@ -5,11 +5,16 @@
     python bench/pgbench_compare.py --rounds 3 --duration 10 --scale 10
     python bench/pgbench_compare.py --targets direct,pgbouncer,haproxy --duration 5
     python bench/pgbench_compare.py --idle 500          # gateway memory per idle connection
+    python bench/pgbench_compare.py --targets hoopwire,hoopwire-audit --scripts select-only \
+        --clients 8:2 --rounds 5                        # what session recording costs
 
 Runs are interleaved (each round runs every variant against every target, targets in a
 shuffled order) so drift on the machine spreads over all targets instead of favouring one.
 Reported per variant: median TPS and mean latency over rounds, and the median of the per-round
-TPS ratio to `direct` and to `pgbouncer`. See bench/README.md.
+TPS ratio to `direct`, to `pgbouncer` and (when it runs next to a hoopwire-* variant) to plain
+`hoopwire`. With `hoopwire-audit` the gateway records every statement; after the runs the script
+counts the statement records in its audit log against the transactions pgbench carried and
+prints the bytes on disk per statement. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ from helpers import Gateway, free_port, wait_port  # noqa: E402  (tests/helpers.
 from hoopwire.devserver import PgServer  # noqa: E402
 
 ALL_TARGETS = ("direct", "hoopwire", "pgbouncer", "haproxy")
-# hoopwire with the five built-in guardrail packs on: ask for it by name (--targets ...,hoopwire-packs)
-EXTRA_TARGETS = ("hoopwire-packs",)
+# ask for these by name (--targets hoopwire,hoopwire-packs,...):
+#   hoopwire-packs  hoopwire with the five built-in guardrail packs on
+#   hoopwire-audit  hoopwire with session recording on ([audit] + a SQLite [state] for the index)
+EXTRA_TARGETS = ("hoopwire-packs", "hoopwire-audit")
+HOOPWIRE_TARGETS = ("hoopwire",) + EXTRA_TARGETS
 PACKS = ("destructive-ddl", "unbounded-write", "privilege-changes", "server-side-io",
          "session-tampering")
 DB = "bench"
@@ -176,7 +184,9 @@ backend pg
 
 
 def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | None,
-                   packs: bool = False) -> Gateway:
+                   packs: bool = False, audit_dir: str | None = None) -> Gateway:
+    """The gateway; with `audit_dir`, session recording on: the audit log in `audit_dir/log`
+    (default flush_interval) and the session index in `audit_dir/state.db`."""
     config = {
         "identity": {"api_key": [{"name": "bench",
                                   "sha256": hashlib.sha256(api_key.encode()).hexdigest(),
@@ -187,6 +197,9 @@ def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | 
     }
     if packs:
         config["connection"][0]["guardrail"] = [{"pack": p} for p in PACKS]
+    if audit_dir:
+        config["audit"] = {"path": os.path.join(audit_dir, "log")}
+        config["state"] = {"url": "sqlite:///" + os.path.join(audit_dir, "state.db")}
     return Gateway(config, env={PW_ENV: db_password}, workers=workers)
 
 
@@ -221,6 +234,7 @@ class Result:
     tps: float
     latency_ms: float
     failed: int = 0
+    transactions: int | None = None    # pgbench's "number of transactions actually processed"
     proxy_cpu_us: float | None = None  # the proxy's own CPU (user+system) per transaction
 
 
@@ -244,6 +258,7 @@ def tree_cpu_seconds(pid: int) -> float:
 _TPS = re.compile(r"^tps = ([\d.]+)", re.M)
 _LAT = re.compile(r"^latency average = ([\d.]+) ms", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
 def pg_env(target: Target) -> dict[str, str]:
@@ -275,7 +290,9 @@ def run_pgbench(pg: PgServer, target: Target, v: Variant, duration: int) -> Resu
         log(f"    pgbench against {target.name} failed (exit {r.returncode}):\n{tail}")
         return None
     failed = _FAILED.search(r.stdout)
-    result = Result(float(tps.group(1)), float(lat.group(1)), int(failed.group(1)) if failed else 0)
+    processed = _PROCESSED.search(r.stdout)
+    result = Result(float(tps.group(1)), float(lat.group(1)), int(failed.group(1)) if failed else 0,
+                    int(processed.group(1)) if processed else None)
     if cpu0 is not None and result.tps > 0:
         result.proxy_cpu_us = (tree_cpu_seconds(target.pid) - cpu0) / (result.tps * duration) * 1e6
     return result
@@ -313,10 +330,13 @@ def fmt(value: float | None, spec: str) -> str:
 
 def print_tables(variants: list[Variant], targets: list[str],
                  results: dict[Variant, dict[str, list[Result | None]]], rounds: int) -> None:
+    # per-round ratio to plain hoopwire: what a feature (packs, recording) costs on its own
+    vs_gateway = "hoopwire" in targets and any(t in EXTRA_TARGETS for t in targets)
+    width = max(10, *(len(t) for t in targets))
     for v in variants:
         print(f"\n{v.label}  ({rounds} round{'s' if rounds > 1 else ''})")
-        print(f"  {'target':<10} {'TPS':>11} {'latency ms':>11} {'vs direct':>10} {'vs pgbouncer':>13}"
-              f" {'proxy CPU us/tx':>16}")
+        print(f"  {'target':<{width}} {'TPS':>11} {'latency ms':>11} {'vs direct':>10} {'vs pgbouncer':>13}"
+              + (f" {'vs hoopwire':>12}" if vs_gateway else "") + f" {'proxy CPU us/tx':>16}")
         for t in targets:
             runs = results[v][t]
             ok = [r for r in runs if r]
@@ -324,12 +344,46 @@ def print_tables(variants: list[Variant], targets: list[str],
             lat = median_or_none([r.latency_ms for r in ok])
             vs_direct = median_or_none(ratios(results[v], t, "direct"))
             vs_bouncer = median_or_none(ratios(results[v], t, "pgbouncer"))
+            vs_hoopwire = median_or_none(ratios(results[v], t, "hoopwire")) if t != "hoopwire" else None
             cpu = median_or_none([r.proxy_cpu_us for r in ok])
             note = "" if len(ok) == len(runs) else f"  ({len(runs) - len(ok)} failed)"
             if any(r.failed for r in ok):
                 note += f"  ({sum(r.failed for r in ok)} failed transactions)"
-            print(f"  {t:<10} {fmt(tps, '11.1f')} {fmt(lat, '11.3f')} {fmt(vs_direct, '10.3f')} "
-                  f"{fmt(vs_bouncer, '13.3f')} {fmt(cpu, '16.1f')}{note}")
+            print(f"  {t:<{width}} {fmt(tps, '11.1f')} {fmt(lat, '11.3f')} {fmt(vs_direct, '10.3f')} "
+                  f"{fmt(vs_bouncer, '13.3f')}" + (f" {fmt(vs_hoopwire, '12.3f')}" if vs_gateway else "")
+                  + f" {fmt(cpu, '16.1f')}{note}")
+
+
+def audit_summary(audit_dir: str, results: dict[Variant, dict[str, list[Result | None]]]) -> None:
+    """What session recording left on disk, next to what pgbench says went through: records by
+    type in the audit log, its bytes, the session index (SQLite) bytes, and both per statement.
+    Call after the gateway has stopped, so its last flush is on disk."""
+    log_dir = os.path.join(audit_dir, "log")
+    counts: dict[str, int] = {}
+    log_bytes = 0
+    for name in sorted(os.listdir(log_dir)):
+        path = os.path.join(log_dir, name)
+        log_bytes += os.path.getsize(path)
+        if not name.endswith(".jsonl"):
+            continue
+        with open(path, "rb") as f:
+            for line in f:
+                kind = json.loads(line).get("type", "?")
+                counts[kind] = counts.get(kind, 0) + 1
+    index_bytes = sum(os.path.getsize(os.path.join(audit_dir, n)) for n in os.listdir(audit_dir)
+                      if n.startswith("state.db"))
+    carried = [r.transactions for v in results for r in results[v].get("hoopwire-audit", []) if r]
+    statements = counts.get("statement", 0)
+    print(f"\nhoopwire-audit recording ({audit_dir})")
+    print("  audit log records: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+    if carried and None not in carried:
+        tx = sum(carried)
+        print(f"  transactions pgbench carried through hoopwire-audit: {tx}; statement records / "
+              f"transactions = {statements / tx if tx else float('nan'):.4f}")
+    print(f"  audit log {log_bytes / 2**20:.1f} MiB"
+          + (f" = {log_bytes / statements:.0f} bytes per statement record" if statements else "")
+          + f"; session index (SQLite, with WAL) {index_bytes / 2**20:.1f} MiB"
+          + (f" = {index_bytes / statements:.0f} bytes per statement" if statements else ""))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -398,7 +452,7 @@ def versions(pg: PgServer, targets: list[str]) -> str:
         parts.append(first_line(["pgbouncer", "--version"]))
     if "haproxy" in targets:
         parts.append(" ".join(first_line(["haproxy", "-v"]).split()[:3]))
-    if "hoopwire" in targets or "hoopwire-packs" in targets:
+    if any(t in HOOPWIRE_TARGETS for t in targets):
         import hoopwire
         parts.append(f"hoopwire {hoopwire.__version__}")
     return "; ".join(parts) + f"; {os.cpu_count()} CPUs; Python {platform.python_version()}"
@@ -466,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         pg.sql("VACUUM ANALYZE; CHECKPOINT;", dbname=DB)
 
         by_name: dict[str, Target] = {}
+        gateways: dict[str, Gateway] = {}
+        audit_dir = None
         for name in targets:
             log(f"starting {name} ...")
             if name == "direct":
@@ -478,10 +534,15 @@ def main(argv: list[str] | None = None) -> int:
                 svc = start_haproxy(pg, max_clients, workdir)
                 stack.callback(svc.stop)
                 by_name[name] = Target(name, svc.port, DB_USER, db_password, svc.pid)
-            elif name in ("hoopwire", "hoopwire-packs"):
+            elif name in HOOPWIRE_TARGETS:
+                if name == "hoopwire-audit":
+                    audit_dir = os.path.join(workdir, "hoopwire-audit")
+                    os.mkdir(audit_dir, 0o700)
                 gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers,
-                                    packs=name == "hoopwire-packs")
+                                    packs=name == "hoopwire-packs",
+                                    audit_dir=audit_dir if name == "hoopwire-audit" else None)
                 stack.callback(gw.stop)
+                gateways[name] = gw
                 by_name[name] = Target(name, gw.port("bench"), CLIENT_USER, api_key, gw.pid)
         log(versions(pg, targets))
 
@@ -507,12 +568,26 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     res = run_pgbench(pg, by_name[name], v, args.duration)
                     results[v][name].append(res)
-                    log(f"  round {rnd}/{args.rounds}  {v.label:<55} {name:<10} "
+                    log(f"  round {rnd}/{args.rounds}  {v.label:<55} {name:<14} "
                         + (f"{res.tps:10.1f} tps {res.latency_ms:8.3f} ms" if res else "failed"))
 
         print(f"\n{versions(pg, targets)}\npgbench -T {args.duration}, scale {args.scale}; "
               "medians over rounds; ratios are per-round TPS ratios, then the median")
         print_tables(variants, targets, results, args.rounds)
+        if "hoopwire-audit" in gateways:
+            gw = gateways["hoopwire-audit"]
+            # a clean stop writes its last records; time enough for a backlog before SIGKILL
+            rc = gw.stop(timeout=60)
+            audit_summary(audit_dir, results)
+            if rc != 0:
+                print(f"  the gateway exited with {rc}: records still queued may be missing")
+            problems = [ln for ln in gw.log_text().splitlines()
+                        if re.match(r"\S+ (warning|error|critical) ", ln, re.I)
+                        or ln.startswith(("Traceback", "Exception ignored"))]
+            if problems:
+                print(f"  the gateway logged {len(problems)} warning/error lines; the first:")
+                for ln in problems[:10]:
+                    print(f"    {ln[:300]}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"args": vars(args), "results": [

@@ -75,6 +75,8 @@ class AuditConfig:
     on_write_failure: str = "fail-closed"  # fail-closed: refuse new statements | fail-open
     statement_literals: str = "mask"       # mask: literals in recorded statements become ?
     flush_interval: float = 0.2            # seconds between batched writes
+    index_statements: bool = False         # statements in the state store too (else: read
+                                           # from the log by `sessions show`)
 
 
 @dataclass(frozen=True)
@@ -620,12 +622,14 @@ def _audit(r: _Reader) -> AuditConfig | None:
     on_failure = r.get("on_write_failure", str, "fail-closed", choices=("fail-closed", "fail-open"))
     literals = r.get("statement_literals", str, "mask", choices=("mask", "keep"))
     flush = r.get("flush_interval", (int, str, float), 0.2, convert=parse_duration)
+    index_statements = r.get("index_statements", bool, False)
     r.finish()
     if path is None:
         return None
     return AuditConfig(path=path, retention_days=retention_days, max_bytes=max_bytes,
                        segment_bytes=segment_bytes, on_write_failure=on_failure,
-                       statement_literals=literals, flush_interval=flush)
+                       statement_literals=literals, flush_interval=flush,
+                       index_statements=index_statements)
 
 
 def _state(r: _Reader, config_path: str | None) -> StateConfig | None:

@@ -131,14 +131,15 @@ def test_edited_field_is_found_at_that_line(fresh):
 
 
 def test_edited_and_rehashed_record_breaks_the_next_link(fresh):
-    from hoopwire.audit.log import canonical, chain_hash
+    from hoopwire.audit.log import canonical, chain_hash, with_hash
     name = middle(fresh)
     ls = lines(fresh, name)
     rec = orjson.loads(ls[4])
     rec["rows"] = -1
     del rec["hash"]
-    rec["hash"] = chain_hash(rec["prev"], canonical(rec))
-    ls[4] = canonical(rec) + b"\n"
+    body = canonical(rec)
+    rec["hash"] = chain_hash(rec["prev"], body)
+    ls[4] = with_hash(body, rec["hash"]) + b"\n"
     put(fresh, name, ls)
     assert verify(str(fresh)).broken == BrokenRecord(name, 6, rec["seq"] + 1, REMOVED)
 

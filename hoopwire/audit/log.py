@@ -1,6 +1,7 @@
 """The audit log writer: append-only JSON-lines segments joined into one hash chain.
 
-Format. One JSON object per line, encoded canonically (orjson, keys sorted, no spaces). Every
+Format. One JSON object per line, encoded canonically (orjson, keys sorted, no spaces, then
+`hash` appended as the last key). Every
 record carries `seq` (consecutive from 1, across segments and restarts), `ts` (epoch seconds,
 taken when the event was appended), `gw` (the gateway id), `prev` (the previous record's hash,
 `GENESIS` for seq 1) and `hash` = sha256 hex of `prev` followed by the canonical encoding of the
@@ -62,7 +63,7 @@ import orjson
 from hoopwire.config import AuditConfig
 
 __all__ = ["AuditLog", "AuditLogError", "GENESIS", "MAX_PENDING", "RETENTION_TYPE", "segment_files",
-           "canonical", "chain_hash"]
+           "canonical", "chain_hash", "with_hash"]
 
 log = logging.getLogger("hoopwire.audit")
 
@@ -136,11 +137,16 @@ def _plain_str(s: str) -> str:
     return s.encode("utf-8", "replace").decode("utf-8")
 
 
+def with_hash(body: bytes, h: str) -> bytes:
+    """The line of a record: its canonical body with `hash` appended as the last key (so the
+    body is encoded once, and hashed exactly as written)."""
+    return body[:-1] + b',"hash":"' + h.encode("ascii") + b'"}'
+
+
 def _encode(rec: dict, seq: int, prev: str) -> tuple[bytes, str]:
-    body = {**rec, "seq": seq, "prev": prev}
-    h = chain_hash(prev, canonical(body))
-    body["hash"] = h
-    return canonical(body) + b"\n", h
+    body = canonical({**rec, "seq": seq, "prev": prev})
+    h = chain_hash(prev, body)
+    return with_hash(body, h) + b"\n", h
 
 
 # ---- the files (worker thread only) -------------------------------------------------------------

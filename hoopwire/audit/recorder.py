@@ -85,8 +85,10 @@ class Recorder:
         self.store = store
         self.log = AuditLog(cfg, gateway_id=gateway_id, clock=clock)
         self.gateway_id = gateway_id
-        self.mask_statement = mask_statement if cfg.statement_literals == "mask" else \
+        self._mask_statement = mask_statement if cfg.statement_literals == "mask" else \
             (lambda sql: sql.decode("utf-8", "replace"))
+        self._texts: dict[bytes, str] = {}         # statement bytes -> recorded text (repeats)
+        self._by_type: dict[str, int] = {}         # records per type since the last flush
         self.marker_prefix = marker_prefix
         self.clock = clock
         self._open: dict[str, Any] = {}            # session id -> Session
@@ -112,6 +114,7 @@ class Recorder:
                 pass
         for sid, s in list(self._open.items()):
             self._drain(sid, s)
+        self._count_records()
         await self._write_index()
         await self.log.close()
 
@@ -153,8 +156,23 @@ class Recorder:
         self.append(rec)
 
     def append(self, record: dict) -> None:
-        AUDIT_RECORDS.labels(record.get("type", "?")).inc()
+        t = record.get("type", "?")
+        self._by_type[t] = self._by_type.get(t, 0) + 1
         self.log.append(record)
+
+    def _text(self, sql: bytes) -> str:
+        """The statement as recorded (literals masked), cached: most statements repeat."""
+        text = self._texts.get(sql)
+        if text is None:
+            if len(self._texts) >= 4096:
+                self._texts.clear()
+            text = self._texts[sql] = self._mask_statement(sql)
+        return text
+
+    def _count_records(self) -> None:
+        by, self._by_type = self._by_type, {}
+        for t, n in by.items():
+            AUDIT_RECORDS.labels(t).inc(n)
 
     # -- the flusher -------------------------------------------------------------------------------
 
@@ -164,6 +182,7 @@ class Recorder:
             try:
                 for sid, s in list(self._open.items()):
                     self._drain(sid, s)
+                self._count_records()
                 self._check_health()
                 await self._write_index()
                 await self._prune()
@@ -176,6 +195,7 @@ class Recorder:
         relay = s.relay
         if relay is None:
             return
+        n_stmt = 0
         for started, ended, sql, tags, error, masked, kept in relay.take_records():
             n = self._counts.get(sid, 0) + 1
             self._counts[sid] = n
@@ -190,10 +210,10 @@ class Recorder:
                     if s.masker is not None and msg:
                         err["message"] = s.masker.engine.mask_text(msg.encode())[0].decode(
                             "utf-8", "replace")
-            text = self.mask_statement(sql or b"")
+            text = self._text(sql or b"")
             rows = rows_from_tags(tags)
             duration = round((ended - started) * 1000.0, 3)
-            rec = {"type": "statement", "session": sid, "seq": n, "started": started,
+            rec = {"type": "statement", "session": sid, "n": n, "started": started,
                    "statement": text, "verdict": verdict,
                    "tags": [t.decode("ascii", "replace") for t in tags], "rows": rows,
                    "masked": masked, "duration_ms": duration}
@@ -201,12 +221,17 @@ class Recorder:
                 rec["error"] = err
             if kept:
                 rec["result"] = [_row_values(r) for r in kept]
-            self.append(rec)
+            self.log.append(rec)
+            n_stmt += 1
+            if not self.cfg.index_statements:
+                continue
             self._index_statements.append({
                 "session_id": sid, "seq": n, "ts": started, "statement": text,
                 "verdict": verdict, "rules": [], "approval_id": None, "rows": rows,
                 "masked": masked, "duration_ms": duration,
                 "error": (err or {}).get("message")})
+        if n_stmt:
+            self._by_type["statement"] = self._by_type.get("statement", 0) + n_stmt
 
     def _check_health(self) -> None:
         refusing = self.log.refusing

@@ -28,7 +28,8 @@ from typing import TextIO
 
 import orjson
 
-from hoopwire.audit.log import GENESIS, RETENTION_TYPE, canonical, chain_hash, segment_files
+from hoopwire.audit.log import (GENESIS, RETENTION_TYPE, canonical, chain_hash, segment_files,
+                                with_hash)
 
 __all__ = ["BrokenRecord", "VerifyResult", "AuditReadError", "verify", "read_records",
            "main_verify"]
@@ -100,10 +101,10 @@ def _check(raw: bytes) -> tuple[dict | None, str | None]:
     seq, prev, h = rec.get("seq"), rec.get("prev"), rec.get("hash")
     if type(seq) is not int or not _is_hex64(prev) or not _is_hex64(h):
         return rec, "missing or malformed seq/prev/hash"
-    body = {k: v for k, v in rec.items() if k != "hash"}
-    if chain_hash(prev, canonical(body)) != h:
+    body = canonical({k: v for k, v in rec.items() if k != "hash"})
+    if chain_hash(prev, body) != h:
         return rec, _EDITED
-    if canonical(rec) != raw:
+    if with_hash(body, h) != raw:
         return rec, "record not in canonical form (record edited?)"
     return rec, None
 
