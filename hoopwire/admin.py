@@ -17,6 +17,7 @@ Errors are JSON: {"error": {"code": "...", "message": "..."}} with the HTTP stat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -60,8 +61,12 @@ async def _errors(request: web.Request, handler):
     except web.HTTPException as e:
         if not request.path.startswith("/api/"):
             raise
+        # keep what the exception says beyond its text body (a 405's Allow, RFC 9110 15.5.6)
+        headers = {k: v for k, v in e.headers.items()
+                   if k.lower() not in ("content-type", "content-length")}
         return web.json_response({"error": {"code": e.reason.lower().replace(" ", "_"),
-                                            "message": e.text or e.reason}}, status=e.status)
+                                            "message": e.text or e.reason}}, status=e.status,
+                                 headers=headers)
     except Exception:
         log.exception("admin API request failed", extra={"fields": {"path": request.path}})
         return web.json_response({"error": {"code": "internal", "message": "internal error"}},
@@ -183,6 +188,9 @@ class AdminServer:
         if scope not in ("once", "window"):
             raise ApiError(400, "bad_request", "scope must be \"once\" or \"window\"")
         window = body.get("window_seconds")
+        if isinstance(window, float) and window.is_integer():
+            # JSON (and the document's "integer") does not tell 600 from 600.0
+            window = body["window_seconds"] = int(window)
         if window is not None and (isinstance(window, bool) or not isinstance(window, int)
                                    or not 1 <= window <= 86400):
             raise ApiError(400, "bad_request", "window_seconds must be an integer from 1 to 86400")
@@ -251,7 +259,12 @@ class AdminServer:
         row = await store.get_session(sid)
         if row is None:
             raise ApiError(404, "not_found", "no such session")
-        return _json({"session": row, "statements": await store.session_statements(sid)})
+        audit = self.gateway.config.audit
+        if audit is not None and not audit.index_statements:
+            statements = await asyncio.to_thread(_statements_from_log, audit.path, sid)
+        else:
+            statements = await store.session_statements(sid)
+        return _json({"session": row, "statements": statements})
 
     async def sessions_replay(self, request: web.Request) -> web.Response:
         await self._require(request)
@@ -259,8 +272,6 @@ class AdminServer:
         audit = self.gateway.config.audit
         if audit is None:
             raise ApiError(404, "not_configured", "no [audit] log to replay from")
-        import asyncio
-
         from hoopwire.audit import read_records
         records = await asyncio.to_thread(lambda: list(read_records(audit.path, session_id=sid)))
         if not records:
@@ -275,6 +286,21 @@ class AdminServer:
     async def openapi(self, request: web.Request) -> web.Response:
         from hoopwire.openapi import document
         return _json(document())
+
+
+def _statements_from_log(path: str, sid: str) -> list[dict]:
+    """A session's statement records from the audit log, shaped as the index would give them."""
+    from hoopwire.audit import read_records
+    out = []
+    for r in read_records(path, session_id=sid):
+        if r.get("type") != "statement":
+            continue
+        out.append({"session_id": sid, "seq": r.get("n"), "ts": r.get("started"),
+                    "statement": r.get("statement", ""), "verdict": r.get("verdict", ""),
+                    "rules": [], "approval_id": None, "rows": r.get("rows"),
+                    "masked": r.get("masked", 0), "duration_ms": r.get("duration_ms"),
+                    "error": (r.get("error") or {}).get("message")})
+    return out
 
 
 def _public(row: dict) -> dict:

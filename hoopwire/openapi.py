@@ -59,10 +59,15 @@ def _json(schema: dict, description: str = "OK") -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _op(summary: str, ok: dict, *, params=(), body=None, secured=True, errors=(401, 403)) -> dict:
+RELOADED = _obj({"reloaded": {"type": "boolean"}, "errors": _STRS}, ["reloaded", "errors"])
+
+
+def _op(summary: str, ok: dict, *, params=(), body=None, secured=True, errors=(401, 403),
+        other=None) -> dict:
     op = {"summary": summary, "responses": {"200": ok}}
     for code in errors:
         op["responses"][str(code)] = _ERROR
+    op["responses"].update(other or {})
     if params:
         op["parameters"] = list(params)
     if body is not None:
@@ -87,7 +92,7 @@ def document() -> dict:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Approval": APPROVAL, "Session": SESSION, "Statement": STATEMENT,
-                        "Error": ERROR, "Decision": DECISION},
+                        "Error": ERROR, "Decision": DECISION, "Reload": RELOADED},
             "responses": {"Error": _json({"$ref": "#/components/schemas/Error"}, "an error")},
         },
         "paths": {
@@ -101,18 +106,19 @@ def document() -> dict:
                                                                "expired", "cancelled", "abandoned"]}},
                         {"name": "limit", "in": "query", "required": False,
                          "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
-                errors=(400, 401, 403))},
+                errors=(400, 401, 403, 404))},
             "/api/v1/approvals/{id}": {"get": _op(
                 "One approval request", _json({"$ref": "#/components/schemas/Approval"}),
                 params=[_ID], errors=(401, 403, 404))},
             "/api/v1/approvals/{id}/approve": {"post": _op(
                 "Approve a pending request (never your own; only a member of its approver groups)",
                 _json({"$ref": "#/components/schemas/Approval"}), params=[_ID],
-                body={"$ref": "#/components/schemas/Decision"}, errors=(400, 401, 403, 404, 409))},
+                body={"$ref": "#/components/schemas/Decision"},
+                errors=(400, 401, 403, 404, 409, 413))},
             "/api/v1/approvals/{id}/deny": {"post": _op(
                 "Deny a pending request", _json({"$ref": "#/components/schemas/Approval"}),
                 params=[_ID], body={"$ref": "#/components/schemas/Decision"},
-                errors=(400, 401, 403, 404, 409))},
+                errors=(400, 401, 403, 404, 409, 413))},
             "/api/v1/sessions": {"get": _op(
                 "List recorded sessions (newest first)",
                 _json(_obj({"sessions": {"type": "array",
@@ -123,7 +129,7 @@ def document() -> dict:
                         {"name": "since", "in": "query", "required": False, "schema": _NUM},
                         {"name": "limit", "in": "query", "required": False,
                          "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
-                errors=(400, 401, 403))},
+                errors=(400, 401, 403, 404))},
             "/api/v1/sessions/{id}": {"get": _op(
                 "One session with its statements",
                 _json(_obj({"session": {"$ref": "#/components/schemas/Session"},
@@ -139,8 +145,10 @@ def document() -> dict:
                 params=[_ID], errors=(401, 403, 404))},
             "/api/v1/reload": {"post": _op(
                 "Reload the configuration file",
-                _json(_obj({"reloaded": {"type": "boolean"}, "errors": _STRS},
-                           ["reloaded", "errors"])), errors=(401, 403, 422))},
+                _json({"$ref": "#/components/schemas/Reload"}), errors=(401, 403),
+                other={"422": _json({"$ref": "#/components/schemas/Reload"},
+                                    "the file has errors (listed); the running configuration "
+                                    "stays in force")})},
             "/api/v1/openapi.json": {"get": _op(
                 "This document", _json({"type": "object"}), secured=False, errors=())},
         },
