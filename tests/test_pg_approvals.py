@@ -421,3 +421,45 @@ def test_webhooks_signed_and_a_dead_receiver_does_not_stall(pg, idp, tmp_path, t
     finally:
         good.close()
         dead.close()
+
+
+def test_each_execution_of_a_prepared_statement_needs_its_approval(agw, pg, table, tokens):
+    """Approving once covers one execution: a prepared DELETE run again is held again (the
+    Parse itself runs nothing and is not held)."""
+    host, port = agw.address("pg")
+    with pgraw.login(host, port, tokens["agent"]) as conn:
+        sql = f"DELETE FROM {table} WHERE id = $1".encode()
+        conn.send(pgraw.typed(b"P", b"del\0" + sql + b"\0\0\0") + pgraw.typed(b"S"))
+        assert [conn.read_message()[0] for _ in range(2)] == [b"1", b"Z"]
+
+        def run(i: int):
+            conn.send(pgraw.typed(b"B", b"\0del\0\0\0\0\1\0\0\0\1" + str(i).encode() + b"\0\0")
+                      + pgraw.typed(b"E", b"\0\0\0\0\0") + pgraw.typed(b"S"))
+
+        run(1)
+        req = wait_pending(agw, tokens["dana"], statement_part=table)
+        assert api(agw, "POST", f"/api/v1/approvals/{req['id']}/approve", tokens["dana"], {})[0] == 200
+        got = []
+        while not got or got[-1] != b"Z":
+            got.append(conn.read_message()[0])
+        got = [k for k in got if k != b"N"]         # the NOTICE naming the request
+        assert got == [b"2", b"C", b"Z"] and count(pg, table) == 2
+        run(2)                                  # the same prepared statement, again
+        req2 = wait_pending(agw, tokens["dana"], statement_part=table)
+        assert req2["id"] != req["id"]
+        time.sleep(0.2)
+        assert count(pg, table) == 2
+        assert api(agw, "POST", f"/api/v1/approvals/{req2['id']}/deny", tokens["dana"],
+                   {"reason": "one is enough"})[0] == 200
+        got = []
+        while not got or got[-1][0] != b"Z":
+            got.append(conn.read_message())
+        got = [(k, b) for k, b in got if k != b"N"]
+        kinds = [k for k, _ in got]
+        assert kinds == [b"2", b"E", b"Z"], kinds
+        assert "one is enough" in pgraw.error_fields(got[1][1])["M"]
+        assert count(pg, table) == 2
+        # the session goes on, the statement still prepared
+        conn.send(pgraw.typed(b"Q", b"SELECT 1\0"))
+        while conn.read_message()[0] != b"Z":
+            pass

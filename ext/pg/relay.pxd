@@ -64,6 +64,9 @@ cdef class Relay:
         # Approvals: the decision for the held message, read when it is judged again.
         int decision
         bytes deny_error
+        # prepared statements an approve rule matched: each Execute of them is held
+        dict approve_stmts              # statement name -> (verdict, sql)
+        dict approve_portals            # portal name -> (verdict, sql)
 
         # fail-closed audit: every new statement is answered with this error while it is set
         bytes refuse_error
@@ -75,7 +78,8 @@ cdef class Relay:
     cdef int _upstream_failed(self, object e) except -1
     cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size)
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size)
-    cdef object _refuse_execute(self)
+    cdef object _refuse_execute(self, bytes err=*)
+    cdef object _track_approvals(self, char kind, const unsigned char* msg, Py_ssize_t size)
 
 
 cdef class RelaySide(PgFrameReader):

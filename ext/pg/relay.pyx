@@ -97,6 +97,8 @@ cdef class Relay:
         self.upstream = UpstreamSide.__new__(UpstreamSide)
         self.upstream.relay = self
         self.rewrites = []
+        self.approve_stmts = {}
+        self.approve_portals = {}
         self.marker_prefix = marker_prefix
         self.tx_status = b"I"[0]
         self.last_activity = monotonic()
@@ -256,6 +258,8 @@ cdef class Relay:
             if end == NULL:
                 raise FrameError("malformed Query or Parse message")
             sql = body[:end - body]
+            if kind == b"P"[0] and self.approve_stmts:
+                self.approve_stmts.pop(name, None)     # the name is (re)defined here
             if self.refuse_error is not None:
                 # the audit log cannot be written and the policy is fail-closed
                 verdict = REFUSED_VERDICT
@@ -266,6 +270,11 @@ cdef class Relay:
         err = None
         if verdict is REFUSED_VERDICT:
             err = self.refuse_error
+        if verdict.action == "approve" and kind == b"P"[0]:
+            # Parsing runs nothing: each Execute of this statement is what waits for a human
+            # (approving once must not approve every later execution of a prepared statement).
+            self.approve_stmts[name] = (verdict, sql)
+            return None
         if verdict.action == "approve":
             if self.decision == DECISION_APPROVED:
                 # the held message again, now approved: it goes to the upstream as it is
@@ -305,15 +314,61 @@ cdef class Relay:
         self.rewrites.append((unit, marker, err))
         return bytes((kind,)) + (len(body_out) + 4).to_bytes(4, "big") + body_out
 
-    cdef object _refuse_execute(self):
-        """An Execute of a statement prepared before statements were refused: in its place a
-        Parse of a marker statement (named, so the client's unnamed statement is untouched),
-        whose error stands for the Execute's and makes the server skip to Sync."""
+    cdef object _refuse_execute(self, bytes err=None):
+        """An Execute that must not run (statements refused, or its approval denied): in its
+        place a Parse of a marker statement (named, so the client's unnamed statement is
+        untouched), whose error stands for the Execute's and makes the server skip to Sync."""
         self.marker_seq += 1
         marker = self.marker_prefix + str(self.marker_seq).encode()
         body = b"hoopwire_refused\x00" + marker + b"\x00\x00\x00"
-        self.rewrites.append((self.units_sent + 1, marker, self.refuse_error))
+        self.rewrites.append((self.units_sent + 1, marker,
+                              err if err is not None else self.refuse_error))
         return b"P" + (len(body) + 4).to_bytes(4, "big") + body
+
+    cdef object _track_approvals(self, char kind, const unsigned char* msg, Py_ssize_t size):
+        """Bind, Execute and Close while some prepared statement needs an approval per run:
+        None to forward, HOLD, or the bytes to send instead of a denied Execute."""
+        cdef const unsigned char* body = msg + 5
+        cdef Py_ssize_t blen = size - 5
+        cdef const unsigned char* end = <const unsigned char*>memchr(body, 0, blen)
+        cdef bytes name, stmt
+        if end == NULL:
+            raise FrameError("malformed extended-protocol message")
+        if kind == b"C"[0]:
+            if blen >= 2 and body[0] == b"S"[0]:
+                self.approve_stmts.pop(msg[6:size - 1], None)
+            elif blen >= 2:
+                self.approve_portals.pop(msg[6:size - 1], None)
+            return None
+        name = body[:end - body]
+        if kind == b"B"[0]:
+            blen -= (end - body) + 1
+            body = end + 1
+            end = <const unsigned char*>memchr(body, 0, blen)
+            if end == NULL:
+                raise FrameError("malformed Bind message")
+            stmt = body[:end - body]
+            held = self.approve_stmts.get(stmt)
+            if held is None:
+                self.approve_portals.pop(name, None)
+            else:
+                self.approve_portals[name] = held
+            return None
+        held = self.approve_portals.get(name)       # Execute
+        if held is None:
+            return None
+        verdict, sql = held
+        if self.decision == DECISION_APPROVED:
+            self.decision = DECISION_NONE
+            return None
+        if self.decision == DECISION_DENIED:
+            self.decision = DECISION_NONE
+            err = self.deny_error
+            self.deny_error = None
+            return self._refuse_execute(err)
+        if self.events is None or self.events.statement_held(self, verdict, sql) is None:
+            return None
+        return HOLD
 
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size):
         """An upstream ErrorResponse while a blocked statement is pending: ours, or genuine?"""
@@ -357,6 +412,11 @@ cdef class ClientSide(RelaySide):
                 return INSPECT
         elif kind == b"E"[0]:
             r.stats.executes += 1
+            if r.approve_stmts:
+                return INSPECT
+        elif kind == b"B"[0] or kind == b"C"[0]:
+            if r.approve_stmts:
+                return INSPECT
         elif kind == b"P"[0]:
             if r.policy is not None:
                 return INSPECT
@@ -374,6 +434,14 @@ cdef class ClientSide(RelaySide):
                 return out          # judged again, whole, when the approval is decided
         elif kind == b"E"[0] and r.refuse_error is not None:
             out = r._refuse_execute()
+        elif r.approve_stmts and (kind == b"B"[0] or kind == b"E"[0] or kind == b"C"[0]):
+            out = r._track_approvals(kind, msg, size)
+            if out is HOLD:
+                return out
+        if kind == b"Q"[0] and r.approve_stmts:
+            # a simple Query drops the unnamed statement and portal
+            r.approve_stmts.pop(b"", None)
+            r.approve_portals.pop(b"", None)
         if r.results is not None:
             out = r.results.client_message(kind, msg, size, out)
         return out
