@@ -59,6 +59,15 @@ cdef class RowPlan:
         int nscan
         unsigned char* hit             # pass 1 found something ending in this column
         bint dense                     # most rows hold hits: one span scan per row
+        # prescan of a whole read (see prescan): per row its offset and first value index,
+        # per DETECT value its end in the joined buffer, column and hit flag
+        const unsigned char* pre_base
+        int pre_rows, pre_next, pre_nvals, pre_rows_cap, pre_vals_cap
+        Py_ssize_t* pre_row_off
+        int* pre_row_first
+        Py_ssize_t* pre_end
+        int* pre_col
+        unsigned char* pre_hit
         int win_rows                   # scanned rows / rows with a hit in the current window
         int win_hits
         # counters since the last take_counts(): masked values per detector / per column rule
@@ -68,6 +77,9 @@ cdef class RowPlan:
         readonly unsigned long long rows_rewritten
 
     cdef object rewrite_ptr(self, const unsigned char* msg, Py_ssize_t size)
+    cdef int prescan(self, object chunk, Py_ssize_t start) except -1
+    cdef bint _pre_reserve(self, int nrows, int nvals) except -1
+    cdef int _mark_chunk(self, Py_ssize_t end) except -1
     cdef int _mark(self, Py_ssize_t end) except -1
     cdef int _find(self, object buf) except -1
     cdef object _detect_one(self, int col, object value)

@@ -94,6 +94,11 @@ def _on_find(unsigned int ident, unsigned long long frm, unsigned long long to, 
     plan._mark(<Py_ssize_t>to)
 
 
+def _on_find_chunk(unsigned int ident, unsigned long long frm, unsigned long long to,
+                   unsigned int flags, RowPlan plan):
+    plan._mark_chunk(<Py_ssize_t>to)
+
+
 def _on_span(unsigned int ident, unsigned long long frm, unsigned long long to, unsigned int flags,
              list spans):
     spans.append((frm, -<long long>to, ident))
@@ -125,6 +130,7 @@ cdef enum:
     F_PY = 0
     F_REDACT = 1
     F_PARTIAL = 2
+    F_CONST = 3           # a whole text value that becomes REDACTED: the value is never read
 
 
 cdef inline int _fast_code(object strategy):
@@ -318,6 +324,8 @@ cdef class RowPlan:
             self.rule[i] = -1 if rule is None or rule < 0 else rule
             self.col_strategy.append(strategy if action == ACT_WHOLE else None)
             self.col_fast[i] = _fast_code(strategy) if action == ACT_WHOLE else F_PY
+            if action == ACT_WHOLE and kind == K_STR and strategy.name == "redact":
+                self.col_fast[i] = F_CONST
             if action != ACT_PASS:
                 self.any_work = True
             if action == ACT_DETECT:
@@ -336,6 +344,11 @@ cdef class RowPlan:
         PyMem_Free(self.rule_counts)
         PyMem_Free(self.det_counts)
         PyMem_Free(self.col_fast)
+        PyMem_Free(self.pre_row_off)
+        PyMem_Free(self.pre_row_first)
+        PyMem_Free(self.pre_end)
+        PyMem_Free(self.pre_col)
+        PyMem_Free(self.pre_hit)
 
     @property
     def passthrough(self):
@@ -377,6 +390,144 @@ cdef class RowPlan:
                 hi = mid
         if 0 <= lo < self.nscan:
             self.hit[self.scan_col[lo]] = 1
+        return 0
+
+    # -- a whole network read at once ----------------------------------------------------------
+
+    cdef int prescan(self, object chunk, Py_ssize_t start) except -1:
+        """Find which values of the whole DataRows in chunk[start:] hold a detector hit, with
+        ONE scan for all of them (the per-row scan is mostly the cost of calling Hyperscan).
+        rewrite_ptr then skips its own first pass for those rows. Stops at the first message
+        that is not a whole DataRow of this result; a no-op once most rows hold hits."""
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(chunk)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(chunk), pos = start, size, fpos, flen, w = 0
+        cdef Py_ssize_t total = 0
+        cdef int i, r, nrows = 0, nvals = 0
+        cdef unsigned char* dst
+        self.pre_rows = 0
+        self.pre_next = 0
+        self.pre_base = NULL
+        if self.scanner is None or self.dense or not self.any_work:
+            return 0
+        # pass A: count rows and bytes of DETECT values
+        while pos + 7 <= n and p[pos] == 68:
+            size = <Py_ssize_t>_be32(p + pos + 1) + 1
+            if size < 7 or pos + size > n or ((p[pos + 5] << 8) | p[pos + 6]) != self.ncols:
+                break
+            fpos = pos + 7
+            for i in range(<int>self.ncols):
+                if fpos + 4 > pos + size:
+                    break
+                flen = <int>_be32(p + fpos)
+                fpos += 4
+                if flen > 0:
+                    if fpos + flen > pos + size:
+                        break
+                    if self.action[i] == ACT_DETECT:
+                        total += flen + 1
+                        nvals += 1
+                    fpos += flen
+            nrows += 1
+            pos += size
+        if nrows < 2:
+            return 0
+        if not self._pre_reserve(nrows, nvals):
+            return 0
+        buf = PyBytes_FromStringAndSize(NULL, total if total > 0 else 1)
+        dst = <unsigned char*>PyBytes_AS_STRING(buf)
+        # pass B: copy the values, remember where each row's values start and end
+        pos = start
+        nvals = 0
+        for r in range(nrows):
+            size = <Py_ssize_t>_be32(p + pos + 1) + 1
+            self.pre_row_off[r] = pos - start
+            self.pre_row_first[r] = nvals
+            fpos = pos + 7
+            for i in range(<int>self.ncols):
+                flen = <int>_be32(p + fpos)
+                fpos += 4
+                if flen > 0:
+                    if self.action[i] == ACT_DETECT:
+                        memcpy(dst + w, p + fpos, flen)
+                        w += flen
+                        dst[w] = 10
+                        self.pre_end[nvals] = w
+                        self.pre_col[nvals] = i
+                        self.pre_hit[nvals] = 0
+                        nvals += 1
+                        w += 1
+                    fpos += flen
+            pos += size
+        self.pre_row_first[nrows] = nvals
+        self.pre_nvals = nvals
+        if total > 0:
+            self.scanner.db_find.scan(buf, match_event_handler=_on_find_chunk, context=self,
+                                      scratch=self.scanner.scratch_find)
+        self.pre_base = p + start
+        self.pre_rows = nrows
+        return 0
+
+    def prescan_bytes(self, chunk, Py_ssize_t start=0):
+        """prescan for tests: the per-row hit flags it found, [[column, ...], ...]."""
+        self.prescan(chunk, start)
+        return [[self.pre_col[k] for k in range(self.pre_row_first[r], self.pre_row_first[r + 1])
+                 if self.pre_hit[k]] for r in range(self.pre_rows)]
+
+    def rewrite_chunk(self, bytes chunk):
+        """Tests: prescan a read of whole DataRows, then rewrite each row in place as the relay
+        does; [new bytes or None per row]."""
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(chunk)
+        cdef Py_ssize_t pos = 0, n = PyBytes_GET_SIZE(chunk), size
+        out = []
+        self.prescan(chunk, 0)
+        try:
+            while pos + 5 <= n:
+                size = <Py_ssize_t>_be32(p + pos + 1) + 1
+                out.append(self.rewrite_ptr(p + pos, size))
+                pos += size
+        finally:
+            self.pre_rows = 0
+            self.pre_base = NULL
+        return out
+
+    def prescan_clear(self):
+        self.pre_rows = 0
+        self.pre_base = NULL
+
+    cdef bint _pre_reserve(self, int nrows, int nvals) except -1:
+        cdef int rows_cap = nrows + 1, vals_cap = nvals if nvals > 0 else 1
+        if rows_cap > self.pre_rows_cap:
+            PyMem_Free(self.pre_row_off)
+            PyMem_Free(self.pre_row_first)
+            self.pre_row_off = <Py_ssize_t*>PyMem_Malloc(rows_cap * sizeof(Py_ssize_t))
+            self.pre_row_first = <int*>PyMem_Malloc(rows_cap * sizeof(int))
+            self.pre_rows_cap = rows_cap if self.pre_row_off != NULL and self.pre_row_first != NULL else 0
+            if self.pre_rows_cap == 0:
+                return False
+        if vals_cap > self.pre_vals_cap:
+            PyMem_Free(self.pre_end)
+            PyMem_Free(self.pre_col)
+            PyMem_Free(self.pre_hit)
+            self.pre_end = <Py_ssize_t*>PyMem_Malloc(vals_cap * sizeof(Py_ssize_t))
+            self.pre_col = <int*>PyMem_Malloc(vals_cap * sizeof(int))
+            self.pre_hit = <unsigned char*>PyMem_Malloc(vals_cap)
+            self.pre_vals_cap = vals_cap if (self.pre_end != NULL and self.pre_col != NULL and
+                                             self.pre_hit != NULL) else 0
+            if self.pre_vals_cap == 0:
+                return False
+        return True
+
+    cdef int _mark_chunk(self, Py_ssize_t end) except -1:
+        cdef int lo = 0, hi = self.pre_nvals - 1, mid
+        cdef Py_ssize_t last = end - 1
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.pre_end[mid] <= last:
+                lo = mid + 1
+            else:
+                hi = mid
+        if 0 <= lo < self.pre_nvals:
+            self.pre_hit[lo] = 1
         return 0
 
     cdef int _find(self, object buf) except -1:
@@ -510,6 +661,7 @@ cdef class RowPlan:
         cdef list repl
         cdef object r, value
         cdef dict col_spans = None
+        cdef int prow
         if size < 7 or msg[0] != 68:  # 'D'
             raise MaskRowError("not a DataRow")
         length = _be32(msg + 1)
@@ -541,11 +693,28 @@ cdef class RowPlan:
                 whole = True
         if pos != size:
             raise MaskRowError(f"DataRow has {size - pos} bytes after its last value")
-        if not whole and scan_bytes == 0:
+        # rows a prescan of the whole read already looked at: its flags stand for pass 1
+        memset(self.hit, 0, ncols)
+        if self.pre_rows and self.pre_next < self.pre_rows and \
+                msg == self.pre_base + self.pre_row_off[self.pre_next]:
+            prow = self.pre_next
+            self.pre_next += 1
+            for k in range(self.pre_row_first[prow], self.pre_row_first[prow + 1]):
+                if self.pre_hit[k]:
+                    self.hit[self.pre_col[k]] = 1
+                    scan_bytes = -1
+            if scan_bytes == -1:
+                self.win_hits += 1
+            self.win_rows += 1
+            if self.win_rows >= 32:
+                self.dense = self.win_hits * 4 >= self.win_rows
+                self.win_rows = 0
+                self.win_hits = 0
+            scan_bytes = 0
+        elif not whole and scan_bytes == 0:
             return None
 
         # pass 1: one scan over every DETECT value, '\n' between values
-        memset(self.hit, 0, ncols)
         if scan_bytes:
             buf = PyBytes_FromStringAndSize(NULL, scan_bytes)
             dst = <unsigned char*>PyBytes_AS_STRING(buf)
@@ -583,7 +752,12 @@ cdef class RowPlan:
             if flen < 0:
                 continue
             if self.action[i] == ACT_WHOLE:
-                r = self._whole_one(<int>i, msg[self.off[i]:self.off[i] + flen])
+                if self.col_fast[i] == F_CONST:
+                    if self.rule[i] >= 0:
+                        self.rule_counts[self.rule[i]] += 1
+                    r = REDACTED
+                else:
+                    r = self._whole_one(<int>i, msg[self.off[i]:self.off[i] + flen])
             elif self.hit[i]:
                 if col_spans is not None and i in col_spans:
                     r = self._detect_spans(<int>i, msg[self.off[i]:self.off[i] + flen],

@@ -293,6 +293,16 @@ def test_arbitrary_bytes_never_crash(data, n):
             parse(out)
 
 
+_ENGINE = []
+
+
+def _shared_engine():
+    """One compiled engine for the property tests (compiling Hyperscan takes milliseconds)."""
+    if not _ENGINE:
+        _ENGINE.append(make())
+    return _ENGINE[0]
+
+
 DENSE_VALUES = [b"mail me at a.b@example.com or +14155552671", b"plain words", b"123-45-6789",
                 b"card 4111 1111 1111 1111 and AKIAIOSFODNN7EXAMPLE", b"", None,
                 b'{"k": "ghp_' + b"a" * 36 + b'"}', b"-----BEGIN PRIVATE KEY-----\nQUJD\n",
@@ -306,8 +316,36 @@ def test_dense_mode_masks_as_the_two_pass_mode(rows):
     """After 32 rows with hits a plan scans each row once with start-of-match; the result must
     be byte for byte what a fresh plan (two-pass mode) gives for the same row."""
     cols = [Column(None, None, None, oid, 0) for oid in (25, 25, 114, 25)]
-    e = make()
+    e = _shared_engine()
     long_lived = e.row_plan(cols)
     for values in rows:
         msg = datarow(*values)
         assert long_lived.rewrite(msg) == e.row_plan(cols).rewrite(msg)
+
+
+SPARSE_VALUES = [b"plain words", b"nothing here", b"", None, b"123-45-6789", b"x" * 300,
+                 b"mail a.b@example.com", "Chloé ü".encode(), b"4111 1111 1111 1111"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.sampled_from(SPARSE_VALUES), min_size=3, max_size=3),
+                min_size=1, max_size=40))
+def test_prescan_of_a_whole_read_masks_as_row_by_row(rows):
+    """The relay scans a whole network read once for detector hits, then rewrites each row
+    with those flags: byte for byte what rewriting each row on its own gives."""
+    cols = [Column(None, None, None, 25, 0), Column("public", "users", "ssn", 25, 0),
+            Column(None, None, None, 114, 0)]
+    e = _shared_engine()
+    msgs = [datarow(*(v if i != 2 or v is None else b'"' + v.replace(b'"', b"") + b'"'
+                      for i, v in enumerate(values))) for values in rows]
+    got = e.row_plan(cols).rewrite_chunk(b"".join(msgs))
+    assert got == [e.row_plan(cols).rewrite(m) for m in msgs]
+
+
+def test_prescan_flags_the_values_with_hits():
+    e = make()
+    plan = e.row_plan([Column(None, None, None, 25, 0), Column(None, None, None, 25, 0)])
+    chunk = b"".join([datarow(b"plain", b"mail a@example.com"), datarow(b"none", b"none"),
+                      datarow(b"123-45-6789", b"x")])
+    assert plan.prescan_bytes(chunk) == [[1], [], [0]]
+    plan.prescan_clear()

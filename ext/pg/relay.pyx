@@ -544,11 +544,31 @@ cdef class UpstreamSide(RelaySide):
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data) if PyBytes_CheckExact(data) else len(data)
         r.stats.bytes_from_upstream += n
         r.bytes_out += n
+        cdef RowPlan pre = None
+        cdef Py_ssize_t start = 0
+        if r.results is not None and r.results.plan_work and r.results.state == S_ROWS and \
+                PyBytes_CheckExact(data) and not self.holding and self.hdr_have == 0:
+            # a big result being masked: look for detector hits in every whole row of this
+            # read with one scan (see RowPlan.prescan)
+            if self.held is not None:
+                start = self.held_need - PyByteArray_GET_SIZE(self.held)
+            else:
+                start = self.skip
+            if start < n:
+                pre = r.results.plan
+                try:
+                    pre.prescan(data, start)
+                except Exception:
+                    pre = None
         try:
             self.feed(data)
         except Exception as e:
+            if pre is not None:
+                pre.prescan_clear()
             r._upstream_failed(e)
             return
+        if pre is not None:
+            pre.prescan_clear()     # its pointers are into `data`, which goes now
         if not r.closed:
             self.flush()
             if self.holding:
