@@ -349,3 +349,12 @@ def test_prescan_flags_the_values_with_hits():
                       datarow(b"123-45-6789", b"x")])
     assert plan.prescan_bytes(chunk) == [[1], [], [0]]
     plan.prescan_clear()
+
+
+def test_luhn_in_c_agrees_with_the_reference():
+    from hoopwire.masking.detectors import _luhn_py, luhn_ok
+    import random
+    rnd = random.Random(7)
+    for _ in range(3000):
+        d = bytes(rnd.choice(b"0123456789") for _ in range(rnd.randint(0, 20)))
+        assert luhn_ok(d) == _luhn_py(d)

@@ -80,6 +80,7 @@ cdef class Relay:
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size)
     cdef object _refuse_execute(self, bytes err=*)
     cdef object _track_approvals(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef object _approval(self, object verdict, bytes sql)
 
 
 cdef class RelaySide(PgFrameReader):

@@ -276,18 +276,10 @@ cdef class Relay:
             self.approve_stmts[name] = (verdict, sql)
             return None
         if verdict.action == "approve":
-            if self.decision == DECISION_APPROVED:
-                # the held message again, now approved: it goes to the upstream as it is
-                self.decision = DECISION_NONE
-                return None
-            if self.decision == DECISION_DENIED:
-                self.decision = DECISION_NONE
-                err = self.deny_error
-                self.deny_error = None
-            else:
-                if self.events is None or self.events.statement_held(self, verdict, sql) is None:
-                    return None         # a standing grant covers it
-                return HOLD
+            res = self._approval(verdict, sql)
+            if res is None or res is HOLD:
+                return res
+            err = res                   # denied: the deny error stands in for the statement
         elif verdict.action != "block":
             if self.events is not None:
                 self.events.statement_matched(self, verdict, sql)
@@ -357,7 +349,15 @@ cdef class Relay:
         held = self.approve_portals.get(name)       # Execute
         if held is None:
             return None
-        verdict, sql = held
+        res = self._approval(held[0], held[1])
+        if res is None or res is HOLD:
+            return res
+        return self._refuse_execute(res)
+
+    cdef object _approval(self, object verdict, bytes sql):
+        """A message an approve rule covers: None to let it through (approved on its replay,
+        or a standing grant), HOLD to wait for a decision, or the deny error (bytes)."""
+        cdef object err
         if self.decision == DECISION_APPROVED:
             self.decision = DECISION_NONE
             return None
@@ -365,7 +365,7 @@ cdef class Relay:
             self.decision = DECISION_NONE
             err = self.deny_error
             self.deny_error = None
-            return self._refuse_execute(err)
+            return err
         if self.events is None or self.events.statement_held(self, verdict, sql) is None:
             return None
         return HOLD

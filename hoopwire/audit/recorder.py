@@ -60,16 +60,12 @@ def _error_fields(body: bytes | None) -> dict | None:
 
 def _row_values(msg: bytes) -> list:
     """A DataRow as the client saw it: text values decoded, binary ones as hex, NULL as None."""
-    n = int.from_bytes(msg[5:7], "big")
-    pos, out = 7, []
-    for _ in range(n):
-        ln = int.from_bytes(msg[pos:pos + 4], "big", signed=True)
-        pos += 4
-        if ln < 0:
+    from hoopwire.pg.messages import datarow_values
+    out = []
+    for v in datarow_values(msg[5:]):
+        if v is None:
             out.append(None)
             continue
-        v = msg[pos:pos + ln]
-        pos += ln
         try:
             out.append(v.decode("utf-8"))
         except UnicodeDecodeError:

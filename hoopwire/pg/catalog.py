@@ -280,14 +280,5 @@ class Catalog:
 
 
 def _data_row(body: bytes) -> tuple:
-    n = int.from_bytes(body[:2], "big")
-    pos, out = 2, []
-    for _ in range(n):
-        ln = int.from_bytes(body[pos:pos + 4], "big", signed=True)
-        pos += 4
-        if ln < 0:
-            out.append(None)
-        else:
-            out.append(body[pos:pos + ln].decode("utf-8", "replace"))
-            pos += ln
-    return tuple(out)
+    return tuple(None if v is None else v.decode("utf-8", "replace")
+                 for v in m.datarow_values(body))

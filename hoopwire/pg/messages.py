@@ -94,6 +94,21 @@ def parse_fields(body: bytes) -> dict[str, str]:
     return fields
 
 
+def datarow_values(body: bytes) -> list[bytes | None]:
+    """The values of a DataRow body (after the type byte and length): bytes, None for NULL."""
+    n = int.from_bytes(body[:2], "big")
+    pos, out = 2, []
+    for _ in range(n):
+        ln = int.from_bytes(body[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if ln < 0:
+            out.append(None)
+        else:
+            out.append(body[pos:pos + ln])
+            pos += ln
+    return out
+
+
 class Startup:
     """The first packet of a connection: what kind, and for v3 its parameters."""
 
