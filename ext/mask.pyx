@@ -410,23 +410,37 @@ cdef class RowPlan:
         if self.scanner is None or self.dense or not self.any_work:
             return 0
         # pass A: count rows and bytes of DETECT values
+        cdef Py_ssize_t row_total
+        cdef int row_vals
+        cdef bint ok
         while pos + 7 <= n and p[pos] == 68:
             size = <Py_ssize_t>_be32(p + pos + 1) + 1
             if size < 7 or pos + size > n or ((p[pos + 5] << 8) | p[pos + 6]) != self.ncols:
                 break
+            # a row is taken only if it is well formed: pass B walks it without checks, and
+            # rewrite_ptr reports a malformed one itself
             fpos = pos + 7
+            ok = True
+            row_total = 0
+            row_vals = 0
             for i in range(<int>self.ncols):
                 if fpos + 4 > pos + size:
+                    ok = False
                     break
                 flen = <int>_be32(p + fpos)
                 fpos += 4
+                if flen < -1 or (flen > 0 and fpos + flen > pos + size):
+                    ok = False
+                    break
                 if flen > 0:
-                    if fpos + flen > pos + size:
-                        break
                     if self.action[i] == ACT_DETECT:
-                        total += flen + 1
-                        nvals += 1
+                        row_total += flen + 1
+                        row_vals += 1
                     fpos += flen
+            if not ok or fpos != pos + size:
+                break
+            total += row_total
+            nvals += row_vals
             nrows += 1
             pos += size
         if nrows < 2:
@@ -483,6 +497,8 @@ cdef class RowPlan:
         try:
             while pos + 5 <= n:
                 size = <Py_ssize_t>_be32(p + pos + 1) + 1
+                if size < 5 or size > n - pos:
+                    break           # the relay's framer never hands out such a message
                 out.append(self.rewrite_ptr(p + pos, size))
                 pos += size
         finally:

@@ -203,6 +203,8 @@ def test_one_input(data: bytes) -> None:
     if expect is not None and len(expect) != len(plan.actions()):
         expect = None
     try:
+        plan.prescan_bytes(bytes(data))        # arbitrary bytes as a network read
+        plan.prescan_clear()
         out = plan.rewrite(given)
     except MaskRowError as e:
         assert e.code in ("08P01", "54000"), e.code
@@ -223,6 +225,9 @@ def test_one_input(data: bytes) -> None:
             assert after is None, "a NULL value was replaced"
         if action == ACT_PASS:
             assert after == before, "a pass-through column was changed"
+    # the same message inside a whole read, after the relay's prescan: the same answer
+    chunk = msg + msg[: len(msg) // 2]
+    assert plan.rewrite_chunk(chunk)[:1] == [out], "prescanned rewrite differs"
 
 
 

@@ -358,3 +358,22 @@ def test_luhn_in_c_agrees_with_the_reference():
     for _ in range(3000):
         d = bytes(rnd.choice(b"0123456789") for _ in range(rnd.randint(0, 20)))
         assert luhn_ok(d) == _luhn_py(d)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=40),
+                          st.lists(st.sampled_from(SPARSE_VALUES), min_size=3, max_size=3)
+                          .map(lambda vs: datarow(*vs))), max_size=8),
+       st.integers(0, 3))
+def test_prescan_of_arbitrary_bytes_never_reads_outside(pieces, cut):
+    """A read may hold anything (a malformed row, half a row, other messages): the prescan
+    stops at the first message it cannot take whole, and rewriting stays a clean error."""
+    chunk = b"".join(pieces)
+    chunk = chunk[:len(chunk) - cut] if cut < len(chunk) else chunk
+    plan = _shared_engine().row_plan([Column(None, None, None, 25, 0)] * 3)
+    plan.prescan_bytes(chunk)
+    plan.prescan_clear()
+    try:
+        plan.rewrite_chunk(chunk)
+    except MaskRowError:
+        pass
