@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,25 +49,6 @@ AGENT_STEPS = [
     ("masked", "SELECT name, email, ssn AS tax_id FROM customers ORDER BY id"),
 ]
 HELD_STEP = "DELETE FROM orders WHERE id = 42"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the gateway exited during startup")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("the gateway did not start listening in time")
 
 
 def _say(tag: str, text: str) -> None:
@@ -170,7 +150,7 @@ def main(keep: bool = False) -> int:
     except ImportError:
         print("the demo's client is psycopg: pip install 'psycopg[binary]'", file=sys.stderr)
         return 1
-    from hoopwire.devserver import PgServer, PgServerError
+    from hoopwire.devserver import PgServer, PgServerError, free_loopback_port, wait_for_listener
     from hoopwire.identity.devtoken import create_dev_key, mint_token
 
     work = tempfile.mkdtemp(prefix="hoopwire-demo-")
@@ -194,7 +174,7 @@ def main(keep: bool = False) -> int:
         key = os.path.join(work, "dev-key.pem")
         jwks = create_dev_key(key, kid="demo")
         api_key = "etl-" + secrets.token_urlsafe(24)
-        gw_port, admin_port = _free_port(), _free_port()
+        gw_port, admin_port = free_loopback_port(), free_loopback_port()
         cfg_path = os.path.join(work, "hoopwire.toml")
         with open(cfg_path, "w") as f:
             f.write(_config(pg.port, gw_port, admin_port, jwks,
@@ -204,7 +184,7 @@ def main(keep: bool = False) -> int:
         env = dict(os.environ, SHOP_DB_PASSWORD=db_password)
         gw = subprocess.Popen([sys.executable, "-m", "hoopwire", "serve", "--config", cfg_path],
                               env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        _wait_port(gw_port, gw)
+        wait_for_listener(gw_port, gw)
         _say("info", f"hoopwire on 127.0.0.1:{gw_port} (admin and /metrics on 127.0.0.1:{admin_port})")
         token = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
                            subject="agent-7", groups=["agents"], ttl=900, kid="demo")

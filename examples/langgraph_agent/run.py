@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -94,25 +93,6 @@ allow_groups = ["agents"]
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the gateway exited during startup")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("the gateway did not start listening in time")
-
-
 def admin_api(base: str, method: str, path: str, token: str, body: dict | None = None):
     req = urllib.request.Request(base + path, method=method,
                                  data=None if body is None else json.dumps(body).encode(),
@@ -146,7 +126,8 @@ def main() -> int:
     log_path = os.path.join(work, "gateway.log")
     try:
         from agent import build_graph   # the graph: ordinary LangGraph + psycopg code
-        from hoopwire.devserver import PgServer, PgServerError
+        from hoopwire.devserver import (PgServer, PgServerError, free_loopback_port,
+                                        wait_for_listener)
         from hoopwire.identity.devtoken import create_dev_key, mint_token
 
         print("LangGraph agent through hoopwire: a throwaway PostgreSQL, the gateway, two people\n")
@@ -162,7 +143,7 @@ def main() -> int:
 
         key = os.path.join(work, "dev-key.pem")
         jwks = create_dev_key(key, kid="example")
-        gw_port, admin_port = free_port(), free_port()
+        gw_port, admin_port = free_loopback_port(), free_loopback_port()
         cfg = os.path.join(work, "hoopwire.toml")
         with open(cfg, "w") as f:
             f.write(config(pg.port, gw_port, admin_port, jwks, os.path.join(work, "state.db")))
@@ -170,8 +151,8 @@ def main() -> int:
             gw = subprocess.Popen([sys.executable, "-m", "hoopwire", "serve", "--config", cfg],
                                   env=dict(os.environ, SHOP_DB_PASSWORD=db_password), cwd=ROOT,
                                   stdout=log_file, stderr=subprocess.STDOUT)
-        wait_port(gw_port, gw)
-        wait_port(admin_port, gw)
+        wait_for_listener(gw_port, gw)
+        wait_for_listener(admin_port, gw)
         admin = f"http://127.0.0.1:{admin_port}"
         print(f"PostgreSQL 127.0.0.1:{pg.port} (shop) <- hoopwire 127.0.0.1:{gw_port} "
               f"(admin API {admin})")

@@ -5,6 +5,8 @@ stop() (and at interpreter exit, in case a caller never got that far). Nothing h
 production data: durability is switched off for speed.
 """
 
-from hoopwire.devserver.postgres import PgServer, PgServerError, find_pg_bindir
+from hoopwire.devserver.postgres import (PgServer, PgServerError, find_pg_bindir,
+                                         free_loopback_port, wait_for_listener)
 
-__all__ = ["PgServer", "PgServerError", "find_pg_bindir"]
+__all__ = ["PgServer", "PgServerError", "find_pg_bindir", "free_loopback_port",
+           "wait_for_listener"]

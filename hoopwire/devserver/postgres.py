@@ -29,7 +29,8 @@ import tempfile
 import time
 from typing import Any, Iterable
 
-__all__ = ["PgServer", "PgServerError", "find_pg_bindir", "free_loopback_port"]
+__all__ = ["PgServer", "PgServerError", "find_pg_bindir", "free_loopback_port",
+           "wait_for_listener"]
 
 _OS_USER = "postgres"      # owns the cluster when we run as root
 _START_TIMEOUT = 60        # seconds pg_ctl waits for the server to accept connections
@@ -80,6 +81,21 @@ def free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_listener(port: int, proc, timeout: float = 20.0) -> None:
+    """Wait until something accepts on 127.0.0.1:port; RuntimeError if `proc` (a Popen) exits
+    first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the process exited during startup")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} in time")
 
 
 def quote_ident(name: str) -> str:
