@@ -298,6 +298,23 @@ def test_error_and_notice_fields(mgw, idp):
         assert "123-45-6789" not in str(ei.value)
 
 
+def test_data_errors_do_not_echo_masked_values(mgw, idp):
+    """A cast that fails quotes its input: the gateway withholds it (SQLSTATE class 22)."""
+    with connect(mgw, idp) as c:
+        for sql in ("SELECT password::int FROM crm.users WHERE id = 1",
+                    "SELECT ssn::date FROM crm.users WHERE id = 2",
+                    "SELECT (password || '')::json FROM crm.users WHERE id = 1",
+                    "SELECT token::uuid FROM crm.api_keys WHERE id = 2"):
+            with pytest.raises(psycopg.DataError) as ei:
+                q(c, sql)
+            d = ei.value.diag
+            text = " ".join(str(x) for x in (ei.value, d.message_detail, d.context) if x)
+            for secret in ("s3cret", "987-65-4321", "sk_live_0123456789abcdef"):
+                assert secret not in text, (sql, text)
+            assert ei.value.sqlstate.startswith("22")
+        assert q(c, "SELECT 1") == [(1,)]
+
+
 def test_notify_payload(mgw, idp):
     with connect(mgw, idp) as listener, connect(mgw, idp) as sender:
         listener.execute("LISTEN crm_events")

@@ -48,6 +48,7 @@ _DDL = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"GRANT", b"REVOKE", b"SECURIT
 _TEXT_FIELDS = frozenset(b"MDHWq")       # message, detail, hint, context, internal query
 _KEY_DETAIL = re.compile(rb"^(Key \((.*?)\)=\()(.*)(\) (?:already exists|is (?:not present|still "
                          rb"referenced)[^\n]*|conflicts with[^\n]*)\.?)$", re.S)
+_QUOTED = re.compile(rb'"(?:[^"]|"")*"')
 _FAILING_ROW = re.compile(rb"^Failing row contains \(.*\)\.?$", re.S)
 _UNRESOLVED = "unresolved"
 # statements whose rows come from a statement or cursor named earlier, whose text we do not see
@@ -476,10 +477,20 @@ class SessionMasker:
         by = {p[:1]: p[1:] for p in parts if p}
         changed = False
         out = []
+        # A data exception quotes the value it could not take -- `SELECT password::int` answers
+        # `invalid input syntax for type integer: "s3cret"`, and a JSON error's context shows
+        # the text -- so while column rules apply, its quoted values and context are withheld.
+        data_error = self.conn.has_columns and by.get(b"C", b"")[:2] == b"22"
         for p in parts:
             if not p:
                 continue
             code, value = p[:1], p[1:]
+            if data_error and code in (b"M", b"D", b"W"):
+                nv = _QUOTED.sub(b'"****"', value) if code != b"W" else b"(withheld by hoopwire)"
+                if nv != value:
+                    value, changed = nv, True
+                    metrics.MASKED_VALUES.labels(self.conn.connection, "column",
+                                                 "error-detail").inc()
             if code == b"D" and self.conn.has_columns:
                 nv = self._detail(value, by)
                 if nv is not value:
