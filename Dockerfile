@@ -2,7 +2,7 @@
 # Build: docker build -t hoopwire .   Run: docker run -v /etc/hoopwire:/etc/hoopwire:ro \
 #   -e ORDERS_DB_PASSWORD=... -p 6432:6432 -p 9187:9187 hoopwire
 FROM python:3.11-slim-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./

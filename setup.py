@@ -20,13 +20,17 @@ EXTENSIONS = {
     "hoopwire._pgwire": "ext/pgwire.pyx",
     "hoopwire._sqlnorm": "ext/sqlnorm.pyx",
     "hoopwire._mask": "ext/mask.pyx",
+    "hoopwire._auditlog": "ext/auditlog.pyx",
 }
+# C libraries an extension links against (OpenSSL's libcrypto: libssl-dev to build)
+LIBRARIES = {"hoopwire._auditlog": ["crypto"]}
 
 # HOOPWIRE_EXT=hoopwire._pgwire,... builds only those (handy while working on one module)
 ONLY = {n for n in os.environ.get("HOOPWIRE_EXT", "").split(",") if n}
 
 extensions = [
-    Extension(name, [src], extra_compile_args=["-O2"] + (["-g", "-O0"] if DEBUG else []))
+    Extension(name, [src], libraries=LIBRARIES.get(name, []),
+              extra_compile_args=["-O2"] + (["-g", "-O0"] if DEBUG else []))
     for name, src in EXTENSIONS.items()
     if not ONLY or name in ONLY
 ]

@@ -12,10 +12,13 @@ Segments are `audit-<seq of their first record, 12 digits>.jsonl`. A new one is 
 next record would take the current one past `segment_bytes` (a record larger than that gets a
 segment of its own), and at start when the newest is already full.
 
-Write path. `append()` only stamps `ts`/`gw` on a shallow copy and queues it: no I/O and no
-hashing on the caller's path. The flusher task hands batches to a single worker thread, which
-assigns `seq`/`prev`/`hash` and writes them with one os.write per batch (unbuffered, so a batch is
-"written and flushed" at once); fsync happens only on rotation, retention and close. Because the
+Write path. `append()` stamps `ts`/`gw` on a shallow copy, encodes it (pending_from: the
+canonical body cut where "prev" and "seq" go) and queues it: no I/O and no hashing on the
+caller's path. The recorder queues its statement records already encoded (append_encoded). The
+flusher task hands batches to a single worker thread, which assigns `seq`/`prev`/`hash` (chain()
+in ext/auditlog.pyx, without the GIL) and writes them with one os.write per batch (unbuffered,
+so a batch is "written and flushed" at once); fsync happens only on rotation, retention and
+close. Because the
 chain is extended only when records actually reach the file, a record that is never written (the
 buffer overflowed while the disk was failing) never receives a seq: the chain stays whole and the
 loss is recorded by an `audit.dropped` record carrying the count.
@@ -49,6 +52,7 @@ import asyncio
 import errno
 import hashlib
 import logging
+import math
 import os
 import re
 import time
@@ -60,10 +64,11 @@ from typing import Any
 
 import orjson
 
+from hoopwire._auditlog import Chained, Pending, chain
 from hoopwire.config import AuditConfig
 
 __all__ = ["AuditLog", "AuditLogError", "GENESIS", "MAX_PENDING", "RETENTION_TYPE", "segment_files",
-           "canonical", "chain_hash", "with_hash"]
+           "canonical", "chain_hash", "with_hash", "pending_from"]
 
 log = logging.getLogger("hoopwire.audit")
 
@@ -143,10 +148,23 @@ def with_hash(body: bytes, h: str) -> bytes:
     return body[:-1] + b',"hash":"' + h.encode("ascii") + b'"}'
 
 
-def _encode(rec: dict, seq: int, prev: str) -> tuple[bytes, str]:
-    body = canonical({**rec, "seq": seq, "prev": prev})
-    h = chain_hash(prev, body)
-    return with_hash(body, h) + b"\n", h
+def pending_from(rec: dict) -> Pending:
+    """A record ready for the chain: its canonical encoding without "prev"/"seq"/"hash", cut
+    where those two sort in (the statement records of the data path skip this: the recorder
+    writes them directly, see ext/auditlog.pyx)."""
+    head, mid, tail = {}, {}, {}
+    for k, v in rec.items():
+        k = k if isinstance(k, str) else str(k)
+        if k == "prev" or k == "seq" or k == "hash":
+            continue
+        (head if k < "prev" else mid if k < "seq" else tail)[k] = v
+    h = canonical(head)[:-1] + b"," if head else b"{"
+    m = canonical(mid)[1:-1] + b"," if mid else b""
+    t = b"," + canonical(tail)[1:] if tail else b"}"
+    ts = rec.get("ts")
+    return Pending(h + m + t, len(h), len(h) + len(m),
+                   float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool)
+                   else math.nan)
 
 
 # ---- the files (worker thread only) -------------------------------------------------------------
@@ -158,15 +176,6 @@ class _Segment:
     first_seq: int | None = None     # of its first record (or the next one, while empty)
     first_prev: str | None = None
     last_ts: float | None = None     # of its newest record: what retention_days looks at
-
-
-@dataclass
-class _Line:
-    data: bytes
-    seq: int
-    prev: str
-    hash: str
-    ts: float | None
 
 
 class _Writer:
@@ -262,7 +271,7 @@ class _Writer:
 
     # -- writing
 
-    def flush(self, batch: list[dict], dropped: int, now: float,
+    def flush(self, batch: list[Pending], dropped: int, now: float,
               retain: bool) -> tuple[int, bool, BaseException | None]:
         """Write a `dropped` note (when > 0), then the batch, then run retention. Returns how many
         batch records were written, whether the note was, and the error that stopped it."""
@@ -270,7 +279,8 @@ class _Writer:
         try:
             self._ensure_current()
             if dropped:
-                self._append([{"type": DROPPED_TYPE, "count": dropped, "ts": now, "gw": self.gw}])
+                self._append([pending_from({"type": DROPPED_TYPE, "count": dropped, "ts": now,
+                                            "gw": self.gw})])
                 noted = True
             for i in range(0, len(batch), _CHUNK):
                 before = self.seq
@@ -307,54 +317,45 @@ class _Writer:
         self.segments.append(_Segment(name, 0, seq, prev))
         _fsync_dir(self.dir)
 
-    def _append(self, records: list[dict]) -> None:
+    def _append(self, records: list[Pending]) -> None:
         """Chain and write records; on OSError the chain head covers exactly the complete lines
         that reached the file."""
         assert self.fd is not None
         if self.torn:
             os.ftruncate(self.fd, self.segments[-1].size)
             self.torn = False
-        lines = []
-        seq, prev = self.seq, self.prev
-        for rec in records:
-            seq += 1
-            data, h = _encode(rec, seq, prev)
-            ts = rec.get("ts")
-            lines.append(_Line(data, seq, prev, h, ts if isinstance(ts, (int, float)) else None))
-            prev = h
+        lines = chain(records, self.seq, self.prev)     # releases the GIL while it hashes
+        view = memoryview(lines.data)
         limit = self.cfg.segment_bytes
-        i = 0
-        while i < len(lines):
+        i, n = 0, len(lines)
+        while i < n:
             cur = self.segments[-1]
-            if cur.size > 0 and cur.size + len(lines[i].data) > limit:
-                self._rotate(lines[i].seq, lines[i].prev)
+            if cur.size > 0 and cur.size + lines.start(i + 1) - lines.start(i) > limit:
+                self._rotate(lines.seq(i), lines.prev(i))
                 cur = self.segments[-1]
-            j, size = i + 1, cur.size + len(lines[i].data)
-            while j < len(lines) and size + len(lines[j].data) <= limit:
-                size += len(lines[j].data)
-                j += 1
-            data = memoryview(b"".join(line.data for line in lines[i:j]))
+            j = lines.fit(i, limit - cur.size)
+            base, data = lines.start(i), view[lines.start(i):lines.start(j)]
             done = 0
             try:
                 while done < len(data):
                     done += os.write(self.fd, data[done:])
             finally:
-                for line in lines[i:j]:
-                    if done < len(line.data):
-                        break
-                    done -= len(line.data)
-                    self._commit(cur, line)
-                if done:
+                k = lines.complete(i, done)
+                if k > i:
+                    self._commit(cur, lines, i, k)
+                if done > lines.start(k) - base:
                     self._cut_torn(cur)
             i = j
 
-    def _commit(self, seg: _Segment, line: _Line) -> None:
-        seg.size += len(line.data)
+    def _commit(self, seg: _Segment, lines: Chained, i: int, k: int) -> None:
+        """Lines i..k-1 of a chained batch are in the file."""
+        seg.size += lines.start(k) - lines.start(i)
         if seg.first_seq is None:
-            seg.first_seq, seg.first_prev = line.seq, line.prev
-        if line.ts is not None:
-            seg.last_ts = line.ts
-        self.seq, self.prev = line.seq, line.hash
+            seg.first_seq, seg.first_prev = lines.seq(i), lines.prev(i)
+        ts = lines.last_ts(i, k)
+        if ts is not None:
+            seg.last_ts = ts
+        self.seq, self.prev = lines.seq(k - 1), lines.hash(k - 1)
 
     def _cut_torn(self, seg: _Segment) -> None:
         # Part of a line reached the file. Cut it now if we can; otherwise before the next write,
@@ -385,7 +386,7 @@ class _Writer:
         note = {"type": RETENTION_TYPE, "removed": [s.name for s in remove],
                 "oldest_kept_seq": kept.first_seq, "oldest_kept_prev": kept.first_prev,
                 "ts": now, "gw": self.gw}
-        self._append([note])
+        self._append([pending_from(note)])
         # The note must be durable before the segments it explains disappear.
         os.fsync(self.fd)
         for seg in remove:
@@ -479,7 +480,7 @@ class AuditLog:
         self._gw = gateway_id
         self._clock = clock
         self._writer = _Writer(cfg, gateway_id)
-        self._pending: deque[dict] = deque()
+        self._pending: deque[Pending] = deque()
         self._unreported_drops = 0        # dropped records not yet noted in the log itself
         self._healthy = True
         self._drop_warned = False
@@ -534,10 +535,22 @@ class AuditLog:
                 log.warning("audit log: record appended after close() was dropped")
             return
         rec = dict(record)
-        rec.pop("hash", None)
         rec["ts"] = float(self._clock())
         rec["gw"] = self._gw
-        self._pending.append(rec)
+        self._queue([pending_from(rec)])
+
+    def append_encoded(self, records: list[Pending]) -> None:
+        """Records already encoded (with their own ts and gw): the recorder's statements."""
+        if self._closed:
+            self.dropped += len(records)
+            if not self._drop_warned:
+                self._drop_warned = True
+                log.warning("audit log: records appended after close() were dropped")
+            return
+        self._queue(records)
+
+    def _queue(self, records: list[Pending]) -> None:
+        self._pending.extend(records)
         if len(self._pending) > MAX_PENDING:
             self._trim()
         if len(self._pending) >= _MAX_BATCH and self._wake is not None:

@@ -2,9 +2,11 @@
 
 The relay keeps one small tuple per finished statement (start, end, text, command tags, error,
 masked values) in C-level lists; nothing here runs per statement on the data path. Every
-`flush_interval` the recorder collects those tuples from every open session, turns them into
-audit records (statement text with literals masked unless configured otherwise) and index rows,
-and hands them on: the audit log writes in its own thread, the index in one batched store call.
+`flush_interval` the recorder collects those tuples from every open session and turns them into
+audit records (statement text with literals masked unless configured otherwise): the common
+record straight into its canonical bytes in C (StatementEncoder, ext/auditlog.pyx), those with
+an error or captured rows through a dict here. The audit log chains and writes them in its own
+thread; index rows (with `index_statements`) go to the store in one batched call.
 
 If the log cannot be written and `on_write_failure = "fail-closed"`, every open session (and
 every new one) answers new statements with an error until writing works again; with
@@ -20,7 +22,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from hoopwire.audit.log import AuditLog
+from hoopwire._auditlog import StatementEncoder
+from hoopwire.audit.log import AuditLog, pending_from
 from hoopwire.config import AuditConfig
 from hoopwire.logs import event
 
@@ -84,6 +87,8 @@ class Recorder:
         self._mask_statement = mask_statement if cfg.statement_literals == "mask" else \
             (lambda sql: sql.decode("utf-8", "replace"))
         self._texts: dict[bytes, str] = {}         # statement bytes -> recorded text (repeats)
+        self._encoder = StatementEncoder(gateway_id, self._mask_statement, self._slow)
+        self._session = None                       # the session being drained (for _slow)
         self._by_type: dict[str, int] = {}         # records per type since the last flush
         self.marker_prefix = marker_prefix
         self.clock = clock
@@ -191,43 +196,57 @@ class Recorder:
         relay = s.relay
         if relay is None:
             return
-        n_stmt = 0
-        for started, ended, sql, tags, error, masked, kept in relay.take_records():
-            n = self._counts.get(sid, 0) + 1
-            self._counts[sid] = n
-            err = _error_fields(error)
-            verdict = "allow"
-            if err is not None:
-                msg = err.get("message", "")
-                if self.marker_prefix and self.marker_prefix.decode() in msg:
-                    verdict, err = "block", {"code": "42501", "message": "blocked by a hoopwire rule"}
-                else:
-                    verdict = "error"
-                    if s.masker is not None and msg:
-                        err["message"] = s.masker.engine.mask_text(msg.encode())[0].decode(
-                            "utf-8", "replace")
-            text = self._text(sql or b"")
-            rows = rows_from_tags(tags)
-            duration = round((ended - started) * 1000.0, 3)
-            rec = {"type": "statement", "session": sid, "n": n, "started": started,
-                   "statement": text, "verdict": verdict,
-                   "tags": [t.decode("ascii", "replace") for t in tags], "rows": rows,
-                   "masked": masked, "duration_ms": duration}
-            if err is not None:
-                rec["error"] = err
-            if kept:
-                rec["result"] = [_row_values(r) for r in kept]
-            self.log.append(rec)
-            n_stmt += 1
-            if not self.cfg.index_statements:
-                continue
+        raw = relay.take_records()
+        if not raw:
+            return
+        n0 = self._counts.get(sid, 0)
+        self._counts[sid] = n0 + len(raw)
+        self._by_type["statement"] = self._by_type.get("statement", 0) + len(raw)
+        ts = float(self.clock())
+        if not self.cfg.index_statements:
+            self._session = s
+            try:
+                self.log.append_encoded(self._encoder.encode(raw, sid, n0, ts))
+            finally:
+                self._session = None
+            return
+        for i, r in enumerate(raw, n0 + 1):
+            rec = self._statement(s, r, i, ts)
+            self.log.append_encoded([pending_from(rec)])
+            err = rec.get("error")
             self._index_statements.append({
-                "session_id": sid, "seq": n, "ts": started, "statement": text,
-                "verdict": verdict, "rules": [], "approval_id": None, "rows": rows,
-                "masked": masked, "duration_ms": duration,
+                "session_id": sid, "seq": i, "ts": rec["started"], "statement": rec["statement"],
+                "verdict": rec["verdict"], "rules": [], "approval_id": None, "rows": rec["rows"],
+                "masked": rec["masked"], "duration_ms": rec["duration_ms"],
                 "error": (err or {}).get("message")})
-        if n_stmt:
-            self._by_type["statement"] = self._by_type.get("statement", 0) + n_stmt
+
+    def _slow(self, raw: tuple, n: int, ts: float):
+        """The encoder's fallback (errors, captured rows): the record as a dict, then encoded."""
+        return pending_from(self._statement(self._session, raw, n, ts))
+
+    def _statement(self, s, raw: tuple, n: int, ts: float) -> dict:
+        started, ended, sql, tags, error, masked, kept = raw
+        err = _error_fields(error)
+        verdict = "allow"
+        if err is not None:
+            msg = err.get("message", "")
+            if self.marker_prefix and self.marker_prefix.decode() in msg:
+                verdict, err = "block", {"code": "42501", "message": "blocked by a hoopwire rule"}
+            else:
+                verdict = "error"
+                if s is not None and s.masker is not None and msg:
+                    err["message"] = s.masker.engine.mask_text(msg.encode())[0].decode(
+                        "utf-8", "replace")
+        rec = {"type": "statement", "session": s.id if s is not None else None, "n": n,
+               "started": started, "statement": self._text(sql or b""), "verdict": verdict,
+               "tags": [t.decode("ascii", "replace") for t in tags],
+               "rows": rows_from_tags(tags), "masked": masked,
+               "duration_ms": round((ended - started) * 1000.0, 3), "ts": ts, "gw": self.gateway_id}
+        if err is not None:
+            rec["error"] = err
+        if kept:
+            rec["result"] = [_row_values(r) for r in kept]
+        return rec
 
     def _check_health(self) -> None:
         refusing = self.log.refusing

@@ -1,0 +1,46 @@
+# Declarations of the hoopwire._auditlog extension: the audit log's hot path. ext/auditlog.pyx
+# holds the implementation; hoopwire/audit/log.py and recorder.py are its only users.
+#
+# A record is encoded once, on the event loop, into a Pending: its canonical JSON body cut at
+# the two places the chain fills in later ("prev" and "seq" sort into the middle of the keys).
+# chain() then joins, numbers and hashes a batch of them in the audit thread without the GIL.
+
+cdef struct Out:                  # a growable byte buffer (malloc'd; the owner frees p)
+    char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef class Pending:
+    # body = head + mid + tail, where head is b"{" and every key sorting before "prev" (each
+    # with its comma), mid the keys between "prev" and "seq" (each with its comma), and tail
+    # b"}" or b"," followed by the keys after "seq" and b"}".
+    cdef readonly bytes body
+    cdef readonly Py_ssize_t cut_prev     # len(head)
+    cdef readonly Py_ssize_t cut_seq      # len(head) + len(mid)
+    cdef readonly double ts               # its "ts" (NaN when it has none): what retention reads
+
+
+cdef class Chained:
+    # A chained batch: the lines (each ending in b"\n") back to back in `data`.
+    cdef readonly bytes data
+    cdef readonly Py_ssize_t n
+    cdef readonly unsigned long long first_seq
+    cdef bytes first_prev
+    cdef Py_ssize_t* ends         # ends[i]: offset just past line i
+    cdef char* hashes             # 64 hex digits per line
+    cdef double* tss
+
+    cdef int _check(self, Py_ssize_t i, bint end_ok) except -1
+
+
+cdef class StatementEncoder:
+    cdef bytes gw                 # the gateway id, JSON-encoded
+    cdef object mask_statement    # sql bytes -> recorded text (str)
+    cdef dict texts               # sql bytes -> recorded text, JSON-encoded (most repeat)
+    cdef object slow              # the recorder's own encoder for records this one declines
+
+    cdef bytes _text(self, object sql)
+    cdef int _statement(self, Out* o, tuple r, long long n, long long rows, int have_rows,
+                        double started, double ended, bytes sid, Out* tsj,
+                        Py_ssize_t* cut_prev, Py_ssize_t* cut_seq) except -1

@@ -1,0 +1,134 @@
+"""The audit log's C encoder and chain (ext/auditlog.pyx) against the definition they replace.
+
+verify.py re-encodes every parsed line with orjson and hashes that, so a statement record
+written by StatementEncoder must be byte-for-byte what `canonical()` gives for the same dict,
+and a line made by chain() what `with_hash(canonical({..., seq, prev}), chain_hash(...))` gives.
+"""
+
+import math
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hoopwire._auditlog import Pending, StatementEncoder, chain, json_ascii, json_float
+from hoopwire.audit.log import GENESIS, canonical, chain_hash, pending_from, with_hash
+from hoopwire.audit.recorder import rows_from_tags
+
+
+def expected_line(rec: dict, seq: int, prev: str) -> bytes:
+    body = canonical({**rec, "seq": seq, "prev": prev})
+    return with_hash(body, chain_hash(prev, body)) + b"\n"
+
+
+def statement_dict(raw, n, ts, sid, gw, mask):
+    started, ended, sql, tags, error, masked, kept = raw
+    return {"type": "statement", "session": sid, "n": n, "started": started,
+            "statement": mask(sql or b""), "verdict": "allow",
+            "tags": [t.decode("ascii", "replace") for t in tags], "rows": rows_from_tags(tags),
+            "masked": masked, "duration_ms": round((ended - started) * 1000.0, 3), "ts": ts,
+            "gw": gw}
+
+
+def decode(sql: bytes) -> str:
+    return sql.decode("utf-8", "replace")
+
+
+floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                   st.floats(min_value=1.0e9, max_value=2.5e9),
+                   st.floats(min_value=-1e3, max_value=1e6))
+tags = st.lists(st.one_of(st.binary(max_size=24),
+                          st.builds(lambda w, n: w + b" " + str(n).encode(),
+                                    st.sampled_from([b"SELECT", b"INSERT 0", b"UPDATE", b"COPY"]),
+                                    st.integers(0, 10**20))), max_size=4)
+raws = st.tuples(floats, floats, st.one_of(st.none(), st.binary(max_size=64)), tags,
+                 st.just(None), st.integers(0, 2**62), st.just(None))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(raws, min_size=1, max_size=5), st.integers(0, 10**6),
+       st.floats(min_value=1.0e9, max_value=2.5e9), st.text(max_size=12), st.text(max_size=12),
+       st.integers(1, 2**40))
+def test_statement_records_are_canonical(raw, n0, ts, sid, gw, seq):
+    slow_calls = []
+
+    def slow(r, n, t):
+        slow_calls.append(n)
+        return pending_from(statement_dict(r, n, t, sid, gw, decode))
+
+    enc = StatementEncoder(gw, decode, slow)
+    pending = enc.encode(raw, sid, n0, ts)
+    assert len(pending) == len(raw)
+    prev = "ab" * 32
+    lines = chain(pending, seq - 1, prev)
+    want = b""
+    for i, r in enumerate(raw):
+        rec = statement_dict(r, n0 + 1 + i, ts, sid, gw, decode)
+        line = expected_line(rec, seq + i, prev)
+        prev = chain_hash(prev, line[:line.rindex(b',"hash":')] + b"}")
+        want += line
+    assert lines.data == want
+    assert lines.hash(len(raw) - 1) == prev
+
+
+def test_common_statements_take_the_c_path():
+    calls = []
+    enc = StatementEncoder("gw-1", decode, lambda r, n, t: calls.append(n) or
+                           pending_from(statement_dict(r, n, t, "s", "gw-1", decode)))
+    raw = [(1764451234.25, 1764451234.2513, b"SELECT 1", [b"SELECT 1"], None, 0, None),
+           (1764451234.25, 1764451234.2513, b"SELECT 1", [b"SELECT 1"], b"CXX000\0Mboom\0", 0,
+            None)]
+    pending = enc.encode(raw, "s", 0, 1764451235.5)
+    assert calls == [2]                   # only the one with an error went the dict way
+    assert b'"duration_ms":1.3,' in pending[0].body
+
+
+@given(floats)
+def test_floats_match_orjson(v):
+    got = json_float(v)
+    if got is not None:
+        assert got == orjson.dumps(v)
+    else:
+        assert "e" in repr(v) or not math.isfinite(v)
+
+
+@given(st.binary(max_size=40))
+def test_ascii_strings_match_orjson(b):
+    got = json_ascii(b)
+    if any(c >= 0x80 for c in b):
+        assert got is None
+    else:
+        assert got == orjson.dumps(b.decode("ascii"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), st.one_of(st.integers(-5, 5), st.text(max_size=6),
+                                                       st.none(), st.floats(allow_nan=False)),
+                       max_size=8),
+       st.integers(0, 2**50))
+def test_any_record_chains_like_canonical(rec, seq):
+    rec = {k: v for k, v in rec.items() if k not in ("prev", "seq", "hash")}
+    line = chain([pending_from(rec)], seq, GENESIS).data
+    assert line == expected_line(rec, seq + 1, GENESIS)
+
+
+def test_chain_bookkeeping():
+    recs = [pending_from({"type": "x", "i": i, "ts": 10.0 + i}) for i in range(5)]
+    recs.append(pending_from({"type": "no-ts"}))
+    lines = chain(recs, 41, GENESIS)
+    assert len(lines) == 6 and lines.seq(0) == 42 and lines.prev(0) == GENESIS
+    assert lines.prev(3) == lines.hash(2)
+    assert lines.start(6) == len(lines.data)
+    one = lines.start(1)
+    assert lines.fit(0, one) == 1 and lines.fit(0, 0) == 1 and lines.fit(0, 10**9) == 6
+    assert lines.complete(0, one - 1) == 0 and lines.complete(0, one) == 1
+    assert lines.last_ts(0, 6) == 14.0 and lines.last_ts(5, 6) is None
+    with pytest.raises(IndexError):
+        lines.hash(6)
+    with pytest.raises(ValueError):
+        chain(recs, 0, "short")
+    with pytest.raises(ValueError):
+        Pending(b"{}", 1, 2)
+    with pytest.raises(TypeError):
+        chain([b"not pending"], 0, GENESIS)
