@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hoopwire._auditlog import Pending, StatementEncoder, chain, json_ascii, json_float
+from hoopwire._auditlog import (Pending, StatementEncoder, chain, json_ascii, json_float,
+                                record_times)
 from hoopwire.audit.log import GENESIS, canonical, chain_hash, pending_from, with_hash
 from hoopwire.audit.recorder import rows_from_tags
 
@@ -24,10 +25,11 @@ def expected_line(rec: dict, seq: int, prev: str) -> bytes:
 
 def statement_dict(raw, n, ts, sid, gw, mask):
     started, ended, sql, tags, error, masked, kept = raw
+    started, duration = record_times(started, ended)
     return {"type": "statement", "session": sid, "n": n, "started": started,
             "statement": mask(sql or b""), "verdict": "allow",
             "tags": [t.decode("ascii", "replace") for t in tags], "rows": rows_from_tags(tags),
-            "masked": masked, "duration_ms": round((ended - started) * 1000.0, 3), "ts": ts,
+            "masked": masked, "duration_ms": duration, "ts": ts,
             "gw": gw}
 
 
@@ -37,6 +39,8 @@ def decode(sql: bytes) -> str:
 
 floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
                    st.floats(min_value=1.0e9, max_value=2.5e9),
+                   st.floats(min_value=4.2e9, max_value=4.3e9),   # around the 2**32 s limit
+                   st.integers(0, 2**32).map(lambda us: us / 1e6),
                    st.floats(min_value=-1e3, max_value=1e6))
 tags = st.lists(st.one_of(st.binary(max_size=24),
                           st.builds(lambda w, n: w + b" " + str(n).encode(),
@@ -68,7 +72,7 @@ def test_statement_records_are_canonical(raw, n0, ts, sid, gw, seq):
         line = expected_line(rec, seq + i, prev)
         prev = chain_hash(prev, line[:line.rindex(b',"hash":')] + b"}")
         want += line
-    assert lines.data == want
+    assert lines.data == want, (raw, n0, ts, sid, gw, seq)
     assert lines.hash(len(raw) - 1) == prev
 
 
@@ -82,6 +86,7 @@ def test_common_statements_take_the_c_path():
     pending = enc.encode(raw, "s", 0, 1764451235.5)
     assert calls == [2]                   # only the one with an error went the dict way
     assert b'"duration_ms":1.3,' in pending[0].body
+    assert b'"started":1764451234.25,' in pending[0].body
 
 
 @given(floats)

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from hoopwire._auditlog import StatementEncoder
+from hoopwire._auditlog import StatementEncoder, record_times
 from hoopwire.audit.log import AuditLog, pending_from
 from hoopwire.config import AuditConfig
 from hoopwire.logs import event
@@ -226,6 +226,7 @@ class Recorder:
 
     def _statement(self, s, raw: tuple, n: int, ts: float) -> dict:
         started, ended, sql, tags, error, masked, kept = raw
+        started, duration = record_times(started, ended)
         err = _error_fields(error)
         verdict = "allow"
         if err is not None:
@@ -241,7 +242,7 @@ class Recorder:
                "started": started, "statement": self._text(sql or b""), "verdict": verdict,
                "tags": [t.decode("ascii", "replace") for t in tags],
                "rows": rows_from_tags(tags), "masked": masked,
-               "duration_ms": round((ended - started) * 1000.0, 3), "ts": ts, "gw": self.gateway_id}
+               "duration_ms": duration, "ts": ts, "gw": self.gateway_id}
         if err is not None:
             rec["error"] = err
         if kept:
