@@ -236,6 +236,19 @@ def test_pipeline_mode(mgw, idp):
         assert cur3.fetchall() == [("Chloé Dubois",)]
 
 
+def test_long_pipelines_keep_every_result_in_step(mgw, idp):
+    # Hundreds of requests outstanding at once, after a short pipeline has moved the start of
+    # the gateway's request ring: it must grow while wrapped and still pair every answer with
+    # its request.
+    with connect(mgw, idp) as c:
+        for rounds in (3, 300):
+            with c.pipeline():
+                curs = [c.execute("SELECT ssn, name FROM crm.users WHERE id = %s", (1 + i % 2,))
+                        for i in range(rounds)]
+            want = [[("*******6789", "Alice Martin")], [("*******4321", "Bob Okafor")]]
+            assert [cur.fetchall() for cur in curs] == [want[i % 2] for i in range(rounds)]
+
+
 def test_multi_statement_query_and_server_side_cursor(mgw, idp):
     with connect(mgw, idp) as c:
         with c.cursor() as cur:

@@ -1,4 +1,5 @@
-from collections import deque
+from cpython.ref cimport PyObject, Py_XDECREF, Py_XINCREF
+from libc.stdlib cimport free as c_free, realloc as c_realloc
 from posix.time cimport CLOCK_REALTIME
 
 from hoopwire._mask import MaskRowError
@@ -20,6 +21,10 @@ cdef tuple DDL_TAGS = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"GRANT", b"REV
 class ResultTrackingError(Exception):
     """The upstream answered something the request FIFO does not expect: masking cannot tell
     which result the next rows belong to, so the session is closed rather than guessed at."""
+
+
+cdef inline object _obj(PyObject* p):
+    return None if p == NULL else <object>p
 
 
 cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
@@ -47,7 +52,8 @@ cdef class PgResults:
         self.records = []
         self.cur_tags = []
         self.capture_left = capture_bytes if record else 0
-        self.queue = deque()
+        self.reqs = NULL
+        self.rq_head = self.rq_len = self.rq_cap = 0
         self.stmts = {}
         self.portals = {}
         self.last_desc_name = b""
@@ -58,7 +64,7 @@ cdef class PgResults:
     cdef int client_header(self, char kind) except -1:
         """INSPECT for messages whose body we need; Sync only counts."""
         if kind == b"S"[0]:
-            self.queue.append((R_SYNC, None, None, 0.0))
+            self._push(R_SYNC, None, None, 0.0)
             self.last_client = kind
             return FORWARD
         if kind == b"H"[0]:
@@ -81,34 +87,34 @@ cdef class PgResults:
         if kind == b"Q"[0]:
             sql = _cstr(body, blen, &used)
             info = self.masker.statement(sql) if self.mask_on else None
-            self.queue.append((R_QUERY, info, sql, wallclock()))
+            self._push(R_QUERY, info, sql, wallclock())
         elif kind == b"F"[0]:
             # a call by function OID returns a value no description names: refused while
             # masking applies (the relay replaces it by a failing Query, answered E + Z)
             if out is None and self.mask_on:
                 out = self.relay._judge(kind, msg, size)
-            self.queue.append((R_QUERY, EMPTY_INFO, b"<fast-path function call>", wallclock()))
+            self._push(R_QUERY, EMPTY_INFO, b"<fast-path function call>", wallclock())
         elif kind == b"P"[0]:
             name = _cstr(body, blen, &used)
             sql = _cstr(body + used, blen - used, &used)
             self.stmts[name] = (self.masker.statement(sql) if self.mask_on else None, sql)
-            self.queue.append((R_PARSE, None, sql, 0.0))
+            self._push(R_PARSE, None, sql, 0.0)
         elif kind == b"B"[0]:
             name = _cstr(body, blen, &used)
             other = _cstr(body + used, blen - used, &used)
             self.portals[name] = self.stmts.get(other, None) or (SUSPECT_INFO, b"")
-            self.queue.append((R_BIND, None, None, 0.0))
+            self._push(R_BIND, None, None, 0.0)
         elif kind == b"D"[0]:
             if blen < 2:
                 raise FrameError("malformed Describe message")
             name = _cstr(body + 1, blen - 1, &used)
             if body[0] == b"S"[0]:
                 known = self.stmts.get(name, None) or (SUSPECT_INFO, b"")
-                self.queue.append((R_DESC_S, known[0], None, 0.0))
+                self._push(R_DESC_S, known[0], None, 0.0)
                 self.last_desc_portal = False
             else:
                 known = self.portals.get(name, None) or (SUSPECT_INFO, b"")
-                self.queue.append((R_DESC_P, known[0], None, 0.0))
+                self._push(R_DESC_P, known[0], None, 0.0)
                 self.last_desc_portal = True
                 self.last_desc_name = name
         elif kind == b"E"[0]:
@@ -117,11 +123,11 @@ cdef class PgResults:
             if self.mask_on and not (self.last_client == b"D"[0] and self.last_desc_portal and
                                      self.last_desc_name == name):
                 # Rows must follow a description we saw: ask for one, answer swallowed.
-                self.queue.append((R_DESC_OURS, known[0], None, 0.0))
+                self._push(R_DESC_OURS, known[0], None, 0.0)
                 self.injected += 1
                 out = (DESCRIBE_PORTAL_HEAD + (len(name) + 6).to_bytes(4, "big") + b"P" + name +
                        b"\x00" + msg[:size])
-            self.queue.append((R_EXEC, known[0], known[1], wallclock()))
+            self._push(R_EXEC, known[0], known[1], wallclock())
         elif kind == b"C"[0]:
             if blen >= 2:
                 name = _cstr(body + 1, blen - 1, &used)
@@ -129,7 +135,7 @@ cdef class PgResults:
                     self.stmts.pop(name, None)
                 else:
                     self.portals.pop(name, None)
-            self.queue.append((R_CLOSE, None, None, 0.0))
+            self._push(R_CLOSE, None, None, 0.0)
         self.last_client = kind
         return out
 
@@ -147,44 +153,87 @@ cdef class PgResults:
             return FORWARD if self.state == S_COPY and self.copy is None else INSPECT
         return INSPECT
 
-    cdef object _head(self):
-        if not self.queue:
+    def __dealloc__(self):
+        while self.rq_len:
+            self._pop()
+        c_free(self.reqs)
+
+    cdef int _push(self, int kind, object info, object sql, double t) except -1:
+        cdef Py_ssize_t cap, i, n
+        cdef Req* grown
+        cdef Req* r
+        if self.rq_len == self.rq_cap:
+            # grow and unwrap the ring so it starts at 0 again
+            cap = self.rq_cap * 2 if self.rq_cap else 16
+            grown = <Req*>c_realloc(self.reqs, cap * sizeof(Req))
+            if grown == NULL:
+                raise MemoryError()
+            n = self.rq_cap - self.rq_head         # entries from head to the old end
+            if self.rq_head:
+                for i in range(self.rq_len - n):     # the wrapped part moves past the old end
+                    grown[self.rq_cap + i] = grown[i]
+            self.reqs = grown
+            self.rq_cap = cap
+        r = &self.reqs[(self.rq_head + self.rq_len) % self.rq_cap]
+        r.kind = kind
+        r.info = NULL if info is None else <PyObject*>info
+        r.sql = NULL if sql is None else <PyObject*>sql
+        Py_XINCREF(r.info)
+        Py_XINCREF(r.sql)
+        r.t = t
+        self.rq_len += 1
+        return 0
+
+    cdef Req* _head(self) except NULL:
+        if not self.rq_len:
             raise ResultTrackingError("a response arrived with no request outstanding")
-        return self.queue[0]
+        return &self.reqs[self.rq_head]
+
+    cdef void _pop(self) noexcept:
+        cdef Req* r
+        if not self.rq_len:
+            return
+        r = &self.reqs[self.rq_head]
+        Py_XDECREF(r.info)
+        Py_XDECREF(r.sql)
+        r.info = r.sql = NULL
+        self.rq_head = (self.rq_head + 1) % self.rq_cap
+        self.rq_len -= 1
 
     cdef int _expect(self, int kind) except -1:
-        head = self._head()
-        if head[0] != kind:
+        cdef Req* head = self._head()
+        if head.kind != kind:
             raise ResultTrackingError(f"response out of step (expected request {kind}, "
-                                      f"queue head {head[0]})")
-        self.queue.popleft()
+                                      f"queue head {head.kind})")
+        self._pop()
         return 0
 
     cdef int _error_skip(self) except -1:
         """After an error in the extended protocol the server skips to Sync: so do we. The
         error is recorded against the request it answers (an Execute, or a Parse)."""
         cdef int k
-        cdef tuple head
+        cdef Req* head
         cdef bint recorded = False
-        while self.queue:
-            head = self.queue[0]
-            k = head[0]
+        while self.rq_len:
+            head = &self.reqs[self.rq_head]
+            k = head.kind
             if k == R_SYNC or k == R_QUERY:
                 break
             if self.record_on and not recorded and (k == R_EXEC or k == R_PARSE):
-                self._record(head[2], head[3] or wallclock())
+                self._record(_obj(head.sql), head.t or wallclock())
                 recorded = True
-            self.queue.popleft()
+            self._pop()
         return 0
 
     cdef int _ready(self) except -1:
         cdef int k
-        cdef tuple e
-        while self.queue:
-            e = self.queue.popleft()
-            k = e[0]
+        cdef Req* e
+        while self.rq_len:
+            e = &self.reqs[self.rq_head]
+            k = e.kind
             if k == R_QUERY and self.record_on:
-                self._record(e[2], e[3])
+                self._record(_obj(e.sql), e.t)
+            self._pop()
             if k == R_SYNC or k == R_QUERY:
                 break
         self.copy_idx = 0
@@ -219,25 +268,25 @@ cdef class PgResults:
     cdef object _row_description(self, const unsigned char* msg, Py_ssize_t size):
         """T: set up the rows that follow. Nothing changes before the masker answers, so a
         HOLD leaves the state as it was for the replay."""
-        head = self._head()
-        cdef int hk = head[0]
+        cdef Req* head = self._head()
+        cdef int hk = head.kind
         if hk == R_DESC_S:
-            self.queue.popleft()
+            self._pop()
             return None             # a statement's description: no rows follow from it
         if hk != R_QUERY and hk != R_DESC_P and hk != R_DESC_OURS:
             raise ResultTrackingError(f"RowDescription answering request {hk}")
         if not self.mask_on:
             self._end_result()
             if hk != R_QUERY:
-                self.queue.popleft()
+                self._pop()
             self.state = S_ROWS
             return None
-        res = self.masker.row_description(msg[:size], head[1])
+        res = self.masker.row_description(msg[:size], _obj(head.info))
         if res is HOLD:
             return HOLD
         self._end_result()
         if hk != R_QUERY:
-            self.queue.popleft()
+            self._pop()
         if isinstance(res, bytes):
             self.state = S_SKIP
             return res
@@ -248,6 +297,7 @@ cdef class PgResults:
 
     cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
         cdef int hk
+        cdef Req* head
         if kind == b"D"[0]:
             if self.state == S_ROWS:
                 out = self.plan.rewrite_ptr(msg, size) if self.plan_work else None
@@ -279,15 +329,16 @@ cdef class PgResults:
                 self._ready()
                 return None
             if kind == b"E"[0]:
-                if self.queue and self.queue[0][0] != R_QUERY and self.queue[0][0] != R_SYNC:
+                if self.rq_len and self.reqs[self.rq_head].kind != R_QUERY and \
+                        self.reqs[self.rq_head].kind != R_SYNC:
                     self._error_skip()
                 return b""
             # what the refused result and the statements after it answered: withheld, but
             # still followed so the queue stays in step
         if kind == b"T"[0]:
             if self.state == S_SKIP:
-                if self._head()[0] != R_QUERY:
-                    self.queue.popleft()
+                if self._head().kind != R_QUERY:
+                    self._pop()
                 return b""
             return self._row_description(msg, size)
         if kind == b"C"[0] or kind == b"I"[0] or kind == b"s"[0]:
@@ -300,11 +351,11 @@ cdef class PgResults:
             if self.state != S_SKIP:
                 self._end_result()
             head = self._head()
-            hk = head[0]
+            hk = head.kind
             if hk == R_EXEC:
-                self.queue.popleft()
                 if self.record_on:
-                    self._record(head[2], head[3])
+                    self._record(_obj(head.sql), head.t)
+                self._pop()
             elif hk != R_QUERY:
                 raise ResultTrackingError(f"command completion answering request {hk}")
             return b"" if self.state == S_SKIP else None
@@ -317,15 +368,15 @@ cdef class PgResults:
                 self._end_result()
             if self.record_on and self.cur_error is None:
                 self.cur_error = msg[5:size]
-            if self.queue:
-                hk = self.queue[0][0]
+            if self.rq_len:
+                hk = self.reqs[self.rq_head].kind
                 if hk != R_QUERY and hk != R_SYNC:
                     self._error_skip()
             return self.masker.fields(msg[:size]) if self.mask_on else None
         if kind == b"n"[0]:
-            hk = self._head()[0]
+            hk = self._head().kind
             if hk == R_DESC_S or hk == R_DESC_P or hk == R_DESC_OURS:
-                self.queue.popleft()
+                self._pop()
                 if hk != R_DESC_S:
                     self._end_result()
                 return b"" if hk == R_DESC_OURS or self.state == S_SKIP else None
@@ -352,9 +403,9 @@ cdef class PgResults:
         return None
 
     cdef object _copy_out(self, const unsigned char* msg, Py_ssize_t size):
-        head = self._head()
-        cdef int hk = head[0]
-        info = head[1]
+        cdef Req* head = self._head()
+        cdef int hk = head.kind
+        info = _obj(head.info)
         spec = None
         copies = info.copies if info is not None else ()
         if hk == R_QUERY:
