@@ -41,8 +41,8 @@ cdef extern from *:
     int SHA256_Final(unsigned char* md, SHA256_CTX* c) nogil
 
 
-__all__ = ["Pending", "Chained", "StatementEncoder", "chain", "record_times", "json_float",
-           "json_ascii"]
+__all__ = ["Pending", "PendingBatch", "Chained", "StatementEncoder", "StatementLog", "chain",
+           "record_times", "json_float", "json_ascii"]
 
 cdef const char* HEX = b"0123456789abcdef"
 
@@ -205,11 +205,13 @@ cdef inline bint times_fixed(double started, double ended) noexcept:
 
 
 def record_times(double started, double ended):
-    """(started, duration_ms) as a statement record holds them: to the microsecond where the
-    encoder writes them from integers, else as they are (duration rounded to 3 places)."""
+    """(started, duration_ms, ts) as a statement record holds them -- ts is when it ended -- to
+    the microsecond where the encoder writes them from integers, else as they are (duration
+    rounded to 3 places)."""
     if times_fixed(started, ended):
-        return llround(started * 1e6) / 1e6, llround((ended - started) * 1e6) / 1e3
-    return started, round((ended - started) * 1000.0, 3)
+        return (llround(started * 1e6) / 1e6, llround((ended - started) * 1e6) / 1e3,
+                llround(ended * 1e6) / 1e6)
+    return started, round((ended - started) * 1000.0, 3), ended
 
 
 def json_float(double v):
@@ -267,16 +269,13 @@ cdef int rows_of(list tags, long long* rows) except -1:
 
 
 cdef class StatementEncoder:
-    """Turns the relay's statement tuples (started, ended, sql, tags, error, masked, kept) into
-    Pending statement records. Records with an error or captured rows, and the odd one this
-    encoder cannot write byte-for-byte like orjson, go to `slow(raw, n, ts)`, which returns the
-    Pending itself (the recorder's dict path)."""
+    """What the statement records of all sessions share: the gateway id and the recorded text
+    of each statement (literals masked), cached because most statements repeat."""
 
-    def __init__(self, str gateway_id, mask_statement, slow):
+    def __init__(self, str gateway_id, mask_statement):
         self.gw = orjson.dumps(gateway_id)
         self.mask_statement = mask_statement
         self.texts = {}
-        self.slow = slow
 
     cdef bytes _text(self, object sql):
         cdef object text = self.texts.get(sql)
@@ -287,84 +286,211 @@ cdef class StatementEncoder:
             self.texts[sql] = text
         return <bytes>text
 
-    def encode(self, list raw, str session, long long n0, double ts):
-        """Pending records for `raw`, numbered n0 + 1, n0 + 2, ... within the session."""
-        cdef list out = []
-        cdef Out o = Out(NULL, 0, 0)
-        cdef Out tsj = Out(NULL, 0, 0)
-        cdef tuple r
-        cdef long long n = n0
-        cdef long long rows = 0
-        cdef int have_rows
-        cdef Py_ssize_t cut_prev, cut_seq
-        cdef bytes sid = orjson.dumps(session), t
-        cdef double started, ended
-        cdef bint ts_ok
-        try:
-            ts_ok = out_float(&tsj, ts) == 0
-            for r in raw:
-                n += 1
-                o.n = 0
-                if not ts_ok or r[4] is not None or r[6] or type(r[5]) is not int:
-                    out.append(self.slow(r, n, ts))
-                    continue
-                have_rows = rows_of(<list>r[3], &rows)
-                started = r[0]
-                ended = r[1]
-                if have_rows < 0 or self._statement(&o, r, n, rows, have_rows, started, ended,
-                                                    sid, &tsj, &cut_prev, &cut_seq):
-                    out.append(self.slow(r, n, ts))
-                    continue
-                out.append(Pending(PyBytes_FromStringAndSize(o.p, o.n), cut_prev, cut_seq, ts))
-        finally:
-            free(o.p)
-            free(tsj.p)
-        return out
-
-    cdef int _statement(self, Out* o, tuple r, long long n, long long rows, int have_rows,
-                        double started, double ended, bytes sid, Out* tsj,
-                        Py_ssize_t* cut_prev, Py_ssize_t* cut_seq) except -1:
+    cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,
+                        list tags, long long masked, bytes sid, Py_ssize_t* cut_prev,
+                        Py_ssize_t* cut_seq) except -1:
+        """Write the record; 1 (with o.n back where it was) when it must take the dict path."""
         # {"duration_ms":..,"gw":..,"masked":..,"n":..,  | "rows":..,  | ,"session":..,"started":..,
         #  "statement":..,"tags":[..],"ts":..,"type":"statement","verdict":"allow"}
         cdef bytes tag
         cdef bint first = True
-        if not times_fixed(started, ended):
+        cdef long long rows = 0
+        cdef int have_rows = rows_of(tags, &rows)
+        cdef Py_ssize_t start = o.n
+        if have_rows < 0 or not times_fixed(started, ended):
             return 1
         out_put(o, b'{"duration_ms":', 15)
         out_fixed(o, llround((ended - started) * 1e6), 3, 1000)
         out_put(o, b',"gw":', 6)
         out_bytes(o, self.gw)
         out_put(o, b',"masked":', 10)
-        out_int(o, <long long>r[5])
+        out_int(o, masked)
         out_put(o, b',"n":', 5)
         out_int(o, n)
         out_put(o, b',', 1)
-        cut_prev[0] = o.n
+        cut_prev[0] = o.n - start
         out_put(o, b'"rows":', 7)
         if have_rows:
             out_int(o, rows)
         else:
             out_put(o, b'null', 4)
         out_put(o, b',', 1)
-        cut_seq[0] = o.n
+        cut_seq[0] = o.n - start
         out_put(o, b',"session":', 11)
         out_bytes(o, sid)
         out_put(o, b',"started":', 11)
         out_fixed(o, llround(started * 1e6), 6, 1000000)
         out_put(o, b',"statement":', 13)
-        out_bytes(o, self._text(r[2]))
+        out_bytes(o, self._text(sql))
         out_put(o, b',"tags":[', 9)
-        for tag in <list>r[3]:
+        for tag in tags:
             if not first:
                 out_put(o, b',', 1)
             first = False
             if out_ascii_string(o, <const unsigned char*>PyBytes_AS_STRING(tag),
                                 PyBytes_GET_SIZE(tag)):
+                o.n = start
                 return 1
         out_put(o, b'],"ts":', 7)
-        out_put(o, tsj.p, tsj.n)
+        out_fixed(o, llround(ended * 1e6), 6, 1000000)
         out_put(o, b',"type":"statement","verdict":"allow"}', 38)
         return 0
+
+
+cdef class StatementLog:
+    """One session's statement records, written by the relay as each statement completes and
+    taken by the recorder as one PendingBatch per flush: no Python object per statement.
+
+    A record with an error or captured rows (or one this encoder cannot write exactly like
+    orjson) goes to `slow(raw, n)` -- raw = (started, ended, sql, tags, error fields, masked,
+    kept rows) -- which returns the record as a dict; so does every record when `all_slow` (the
+    recorder then also indexes each one)."""
+
+    def __init__(self, StatementEncoder encoder, str session, slow, encode_dict,
+                 bint all_slow=False):
+        self.enc = encoder
+        self.sid = orjson.dumps(session)
+        self.slow = slow
+        self.encode_dict = encode_dict
+        self.all_slow = all_slow
+        self.n = 0
+        self.lost = 0
+        self.buf = Out(NULL, 0, 0)
+        self.meta = NULL
+        self.tss = NULL
+        self.count = 0
+        self.cap = 0
+
+    def __dealloc__(self):
+        free(self.buf.p)
+        free(self.meta)
+        free(self.tss)
+
+    def __len__(self):
+        return self.count
+
+    @property
+    def statements(self):
+        """Statements numbered so far (taken or not)."""
+        return self.n
+
+    cdef int _room(self) except -1:
+        cdef Py_ssize_t cap
+        cdef Py_ssize_t* meta
+        cdef double* tss
+        if self.count < self.cap:
+            return 0
+        cap = self.cap * 2 if self.cap else 64
+        meta = <Py_ssize_t*>realloc(self.meta, sizeof(Py_ssize_t) * 3 * cap)
+        if meta == NULL:
+            raise MemoryError()
+        self.meta = meta
+        tss = <double*>realloc(self.tss, sizeof(double) * cap)
+        if tss == NULL:
+            raise MemoryError()
+        self.tss = tss
+        self.cap = cap
+        return 0
+
+    cdef int add(self, double started, double ended, object sql, list tags, object error,
+                 long long masked, object kept) except -1:
+        cdef Py_ssize_t start = self.buf.n, cut_prev = 0, cut_seq = 0
+        cdef Pending p
+        self._room()
+        self.n += 1
+        if self.all_slow or error is not None or kept or \
+                self.enc._statement(&self.buf, self.n, started, ended, sql, tags, masked,
+                                    self.sid, &cut_prev, &cut_seq):
+            try:
+                p = <Pending?>self.encode_dict(
+                    self.slow((started, ended, sql, tags, error, masked, kept), self.n))
+            except Exception:
+                # never the data path's problem: counted, and the recorder reports it
+                self.lost += 1
+                return 0
+            out_bytes(&self.buf, p.body)
+            cut_prev = p.cut_prev
+            cut_seq = p.cut_seq
+        self.meta[3 * self.count] = start
+        self.meta[3 * self.count + 1] = cut_prev
+        self.meta[3 * self.count + 2] = cut_seq
+        self.tss[self.count] = llround(ended * 1e6) / 1e6 if times_fixed(started, ended) \
+            else ended
+        self.count += 1
+        return 0
+
+    def add_raw(self, tuple raw):
+        """add() from Python (the tests): raw as the slow path receives it."""
+        self.add(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6])
+
+    def take(self):
+        """The records added since the last take, as one PendingBatch (None when there are none);
+        the buffers shrink back when a burst has passed."""
+        cdef PendingBatch b
+        cdef Py_ssize_t i
+        if self.count == 0:
+            return None
+        b = PendingBatch._make(self.count)
+        b.data = PyBytes_FromStringAndSize(self.buf.p, self.buf.n)
+        for i in range(self.count):
+            b.offs[i] = self.meta[3 * i]
+            b.cuts[2 * i] = self.meta[3 * i + 1]
+            b.cuts[2 * i + 1] = self.meta[3 * i + 2]
+            b.tss[i] = self.tss[i]
+        b.offs[self.count] = self.buf.n
+        self.count = 0
+        self.buf.n = 0
+        if self.buf.cap > (1 << 20):
+            free(self.buf.p)
+            self.buf = Out(NULL, 0, 0)
+        return b
+
+
+cdef class PendingBatch:
+    """Records encoded back to back in one bytes object (a session's statements since the last
+    flush): offs[i]..offs[i+1] is record i, its cuts relative to its own start."""
+
+    def __dealloc__(self):
+        free(self.offs)
+        free(self.cuts)
+        free(self.tss)
+
+    @staticmethod
+    cdef PendingBatch _make(Py_ssize_t n):
+        cdef PendingBatch b = PendingBatch.__new__(PendingBatch)
+        b.n = n
+        b.offs = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (n + 1))
+        b.cuts = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (2 * n + 1))
+        b.tss = <double*>malloc(sizeof(double) * (n + 1))
+        if b.offs == NULL or b.cuts == NULL or b.tss == NULL:
+            raise MemoryError()
+        return b
+
+    def __len__(self):
+        return self.n
+
+    def tail(self, Py_ssize_t k):
+        """The records from k on (sharing the bytes)."""
+        cdef PendingBatch b
+        cdef Py_ssize_t i
+        if not 0 <= k <= self.n:
+            raise IndexError(k)
+        b = PendingBatch._make(self.n - k)
+        b.data = self.data
+        for i in range(self.n - k + 1):
+            b.offs[i] = self.offs[k + i]
+        for i in range(2 * (self.n - k)):
+            b.cuts[i] = self.cuts[2 * k + i]
+        for i in range(self.n - k):
+            b.tss[i] = self.tss[k + i]
+        return b
+
+    def __getitem__(self, Py_ssize_t i):
+        """Record i as a Pending (for the tests and the odd caller; chain() reads in place)."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return Pending(self.data[self.offs[i]:self.offs[i + 1]], self.cuts[2 * i],
+                       self.cuts[2 * i + 1], self.tss[i])
 
 
 # ---- the chain -----------------------------------------------------------------------------------
@@ -456,10 +582,11 @@ cdef inline int n_digits(unsigned long long u) noexcept nogil:
 
 
 def chain(list pending, unsigned long long seq, str prev):
-    """Number the Pending records seq + 1, seq + 2, ... after a chain head `prev` and make their
-    lines: body with "prev" and "seq" in place, then "hash" = sha256(prev + body) as the last key.
-    Runs without the GIL once the inputs are gathered."""
-    cdef Py_ssize_t n = len(pending), i, total = 0, pos = 0, blen, c1, c2
+    """Number the records of `pending` (Pending and PendingBatch items, in order) seq + 1,
+    seq + 2, ... after a chain head `prev` and make their lines: body with "prev" and "seq" in
+    place, then "hash" = sha256(prev + body) as the last key. Runs without the GIL once the
+    inputs are gathered."""
+    cdef Py_ssize_t n = 0, i, j, k = 0, total = 0, pos = 0, blen, c1, c2
     cdef const char** bodies = NULL
     cdef Py_ssize_t* lens = NULL
     cdef Py_ssize_t* cuts = NULL
@@ -472,12 +599,20 @@ def chain(list pending, unsigned long long seq, str prev):
     cdef unsigned char md[32]
     cdef int ok = 1, sl
     cdef Pending rec
+    cdef PendingBatch batch
     cdef Chained res = Chained.__new__(Chained)
     cdef SHA256_CTX ctx
     cdef unsigned long long u
 
     if len(prev_b) != 64:
         raise ValueError("the chain head is not a sha256 hex digest")
+    for item in pending:
+        if type(item) is PendingBatch:
+            n += (<PendingBatch>item).n
+        elif type(item) is Pending:
+            n += 1
+        else:
+            raise TypeError(f"not a pending record: {type(item).__name__}")
     res.n = n
     res.first_seq = seq + 1
     res.first_prev = prev_b
@@ -490,13 +625,25 @@ def chain(list pending, unsigned long long seq, str prev):
     try:
         if not (res.ends and res.hashes and res.tss and bodies and lens and cuts):
             raise MemoryError()
+        for item in pending:
+            if type(item) is Pending:
+                rec = <Pending>item
+                bodies[k] = PyBytes_AS_STRING(rec.body)
+                lens[k] = PyBytes_GET_SIZE(rec.body)
+                cuts[2 * k] = rec.cut_prev
+                cuts[2 * k + 1] = rec.cut_seq
+                res.tss[k] = rec.ts
+                k += 1
+                continue
+            batch = <PendingBatch>item
+            for j in range(batch.n):
+                bodies[k] = PyBytes_AS_STRING(batch.data) + batch.offs[j]
+                lens[k] = batch.offs[j + 1] - batch.offs[j]
+                cuts[2 * k] = batch.cuts[2 * j]
+                cuts[2 * k + 1] = batch.cuts[2 * j + 1]
+                res.tss[k] = batch.tss[j]
+                k += 1
         for i in range(n):
-            rec = <Pending?>pending[i]
-            bodies[i] = PyBytes_AS_STRING(rec.body)
-            lens[i] = PyBytes_GET_SIZE(rec.body)
-            cuts[2 * i] = rec.cut_prev
-            cuts[2 * i + 1] = rec.cut_seq
-            res.tss[i] = rec.ts
             # "prev":"<64>", + "seq":<digits> + ,"hash":"<64>"}\n in place of the brace
             total += lens[i] + 74 + 6 + n_digits(seq + 1 + i) + 75
         # the lines are written straight into the bytes object handed out (sized exactly)

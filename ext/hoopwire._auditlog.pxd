@@ -34,13 +34,45 @@ cdef class Chained:
     cdef int _check(self, Py_ssize_t i, bint end_ok) except -1
 
 
+cdef class PendingBatch:
+    # Records encoded back to back: record i is data[offs[i]:offs[i + 1]], its cut points
+    # cuts[2i], cuts[2i + 1] relative to its own start.
+    cdef readonly bytes data
+    cdef readonly Py_ssize_t n
+    cdef Py_ssize_t* offs
+    cdef Py_ssize_t* cuts
+    cdef double* tss
+
+    @staticmethod
+    cdef PendingBatch _make(Py_ssize_t n)
+
+
 cdef class StatementEncoder:
     cdef bytes gw                 # the gateway id, JSON-encoded
     cdef object mask_statement    # sql bytes -> recorded text (str)
     cdef dict texts               # sql bytes -> recorded text, JSON-encoded (most repeat)
-    cdef object slow              # the recorder's own encoder for records this one declines
 
     cdef bytes _text(self, object sql)
-    cdef int _statement(self, Out* o, tuple r, long long n, long long rows, int have_rows,
-                        double started, double ended, bytes sid, Out* tsj,
-                        Py_ssize_t* cut_prev, Py_ssize_t* cut_seq) except -1
+    cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,
+                        list tags, long long masked, bytes sid, Py_ssize_t* cut_prev,
+                        Py_ssize_t* cut_seq) except -1
+
+
+cdef class StatementLog:
+    # One session's statement records since the last take(); the relay calls add().
+    cdef StatementEncoder enc
+    cdef bytes sid                # the session id, JSON-encoded
+    cdef object slow              # (raw tuple, n) -> the record as a dict
+    cdef object encode_dict       # dict -> Pending (hoopwire.audit.log.pending_from)
+    cdef bint all_slow
+    cdef long long n              # statements numbered so far
+    cdef readonly long long lost  # records the slow path failed to produce
+    cdef Out buf                  # bodies back to back
+    cdef Py_ssize_t* meta         # per record: start, cut_prev, cut_seq
+    cdef double* tss
+    cdef Py_ssize_t count
+    cdef Py_ssize_t cap
+
+    cdef int _room(self) except -1
+    cdef int add(self, double started, double ended, object sql, list tags, object error,
+                 long long masked, object kept) except -1

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hoopwire._auditlog import (Pending, StatementEncoder, chain, json_ascii, json_float,
-                                record_times)
+from hoopwire._auditlog import (Pending, StatementEncoder, StatementLog, chain, json_ascii,
+                                json_float, record_times)
 from hoopwire.audit.log import GENESIS, canonical, chain_hash, pending_from, with_hash
 from hoopwire.audit.recorder import rows_from_tags
 
@@ -23,18 +23,25 @@ def expected_line(rec: dict, seq: int, prev: str) -> bytes:
     return with_hash(body, chain_hash(prev, body)) + b"\n"
 
 
-def statement_dict(raw, n, ts, sid, gw, mask):
+def statement_dict(raw, n, sid, gw, mask):
     started, ended, sql, tags, error, masked, kept = raw
-    started, duration = record_times(started, ended)
+    started, duration, ts = record_times(started, ended)
     return {"type": "statement", "session": sid, "n": n, "started": started,
             "statement": mask(sql or b""), "verdict": "allow",
             "tags": [t.decode("ascii", "replace") for t in tags], "rows": rows_from_tags(tags),
-            "masked": masked, "duration_ms": duration, "ts": ts,
-            "gw": gw}
+            "masked": masked, "duration_ms": duration, "ts": ts, "gw": gw}
 
 
 def decode(sql: bytes) -> str:
     return sql.decode("utf-8", "replace")
+
+
+def statement_log(sid, gw, calls=None, all_slow=False):
+    def slow(raw, n):
+        if calls is not None:
+            calls.append(n)
+        return statement_dict(raw, n, sid, gw, decode)
+    return StatementLog(StatementEncoder(gw, decode), sid, slow, pending_from, all_slow)
 
 
 floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
@@ -51,42 +58,55 @@ raws = st.tuples(floats, floats, st.one_of(st.none(), st.binary(max_size=64)), t
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(raws, min_size=1, max_size=5), st.integers(0, 10**6),
-       st.floats(min_value=1.0e9, max_value=2.5e9), st.text(max_size=12), st.text(max_size=12),
-       st.integers(1, 2**40))
-def test_statement_records_are_canonical(raw, n0, ts, sid, gw, seq):
-    slow_calls = []
-
-    def slow(r, n, t):
-        slow_calls.append(n)
-        return pending_from(statement_dict(r, n, t, sid, gw, decode))
-
-    enc = StatementEncoder(gw, decode, slow)
-    pending = enc.encode(raw, sid, n0, ts)
-    assert len(pending) == len(raw)
+@given(st.lists(raws, min_size=1, max_size=5), st.text(max_size=12), st.text(max_size=12),
+       st.integers(1, 2**40), st.integers(0, 5))
+def test_statement_records_are_canonical(raw, sid, gw, seq, cut):
+    slog = statement_log(sid, gw)
+    for r in raw:
+        slog.add_raw(r)
+    batch = slog.take()
+    assert len(batch) == len(raw) and slog.take() is None
     prev = "ab" * 32
-    lines = chain(pending, seq - 1, prev)
+    # chained as the log does after a partial write: a single record, then the batch's rest
+    cut = min(cut, len(raw))
+    items = [batch[i] for i in range(cut)] + [batch.tail(cut)]
+    lines = chain(items, seq - 1, prev)
     want = b""
     for i, r in enumerate(raw):
-        rec = statement_dict(r, n0 + 1 + i, ts, sid, gw, decode)
+        rec = statement_dict(r, 1 + i, sid, gw, decode)
         line = expected_line(rec, seq + i, prev)
         prev = chain_hash(prev, line[:line.rindex(b',"hash":')] + b"}")
         want += line
-    assert lines.data == want, (raw, n0, ts, sid, gw, seq)
+    assert lines.data == want, (raw, sid, gw, seq)
     assert lines.hash(len(raw) - 1) == prev
 
 
 def test_common_statements_take_the_c_path():
     calls = []
-    enc = StatementEncoder("gw-1", decode, lambda r, n, t: calls.append(n) or
-                           pending_from(statement_dict(r, n, t, "s", "gw-1", decode)))
-    raw = [(1764451234.25, 1764451234.2513, b"SELECT 1", [b"SELECT 1"], None, 0, None),
-           (1764451234.25, 1764451234.2513, b"SELECT 1", [b"SELECT 1"], b"CXX000\0Mboom\0", 0,
-            None)]
-    pending = enc.encode(raw, "s", 0, 1764451235.5)
+    slog = statement_log("s", "gw-1", calls)
+    slog.add_raw((1764451234.25, 1764451234.2513, b"SELECT 1", [b"SELECT 1"], None, 0, None))
+    slog.add_raw((1764451234.25, 1764451234.2513, b"SELECT 1", [b"SELECT 1"],
+                  b"CXX000\0Mboom\0", 0, None))
+    batch = slog.take()
     assert calls == [2]                   # only the one with an error went the dict way
-    assert b'"duration_ms":1.3,' in pending[0].body
-    assert b'"started":1764451234.25,' in pending[0].body
+    assert b'"duration_ms":1.3,' in batch[0].body
+    assert b'"started":1764451234.25,' in batch[0].body
+    assert b'"ts":1764451234.2513,' in batch[0].body
+    assert slog.statements == 2 and slog.lost == 0
+
+
+def test_index_mode_sends_everything_the_dict_way_and_failures_are_counted():
+    calls = []
+    slog = statement_log("s", "gw", calls, all_slow=True)
+    raw = (1764451234.25, 1764451234.2513, b"SELECT 1", [b"SELECT 1"], None, 0, None)
+    slog.add_raw(raw)
+    assert calls == [1] and len(slog) == 1
+
+    def broken(raw, n):
+        raise RuntimeError("boom")
+    slog = StatementLog(StatementEncoder("gw", decode), "s", broken, pending_from, True)
+    slog.add_raw(raw)             # never raises into the relay
+    assert slog.lost == 1 and slog.take() is None and slog.statements == 1
 
 
 @given(floats)

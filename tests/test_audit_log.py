@@ -342,6 +342,7 @@ def test_main_verify_exit_codes(fresh, tmp_path):
 
 CHILD = textwrap.dedent("""
     import asyncio, json, resource, signal, sys
+    from hoopwire._auditlog import StatementEncoder, StatementLog
     from hoopwire.audit import AuditLog, read_records, verify
     from hoopwire.audit import log as audit_log
     from hoopwire.config import AuditConfig
@@ -356,21 +357,30 @@ CHILD = textwrap.dedent("""
             await asyncio.sleep(0.01)
         raise SystemExit("timed out")
 
-    async def scenario(path, mode, max_pending):
+    async def scenario(path, mode, max_pending, batches=False):
         audit_log.MAX_PENDING = max_pending
         resource.setrlimit(resource.RLIMIT_FSIZE, (20000, HARD))
         log = AuditLog(AuditConfig(path=path, segment_bytes=1 << 20, on_write_failure=mode,
                                    flush_interval=0.01), gateway_id="child")
         await log.start()
         rec = lambda i: {"type": "statement", "session": "s", "sql": "x" * 120, "i": i}
+        # or as a relay records them: one batch per session and flush (split by failures)
+        slog = StatementLog(StatementEncoder("child", lambda sql: sql.decode()), "s",
+                            None, audit_log.pending_from)
+        def append(i):
+            if not batches:
+                return log.append(rec(i))
+            slog.add_raw((1764451234.0 + i, 1764451234.5 + i, b"x" * 120, [], None, i, None))
+            if i % 10 == 9 or i == 199:
+                log.append_encoded([slog.take()])
         for i in range(150):                         # in bursts, as traffic would come
-            log.append(rec(i))
+            append(i)
             if i % 10 == 9:
                 await asyncio.sleep(0.02)
         await until(lambda: not log.healthy)
         out = {"failing": [log.healthy, log.refusing], "written_before": log.written}
         for i in range(150, 200):
-            log.append(rec(i))                       # appended while the disk refuses
+            append(i)                                # appended while the disk refuses
         await asyncio.sleep(0.05)
         out["still_failing"] = [log.healthy, log.refusing]
         resource.setrlimit(resource.RLIMIT_FSIZE, (HARD, HARD))
@@ -381,7 +391,8 @@ CHILD = textwrap.dedent("""
         res = verify(path)
         out["verify"] = [res.ok, res.records, res.first_seq, res.last_seq, res.describe()]
         recs = list(read_records(path))
-        out["is"] = [r["i"] for r in recs if "i" in r]
+        out["is"] = [r["i"] if "i" in r else r["masked"] for r in recs
+                     if r["type"] == "statement"]
         out["notes"] = [r["count"] for r in recs if r["type"] == "audit.dropped"]
         return out
 
@@ -390,6 +401,8 @@ CHILD = textwrap.dedent("""
         "closed": asyncio.run(scenario(base + "/closed", "fail-closed", 100_000)),
         "open": asyncio.run(scenario(base + "/open", "fail-open", 100_000)),
         "open_small": asyncio.run(scenario(base + "/small", "fail-open", 40)),
+        "closed_batches": asyncio.run(scenario(base + "/cb", "fail-closed", 100_000, True)),
+        "small_batches": asyncio.run(scenario(base + "/sb", "fail-open", 40, True)),
     }))
 """)
 
@@ -401,9 +414,9 @@ def test_write_failure_and_recovery_in_a_child(tmp_path):
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     # One warning per failure episode, never record content.
-    assert proc.stderr.count("write failed") == 3 and "xxxx" not in proc.stderr
+    assert proc.stderr.count("write failed") == 5 and "xxxx" not in proc.stderr
 
-    for mode, refusing in (("closed", True), ("open", False)):
+    for mode, refusing in (("closed", True), ("open", False), ("closed_batches", True)):
         r = got[mode]
         assert r["failing"] == [False, refusing] and r["still_failing"] == [False, refusing]
         assert 0 < r["written_before"] < 150           # the limit cut the first batch short
@@ -413,9 +426,10 @@ def test_write_failure_and_recovery_in_a_child(tmp_path):
         assert r["is"] == list(range(200))             # nothing lost, nothing doubled
         assert r["notes"] == []
 
-    r = got["open_small"]                              # fail-open with a full buffer
-    assert r["dropped"] > 0 and r["written"] + r["dropped"] == 200
-    # The loss is in the log itself (a note can slip into the space a torn record left).
-    assert sum(r["notes"]) == r["dropped"]
-    assert r["verify"][0] and r["verify"][1] == r["written"] + len(r["notes"]), r["verify"]
-    assert r["is"] == sorted(r["is"]) and r["is"][-1] == 199
+    for mode in ("open_small", "small_batches"):       # fail-open with a full buffer
+        r = got[mode]
+        assert r["dropped"] > 0 and r["written"] + r["dropped"] == 200
+        # The loss is in the log itself (a note can slip into the space a torn record left).
+        assert sum(r["notes"]) == r["dropped"]
+        assert r["verify"][0] and r["verify"][1] == r["written"] + len(r["notes"]), r["verify"]
+        assert r["is"] == sorted(r["is"]) and r["is"][-1] == 199

@@ -121,18 +121,12 @@ cdef class Relay:
             client_tr.resume_reading()
             upstream_tr.resume_reading()
 
-    def enable_results(self, masker, empty_info, suspect_info, bint record=False,
+    def enable_results(self, masker, empty_info, suspect_info, record=None,
                        Py_ssize_t capture_bytes=0):
         """Follow every request's answer: to mask results through `masker`
-        (hoopwire.pg.masker.SessionMasker, or None) and/or, with `record`, to keep one record
-        per statement for the audit log (take_records). Call before start()."""
+        (hoopwire.pg.masker.SessionMasker, or None) and/or to record every statement into
+        `record` (a hoopwire._auditlog.StatementLog). Call before start()."""
         self.results = PgResults(self, masker, empty_info, suspect_info, record, capture_bytes)
-
-    def take_records(self):
-        """Statement records completed since the last call (see PgResults.records)."""
-        if self.results is None:
-            return []
-        return self.results.take_records()
 
     def refuse_statements(self, bytes error=None):
         """While `error` is set, every new statement is answered with it (fail-closed audit)."""

@@ -27,11 +27,24 @@ cdef enum:
     S_SKIP = 3             # a refused result: drop everything up to ReadyForQuery
 
 
+# One outstanding request. A C ring of these rather than a deque of tuples: the queue sees every
+# message of every statement, and tuple churn plus deque method calls were most of what result
+# tracking cost a recording-only session.
+cdef struct Req:
+    int kind               # R_*
+    PyObject* info         # StatementInfo (a reference we own), NULL for None
+    PyObject* sql          # statement text bytes (owned), NULL for None
+    double t               # when the client sent it (Query, Execute), else 0
+
+
 cdef class PgResults:
     cdef:
         Relay relay
         object masker              # hoopwire.pg.masker.SessionMasker
-        object queue               # deque of (R_*, StatementInfo)
+        Req* reqs                  # ring of outstanding requests, oldest at rq_head
+        Py_ssize_t rq_head
+        Py_ssize_t rq_len
+        Py_ssize_t rq_cap
         dict stmts                 # prepared statement name -> StatementInfo
         dict portals               # portal name -> StatementInfo
         char last_client           # kind of the client's last message (Flush not counted)
@@ -45,7 +58,7 @@ cdef class PgResults:
         readonly unsigned long long injected   # Describe messages we added
         bint mask_on               # masking results (masker is a SessionMasker)
         bint record_on             # keeping statement records for the audit log
-        list records               # (start, end, sql, tags, error fields, masked) per statement
+        StatementLog stmt_log      # where finished statements are recorded (record_on)
         list cur_tags              # CommandComplete tags of the statement in flight
         bytes cur_error            # its first ErrorResponse body
         long long cur_masked       # values masked in its results
@@ -57,7 +70,9 @@ cdef class PgResults:
                                object replaced)
     cdef int upstream_header(self, char kind) except -1
     cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size)
-    cdef object _head(self)
+    cdef int _push(self, int kind, object info, object sql, double t) except -1
+    cdef Req* _head(self) except NULL
+    cdef void _pop(self) noexcept
     cdef int _expect(self, int kind) except -1
     cdef int _error_skip(self) except -1
     cdef int _ready(self) except -1

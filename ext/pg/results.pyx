@@ -40,7 +40,7 @@ cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
 
 cdef class PgResults:
 
-    def __init__(self, Relay relay, masker, empty_info, suspect_info, bint record=False,
+    def __init__(self, Relay relay, masker, empty_info, suspect_info, StatementLog record=None,
                  Py_ssize_t capture_bytes=0):
         global EMPTY_INFO, SUSPECT_INFO
         EMPTY_INFO = empty_info
@@ -48,10 +48,10 @@ cdef class PgResults:
         self.relay = relay
         self.masker = masker
         self.mask_on = masker is not None
-        self.record_on = record
-        self.records = []
+        self.record_on = record is not None
+        self.stmt_log = record
         self.cur_tags = []
-        self.capture_left = capture_bytes if record else 0
+        self.capture_left = capture_bytes if self.record_on else 0
         self.reqs = NULL
         self.rq_head = self.rq_len = self.rq_cap = 0
         self.stmts = {}
@@ -240,19 +240,15 @@ cdef class PgResults:
         return 0
 
     cdef int _record(self, object sql, double started) except -1:
-        """One statement done: (start, end, sql, command tags, error fields, masked values)."""
-        self.records.append((started, wallclock(), sql, self.cur_tags, self.cur_error,
-                             self.cur_masked, self.cur_rows))
+        """One statement done: encoded into the session's StatementLog at once (which keeps
+        nothing of cur_tags, so the list is reused)."""
+        self.stmt_log.add(started, wallclock(), sql, self.cur_tags, self.cur_error,
+                          self.cur_masked, self.cur_rows)
         self.cur_rows = None
-        self.cur_tags = []
+        del self.cur_tags[:]
         self.cur_error = None
         self.cur_masked = 0
         return 0
-
-    def take_records(self):
-        cdef list out = self.records
-        self.records = []
-        return out
 
     cdef int _end_result(self) except -1:
         if self.state == S_ROWS and self.plan_work:

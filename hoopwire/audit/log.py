@@ -64,7 +64,7 @@ from typing import Any
 
 import orjson
 
-from hoopwire._auditlog import Chained, Pending, chain
+from hoopwire._auditlog import Chained, Pending, PendingBatch, chain
 from hoopwire.config import AuditConfig
 
 __all__ = ["AuditLog", "AuditLogError", "GENESIS", "MAX_PENDING", "RETENTION_TYPE", "segment_files",
@@ -271,7 +271,7 @@ class _Writer:
 
     # -- writing
 
-    def flush(self, batch: list[Pending], dropped: int, now: float,
+    def flush(self, batch: list[Pending | PendingBatch], dropped: int, now: float,
               retain: bool) -> tuple[int, bool, BaseException | None]:
         """Write a `dropped` note (when > 0), then the batch, then run retention. Returns how many
         batch records were written, whether the note was, and the error that stopped it."""
@@ -282,10 +282,10 @@ class _Writer:
                 self._append([pending_from({"type": DROPPED_TYPE, "count": dropped, "ts": now,
                                             "gw": self.gw})])
                 noted = True
-            for i in range(0, len(batch), _CHUNK):
+            for chunk in _chunks(batch, _CHUNK):
                 before = self.seq
                 try:
-                    self._append(batch[i:i + _CHUNK])
+                    self._append(chunk)
                 finally:
                     written += self.seq - before
             if retain:
@@ -317,7 +317,7 @@ class _Writer:
         self.segments.append(_Segment(name, 0, seq, prev))
         _fsync_dir(self.dir)
 
-    def _append(self, records: list[Pending]) -> None:
+    def _append(self, records: list[Pending | PendingBatch]) -> None:
         """Chain and write records; on OSError the chain head covers exactly the complete lines
         that reached the file."""
         assert self.fd is not None
@@ -415,6 +415,36 @@ class _Writer:
             self.fd = None
 
 
+def _size(item: Pending | PendingBatch) -> int:
+    return 1 if type(item) is Pending else len(item)
+
+
+def _chunks(items: list, records: int):
+    """Runs of items of about `records` records each (a batch is never split here)."""
+    run, n = [], 0
+    for item in items:
+        run.append(item)
+        n += _size(item)
+        if n >= records:
+            yield run
+            run, n = [], 0
+    if run:
+        yield run
+
+
+def _skip(items: list, k: int) -> list:
+    """items without their first k records (a batch cut where k falls inside it)."""
+    out = []
+    for item in items:
+        size = _size(item)
+        if k >= size:
+            k -= size
+            continue
+        out.append(item.tail(k) if k else item)
+        k = 0
+    return out
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -480,7 +510,8 @@ class AuditLog:
         self._gw = gateway_id
         self._clock = clock
         self._writer = _Writer(cfg, gateway_id)
-        self._pending: deque[Pending] = deque()
+        self._pending: deque[Pending | PendingBatch] = deque()
+        self._npending = 0                # records in _pending (a batch holds many)
         self._unreported_drops = 0        # dropped records not yet noted in the log itself
         self._healthy = True
         self._drop_warned = False
@@ -504,7 +535,7 @@ class AuditLog:
     @property
     def pending(self) -> int:
         """Records appended but not yet on disk."""
-        return len(self._pending)
+        return self._npending
 
     async def start(self) -> None:
         if self._task is not None:
@@ -539,21 +570,23 @@ class AuditLog:
         rec["gw"] = self._gw
         self._queue([pending_from(rec)])
 
-    def append_encoded(self, records: list[Pending]) -> None:
+    def append_encoded(self, records: list[Pending | PendingBatch]) -> None:
         """Records already encoded (with their own ts and gw): the recorder's statements."""
         if self._closed:
-            self.dropped += len(records)
+            self.dropped += sum(_size(r) for r in records)
             if not self._drop_warned:
                 self._drop_warned = True
                 log.warning("audit log: records appended after close() were dropped")
             return
         self._queue(records)
 
-    def _queue(self, records: list[Pending]) -> None:
-        self._pending.extend(records)
-        if len(self._pending) > MAX_PENDING:
+    def _queue(self, records: list[Pending | PendingBatch]) -> None:
+        for r in records:
+            self._pending.append(r)
+            self._npending += _size(r)
+        if self._npending > MAX_PENDING:
             self._trim()
-        if len(self._pending) >= _MAX_BATCH and self._wake is not None:
+        if self._npending >= _MAX_BATCH and self._wake is not None:
             self._wake.set()
 
     async def close(self) -> None:
@@ -567,10 +600,11 @@ class AuditLog:
             if not await self._flush_once():
                 break
         if self._pending:
-            lost = len(self._pending)
+            lost = self._npending
             log.warning("audit log: closing with %d records that could not be written", lost)
             self.dropped += lost
             self._pending.clear()
+            self._npending = 0
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._writer.close)
         self._executor.shutdown(wait=True)
@@ -606,7 +640,12 @@ class AuditLog:
             return True
         if retain:
             self._last_retention = now
-        batch = [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_BATCH))]
+        batch, n = [], 0
+        while self._pending and n < _MAX_BATCH:
+            item = self._pending.popleft()
+            batch.append(item)
+            n += _size(item)
+        self._npending -= n
         dropped, self._unreported_drops = self._unreported_drops, 0
         loop = asyncio.get_running_loop()
         # Never cancelled (close() waits for the flusher instead), so the batch cannot be lost
@@ -620,12 +659,14 @@ class AuditLog:
             if not self._healthy:
                 self._healthy = True
                 self._drop_warned = False
-                log.warning("audit log: writable again; %d records waiting", len(self._pending))
-            if len(self._pending) >= _MAX_BATCH:
+                log.warning("audit log: writable again; %d records waiting", self._npending)
+            if self._npending >= _MAX_BATCH:
                 self._wake.set()
             return True
-        self._pending.extendleft(reversed(batch[written:]))
-        if len(self._pending) > MAX_PENDING:
+        rest = _skip(batch, written)
+        self._pending.extendleft(reversed(rest))
+        self._npending += n - written
+        if self._npending > MAX_PENDING:
             self._trim()
         if self._healthy:
             self._healthy = False
@@ -634,13 +675,20 @@ class AuditLog:
                       else "statements continue (fail-open)")
             log.warning("audit log: write failed (%s: %s); %d records held in memory, retrying; "
                         "%s", code, getattr(err, "strerror", None) or type(err).__name__,
-                        len(self._pending), action)
+                        self._npending, action)
         return False
 
     def _trim(self) -> None:
-        excess = len(self._pending) - MAX_PENDING
-        for _ in range(excess):
-            self._pending.popleft()
+        excess = self._npending - MAX_PENDING
+        left = excess
+        while left > 0:
+            item = self._pending.popleft()
+            size = _size(item)
+            if size > left:
+                self._pending.appendleft(item.tail(left))
+                size = left
+            left -= size
+        self._npending -= excess
         self.dropped += excess
         self._unreported_drops += excess
         if not self._drop_warned:

@@ -1,12 +1,12 @@
 """Session recording: what the data path did, into the audit log and the session index.
 
-The relay keeps one small tuple per finished statement (start, end, text, command tags, error,
-masked values) in C-level lists; nothing here runs per statement on the data path. Every
-`flush_interval` the recorder collects those tuples from every open session and turns them into
-audit records (statement text with literals masked unless configured otherwise): the common
-record straight into its canonical bytes in C (StatementEncoder, ext/auditlog.pyx), those with
-an error or captured rows through a dict here. The audit log chains and writes them in its own
-thread; index rows (with `index_statements`) go to the store in one batched call.
+Each session's relay writes every finished statement straight into the session's StatementLog
+(ext/auditlog.pyx): the common record (no error, no captured rows) as its canonical bytes, in C,
+with no Python object per statement; the others through `_statement` here, as a dict (statement
+text with literals masked unless configured otherwise, error messages through the masker). Every
+`flush_interval` the recorder takes each log's records as one batch and queues it on the audit
+log, which chains and writes them in its own thread; index rows (with `index_statements`, which
+sends every statement the dict way) go to the store in one batched call.
 
 If the log cannot be written and `on_write_failure = "fail-closed"`, every open session (and
 every new one) answers new statements with an error until writing works again; with
@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from hoopwire._auditlog import StatementEncoder, record_times
+from hoopwire._auditlog import StatementEncoder, StatementLog, record_times
 from hoopwire.audit.log import AuditLog, pending_from
 from hoopwire.config import AuditConfig
 from hoopwire.logs import event
@@ -87,13 +88,13 @@ class Recorder:
         self._mask_statement = mask_statement if cfg.statement_literals == "mask" else \
             (lambda sql: sql.decode("utf-8", "replace"))
         self._texts: dict[bytes, str] = {}         # statement bytes -> recorded text (repeats)
-        self._encoder = StatementEncoder(gateway_id, self._mask_statement, self._slow)
-        self._session = None                       # the session being drained (for _slow)
+        self._encoder = StatementEncoder(gateway_id, self._mask_statement)
         self._by_type: dict[str, int] = {}         # records per type since the last flush
         self.marker_prefix = marker_prefix
         self.clock = clock
         self._open: dict[str, Any] = {}            # session id -> Session
-        self._counts: dict[str, int] = {}          # session id -> statements recorded
+        self._logs: dict[str, StatementLog] = {}   # session id -> its statements (the relay's)
+        self._lost_seen: dict[str, int] = {}       # session id -> failures already reported
         self._index_sessions: list[dict] = []
         self._index_statements: list[dict] = []
         self._task: asyncio.Task | None = None
@@ -125,9 +126,18 @@ class Recorder:
 
     # -- events from the sessions ---------------------------------------------------------------
 
+    def statement_log(self, s) -> StatementLog:
+        """The log the session's relay writes its statements into (before session_started)."""
+        ref = weakref.ref(s)             # the relay holds the log: no cycle back to the session
+        s.statements = StatementLog(self._encoder, s.id,
+                                    lambda raw, n: self._statement(ref(), raw, n),
+                                    pending_from, self.cfg.index_statements)
+        return s.statements
+
     def session_started(self, s) -> None:
         self._open[s.id] = s
-        self._counts[s.id] = 0
+        if getattr(s, "statements", None) is not None:
+            self._logs[s.id] = s.statements
         ident = s.identity
         self.append({"type": "session.start", "session": s.id, "subject": ident.subject,
                      "groups": sorted(ident.groups), "token_id": ident.token_id,
@@ -140,7 +150,9 @@ class Recorder:
             return
         self._drain(s.id, s)
         self._open.pop(s.id, None)
-        n = self._counts.pop(s.id, 0)
+        slog = self._logs.pop(s.id, None)
+        self._lost_seen.pop(s.id, None)
+        n = slog.statements if slog is not None else 0
         now = self.clock()
         self.append({"type": "session.end", "session": s.id, "reason": reason,
                      "bytes_in": bytes_in, "bytes_out": bytes_out, "statements": n,
@@ -152,6 +164,7 @@ class Recorder:
 
     def session_event(self, s, kind: str, **fields) -> None:
         """A decision worth its own record: a block, a hold, an approval outcome."""
+        self._drain(s.id, s)            # after the statements that came before it
         rec = {"type": kind, "session": s.id}
         rec.update(fields)
         self.append(rec)
@@ -193,40 +206,24 @@ class Recorder:
                 log.exception("audit flush failed")
 
     def _drain(self, sid: str, s) -> None:
-        relay = s.relay
-        if relay is None:
+        slog = self._logs.get(sid)
+        if slog is None:
             return
-        raw = relay.take_records()
-        if not raw:
+        batch = slog.take()
+        if slog.lost != self._lost_seen.get(sid, 0):
+            event(log, "statements could not be recorded", logging.ERROR, session=sid,
+                  count=slog.lost - self._lost_seen.get(sid, 0))
+            self._lost_seen[sid] = slog.lost
+        if batch is None:
             return
-        n0 = self._counts.get(sid, 0)
-        self._counts[sid] = n0 + len(raw)
-        self._by_type["statement"] = self._by_type.get("statement", 0) + len(raw)
-        ts = float(self.clock())
-        if not self.cfg.index_statements:
-            self._session = s
-            try:
-                self.log.append_encoded(self._encoder.encode(raw, sid, n0, ts))
-            finally:
-                self._session = None
-            return
-        for i, r in enumerate(raw, n0 + 1):
-            rec = self._statement(s, r, i, ts)
-            self.log.append_encoded([pending_from(rec)])
-            err = rec.get("error")
-            self._index_statements.append({
-                "session_id": sid, "seq": i, "ts": rec["started"], "statement": rec["statement"],
-                "verdict": rec["verdict"], "rules": [], "approval_id": None, "rows": rec["rows"],
-                "masked": rec["masked"], "duration_ms": rec["duration_ms"],
-                "error": (err or {}).get("message")})
+        self._by_type["statement"] = self._by_type.get("statement", 0) + len(batch)
+        self.log.append_encoded([batch])
 
-    def _slow(self, raw: tuple, n: int, ts: float):
-        """The encoder's fallback (errors, captured rows): the record as a dict, then encoded."""
-        return pending_from(self._statement(self._session, raw, n, ts))
-
-    def _statement(self, s, raw: tuple, n: int, ts: float) -> dict:
+    def _statement(self, s, raw: tuple, n: int) -> dict:
+        """A statement record as a dict: the StatementLog's path for errors and captured rows
+        (and for every statement with index_statements, which also indexes it here)."""
         started, ended, sql, tags, error, masked, kept = raw
-        started, duration = record_times(started, ended)
+        started, duration, ts = record_times(started, ended)
         err = _error_fields(error)
         verdict = "allow"
         if err is not None:
@@ -238,15 +235,22 @@ class Recorder:
                 if s is not None and s.masker is not None and msg:
                     err["message"] = s.masker.engine.mask_text(msg.encode())[0].decode(
                         "utf-8", "replace")
-        rec = {"type": "statement", "session": s.id if s is not None else None, "n": n,
-               "started": started, "statement": self._text(sql or b""), "verdict": verdict,
+        sid = s.id if s is not None else None
+        rec = {"type": "statement", "session": sid, "n": n, "started": started,
+               "statement": self._text(sql or b""), "verdict": verdict,
                "tags": [t.decode("ascii", "replace") for t in tags],
-               "rows": rows_from_tags(tags), "masked": masked,
-               "duration_ms": duration, "ts": ts, "gw": self.gateway_id}
+               "rows": rows_from_tags(tags), "masked": masked, "duration_ms": duration,
+               "ts": ts, "gw": self.gateway_id}
         if err is not None:
             rec["error"] = err
         if kept:
             rec["result"] = [_row_values(r) for r in kept]
+        if self.cfg.index_statements:
+            self._index_statements.append({
+                "session_id": sid, "seq": n, "ts": started, "statement": rec["statement"],
+                "verdict": verdict, "rules": [], "approval_id": None, "rows": rec["rows"],
+                "masked": masked, "duration_ms": duration,
+                "error": (err or {}).get("message")})
         return rec
 
     def _check_health(self) -> None:
@@ -309,5 +313,6 @@ class Recorder:
                 "token_id": ident.token_id, "method": ident.method, "connection": s.listener.name,
                 "role": s.role, "database": s.database, "client_addr": s.peer, "tls": s.tls,
                 "started_at": s.started, "ended_at": None, "bytes_in": 0, "bytes_out": 0,
-                "close_reason": None, "statements": self._counts.get(s.id, 0),
+                "close_reason": None,
+                "statements": self._logs[s.id].statements if s.id in self._logs else 0,
                 "gateway_id": self.gateway_id}

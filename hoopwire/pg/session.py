@@ -120,7 +120,8 @@ class Session:
     """One client session once relayed: what policy and the log need to know about it."""
 
     __slots__ = ("listener", "identity", "role", "peer", "started", "pid", "client_secret",
-                 "relay", "tls", "database", "id", "writers", "params", "masker")
+                 "relay", "tls", "database", "id", "writers", "params", "masker", "statements",
+                 "__weakref__")
 
     def __init__(self, listener: "PgListener", identity: Identity, role: str, peer: str,
                  tls: bool, database: str):
@@ -140,6 +141,7 @@ class Session:
         self.writers: tuple = ()
         self.params: dict[str, str] = {}
         self.masker: SessionMasker | None = None
+        self.statements = None      # its StatementLog while recording
 
     # events from the relay
 
@@ -424,6 +426,8 @@ class PgListener:
 
         relay = Relay(self.stats, policy, session, cfg.max_message_size,
                       self.gateway.marker_prefix)
+        statements = (self.gateway.recorder.statement_log(session)
+                      if self.gateway.recorder is not None else None)
         if self.masking is not None and self.masking.active:
             masker = SessionMasker(self.masking, database)
             if not masker.catalog.fresh():
@@ -434,13 +438,12 @@ class PgListener:
                     raise StartupRefused("mask_catalog_error", "08006",
                                          "the gateway cannot read the catalog it masks results by",
                                          detail=str(e)) from None
-            relay.enable_results(masker, NO_INFO, StatementInfo(True),
-                                 record=self.gateway.recorder is not None,
+            relay.enable_results(masker, NO_INFO, StatementInfo(True), record=statements,
                                  capture_bytes=self._capture_bytes())
             masker.relay = relay
             session.masker = masker
-        elif self.gateway.recorder is not None:
-            relay.enable_results(None, NO_INFO, StatementInfo(True), record=True,
+        elif statements is not None:
+            relay.enable_results(None, NO_INFO, StatementInfo(True), record=statements,
                                  capture_bytes=self._capture_bytes())
         session.relay = relay
         session.writers = (writer, up.writer)
