@@ -540,6 +540,20 @@ cdef class UpstreamSide(RelaySide):
         r.bytes_out += n
         cdef RowPlan pre = None
         cdef Py_ssize_t start = 0
+        if r.results is not None and not r.results.mask_on and not r.rewrites and \
+                not self.holding and not self.failed and not r.closed:
+            # Recording only, no error to rewrite: nothing in this direction changes, so the
+            # bytes go to the client before the gateway reads them, and following the results
+            # (command tags, errors, the statement record) is off the client's critical path.
+            # A malformed server message then reaches the client before the session closes.
+            self.peer_write(data)
+            try:
+                self.feed(data)
+            except Exception as e:
+                r._upstream_failed(e)
+                return
+            self.out = []
+            return
         if r.results is not None and r.results.plan_work and r.results.state == S_ROWS and \
                 PyBytes_CheckExact(data) and not self.holding and self.hdr_have == 0:
             # a big result being masked: look for detector hits in every whole row of this
