@@ -268,6 +268,9 @@ cdef int rows_of(list tags, long long* rows) except -1:
     return 1 if found else 0
 
 
+cdef Py_ssize_t TEXT_SLOTS = 4096
+
+
 cdef class StatementEncoder:
     """What the statement records of all sessions share: the gateway id and the recorded text
     of each statement (literals masked), cached because most statements repeat."""
@@ -275,16 +278,25 @@ cdef class StatementEncoder:
     def __init__(self, str gateway_id, mask_statement):
         self.gw = orjson.dumps(gateway_id)
         self.mask_statement = mask_statement
-        self.texts = {}
+        self.keys = [None] * TEXT_SLOTS
+        self.vals = [None] * TEXT_SLOTS
 
     cdef bytes _text(self, object sql):
-        cdef object text = self.texts.get(sql)
-        if text is None:
-            if len(self.texts) >= 4096:
-                self.texts.clear()
-            text = orjson.dumps(self.mask_statement(sql or b""))
-            self.texts[sql] = text
-        return <bytes>text
+        # A direct-mapped cache: a statement with literals inline (the simple protocol) misses
+        # every time, and a miss here only overwrites one slot -- no dict growth, no clearing.
+        cdef Py_ssize_t i
+        cdef object key
+        cdef bytes text
+        if sql is None:
+            sql = b""
+        i = <Py_ssize_t>(<size_t>hash(sql) % TEXT_SLOTS)
+        key = self.keys[i]
+        if key is sql or (key is not None and key == sql):
+            return <bytes>self.vals[i]
+        text = orjson.dumps(self.mask_statement(sql))
+        self.keys[i] = sql
+        self.vals[i] = text
+        return text
 
     cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,
                         list tags, long long masked, bytes sid, Py_ssize_t* cut_prev,
@@ -440,7 +452,7 @@ cdef class StatementLog:
         b.offs[self.count] = self.buf.n
         self.count = 0
         self.buf.n = 0
-        if self.buf.cap > (1 << 20):
+        if self.buf.cap > (16 << 20):     # a burst has passed: give the memory back
             free(self.buf.p)
             self.buf = Out(NULL, 0, 0)
         return b

@@ -50,7 +50,8 @@ cdef class PendingBatch:
 cdef class StatementEncoder:
     cdef bytes gw                 # the gateway id, JSON-encoded
     cdef object mask_statement    # sql bytes -> recorded text (str)
-    cdef dict texts               # sql bytes -> recorded text, JSON-encoded (most repeat)
+    cdef list keys                # statement bytes ... (a direct-mapped cache: most repeat)
+    cdef list vals                # ... and their recorded text, JSON-encoded
 
     cdef bytes _text(self, object sql)
     cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,
