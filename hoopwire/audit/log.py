@@ -1,12 +1,12 @@
 """The audit log writer: append-only JSON-lines segments joined into one hash chain.
 
 Format. One JSON object per line, encoded canonically (orjson, keys sorted, no spaces, then
-`hash` appended as the last key). Every
-record carries `seq` (consecutive from 1, across segments and restarts), `ts` (epoch seconds,
-taken when the event was appended), `gw` (the gateway id), `prev` (the previous record's hash,
-`GENESIS` for seq 1) and `hash` = sha256 hex of `prev` followed by the canonical encoding of the
-record without `hash`. Editing, removing, inserting or reordering any line therefore breaks the
-chain at a precise record (verify.py finds it).
+`hash` appended as the last key). Every record carries `seq` (consecutive from 1, across
+segments and restarts), `ts` (epoch seconds: when the event was appended; for a statement, when
+it completed), `gw` (the gateway id), `prev` (the previous record's hash, `GENESIS` for seq 1)
+and `hash` = sha256 hex of `prev` followed by the canonical encoding of the record without
+`hash`. Editing, removing, inserting or reordering any line therefore breaks the chain at a
+precise record (verify.py finds it). Statement records hold their times to the microsecond.
 
 Segments are `audit-<seq of their first record, 12 digits>.jsonl`. A new one is started when the
 next record would take the current one past `segment_bytes` (a record larger than that gets a
