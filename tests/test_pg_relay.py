@@ -23,12 +23,31 @@ import pytest
 import pgraw
 from gwfixtures import conninfo, gateway_config, gateway_env
 from helpers import APP_DB, Gateway
+from hoopwire.audit import read_records, verify
 
 pytestmark = pytest.mark.timeout(60)
 
 # a hang guard for every driver session; short enough to bound a test, long enough not to be
 # mistaken for a cancel (the cancel tests assert on elapsed time well below it)
 GUARD = "-c statement_timeout=20000"
+
+
+@pytest.fixture(scope="module", params=["plain", "recording"])
+def gw(request, pg, idp, tmp_path_factory):
+    """Every test here runs twice: through a plain gateway, and through one that records every
+    statement without masking -- the relay then forwards the server's bytes before following
+    them, which the drivers must not be able to tell. The recorded chain must verify after."""
+    cfg = gateway_config(pg, idp)
+    path = None
+    if request.param == "recording":
+        path = str(tmp_path_factory.mktemp("relay-audit") / "audit")
+        cfg["audit"] = {"path": path, "flush_interval": "50ms"}
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        yield g
+    if path is not None:
+        res = verify(path)
+        statements = sum(1 for r in read_records(path) if r["type"] == "statement")
+        assert res.ok and statements > 1000, (res.describe(), statements)
 
 
 def dsn(gw: Gateway, idp, subject: str = "agent-7", **kw) -> str:
