@@ -240,3 +240,30 @@ def test_disk_full(pg, idp, tmp_path, small_disk, policy):
         time.sleep(0.4)
     out = cli("audit", "verify", str(small_disk / "audit"))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_sessions_left_open_by_a_crash_are_closed_by_the_next_start(pg, idp, tmp_path):
+    # The crashed process never wrote session.end; the same gateway id starting again closes
+    # what it left open in the index, so `sessions list` shows no ghost sessions.
+    root = idp.token("root", ROOT_GROUPS)
+    g = audit_gateway(pg, idp, tmp_path)
+    try:
+        c = psycopg.connect(conninfo(g, idp.token("agent-9", ["agents"])), autocommit=True)
+        c.execute("SELECT 1").fetchall()
+        deadline = time.monotonic() + 5
+        while not api(g, "/api/v1/sessions?identity=agent-9", root)["sessions"]:
+            assert time.monotonic() < deadline, "the session never reached the index"
+            time.sleep(0.05)
+        g.proc.kill()
+        g.proc.wait(10)
+        c.close()
+    finally:
+        g.stop()
+    with audit_gateway(pg, idp, tmp_path) as g2:
+        s = api(g2, "/api/v1/sessions?identity=agent-9", root)["sessions"][0]
+        assert s["close_reason"] == "gateway_restart" and s["ended_at"] is not None
+        time.sleep(0.3)
+    records = [json.loads(line) for seg in _segments(str(tmp_path / "audit"))
+               for line in open(seg)]
+    assert [r["count"] for r in records if r["type"] == "sessions.orphaned"] == [1]
+    assert cli("audit", "verify", str(tmp_path / "audit")).returncode == 0

@@ -273,6 +273,21 @@ def test_sessions_and_statements(cfg: StateConfig) -> None:
     run(cfg, scenario)
 
 
+def test_close_orphaned_sessions_only_touches_that_gateway(cfg: StateConfig) -> None:
+    async def scenario(store: Store) -> None:
+        await store.record_sessions([
+            session("open-a"), session("open-b", gateway_id="gw-b"),
+            session("ended-a", ended_at=NOW + 5, close_reason="client_terminate"),
+        ])
+        assert await store.close_orphaned_sessions("gw-a", NOW + 60) == 1
+        a = await store.get_session("open-a")
+        assert (a["ended_at"], a["close_reason"]) == (NOW + 60, "gateway_restart")
+        assert (await store.get_session("open-b"))["ended_at"] is None
+        assert (await store.get_session("ended-a"))["close_reason"] == "client_terminate"
+        assert await store.close_orphaned_sessions("gw-a", NOW + 70) == 0
+    run(cfg, scenario)
+
+
 def test_prune(cfg: StateConfig) -> None:
     cut = NOW + 1000
 

@@ -105,7 +105,24 @@ class Recorder:
 
     async def start(self) -> None:
         await self.log.start()
+        await self._close_orphans()
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _close_orphans(self) -> None:
+        """Sessions this gateway id left open in the index when it last stopped without ending
+        them (crash, SIGKILL): their clients are gone with the old process. Closed in the index
+        and noted in the log (their session.end records were never written)."""
+        if self.store is None:
+            return
+        try:
+            n = await self.store.close_orphaned_sessions(self.gateway_id, self.clock())
+        except Exception as e:  # noqa: BLE001 -- the index can lag; serving must not wait
+            event(log, "closing sessions left open by a previous run failed", logging.WARNING,
+                  error=str(e))
+            return
+        if n:
+            event(log, "sessions left open by a previous run closed", logging.WARNING, count=n)
+            self.append({"type": "sessions.orphaned", "count": n, "reason": "gateway_restart"})
 
     async def close(self) -> None:
         if self._task is not None:

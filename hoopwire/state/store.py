@@ -234,6 +234,8 @@ _UPSERT_SESSION = (
     f" ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{q(c.name)} = excluded.{q(c.name)}" for c in SESSION_COLS if c.name != "id"))
 _GET_SESSION = f"SELECT {_S_COLS} FROM {_S} WHERE id = ?"
+_CLOSE_ORPHANS = (f"UPDATE {_S} SET ended_at = ?, close_reason = ?"
+                  f" WHERE gateway_id = ? AND ended_at IS NULL")
 
 _T = "hoopwire_statements"
 _T_COLS = _names(STATEMENT_COLS)
@@ -432,6 +434,13 @@ class Store(abc.ABC):
         """The session's statements in seq order."""
         rows = await self._fetch(_SESSION_STATEMENTS, (id,))
         return [decode(STATEMENT_COLS, r) for r in rows]
+
+    async def close_orphaned_sessions(self, gateway_id: str, now: float,
+                                      reason: str = "gateway_restart") -> int:
+        """Sessions `gateway_id` left open when it stopped without ending them (a crash, a
+        kill): ended now with `reason`. A gateway calls this for its own id as it starts, so the
+        index never shows a session as live that nothing serves. Returns how many."""
+        return await self._execute(_CLOSE_ORPHANS, (float(now), reason, gateway_id))
 
     async def prune(self, before: float) -> int:
         """Delete, in one transaction, sessions that ended before `before` with their statements,
