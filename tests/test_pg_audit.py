@@ -7,6 +7,7 @@ both write-failure policies (a small tmpfs, or a file-size limit where mounting 
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import json
 import os
@@ -15,11 +16,13 @@ import sys
 import time
 import urllib.request
 
+import asyncpg
 import psycopg
 import pytest
 
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import Gateway
+from helpers import APP_DB, Gateway
+from hoopwire.audit import read_records
 
 ROOT_GROUPS = ["admins"]
 
@@ -267,3 +270,55 @@ def test_sessions_left_open_by_a_crash_are_closed_by_the_next_start(pg, idp, tmp
                for line in open(seg)]
     assert [r["count"] for r in records if r["type"] == "sessions.orphaned"] == [1]
     assert cli("audit", "verify", str(tmp_path / "audit")).returncode == 0
+
+
+@pytest.mark.parametrize("masking", [False, True])
+def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking):
+    # Without masking the relay follows only what ends statements (no Bind/Describe answers);
+    # with it, every answer. Either way each record names the statement that ran or failed.
+    cfg = gateway_config(pg, idp, **({"mask": [{"columns": ["*.secret_col"],
+                                                "strategy": "redact"}]} if masking else {}))
+    cfg["audit"] = {"path": str(tmp_path / "audit"), "flush_interval": "50ms"}
+    token = idp.token("agent-7", ["agents"])
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        with psycopg.connect(conninfo(g, token), autocommit=True) as c:
+            c.execute("CREATE TEMP TABLE rec (id int PRIMARY KEY)")
+            for i in range(6):                               # prepared after a few runs
+                c.execute("INSERT INTO rec VALUES (%s)", (i,), prepare=True)
+            with pytest.raises(psycopg.errors.SyntaxError):
+                c.execute("SELEC 1")                         # the Parse fails
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                with c.pipeline() as p:
+                    c.execute("INSERT INTO rec VALUES (%s)", (100,))
+                    c.execute("INSERT INTO rec VALUES (%s)", (1,))      # fails
+                    c.execute("SELECT count(*) FROM rec")               # skipped
+                    p.sync()
+            with c.cursor() as cur, cur.copy("COPY rec TO STDOUT") as cp:
+                list(cp)
+            assert c.execute("SELECT count(*) FROM rec").fetchone() == (6,)
+
+        async def simple():
+            conn = await asyncpg.connect(host="127.0.0.1", port=g.port("pg"), user="agent-7",
+                                         password=token, database=APP_DB, ssl=False)
+            try:
+                await conn.execute("SELECT 1; SELECT 2")     # simple protocol, two statements
+                with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
+                    await conn.execute("SELECT 1/0")
+            finally:
+                await conn.close()
+        asyncio.run(simple())
+        time.sleep(0.3)
+    recs = [r for r in read_records(str(tmp_path / "audit")) if r["type"] == "statement"]
+    got = [(r["statement"], r["verdict"], r["rows"], (r.get("error") or {}).get("code"))
+           for r in recs]
+    assert got == [
+        ("CREATE TEMP TABLE rec (id int PRIMARY KEY)", "allow", None, None),
+        *[("INSERT INTO rec VALUES ($1)", "allow", 1, None)] * 6,
+        ("SELEC ?", "error", None, "42601"),
+        ("INSERT INTO rec VALUES ($1)", "allow", 1, None),
+        ("INSERT INTO rec VALUES ($1)", "error", None, "23505"),
+        ("COPY rec TO STDOUT", "allow", 6, None),
+        ("SELECT count(*) FROM rec", "allow", 1, None),
+        ("SELECT ?; SELECT ?", "allow", 2, None),
+        ("SELECT ?/?", "error", None, "22012"),
+    ], got

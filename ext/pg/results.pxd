@@ -58,6 +58,8 @@ cdef class PgResults:
         readonly unsigned long long injected   # Describe messages we added
         bint mask_on               # masking results (masker is a SessionMasker)
         bint record_on             # keeping statement records for the audit log
+        bint light                 # recording only, no rows kept: follow only what ends a
+                                   # statement (Execute, Query, Sync; C, E, Z...), see client_header
         StatementLog stmt_log      # where finished statements are recorded (record_on)
         list cur_tags              # CommandComplete tags of the statement in flight
         bytes cur_error            # its first ErrorResponse body

@@ -52,6 +52,7 @@ cdef class PgResults:
         self.stmt_log = record
         self.cur_tags = []
         self.capture_left = capture_bytes if self.record_on else 0
+        self.light = not self.mask_on and self.capture_left == 0
         self.reqs = NULL
         self.rq_head = self.rq_len = self.rq_cap = 0
         self.stmts = {}
@@ -69,6 +70,12 @@ cdef class PgResults:
             return FORWARD
         if kind == b"H"[0]:
             return FORWARD      # Flush: no answer of its own, and it keeps last_client
+        if self.light and kind == b"D"[0]:
+            # Recording without masking needs to know which statement each Execute runs and
+            # where each ends, not what Describe, Bind or Close are answered with: those
+            # requests get no queue entry, and their answers (2 3 n t T) are not read.
+            self.last_client = kind
+            return FORWARD
         if kind == b"P"[0] or kind == b"B"[0] or kind == b"D"[0] or kind == b"E"[0] or \
                 kind == b"C"[0] or kind == b"Q"[0] or kind == b"F"[0]:
             return INSPECT
@@ -103,7 +110,8 @@ cdef class PgResults:
             name = _cstr(body, blen, &used)
             other = _cstr(body + used, blen - used, &used)
             self.portals[name] = self.stmts.get(other, None) or (SUSPECT_INFO, b"")
-            self._push(R_BIND, None, None, 0.0)
+            if not self.light:
+                self._push(R_BIND, None, None, 0.0)
         elif kind == b"D"[0]:
             if blen < 2:
                 raise FrameError("malformed Describe message")
@@ -135,13 +143,21 @@ cdef class PgResults:
                     self.stmts.pop(name, None)
                 else:
                     self.portals.pop(name, None)
-            self._push(R_CLOSE, None, None, 0.0)
+            if not self.light:
+                self._push(R_CLOSE, None, None, 0.0)
         self.last_client = kind
         return out
 
     # -- upstream -> client -----------------------------------------------------------------------
 
     cdef int upstream_header(self, char kind) except -1:
+        if self.light:
+            # what ends a statement or a unit (C E I s Z), ParseComplete (so that an error is
+            # pinned on the right Parse or Execute), and ParameterStatus for the relay
+            if kind == b"C"[0] or kind == b"E"[0] or kind == b"Z"[0] or kind == b"I"[0] or \
+                    kind == b"s"[0] or kind == b"1"[0] or kind == b"S"[0]:
+                return INSPECT
+            return FORWARD
         if kind == b"D"[0] and self.capture_left > 0 and self.state == S_ROWS:
             return INSPECT      # kept for replay, as the client sees it
         if not self.mask_on and (kind == b"D"[0] or kind == b"d"[0] or kind == b"N"[0] or
