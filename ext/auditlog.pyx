@@ -18,7 +18,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free
 from libc.math cimport NAN, isnan, llround
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import orjson
 
@@ -268,34 +268,42 @@ cdef int rows_of(list tags, long long* rows) except -1:
     return 1 if found else 0
 
 
-cdef Py_ssize_t TEXT_SLOTS = 4096
 
 
 cdef class StatementEncoder:
     """What the statement records of all sessions share: the gateway id and the recorded text
     of each statement (literals masked), cached because most statements repeat."""
 
-    def __init__(self, str gateway_id, mask_statement):
+    def __init__(self, str gateway_id, mask_statement, Py_ssize_t limit=4096):
         self.gw = orjson.dumps(gateway_id)
         self.mask_statement = mask_statement
+        self.limit = limit
         self.keys = [None] * TEXT_SLOTS
         self.vals = [None] * TEXT_SLOTS
+        memset(self.seen, 0, sizeof(self.seen))
 
     cdef bytes _text(self, object sql):
-        # A direct-mapped cache: a statement with literals inline (the simple protocol) misses
-        # every time, and a miss here only overwrites one slot -- no dict growth, no clearing.
+        # A direct-mapped cache, filled only with texts seen twice: a statement with its
+        # literals inline (the simple protocol) is new almost every time, and storing each one
+        # cost more in evicting the last (cold memory, a free) than masking it again does.
+        cdef Py_hash_t h
         cdef Py_ssize_t i
         cdef object key
         cdef bytes text
         if sql is None:
             sql = b""
-        i = <Py_ssize_t>(<size_t>hash(sql) % TEXT_SLOTS)
+        h = hash(sql)
+        i = <Py_ssize_t>(<size_t>h % TEXT_SLOTS)
         key = self.keys[i]
         if key is sql or (key is not None and key == sql):
             return <bytes>self.vals[i]
-        text = orjson.dumps(self.mask_statement(sql))
-        self.keys[i] = sql
-        self.vals[i] = text
+        text = orjson.dumps(self.mask_statement(
+            sql if PyBytes_GET_SIZE(sql) <= self.limit else sql[:self.limit]))
+        if self.seen[i] == h:
+            self.keys[i] = sql
+            self.vals[i] = text
+        else:
+            self.seen[i] = h
         return text
 
     cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,

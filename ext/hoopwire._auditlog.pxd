@@ -47,11 +47,16 @@ cdef class PendingBatch:
     cdef PendingBatch _make(Py_ssize_t n)
 
 
+cdef enum:
+    TEXT_SLOTS = 1024             # statement texts the encoder remembers
+
 cdef class StatementEncoder:
     cdef bytes gw                 # the gateway id, JSON-encoded
     cdef object mask_statement    # sql bytes -> recorded text (str)
+    cdef Py_ssize_t limit         # bytes of a statement it is given
     cdef list keys                # statement bytes ... (a direct-mapped cache: most repeat)
     cdef list vals                # ... and their recorded text, JSON-encoded
+    cdef Py_hash_t seen[TEXT_SLOTS]   # hash of the last text that missed in each slot
 
     cdef bytes _text(self, object sql)
     cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,

@@ -21,6 +21,8 @@ from hoopwire.logs import configure as configure_logging, event
 
 log = logging.getLogger("hoopwire.server")
 
+STATEMENT_TEXT_LIMIT = 4096      # bytes of a statement that logs and audit records show
+
 __all__ = ["Gateway", "run"]
 
 
@@ -113,7 +115,7 @@ class Gateway:
 
     def mask_statement(self, sql: bytes) -> str:
         """A statement as it may appear in a log line: literals replaced by '?'."""
-        return mask_literals(sql[:4096])
+        return mask_literals(sql[:STATEMENT_TEXT_LIMIT])
 
     async def start_control(self, *, holds_statements: bool = True) -> None:
         """The state store, webhooks and approvals (when configured)."""
@@ -132,8 +134,10 @@ class Gateway:
             await self.approvals.start(abandon=holds_statements)
         if cfg.audit is not None and holds_statements:
             from hoopwire.audit.recorder import Recorder
+            # mask_literals itself rather than the method: called for every new statement text
             self.recorder = Recorder(cfg.audit, self.store, gateway_id=self.gateway_id,
-                                     mask_statement=self.mask_statement,
+                                     mask_statement=mask_literals,
+                                     statement_limit=STATEMENT_TEXT_LIMIT,
                                      marker_prefix=self.marker_prefix)
             await self.recorder.start()
 

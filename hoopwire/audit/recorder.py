@@ -80,15 +80,16 @@ def _row_values(msg: bytes) -> list:
 class Recorder:
 
     def __init__(self, cfg: AuditConfig, store=None, *, gateway_id: str, mask_statement,
-                 marker_prefix: bytes = b"", clock=time.time):
+                 statement_limit: int = 4096, marker_prefix: bytes = b"", clock=time.time):
         self.cfg = cfg
         self.store = store
         self.log = AuditLog(cfg, gateway_id=gateway_id, clock=clock)
         self.gateway_id = gateway_id
         self._mask_statement = mask_statement if cfg.statement_literals == "mask" else \
             (lambda sql: sql.decode("utf-8", "replace"))
+        self._limit = statement_limit
         self._texts: dict[bytes, str] = {}         # statement bytes -> recorded text (repeats)
-        self._encoder = StatementEncoder(gateway_id, self._mask_statement)
+        self._encoder = StatementEncoder(gateway_id, self._mask_statement, statement_limit)
         self._by_type: dict[str, int] = {}         # records per type since the last flush
         self.marker_prefix = marker_prefix
         self.clock = clock
@@ -197,7 +198,7 @@ class Recorder:
         if text is None:
             if len(self._texts) >= 4096:
                 self._texts.clear()
-            text = self._texts[sql] = self._mask_statement(sql)
+            text = self._texts[sql] = self._mask_statement(sql[:self._limit])
         return text
 
     def _count_records(self) -> None:
