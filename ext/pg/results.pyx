@@ -1,5 +1,6 @@
 from cpython.ref cimport PyObject, Py_XDECREF, Py_XINCREF
 from libc.stdlib cimport free as c_free, realloc as c_realloc
+from libc.string cimport memcmp
 from posix.time cimport CLOCK_REALTIME
 
 from hoopwire._mask import MaskRowError
@@ -25,6 +26,12 @@ class ResultTrackingError(Exception):
 
 cdef inline object _obj(PyObject* p):
     return None if p == NULL else <object>p
+
+
+cdef inline bint _same_cstr(const unsigned char* p, Py_ssize_t n, bytes s) noexcept:
+    """Whether the NUL-terminated string at p (within n bytes) is exactly s."""
+    cdef Py_ssize_t k = PyBytes_GET_SIZE(s)
+    return k < n and p[k] == 0 and memcmp(p, PyBytes_AS_STRING(s), k) == 0
 
 
 cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
@@ -103,8 +110,15 @@ cdef class PgResults:
             self._push(R_QUERY, EMPTY_INFO, b"<fast-path function call>", wallclock())
         elif kind == b"P"[0]:
             name = _cstr(body, blen, &used)
-            sql = _cstr(body + used, blen - used, &used)
-            self.stmts[name] = (self.masker.statement(sql) if self.mask_on else None, sql)
+            known = self.stmts.get(name, None)
+            if not self.mask_on and known is not None and \
+                    _same_cstr(body + used, blen - used, <bytes>known[1]):
+                # a driver parsing the same text again (pgbench -M extended, unnamed
+                # statements): keep what we have rather than copying and hashing it anew
+                sql = <bytes>known[1]
+            else:
+                sql = _cstr(body + used, blen - used, &used)
+                self.stmts[name] = (self.masker.statement(sql) if self.mask_on else None, sql)
             self._push(R_PARSE, None, sql, 0.0)
         elif kind == b"B"[0]:
             name = _cstr(body, blen, &used)
