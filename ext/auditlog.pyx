@@ -174,7 +174,6 @@ cdef int out_ascii_string(Out* o, const unsigned char* s, Py_ssize_t n) except -
 # ulp is finer than the last place -- below 2**32 s (and 2**42 ms) -- and it is not small
 # enough for orjson to write an exponent, so only such values take this path.
 cdef double MAX_EPOCH = 4294967296.0
-cdef double MAX_SPAN = 1e9
 
 
 cdef int out_fixed(Out* o, long long v, int places, long long scale) except -1:
@@ -200,8 +199,9 @@ cdef int out_fixed(Out* o, long long v, int places, long long scale) except -1:
 
 
 cdef inline bint times_fixed(double started, double ended) noexcept:
-    # (below 1e-4 orjson switches to exponents; a real epoch is far above 1)
-    return 1.0 <= started < MAX_EPOCH and -MAX_SPAN < ended - started < MAX_SPAN
+    # Both are written (ended as the statement's ts). Below 1e-4 orjson switches to
+    # exponents; a real epoch is far above 1.
+    return 1.0 <= started < MAX_EPOCH and 1.0 <= ended < MAX_EPOCH
 
 
 def record_times(double started, double ended):
