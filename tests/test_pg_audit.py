@@ -105,6 +105,7 @@ def test_replay_and_cli(recorded, idp):
     assert any("BLOCK" in ln and "DROP TABLE" in ln for ln in lines)
     # record_results: the rows as the client saw them -- masked
     assert "| ['1', '****']" in out.stdout and "s1" not in out.stdout
+    assert "| ['1\\t****']" in out.stdout               # COPY data too, as masked lines
     # a non-admin may not read sessions
     out = cli("sessions", "list", env={**env, "HOOPWIRE_TOKEN": idp.token("eve", ["agents"])})
     assert out.returncode == 1 and "403" in out.stderr

@@ -64,7 +64,8 @@ cdef class PgResults:
         list cur_tags              # CommandComplete tags of the statement in flight
         bytes cur_error            # its first ErrorResponse body
         long long cur_masked       # values masked in its results
-        list cur_rows              # its DataRows as the client got them (record_results)
+        list cur_rows              # its DataRow / CopyData messages as the client got them
+                                   # (record_results)
         Py_ssize_t capture_left    # bytes of rows the session may still keep for replay
 
     cdef int client_header(self, char kind) except -1
@@ -80,5 +81,6 @@ cdef class PgResults:
     cdef int _ready(self) except -1
     cdef int _end_result(self) except -1
     cdef int _record(self, object sql, double started) except -1
+    cdef int _keep(self, bytes kept) except -1
     cdef object _row_description(self, const unsigned char* msg, Py_ssize_t size)
     cdef object _copy_out(self, const unsigned char* msg, Py_ssize_t size)

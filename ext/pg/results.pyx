@@ -172,7 +172,8 @@ cdef class PgResults:
                     kind == b"s"[0] or kind == b"1"[0] or kind == b"S"[0]:
                 return INSPECT
             return FORWARD
-        if kind == b"D"[0] and self.capture_left > 0 and self.state == S_ROWS:
+        if self.capture_left > 0 and (kind == b"D"[0] and self.state == S_ROWS or
+                                      kind == b"d"[0] and self.state == S_COPY):
             return INSPECT      # kept for replay, as the client sees it
         if not self.mask_on and (kind == b"D"[0] or kind == b"d"[0] or kind == b"N"[0] or
                                  kind == b"A"[0]):
@@ -321,6 +322,14 @@ cdef class PgResults:
         self.state = S_ROWS
         return b"" if hk == R_DESC_OURS else None
 
+    cdef int _keep(self, bytes kept) except -1:
+        """A DataRow or CopyData message as the client got it, for replay (record_results)."""
+        self.capture_left -= len(kept)
+        if self.cur_rows is None:
+            self.cur_rows = []
+        self.cur_rows.append(kept)
+        return 0
+
     cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
         cdef int hk
         cdef Req* head
@@ -328,11 +337,7 @@ cdef class PgResults:
             if self.state == S_ROWS:
                 out = self.plan.rewrite_ptr(msg, size) if self.plan_work else None
                 if self.capture_left > 0:
-                    kept = out if out is not None else msg[:size]
-                    self.capture_left -= len(kept)
-                    if self.cur_rows is None:
-                        self.cur_rows = []
-                    self.cur_rows.append(kept)
+                    self._keep(out if out is not None else msg[:size])
                 return out
             if self.state == S_SKIP:
                 return b""
@@ -340,9 +345,13 @@ cdef class PgResults:
         if kind == b"d"[0]:
             if self.state == S_SKIP:
                 return b""
-            if self.state == S_COPY and self.copy is not None:
-                return self.copy.data(msg[:size])
-            return None             # CopyBoth (not offered) or an unmasked COPY
+            out = None              # CopyBoth (not offered) or an unmasked COPY
+            if self.state == S_COPY:
+                if self.copy is not None:
+                    out = self.copy.data(msg[:size])
+                if self.capture_left > 0:
+                    self._keep(out if out is not None else msg[:size])
+            return out
         if kind == b"N"[0]:
             return self.masker.fields(msg[:size]) if self.mask_on else None
         if kind == b"A"[0]:

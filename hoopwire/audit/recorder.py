@@ -63,8 +63,14 @@ def _error_fields(body: bytes | None) -> dict | None:
 
 
 def _row_values(msg: bytes) -> list:
-    """A DataRow as the client saw it: text values decoded, binary ones as hex, NULL as None."""
+    """A DataRow as the client saw it: text values decoded, binary ones as hex, NULL as None.
+    A CopyData message: its line (text or CSV COPY) as one value, binary COPY data as hex."""
     from hoopwire.pg.messages import datarow_values
+    if msg[:1] == b"d":
+        try:
+            return [msg[5:].decode("utf-8").rstrip("\n")]
+        except UnicodeDecodeError:
+            return ["\\x" + msg[5:].hex()]
     out = []
     for v in datarow_values(msg[5:]):
         if v is None:
