@@ -174,6 +174,20 @@ cdef inline object _inline_fast(int code, object strategy, object value):
 
 # ---------------------------------------------------------------------------------------------
 
+cdef inline int _value_holding(const Py_ssize_t* ends, int n, Py_ssize_t end) noexcept:
+    """Index of the value (ends[i]: offset just past value i, ascending) holding byte end - 1,
+    where a match reported by its end offset finished; -1 when there are no values."""
+    cdef int lo = 0, hi = n - 1, mid
+    cdef Py_ssize_t last = end - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if ends[mid] <= last:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if 0 <= lo < n else -1
+
+
 cdef class Scanner:
     """Scanner(detectors, strategies): detectors is a list of
     hoopwire.masking.detectors.Detector, strategies the Strategy each one's hits get. Compiling
@@ -379,17 +393,9 @@ cdef class RowPlan:
     # -- pass 1 ------------------------------------------------------------------------------
 
     cdef int _mark(self, Py_ssize_t end) except -1:
-        # the match's last byte is end-1; find the scanned value holding it (binary search)
-        cdef int lo = 0, hi = self.nscan - 1, mid
-        cdef Py_ssize_t last = end - 1
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self.scan_end[mid] <= last:
-                lo = mid + 1
-            else:
-                hi = mid
-        if 0 <= lo < self.nscan:
-            self.hit[self.scan_col[lo]] = 1
+        cdef int i = _value_holding(self.scan_end, self.nscan, end)
+        if i >= 0:
+            self.hit[self.scan_col[i]] = 1
         return 0
 
     # -- a whole network read at once ----------------------------------------------------------
@@ -534,16 +540,9 @@ cdef class RowPlan:
         return True
 
     cdef int _mark_chunk(self, Py_ssize_t end) except -1:
-        cdef int lo = 0, hi = self.pre_nvals - 1, mid
-        cdef Py_ssize_t last = end - 1
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self.pre_end[mid] <= last:
-                lo = mid + 1
-            else:
-                hi = mid
-        if 0 <= lo < self.pre_nvals:
-            self.pre_hit[lo] = 1
+        cdef int i = _value_holding(self.pre_end, self.pre_nvals, end)
+        if i >= 0:
+            self.pre_hit[i] = 1
         return 0
 
     cdef int _find(self, object buf) except -1:
