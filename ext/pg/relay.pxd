@@ -75,6 +75,7 @@ cdef class Relay:
         readonly PgResults results
 
     cdef int _close(self, str reason, object notify_client) except -1
+    cdef int _client_failed(self, object e) except -1
     cdef int _upstream_failed(self, object e) except -1
     cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size)
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size)

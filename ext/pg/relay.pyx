@@ -141,12 +141,9 @@ cdef class Relay:
         self.deny_error = error
         try:
             self.client.resume_feed()
-        except FrameError as e:
-            self._close("client_protocol_error", error_response("FATAL", e.code, str(e)))
+        except Exception as e:
+            self._client_failed(e)
             return
-        except Exception:
-            self._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
-            raise
         self.decision = DECISION_NONE
         if not self.closed:
             self.client.flush()
@@ -180,6 +177,15 @@ cdef class Relay:
             self.upstream.flush()
             if not self.upstream.holding:
                 self.upstream_tr.resume_reading()
+
+    cdef int _client_failed(self, object e) except -1:
+        """An error while cutting or judging what the client sent: a protocol error is the
+        client's (it hears why); anything else is ours, closes the session and is raised on."""
+        if isinstance(e, FrameError):
+            self._close("client_protocol_error", error_response("FATAL", e.code, str(e)))
+            return 0
+        self._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
+        raise e
 
     cdef int _upstream_failed(self, object e) except -1:
         """An error while cutting or masking what the upstream sent: close the session; never
@@ -453,12 +459,9 @@ cdef class ClientSide(RelaySide):
         r.bytes_in += n
         try:
             self.feed(data)
-        except FrameError as e:
-            r._close("client_protocol_error", error_response("FATAL", e.code, str(e)))
+        except Exception as e:
+            r._client_failed(e)
             return
-        except Exception:
-            r._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
-            raise
         if not r.closed:
             self.flush()
             if self.holding and self.stalled is not None and \
