@@ -306,6 +306,10 @@ cdef class StatementEncoder:
             self.seen[i] = h
         return text
 
+    def text(self, sql):
+        """The statement as recorded (literals masked), from the same cache: the dict path's."""
+        return orjson.loads(self._text(sql))
+
     cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,
                         list tags, long long masked, bytes sid, Py_ssize_t* cut_prev,
                         Py_ssize_t* cut_seq) except -1:
@@ -416,11 +420,18 @@ cdef class StatementLog:
                  long long masked, object kept) except -1:
         cdef Py_ssize_t start = self.buf.n, cut_prev = 0, cut_seq = 0
         cdef Pending p
+        cdef bint slow = self.all_slow or error is not None or bool(kept)
         self._room()
         self.n += 1
-        if self.all_slow or error is not None or kept or \
-                self.enc._statement(&self.buf, self.n, started, ended, sql, tags, masked,
-                                    self.sid, &cut_prev, &cut_seq):
+        if not slow:
+            try:
+                slow = self.enc._statement(&self.buf, self.n, started, ended, sql, tags, masked,
+                                           self.sid, &cut_prev, &cut_seq) != 0
+            except Exception:
+                slow = True             # e.g. the literal masker failed: the dict path decides
+            if slow:
+                self.buf.n = start
+        if slow:
             try:
                 p = <Pending?>self.encode_dict(
                     self.slow((started, ended, sql, tags, error, masked, kept), self.n))

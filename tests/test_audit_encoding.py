@@ -108,6 +108,14 @@ def test_index_mode_sends_everything_the_dict_way_and_failures_are_counted():
     slog.add_raw(raw)             # never raises into the relay
     assert slog.lost == 1 and slog.take() is None and slog.statements == 1
 
+    def bad_masker(sql):
+        raise ValueError("cannot mask")
+    slog = StatementLog(StatementEncoder("gw", bad_masker), "s",
+                        lambda r, n: statement_dict(r, n, "s", "gw", decode), pending_from)
+    slog.add_raw(raw)             # the fast path fails half-way: the dict path takes over
+    batch = slog.take()
+    assert slog.lost == 0 and len(batch) == 1 and b'"statement":"SELECT 1"' in batch[0].body
+
 
 @given(floats)
 def test_floats_match_orjson(v):
