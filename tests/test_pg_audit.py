@@ -47,15 +47,16 @@ def cli(*args, env=None):
                           text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
-@pytest.fixture(scope="module")
-def recorded(pg, idp, tmp_path_factory):
-    """One gateway, one recorded session of every kind of statement; yields what tests need."""
+@pytest.fixture(scope="module", params=[False, True], ids=["log", "indexed"])
+def recorded(request, pg, idp, tmp_path_factory):
+    """One gateway, one recorded session of every kind of statement; yields what tests need.
+    Twice: statements read back from the log, and indexed in the store (index_statements)."""
     tmp = tmp_path_factory.mktemp("audit")
     pg.sql("CREATE TABLE IF NOT EXISTS audited (id int primary key, secret_col text);"
            "ALTER TABLE audited OWNER TO app;"
            "INSERT INTO audited VALUES (1, 's1'), (2, 's2') ON CONFLICT DO NOTHING;", dbname="appdb")
-    with audit_gateway(pg, idp, tmp, record_results=True,
-                       record_results_max_bytes="64KiB") as g:
+    with audit_gateway(pg, idp, tmp, audit={"index_statements": request.param},
+                       record_results=True, record_results_max_bytes="64KiB") as g:
         with psycopg.connect(conninfo(g, idp.token("agent-7", ["agents"])), autocommit=True) as c:
             c.execute("SELECT id, secret_col FROM audited WHERE id = 1").fetchall()
             c.execute("SELECT id FROM audited WHERE secret_col = %s", ("s2",)).fetchall()

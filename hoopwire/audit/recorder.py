@@ -93,8 +93,6 @@ class Recorder:
         self.gateway_id = gateway_id
         self._mask_statement = mask_statement if cfg.statement_literals == "mask" else \
             (lambda sql: sql.decode("utf-8", "replace"))
-        self._limit = statement_limit
-        self._texts: dict[bytes, str] = {}         # statement bytes -> recorded text (repeats)
         self._encoder = StatementEncoder(gateway_id, self._mask_statement, statement_limit)
         self._by_type: dict[str, int] = {}         # records per type since the last flush
         self.marker_prefix = marker_prefix
@@ -198,15 +196,6 @@ class Recorder:
         self._by_type[t] = self._by_type.get(t, 0) + 1
         self.log.append(record)
 
-    def _text(self, sql: bytes) -> str:
-        """The statement as recorded (literals masked), cached: most statements repeat."""
-        text = self._texts.get(sql)
-        if text is None:
-            if len(self._texts) >= 4096:
-                self._texts.clear()
-            text = self._texts[sql] = self._mask_statement(sql[:self._limit])
-        return text
-
     def _count_records(self) -> None:
         by, self._by_type = self._by_type, {}
         for t, n in by.items():
@@ -261,7 +250,7 @@ class Recorder:
                         "utf-8", "replace")
         sid = s.id if s is not None else None
         rec = {"type": "statement", "session": sid, "n": n, "started": started,
-               "statement": self._text(sql or b""), "verdict": verdict,
+               "statement": self._encoder.text(sql or b""), "verdict": verdict,
                "tags": [t.decode("ascii", "replace") for t in tags],
                "rows": rows_from_tags(tags), "masked": masked, "duration_ms": duration,
                "ts": ts, "gw": self.gateway_id}
