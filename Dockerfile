@@ -2,7 +2,7 @@
 # Build: docker build -t hoopwire .   Run: docker run -v /etc/hoopwire:/etc/hoopwire:ro \
 #   -e ORDERS_DB_PASSWORD=... -p 6432:6432 -p 9187:9187 hoopwire
 FROM python:3.11-slim-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev libhyperscan-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
@@ -11,6 +11,8 @@ COPY hoopwire ./hoopwire
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends libhyperscan5 \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin hoopwire
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

@@ -22,11 +22,25 @@ EXTENSIONS = {
     "hoopwire._mask": "ext/mask.pyx",
     "hoopwire._auditlog": "ext/auditlog.pyx",
 }
-# C libraries an extension links against (OpenSSL's libcrypto: libssl-dev to build)
-LIBRARIES = {"hoopwire._auditlog": ["crypto"]}
+# C libraries an extension links against, and the Debian package that builds with each:
+# OpenSSL's libcrypto (libssl-dev), Hyperscan's libhs (libhyperscan-dev)
+LIBRARIES = {"hoopwire._auditlog": ["crypto"], "hoopwire._mask": ["hs"]}
+
+# headers each library needs; a missing one stops the build with the package to install
+HEADERS = {"hoopwire._auditlog": ("openssl/sha.h", "libssl-dev"),
+           "hoopwire._mask": ("hs/hs.h", "libhyperscan-dev")}
+INCLUDE_DIRS = ["/usr/include", "/usr/local/include"] + \
+    [d for d in os.environ.get("CPATH", "").split(":") if d]
 
 # HOOPWIRE_EXT=hoopwire._pgwire,... builds only those (handy while working on one module)
 ONLY = {n for n in os.environ.get("HOOPWIRE_EXT", "").split(",") if n}
+
+for name, (header, package) in HEADERS.items():
+    if (not ONLY or name in ONLY) and \
+            not any(os.path.exists(os.path.join(d, header)) for d in INCLUDE_DIRS):
+        raise SystemExit(f"building {name} needs <{header}>: install the Debian package "
+                         f"{package} (apt-get install -y {package}) or put its include "
+                         f"directory on CPATH")
 
 extensions = [
     Extension(name, [src], libraries=LIBRARIES.get(name, []),

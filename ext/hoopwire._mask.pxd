@@ -20,23 +20,47 @@ cpdef enum:
     K_OPAQUE = 5          # bytea in text format (hex): whole masks only, detectors do not see it
 
 
+from hs cimport hs_database_t, hs_scratch_t
+
+
+ctypedef struct Span:                  # one detector match: data[frm:to], detector ident
+    Py_ssize_t frm
+    Py_ssize_t to
+    unsigned int ident
+
+ctypedef struct SpanList:              # the matches of one span scan, grown with realloc
+    Span* items
+    Py_ssize_t n
+    Py_ssize_t cap
+    bint failed                        # out of memory during the scan
+
+ctypedef struct Marks:                 # pass 1: which of n joined values a match ends in
+    const Py_ssize_t* ends             # ends[i]: offset just past value i (ascending)
+    int n
+    unsigned char* hit                 # flag to set: hit[cols[i]], or hit[i] when cols is NULL
+    const int* cols
+
+
 cdef class Scanner:
     # All detectors of one connection: a database without start-of-match that only says which
     # values hold a hit (fast), and one with SOM_LEFTMOST to find the spans in those values.
     cdef:
-        readonly object db_find        # hyperscan.Database, MULTILINE, no SOM
-        readonly object db_span        # hyperscan.Database, SOM_LEFTMOST
-        object scratch_find
-        object scratch_span
+        hs_database_t* db_find         # MULTILINE, no SOM
+        hs_database_t* db_span         # SOM_LEFTMOST
+        hs_scratch_t* scratch_find
+        hs_scratch_t* scratch_span
+        SpanList spans                 # the matches of the last scan_spans()
         readonly tuple names           # detector id -> name
         tuple validators               # id -> callable(data, s, e) -> (s, e) | None
+        int* vcode                     # id -> V_* (a C validator, a Python one, none)
         tuple strategies               # id -> hoopwire.masking.strategies.Strategy
         tuple fast                     # id -> F_* code of its strategy
         readonly int ndet
-        list _spans                    # matches of the running span scan: [id, from, to, ...]
 
+    cdef int find(self, const unsigned char* p, Py_ssize_t n, Marks* marks) except -1
+    cdef int scan_spans(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef object mask_value(self, object data, unsigned long long* counts)
-    cdef object apply_spans(self, object data, list spans, unsigned long long* counts)
+    cdef object apply_spans(self, object data, unsigned long long* counts)
 
 
 cdef class RowPlan:
@@ -58,7 +82,8 @@ cdef class RowPlan:
         int* scan_col                  # column of each scanned value
         int nscan
         unsigned char* hit             # pass 1 found something ending in this column
-        bint dense                     # most rows hold hits: one span scan per row
+        unsigned char* sbuf            # pass 1: the values joined by '\n' (kept between rows)
+        Py_ssize_t sbuf_cap
         # prescan of a whole read (see prescan): per row its offset and first value index,
         # per DETECT value its end in the joined buffer, column and hit flag
         const unsigned char* pre_base
@@ -68,8 +93,6 @@ cdef class RowPlan:
         Py_ssize_t* pre_end
         int* pre_col
         unsigned char* pre_hit
-        int win_rows                   # scanned rows / rows with a hit in the current window
-        int win_hits
         # counters since the last take_counts(): masked values per detector / per column rule
         unsigned long long* det_counts
         unsigned long long* rule_counts
@@ -79,10 +102,7 @@ cdef class RowPlan:
     cdef object rewrite_ptr(self, const unsigned char* msg, Py_ssize_t size)
     cdef int prescan(self, object chunk, Py_ssize_t start) except -1
     cdef bint _pre_reserve(self, int nrows, int nvals) except -1
-    cdef int _mark_chunk(self, Py_ssize_t end) except -1
-    cdef int _mark(self, Py_ssize_t end) except -1
-    cdef int _find(self, object buf) except -1
+    cdef unsigned char* _scan_buffer(self, Py_ssize_t size) noexcept
+    cdef int _find(self, const unsigned char* buf, Py_ssize_t n) except -1
     cdef object _detect_one(self, int col, object value)
     cdef object _whole_one(self, int col, object value)
-    cdef dict _spans_by_value(self, object buf)
-    cdef object _detect_spans(self, int col, object value, list spans)

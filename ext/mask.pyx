@@ -3,7 +3,8 @@
 
 Two classes (declared in hoopwire._mask.pxd):
 
-* Scanner -- every detector of one connection compiled into two Hyperscan databases:
+* Scanner -- every detector of one connection compiled into two Hyperscan databases, scanned
+  through libhs's C API with C match callbacks (no Python call per scan or per match):
   `db_find` without start-of-match (MULTILINE, so `^`/`$` also match at the separators between
   values) answers "which values hold a hit" at full speed; `db_span` with SOM_LEFTMOST is run
   only over the values pass 1 flagged, to find the exact spans, which the validators then check
@@ -26,17 +27,37 @@ import json as _json
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.stdlib cimport qsort, realloc, free
 from libc.string cimport memcpy, memset
 
-import hyperscan
+from hs cimport (
+    HS_FLAG_CASELESS, HS_FLAG_MULTILINE, HS_FLAG_SOM_LEFTMOST, HS_MODE_BLOCK, HS_SCAN_TERMINATED, HS_SUCCESS,
+    hs_alloc_scratch, hs_compile_error_t, hs_compile_multi, hs_database_t, hs_error_t,
+    hs_free_compile_error, hs_free_database, hs_free_scratch, hs_scan, hs_valid_platform, hs_version)
 
-__all__ = ["Scanner", "RowPlan", "MaskRowError", "mask_copy_line", "luhn_ok", "ACT_PASS", "ACT_WHOLE",
-           "ACT_DETECT", "K_STR", "K_JSON", "K_JSONB_BIN", "K_INPLACE",
-           "K_OTHER", "K_OPAQUE", "column_kind"]
+__all__ = ["Scanner", "RowPlan", "MaskRowError", "PatternError", "mask_copy_line", "luhn_ok",
+           "compile_error", "hyperscan_version", "HS_CASELESS", "ACT_PASS", "ACT_WHOLE", "ACT_DETECT", "K_STR",
+           "K_JSON", "K_JSONB_BIN", "K_INPLACE", "K_OTHER", "K_OPAQUE", "column_kind"]
 
+
+if hs_valid_platform() != HS_SUCCESS:
+    raise ImportError("Hyperscan (libhs) does not run on this CPU: it needs at least SSSE3")
+
+# Detector flag for case-insensitive patterns (the value libhs defines), for detectors.py
+HS_CASELESS = HS_FLAG_CASELESS
 
 cdef bytes REDACTED = b"****"
 cdef object NULL_VALUE = object()      # a replacement meaning SQL NULL
+
+
+class PatternError(ValueError):
+    """Hyperscan refused a detector pattern: reason is its message, index the pattern's place
+    in the list compiled (or -1)."""
+
+    def __init__(self, message, reason, index=-1):
+        super().__init__(message)
+        self.reason = reason
+        self.index = index
 
 
 class MaskRowError(ValueError):
@@ -87,21 +108,100 @@ cdef inline void _put32(unsigned char* p, unsigned int v) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hyperscan callbacks (the Python binding calls them with id, from, to, flags, context)
+# Hyperscan match callbacks: plain C, called by hs_scan with the context the caller passed
 
-def _on_find(unsigned int ident, unsigned long long frm, unsigned long long to, unsigned int flags,
-             RowPlan plan):
-    plan._mark(<Py_ssize_t>to)
+cdef int _on_find(unsigned int ident, unsigned long long frm, unsigned long long to,
+                  unsigned int flags, void* context) noexcept nogil:
+    """A hit of the find database: flag the value it ends in."""
+    cdef Marks* m = <Marks*>context
+    cdef int i = _value_holding(m.ends, m.n, <Py_ssize_t>to)
+    if i >= 0:
+        m.hit[m.cols[i] if m.cols != NULL else i] = 1
+    return 0
 
 
-def _on_find_chunk(unsigned int ident, unsigned long long frm, unsigned long long to,
-                   unsigned int flags, RowPlan plan):
-    plan._mark_chunk(<Py_ssize_t>to)
+cdef int _on_span(unsigned int ident, unsigned long long frm, unsigned long long to,
+                  unsigned int flags, void* context) noexcept nogil:
+    """A hit of the span database: append (from, to, id); stop the scan if memory runs out."""
+    cdef SpanList* sl = <SpanList*>context
+    cdef Span* grown
+    cdef Py_ssize_t cap
+    if sl.n == sl.cap:
+        cap = sl.cap * 2 if sl.cap else 16
+        grown = <Span*>realloc(sl.items, cap * sizeof(Span))
+        if grown == NULL:
+            sl.failed = True
+            return 1
+        sl.items = grown
+        sl.cap = cap
+    sl.items[sl.n].frm = <Py_ssize_t>frm
+    sl.items[sl.n].to = <Py_ssize_t>to
+    sl.items[sl.n].ident = ident
+    sl.n += 1
+    return 0
 
 
-def _on_span(unsigned int ident, unsigned long long frm, unsigned long long to, unsigned int flags,
-             list spans):
-    spans.append((frm, -<long long>to, ident))
+cdef int _span_order(const void* a, const void* b) noexcept nogil:
+    """Leftmost first, then the longest."""
+    cdef const Span* x = <const Span*>a
+    cdef const Span* y = <const Span*>b
+    if x.frm != y.frm:
+        return -1 if x.frm < y.frm else 1
+    if x.to != y.to:
+        return -1 if x.to > y.to else 1
+    return -1 if x.ident < y.ident else (1 if x.ident > y.ident else 0)
+
+
+cdef hs_database_t* _compile(list patterns, list flags, str what) except NULL:
+    """One block-mode database of patterns (bytes) with ids 0..n-1; ValueError naming the
+    pattern Hyperscan refuses."""
+    cdef Py_ssize_t n = len(patterns), i
+    cdef const char** exprs = <const char**>PyMem_Malloc(n * sizeof(char*))
+    cdef unsigned int* fl = <unsigned int*>PyMem_Malloc(n * sizeof(unsigned int))
+    cdef unsigned int* ids = <unsigned int*>PyMem_Malloc(n * sizeof(unsigned int))
+    cdef hs_database_t* db = NULL
+    cdef hs_compile_error_t* err = NULL
+    cdef hs_error_t rc
+    try:
+        if exprs == NULL or fl == NULL or ids == NULL:
+            raise MemoryError()
+        for i in range(n):
+            exprs[i] = PyBytes_AS_STRING(patterns[i])
+            fl[i] = flags[i]
+            ids[i] = <unsigned int>i
+        rc = hs_compile_multi(exprs, fl, ids, <unsigned int>n, HS_MODE_BLOCK, NULL, &db, &err)
+        if rc != HS_SUCCESS:
+            if err == NULL:
+                raise PatternError(f"{what}: Hyperscan error {rc}", f"Hyperscan error {rc}")
+            msg = err.message.decode("utf-8", "replace")
+            i = err.expression
+            hs_free_compile_error(err)
+            if 0 <= i < n:
+                raise PatternError(f"{what}: pattern {i} ({patterns[i]!r}): {msg}", msg, i)
+            raise PatternError(f"{what}: {msg}", msg)
+        return db
+    finally:
+        PyMem_Free(exprs)
+        PyMem_Free(fl)
+        PyMem_Free(ids)
+
+
+def compile_error(pattern, unsigned int flags=0):
+    """None when Hyperscan compiles the pattern (bytes) for masking, with and without
+    start-of-match, else Hyperscan's reason."""
+    cdef hs_database_t* db
+    for extra in (HS_FLAG_MULTILINE, HS_FLAG_SOM_LEFTMOST):
+        try:
+            db = _compile([bytes(pattern)], [flags | extra], "pattern")
+        except PatternError as e:
+            return e.reason
+        hs_free_database(db)
+    return None
+
+
+def hyperscan_version():
+    """The version string of the libhs this module is linked against."""
+    return hs_version().decode("ascii", "replace")
 
 
 def luhn_ok(bytes digits):
@@ -120,6 +220,194 @@ def luhn_ok(bytes digits):
         total += d
         alt = not alt
     return total % 10 == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Validators of the built-in detectors. Each looks at data[s:e] (a span Hyperscan reported, with
+# its leftmost start) and its context, and either refuses the span or narrows it to what is
+# masked. They are C because one runs for nearly every hit; hoopwire.masking.detectors uses the
+# Python-callable wrappers below, and Scanner calls the C functions directly.
+
+cdef enum:
+    V_NONE = 0            # no validator
+    V_PY = 1              # a Python callable (user validators, the regex-based ones)
+    V_CARD = 2
+    V_SSN = 3
+    V_PHONE = 4
+    V_IPV4 = 5
+    V_AWS_SECRET = 6
+    V_BOUNDED = 7
+
+
+cdef inline bint _is_word(unsigned char c) noexcept nogil:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+
+
+cdef inline bint _is_digit(unsigned char c) noexcept nogil:
+    return 48 <= c <= 57
+
+
+cdef bint _v_card(const unsigned char* p, Py_ssize_t n, Py_ssize_t* s, Py_ssize_t* e) noexcept nogil:
+    """13-19 digits from a group start that is not glued to a word on its left, Luhn-valid.
+    The leftmost start may hold a leading number ("5 4111 1111 1111 1111"): each later group
+    start is tried too."""
+    cdef Py_ssize_t st = s[0], end = e[0], j
+    cdef int count, total, d
+    cdef bint alt
+    while st < end:
+        if 50 <= p[st] <= 54 and not (st > 0 and _is_word(p[st - 1])):
+            count = 0
+            total = 0
+            alt = False
+            j = end
+            while j > st:
+                j -= 1
+                if not _is_digit(p[j]):
+                    continue
+                d = p[j] - 48
+                if alt:
+                    d *= 2
+                    if d > 9:
+                        d -= 9
+                total += d
+                alt = not alt
+                count += 1
+            if 13 <= count <= 19 and total % 10 == 0:
+                s[0] = st
+                return True
+        # the next group start: just past the next space or dash
+        j = st
+        while j < end and p[j] != 32 and p[j] != 45:
+            j += 1
+        st = j + 1
+    return False
+
+
+cdef bint _v_ssn(const unsigned char* p, Py_ssize_t n, Py_ssize_t* s, Py_ssize_t* e) noexcept nogil:
+    """AAA-GG-SSSS with the same separator twice; area not 000, 666 or 9xx, group not 00,
+    serial not 0000; not part of a longer dashed run (123-45-6789-1, 1-123-45-6789)."""
+    cdef const unsigned char* v = p + s[0]
+    if e[0] - s[0] != 11 or v[3] != v[6]:
+        return False
+    if (v[0] == 48 and v[1] == 48 and v[2] == 48) or (v[0] == 54 and v[1] == 54 and v[2] == 54) \
+            or v[0] == 57 or (v[4] == 48 and v[5] == 48) \
+            or (v[7] == 48 and v[8] == 48 and v[9] == 48 and v[10] == 48):
+        return False
+    if s[0] >= 1 and (p[s[0] - 1] == 45 or p[s[0] - 1] == 46):
+        return False
+    if e[0] + 1 < n and p[e[0]] == 45 and _is_digit(p[e[0] + 1]):
+        return False
+    return True
+
+
+cdef bint _v_phone(const unsigned char* p, Py_ssize_t n, Py_ssize_t* s, Py_ssize_t* e) noexcept nogil:
+    """8-15 digits; not glued to a word or to + - . / on its left, nor followed by -N or /N."""
+    cdef Py_ssize_t j, digits = 0
+    cdef unsigned char c
+    for j in range(s[0], e[0]):
+        if _is_digit(p[j]):
+            digits += 1
+    if digits < 8 or digits > 15:
+        return False
+    if s[0] > 0:
+        c = p[s[0] - 1]
+        if _is_word(c) or c == 43 or c == 45 or c == 46 or c == 47:
+            return False
+    if e[0] + 1 < n and (p[e[0]] == 45 or p[e[0]] == 47) and _is_digit(p[e[0] + 1]):
+        return False
+    return True
+
+
+cdef bint _v_ipv4(const unsigned char* p, Py_ssize_t n, Py_ssize_t* s, Py_ssize_t* e) noexcept nogil:
+    """Refuse version strings: a quad after a word character, after `word.`, or followed by
+    `.word` (1.2.3.4.5, v1.2.3.4)."""
+    cdef unsigned char c
+    if s[0] > 0:
+        c = p[s[0] - 1]
+        if _is_word(c) or (c == 46 and s[0] > 1 and _is_word(p[s[0] - 2])):
+            return False
+    if e[0] + 1 < n and p[e[0]] == 46 and _is_word(p[e[0] + 1]):
+        return False
+    return True
+
+
+cdef bint _v_aws_secret(const unsigned char* p, Py_ssize_t n, Py_ssize_t* s, Py_ssize_t* e) noexcept nogil:
+    """Exactly the 40 characters at the end of the span: refuse a longer base64 run."""
+    cdef unsigned char c
+    if e[0] < n:
+        c = p[e[0]]
+        if _is_word(c) or c == 47 or c == 43 or c == 61:
+            return False
+    if e[0] - 40 < s[0]:
+        return False
+    s[0] = e[0] - 40
+    return True
+
+
+cdef bint _v_bounded(const unsigned char* p, Py_ssize_t n, Py_ssize_t* s, Py_ssize_t* e) noexcept nogil:
+    """Refuse a span glued to more word characters on its left (the pattern's \\b covers the
+    right)."""
+    return not (s[0] > 0 and _is_word(p[s[0] - 1]))
+
+
+ctypedef bint (*c_validator)(const unsigned char* p, Py_ssize_t n, Py_ssize_t* s,
+                             Py_ssize_t* e) noexcept nogil
+
+
+cdef c_validator _C_VALIDATORS[8]
+_C_VALIDATORS[V_NONE] = NULL
+_C_VALIDATORS[V_PY] = NULL
+_C_VALIDATORS[V_CARD] = _v_card
+_C_VALIDATORS[V_SSN] = _v_ssn
+_C_VALIDATORS[V_PHONE] = _v_phone
+_C_VALIDATORS[V_IPV4] = _v_ipv4
+_C_VALIDATORS[V_AWS_SECRET] = _v_aws_secret
+_C_VALIDATORS[V_BOUNDED] = _v_bounded
+
+
+cdef object _validate(int code, bytes data, Py_ssize_t s, Py_ssize_t e):
+    """The Python face of a C validator: (start, end) to mask, or None."""
+    if not 0 <= s < e <= PyBytes_GET_SIZE(data):
+        return None
+    if not _C_VALIDATORS[code](<const unsigned char*>PyBytes_AS_STRING(data),
+                               PyBytes_GET_SIZE(data), &s, &e):
+        return None
+    return s, e
+
+
+def validate_card(bytes data, Py_ssize_t s, Py_ssize_t e):
+    return _validate(V_CARD, data, s, e)
+
+
+def validate_ssn(bytes data, Py_ssize_t s, Py_ssize_t e):
+    return _validate(V_SSN, data, s, e)
+
+
+def validate_phone(bytes data, Py_ssize_t s, Py_ssize_t e):
+    return _validate(V_PHONE, data, s, e)
+
+
+def validate_ipv4(bytes data, Py_ssize_t s, Py_ssize_t e):
+    return _validate(V_IPV4, data, s, e)
+
+
+def validate_aws_secret(bytes data, Py_ssize_t s, Py_ssize_t e):
+    return _validate(V_AWS_SECRET, data, s, e)
+
+
+def validate_bounded(bytes data, Py_ssize_t s, Py_ssize_t e):
+    return _validate(V_BOUNDED, data, s, e)
+
+
+cdef int _validator_code(object v):
+    if v is None:
+        return V_NONE
+    for code, f in ((V_CARD, validate_card), (V_SSN, validate_ssn), (V_PHONE, validate_phone),
+                    (V_IPV4, validate_ipv4), (V_AWS_SECRET, validate_aws_secret),
+                    (V_BOUNDED, validate_bounded)):
+        if v is f:
+            return code
+    return V_PY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +462,7 @@ cdef inline object _inline_fast(int code, object strategy, object value):
 
 # ---------------------------------------------------------------------------------------------
 
-cdef inline int _value_holding(const Py_ssize_t* ends, int n, Py_ssize_t end) noexcept:
+cdef inline int _value_holding(const Py_ssize_t* ends, int n, Py_ssize_t end) noexcept nogil:
     """Index of the value (ends[i]: offset just past value i, ascending) holding byte end - 1,
     where a match reported by its end offset finished; -1 when there are no values."""
     cdef int lo = 0, hi = n - 1, mid
@@ -191,7 +479,19 @@ cdef inline int _value_holding(const Py_ssize_t* ends, int n, Py_ssize_t end) no
 cdef class Scanner:
     """Scanner(detectors, strategies): detectors is a list of
     hoopwire.masking.detectors.Detector, strategies the Strategy each one's hits get. Compiling
-    takes milliseconds: build it off the event loop. One thread at a time per Scanner."""
+    takes milliseconds: build it off the event loop. One thread at a time per Scanner (each
+    database has one scratch)."""
+
+    def __cinit__(self):
+        self.db_find = NULL
+        self.db_span = NULL
+        self.scratch_find = NULL
+        self.scratch_span = NULL
+        self.spans.items = NULL
+        self.spans.n = 0
+        self.spans.cap = 0
+        self.spans.failed = False
+        self.vcode = NULL
 
     def __init__(self, list detectors, list strategies):
         if len(detectors) != len(strategies) or not detectors:
@@ -199,45 +499,96 @@ cdef class Scanner:
         self.ndet = len(detectors)
         self.names = tuple(d.name for d in detectors)
         self.validators = tuple(d.validator for d in detectors)
+        self.vcode = <int*>PyMem_Malloc(self.ndet * sizeof(int))
+        if self.vcode == NULL:
+            raise MemoryError()
+        for i in range(self.ndet):
+            self.vcode[i] = _validator_code(self.validators[i])
         self.strategies = tuple(strategies)
         self.fast = tuple(_fast_code(st) for st in strategies)
-        pats = [d.pattern for d in detectors]
-        ids = list(range(self.ndet))
-        self.db_find = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        self.db_find.compile(expressions=pats, ids=ids, elements=self.ndet,
-                             flags=[d.flags | hyperscan.HS_FLAG_MULTILINE for d in detectors])
-        self.db_span = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        self.db_span.compile(expressions=pats, ids=ids, elements=self.ndet,
-                             flags=[d.flags | hyperscan.HS_FLAG_SOM_LEFTMOST for d in detectors])
-        self.scratch_find = hyperscan.Scratch(self.db_find)
-        self.scratch_span = hyperscan.Scratch(self.db_span)
+        pats = [bytes(d.pattern) for d in detectors]
+        self.db_find = _compile(pats, [d.flags | HS_FLAG_MULTILINE for d in detectors],
+                                "detectors")
+        self.db_span = _compile(pats, [d.flags | HS_FLAG_SOM_LEFTMOST for d in detectors],
+                                "detectors")
+        if (hs_alloc_scratch(self.db_find, &self.scratch_find) != HS_SUCCESS or
+                hs_alloc_scratch(self.db_span, &self.scratch_span) != HS_SUCCESS):
+            raise MemoryError("Hyperscan scratch")
+
+    def __dealloc__(self):
+        if self.scratch_find != NULL:
+            hs_free_scratch(self.scratch_find)
+        if self.scratch_span != NULL:
+            hs_free_scratch(self.scratch_span)
+        if self.db_find != NULL:
+            hs_free_database(self.db_find)
+        if self.db_span != NULL:
+            hs_free_database(self.db_span)
+        free(self.spans.items)
+        PyMem_Free(self.vcode)
+
+    cdef int find(self, const unsigned char* p, Py_ssize_t n, Marks* marks) except -1:
+        """Pass 1 over p[:n]: set the hit flag of every value in marks that a detector's match
+        ends in."""
+        cdef hs_error_t rc
+        if n > 0xffffffff:
+            raise MaskRowError("scan buffer over 4 GiB", "54000")
+        with nogil:
+            rc = hs_scan(self.db_find, <const char*>p, <unsigned int>n, 0, self.scratch_find,
+                         _on_find, marks)
+        if rc != HS_SUCCESS:
+            raise MaskRowError(f"detector scan failed (Hyperscan error {rc})", "XX000")
+        return 0
+
+    cdef int scan_spans(self, const unsigned char* p, Py_ssize_t n) except -1:
+        """self.spans = every detector match in p[:n] with its leftmost start, sorted."""
+        cdef hs_error_t rc
+        if n > 0xffffffff:
+            raise MaskRowError("scan buffer over 4 GiB", "54000")
+        self.spans.n = 0
+        self.spans.failed = False
+        # values are short: keeping the GIL is cheaper than handing it over and back
+        rc = hs_scan(self.db_span, <const char*>p, <unsigned int>n, 0, self.scratch_span,
+                     _on_span, &self.spans)
+        if self.spans.failed:
+            self.spans.n = 0
+            raise MemoryError()
+        if rc != HS_SUCCESS:
+            self.spans.n = 0
+            raise MaskRowError(f"detector scan failed (Hyperscan error {rc})", "XX000")
+        if self.spans.n > 1:
+            qsort(self.spans.items, self.spans.n, sizeof(Span), _span_order)
+        return 0
 
     cdef object mask_value(self, object data, unsigned long long* counts):
-        """data with every validated detector span rewritten, or None when nothing matched."""
-        cdef list spans = []
-        self.db_span.scan(data, match_event_handler=_on_span, context=spans,
-                          scratch=self.scratch_span)
-        if not spans:
+        """data (bytes) with every validated detector span rewritten, or None when nothing
+        matched."""
+        self.scan_spans(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        if self.spans.n == 0:
             return None
-        spans.sort()
-        return self.apply_spans(data, spans, counts)
+        return self.apply_spans(data, counts)
 
-    cdef object apply_spans(self, object data, list spans, unsigned long long* counts):
-        """data with the validated spans (sorted (from, -to, id), offsets into data)
-        rewritten, or None. Overlapping spans: the leftmost wins, then the longest."""
-        cdef Py_ssize_t last_end = 0, n = len(data), s, e
-        cdef list out
-        cdef object hit, v
+    cdef object apply_spans(self, object data, unsigned long long* counts):
+        """data with the validated spans of the last scan_spans(data) rewritten, or None.
+        Overlapping spans: the leftmost wins, then the longest."""
+        cdef Py_ssize_t last_end = 0, n = PyBytes_GET_SIZE(data), s, e, k
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef list out = None
+        cdef object hit
         cdef unsigned int ident
-        out = None
-        for frm, negto, ident in spans:
-            s = frm
-            e = -negto
+        cdef int code
+        for k in range(self.spans.n):
+            s = self.spans.items[k].frm
+            e = self.spans.items[k].to
+            ident = self.spans.items[k].ident
             if s < last_end or e > n or s >= e:
                 continue
-            v = self.validators[ident]
-            if v is not None:
-                hit = v(data, s, e)
+            code = self.vcode[ident]
+            if code > V_PY:
+                if not _C_VALIDATORS[code](p, n, &s, &e) or s < last_end:
+                    continue
+            elif code == V_PY:
+                hit = self.validators[ident](data, s, e)
                 if hit is None:
                     continue
                 s, e = hit
@@ -291,6 +642,8 @@ cdef class RowPlan:
         self.det_counts = NULL
         self.rule_counts = NULL
         self.col_fast = NULL
+        self.sbuf = NULL
+        self.sbuf_cap = 0
 
     def __init__(self, columns, Scanner scanner=None, rule_names=()):
         cdef Py_ssize_t n = len(columns), i
@@ -363,6 +716,7 @@ cdef class RowPlan:
         PyMem_Free(self.pre_end)
         PyMem_Free(self.pre_col)
         PyMem_Free(self.pre_hit)
+        free(self.sbuf)
 
     @property
     def passthrough(self):
@@ -392,28 +746,23 @@ cdef class RowPlan:
 
     # -- pass 1 ------------------------------------------------------------------------------
 
-    cdef int _mark(self, Py_ssize_t end) except -1:
-        cdef int i = _value_holding(self.scan_end, self.nscan, end)
-        if i >= 0:
-            self.hit[self.scan_col[i]] = 1
-        return 0
-
     # -- a whole network read at once ----------------------------------------------------------
 
     cdef int prescan(self, object chunk, Py_ssize_t start) except -1:
         """Find which values of the whole DataRows in chunk[start:] hold a detector hit, with
-        ONE scan for all of them (the per-row scan is mostly the cost of calling Hyperscan).
+        ONE scan for all of them (Hyperscan runs fastest over long spans).
         rewrite_ptr then skips its own first pass for those rows. Stops at the first message
-        that is not a whole DataRow of this result; a no-op once most rows hold hits."""
+        that is not a whole DataRow of this result."""
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(chunk)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(chunk), pos = start, size, fpos, flen, w = 0
         cdef Py_ssize_t total = 0
         cdef int i, r, nrows = 0, nvals = 0
         cdef unsigned char* dst
+        cdef Marks marks
         self.pre_rows = 0
         self.pre_next = 0
         self.pre_base = NULL
-        if self.scanner is None or self.dense or not self.any_work:
+        if self.scanner is None or not self.any_work:
             return 0
         # pass A: count rows and bytes of DETECT values
         cdef Py_ssize_t row_total
@@ -453,8 +802,9 @@ cdef class RowPlan:
             return 0
         if not self._pre_reserve(nrows, nvals):
             return 0
-        buf = PyBytes_FromStringAndSize(NULL, total if total > 0 else 1)
-        dst = <unsigned char*>PyBytes_AS_STRING(buf)
+        dst = self._scan_buffer(total if total > 0 else 1)
+        if dst == NULL:
+            return 0
         # pass B: copy the values, remember where each row's values start and end
         pos = start
         nvals = 0
@@ -481,8 +831,11 @@ cdef class RowPlan:
         self.pre_row_first[nrows] = nvals
         self.pre_nvals = nvals
         if total > 0:
-            self.scanner.db_find.scan(buf, match_event_handler=_on_find_chunk, context=self,
-                                      scratch=self.scanner.scratch_find)
+            marks.ends = self.pre_end
+            marks.n = nvals
+            marks.hit = self.pre_hit
+            marks.cols = NULL
+            self.scanner.find(dst, total, &marks)
         self.pre_base = p + start
         self.pre_rows = nrows
         return 0
@@ -539,16 +892,30 @@ cdef class RowPlan:
                 return False
         return True
 
-    cdef int _mark_chunk(self, Py_ssize_t end) except -1:
-        cdef int i = _value_holding(self.pre_end, self.pre_nvals, end)
-        if i >= 0:
-            self.pre_hit[i] = 1
-        return 0
+    cdef unsigned char* _scan_buffer(self, Py_ssize_t size) noexcept:
+        """The plan's pass-1 buffer, at least size bytes (kept between rows and reads);
+        NULL when it cannot grow."""
+        cdef unsigned char* grown
+        cdef Py_ssize_t cap
+        if size > self.sbuf_cap:
+            cap = size if size > 2 * self.sbuf_cap else 2 * self.sbuf_cap
+            if cap < 4096:
+                cap = 4096
+            grown = <unsigned char*>realloc(self.sbuf, cap)
+            if grown == NULL:
+                return NULL
+            self.sbuf = grown
+            self.sbuf_cap = cap
+        return self.sbuf
 
-    cdef int _find(self, object buf) except -1:
-        self.scanner.db_find.scan(buf, match_event_handler=_on_find, context=self,
-                                  scratch=self.scanner.scratch_find)
-        return 0
+    cdef int _find(self, const unsigned char* buf, Py_ssize_t n) except -1:
+        """Pass 1 over the row's DETECT values (scan_end/scan_col): sets hit[column]."""
+        cdef Marks marks
+        marks.ends = self.scan_end
+        marks.n = self.nscan
+        marks.hit = self.hit
+        marks.cols = self.scan_col
+        return self.scanner.find(buf, n, &marks)
 
     # -- per value ---------------------------------------------------------------------------
 
@@ -591,66 +958,6 @@ cdef class RowPlan:
             return _json_string(strategy.whole(value))
         return _inline_fast(self.col_fast[col], strategy, value)
 
-    cdef dict _spans_by_value(self, object buf):
-        """One start-of-match scan over the row's scan buffer: {column: [spans relative to its
-        value]}, and hit[] set. A span that crosses a separator (a pattern that may match
-        newlines) flags the values it touches for a scan of their own instead."""
-        cdef list spans = []
-        cdef dict out = {}
-        cdef Py_ssize_t frm, to, vstart
-        cdef int lo, hi, mid, k, col
-        self.scanner.db_span.scan(buf, match_event_handler=_on_span, context=spans,
-                                  scratch=self.scanner.scratch_span)
-        if not spans:
-            return None
-        spans.sort()
-        for sp in spans:
-            frm = sp[0]
-            to = -sp[1]
-            lo, hi = 0, self.nscan - 1
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if self.scan_end[mid] <= frm:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            k = lo
-            col = self.scan_col[k]
-            vstart = self.scan_end[k - 1] + 1 if k > 0 else 0
-            if to > self.scan_end[k] or self.kind[col] == K_JSONB_BIN:
-                # crosses into the next value, or needs its own offsets: scan alone
-                self.hit[col] = 1
-                out.pop(col, None)
-                out[col] = None
-                while k < self.nscan and self.scan_end[k] < to:
-                    k += 1
-                    if k < self.nscan:
-                        self.hit[self.scan_col[k]] = 1
-                        out[self.scan_col[k]] = None
-                continue
-            self.hit[col] = 1
-            lst = out.get(col, 0)
-            if lst is None:
-                continue
-            if lst == 0:
-                lst = out[col] = []
-            lst.append((frm - vstart, -(to - vstart), sp[2]))
-        for col in [c for c, v in out.items() if v is None]:
-            del out[col]
-        return out
-
-    cdef object _detect_spans(self, int col, object value, list spans):
-        """As _detect_one, with the spans of the row's single scan."""
-        cdef int kind = self.kind[col]
-        cdef object res = self.scanner.apply_spans(value, spans, self.det_counts)
-        if res is None:
-            return None
-        if kind == K_OTHER:
-            return NULL_VALUE
-        if kind == K_JSON:
-            return _json_safe(value, res)
-        return res
-
     # -- DataRow -------------------------------------------------------------------------------
 
     def rewrite(self, msg):
@@ -672,10 +979,8 @@ cdef class RowPlan:
         cdef bint whole = False
         cdef Py_ssize_t scan_bytes = 0
         cdef unsigned char* dst
-        cdef bytes buf
         cdef list repl
         cdef object r, value
-        cdef dict col_spans = None
         cdef int prow
         if size < 7 or msg[0] != 68:  # 'D'
             raise MaskRowError("not a DataRow")
@@ -717,22 +1022,15 @@ cdef class RowPlan:
             for k in range(self.pre_row_first[prow], self.pre_row_first[prow + 1]):
                 if self.pre_hit[k]:
                     self.hit[self.pre_col[k]] = 1
-                    scan_bytes = -1
-            if scan_bytes == -1:
-                self.win_hits += 1
-            self.win_rows += 1
-            if self.win_rows >= 32:
-                self.dense = self.win_hits * 4 >= self.win_rows
-                self.win_rows = 0
-                self.win_hits = 0
             scan_bytes = 0
         elif not whole and scan_bytes == 0:
             return None
 
         # pass 1: one scan over every DETECT value, '\n' between values
         if scan_bytes:
-            buf = PyBytes_FromStringAndSize(NULL, scan_bytes)
-            dst = <unsigned char*>PyBytes_AS_STRING(buf)
+            dst = self._scan_buffer(scan_bytes)
+            if dst == NULL:
+                raise MemoryError()
             w = 0
             self.nscan = 0
             for i in range(nf):
@@ -744,21 +1042,7 @@ cdef class RowPlan:
                     self.scan_col[self.nscan] = <int>i
                     self.nscan += 1
                     w += 1
-            if self.dense:
-                col_spans = self._spans_by_value(buf)
-            else:
-                self._find(buf)
-            # Most rows holding a hit: one start-of-match scan per row is cheaper than a find
-            # pass plus a span scan per flagged value. Decided again every 32 scanned rows.
-            self.win_rows += 1
-            for i in range(nf):
-                if self.hit[i]:
-                    self.win_hits += 1
-                    break
-            if self.win_rows >= 32:
-                self.dense = self.win_hits * 4 >= self.win_rows
-                self.win_rows = 0
-                self.win_hits = 0
+            self._find(dst, w)
 
         # pass 2: flagged values and whole-masked values
         repl = None
@@ -774,11 +1058,7 @@ cdef class RowPlan:
                 else:
                     r = self._whole_one(<int>i, msg[self.off[i]:self.off[i] + flen])
             elif self.hit[i]:
-                if col_spans is not None and i in col_spans:
-                    r = self._detect_spans(<int>i, msg[self.off[i]:self.off[i] + flen],
-                                           col_spans[i])
-                else:
-                    r = self._detect_one(<int>i, msg[self.off[i]:self.off[i] + flen])
+                r = self._detect_one(<int>i, msg[self.off[i]:self.off[i] + flen])
             else:
                 continue
             if r is None:
@@ -879,7 +1159,8 @@ cdef class RowPlan:
                 w += 1
         if self.nscan:
             parts.append(b"")
-            self._find(b"\n".join(parts))
+            joined = b"\n".join(parts)
+            self._find(<const unsigned char*>PyBytes_AS_STRING(joined), PyBytes_GET_SIZE(joined))
         changed = False
         out = []
         for i in range(n):

@@ -36,9 +36,12 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import hyperscan
-
-from hoopwire._mask import luhn_ok as _luhn_c
+from hoopwire._mask import HS_CASELESS, compile_error as _compile_error, luhn_ok as _luhn_c
+# The validators that run for nearly every hit are C (ext/mask.pyx: the rules are documented
+# there); the masking scanner calls them without a Python call.
+from hoopwire._mask import (validate_aws_secret as _aws_secret, validate_bounded as _bounded,
+                            validate_card as _card, validate_ipv4 as _ipv4,
+                            validate_phone as _phone, validate_ssn as _ssn)
 from hoopwire.config import ConfigError, DetectorConfig
 
 __all__ = ["Detector", "DetectorError", "BUILTIN", "build_detectors", "luhn_ok", "mod97_ok",
@@ -68,7 +71,6 @@ class Detector:
 
 _WORD = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _DIGITS = frozenset(b"0123456789")
-_NOT_DIGITS = bytes(c for c in range(256) if c not in _DIGITS)   # bytes.translate(None, ...) keeps digits
 
 
 def luhn_ok(digits: bytes) -> bool:
@@ -107,59 +109,6 @@ def mod97_ok(code: bytes) -> bool:
         else:
             return False
     return n == 1
-
-
-def _card(data: bytes, s: int, e: int):
-    # The leftmost start may include a leading number ("5 4111 1111 1111 1111"): try each later
-    # group start too.
-    starts = [s] + [i + 1 for i in range(s, e) if data[i] in b" -"]
-    for st in starts:
-        if st >= e or data[st] not in b"23456":
-            continue
-        if st > 0 and data[st - 1] in _WORD:
-            continue
-        digits = data[st:e].translate(None, _NOT_DIGITS)
-        if 13 <= len(digits) <= 19 and luhn_ok(digits):
-            return st, e
-    return None
-
-
-def _ssn(data: bytes, s: int, e: int):
-    v = data[s:e]
-    if len(v) != 11 or v[3] != v[6]:
-        return None
-    area, group, serial = v[0:3], v[4:6], v[7:11]
-    if area in (b"000", b"666") or area[0:1] == b"9" or group == b"00" or serial == b"0000":
-        return None
-    # not part of a longer dashed run: 123-45-6789-1 or 1-123-45-6789
-    if s >= 1 and data[s - 1] in b"-." or e < len(data) and data[e] in b"-" and \
-            e + 1 < len(data) and data[e + 1] in _DIGITS:
-        return None
-    return s, e
-
-
-def _phone(data: bytes, s: int, e: int):
-    n = len(data[s:e].translate(None, _NOT_DIGITS))
-    if not 8 <= n <= 15 and not (n == 10 and data[s] != 43):
-        return None
-    if s > 0 and (data[s - 1] in _WORD or data[s - 1] in b"+-./"):
-        return None
-    if e < len(data) and data[e] in b"-/" and e + 1 < len(data) and data[e + 1] in _DIGITS:
-        return None
-    return s, e
-
-
-def _ipv4(data: bytes, s: int, e: int):
-    if s > 0:
-        p = data[s - 1]
-        if p in _WORD or p == 46 and s > 1 and data[s - 2] in _WORD:
-            return None
-    if e < len(data) and data[e] == 46 and e + 1 < len(data) and data[e + 1] in _WORD:
-        return None
-    return s, e
-
-
-_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 def _ipv6(data: bytes, s: int, e: int):
@@ -204,21 +153,6 @@ def _after_operator(min_len: int, need_mixed: bool) -> Validator:
                 return None
         return vs, e
     return validate
-
-
-def _aws_secret(data: bytes, s: int, e: int):
-    # exactly 40 characters: refuse a longer base64 run
-    if e < len(data) and (data[e] in _WORD or data[e] in b"/+="):
-        return None
-    return e - 40, e
-
-
-def _bounded(data: bytes, s: int, e: int):
-    """Refuse a span glued to more word characters on its left (the pattern's \\b covers the
-    right)."""
-    if s > 0 and data[s - 1] in _WORD:
-        return None
-    return s, e
 
 
 def _digits_luhn(data: bytes, s: int, e: int):
@@ -280,7 +214,7 @@ BUILTIN: dict[str, Detector] = {d.name: d for d in [
     Detector("AWS_SECRET",
              rb"(?:aws[ _.\-]?)?secret[ _.\-]?(?:access[ _.\-]?)?key" + _KEY_SEP +
              rb"[A-Za-z0-9/+]{40}|aws[ _.\-]?secret" + _KEY_SEP + rb"[A-Za-z0-9/+]{40}",
-             _aws_secret, hyperscan.HS_FLAG_CASELESS,
+             _aws_secret, HS_CASELESS,
              doc="an AWS secret access key next to its key word"),
     Detector("GITHUB_TOKEN", rb"\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bgithub_pat_[A-Za-z0-9_]{50,}\b",
              None, doc="a GitHub token"),
@@ -288,7 +222,7 @@ BUILTIN: dict[str, Detector] = {d.name: d for d in [
     Detector("GENERIC_API_KEY",
              rb"(?:api[_\-]?key|apikey|api[_\-]?secret|secret|token)[A-Za-z0-9_\-]*" + _KEY_SEP +
              rb"[A-Za-z0-9_\-./+=~]{16,}",
-             _after_operator(16, True), hyperscan.HS_FLAG_CASELESS,
+             _after_operator(16, True), HS_CASELESS,
              doc="a key, secret or token value assigned to a key word"),
     Detector("JWT", rb"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*", _bounded,
              doc="a JSON Web Token"),
@@ -300,14 +234,9 @@ BUILTIN: dict[str, Detector] = {d.name: d for d in [
 
 
 def check_pattern(pattern: bytes, flags: int = 0) -> Optional[str]:
-    """None when Hyperscan compiles the pattern (with and without start-of-match), else why."""
-    for extra in (0, hyperscan.HS_FLAG_SOM_LEFTMOST):
-        try:
-            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            db.compile(expressions=[pattern], ids=[0], elements=1, flags=flags | extra)
-        except hyperscan.error as e:
-            return e.args[0] if e.args else str(e)
-    return None
+    """None when Hyperscan compiles the pattern (with and without start-of-match), else why.
+    Asks the libhs that masking scans with, not the Python binding the guardrails use."""
+    return _compile_error(pattern, flags)
 
 
 def build_detectors(user: tuple[DetectorConfig, ...] = (), *,
