@@ -49,7 +49,7 @@ cdef class Scanner:
         hs_database_t* db_span         # SOM_LEFTMOST
         hs_scratch_t* scratch_find
         hs_scratch_t* scratch_span
-        SpanList spans                 # the matches of the last scan_spans()
+        SpanList spans                 # the matches of mask_value's scan
         readonly tuple names           # detector id -> name
         tuple validators               # id -> callable(data, s, e) -> (s, e) | None
         int* vcode                     # id -> V_* (a C validator, a Python one, none)
@@ -58,9 +58,10 @@ cdef class Scanner:
         readonly int ndet
 
     cdef int find(self, const unsigned char* p, Py_ssize_t n, Marks* marks) except -1
-    cdef int scan_spans(self, const unsigned char* p, Py_ssize_t n) except -1
+    cdef int scan_spans(self, const unsigned char* p, Py_ssize_t n, SpanList* out) except -1
     cdef object mask_value(self, object data, unsigned long long* counts)
-    cdef object apply_spans(self, object data, unsigned long long* counts)
+    cdef object apply_spans(self, object data, const Span* spans, Py_ssize_t nspans,
+                            unsigned long long* counts)
 
 
 cdef class RowPlan:
@@ -93,6 +94,17 @@ cdef class RowPlan:
         Py_ssize_t* pre_end
         int* pre_col
         unsigned char* pre_hit
+        # ... and the spans of ONE start-of-match scan over the flagged values of the read:
+        # per value its first span in pre_spans (offsets relative to the value) and how many,
+        # -1 when the value needs a scan of its own (a match crossed into a neighbour)
+        SpanList pre_spans
+        int* pre_span_first
+        int* pre_span_n
+        Py_ssize_t* som_end            # the flagged values joined: end of each ...
+        int* som_val                   # ... and which prescanned value it is
+        # the current row's columns: their spans in pre_spans, as pre_span_first/pre_span_n
+        int* col_span_first
+        int* col_span_n
         # counters since the last take_counts(): masked values per detector / per column rule
         unsigned long long* det_counts
         unsigned long long* rule_counts
@@ -104,5 +116,6 @@ cdef class RowPlan:
     cdef bint _pre_reserve(self, int nrows, int nvals) except -1
     cdef unsigned char* _scan_buffer(self, Py_ssize_t size) noexcept
     cdef int _find(self, const unsigned char* buf, Py_ssize_t n) except -1
+    cdef int _prescan_spans(self, unsigned char* buf) except -1
     cdef object _detect_one(self, int col, object value)
     cdef object _whole_one(self, int col, object value)

@@ -4,12 +4,13 @@
 Two classes (declared in hoopwire._mask.pxd):
 
 * Scanner -- every detector of one connection compiled into two Hyperscan databases, scanned
-  through libhs's C API with C match callbacks (no Python call per scan or per match):
-  `db_find` without start-of-match (MULTILINE, so `^`/`$` also match at the separators between
-  values) answers "which values hold a hit" at full speed; `db_span` with SOM_LEFTMOST is run
-  only over the values pass 1 flagged, to find the exact spans, which the validators then check
-  and the strategies rewrite. Start-of-match is what makes Hyperscan slow (see
-  ../shared/STYLE.md), and most values hold no hit, so most bytes only ever see db_find.
+  through libhs's C API with C match callbacks (no Python call per scan or per match), both
+  MULTILINE so that `^`/`$` match at the '\\n' separators between joined values (and so at
+  line breaks inside a value): `db_find` without start-of-match answers "which values hold a
+  hit" at full speed; `db_span` with SOM_LEFTMOST is run only over the values pass 1 flagged,
+  to find the exact spans, which the validators then check and the strategies rewrite.
+  Start-of-match is what makes Hyperscan slow (see ../shared/STYLE.md), and most values hold
+  no hit, so most bytes only ever see db_find.
 
 * RowPlan -- the columns of one result set: for each, PASS, WHOLE (mask the whole value by the
   column rule's strategy) or DETECT (detectors over the value), plus how its bytes may be
@@ -17,6 +18,9 @@ Two classes (declared in hoopwire._mask.pxd):
   value into one buffer (separated by '\\n'), scans that buffer ONCE, maps hit end offsets back
   to values, re-scans only those values for spans, and builds a new DataRow with recomputed
   lengths -- or returns None when nothing changed, so the relay forwards the original bytes.
+  The relay first hands a whole network read to `prescan`, which does pass 1 for all its rows
+  in one scan and the span pass for all the values it flagged in one more (a scan call costs
+  far more than the few bytes of a value), so rewriting those rows scans nothing.
   `mask_copy_line` does the same for one COPY TO STDOUT data row in text or CSV format.
 
 A malformed DataRow raises MaskRowError (SQLSTATE 08P01); nothing here reads outside the
@@ -28,7 +32,7 @@ import json as _json
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdlib cimport qsort, realloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 
 from hs cimport (
     HS_FLAG_CASELESS, HS_FLAG_MULTILINE, HS_FLAG_SOM_LEFTMOST, HS_MODE_BLOCK, HS_SCAN_TERMINATED, HS_SUCCESS,
@@ -509,8 +513,9 @@ cdef class Scanner:
         pats = [bytes(d.pattern) for d in detectors]
         self.db_find = _compile(pats, [d.flags | HS_FLAG_MULTILINE for d in detectors],
                                 "detectors")
-        self.db_span = _compile(pats, [d.flags | HS_FLAG_SOM_LEFTMOST for d in detectors],
-                                "detectors")
+        self.db_span = _compile(
+            pats, [d.flags | HS_FLAG_MULTILINE | HS_FLAG_SOM_LEFTMOST for d in detectors],
+            "detectors")
         if (hs_alloc_scratch(self.db_find, &self.scratch_find) != HS_SUCCESS or
                 hs_alloc_scratch(self.db_span, &self.scratch_span) != HS_SUCCESS):
             raise MemoryError("Hyperscan scratch")
@@ -540,36 +545,37 @@ cdef class Scanner:
             raise MaskRowError(f"detector scan failed (Hyperscan error {rc})", "XX000")
         return 0
 
-    cdef int scan_spans(self, const unsigned char* p, Py_ssize_t n) except -1:
-        """self.spans = every detector match in p[:n] with its leftmost start, sorted."""
+    cdef int scan_spans(self, const unsigned char* p, Py_ssize_t n, SpanList* out) except -1:
+        """out = every detector match in p[:n] with its leftmost start, sorted."""
         cdef hs_error_t rc
         if n > 0xffffffff:
             raise MaskRowError("scan buffer over 4 GiB", "54000")
-        self.spans.n = 0
-        self.spans.failed = False
-        # values are short: keeping the GIL is cheaper than handing it over and back
+        out.n = 0
+        out.failed = False
         rc = hs_scan(self.db_span, <const char*>p, <unsigned int>n, 0, self.scratch_span,
-                     _on_span, &self.spans)
-        if self.spans.failed:
-            self.spans.n = 0
+                     _on_span, out)
+        if out.failed:
+            out.n = 0
             raise MemoryError()
         if rc != HS_SUCCESS:
-            self.spans.n = 0
+            out.n = 0
             raise MaskRowError(f"detector scan failed (Hyperscan error {rc})", "XX000")
-        if self.spans.n > 1:
-            qsort(self.spans.items, self.spans.n, sizeof(Span), _span_order)
+        if out.n > 1:
+            qsort(out.items, out.n, sizeof(Span), _span_order)
         return 0
 
     cdef object mask_value(self, object data, unsigned long long* counts):
         """data (bytes) with every validated detector span rewritten, or None when nothing
         matched."""
-        self.scan_spans(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        self.scan_spans(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                        &self.spans)
         if self.spans.n == 0:
             return None
-        return self.apply_spans(data, counts)
+        return self.apply_spans(data, self.spans.items, self.spans.n, counts)
 
-    cdef object apply_spans(self, object data, unsigned long long* counts):
-        """data with the validated spans of the last scan_spans(data) rewritten, or None.
+    cdef object apply_spans(self, object data, const Span* spans, Py_ssize_t nspans,
+                            unsigned long long* counts):
+        """data with the validated spans (sorted, offsets into data) rewritten, or None.
         Overlapping spans: the leftmost wins, then the longest."""
         cdef Py_ssize_t last_end = 0, n = PyBytes_GET_SIZE(data), s, e, k
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
@@ -577,10 +583,10 @@ cdef class Scanner:
         cdef object hit
         cdef unsigned int ident
         cdef int code
-        for k in range(self.spans.n):
-            s = self.spans.items[k].frm
-            e = self.spans.items[k].to
-            ident = self.spans.items[k].ident
+        for k in range(nspans):
+            s = spans[k].frm
+            e = spans[k].to
+            ident = spans[k].ident
             if s < last_end or e > n or s >= e:
                 continue
             code = self.vcode[ident]
@@ -644,6 +650,16 @@ cdef class RowPlan:
         self.col_fast = NULL
         self.sbuf = NULL
         self.sbuf_cap = 0
+        self.pre_spans.items = NULL
+        self.pre_spans.n = 0
+        self.pre_spans.cap = 0
+        self.pre_spans.failed = False
+        self.pre_span_first = NULL
+        self.pre_span_n = NULL
+        self.som_end = NULL
+        self.som_val = NULL
+        self.col_span_first = NULL
+        self.col_span_n = NULL
 
     def __init__(self, columns, Scanner scanner=None, rule_names=()):
         cdef Py_ssize_t n = len(columns), i
@@ -659,6 +675,8 @@ cdef class RowPlan:
         self.ln = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
         self.scan_end = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
         self.col_fast = <int*>PyMem_Malloc(m * sizeof(int))
+        self.col_span_first = <int*>PyMem_Malloc(m * sizeof(int))
+        self.col_span_n = <int*>PyMem_Malloc(m * sizeof(int))
         self.rule_counts = <unsigned long long*>PyMem_Malloc(
             (len(self.rule_names) + 1) * sizeof(unsigned long long))
         self.det_counts = <unsigned long long*>PyMem_Malloc(
@@ -666,9 +684,10 @@ cdef class RowPlan:
         if (self.action == NULL or self.kind == NULL or self.hit == NULL or self.rule == NULL or
                 self.scan_col == NULL or self.off == NULL or self.ln == NULL or
                 self.scan_end == NULL or self.rule_counts == NULL or self.det_counts == NULL or
-                self.col_fast == NULL):
+                self.col_fast == NULL or self.col_span_first == NULL or self.col_span_n == NULL):
             raise MemoryError()
         memset(self.rule_counts, 0, (len(self.rule_names) + 1) * sizeof(unsigned long long))
+        memset(self.col_span_n, 0xff, m * sizeof(int))          # -1: no spans from a prescan
         memset(self.det_counts, 0,
                ((scanner.ndet if scanner is not None else 0) + 1) * sizeof(unsigned long long))
         self.col_strategy = []
@@ -717,6 +736,13 @@ cdef class RowPlan:
         PyMem_Free(self.pre_col)
         PyMem_Free(self.pre_hit)
         free(self.sbuf)
+        free(self.pre_spans.items)
+        PyMem_Free(self.pre_span_first)
+        PyMem_Free(self.pre_span_n)
+        PyMem_Free(self.som_end)
+        PyMem_Free(self.som_val)
+        PyMem_Free(self.col_span_first)
+        PyMem_Free(self.col_span_n)
 
     @property
     def passthrough(self):
@@ -836,8 +862,65 @@ cdef class RowPlan:
             marks.hit = self.pre_hit
             marks.cols = NULL
             self.scanner.find(dst, total, &marks)
+            self._prescan_spans(dst)
         self.pre_base = p + start
         self.pre_rows = nrows
+        return 0
+
+    cdef int _prescan_spans(self, unsigned char* buf) except -1:
+        """After the find pass over the read's values (joined in buf): move the flagged ones
+        to the front of buf, run ONE start-of-match scan over them, and hand each value its
+        spans (the scan call, not the bytes, is what a per-value scan mostly pays for). A value
+        that must be scanned on its own keeps pre_span_n = -1: binary jsonb (offsets differ),
+        a match that crosses into a neighbour (a pattern that can match a newline)."""
+        cdef int k, j, jend, nsom = 0, keep = 0
+        cdef Py_ssize_t start, end, w = 0, vstart, frm, to, r
+        cdef Span* sp
+        for k in range(self.pre_nvals):
+            self.pre_span_n[k] = -1
+            if not self.pre_hit[k] or self.kind[self.pre_col[k]] == K_JSONB_BIN:
+                continue
+            start = self.pre_end[k - 1] + 1 if k > 0 else 0
+            end = self.pre_end[k]
+            memmove(buf + w, buf + start, end - start)   # only ever towards the front
+            w += end - start
+            buf[w] = 10
+            self.som_end[nsom] = w
+            self.som_val[nsom] = k
+            self.pre_span_n[k] = 0
+            self.pre_span_first[k] = 0
+            nsom += 1
+            w += 1
+        self.pre_spans.n = 0
+        if nsom == 0:
+            return 0
+        self.scanner.scan_spans(buf, w, &self.pre_spans)
+        # sorted by start, so each value's spans come together; kept ones are compacted in place
+        for r in range(self.pre_spans.n):
+            sp = &self.pre_spans.items[r]
+            frm = sp.frm
+            to = sp.to
+            j = _value_holding(self.som_end, nsom, frm + 1)
+            vstart = self.som_end[j - 1] + 1 if j > 0 else 0
+            if frm < vstart or to > self.som_end[j]:
+                jend = _value_holding(self.som_end, nsom, to)
+                if frm < vstart and j > 0:
+                    j -= 1
+                while j <= jend:
+                    self.pre_span_n[self.som_val[j]] = -1
+                    j += 1
+                continue
+            k = self.som_val[j]
+            if self.pre_span_n[k] < 0:
+                continue
+            if self.pre_span_n[k] == 0:
+                self.pre_span_first[k] = keep
+            self.pre_span_n[k] += 1
+            self.pre_spans.items[keep].frm = frm - vstart
+            self.pre_spans.items[keep].to = to - vstart
+            self.pre_spans.items[keep].ident = sp.ident
+            keep += 1
+        self.pre_spans.n = keep
         return 0
 
     def prescan_bytes(self, chunk, Py_ssize_t start=0):
@@ -883,11 +966,21 @@ cdef class RowPlan:
             PyMem_Free(self.pre_end)
             PyMem_Free(self.pre_col)
             PyMem_Free(self.pre_hit)
+            PyMem_Free(self.pre_span_first)
+            PyMem_Free(self.pre_span_n)
+            PyMem_Free(self.som_end)
+            PyMem_Free(self.som_val)
             self.pre_end = <Py_ssize_t*>PyMem_Malloc(vals_cap * sizeof(Py_ssize_t))
             self.pre_col = <int*>PyMem_Malloc(vals_cap * sizeof(int))
             self.pre_hit = <unsigned char*>PyMem_Malloc(vals_cap)
-            self.pre_vals_cap = vals_cap if (self.pre_end != NULL and self.pre_col != NULL and
-                                             self.pre_hit != NULL) else 0
+            self.pre_span_first = <int*>PyMem_Malloc(vals_cap * sizeof(int))
+            self.pre_span_n = <int*>PyMem_Malloc(vals_cap * sizeof(int))
+            self.som_end = <Py_ssize_t*>PyMem_Malloc(vals_cap * sizeof(Py_ssize_t))
+            self.som_val = <int*>PyMem_Malloc(vals_cap * sizeof(int))
+            self.pre_vals_cap = vals_cap if (
+                self.pre_end != NULL and self.pre_col != NULL and self.pre_hit != NULL and
+                self.pre_span_first != NULL and self.pre_span_n != NULL and
+                self.som_end != NULL and self.som_val != NULL) else 0
             if self.pre_vals_cap == 0:
                 return False
         return True
@@ -921,9 +1014,19 @@ cdef class RowPlan:
 
     cdef object _detect_one(self, int col, object value):
         """The replacement of a DETECT value that pass 1 flagged: bytes, NULL_VALUE, or None
-        (no validated hit after all)."""
+        (no validated hit after all). Uses the prescan's spans for it when it has some."""
         cdef int kind = self.kind[col]
         cdef object res
+        if self.col_span_n[col] > 0:
+            res = self.scanner.apply_spans(value, self.pre_spans.items + self.col_span_first[col],
+                                           self.col_span_n[col], self.det_counts)
+            if res is None:
+                return None
+            if kind == K_OTHER:
+                return NULL_VALUE
+            if kind == K_JSON:
+                return _json_safe(value, res)
+            return res
         if kind == K_JSONB_BIN:
             if len(value) < 1:
                 return None
@@ -1015,13 +1118,17 @@ cdef class RowPlan:
             raise MaskRowError(f"DataRow has {size - pos} bytes after its last value")
         # rows a prescan of the whole read already looked at: its flags stand for pass 1
         memset(self.hit, 0, ncols)
+        memset(self.col_span_n, 0xff, ncols * sizeof(int))     # -1: no spans from a prescan
         if self.pre_rows and self.pre_next < self.pre_rows and \
                 msg == self.pre_base + self.pre_row_off[self.pre_next]:
             prow = self.pre_next
             self.pre_next += 1
             for k in range(self.pre_row_first[prow], self.pre_row_first[prow + 1]):
                 if self.pre_hit[k]:
-                    self.hit[self.pre_col[k]] = 1
+                    i = self.pre_col[k]
+                    self.hit[i] = 1
+                    self.col_span_first[i] = self.pre_span_first[k]
+                    self.col_span_n[i] = self.pre_span_n[k]
             scan_bytes = 0
         elif not whole and scan_bytes == 0:
             return None
@@ -1148,6 +1255,7 @@ cdef class RowPlan:
         parts = []
         self.nscan = 0
         memset(self.hit, 0, self.ncols if self.ncols > 0 else 1)
+        memset(self.col_span_n, 0xff, (self.ncols if self.ncols > 0 else 1) * sizeof(int))
         for i in range(n):
             v = fields[i][0]
             if self.action[i] == ACT_DETECT and v:

@@ -309,18 +309,55 @@ DENSE_VALUES = [b"mail me at a.b@example.com or +14155552671", b"plain words", b
                 b"\n-----END PRIVATE KEY-----", "Chloé 555-12-3456 ü".encode()]
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(st.sampled_from(DENSE_VALUES), min_size=4, max_size=4),
-                min_size=40, max_size=70))
-def test_dense_mode_masks_as_the_two_pass_mode(rows):
-    """After 32 rows with hits a plan scans each row once with start-of-match; the result must
-    be byte for byte what a fresh plan (two-pass mode) gives for the same row."""
-    cols = [Column(None, None, None, oid, 0) for oid in (25, 25, 114, 25)]
+                min_size=2, max_size=70))
+def test_one_span_scan_per_read_masks_as_row_by_row(rows):
+    """Reads full of hits: the prescan finds the spans of every flagged value of the read in
+    one start-of-match scan (values whose match crosses into the next value -- the PEM pieces
+    -- and binary jsonb scan alone). Byte for byte and count for count what rewriting each row
+    on its own gives."""
+    cols = [Column(None, None, None, 25, 0), Column(None, None, None, 25, 0),
+            Column(None, None, None, 114, 0), Column(None, None, None, 3802, 1)]
     e = _shared_engine()
-    long_lived = e.row_plan(cols)
-    for values in rows:
-        msg = datarow(*values)
-        assert long_lived.rewrite(msg) == e.row_plan(cols).rewrite(msg)
+
+    def cell(i, v):
+        if v is None or i < 2:
+            return v
+        text = json.dumps(v.decode("utf-8")).encode()
+        return text if i == 2 else b"\x01" + text
+    msgs = [datarow(*(cell(i, v) for i, v in enumerate(values))) for values in rows]
+    chunked = e.row_plan(cols)
+    got = chunked.rewrite_chunk(b"".join(msgs))
+    alone = e.row_plan(cols)
+    assert got == [alone.rewrite(m) for m in msgs]
+    assert chunked.take_counts() == alone.take_counts()
+
+
+def test_a_match_crossing_values_never_joins_them():
+    """A PEM block split over two values: each value is judged on its own bytes."""
+    e = _shared_engine()
+    cols = [Column(None, None, None, 25, 0)] * 2
+    head, tail = b"-----BEGIN PRIVATE KEY-----\nQUJD", b"RUZH\n-----END PRIVATE KEY-----"
+    rows = [datarow(head, tail), datarow(b"plain", b"words"), datarow(head, b"x")]
+    got = e.row_plan(cols).rewrite_chunk(b"".join(rows))
+    assert got == [e.row_plan(cols).rewrite(m) for m in rows]
+    assert parse(got[0])[0] == b"****"
+
+
+def test_line_anchors_match_at_every_line_of_a_value():
+    """^ and $ in a detector pattern match at the start and end of the value and of each line
+    in it, in the find pass and in the span pass alike (a value flagged is a value masked)."""
+    from hoopwire.config import DetectorConfig
+    e = MaskEngine([MaskConfig(detectors=("TICKET",), strategy="redact")],
+                   [DetectorConfig(name="TICKET", pattern=r"^TCK-[0-9]{4}$")], hash_key=b"k")
+    plan = e.row_plan([Column(None, None, None, 25, 0)])
+    assert parse(plan.rewrite(datarow(b"TCK-1234")))[0] == b"****"
+    assert parse(plan.rewrite(datarow(b"see\nTCK-1234\nthanks")))[0] == b"see\n****\nthanks"
+    assert plan.rewrite(datarow(b"xTCK-1234")) is None
+    chunk = b"".join(datarow(v) for v in (b"TCK-1234", b"a\nTCK-5678", b"no TCK-1"))
+    assert [parse(r)[0] if r else None for r in plan.rewrite_chunk(chunk)] == \
+        [b"****", b"a\n****", None]
 
 
 SPARSE_VALUES = [b"plain words", b"nothing here", b"", None, b"123-45-6789", b"x" * 300,

@@ -27,7 +27,8 @@ Every built-in detector, what it catches and where it is known to be wrong:
 User-defined detectors (`[[connection.detector]]`) bring a Hyperscan pattern and optionally the
 `luhn` or `mod97` validator (applied to the digits / alphanumerics of the span).
 
-Patterns must not rely on `\\A`/`\\z`; `^` and `$` mean the start and end of one value.
+Patterns must not rely on `\\A`/`\\z`; `^` and `$` match at the start and end of a value and of
+every line in it.
 """
 
 from __future__ import annotations
