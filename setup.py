@@ -4,6 +4,7 @@ Each extension is one root .pyx (with its .pxd) that `include`s its parts, so ca
 parts stay C calls. The generated .c files are build outputs and never committed.
 """
 
+import glob
 import os
 
 from setuptools import Extension, setup
@@ -49,11 +50,27 @@ extensions = [
     if not ONLY or name in ONLY
 ]
 
+
+
+def _declarations_changed() -> bool:
+    """Whether some .pxd is newer than a generated .c. Cython's dependency tracking does not
+    follow a cimport of a dotted-name .pxd (ext/hoopwire._mask.pxd, which the relay cimports
+    for RowPlan), and a stale .c compiles the old struct layout into the other module."""
+    pxds = glob.glob("ext/**/*.pxd", recursive=True)
+    newest = max((os.path.getmtime(p) for p in pxds), default=0)
+    for src in EXTENSIONS.values():
+        c = src[:-len(".pyx")] + ".c"
+        if os.path.exists(c) and os.path.getmtime(c) < newest:
+            return True
+    return False
+
+
 setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
         include_path=["ext"],
+        force=_declarations_changed(),
         compiler_directives={
             "boundscheck": DEBUG,
             "wraparound": False,
