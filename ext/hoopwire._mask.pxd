@@ -53,6 +53,8 @@ cdef class Scanner:
         readonly tuple names           # detector id -> name
         tuple validators               # id -> callable(data, s, e) -> (s, e) | None
         int* vcode                     # id -> V_* (a C validator, a Python one, none)
+        int* sfast                     # id -> F_* of its strategy (C copy of `fast`)
+        Py_ssize_t* skeep              # id -> characters its partial strategy keeps
         tuple strategies               # id -> hoopwire.masking.strategies.Strategy
         tuple fast                     # id -> F_* code of its strategy
         readonly int ndet
@@ -105,6 +107,14 @@ cdef class RowPlan:
         # the current row's columns: their spans in pre_spans, as pre_span_first/pre_span_n
         int* col_span_first
         int* col_span_n
+        # pass 2's verdict per column (R_*), the new length, and for R_SPANS its validated spans
+        # in row_spans; R_PY values are Python objects in a list
+        unsigned char* rep
+        Py_ssize_t* rep_len
+        int* rep_first
+        int* rep_n
+        SpanList row_spans
+        Py_ssize_t* col_keep           # per column: what a WHOLE partial strategy keeps
         # counters since the last take_counts(): masked values per detector / per column rule
         unsigned long long* det_counts
         unsigned long long* rule_counts
@@ -117,5 +127,6 @@ cdef class RowPlan:
     cdef unsigned char* _scan_buffer(self, Py_ssize_t size) noexcept
     cdef int _find(self, const unsigned char* buf, Py_ssize_t n) except -1
     cdef int _prescan_spans(self, unsigned char* buf) except -1
+    cdef int _spans_c(self, int col, const unsigned char* p, Py_ssize_t n) except -1
     cdef object _detect_one(self, int col, object value)
     cdef object _whole_one(self, int col, object value)

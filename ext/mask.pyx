@@ -124,10 +124,8 @@ cdef int _on_find(unsigned int ident, unsigned long long frm, unsigned long long
     return 0
 
 
-cdef int _on_span(unsigned int ident, unsigned long long frm, unsigned long long to,
-                  unsigned int flags, void* context) noexcept nogil:
-    """A hit of the span database: append (from, to, id); stop the scan if memory runs out."""
-    cdef SpanList* sl = <SpanList*>context
+cdef int _span_push(SpanList* sl, Py_ssize_t frm, Py_ssize_t to, unsigned int ident) noexcept nogil:
+    """Append a span; -1 (and failed set) when the list cannot grow."""
     cdef Span* grown
     cdef Py_ssize_t cap
     if sl.n == sl.cap:
@@ -135,14 +133,20 @@ cdef int _on_span(unsigned int ident, unsigned long long frm, unsigned long long
         grown = <Span*>realloc(sl.items, cap * sizeof(Span))
         if grown == NULL:
             sl.failed = True
-            return 1
+            return -1
         sl.items = grown
         sl.cap = cap
-    sl.items[sl.n].frm = <Py_ssize_t>frm
-    sl.items[sl.n].to = <Py_ssize_t>to
+    sl.items[sl.n].frm = frm
+    sl.items[sl.n].to = to
     sl.items[sl.n].ident = ident
     sl.n += 1
     return 0
+
+
+cdef int _on_span(unsigned int ident, unsigned long long frm, unsigned long long to,
+                  unsigned int flags, void* context) noexcept nogil:
+    """A hit of the span database: append (from, to, id); stop the scan if memory runs out."""
+    return 1 if _span_push(<SpanList*>context, <Py_ssize_t>frm, <Py_ssize_t>to, ident) < 0 else 0
 
 
 cdef int _span_order(const void* a, const void* b) noexcept nogil:
@@ -453,6 +457,26 @@ cdef object _partial_ascii(object value, Py_ssize_t keep):
     return out
 
 
+# What pass 2 decided for a column of the row being rewritten (RowPlan.rep)
+cdef enum:
+    R_KEEP = 0            # the original bytes
+    R_PY = 1              # a Python object in the row's list: bytes, or NULL_VALUE
+    R_CONST = 2           # REDACTED
+    R_PARTIAL = 3         # an ASCII value: `*` but its last col_keep bytes
+    R_SPANS = 4           # the value with its spans in row_spans rewritten (redact / partial)
+
+
+cdef inline Py_ssize_t _write_partial(unsigned char* dst, const unsigned char* src, Py_ssize_t n,
+                                      Py_ssize_t keep) noexcept nogil:
+    """`*` for all but the last `keep` bytes of src[:n] (ASCII), into dst; returns n."""
+    if n <= keep:
+        memset(dst, 42, n)
+    else:
+        memset(dst, 42, n - keep)
+        memcpy(dst + n - keep, src + n - keep, keep)
+    return n
+
+
 cdef inline object _inline_fast(int code, object strategy, object value):
     cdef object r
     if code == F_REDACT:
@@ -465,6 +489,14 @@ cdef inline object _inline_fast(int code, object strategy, object value):
 
 
 # ---------------------------------------------------------------------------------------------
+
+cdef inline bint _is_ascii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] >= 128:
+            return False
+    return True
+
 
 cdef inline int _value_holding(const Py_ssize_t* ends, int n, Py_ssize_t end) noexcept nogil:
     """Index of the value (ends[i]: offset just past value i, ascending) holding byte end - 1,
@@ -496,6 +528,8 @@ cdef class Scanner:
         self.spans.cap = 0
         self.spans.failed = False
         self.vcode = NULL
+        self.sfast = NULL
+        self.skeep = NULL
 
     def __init__(self, list detectors, list strategies):
         if len(detectors) != len(strategies) or not detectors:
@@ -503,13 +537,17 @@ cdef class Scanner:
         self.ndet = len(detectors)
         self.names = tuple(d.name for d in detectors)
         self.validators = tuple(d.validator for d in detectors)
+        self.strategies = tuple(strategies)
+        self.fast = tuple(_fast_code(st) for st in strategies)
         self.vcode = <int*>PyMem_Malloc(self.ndet * sizeof(int))
-        if self.vcode == NULL:
+        self.sfast = <int*>PyMem_Malloc(self.ndet * sizeof(int))
+        self.skeep = <Py_ssize_t*>PyMem_Malloc(self.ndet * sizeof(Py_ssize_t))
+        if self.vcode == NULL or self.sfast == NULL or self.skeep == NULL:
             raise MemoryError()
         for i in range(self.ndet):
             self.vcode[i] = _validator_code(self.validators[i])
-        self.strategies = tuple(strategies)
-        self.fast = tuple(_fast_code(st) for st in strategies)
+            self.sfast[i] = self.fast[i]
+            self.skeep[i] = self.strategies[i].keep
         pats = [bytes(d.pattern) for d in detectors]
         self.db_find = _compile(pats, [d.flags | HS_FLAG_MULTILINE for d in detectors],
                                 "detectors")
@@ -531,6 +569,8 @@ cdef class Scanner:
             hs_free_database(self.db_span)
         free(self.spans.items)
         PyMem_Free(self.vcode)
+        PyMem_Free(self.sfast)
+        PyMem_Free(self.skeep)
 
     cdef int find(self, const unsigned char* p, Py_ssize_t n, Marks* marks) except -1:
         """Pass 1 over p[:n]: set the hit flag of every value in marks that a detector's match
@@ -660,6 +700,15 @@ cdef class RowPlan:
         self.som_val = NULL
         self.col_span_first = NULL
         self.col_span_n = NULL
+        self.rep = NULL
+        self.rep_len = NULL
+        self.rep_first = NULL
+        self.rep_n = NULL
+        self.col_keep = NULL
+        self.row_spans.items = NULL
+        self.row_spans.n = 0
+        self.row_spans.cap = 0
+        self.row_spans.failed = False
 
     def __init__(self, columns, Scanner scanner=None, rule_names=()):
         cdef Py_ssize_t n = len(columns), i
@@ -677,6 +726,11 @@ cdef class RowPlan:
         self.col_fast = <int*>PyMem_Malloc(m * sizeof(int))
         self.col_span_first = <int*>PyMem_Malloc(m * sizeof(int))
         self.col_span_n = <int*>PyMem_Malloc(m * sizeof(int))
+        self.rep = <unsigned char*>PyMem_Malloc(m)
+        self.rep_len = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
+        self.rep_first = <int*>PyMem_Malloc(m * sizeof(int))
+        self.rep_n = <int*>PyMem_Malloc(m * sizeof(int))
+        self.col_keep = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
         self.rule_counts = <unsigned long long*>PyMem_Malloc(
             (len(self.rule_names) + 1) * sizeof(unsigned long long))
         self.det_counts = <unsigned long long*>PyMem_Malloc(
@@ -684,7 +738,9 @@ cdef class RowPlan:
         if (self.action == NULL or self.kind == NULL or self.hit == NULL or self.rule == NULL or
                 self.scan_col == NULL or self.off == NULL or self.ln == NULL or
                 self.scan_end == NULL or self.rule_counts == NULL or self.det_counts == NULL or
-                self.col_fast == NULL or self.col_span_first == NULL or self.col_span_n == NULL):
+                self.col_fast == NULL or self.col_span_first == NULL or self.col_span_n == NULL or
+                self.rep == NULL or self.rep_len == NULL or self.rep_first == NULL or
+                self.rep_n == NULL or self.col_keep == NULL):
             raise MemoryError()
         memset(self.rule_counts, 0, (len(self.rule_names) + 1) * sizeof(unsigned long long))
         memset(self.col_span_n, 0xff, m * sizeof(int))          # -1: no spans from a prescan
@@ -710,6 +766,7 @@ cdef class RowPlan:
             self.rule[i] = -1 if rule is None or rule < 0 else rule
             self.col_strategy.append(strategy if action == ACT_WHOLE else None)
             self.col_fast[i] = _fast_code(strategy) if action == ACT_WHOLE else F_PY
+            self.col_keep[i] = strategy.keep if action == ACT_WHOLE else 0
             if action == ACT_WHOLE and kind == K_STR and strategy.name == "redact":
                 self.col_fast[i] = F_CONST
             if action != ACT_PASS:
@@ -743,6 +800,12 @@ cdef class RowPlan:
         PyMem_Free(self.som_val)
         PyMem_Free(self.col_span_first)
         PyMem_Free(self.col_span_n)
+        PyMem_Free(self.rep)
+        PyMem_Free(self.rep_len)
+        PyMem_Free(self.rep_first)
+        PyMem_Free(self.rep_n)
+        PyMem_Free(self.col_keep)
+        free(self.row_spans.items)
 
     @property
     def passthrough(self):
@@ -1012,6 +1075,67 @@ cdef class RowPlan:
 
     # -- per value ---------------------------------------------------------------------------
 
+    cdef int _spans_c(self, int col, const unsigned char* p, Py_ssize_t n) except -1:
+        """Pass 2 of a flagged text value without Python objects: its validated spans go to
+        row_spans and rep[col] becomes R_SPANS (R_KEEP when no span survives). Returns 0,
+        having changed nothing, when a span needs Python -- a Python validator, the hash or
+        format strategy, partial over non-ASCII text: the caller then takes _detect_one."""
+        cdef Scanner sc = self.scanner
+        cdef const Span* spans
+        cdef Py_ssize_t nsp, k, s, e, j, last_end = 0, newlen = n
+        cdef Py_ssize_t first = self.row_spans.n
+        cdef int code, fast
+        cdef unsigned int ident
+        cdef bint python = False
+        if self.col_span_n[col] > 0:
+            spans = self.pre_spans.items + self.col_span_first[col]
+            nsp = self.col_span_n[col]
+        else:
+            sc.scan_spans(p, n, &sc.spans)
+            spans = sc.spans.items
+            nsp = sc.spans.n
+        for k in range(nsp):
+            s = spans[k].frm
+            e = spans[k].to
+            ident = spans[k].ident
+            if s < last_end or e > n or s >= e:
+                continue
+            code = sc.vcode[ident]
+            if code == V_PY:
+                python = True
+                break
+            if code > V_PY and (not _C_VALIDATORS[code](p, n, &s, &e) or s < last_end):
+                continue
+            fast = sc.sfast[ident]
+            if fast == F_REDACT:
+                newlen += 4 - (e - s)
+            elif fast == F_PARTIAL:
+                for j in range(s, e):
+                    if p[j] >= 128:
+                        python = True
+                        break
+                if python:
+                    break
+            else:
+                python = True
+                break
+            if _span_push(&self.row_spans, s, e, ident) < 0:
+                raise MemoryError()
+            last_end = e
+        if python:
+            self.row_spans.n = first
+            return 0
+        if self.row_spans.n == first:
+            self.rep[col] = R_KEEP
+            return 1
+        self.rep[col] = R_SPANS
+        self.rep_first[col] = <int>first
+        self.rep_n[col] = <int>(self.row_spans.n - first)
+        self.rep_len[col] = newlen
+        for k in range(first, self.row_spans.n):
+            self.det_counts[self.row_spans.items[k].ident] += 1
+        return 1
+
     cdef object _detect_one(self, int col, object value):
         """The replacement of a DETECT value that pass 1 flagged: bytes, NULL_VALUE, or None
         (no validated hit after all). Uses the prescan's spans for it when it has some."""
@@ -1080,11 +1204,14 @@ cdef class RowPlan:
         cdef unsigned int length
         cdef int nf, k, ncols = <int>self.ncols
         cdef bint whole = False
-        cdef Py_ssize_t scan_bytes = 0
+        cdef Py_ssize_t scan_bytes = 0, last
         cdef unsigned char* dst
+        cdef const unsigned char* src
+        cdef const Span* sp
         cdef list repl
         cdef object r, value
-        cdef int prow
+        cdef int prow, changed, kind, fast
+        cdef unsigned char rp
         if size < 7 or msg[0] != 68:  # 'D'
             raise MaskRowError("not a DataRow")
         length = _be32(msg + 1)
@@ -1151,20 +1278,34 @@ cdef class RowPlan:
                     w += 1
             self._find(dst, w)
 
-        # pass 2: flagged values and whole-masked values
+        # pass 2: flagged values and whole-masked values. Redact and ASCII partial are written
+        # from C arrays; anything else (hash, format, JSON, NULL for other types, Python
+        # validators) becomes a Python object in repl.
         repl = None
+        changed = 0
+        self.row_spans.n = 0
         for i in range(nf):
+            self.rep[i] = R_KEEP
             flen = self.ln[i]
             if flen < 0:
                 continue
+            kind = self.kind[i]
             if self.action[i] == ACT_WHOLE:
-                if self.col_fast[i] == F_CONST:
+                fast = self.col_fast[i]
+                if fast == F_CONST or (fast == F_PARTIAL and kind == K_STR and
+                                       _is_ascii(msg + self.off[i], flen)):
                     if self.rule[i] >= 0:
                         self.rule_counts[self.rule[i]] += 1
-                    r = REDACTED
-                else:
-                    r = self._whole_one(<int>i, msg[self.off[i]:self.off[i] + flen])
+                    self.rep[i] = R_CONST if fast == F_CONST else R_PARTIAL
+                    changed += 1
+                    continue
+                r = self._whole_one(<int>i, msg[self.off[i]:self.off[i] + flen])
             elif self.hit[i]:
+                if (kind == K_STR or kind == K_INPLACE) and \
+                        self._spans_c(<int>i, msg + self.off[i], flen):
+                    if self.rep[i] == R_SPANS:
+                        changed += 1
+                    continue
                 r = self._detect_one(<int>i, msg[self.off[i]:self.off[i] + flen])
             else:
                 continue
@@ -1173,20 +1314,27 @@ cdef class RowPlan:
             if repl is None:
                 repl = [None] * nf
             repl[i] = r
-        if repl is None:
+            self.rep[i] = R_PY
+            changed += 1
+        if changed == 0:
             return None
         self.rows_rewritten += 1
 
         # the new message
         total = 7
         for i in range(nf):
-            r = repl[i]
-            if r is None:
+            rp = self.rep[i]
+            if rp == R_KEEP:
                 total += 4 + (self.ln[i] if self.ln[i] > 0 else 0)
-            elif r is NULL_VALUE:
-                total += 4
+            elif rp == R_CONST:
+                total += 8
+            elif rp == R_PARTIAL:
+                total += 4 + self.ln[i]
+            elif rp == R_SPANS:
+                total += 4 + self.rep_len[i]
             else:
-                total += 4 + PyBytes_GET_SIZE(r)
+                r = repl[i]
+                total += 4 if r is NULL_VALUE else 4 + PyBytes_GET_SIZE(r)
         if total - 1 > 0x7fffffff:
             raise MaskRowError("masked DataRow would exceed the protocol's message size", "54000")
         out = PyBytes_FromStringAndSize(NULL, total)
@@ -1197,23 +1345,51 @@ cdef class RowPlan:
         dst[6] = msg[6]
         w = 7
         for i in range(nf):
-            r = repl[i]
-            if r is None:
-                flen = self.ln[i]
+            rp = self.rep[i]
+            flen = self.ln[i]
+            src = msg + self.off[i]
+            if rp == R_KEEP:
                 _put32(dst + w, <unsigned int>flen)
                 w += 4
                 if flen > 0:
-                    memcpy(dst + w, msg + self.off[i], flen)
+                    memcpy(dst + w, src, flen)
                     w += flen
-            elif r is NULL_VALUE:
-                _put32(dst + w, 0xffffffff)
-                w += 4
-            else:
-                flen = PyBytes_GET_SIZE(r)
+            elif rp == R_CONST:
+                _put32(dst + w, 4)
+                memcpy(dst + w + 4, b"****", 4)
+                w += 8
+            elif rp == R_PARTIAL:
                 _put32(dst + w, <unsigned int>flen)
                 w += 4
-                memcpy(dst + w, PyBytes_AS_STRING(r), flen)
-                w += flen
+                w += _write_partial(dst + w, src, flen, self.col_keep[i])
+            elif rp == R_SPANS:
+                _put32(dst + w, <unsigned int>self.rep_len[i])
+                w += 4
+                last = 0
+                for k in range(self.rep_first[i], self.rep_first[i] + self.rep_n[i]):
+                    sp = &self.row_spans.items[k]
+                    memcpy(dst + w, src + last, sp.frm - last)
+                    w += sp.frm - last
+                    if self.scanner.sfast[sp.ident] == F_REDACT:
+                        memcpy(dst + w, b"****", 4)
+                        w += 4
+                    else:
+                        w += _write_partial(dst + w, src + sp.frm, sp.to - sp.frm,
+                                            self.scanner.skeep[sp.ident])
+                    last = sp.to
+                memcpy(dst + w, src + last, flen - last)
+                w += flen - last
+            else:
+                r = repl[i]
+                if r is NULL_VALUE:
+                    _put32(dst + w, 0xffffffff)
+                    w += 4
+                else:
+                    flen = PyBytes_GET_SIZE(r)
+                    _put32(dst + w, <unsigned int>flen)
+                    w += 4
+                    memcpy(dst + w, PyBytes_AS_STRING(r), flen)
+                    w += flen
         return out
 
     # -- COPY ----------------------------------------------------------------------------------
