@@ -39,6 +39,7 @@ ctypedef struct Marks:                 # pass 1: which of n joined values a matc
     int n
     unsigned char* hit                 # flag to set: hit[cols[i]], or hit[i] when cols is NULL
     const int* cols
+    int cursor                         # the value the last match ended in
 
 
 cdef class Scanner:

@@ -118,9 +118,18 @@ cdef int _on_find(unsigned int ident, unsigned long long frm, unsigned long long
                   unsigned int flags, void* context) noexcept nogil:
     """A hit of the find database: flag the value it ends in."""
     cdef Marks* m = <Marks*>context
-    cdef int i = _value_holding(m.ends, m.n, <Py_ssize_t>to)
+    cdef Py_ssize_t last = <Py_ssize_t>to - 1
+    cdef int i = m.cursor
+    # Matches mostly come in order of their end: walk on from the last value hit, and only
+    # search when a match ends before it.
+    if i < m.n and (i == 0 or m.ends[i - 1] <= last):
+        while i < m.n - 1 and m.ends[i] <= last:
+            i += 1
+    else:
+        i = _value_holding(m.ends, m.n, <Py_ssize_t>to)
     if i >= 0:
         m.hit[m.cols[i] if m.cols != NULL else i] = 1
+        m.cursor = i
     return 0
 
 
@@ -158,6 +167,16 @@ cdef int _span_order(const void* a, const void* b) noexcept nogil:
     if x.to != y.to:
         return -1 if x.to > y.to else 1
     return -1 if x.ident < y.ident else (1 if x.ident > y.ident else 0)
+
+
+cdef bint _in_order(const Span* s, Py_ssize_t n) noexcept nogil:
+    """Whether the spans are already sorted as _span_order sorts them (Hyperscan reports by
+    end offset, which for spans that do not overlap is the same order)."""
+    cdef Py_ssize_t k
+    for k in range(1, n):
+        if _span_order(&s[k - 1], &s[k]) > 0:
+            return False
+    return True
 
 
 cdef hs_database_t* _compile(list patterns, list flags, str what) except NULL:
@@ -600,7 +619,7 @@ cdef class Scanner:
         if rc != HS_SUCCESS:
             out.n = 0
             raise MaskRowError(f"detector scan failed (Hyperscan error {rc})", "XX000")
-        if out.n > 1:
+        if out.n > 1 and not _in_order(out.items, out.n):
             qsort(out.items, out.n, sizeof(Span), _span_order)
         return 0
 
@@ -924,6 +943,7 @@ cdef class RowPlan:
             marks.n = nvals
             marks.hit = self.pre_hit
             marks.cols = NULL
+            marks.cursor = 0
             self.scanner.find(dst, total, &marks)
             self._prescan_spans(dst)
         self.pre_base = p + start
@@ -1071,6 +1091,7 @@ cdef class RowPlan:
         marks.n = self.nscan
         marks.hit = self.hit
         marks.cols = self.scan_col
+        marks.cursor = 0
         return self.scanner.find(buf, n, &marks)
 
     # -- per value ---------------------------------------------------------------------------
