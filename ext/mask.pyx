@@ -152,6 +152,15 @@ cdef int _span_push(SpanList* sl, Py_ssize_t frm, Py_ssize_t to, unsigned int id
     return 0
 
 
+cdef inline void _span_trim(SpanList* sl) noexcept nogil:
+    """Give back a span list that one huge value grew (it lives as long as the Scanner)."""
+    if sl.cap > 4096:
+        free(sl.items)
+        sl.items = NULL
+        sl.cap = 0
+        sl.n = 0
+
+
 cdef int _on_span(unsigned int ident, unsigned long long frm, unsigned long long to,
                   unsigned int flags, void* context) noexcept nogil:
     """A hit of the span database: append (from, to, id); stop the scan if memory runs out."""
@@ -629,8 +638,12 @@ cdef class Scanner:
         self.scan_spans(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
                         &self.spans)
         if self.spans.n == 0:
+            _span_trim(&self.spans)
             return None
-        return self.apply_spans(data, self.spans.items, self.spans.n, counts)
+        try:
+            return self.apply_spans(data, self.spans.items, self.spans.n, counts)
+        finally:
+            _span_trim(&self.spans)
 
     cdef object apply_spans(self, object data, const Span* spans, Py_ssize_t nspans,
                             unsigned long long* counts):
@@ -1143,6 +1156,8 @@ cdef class RowPlan:
             if _span_push(&self.row_spans, s, e, ident) < 0:
                 raise MemoryError()
             last_end = e
+        if spans == sc.spans.items:
+            _span_trim(&sc.spans)
         if python:
             self.row_spans.n = first
             return 0

@@ -452,3 +452,16 @@ def _strategy_engine(strategy):
     if strategy not in _STRATEGY_ENGINES:
         _STRATEGY_ENGINES[strategy] = make(strategy=strategy, columns=())
     return _STRATEGY_ENGINES[strategy]
+
+
+def test_a_value_with_many_hits_then_a_small_one():
+    """A value with thousands of hits grows the scanner's span list, which is given back after
+    it; the next values (free text and rows) are masked as before."""
+    e = _shared_engine()
+    many = b" ".join(b"u%d@example.com" % i for i in range(20000))
+    masked, found = e.mask_text(many)
+    assert found == {"EMAIL": 20000} and masked == b" ".join([b"****"] * 20000)
+    assert e.mask_text(b"write to a@example.com")[0] == b"write to ****"
+    plan = e.row_plan([Column(None, None, None, TEXT, 0)])
+    assert parse(plan.rewrite(datarow(many)))[0] == masked
+    assert parse(plan.rewrite(datarow(b"a@example.com")))[0] == b"****"
