@@ -22,6 +22,10 @@ from libc.string cimport memcpy, memset
 
 import orjson
 
+from hoopwire._sqlnorm cimport M_MASK, Out as NormOut, lex as norm_lex, \
+    out_free as norm_out_free, out_init as norm_out_init
+from hoopwire._sqlnorm import mask_literals
+
 cdef extern from "Python.h":
     char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
                                 int* ptype) except NULL
@@ -281,30 +285,86 @@ cdef class StatementEncoder:
         self.keys = [None] * TEXT_SLOTS
         self.vals = [None] * TEXT_SLOTS
         memset(self.seen, 0, sizeof(self.seen))
+        memset(self.khash, 0, sizeof(self.khash))
+        self.lexer_mask = mask_statement is mask_literals
+
+    # A direct-mapped cache, filled only with texts seen twice: a statement with its literals
+    # inline (the simple protocol) is new almost every time, and storing each one cost more in
+    # evicting the last (cold memory, a free) than masking it again does. The slot's hash is
+    # compared first, so a miss does not touch the old key object either.
+
+    cdef object _cached(self, object sql, Py_hash_t h, Py_ssize_t i):
+        """The cached text (bytes) of sql, or None."""
+        cdef object key
+        if self.khash[i] != h:
+            return None
+        key = self.keys[i]
+        if key is sql or (key is not None and key == sql):
+            return self.vals[i]
+        return None
+
+    cdef int _remember(self, object sql, Py_hash_t h, Py_ssize_t i, bytes text) except -1:
+        if self.seen[i] == h:
+            self.keys[i] = sql
+            self.vals[i] = text
+            self.khash[i] = h
+        else:
+            self.seen[i] = h
+        return 0
 
     cdef bytes _text(self, object sql):
-        # A direct-mapped cache, filled only with texts seen twice: a statement with its
-        # literals inline (the simple protocol) is new almost every time, and storing each one
-        # cost more in evicting the last (cold memory, a free) than masking it again does.
         cdef Py_hash_t h
         cdef Py_ssize_t i
-        cdef object key
         cdef bytes text
         if sql is None:
             sql = b""
         h = hash(sql)
         i = <Py_ssize_t>(<size_t>h % TEXT_SLOTS)
-        key = self.keys[i]
-        if key is sql or (key is not None and key == sql):
-            return <bytes>self.vals[i]
+        text = self._cached(sql, h, i)
+        if text is not None:
+            return text
         text = orjson.dumps(self.mask_statement(
             sql if PyBytes_GET_SIZE(sql) <= self.limit else sql[:self.limit]))
-        if self.seen[i] == h:
-            self.keys[i] = sql
-            self.vals[i] = text
-        else:
-            self.seen[i] = h
+        self._remember(sql, h, i, text)
         return text
+
+    cdef int _put_text(self, Out* o, object sql) except -1:
+        """The recorded text of sql, as a JSON string, onto o: what out_bytes(o, _text(sql))
+        writes. With sqlnorm's mask_literals as the masker, its lexer runs here and an ASCII
+        result is escaped straight into o (no str, no orjson call, no bytes when not kept)."""
+        cdef Py_hash_t h
+        cdef Py_ssize_t i, start, n
+        cdef object text
+        cdef NormOut m
+        cdef int r
+        if sql is None:
+            sql = b""
+        if not self.lexer_mask or type(sql) is not bytes:
+            out_bytes(o, self._text(sql))
+            return 0
+        h = hash(sql)
+        i = <Py_ssize_t>(<size_t>h % TEXT_SLOTS)
+        text = self._cached(sql, h, i)
+        if text is not None:
+            out_bytes(o, <bytes>text)
+            return 0
+        n = PyBytes_GET_SIZE(sql)
+        if n > self.limit:
+            n = self.limit
+        norm_out_init(&m, n + 16, M_MASK, True)
+        try:
+            norm_lex(<const unsigned char*>PyBytes_AS_STRING(sql), n, &m, False, None)
+            start = o.n
+            r = out_ascii_string(o, m.buf, m.len)
+        finally:
+            norm_out_free(&m)
+        if r:                   # not ASCII: decoded by the masker itself, the general way
+            text = self._text(sql)
+            out_bytes(o, <bytes>text)
+            return 0
+        self._remember(sql, h, i, PyBytes_FromStringAndSize(o.p + start, o.n - start)
+                       if self.seen[i] == h else None)
+        return 0
 
     def text(self, sql):
         """The statement as recorded (literals masked), from the same cache: the dict path's."""
@@ -345,7 +405,7 @@ cdef class StatementEncoder:
         out_put(o, b',"started":', 11)
         out_fixed(o, llround(started * 1e6), 6, 1000000)
         out_put(o, b',"statement":', 13)
-        out_bytes(o, self._text(sql))
+        self._put_text(o, sql)
         out_put(o, b',"tags":[', 9)
         for tag in tags:
             if not first:

@@ -56,9 +56,14 @@ cdef class StatementEncoder:
     cdef Py_ssize_t limit         # bytes of a statement it is given
     cdef list keys                # statement bytes ... (a direct-mapped cache: most repeat)
     cdef list vals                # ... and their recorded text, JSON-encoded
+    cdef Py_hash_t khash[TEXT_SLOTS]  # hash of keys[i]: compared before the (cold) key itself
     cdef Py_hash_t seen[TEXT_SLOTS]   # hash of the last text that missed in each slot
+    cdef bint lexer_mask          # mask_statement is sqlnorm's mask_literals: run its lexer here
 
+    cdef object _cached(self, object sql, Py_hash_t h, Py_ssize_t i)
+    cdef int _remember(self, object sql, Py_hash_t h, Py_ssize_t i, bytes text) except -1
     cdef bytes _text(self, object sql)
+    cdef int _put_text(self, Out* o, object sql) except -1
     cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,
                         list tags, long long masked, bytes sid, Py_ssize_t* cut_prev,
                         Py_ssize_t* cut_seq) except -1
