@@ -202,6 +202,10 @@ cdef hs_database_t* _compile(list patterns, list flags, str what) except NULL:
         if exprs == NULL or fl == NULL or ids == NULL:
             raise MemoryError()
         for i in range(n):
+            if b"\0" in patterns[i]:
+                # libhs reads a C string: the rest of the pattern would be silently dropped
+                raise PatternError(f"{what}: pattern {i} ({patterns[i]!r}) holds a NUL byte",
+                                   "a NUL byte in the pattern", i)
             exprs[i] = PyBytes_AS_STRING(patterns[i])
             fl[i] = flags[i]
             ids[i] = <unsigned int>i
@@ -1047,6 +1051,8 @@ cdef class RowPlan:
     def prescan_clear(self):
         self.pre_rows = 0
         self.pre_base = NULL
+        _span_trim(&self.pre_spans)       # a plan may outlive a read that was full of hits
+        _span_trim(&self.row_spans)
 
     cdef bint _pre_reserve(self, int nrows, int nvals) except -1:
         cdef int rows_cap = nrows + 1, vals_cap = nvals if nvals > 0 else 1

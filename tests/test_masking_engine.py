@@ -162,6 +162,9 @@ def test_bad_user_pattern_names_detector():
         engine(detectors=("EMPTY",), user=(DetectorConfig("EMPTY", r"x*"),))
     with pytest.raises(DetectorError, match="validator"):
         engine(detectors=("V",), user=(DetectorConfig("V", r"abc", "crc32"),))
+    # libhs takes C strings: a NUL would cut the pattern short, so it is refused
+    with pytest.raises(DetectorError, match="NUL"):
+        engine(detectors=("Z",), user=(DetectorConfig("Z", "ab\x00cd"),))
 
 
 def test_unknown_detector_in_rule():
