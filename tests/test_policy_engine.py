@@ -417,6 +417,14 @@ def test_invalid_pattern_names_rule_and_pattern():
     assert e.value.lines()[0].startswith("connection[0].guardrail[1].patterns[1]: rule 'broken'")
 
 
+def test_a_pattern_with_a_nul_byte_is_refused():
+    """Hyperscan compiles C strings: 'drop\\0table' would silently become 'drop'."""
+    with pytest.raises(PolicyError) as e:
+        PolicyEngine((rule("nul", "drop\x00table"),), path="connection[0].guardrail")
+    (key, reason), = e.value.problems
+    assert key == "connection[0].guardrail[0].patterns[0]" and "NUL" in reason
+
+
 def test_other_rule_errors():
     with pytest.raises(PolicyError) as e:
         PolicyEngine((

@@ -59,6 +59,11 @@ def _compile_or_explain(rules: list[Rule], view: str, path: str) -> hyperscan.Da
     """One database for every pattern of `rules` in `view`. When Hyperscan refuses the set,
     compile the patterns one by one to name each bad one (rule, pattern, reason)."""
     patterns = [(p, r.index) for r in rules for v, p, _ in r.patterns if v == view]
+    # Hyperscan reads C strings: a NUL would cut a pattern short without a word
+    nul = [(key, f"rule {r.name!r}: pattern {p.decode('utf-8', 'replace')!r} holds a NUL byte")
+           for r in rules for v, p, key in r.patterns if v == view and b"\0" in p]
+    if nul:
+        raise PolicyError(nul)
     try:
         return _compile(patterns)
     except hyperscan.error as whole:
