@@ -244,22 +244,32 @@ def hyperscan_version():
     return hs_version().decode("ascii", "replace")
 
 
-def luhn_ok(bytes digits):
-    """The Luhn checksum over ASCII digits (callers remove every other byte first)."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(digits)
-    cdef Py_ssize_t i = PyBytes_GET_SIZE(digits)
-    cdef int total = 0, d
-    cdef bint alt = False
-    while i > 0:
-        i -= 1
-        d = p[i] - 48
-        if alt:
+cdef bint _luhn(const unsigned char* p, Py_ssize_t start, Py_ssize_t end,
+               int* count) noexcept nogil:
+    """The Luhn checksum over the ASCII digits of p[start:end] (other bytes skipped); count =
+    how many digits there were."""
+    cdef Py_ssize_t j = end
+    cdef int total = 0, d, k = 0
+    while j > start:
+        j -= 1
+        if not 48 <= p[j] <= 57:
+            continue
+        d = p[j] - 48
+        if k & 1:
             d *= 2
             if d > 9:
                 d -= 9
         total += d
-        alt = not alt
+        k += 1
+    count[0] = k
     return total % 10 == 0
+
+
+def luhn_ok(bytes digits):
+    """The Luhn checksum over the ASCII digits of `digits` (other bytes are skipped)."""
+    cdef int count
+    return _luhn(<const unsigned char*>PyBytes_AS_STRING(digits), 0, PyBytes_GET_SIZE(digits),
+                 &count)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,27 +302,12 @@ cdef bint _v_card(const unsigned char* p, Py_ssize_t n, Py_ssize_t* s, Py_ssize_
     The leftmost start may hold a leading number ("5 4111 1111 1111 1111"): each later group
     start is tried too."""
     cdef Py_ssize_t st = s[0], end = e[0], j
-    cdef int count, total, d
-    cdef bint alt
+    cdef int count
+    cdef bint ok
     while st < end:
         if 50 <= p[st] <= 54 and not (st > 0 and _is_word(p[st - 1])):
-            count = 0
-            total = 0
-            alt = False
-            j = end
-            while j > st:
-                j -= 1
-                if not _is_digit(p[j]):
-                    continue
-                d = p[j] - 48
-                if alt:
-                    d *= 2
-                    if d > 9:
-                        d -= 9
-                total += d
-                alt = not alt
-                count += 1
-            if 13 <= count <= 19 and total % 10 == 0:
+            ok = _luhn(p, st, end, &count)
+            if ok and 13 <= count <= 19:
                 s[0] = st
                 return True
         # the next group start: just past the next space or dash
@@ -405,48 +400,42 @@ _C_VALIDATORS[V_AWS_SECRET] = _v_aws_secret
 _C_VALIDATORS[V_BOUNDED] = _v_bounded
 
 
-cdef object _validate(int code, bytes data, Py_ssize_t s, Py_ssize_t e):
-    """The Python face of a C validator: (start, end) to mask, or None."""
-    if not 0 <= s < e <= PyBytes_GET_SIZE(data):
-        return None
-    if not _C_VALIDATORS[code](<const unsigned char*>PyBytes_AS_STRING(data),
-                               PyBytes_GET_SIZE(data), &s, &e):
-        return None
-    return s, e
+cdef class CValidator:
+    """The Python face of a built-in C validator: v(data, s, e) -> (start, end) to mask, or
+    None. Scanner recognises these and calls the C function itself."""
+
+    cdef readonly int code
+    cdef readonly str name
+
+    def __init__(self, int code, str name):
+        self.code = code
+        self.name = name
+
+    def __call__(self, bytes data, Py_ssize_t s, Py_ssize_t e):
+        if not 0 <= s < e <= PyBytes_GET_SIZE(data):
+            return None
+        if not _C_VALIDATORS[self.code](<const unsigned char*>PyBytes_AS_STRING(data),
+                                        PyBytes_GET_SIZE(data), &s, &e):
+            return None
+        return s, e
+
+    def __repr__(self):
+        return f"<C validator {self.name}>"
 
 
-def validate_card(bytes data, Py_ssize_t s, Py_ssize_t e):
-    return _validate(V_CARD, data, s, e)
-
-
-def validate_ssn(bytes data, Py_ssize_t s, Py_ssize_t e):
-    return _validate(V_SSN, data, s, e)
-
-
-def validate_phone(bytes data, Py_ssize_t s, Py_ssize_t e):
-    return _validate(V_PHONE, data, s, e)
-
-
-def validate_ipv4(bytes data, Py_ssize_t s, Py_ssize_t e):
-    return _validate(V_IPV4, data, s, e)
-
-
-def validate_aws_secret(bytes data, Py_ssize_t s, Py_ssize_t e):
-    return _validate(V_AWS_SECRET, data, s, e)
-
-
-def validate_bounded(bytes data, Py_ssize_t s, Py_ssize_t e):
-    return _validate(V_BOUNDED, data, s, e)
+validate_card = CValidator(V_CARD, "card")
+validate_ssn = CValidator(V_SSN, "ssn")
+validate_phone = CValidator(V_PHONE, "phone")
+validate_ipv4 = CValidator(V_IPV4, "ipv4")
+validate_aws_secret = CValidator(V_AWS_SECRET, "aws_secret")
+validate_bounded = CValidator(V_BOUNDED, "bounded")
 
 
 cdef int _validator_code(object v):
     if v is None:
         return V_NONE
-    for code, f in ((V_CARD, validate_card), (V_SSN, validate_ssn), (V_PHONE, validate_phone),
-                    (V_IPV4, validate_ipv4), (V_AWS_SECRET, validate_aws_secret),
-                    (V_BOUNDED, validate_bounded)):
-        if v is f:
-            return code
+    if isinstance(v, CValidator):
+        return (<CValidator>v).code
     return V_PY
 
 

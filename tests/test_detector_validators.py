@@ -99,7 +99,7 @@ def test_c_validators_agree_with_the_reference(data, s, length):
     s = min(s, len(data) - 1)
     e = min(s + length, len(data))
     for c_version, reference in PAIRS:
-        assert c_version(data, s, e) == reference(data, s, e), (c_version.__name__, data, s, e)
+        assert c_version(data, s, e) == reference(data, s, e), (c_version, data, s, e)
 
 
 def test_known_answers():

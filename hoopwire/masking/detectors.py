@@ -75,7 +75,7 @@ _DIGITS = frozenset(b"0123456789")
 
 
 def luhn_ok(digits: bytes) -> bool:
-    """The Luhn checksum over ASCII digits (other bytes must be removed by the caller)."""
+    """The Luhn checksum over the ASCII digits of `digits` (other bytes are skipped)."""
     return _luhn_c(digits)
 
 
