@@ -51,18 +51,20 @@ cdef class Scanner:
         hs_scratch_t* scratch_find
         hs_scratch_t* scratch_span
         SpanList spans                 # the matches of mask_value's scan
+        SpanList accepted              # apply_spans: the ones that survive validation
         readonly tuple names           # detector id -> name
         tuple validators               # id -> callable(data, s, e) -> (s, e) | None
         int* vcode                     # id -> V_* (a C validator, a Python one, none)
-        int* sfast                     # id -> F_* of its strategy (C copy of `fast`)
+        int* sfast                     # id -> F_* code of its strategy
         Py_ssize_t* skeep              # id -> characters its partial strategy keeps
         tuple strategies               # id -> hoopwire.masking.strategies.Strategy
-        tuple fast                     # id -> F_* code of its strategy
         readonly int ndet
 
     cdef int find(self, const unsigned char* p, Py_ssize_t n, Marks* marks) except -1
     cdef int scan_spans(self, const unsigned char* p, Py_ssize_t n, SpanList* out) except -1
     cdef object mask_value(self, object data, unsigned long long* counts)
+    cdef int accept(self, const unsigned char* p, Py_ssize_t n, object data, const Span* spans,
+                    Py_ssize_t nspans, SpanList* out) except -1
     cdef object apply_spans(self, object data, const Span* spans, Py_ssize_t nspans,
                             unsigned long long* counts)
 

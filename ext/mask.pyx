@@ -548,6 +548,10 @@ cdef class Scanner:
         self.spans.n = 0
         self.spans.cap = 0
         self.spans.failed = False
+        self.accepted.items = NULL
+        self.accepted.n = 0
+        self.accepted.cap = 0
+        self.accepted.failed = False
         self.vcode = NULL
         self.sfast = NULL
         self.skeep = NULL
@@ -559,7 +563,6 @@ cdef class Scanner:
         self.names = tuple(d.name for d in detectors)
         self.validators = tuple(d.validator for d in detectors)
         self.strategies = tuple(strategies)
-        self.fast = tuple(_fast_code(st) for st in strategies)
         self.vcode = <int*>PyMem_Malloc(self.ndet * sizeof(int))
         self.sfast = <int*>PyMem_Malloc(self.ndet * sizeof(int))
         self.skeep = <Py_ssize_t*>PyMem_Malloc(self.ndet * sizeof(Py_ssize_t))
@@ -567,7 +570,7 @@ cdef class Scanner:
             raise MemoryError()
         for i in range(self.ndet):
             self.vcode[i] = _validator_code(self.validators[i])
-            self.sfast[i] = self.fast[i]
+            self.sfast[i] = _fast_code(self.strategies[i])
             self.skeep[i] = self.strategies[i].keep
         pats = [bytes(d.pattern) for d in detectors]
         self.db_find = _compile(pats, [d.flags | HS_FLAG_MULTILINE for d in detectors],
@@ -589,6 +592,7 @@ cdef class Scanner:
         if self.db_span != NULL:
             hs_free_database(self.db_span)
         free(self.spans.items)
+        free(self.accepted.items)
         PyMem_Free(self.vcode)
         PyMem_Free(self.sfast)
         PyMem_Free(self.skeep)
@@ -638,13 +642,13 @@ cdef class Scanner:
         finally:
             _span_trim(&self.spans)
 
-    cdef object apply_spans(self, object data, const Span* spans, Py_ssize_t nspans,
-                            unsigned long long* counts):
-        """data with the validated spans (sorted, offsets into data) rewritten, or None.
-        Overlapping spans: the leftmost wins, then the longest."""
-        cdef Py_ssize_t last_end = 0, n = PyBytes_GET_SIZE(data), s, e, k
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-        cdef list out = None
+    cdef int accept(self, const unsigned char* p, Py_ssize_t n, object data, const Span* spans,
+                    Py_ssize_t nspans, SpanList* out) except -1:
+        """The spans (sorted, offsets into the value p[:n]) that survive their validators,
+        appended to out as they are to be rewritten: overlapping spans -- the leftmost wins,
+        then the longest. `data` is the value as bytes, or None: made only if a Python
+        validator wants it."""
+        cdef Py_ssize_t last_end = 0, s, e, k
         cdef object hit
         cdef unsigned int ident
         cdef int code
@@ -659,22 +663,41 @@ cdef class Scanner:
                 if not _C_VALIDATORS[code](p, n, &s, &e) or s < last_end:
                     continue
             elif code == V_PY:
+                if data is None:
+                    data = PyBytes_FromStringAndSize(<const char*>p, n)
                 hit = self.validators[ident](data, s, e)
                 if hit is None:
                     continue
                 s, e = hit
-                if s < last_end or s >= e:
+                if s < last_end or s >= e or e > n:
                     continue
-            if out is None:
-                out = []
-            out.append(data[last_end:s])
-            out.append(_inline_fast(<int>self.fast[ident], self.strategies[ident], data[s:e]))
+            if _span_push(out, s, e, ident) < 0:
+                raise MemoryError()
             last_end = e
-            if counts != NULL:
-                counts[ident] += 1
-        if out is None:
+        return 0
+
+    cdef object apply_spans(self, object data, const Span* spans, Py_ssize_t nspans,
+                            unsigned long long* counts):
+        """data with the validated spans (see accept) rewritten, or None."""
+        cdef Py_ssize_t last_end = 0, k
+        cdef list out
+        cdef Span* sp
+        self.accepted.n = 0
+        self.accept(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), data,
+                    spans, nspans, &self.accepted)
+        if self.accepted.n == 0:
             return None
+        out = []
+        for k in range(self.accepted.n):
+            sp = &self.accepted.items[k]
+            out.append(data[last_end:sp.frm])
+            out.append(_inline_fast(self.sfast[sp.ident], self.strategies[sp.ident],
+                                    data[sp.frm:sp.to]))
+            last_end = sp.to
+            if counts != NULL:
+                counts[sp.ident] += 1
         out.append(data[last_end:])
+        _span_trim(&self.accepted)
         return b"".join(out)
 
     def mask(self, data):
@@ -1107,55 +1130,30 @@ cdef class RowPlan:
     cdef int _spans_c(self, int col, const unsigned char* p, Py_ssize_t n) except -1:
         """Pass 2 of a flagged text value without Python objects: its validated spans go to
         row_spans and rep[col] becomes R_SPANS (R_KEEP when no span survives). Returns 0,
-        having changed nothing, when a span needs Python -- a Python validator, the hash or
-        format strategy, partial over non-ASCII text: the caller then takes _detect_one."""
+        having changed nothing, when a span's strategy needs Python -- hash, format, partial
+        over non-ASCII text: the caller then takes _detect_one."""
         cdef Scanner sc = self.scanner
-        cdef const Span* spans
-        cdef Py_ssize_t nsp, k, s, e, j, last_end = 0, newlen = n
+        cdef Py_ssize_t k, newlen = n
         cdef Py_ssize_t first = self.row_spans.n
-        cdef int code, fast
-        cdef unsigned int ident
-        cdef bint python = False
+        cdef Span* sp
+        cdef int fast
         if self.col_span_n[col] > 0:
-            spans = self.pre_spans.items + self.col_span_first[col]
-            nsp = self.col_span_n[col]
+            sc.accept(p, n, None, self.pre_spans.items + self.col_span_first[col],
+                      self.col_span_n[col], &self.row_spans)
         else:
             sc.scan_spans(p, n, &sc.spans)
-            spans = sc.spans.items
-            nsp = sc.spans.n
-        for k in range(nsp):
-            s = spans[k].frm
-            e = spans[k].to
-            ident = spans[k].ident
-            if s < last_end or e > n or s >= e:
-                continue
-            code = sc.vcode[ident]
-            if code == V_PY:
-                python = True
-                break
-            if code > V_PY and (not _C_VALIDATORS[code](p, n, &s, &e) or s < last_end):
-                continue
-            fast = sc.sfast[ident]
+            try:
+                sc.accept(p, n, None, sc.spans.items, sc.spans.n, &self.row_spans)
+            finally:
+                _span_trim(&sc.spans)
+        for k in range(first, self.row_spans.n):
+            sp = &self.row_spans.items[k]
+            fast = sc.sfast[sp.ident]
             if fast == F_REDACT:
-                newlen += 4 - (e - s)
-            elif fast == F_PARTIAL:
-                for j in range(s, e):
-                    if p[j] >= 128:
-                        python = True
-                        break
-                if python:
-                    break
-            else:
-                python = True
-                break
-            if _span_push(&self.row_spans, s, e, ident) < 0:
-                raise MemoryError()
-            last_end = e
-        if spans == sc.spans.items:
-            _span_trim(&sc.spans)
-        if python:
-            self.row_spans.n = first
-            return 0
+                newlen += 4 - (sp.to - sp.frm)
+            elif fast != F_PARTIAL or not _is_ascii(p + sp.frm, sp.to - sp.frm):
+                self.row_spans.n = first        # hash, format, partial over non-ASCII
+                return 0
         if self.row_spans.n == first:
             self.rep[col] = R_KEEP
             return 1
