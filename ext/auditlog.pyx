@@ -4,10 +4,13 @@
 Recording every statement of a busy gateway costs what the interpreter does per record. The
 Python path built a dict per statement, copied it, encoded it with orjson, hashed it with
 hashlib and wrapped it in a line object, all under the GIL and half of it in a second thread
-competing with the event loop for that GIL: about 11 us per statement. Here the common
-statement record (no error, no captured rows) is written straight into its canonical bytes on
-the event loop, and chaining -- numbering, SHA-256, joining -- runs in the audit thread without
-the GIL (OpenSSL, which uses the CPU's SHA extensions where it has them).
+competing with the event loop for that GIL: about 11 us per statement. Here the event loop
+only copies the common statement record (no error, no captured rows) as it stands -- times,
+counts, the text's bytes and hash, the tags -- into the session's buffer (a RawStatement).
+The audit thread, without the GIL, writes its canonical bytes (masking the text's literals
+with sqlnorm's lexer, through a cache of texts seen twice) and chains the batch -- numbering,
+SHA-256, joining (OpenSSL, which uses the CPU's SHA extensions where it has them). The event
+loop is where every statement waits; the audit thread runs beside it on another core.
 
 The bytes are exactly what `orjson.dumps(record, option=OPT_SORT_KEYS)` gives for the same
 record, because verify.py re-encodes each parsed line with orjson and hashes that: the escaping
@@ -18,7 +21,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free
 from libc.math cimport NAN, isnan, llround
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
+from cpython.pythread cimport PyThread_acquire_lock, PyThread_allocate_lock, PyThread_free_lock, \
+    PyThread_release_lock
 
 import orjson
 
@@ -46,7 +51,7 @@ cdef extern from *:
 
 
 __all__ = ["Pending", "PendingBatch", "Chained", "StatementEncoder", "StatementLog", "chain",
-           "record_times", "json_float", "json_ascii"]
+           "record_times", "json_float", "json_ascii", "json_text", "keep_literals"]
 
 cdef const char* HEX = b"0123456789abcdef"
 
@@ -65,7 +70,7 @@ cdef class Pending:
 
 # ---- small writers into a growable C buffer ----------------------------------------------------
 
-cdef int out_reserve(Out* o, Py_ssize_t more) except -1:
+cdef int out_reserve(Out* o, Py_ssize_t more) except -1 nogil:
     cdef Py_ssize_t want = o.n + more
     cdef char* q
     if want <= o.cap:
@@ -73,13 +78,14 @@ cdef int out_reserve(Out* o, Py_ssize_t more) except -1:
     want = max(want, o.cap * 2, 256)
     q = <char*>realloc(o.p, want)
     if q == NULL:
-        raise MemoryError()
+        with gil:
+            raise MemoryError()
     o.p = q
     o.cap = want
     return 0
 
 
-cdef inline int out_put(Out* o, const char* s, Py_ssize_t n) except -1:
+cdef inline int out_put(Out* o, const char* s, Py_ssize_t n) except -1 nogil:
     out_reserve(o, n)
     memcpy(o.p + o.n, s, n)
     o.n += n
@@ -90,7 +96,7 @@ cdef inline int out_bytes(Out* o, bytes b) except -1:
     return out_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
 
 
-cdef int out_int(Out* o, long long v) except -1:
+cdef int out_int(Out* o, long long v) except -1 nogil:
     cdef char tmp[24]
     cdef int i = 24
     cdef unsigned long long u = <unsigned long long>(-v) if v < 0 else <unsigned long long>v
@@ -122,15 +128,66 @@ cdef int out_float(Out* o, double v) except -1:
     return 0
 
 
-cdef int out_ascii_string(Out* o, const unsigned char* s, Py_ssize_t n) except -1:
-    """A JSON string of ASCII bytes, escaped as orjson escapes; returns 1 (writing nothing) on a
-    byte >= 0x80, which the caller must decode first."""
-    cdef Py_ssize_t i
+cdef enum:
+    STR_ASCII = 0       # decline any byte >= 0x80
+    STR_UTF8 = 1        # write valid UTF-8 as it is (orjson does); decline invalid UTF-8
+    STR_REPLACE = 2     # each byte >= 0x80 as U+FFFD: bytes.decode("ascii", "replace")
+
+
+cdef bint utf8_valid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """1 when s[0:n] is UTF-8 that Python's strict decoder accepts (no overlong forms, no
+    surrogates, nothing above U+10FFFF), else 0."""
+    cdef Py_ssize_t i = 0
+    cdef unsigned char c, lo, hi
+    cdef int k, j
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo, hi = 0x80, 0xBF
+        if 0xC2 <= c <= 0xDF:
+            k = 1
+        elif 0xE0 <= c <= 0xEF:
+            k = 2
+            if c == 0xE0:
+                lo = 0xA0
+            elif c == 0xED:
+                hi = 0x9F
+        elif 0xF0 <= c <= 0xF4:
+            k = 3
+            if c == 0xF0:
+                lo = 0x90
+            elif c == 0xF4:
+                hi = 0x8F
+        else:
+            return 0
+        if i + k >= n:
+            return 0
+        if not (lo <= s[i + 1] <= hi):
+            return 0
+        for j in range(2, k + 1):
+            if not (0x80 <= s[i + j] <= 0xBF):
+                return 0
+        i += k + 1
+    return 1
+
+
+cdef int out_json_string(Out* o, const unsigned char* s, Py_ssize_t n, int how) except -1 nogil:
+    """A JSON string of the bytes s[0:n], escaped as orjson escapes the str they decode to (see
+    STR_*); returns 1 (writing nothing) where `how` declines them."""
+    cdef Py_ssize_t i, extra = 0
     cdef unsigned char c
-    for i in range(n):
-        if s[i] >= 0x80:
+    if how == STR_ASCII:
+        for i in range(n):
+            if s[i] >= 0x80:
+                return 1
+    elif how == STR_UTF8:
+        if not utf8_valid(s, n):
             return 1
-    out_reserve(o, n * 6 + 2)
+    else:
+        extra = 2 * n           # U+FFFD is three bytes
+    out_reserve(o, n * 6 + 2 + extra)
     o.p[o.n] = b'"'
     o.n += 1
     for i in range(n):
@@ -139,6 +196,13 @@ cdef int out_ascii_string(Out* o, const unsigned char* s, Py_ssize_t n) except -
             o.p[o.n] = b'\\'
             o.p[o.n + 1] = c
             o.n += 2
+        elif c >= 0x80:
+            if how == STR_REPLACE:
+                memcpy(o.p + o.n, b"\xef\xbf\xbd", 3)
+                o.n += 3
+            else:
+                o.p[o.n] = c
+                o.n += 1
         elif c >= 0x20:
             o.p[o.n] = c
             o.n += 1
@@ -180,7 +244,7 @@ cdef int out_ascii_string(Out* o, const unsigned char* s, Py_ssize_t n) except -
 cdef double MAX_EPOCH = 4294967296.0
 
 
-cdef int out_fixed(Out* o, long long v, int places, long long scale) except -1:
+cdef int out_fixed(Out* o, long long v, int places, long long scale) except -1 nogil:
     """v / scale with `places` decimals, trailing zeros cut but one kept (orjson's 12.0)."""
     cdef char tmp[8]
     cdef long long frac
@@ -202,7 +266,7 @@ cdef int out_fixed(Out* o, long long v, int places, long long scale) except -1:
     return out_put(o, tmp, k)
 
 
-cdef inline bint times_fixed(double started, double ended) noexcept:
+cdef inline bint times_fixed(double started, double ended) noexcept nogil:
     # Both are written (ended as the statement's ts). Below 1e-4 orjson switches to
     # exponents; a real epoch is far above 1.
     return 1.0 <= started < MAX_EPOCH and 1.0 <= ended < MAX_EPOCH
@@ -230,29 +294,51 @@ def json_float(double v):
 
 
 def json_ascii(bytes s):
-    """The encoding out_ascii_string gives (None where it declines) -- for the tests."""
+    """The encoding out_json_string gives for ASCII (None where it declines) -- for the tests."""
+    return json_text(s, STR_ASCII)
+
+
+def json_text(bytes s, int how):
+    """out_json_string(s, how) (None where it declines) -- for the tests; how: 0 ASCII only,
+    1 valid UTF-8, 2 bytes >= 0x80 as U+FFFD."""
     cdef Out o = Out(NULL, 0, 0)
     try:
-        if out_ascii_string(&o, <const unsigned char*>PyBytes_AS_STRING(s), len(s)):
+        if out_json_string(&o, <const unsigned char*>PyBytes_AS_STRING(s), len(s), how):
             return None
         return PyBytes_FromStringAndSize(o.p, o.n)
     finally:
         free(o.p)
 
 
+def keep_literals(sql):
+    """The recorded text with `statement_literals = "keep"`: the statement as sent (invalid
+    UTF-8 shown as U+FFFD). StatementEncoder recognises it and writes it in C."""
+    return bytes(sql).decode("utf-8", "replace")
+
+
 # ---- statement records -------------------------------------------------------------------------
 
-cdef int rows_of(list tags, long long* rows) except -1:
-    """rows_from_tags in C: the sum of every tag's last word that is all digits. Returns 0 when
-    no tag has one (rows null), 1 with a sum, -2 when a number is too long to add here."""
-    cdef bytes tag
+cdef inline const char* raw_text(const char* entry) noexcept nogil:
+    return entry + sizeof(RawStatement)
+
+
+cdef inline const char* raw_tags(const char* entry, const RawStatement* r) noexcept nogil:
+    return entry + sizeof(RawStatement) + (r.sql_len if r.sql_len > 0 else 0)
+
+
+cdef int rows_of(const char* tags, Py_ssize_t ntags, long long* rows) noexcept nogil:
+    """rows_from_tags in C over packed tags: the sum of every tag's last word that is all
+    digits. Returns 0 when no tag has one (rows null), 1 with a sum, -2 when a number is too
+    long to add here."""
     cdef const char* p
-    cdef Py_ssize_t n, i, start
+    cdef int n
+    cdef Py_ssize_t t, i, start
     cdef long long total = 0, v
-    cdef bint found = False
-    for tag in tags:
-        p = PyBytes_AS_STRING(tag)
-        n = PyBytes_GET_SIZE(tag)
+    cdef bint found = False, digits
+    for t in range(ntags):
+        memcpy(&n, tags, sizeof(int))
+        p = tags + sizeof(int)
+        tags = p + n
         start = n
         while start > 0 and p[start - 1] != b' ':
             start -= 1
@@ -261,136 +347,123 @@ cdef int rows_of(list tags, long long* rows) except -1:
         if n - start > 18:
             return -2
         v = 0
+        digits = True
         for i in range(start, n):
             if p[i] < b'0' or p[i] > b'9':
+                digits = False
                 break
             v = v * 10 + (p[i] - 48)
-        else:
+        if digits:
             total += v
             found = True
     rows[0] = total
     return 1 if found else 0
 
 
-
-
 cdef class StatementEncoder:
     """What the statement records of all sessions share: the gateway id and the recorded text
-    of each statement (literals masked), cached because most statements repeat."""
+    of each statement (literals masked), cached because most statements repeat.
+
+    The text cache and the lexer run in the audit thread without the GIL (chain() encodes a
+    batch's raw statements); a lock keeps the cache to one thread at a time. It is taken only
+    with the GIL released, so a thread holding it may still ask for the GIL (a Python masker)."""
+
+    def __cinit__(self):
+        memset(self.slots, 0, sizeof(self.slots))
+        memset(self.seen, 0, sizeof(self.seen))
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError()
 
     def __init__(self, str gateway_id, mask_statement, Py_ssize_t limit=4096):
         self.gw = orjson.dumps(gateway_id)
+        self.gwp = PyBytes_AS_STRING(self.gw)
+        self.gwlen = PyBytes_GET_SIZE(self.gw)
         self.mask_statement = mask_statement
         self.limit = limit
-        self.keys = [None] * TEXT_SLOTS
-        self.vals = [None] * TEXT_SLOTS
-        memset(self.seen, 0, sizeof(self.seen))
-        memset(self.khash, 0, sizeof(self.khash))
-        self.lexer_mask = mask_statement is mask_literals
+        self.mode = TEXT_LEXER if mask_statement is mask_literals else \
+            TEXT_KEEP if mask_statement is keep_literals else TEXT_PYTHON
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(TEXT_SLOTS):
+            free(self.slots[i].key)
+            free(self.slots[i].val)
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
 
     # A direct-mapped cache, filled only with texts seen twice: a statement with its literals
-    # inline (the simple protocol) is new almost every time, and storing each one cost more in
-    # evicting the last (cold memory, a free) than masking it again does. The slot's hash is
-    # compared first, so a miss does not touch the old key object either.
+    # inline (the simple protocol) is new almost every time, and storing each one would cost an
+    # eviction (cold memory, a free) per statement. The hash is compared before the key.
 
-    cdef object _cached(self, object sql, Py_hash_t h, Py_ssize_t i):
-        """The cached text (bytes) of sql, or None."""
-        cdef object key
-        if self.khash[i] != h:
-            return None
-        key = self.keys[i]
-        if key is sql or (key is not None and key == sql):
-            return self.vals[i]
-        return None
-
-    cdef int _remember(self, object sql, Py_hash_t h, Py_ssize_t i, bytes text) except -1:
-        if self.seen[i] == h:
-            self.keys[i] = sql
-            self.vals[i] = text
-            self.khash[i] = h
-        else:
-            self.seen[i] = h
-        return 0
-
-    cdef bytes _text(self, object sql):
-        cdef Py_hash_t h
-        cdef Py_ssize_t i
-        cdef bytes text
-        if sql is None:
-            sql = b""
-        h = hash(sql)
-        i = <Py_ssize_t>(<size_t>h % TEXT_SLOTS)
-        text = self._cached(sql, h, i)
-        if text is not None:
-            return text
-        text = orjson.dumps(self.mask_statement(
-            sql if PyBytes_GET_SIZE(sql) <= self.limit else sql[:self.limit]))
-        self._remember(sql, h, i, text)
-        return text
-
-    cdef int _put_text(self, Out* o, object sql) except -1:
-        """The recorded text of sql, as a JSON string, onto o: what out_bytes(o, _text(sql))
-        writes. With sqlnorm's mask_literals as the masker, its lexer runs here and an ASCII
-        result is escaped straight into o (no str, no orjson call, no bytes when not kept)."""
-        cdef Py_hash_t h
-        cdef Py_ssize_t i, start, n
-        cdef object text
+    cdef int _put_text(self, Out* o, const char* sql, Py_ssize_t n, Py_hash_t h) except -1 nogil:
+        """The recorded text of sql[0:n] as a JSON string onto o; 1 (writing nothing) when only
+        Python can make it (a Python masker, or a text that is not valid UTF-8 once masked)."""
+        cdef Py_ssize_t i = <Py_ssize_t>(<size_t>h % TEXT_SLOTS), start = o.n
+        cdef TextSlot* slot = &self.slots[i]
         cdef NormOut m
         cdef int r
-        if sql is None:
-            sql = b""
-        if not self.lexer_mask or type(sql) is not bytes:
-            out_bytes(o, self._text(sql))
+        cdef char* key
+        cdef char* val
+        if slot.key != NULL and slot.h == h and slot.klen == n and memcmp(slot.key, sql, n) == 0:
+            out_put(o, slot.val, slot.vlen)
             return 0
-        h = hash(sql)
-        i = <Py_ssize_t>(<size_t>h % TEXT_SLOTS)
-        text = self._cached(sql, h, i)
-        if text is not None:
-            out_bytes(o, <bytes>text)
-            return 0
-        n = PyBytes_GET_SIZE(sql)
+        if self.mode == TEXT_PYTHON:
+            return 1
         if n > self.limit:
             n = self.limit
-        norm_out_init(&m, n + 16, M_MASK, True)
-        try:
-            norm_lex(<const unsigned char*>PyBytes_AS_STRING(sql), n, &m, False, None)
-            start = o.n
-            r = out_ascii_string(o, m.buf, m.len)
-        finally:
-            norm_out_free(&m)
-        if r:                   # not ASCII: decoded by the masker itself, the general way
-            text = self._text(sql)
-            out_bytes(o, <bytes>text)
+        if self.mode == TEXT_KEEP:
+            r = out_json_string(o, <const unsigned char*>sql, n, STR_UTF8)
+        else:
+            norm_out_init(&m, n + 16, M_MASK, True)
+            try:
+                norm_lex(<const unsigned char*>sql, n, &m, False, None)
+                r = out_json_string(o, m.buf, m.len, STR_UTF8)
+            finally:
+                norm_out_free(&m)
+        if r:
+            return 1
+        if self.seen[i] != h:
+            self.seen[i] = h
             return 0
-        self._remember(sql, h, i, PyBytes_FromStringAndSize(o.p + start, o.n - start)
-                       if self.seen[i] == h else None)
+        # seen twice: keep it (the key is the whole text as given, the limit applies after)
+        key = <char*>malloc(n if n > 0 else 1)
+        val = <char*>malloc(o.n - start)
+        if key == NULL or val == NULL:
+            free(key)
+            free(val)
+            return 0
+        free(slot.key)
+        free(slot.val)
+        memcpy(key, sql, n)
+        memcpy(val, o.p + start, o.n - start)
+        slot.h, slot.key, slot.klen, slot.val, slot.vlen = h, key, n, val, o.n - start
         return 0
 
-    def text(self, sql):
-        """The statement as recorded (literals masked), from the same cache: the dict path's."""
-        return orjson.loads(self._text(sql))
-
-    cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,
-                        list tags, long long masked, bytes sid, Py_ssize_t* cut_prev,
-                        Py_ssize_t* cut_seq) except -1:
-        """Write the record; 1 (with o.n back where it was) when it must take the dict path."""
+    cdef int _statement(self, Out* o, const char* entry, const char* sid, Py_ssize_t sidlen,
+                        Py_ssize_t* cut_prev, Py_ssize_t* cut_seq) except -1 nogil:
+        """Write a raw statement's record; 1 (with o.n back where it was) when it must take the
+        dict path, 2 when only its text needs Python (o holds the record up to the text)."""
         # {"duration_ms":..,"gw":..,"masked":..,"n":..,  | "rows":..,  | ,"session":..,"started":..,
         #  "statement":..,"tags":[..],"ts":..,"type":"statement","verdict":"allow"}
-        cdef bytes tag
-        cdef bint first = True
+        cdef RawStatement r
         cdef long long rows = 0
-        cdef int have_rows = rows_of(tags, &rows)
+        cdef int have_rows
         cdef Py_ssize_t start = o.n
-        if have_rows < 0 or not times_fixed(started, ended):
+        cdef const char* tags
+        memcpy(&r, entry, sizeof(RawStatement))
+        tags = raw_tags(entry, &r)
+        have_rows = rows_of(tags, r.ntags, &rows)
+        if have_rows < 0 or not times_fixed(r.started, r.ended):
             return 1
         out_put(o, b'{"duration_ms":', 15)
-        out_fixed(o, llround((ended - started) * 1e6), 3, 1000)
+        out_fixed(o, llround((r.ended - r.started) * 1e6), 3, 1000)
         out_put(o, b',"gw":', 6)
-        out_bytes(o, self.gw)
+        out_put(o, self.gwp, self.gwlen)
         out_put(o, b',"masked":', 10)
-        out_int(o, masked)
+        out_int(o, r.masked)
         out_put(o, b',"n":', 5)
-        out_int(o, n)
+        out_int(o, r.n)
         out_put(o, b',', 1)
         cut_prev[0] = o.n - start
         out_put(o, b'"rows":', 7)
@@ -401,34 +474,45 @@ cdef class StatementEncoder:
         out_put(o, b',', 1)
         cut_seq[0] = o.n - start
         out_put(o, b',"session":', 11)
-        out_bytes(o, sid)
+        out_put(o, sid, sidlen)
         out_put(o, b',"started":', 11)
-        out_fixed(o, llround(started * 1e6), 6, 1000000)
+        out_fixed(o, llround(r.started * 1e6), 6, 1000000)
         out_put(o, b',"statement":', 13)
-        self._put_text(o, sql)
+        if self._put_text(o, raw_text(entry), r.sql_len if r.sql_len > 0 else 0, r.h):
+            return 2
+        return self._statement_end(o, &r, tags)
+
+    cdef int _statement_end(self, Out* o, const RawStatement* r, const char* tags) except -1 nogil:
+        """The record's keys after "statement"."""
+        cdef int tl
+        cdef Py_ssize_t t
         out_put(o, b',"tags":[', 9)
-        for tag in tags:
-            if not first:
+        for t in range(r.ntags):
+            if t:
                 out_put(o, b',', 1)
-            first = False
-            if out_ascii_string(o, <const unsigned char*>PyBytes_AS_STRING(tag),
-                                PyBytes_GET_SIZE(tag)):
-                o.n = start
-                return 1
+            memcpy(&tl, tags, sizeof(int))
+            out_json_string(o, <const unsigned char*>tags + sizeof(int), tl, STR_REPLACE)
+            tags += sizeof(int) + tl
         out_put(o, b'],"ts":', 7)
-        out_fixed(o, llround(ended * 1e6), 6, 1000000)
+        out_fixed(o, llround(r.ended * 1e6), 6, 1000000)
         out_put(o, b',"type":"statement","verdict":"allow"}', 38)
         return 0
 
+    def text(self, sql):
+        """The statement as recorded (literals masked): the dict path's."""
+        sql = sql or b""
+        return self.mask_statement(sql if len(sql) <= self.limit else sql[:self.limit])
+
 
 cdef class StatementLog:
-    """One session's statement records, written by the relay as each statement completes and
-    taken by the recorder as one PendingBatch per flush: no Python object per statement.
+    """One session's statement records as the relay hands them over, taken by the recorder as
+    one PendingBatch per flush: no Python object per statement.
 
-    A record with an error or captured rows (or one this encoder cannot write exactly like
-    orjson) goes to `slow(raw, n)` -- raw = (started, ended, sql, tags, error fields, masked,
-    kept rows) -- which returns the record as a dict; so does every record when `all_slow` (the
-    recorder then also indexes each one)."""
+    The common record (no error, no captured rows) is only copied here (a RawStatement); the
+    audit thread writes its JSON. A record with an error or captured rows goes to
+    `slow(raw, n)` -- raw = (started, ended, sql, tags, error fields, masked, kept rows) -- which
+    returns the record as a dict; so does every record when `all_slow` (the recorder then also
+    indexes each one), and any raw record the C encoder cannot write exactly like orjson."""
 
     def __init__(self, StatementEncoder encoder, str session, slow, encode_dict,
                  bint all_slow=False):
@@ -478,20 +562,35 @@ cdef class StatementLog:
 
     cdef int add(self, double started, double ended, object sql, list tags, object error,
                  long long masked, object kept) except -1:
-        cdef Py_ssize_t start = self.buf.n, cut_prev = 0, cut_seq = 0
+        cdef Py_ssize_t start = self.buf.n, cut_prev = -1, cut_seq = -1, tlen = 0
         cdef Pending p
-        cdef bint slow = self.all_slow or error is not None or bool(kept)
+        cdef RawStatement r
+        cdef bytes tag
+        cdef int tl
+        cdef bint slow = self.all_slow or error is not None or bool(kept) or \
+            not (sql is None or type(sql) is bytes)
         self._room()
         self.n += 1
         if not slow:
-            try:
-                slow = self.enc._statement(&self.buf, self.n, started, ended, sql, tags, masked,
-                                           self.sid, &cut_prev, &cut_seq) != 0
-            except Exception:
-                slow = True             # e.g. the literal masker failed: the dict path decides
-            if slow:
-                self.buf.n = start
-        if slow:
+            for tag in tags:
+                tlen += sizeof(int) + PyBytes_GET_SIZE(tag)
+            r.started = started
+            r.ended = ended
+            r.n = self.n
+            r.masked = masked
+            r.h = hash(sql) if sql is not None else 0
+            r.sql_len = PyBytes_GET_SIZE(sql) if sql is not None else -1
+            r.tags_len = tlen
+            r.ntags = len(tags)
+            out_reserve(&self.buf, sizeof(RawStatement) + max(r.sql_len, 0) + tlen)
+            out_put(&self.buf, <const char*>&r, sizeof(RawStatement))
+            if sql is not None:
+                out_put(&self.buf, PyBytes_AS_STRING(sql), r.sql_len)
+            for tag in tags:
+                tl = <int>PyBytes_GET_SIZE(tag)
+                out_put(&self.buf, <const char*>&tl, sizeof(int))
+                out_put(&self.buf, PyBytes_AS_STRING(tag), tl)
+        else:
             try:
                 p = <Pending?>self.encode_dict(
                     self.slow((started, ended, sql, tags, error, masked, kept), self.n))
@@ -519,6 +618,7 @@ cdef class StatementLog:
         the buffers shrink back when a burst has passed."""
         cdef PendingBatch b
         cdef Py_ssize_t i
+        cdef bint raw = False
         if self.count == 0:
             return None
         b = PendingBatch._make(self.count)
@@ -528,7 +628,9 @@ cdef class StatementLog:
             b.cuts[2 * i] = self.meta[3 * i + 1]
             b.cuts[2 * i + 1] = self.meta[3 * i + 2]
             b.tss[i] = self.tss[i]
+            raw = raw or b.cuts[2 * i] < 0
         b.offs[self.count] = self.buf.n
+        b.owner = self if raw else None
         self.count = 0
         self.buf.n = 0
         if self.buf.cap > (16 << 20):     # a burst has passed: give the memory back
@@ -538,8 +640,9 @@ cdef class StatementLog:
 
 
 cdef class PendingBatch:
-    """Records encoded back to back in one bytes object (a session's statements since the last
-    flush): offs[i]..offs[i+1] is record i, its cuts relative to its own start."""
+    """Records back to back in one bytes object (a session's statements since the last flush):
+    offs[i]..offs[i+1] is record i, its cuts relative to its own start. Raw statements in it
+    are written as JSON by encode(), which chain() calls."""
 
     def __dealloc__(self):
         free(self.offs)
@@ -560,10 +663,113 @@ cdef class PendingBatch:
     def __len__(self):
         return self.n
 
+    def encode(self):
+        """Write the raw statements as JSON (once; chain() does it, without the GIL)."""
+        self._encode()
+
+    cdef int _encode(self) except -1:
+        cdef StatementLog log = self.owner
+        cdef StatementEncoder enc
+        cdef Out o = Out(NULL, 0, 0)
+        cdef Py_ssize_t i, k = 0, start, c1 = 0, c2 = 0, sidlen, size
+        cdef const char* data
+        cdef const char* sid
+        cdef int r
+        cdef RawStatement head
+        if log is None:
+            return 0
+        enc = log.enc
+        data = PyBytes_AS_STRING(self.data)
+        size = PyBytes_GET_SIZE(self.data)
+        sid = PyBytes_AS_STRING(log.sid)
+        sidlen = PyBytes_GET_SIZE(log.sid)
+        try:
+            with nogil:
+                PyThread_acquire_lock(enc.lock, 1)
+                try:
+                    out_reserve(&o, size * 2 + 64)
+                    for i in range(self.n):
+                        start = o.n
+                        if self.cuts[2 * i] >= 0:       # already a record: as it is
+                            out_put(&o, data + self.offs[i], self.offs[i + 1] - self.offs[i])
+                            c1 = self.cuts[2 * i]
+                            c2 = self.cuts[2 * i + 1]
+                            r = 0
+                        else:
+                            r = enc._statement(&o, data + self.offs[i], sid, sidlen, &c1, &c2)
+                        if r == 2:          # the text needs Python (the GIL): the rest in C
+                            with gil:
+                                r = self._text_by_python(&o, data + self.offs[i])
+                            if r == 0:
+                                memcpy(&head, data + self.offs[i], sizeof(RawStatement))
+                                enc._statement_end(&o, &head, raw_tags(data + self.offs[i], &head))
+                        if r != 0:          # the dict path, as on the event loop
+                            o.n = start
+                            with gil:
+                                r = self._fallback(&o, data + self.offs[i], &c1, &c2)
+                            if r != 0:      # lost (counted): the record is left out
+                                continue
+                        self.offs[k] = start
+                        self.cuts[2 * k] = c1
+                        self.cuts[2 * k + 1] = c2
+                        self.tss[k] = self.tss[i]
+                        k += 1
+                finally:
+                    PyThread_release_lock(enc.lock)
+            self.offs[k] = o.n
+            self.n = k
+            self.data = PyBytes_FromStringAndSize(o.p, o.n)
+            self.owner = None
+        finally:
+            free(o.p)
+        return 0
+
+    cdef int _text_by_python(self, Out* o, const char* entry) except -1:
+        """The statement's text from the encoder's Python masker; 1 when it fails."""
+        cdef RawStatement r
+        cdef StatementEncoder enc = self.owner.enc
+        memcpy(&r, entry, sizeof(RawStatement))
+        sql = PyBytes_FromStringAndSize(raw_text(entry), max(r.sql_len, 0))
+        try:
+            text = orjson.dumps(enc.text(sql))
+        except Exception:
+            return 1
+        out_bytes(o, text)
+        return 0
+
+    cdef int _fallback(self, Out* o, const char* entry, Py_ssize_t* cut_prev,
+                       Py_ssize_t* cut_seq) except -1:
+        """A raw statement the C encoder cannot write: its dict from the log's slow path,
+        encoded as any record. 1 when that fails too (counted as lost)."""
+        cdef RawStatement r
+        cdef Pending p
+        cdef list tags = []
+        cdef const char* t
+        cdef int tl
+        cdef Py_ssize_t j
+        memcpy(&r, entry, sizeof(RawStatement))
+        sql = None if r.sql_len < 0 else PyBytes_FromStringAndSize(raw_text(entry), r.sql_len)
+        t = raw_tags(entry, &r)
+        for j in range(r.ntags):
+            memcpy(&tl, t, sizeof(int))
+            tags.append(PyBytes_FromStringAndSize(t + sizeof(int), tl))
+            t += sizeof(int) + tl
+        try:
+            p = <Pending?>self.owner.encode_dict(
+                self.owner.slow((r.started, r.ended, sql, tags, None, r.masked, None), r.n))
+        except Exception:
+            self.owner.lost += 1
+            return 1
+        out_bytes(o, p.body)
+        cut_prev[0] = p.cut_prev
+        cut_seq[0] = p.cut_seq
+        return 0
+
     def tail(self, Py_ssize_t k):
         """The records from k on (sharing the bytes)."""
         cdef PendingBatch b
         cdef Py_ssize_t i
+        self._encode()
         if not 0 <= k <= self.n:
             raise IndexError(k)
         b = PendingBatch._make(self.n - k)
@@ -578,6 +784,7 @@ cdef class PendingBatch:
 
     def __getitem__(self, Py_ssize_t i):
         """Record i as a Pending (for the tests and the odd caller; chain() reads in place)."""
+        self._encode()
         if not 0 <= i < self.n:
             raise IndexError(i)
         return Pending(self.data[self.offs[i]:self.offs[i + 1]], self.cuts[2 * i],
@@ -698,12 +905,14 @@ def chain(list pending, unsigned long long seq, str prev):
     if len(prev_b) != 64:
         raise ValueError("the chain head is not a sha256 hex digest")
     for item in pending:
-        if type(item) is PendingBatch:
-            n += (<PendingBatch>item).n
-        elif type(item) is Pending:
-            n += 1
-        else:
+        if type(item) is not PendingBatch and type(item) is not Pending:
             raise TypeError(f"not a pending record: {type(item).__name__}")
+    for item in pending:        # raw statements become JSON (here: the GIL released)
+        if type(item) is PendingBatch:
+            (<PendingBatch>item)._encode()
+            n += (<PendingBatch>item).n
+        else:
+            n += 1
     res.n = n
     res.first_seq = seq + 1
     res.first_prev = prev_b

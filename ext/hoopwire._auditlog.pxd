@@ -1,9 +1,10 @@
 # Declarations of the hoopwire._auditlog extension: the audit log's hot path. ext/auditlog.pyx
 # holds the implementation; hoopwire/audit/log.py and recorder.py are its only users.
 #
-# A record is encoded once, on the event loop, into a Pending: its canonical JSON body cut at
-# the two places the chain fills in later ("prev" and "seq" sort into the middle of the keys).
-# chain() then joins, numbers and hashes a batch of them in the audit thread without the GIL.
+# A record becomes a Pending: its canonical JSON body cut at the two places the chain fills in
+# later ("prev" and "seq" sort into the middle of the keys). The common statement record is
+# only copied on the event loop (a RawStatement); chain(), in the audit thread and without the
+# GIL, writes it as JSON, then joins, numbers and hashes the batch.
 
 cdef struct Out:                  # a growable byte buffer (malloc'd; the owner frees p)
     char* p
@@ -34,39 +35,72 @@ cdef class Chained:
     cdef int _check(self, Py_ssize_t i, bint end_ok) except -1
 
 
+cdef class StatementLog
+
+
 cdef class PendingBatch:
-    # Records encoded back to back: record i is data[offs[i]:offs[i + 1]], its cut points
-    # cuts[2i], cuts[2i + 1] relative to its own start.
+    # Records back to back: record i is data[offs[i]:offs[i + 1]], its cut points cuts[2i],
+    # cuts[2i + 1] relative to its own start. A batch taken from a StatementLog may still hold
+    # raw statements (cuts[2i] < 0: a RawStatement and its text and tags, not yet JSON): encode()
+    # writes them, in the audit thread without the GIL when chain() calls it.
     cdef readonly bytes data
     cdef readonly Py_ssize_t n
     cdef Py_ssize_t* offs
     cdef Py_ssize_t* cuts
     cdef double* tss
+    cdef StatementLog owner       # where raw records come from (None once encoded)
 
     @staticmethod
     cdef PendingBatch _make(Py_ssize_t n)
+    cdef int _encode(self) except -1
+    cdef int _text_by_python(self, Out* o, const char* entry) except -1
+    cdef int _fallback(self, Out* o, const char* entry, Py_ssize_t* cut_prev,
+                       Py_ssize_t* cut_seq) except -1
+
+
+# A statement as the relay hands it over, before it is JSON: this header, then the text's bytes
+# (sql_len of them; -1: no text), then each tag as an int length and its bytes.
+cdef struct RawStatement:
+    double started
+    double ended
+    long long n
+    long long masked
+    Py_hash_t h                   # hash(text): the encoder's cache key
+    Py_ssize_t sql_len
+    Py_ssize_t tags_len           # bytes of packed tags after the text
+    Py_ssize_t ntags
 
 
 cdef enum:
     TEXT_SLOTS = 1024             # statement texts the encoder remembers
+    TEXT_LEXER = 0                # literals masked by sqlnorm's lexer (mask_literals)
+    TEXT_KEEP = 1                 # as sent (keep_literals)
+    TEXT_PYTHON = 2               # any other masker: called with the GIL
+
+
+cdef struct TextSlot:             # one cached text: the statement and its recorded JSON string
+    Py_hash_t h
+    char* key
+    Py_ssize_t klen
+    char* val
+    Py_ssize_t vlen
+
 
 cdef class StatementEncoder:
     cdef bytes gw                 # the gateway id, JSON-encoded
+    cdef const char* gwp          # ... its bytes, for the encoder without the GIL
+    cdef Py_ssize_t gwlen
     cdef object mask_statement    # sql bytes -> recorded text (str)
+    cdef int mode                 # TEXT_*
     cdef Py_ssize_t limit         # bytes of a statement it is given
-    cdef list keys                # statement bytes ... (a direct-mapped cache: most repeat)
-    cdef list vals                # ... and their recorded text, JSON-encoded
-    cdef Py_hash_t khash[TEXT_SLOTS]  # hash of keys[i]: compared before the (cold) key itself
+    cdef TextSlot slots[TEXT_SLOTS]   # direct-mapped; filled with texts seen twice
     cdef Py_hash_t seen[TEXT_SLOTS]   # hash of the last text that missed in each slot
-    cdef bint lexer_mask          # mask_statement is sqlnorm's mask_literals: run its lexer here
+    cdef void* lock               # the cache is the audit thread's; the lock keeps it so
 
-    cdef object _cached(self, object sql, Py_hash_t h, Py_ssize_t i)
-    cdef int _remember(self, object sql, Py_hash_t h, Py_ssize_t i, bytes text) except -1
-    cdef bytes _text(self, object sql)
-    cdef int _put_text(self, Out* o, object sql) except -1
-    cdef int _statement(self, Out* o, long long n, double started, double ended, object sql,
-                        list tags, long long masked, bytes sid, Py_ssize_t* cut_prev,
-                        Py_ssize_t* cut_seq) except -1
+    cdef int _put_text(self, Out* o, const char* sql, Py_ssize_t n, Py_hash_t h) except -1 nogil
+    cdef int _statement(self, Out* o, const char* entry, const char* sid, Py_ssize_t sidlen,
+                        Py_ssize_t* cut_prev, Py_ssize_t* cut_seq) except -1 nogil
+    cdef int _statement_end(self, Out* o, const RawStatement* r, const char* tags) except -1 nogil
 
 
 cdef class StatementLog:
@@ -78,8 +112,8 @@ cdef class StatementLog:
     cdef bint all_slow
     cdef long long n              # statements numbered so far
     cdef readonly long long lost  # records the slow path failed to produce
-    cdef Out buf                  # bodies back to back
-    cdef Py_ssize_t* meta         # per record: start, cut_prev, cut_seq
+    cdef Out buf                  # records (raw or encoded) back to back
+    cdef Py_ssize_t* meta         # per record: start, cut_prev (-1: raw), cut_seq
     cdef double* tss
     cdef Py_ssize_t count
     cdef Py_ssize_t cap

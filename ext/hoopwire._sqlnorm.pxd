@@ -35,16 +35,18 @@ cdef struct Out:
     bint scs             # standard_conforming_strings: '...' has no backslash escapes
     bint ambiguous       # a '...' literal held a backslash: scs would change its reading
 
-cdef int out_init(Out* o, Py_ssize_t cap, int mode, bint scs=*) except -1
-cdef void out_free(Out* o) noexcept
-cdef int out_grow(Out* o, Py_ssize_t need) except -1
-cdef int out_bytes(Out* o, const unsigned char* p, Py_ssize_t n) except -1
+cdef int out_init(Out* o, Py_ssize_t cap, int mode, bint scs=*) except -1 nogil
+cdef void out_free(Out* o) noexcept nogil
+cdef int out_grow(Out* o, Py_ssize_t need) except -1 nogil
+cdef int out_bytes(Out* o, const unsigned char* p, Py_ssize_t n) except -1 nogil
 
 # The lexer: runs over s[0:n] in o.mode; when `split` is true, each top-level statement is appended
 # to `pieces` (normalised bytes, or raw bytes in M_SPLIT); otherwise the output stays in `o`.
 # With `f` (an M_FULL buffer) it writes the full view there in the same pass (into fpieces).
+# nogil: the audit thread masks statement texts with it, the GIL released; only `split` (the
+# pieces lists) and a failed allocation take the GIL.
 cdef int lex(const unsigned char* s, Py_ssize_t n, Out* o, bint split, list pieces,
-             Out* f=*, list fpieces=*) except -1
+             Out* f=*, list fpieces=*) except -1 nogil
 
 # is the lower-case ASCII word p[0:n] a PostgreSQL keyword (any category)?
-cdef bint is_keyword(const unsigned char* p, Py_ssize_t n) noexcept
+cdef bint is_keyword(const unsigned char* p, Py_ssize_t n) noexcept nogil

@@ -147,7 +147,7 @@ cdef void _init_keywords() noexcept:
 _init_keywords()
 
 
-cdef bint is_keyword(const uchar* p, Py_ssize_t n) noexcept:
+cdef bint is_keyword(const uchar* p, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t lo = 0, hi = _kw_count, mid, m
     cdef int r
     if n < 2 or n > _kw_max:
@@ -170,12 +170,13 @@ cdef bint is_keyword(const uchar* p, Py_ssize_t n) noexcept:
 # ---------------------------------------------------------------------------------------------
 # the output buffer
 
-cdef int out_init(Out* o, Py_ssize_t cap, int mode, bint scs=True) except -1:
+cdef int out_init(Out* o, Py_ssize_t cap, int mode, bint scs=True) except -1 nogil:
     if cap < 64:
         cap = 64
     o.buf = <uchar*>malloc(cap)
     if o.buf == NULL:
-        raise MemoryError()
+        with gil:
+            raise MemoryError()
     o.len = 0
     o.cap = cap
     o.mode = mode
@@ -186,13 +187,13 @@ cdef int out_init(Out* o, Py_ssize_t cap, int mode, bint scs=True) except -1:
     return 0
 
 
-cdef void out_free(Out* o) noexcept:
+cdef void out_free(Out* o) noexcept nogil:
     if o.buf != NULL:
         free(o.buf)
         o.buf = NULL
 
 
-cdef int out_grow(Out* o, Py_ssize_t need) except -1:
+cdef int out_grow(Out* o, Py_ssize_t need) except -1 nogil:
     """Make room for `need` more bytes (o.buf may be NULL: first use)."""
     cdef Py_ssize_t cap = o.cap * 2
     cdef uchar* p
@@ -200,7 +201,8 @@ cdef int out_grow(Out* o, Py_ssize_t need) except -1:
         cap = o.len + need + 64
     p = <uchar*>realloc(o.buf, cap)
     if p == NULL:
-        raise MemoryError()
+        with gil:
+            raise MemoryError()
     o.buf = p
     o.cap = cap
     return 0
@@ -209,7 +211,7 @@ cdef int out_grow(Out* o, Py_ssize_t need) except -1:
 # Every write leaves at least one byte free behind it, so begin_token can put its separating
 # space without a check (and without a way to fail).
 
-cdef inline int out_byte(Out* o, uchar c) except -1:
+cdef inline int out_byte(Out* o, uchar c) except -1 nogil:
     if o.len + 2 > o.cap:
         out_grow(o, 2)
     o.buf[o.len] = c
@@ -217,7 +219,7 @@ cdef inline int out_byte(Out* o, uchar c) except -1:
     return 0
 
 
-cdef int out_bytes(Out* o, const uchar* p, Py_ssize_t n) except -1:
+cdef int out_bytes(Out* o, const uchar* p, Py_ssize_t n) except -1 nogil:
     if o.len + n + 1 > o.cap:
         out_grow(o, n + 1)
     memcpy(o.buf + o.len, p, n)
@@ -225,7 +227,7 @@ cdef int out_bytes(Out* o, const uchar* p, Py_ssize_t n) except -1:
     return 0
 
 
-cdef inline int out_lower(Out* o, const uchar* p, Py_ssize_t n) except -1:
+cdef inline int out_lower(Out* o, const uchar* p, Py_ssize_t n) except -1 nogil:
     cdef Py_ssize_t k
     if o.len + n + 1 > o.cap:
         out_grow(o, n + 1)
@@ -235,7 +237,7 @@ cdef inline int out_lower(Out* o, const uchar* p, Py_ssize_t n) except -1:
     return 0
 
 
-cdef int out_utf8(Out* o, unsigned long cp) except -1:
+cdef int out_utf8(Out* o, unsigned long cp) except -1 nogil:
     if cp < 0x80:
         out_byte(o, <uchar>cp)
     elif cp < 0x800:
@@ -253,7 +255,7 @@ cdef int out_utf8(Out* o, unsigned long cp) except -1:
     return 0
 
 
-cdef inline void begin_token(Out* o, uchar first) noexcept:
+cdef inline void begin_token(Out* o, uchar first) noexcept nogil:
     """Separate the token about to be written from the previous one where needed: one space for
     skipped whitespace/comments, and one where the two would otherwise glue into one token.
     Writes into the byte every write leaves free (o.len > 0 here: something was written)."""
@@ -270,7 +272,7 @@ cdef inline void begin_token(Out* o, uchar first) noexcept:
 
 
 cdef int out_quoted(Out* o, uchar quote, const uchar* p, Py_ssize_t n,
-                    bint backslashes=False) except -1:
+                    bint backslashes=False) except -1 nogil:
     """quote + p[0:n] with the quote character (and with `backslashes`, the backslash) doubled +
     quote."""
     cdef Py_ssize_t k
@@ -286,7 +288,7 @@ cdef int out_quoted(Out* o, uchar quote, const uchar* p, Py_ssize_t n,
 # ---------------------------------------------------------------------------------------------
 # lexing helpers; each takes the text and a position and returns the position after what it read
 
-cdef inline int hexval(uchar c) noexcept:
+cdef inline int hexval(uchar c) noexcept nogil:
     if 48 <= c <= 57:
         return c - 48
     c = c | 0x20
@@ -295,7 +297,7 @@ cdef inline int hexval(uchar c) noexcept:
     return -1
 
 
-cdef Py_ssize_t skip_block_comment(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept:
+cdef Py_ssize_t skip_block_comment(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     """s[i:i+2] == '/*'. Comments nest; an unterminated one runs to the end."""
     cdef int depth = 1
     i += 2
@@ -313,7 +315,7 @@ cdef Py_ssize_t skip_block_comment(const uchar* s, Py_ssize_t n, Py_ssize_t i) n
     return n
 
 
-cdef Py_ssize_t skip_line_comment(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept:
+cdef Py_ssize_t skip_line_comment(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     """s[i:i+2] == '--'; stops at (does not consume) the newline."""
     i += 2
     while i < n and s[i] != 10 and s[i] != 13:
@@ -321,7 +323,7 @@ cdef Py_ssize_t skip_line_comment(const uchar* s, Py_ssize_t n, Py_ssize_t i) no
     return i
 
 
-cdef Py_ssize_t skip_space_and_comments(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept:
+cdef Py_ssize_t skip_space_and_comments(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     while i < n:
         if CLS[s[i]] & C_SPACE:
             i += 1
@@ -334,7 +336,7 @@ cdef Py_ssize_t skip_space_and_comments(const uchar* s, Py_ssize_t n, Py_ssize_t
     return i
 
 
-cdef Py_ssize_t continuation(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept:
+cdef Py_ssize_t continuation(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     """After a closing quote at i-1: if whitespace holding a newline (and -- comments, each ended
     by a newline) leads to another quote, the literal continues there (SQL standard); return
     that quote's index, else -1."""
@@ -358,7 +360,7 @@ cdef Py_ssize_t continuation(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcep
     return -1
 
 
-cdef Py_ssize_t decode_e_escape(const uchar* s, Py_ssize_t n, Py_ssize_t i, Out* c) except -2:
+cdef Py_ssize_t decode_e_escape(const uchar* s, Py_ssize_t n, Py_ssize_t i, Out* c) except -2 nogil:
     """s[i] is a backslash inside E'...': append what it means to c (or nothing if c is NULL)."""
     cdef uchar e
     cdef unsigned long cp, lo
@@ -432,7 +434,7 @@ cdef Py_ssize_t decode_e_escape(const uchar* s, Py_ssize_t n, Py_ssize_t i, Out*
     return i
 
 
-cdef Py_ssize_t scan_string(const uchar* s, Py_ssize_t n, Py_ssize_t i, bint esc, Out* c) except -2:
+cdef Py_ssize_t scan_string(const uchar* s, Py_ssize_t n, Py_ssize_t i, bint esc, Out* c) except -2 nogil:
     """i is just after an opening single quote. Reads to the closing quote (following line
     continuations in the same escape mode) and returns the index after it, or n if the literal is
     unterminated. With c, the literal's value is appended to it."""
@@ -471,7 +473,7 @@ cdef Py_ssize_t scan_string(const uchar* s, Py_ssize_t n, Py_ssize_t i, bint esc
         i = j + 1
 
 
-cdef Py_ssize_t scan_qident(const uchar* s, Py_ssize_t n, Py_ssize_t i, Out* c) except -2:
+cdef Py_ssize_t scan_qident(const uchar* s, Py_ssize_t n, Py_ssize_t i, Out* c) except -2 nogil:
     """i is just after an opening double quote; "" is a quote. Returns the index after the
     closing quote (n if unterminated); the name goes to c."""
     cdef const uchar* q
@@ -494,7 +496,7 @@ cdef Py_ssize_t scan_qident(const uchar* s, Py_ssize_t n, Py_ssize_t i, Out* c) 
     return n
 
 
-cdef Py_ssize_t uescape_clause(const uchar* s, Py_ssize_t n, Py_ssize_t i, uchar* esc) except -2:
+cdef Py_ssize_t uescape_clause(const uchar* s, Py_ssize_t n, Py_ssize_t i, uchar* esc) except -2 nogil:
     """After a U& literal or identifier: an optional `UESCAPE 'c'`. Returns the index after the
     clause and sets *esc, or -1 when there is none."""
     cdef Py_ssize_t j = skip_space_and_comments(s, n, i)
@@ -528,7 +530,7 @@ cdef Py_ssize_t uescape_clause(const uchar* s, Py_ssize_t n, Py_ssize_t i, uchar
         out_free(&tmp)
 
 
-cdef int decode_uescapes(const uchar* p, Py_ssize_t n, uchar esc, Out* c) except -1:
+cdef int decode_uescapes(const uchar* p, Py_ssize_t n, uchar esc, Out* c) except -1 nogil:
     """Append p[0:n] to c with U& escapes (esc esc, esc XXXX, esc +XXXXXX) decoded to UTF-8.
     Invalid escapes are copied as written."""
     cdef Py_ssize_t k = 0, m, d
@@ -581,7 +583,7 @@ cdef int decode_uescapes(const uchar* p, Py_ssize_t n, uchar esc, Out* c) except
     return 0
 
 
-cdef inline bint radix_digit(uchar r, uchar ch) noexcept:
+cdef inline bint radix_digit(uchar r, uchar ch) noexcept nogil:
     if r == 120:
         return hexval(ch) >= 0
     if r == 111:
@@ -589,7 +591,7 @@ cdef inline bint radix_digit(uchar r, uchar ch) noexcept:
     return ch == 48 or ch == 49
 
 
-cdef Py_ssize_t scan_number(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept:
+cdef Py_ssize_t scan_number(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     """A numeric constant starting at i (a digit, or '.' before a digit)."""
     cdef Py_ssize_t j = i, k
     cdef uchar r
@@ -630,7 +632,7 @@ cdef Py_ssize_t scan_number(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept
     return j
 
 
-cdef Py_ssize_t dollar_tag(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept:
+cdef Py_ssize_t dollar_tag(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     """s[i] == '$' at a token start: the end of an opening $tag$ delimiter, or -1."""
     cdef Py_ssize_t j = i + 1
     if j < n and s[j] == 36:
@@ -645,7 +647,7 @@ cdef Py_ssize_t dollar_tag(const uchar* s, Py_ssize_t n, Py_ssize_t i) noexcept:
 
 
 cdef Py_ssize_t find_tag(const uchar* s, Py_ssize_t n, Py_ssize_t i, const uchar* tag,
-                         Py_ssize_t tl) noexcept:
+                         Py_ssize_t tl) noexcept nogil:
     """The first index >= i where tag[0:tl] occurs, or -1."""
     cdef const uchar* q
     while i + tl <= n:
@@ -662,7 +664,7 @@ cdef Py_ssize_t find_tag(const uchar* s, Py_ssize_t n, Py_ssize_t i, const uchar
 # ---------------------------------------------------------------------------------------------
 # emitting the tokens that need more than a copy
 
-cdef int emit_literal(Out* o, const uchar* value, Py_ssize_t vn, uchar prefix) except -1:
+cdef int emit_literal(Out* o, const uchar* value, Py_ssize_t vn, uchar prefix) except -1 nogil:
     """A string constant: '?' in the code view, its value in the full view, ? in the mask."""
     if o.mode == M_SPLIT:
         return 0
@@ -683,7 +685,7 @@ cdef int emit_literal(Out* o, const uchar* value, Py_ssize_t vn, uchar prefix) e
     return 0
 
 
-cdef int emit_qident(Out* o, uchar* name, Py_ssize_t nn) except -1:
+cdef int emit_qident(Out* o, uchar* name, Py_ssize_t nn) except -1 nogil:
     """A quoted identifier's (decoded) name, code or full view. Lower-cases name in place."""
     cdef Py_ssize_t k
     cdef uchar c
@@ -712,12 +714,14 @@ cdef int emit_qident(Out* o, uchar* name, Py_ssize_t nn) except -1:
     return 0
 
 
-cdef int end_piece(Out* o, const uchar* s, Py_ssize_t start, Py_ssize_t end, list pieces) except -1:
+cdef int end_piece(Out* o, const uchar* s, Py_ssize_t start, Py_ssize_t end, list pieces) except -1 nogil:
     if o.mode == M_SPLIT:
         if o.had_token:
-            pieces.append(PyBytes_FromStringAndSize(<const char*>s + start, end - start))
+            with gil:
+                pieces.append(PyBytes_FromStringAndSize(<const char*>s + start, end - start))
     elif o.len > 0:
-        pieces.append(PyBytes_FromStringAndSize(<const char*>o.buf, o.len))
+        with gil:
+            pieces.append(PyBytes_FromStringAndSize(<const char*>o.buf, o.len))
     o.len = 0
     o.pending_space = False
     o.had_token = False
@@ -725,13 +729,14 @@ cdef int end_piece(Out* o, const uchar* s, Py_ssize_t start, Py_ssize_t end, lis
 
 
 cdef int end_pieces(Out* o, Out* f, const uchar* s, Py_ssize_t start, Py_ssize_t end,
-                    list pieces, list fpieces) except -1:
+                    list pieces, list fpieces) except -1 nogil:
     """end_piece for both outputs; when the full view of the statement is byte for byte its code
     view (no literals, no quoted keywords), fpieces gets the very same object, so a caller can
     tell with `is` that one scan covers both."""
     if f.len > 0 and f.len == o.len and memcmp(f.buf, o.buf, o.len) == 0:
         end_piece(o, s, start, end, pieces)
-        fpieces.append(pieces[len(pieces) - 1])
+        with gil:
+            fpieces.append(pieces[len(pieces) - 1])
         f.len = 0
         f.pending_space = False
         f.had_token = False
@@ -744,7 +749,7 @@ cdef int end_pieces(Out* o, Out* f, const uchar* s, Py_ssize_t start, Py_ssize_t
 # ---------------------------------------------------------------------------------------------
 # the lexer
 
-cdef inline int emit_word(Out* o, const uchar* p, Py_ssize_t n) except -1:
+cdef inline int emit_word(Out* o, const uchar* p, Py_ssize_t n) except -1 nogil:
     """An identifier, keyword, parameter or single byte: lower-cased, or as written in M_MASK."""
     cdef Py_ssize_t k
     cdef uchar* w
@@ -763,7 +768,7 @@ cdef inline int emit_word(Out* o, const uchar* p, Py_ssize_t n) except -1:
     return 0
 
 
-cdef inline int emit_number(Out* o, const uchar* p, Py_ssize_t n) except -1:
+cdef inline int emit_number(Out* o, const uchar* p, Py_ssize_t n) except -1 nogil:
     if o == NULL or o.mode == M_SPLIT:
         return 0
     if o.mode == M_MASK:
@@ -775,14 +780,14 @@ cdef inline int emit_number(Out* o, const uchar* p, Py_ssize_t n) except -1:
     return 0
 
 
-cdef inline int emit_string(Out* o, const uchar* value, Py_ssize_t vn, uchar prefix) except -1:
+cdef inline int emit_string(Out* o, const uchar* value, Py_ssize_t vn, uchar prefix) except -1 nogil:
     if o != NULL:
         emit_literal(o, value, vn, prefix)
     return 0
 
 
 cdef inline int emit_name(Out* o, const uchar* raw, Py_ssize_t rn, uchar* name,
-                          Py_ssize_t nn) except -1:
+                          Py_ssize_t nn) except -1 nogil:
     """A quoted identifier: raw[0:rn] is how it was written, name[0:nn] its decoded name."""
     if o == NULL or o.mode == M_SPLIT:
         return 0
@@ -794,7 +799,7 @@ cdef inline int emit_name(Out* o, const uchar* raw, Py_ssize_t rn, uchar* name,
     return 0
 
 
-cdef inline void mark(Out* o, Out* f, bint space) noexcept:
+cdef inline void mark(Out* o, Out* f, bint space) noexcept nogil:
     o.had_token = True
     if space:
         o.pending_space = True
@@ -805,7 +810,7 @@ cdef inline void mark(Out* o, Out* f, bint space) noexcept:
 
 
 cdef int lex(const uchar* s, Py_ssize_t n, Out* o, bint split, list pieces,
-             Out* f=NULL, list fpieces=None) except -1:
+             Out* f=NULL, list fpieces=None) except -1 nogil:
     """Lex s[0:n] once, writing the view o.mode to o and, when f is given, the full view to f
     (split into fpieces) in the same pass. Sets o.ambiguous when a '...' literal holds a
     backslash, i.e. when standard_conforming_strings would change how it reads."""

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hoopwire._auditlog import (Pending, StatementEncoder, StatementLog, chain, json_ascii,
-                                json_float, record_times)
+                                json_float, json_text, keep_literals, record_times)
+from hoopwire._sqlnorm import mask_literals
 from hoopwire.audit.log import GENESIS, canonical, chain_hash, pending_from, with_hash
 from hoopwire.audit.recorder import rows_from_tags
 
@@ -36,12 +37,18 @@ def decode(sql: bytes) -> str:
     return sql.decode("utf-8", "replace")
 
 
-def statement_log(sid, gw, calls=None, all_slow=False):
+def statement_log(sid, gw, calls=None, all_slow=False, mask=decode, limit=4096):
     def slow(raw, n):
         if calls is not None:
             calls.append(n)
-        return statement_dict(raw, n, sid, gw, decode)
-    return StatementLog(StatementEncoder(gw, decode), sid, slow, pending_from, all_slow)
+        return statement_dict(raw, n, sid, gw, lambda sql: mask(sql[:limit]))
+    return StatementLog(StatementEncoder(gw, mask, limit), sid, slow, pending_from, all_slow)
+
+
+# decode: a Python masker (called with the GIL from the audit thread); mask_literals and
+# keep_literals: the encoder's own C paths (lexer / text as sent), Python only for texts that
+# are not valid UTF-8
+MASKERS = [decode, mask_literals, keep_literals]
 
 
 floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
@@ -57,11 +64,12 @@ raws = st.tuples(floats, floats, st.one_of(st.none(), st.binary(max_size=64)), t
                  st.just(None), st.integers(0, 2**62), st.just(None))
 
 
-@settings(max_examples=400, deadline=None)
+@pytest.mark.parametrize("mask", MASKERS, ids=lambda m: m.__name__)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(raws, min_size=1, max_size=5), st.text(max_size=12), st.text(max_size=12),
-       st.integers(1, 2**40), st.integers(0, 5))
-def test_statement_records_are_canonical(raw, sid, gw, seq, cut):
-    slog = statement_log(sid, gw)
+       st.integers(1, 2**40), st.integers(0, 5), st.sampled_from([8, 4096]))
+def test_statement_records_are_canonical(mask, raw, sid, gw, seq, cut, limit):
+    slog = statement_log(sid, gw, mask=mask, limit=limit)
     for r in raw:
         slog.add_raw(r)
     batch = slog.take()
@@ -73,7 +81,7 @@ def test_statement_records_are_canonical(raw, sid, gw, seq, cut):
     lines = chain(items, seq - 1, prev)
     want = b""
     for i, r in enumerate(raw):
-        rec = statement_dict(r, 1 + i, sid, gw, decode)
+        rec = statement_dict(r, 1 + i, sid, gw, lambda sql: mask(sql[:limit]))
         line = expected_line(rec, seq + i, prev)
         prev = chain_hash(prev, line[:line.rindex(b',"hash":')] + b"}")
         want += line
@@ -124,6 +132,19 @@ def test_floats_match_orjson(v):
         assert got == orjson.dumps(v)
     else:
         assert "e" in repr(v) or not math.isfinite(v)
+
+
+@given(st.one_of(st.binary(max_size=40), st.text(max_size=20).map(lambda t: t.encode("utf-8",
+                                                                               "surrogatepass"))))
+def test_text_strings_match_orjson(b):
+    """Valid UTF-8 is written as orjson writes the str it decodes to (what Python's strict
+    decoder refuses is declined); tags get one U+FFFD per byte >= 0x80."""
+    try:
+        want = orjson.dumps(b.decode("utf-8"))
+    except UnicodeDecodeError:
+        want = None
+    assert json_text(b, 1) == want
+    assert json_text(b, 2) == orjson.dumps(b.decode("ascii", "replace"))
 
 
 @given(st.binary(max_size=40))
@@ -194,3 +215,68 @@ def test_statement_text_through_the_lexer_is_what_mask_literals_gives(sqls, repe
         prev = chain_hash(prev, line[:line.rindex(b',"hash":')] + b"}")
         want += line
     assert lines.data == want
+
+
+def test_raw_statements_become_json_in_chain_and_keep_their_order():
+    """The relay's statements are only copied into the log; chain() writes their JSON, between
+    records that were already encoded (errors go the dict way at once), in the order added."""
+    calls = []
+    slog = statement_log("s", "gw", calls, mask=mask_literals)
+    ok = (1764451234.25, 1764451234.2513, b"SELECT * FROM t WHERE id = 42", [b"SELECT 1"], None,
+          0, None)
+    err = (1764451234.25, 1764451234.2513, b"SELECT 1/0", [], b"C22012\0Mdivision by zero\0", 0,
+           None)
+    for r in (ok, err, ok, ok):
+        slog.add_raw(r)
+    assert calls == [2]
+    batch = slog.take()
+    assert len(batch) == 4
+    lines = chain([batch], 0, GENESIS).data.splitlines()
+    recs = [orjson.loads(line) for line in lines]
+    assert [r["n"] for r in recs] == [1, 2, 3, 4]
+    assert recs[0]["statement"] == "SELECT * FROM t WHERE id = ?" == recs[3]["statement"]
+    assert recs[1]["statement"] == "SELECT ?/?"
+
+
+def test_a_raw_statement_the_dict_path_cannot_write_is_counted_lost():
+    def broken(raw, n):
+        raise RuntimeError("boom")
+    slog = StatementLog(StatementEncoder("gw", mask_literals), "s", broken, pending_from)
+    slog.add_raw((1764451234.25, 1764451234.2513, b"SELECT 1", [b"SELECT 1"], None, 0, None))
+    slog.add_raw((float("nan"), 1.0, b"SELECT 2", [b"SELECT 1"], None, 0, None))  # dict path
+    slog.add_raw((1764451234.25, 1764451234.2513, b"SELECT 3", [b"SELECT 1"], None, 0, None))
+    batch = slog.take()
+    assert slog.lost == 0                 # found out when the audit thread writes the batch
+    lines = chain([batch], 0, GENESIS)
+    assert len(lines) == 2 and slog.lost == 1
+    assert [orjson.loads(x)["n"] for x in lines.data.splitlines()] == [1, 3]
+
+
+def test_encoding_from_two_threads_shares_the_text_cache_safely():
+    """One encoder for all sessions; its text cache belongs to whichever thread holds its lock."""
+    import threading
+    enc = StatementEncoder("gw", mask_literals)
+    texts = [f"SELECT {i % 7} FROM t{i % 5}".encode() for i in range(300)]
+    results, errors = {}, []
+
+    def run(name):
+        try:
+            out = []
+            for round_ in range(20):
+                slog = StatementLog(enc, name, None, pending_from)
+                for t in texts:
+                    slog.add_raw((1764451234.25, 1764451234.2513, t, [b"SELECT 1"], None, 0, None))
+                out.append(chain([slog.take()], 0, GENESIS).data)
+            results[name] = out
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(f"s{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for name, outs in results.items():
+        assert len(set(outs)) == 1
+        got = [orjson.loads(x)["statement"] for x in outs[0].splitlines()]
+        assert got == [mask_literals(t) for t in texts]

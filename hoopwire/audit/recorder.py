@@ -1,9 +1,10 @@
 """Session recording: what the data path did, into the audit log and the session index.
 
 Each session's relay writes every finished statement straight into the session's StatementLog
-(ext/auditlog.pyx): the common record (no error, no captured rows) as its canonical bytes, in C,
-with no Python object per statement; the others through `_statement` here, as a dict (statement
-text with literals masked unless configured otherwise, error messages through the masker). Every
+(ext/auditlog.pyx): the common record (no error, no captured rows) as a copy of its fields, in
+C, with no Python object per statement -- the audit thread writes its JSON; the others through
+`_statement` here, as a dict (statement text with literals masked unless configured otherwise,
+error messages through the masker). Every
 `flush_interval` the recorder takes each log's records as one batch and queues it on the audit
 log, which chains and writes them in its own thread; index rows (with `index_statements`, which
 sends every statement the dict way) go to the store in one batched call.
@@ -23,7 +24,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from hoopwire._auditlog import StatementEncoder, StatementLog, record_times
+from hoopwire._auditlog import StatementEncoder, StatementLog, keep_literals, record_times
 from hoopwire.audit.log import AuditLog, pending_from
 from hoopwire.config import AuditConfig
 from hoopwire.logs import event
@@ -91,8 +92,7 @@ class Recorder:
         self.store = store
         self.log = AuditLog(cfg, gateway_id=gateway_id, clock=clock)
         self.gateway_id = gateway_id
-        self._mask_statement = mask_statement if cfg.statement_literals == "mask" else \
-            (lambda sql: sql.decode("utf-8", "replace"))
+        self._mask_statement = mask_statement if cfg.statement_literals == "mask" else keep_literals
         self._encoder = StatementEncoder(gateway_id, self._mask_statement, statement_limit)
         self._by_type: dict[str, int] = {}         # records per type since the last flush
         self.marker_prefix = marker_prefix
