@@ -43,8 +43,8 @@ cdef int out_bytes(Out* o, const unsigned char* p, Py_ssize_t n) except -1 nogil
 # The lexer: runs over s[0:n] in o.mode; when `split` is true, each top-level statement is appended
 # to `pieces` (normalised bytes, or raw bytes in M_SPLIT); otherwise the output stays in `o`.
 # With `f` (an M_FULL buffer) it writes the full view there in the same pass (into fpieces).
-# nogil: the audit thread masks statement texts with it, the GIL released; only `split` (the
-# pieces lists) and a failed allocation take the GIL.
+# nogil: the audit thread masks statement texts with it, the GIL released. `split` appends to
+# the pieces lists and needs the GIL held by the caller; a failed allocation takes the GIL.
 cdef int lex(const unsigned char* s, Py_ssize_t n, Out* o, bint split, list pieces,
              Out* f=*, list fpieces=*) except -1 nogil
 
