@@ -70,11 +70,9 @@ cdef class Pending:
 
 # ---- small writers into a growable C buffer ----------------------------------------------------
 
-cdef int out_reserve(Out* o, Py_ssize_t more) except -1 nogil:
+cdef int out_grow(Out* o, Py_ssize_t more) except -1 nogil:
     cdef Py_ssize_t want = o.n + more
     cdef char* q
-    if want <= o.cap:
-        return 0
     want = max(want, o.cap * 2, 256)
     q = <char*>realloc(o.p, want)
     if q == NULL:
@@ -83,6 +81,12 @@ cdef int out_reserve(Out* o, Py_ssize_t more) except -1 nogil:
     o.p = q
     o.cap = want
     return 0
+
+
+cdef inline int out_reserve(Out* o, Py_ssize_t more) except -1 nogil:
+    if o.n + more <= o.cap:
+        return 0
+    return out_grow(o, more)
 
 
 cdef inline int out_put(Out* o, const char* s, Py_ssize_t n) except -1 nogil:
@@ -96,16 +100,31 @@ cdef inline int out_bytes(Out* o, bytes b) except -1:
     return out_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
 
 
-cdef int out_int(Out* o, long long v) except -1 nogil:
+# two decimal digits at a time: a record holds some 40 digits (times, counters), and one
+# division per digit was the encoder's largest cost
+cdef const char* DIGITS2 = (b"00010203040506070809101112131415161718192021222324252627282930313233"
+                            b"34353637383940414243444546474849505152535455565758596061626364656667"
+                            b"6869707172737475767778798081828384858687888990919293949596979899")
+
+
+cdef inline int out_int(Out* o, long long v) except -1 nogil:
     cdef char tmp[24]
     cdef int i = 24
+    cdef unsigned int r
     cdef unsigned long long u = <unsigned long long>(-v) if v < 0 else <unsigned long long>v
-    while True:
+    while u >= 100:
+        r = <unsigned int>(u % 100)
+        u //= 100
+        i -= 2
+        tmp[i] = DIGITS2[2 * r]
+        tmp[i + 1] = DIGITS2[2 * r + 1]
+    if u >= 10:
+        i -= 2
+        tmp[i] = DIGITS2[2 * u]
+        tmp[i + 1] = DIGITS2[2 * u + 1]
+    else:
         i -= 1
-        tmp[i] = <char>(48 + u % 10)
-        u //= 10
-        if u == 0:
-            break
+        tmp[i] = <char>(48 + u)
     if v < 0:
         i -= 1
         tmp[i] = b'-'
@@ -173,39 +192,57 @@ cdef bint utf8_valid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     return 1
 
 
+# what out_json_string does with each byte: 0 copy, 1 escape, 2 not ASCII
+cdef unsigned char JSON_CLASS[256]
+
+
+cdef void _init_json_class() noexcept:
+    cdef int c
+    for c in range(256):
+        JSON_CLASS[c] = 1 if c < 0x20 or c == 34 or c == 92 else (2 if c >= 0x80 else 0)
+
+
+_init_json_class()
+
+
 cdef int out_json_string(Out* o, const unsigned char* s, Py_ssize_t n, int how) except -1 nogil:
     """A JSON string of the bytes s[0:n], escaped as orjson escapes the str they decode to (see
-    STR_*); returns 1 (writing nothing) where `how` declines them."""
-    cdef Py_ssize_t i, extra = 0
-    cdef unsigned char c
-    if how == STR_ASCII:
-        for i in range(n):
-            if s[i] >= 0x80:
-                return 1
-    elif how == STR_UTF8:
-        if not utf8_valid(s, n):
-            return 1
-    else:
-        extra = 2 * n           # U+FFFD is three bytes
-    out_reserve(o, n * 6 + 2 + extra)
+    STR_*); returns 1 (writing nothing) where `how` declines them. Runs of bytes that need no
+    escape are copied whole; UTF-8 is validated from its first byte >= 0x80 on, once."""
+    cdef Py_ssize_t i = 0, j, start = o.n
+    cdef unsigned char c, k
+    cdef bint checked = False
+    out_reserve(o, n * 6 + 2 + (2 * n if how == STR_REPLACE else 0))
     o.p[o.n] = b'"'
     o.n += 1
-    for i in range(n):
+    while i < n:
+        j = i
+        while j < n and JSON_CLASS[s[j]] == 0:
+            j += 1
+        if j > i:
+            memcpy(o.p + o.n, s + i, j - i)
+            o.n += j - i
+            i = j
+            if i == n:
+                break
         c = s[i]
-        if c == b'"' or c == b'\\':
-            o.p[o.n] = b'\\'
-            o.p[o.n + 1] = c
-            o.n += 2
-        elif c >= 0x80:
+        k = JSON_CLASS[c]
+        if k == 2:
+            if how == STR_ASCII or (how == STR_UTF8 and not checked and
+                                    not utf8_valid(s + i, n - i)):
+                o.n = start
+                return 1
             if how == STR_REPLACE:
                 memcpy(o.p + o.n, b"\xef\xbf\xbd", 3)
                 o.n += 3
             else:
+                checked = True      # valid from here to the end: copied as it is
                 o.p[o.n] = c
                 o.n += 1
-        elif c >= 0x20:
-            o.p[o.n] = c
-            o.n += 1
+        elif c == b'"' or c == b'\\':
+            o.p[o.n] = b'\\'
+            o.p[o.n + 1] = c
+            o.n += 2
         elif c == b'\n':
             o.p[o.n] = b'\\'
             o.p[o.n + 1] = b'n'
@@ -231,6 +268,7 @@ cdef int out_json_string(Out* o, const unsigned char* s, Py_ssize_t n, int how) 
             o.p[o.n + 4] = HEX[c >> 4]
             o.p[o.n + 5] = HEX[c & 15]
             o.n += 6
+        i += 1
     o.p[o.n] = b'"'
     o.n += 1
     return 0
