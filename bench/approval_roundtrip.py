@@ -30,8 +30,8 @@ One gateway: the decision is taken where the statement is held and released at o
 `release` is the admin API call plus the statement's own run (target: under 50 ms).
 --two-gateways: A and B (distinct HOOPWIRE_GATEWAY_ID) share a PostgreSQL state store (a
 database in the same throwaway cluster); the client is on A, the approver talks to B, and A
-learns of the decision by polling the store every --poll-interval, so `release` is expected
-around half the poll interval on average and up to one poll interval at worst.
+learns of the decision from B's NOTIFY (polling every --poll-interval is only the fallback), so
+`release` is the approve call plus a notification and one store read on A.
 """
 
 from __future__ import annotations

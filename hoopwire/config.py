@@ -638,6 +638,8 @@ def _state(r: _Reader, config_path: str | None) -> StateConfig | None:
     url = r.get("url", str, default)
     password = r.secret("password")
     poll = r.get("poll_interval", (int, str, float), 0.25, convert=parse_duration)
+    if poll is not None and poll < 0.01:
+        r.error("poll_interval", "must be at least 10ms (it is how often the store is polled)")
     if url is not None and not (url.startswith("sqlite:///") or url.startswith("postgresql://")
                                 or url.startswith("postgres://")):
         r.error("url", "expected sqlite:///<path> or postgresql://user@host:port/database")

@@ -126,3 +126,12 @@ def test_version_and_token_cli(tmp_path):
     import jwt
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["sub"] == "agent-7" and claims["groups"] == ["a", "b"]
+
+
+def test_a_poll_interval_of_zero_is_refused(monkeypatch):
+    """0 would spin the approval poller without a pause."""
+    monkeypatch.setenv("ORDERS_PW", "x")
+    p = problems({**GOOD, "state": {"url": "sqlite:////tmp/x.db", "poll_interval": 0}})
+    assert "at least 10ms" in p["state.poll_interval"]
+    monkeypatch.setenv("ORDERS_PW", "x")
+    assert parse_config({**GOOD, "state": {"poll_interval": "1h"}}).state.poll_interval == 3600.0

@@ -298,10 +298,12 @@ def test_admin_api_sessions_need_admin_group_and_openapi(agw, tokens):
 
 
 def test_two_gateways_share_a_postgresql_store(pg, idp, tmp_path, table, tokens):
-    """A statement held in gateway A is released by a decision taken through gateway B."""
+    """A statement held in gateway A is released by a decision taken through gateway B. B
+    announces it with NOTIFY; the poll is set to an hour, so nothing else could release it.
+    With A's listening connection killed, A listens again and catches up."""
     pg.create_database("hwstate", owner="app")
     url = f"postgresql://app@127.0.0.1:{pg.port}/hwstate"
-    kw = dict(state_url=url, state_extra={"password_env": "STATE_PW"})
+    kw = dict(state_url=url, state_extra={"password_env": "STATE_PW", "poll_interval": "1h"})
     env = {"STATE_PW": pg.passwords["app"]}
     # two replicas: each its own name (on Kubernetes the pod's host name differs by itself)
     with make_gateway(pg, idp, tmp_path, env_extra={**env, "HOOPWIRE_GATEWAY_ID": "a"}, **kw) as a, \
@@ -314,6 +316,17 @@ def test_two_gateways_share_a_postgresql_store(pg, idp, tmp_path, table, tokens)
         t.join(10)
         print(f"cross-replica release: {(time.monotonic() - t0) * 1000:.0f} ms")
         assert t.error is None and count(pg, table) == 2
+
+        killed = pg.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE query LIKE 'LISTEN %'", dbname="hwstate")
+        assert int(killed) == 2
+        t = Run(conninfo(a, tokens["agent"]), f"DELETE FROM {table} WHERE id = 2")
+        t.start()
+        req = wait_pending(b, tokens["dana"], statement_part=table)
+        assert api(b, "POST", f"/api/v1/approvals/{req['id']}/deny", tokens["dana"],
+                   {"reason": "not now"})[0] == 200
+        t.join(15)
+        assert t.error is not None and "not now" in str(t.error) and count(pg, table) == 2
 
 
 def test_workers_share_approvals_through_the_parent(pg, idp, tmp_path, table, tokens):

@@ -8,10 +8,12 @@ statement releases it -- on approve the statement runs, on deny or timeout the c
 error naming the request and the reason, and the session goes on.
 
 Replicas and worker processes share the state store. A decision taken where the statement is
-held releases it at once; one taken elsewhere is found by polling the store every
-`poll_interval` (0.25 s by default). Polling was chosen over LISTEN/NOTIFY because it works the
-same on SQLite and PostgreSQL, needs no extra connection per process, and a quarter of a second
-is nothing next to a human's decision.
+held releases it at once. One taken elsewhere is announced through the store: on PostgreSQL a
+NOTIFY that every replica LISTENs for on a connection of its own, so a statement held in one
+replica runs a few milliseconds after the approval went through another (an agent waiting on a
+quarter-second poll cost more than the round trip it waits for). Every `poll_interval` (0.25 s
+by default) the store is polled as well: that is how decisions reach worker processes sharing
+SQLite, and how a replica catches up on what it missed while its listener was reconnecting.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class ApprovalManager:
         self._grants: dict[tuple[str, str, str], float] = {}   # (subject, connection, rule) -> until
         self._grants_at = 0.0
         self._poller: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -92,7 +95,9 @@ class ApprovalManager:
                 event(log, "requests held before a restart marked abandoned", logging.WARNING,
                       gateway=self.gateway_id, count=n)
         await self._refresh_grants()
-        self._poller = asyncio.get_running_loop().create_task(self._poll())
+        loop = asyncio.get_running_loop()
+        self._poller = loop.create_task(self._poll())
+        self._watcher = loop.create_task(self.store.watch_decided(self._on_announced))
 
     async def shutdown(self) -> None:
         """The gateway is stopping: what it holds is abandoned now (stored, and the clients
@@ -111,8 +116,9 @@ class ApprovalManager:
                 self._publish("approval.decided", row)
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        for t in (self._poller, self._watcher):
+            if t is not None:
+                t.cancel()
         for t in list(self._tasks):
             t.cancel()
         self._held.clear()
@@ -245,7 +251,15 @@ class ApprovalManager:
             self._grants[(row["requester"], row["connection"], row["rule"])] = grant_until
         event(log, "approval request decided", request=rid, status=row["status"],
               decided_by=identity.subject, scope=row.get("scope"))
+        held_here = rid in self._held
         self._apply(row)
+        if not held_here or grant_until is not None:
+            # held by another process or replica, or a time-window grant they should know of
+            try:
+                await self.store.announce_decided(rid)
+            except Exception as e:  # noqa: BLE001 -- the decision is stored: polling finds it
+                event(log, "announcing a decision failed", logging.WARNING, request=rid,
+                      error=str(e))
         self._publish("approval.decided", row)
         return row
 
@@ -276,6 +290,27 @@ class ApprovalManager:
         held.relay.decide(approved, None if approved else held.deny_error(rid, reason or "denied"))
 
     # -- other processes' decisions --------------------------------------------------------------
+
+    def _on_announced(self, rid: str | None) -> None:
+        """A decision announced through the store (None: any may have been missed)."""
+        if rid is None:
+            ids = [r for r, h in self._held.items() if h.stored]
+        elif rid in self._held and self._held[rid].stored:
+            ids = [rid]
+        else:
+            ids = []                # not ours to release; it may have come with a grant
+        self._spawn(self._check_decided(ids))
+
+    async def _check_decided(self, ids: list[str]) -> None:
+        try:
+            if ids:
+                for row in await self.store.decided_among(ids):
+                    self._apply(row)
+            else:
+                await self._refresh_grants()
+        except Exception as e:  # noqa: BLE001 -- polling tries again
+            event(log, "looking up an announced decision failed", logging.WARNING,
+                  error=str(e))
 
     async def _poll(self) -> None:
         while True:

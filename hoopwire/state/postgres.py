@@ -8,23 +8,34 @@ commit or roll back with it.
 A connection found broken (server restart, failover, idle timeout) is replaced once. Reads and
 idempotent writes then run again; a write that is not safe to repeat raises _ConnectionLost and
 Store decides how to learn whether it landed.
+
+Decisions reach the other replicas by LISTEN/NOTIFY: announce_decided() sends a NOTIFY on
+DECIDED_CHANNEL, and watch_decided() keeps a second connection listening on it (a connection
+waiting for notifications cannot run the store's statements in between). Polling stays behind
+it for what a listener misses while it reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any, Awaitable, Callable, Sequence
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from hoopwire.config import StateConfig
+from hoopwire.logs import event
 from hoopwire.state.store import Store, StoreError, _ConnectionLost, schema_ddl
 
 __all__ = ["PostgresStore", "open_postgres"]
 
 CONNECT_TIMEOUT = 10  # seconds, unless the url sets connect_timeout
+DECIDED_CHANNEL = "hoopwire_approval_decided"    # NOTIFY payload: the approval id
+LISTEN_RETRY_MAX = 30.0   # seconds between attempts to listen again, at most
+
+log = logging.getLogger("hoopwire.state")
 
 _TYPES = {"text": "text", "float": "double precision", "int": "bigint", "bool": "boolean",
           "json": "text"}
@@ -162,6 +173,34 @@ class PostgresStore(Store):
         # a transaction cut off before COMMIT left nothing behind, and the steps Store sends
         # (upserts, inserts that skip duplicates, deletes) are safe to repeat after a lost COMMIT
         return await self._run(op, retry=True)
+
+    async def announce_decided(self, id: str) -> None:
+        await self._execute("SELECT pg_notify(?, ?)", (DECIDED_CHANNEL, id))
+
+    async def watch_decided(self, on_decided: Callable[[str | None], None]) -> bool:
+        delay = 1.0
+        while not self._closed:
+            conn = None
+            try:
+                conn = await self._connect()
+                await conn.execute(f"LISTEN {DECIDED_CHANNEL}")
+                delay = 1.0
+                on_decided(None)        # what was announced while nobody listened
+                async for n in conn.notifies():
+                    on_decided(n.payload)
+            except (StoreError, psycopg.Error) as e:
+                err = e if isinstance(e, StoreError) else self._error("listening failed", e)
+                event(log, "not listening for approval decisions; polling meanwhile",
+                      logging.WARNING, retry_in=delay, error=str(err))
+            finally:
+                if conn is not None:
+                    try:
+                        await conn.close()
+                    except psycopg.Error:
+                        pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LISTEN_RETRY_MAX)
+        return True
 
     async def close(self) -> None:
         async with self._lock:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
@@ -375,6 +375,19 @@ class Store(abc.ABC):
         """At a gateway's start: its pending requests from before can no longer be answered
         (their sessions are gone), so they become 'abandoned'. Returns how many."""
         return await self._execute(_ABANDON, (float(now), gateway_id))
+
+    # -- decisions taken by other processes ------------------------------------------------------
+
+    async def announce_decided(self, id: str) -> None:
+        """Tell the processes watching this store (watch_decided) that approval `id` was decided.
+        Where the store cannot carry a message (SQLite) nothing happens: they poll."""
+
+    async def watch_decided(self, on_decided: Callable[[str | None], None]) -> bool:
+        """Call on_decided(id) for every announce_decided() of any process, and on_decided(None)
+        whenever watching (re)starts -- announcements made before it may have been missed --
+        until cancelled. Returns False at once where the store cannot do this (polling alone
+        then finds decisions)."""
+        return False
 
     # -- grants -----------------------------------------------------------------------------------
 
