@@ -282,7 +282,7 @@ cdef int out_json_string(Out* o, const unsigned char* s, Py_ssize_t n, int how) 
 cdef double MAX_EPOCH = 4294967296.0
 
 
-cdef int out_fixed(Out* o, long long v, int places, long long scale) except -1 nogil:
+cdef inline int out_fixed(Out* o, long long v, int places, long long scale) except -1 nogil:
     """v / scale with `places` decimals, trailing zeros cut but one kept (orjson's 12.0)."""
     cdef char tmp[8]
     cdef long long frac
@@ -398,6 +398,35 @@ cdef int rows_of(const char* tags, Py_ssize_t ntags, long long* rows) noexcept n
     return 1 if found else 0
 
 
+cdef inline unsigned long long text_hash(const char* p, Py_ssize_t n) noexcept nogil:
+    """The text cache's key: eight bytes per multiply. Computed in the audit thread (hashing
+    each new simple-protocol text on the event loop was a quarter of recording's cost there);
+    a collision only costs a miss, the key's bytes are compared."""
+    cdef unsigned long long h = 0x9E3779B97F4A7C15ULL ^ <unsigned long long>n, w
+    while n >= 8:
+        memcpy(&w, p, 8)
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL
+        h ^= h >> 29
+        p += 8
+        n -= 8
+    w = 0
+    memcpy(&w, p, n)
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL
+    return h ^ (h >> 32)
+
+
+cdef list tag_list(const char* tags, Py_ssize_t ntags):
+    """Packed tags as the list of bytes the dict path takes."""
+    cdef list out = []
+    cdef int tl
+    cdef Py_ssize_t j
+    for j in range(ntags):
+        memcpy(&tl, tags, sizeof(int))
+        out.append(PyBytes_FromStringAndSize(tags + sizeof(int), tl))
+        tags += sizeof(int) + tl
+    return out
+
+
 cdef class StatementEncoder:
     """What the statement records of all sessions share: the gateway id and the recorded text
     of each statement (literals masked), cached because most statements repeat.
@@ -407,6 +436,7 @@ cdef class StatementEncoder:
     with the GIL released, so a thread holding it may still ask for the GIL (a Python masker)."""
 
     def __cinit__(self):
+        self.scratch = Out(NULL, 0, 0)
         memset(self.slots, 0, sizeof(self.slots))
         memset(self.seen, 0, sizeof(self.seen))
         self.lock = PyThread_allocate_lock()
@@ -427,6 +457,7 @@ cdef class StatementEncoder:
         for i in range(TEXT_SLOTS):
             free(self.slots[i].key)
             free(self.slots[i].val)
+        free(self.scratch.p)
         if self.lock != NULL:
             PyThread_free_lock(self.lock)
 
@@ -434,10 +465,11 @@ cdef class StatementEncoder:
     # inline (the simple protocol) is new almost every time, and storing each one would cost an
     # eviction (cold memory, a free) per statement. The hash is compared before the key.
 
-    cdef int _put_text(self, Out* o, const char* sql, Py_ssize_t n, Py_hash_t h) except -1 nogil:
+    cdef int _put_text(self, Out* o, const char* sql, Py_ssize_t n) except -1 nogil:
         """The recorded text of sql[0:n] as a JSON string onto o; 1 (writing nothing) when only
         Python can make it (a Python masker, or a text that is not valid UTF-8 once masked)."""
-        cdef Py_ssize_t i = <Py_ssize_t>(<size_t>h % TEXT_SLOTS), start = o.n
+        cdef unsigned long long h = text_hash(sql, n)
+        cdef Py_ssize_t i = <Py_ssize_t>(h % TEXT_SLOTS), start = o.n, cut
         cdef TextSlot* slot = &self.slots[i]
         cdef NormOut m
         cdef int r
@@ -448,23 +480,22 @@ cdef class StatementEncoder:
             return 0
         if self.mode == TEXT_PYTHON:
             return 1
-        if n > self.limit:
-            n = self.limit
+        cut = n if n <= self.limit else self.limit
         if self.mode == TEXT_KEEP:
-            r = out_json_string(o, <const unsigned char*>sql, n, STR_UTF8)
+            r = out_json_string(o, <const unsigned char*>sql, cut, STR_UTF8)
         else:
-            norm_out_init(&m, n + 16, M_MASK, True)
+            norm_out_init(&m, cut + 16, M_MASK, True)
             try:
-                norm_lex(<const unsigned char*>sql, n, &m, False, None)
+                norm_lex(<const unsigned char*>sql, cut, &m, False, None)
                 r = out_json_string(o, m.buf, m.len, STR_UTF8)
             finally:
                 norm_out_free(&m)
         if r:
             return 1
-        if self.seen[i] != h:
+        if self.seen[i] != h or n > self.limit:
             self.seen[i] = h
             return 0
-        # seen twice: keep it (the key is the whole text as given, the limit applies after)
+        # seen twice, and short enough to keep (a slot holds at most limit + 6 * limit bytes)
         key = <char*>malloc(n if n > 0 else 1)
         val = <char*>malloc(o.n - start)
         if key == NULL or val == NULL:
@@ -516,7 +547,7 @@ cdef class StatementEncoder:
         out_put(o, b',"started":', 11)
         out_fixed(o, llround(r.started * 1e6), 6, 1000000)
         out_put(o, b',"statement":', 13)
-        if self._put_text(o, raw_text(entry), r.sql_len if r.sql_len > 0 else 0, r.h):
+        if self._put_text(o, raw_text(entry), r.sql_len if r.sql_len > 0 else 0):
             return 2
         return self._statement_end(o, &r, tags)
 
@@ -598,40 +629,37 @@ cdef class StatementLog:
         self.cap = cap
         return 0
 
-    cdef int add(self, double started, double ended, object sql, list tags, object error,
-                 long long masked, object kept) except -1:
-        cdef Py_ssize_t start = self.buf.n, cut_prev = -1, cut_seq = -1, tlen = 0
+    cdef int add(self, double started, double ended, object sql, const TagBuf* tags,
+                 object error, long long masked, object kept) except -1:
+        cdef Py_ssize_t start = self.buf.n, cut_prev = -1, cut_seq = -1
         cdef Pending p
         cdef RawStatement r
-        cdef bytes tag
-        cdef int tl
-        cdef bint slow = self.all_slow or error is not None or bool(kept) or \
-            not (sql is None or type(sql) is bytes)
+        cdef bint slow = self.all_slow or error is not None or \
+            (kept is not None and bool(kept)) or not (sql is None or type(sql) is bytes)
         self._room()
         self.n += 1
         if not slow:
-            for tag in tags:
-                tlen += sizeof(int) + PyBytes_GET_SIZE(tag)
             r.started = started
             r.ended = ended
             r.n = self.n
             r.masked = masked
-            r.h = hash(sql) if sql is not None else 0
             r.sql_len = PyBytes_GET_SIZE(sql) if sql is not None else -1
-            r.tags_len = tlen
-            r.ntags = len(tags)
-            out_reserve(&self.buf, sizeof(RawStatement) + max(r.sql_len, 0) + tlen)
-            out_put(&self.buf, <const char*>&r, sizeof(RawStatement))
+            r.tags_len = tags.n
+            r.ntags = tags.count
+            out_reserve(&self.buf, sizeof(RawStatement) + max(r.sql_len, 0) + tags.n)
+            memcpy(self.buf.p + self.buf.n, &r, sizeof(RawStatement))
+            self.buf.n += sizeof(RawStatement)
             if sql is not None:
-                out_put(&self.buf, PyBytes_AS_STRING(sql), r.sql_len)
-            for tag in tags:
-                tl = <int>PyBytes_GET_SIZE(tag)
-                out_put(&self.buf, <const char*>&tl, sizeof(int))
-                out_put(&self.buf, PyBytes_AS_STRING(tag), tl)
+                memcpy(self.buf.p + self.buf.n, PyBytes_AS_STRING(sql), r.sql_len)
+                self.buf.n += r.sql_len
+            if tags.n:
+                memcpy(self.buf.p + self.buf.n, tags.p, tags.n)
+                self.buf.n += tags.n
         else:
             try:
                 p = <Pending?>self.encode_dict(
-                    self.slow((started, ended, sql, tags, error, masked, kept), self.n))
+                    self.slow((started, ended, sql, tag_list(tags.p, tags.count), error, masked,
+                               kept), self.n))
             except Exception:
                 # never the data path's problem: counted, and the recorder reports it
                 self.lost += 1
@@ -649,7 +677,13 @@ cdef class StatementLog:
 
     def add_raw(self, tuple raw):
         """add() from Python (the tests): raw as the slow path receives it."""
-        self.add(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6])
+        cdef TagBuf t = TagBuf(NULL, 0, 0, 0)
+        try:
+            for tag in raw[3]:
+                tags_push(&t, PyBytes_AS_STRING(tag), <int>PyBytes_GET_SIZE(tag))
+            self.add(raw[0], raw[1], raw[2], &t, raw[4], raw[5], raw[6])
+        finally:
+            free(t.p)
 
     def take(self):
         """The records added since the last take, as one PendingBatch (None when there are none);
@@ -708,9 +742,10 @@ cdef class PendingBatch:
     cdef int _encode(self) except -1:
         cdef StatementLog log = self.owner
         cdef StatementEncoder enc
-        cdef Out o = Out(NULL, 0, 0)
+        cdef Out* o
         cdef Py_ssize_t i, k = 0, start, c1 = 0, c2 = 0, sidlen, size
         cdef const char* data
+        cdef const char* entry
         cdef const char* sid
         cdef int r
         cdef RawStatement head
@@ -721,45 +756,50 @@ cdef class PendingBatch:
         size = PyBytes_GET_SIZE(self.data)
         sid = PyBytes_AS_STRING(log.sid)
         sidlen = PyBytes_GET_SIZE(log.sid)
-        try:
-            with nogil:
-                PyThread_acquire_lock(enc.lock, 1)
-                try:
-                    out_reserve(&o, size * 2 + 64)
-                    for i in range(self.n):
-                        start = o.n
-                        if self.cuts[2 * i] >= 0:       # already a record: as it is
-                            out_put(&o, data + self.offs[i], self.offs[i + 1] - self.offs[i])
-                            c1 = self.cuts[2 * i]
-                            c2 = self.cuts[2 * i + 1]
-                            r = 0
-                        else:
-                            r = enc._statement(&o, data + self.offs[i], sid, sidlen, &c1, &c2)
-                        if r == 2:          # the text needs Python (the GIL): the rest in C
-                            with gil:
-                                r = self._text_by_python(&o, data + self.offs[i])
-                            if r == 0:
-                                memcpy(&head, data + self.offs[i], sizeof(RawStatement))
-                                enc._statement_end(&o, &head, raw_tags(data + self.offs[i], &head))
-                        if r != 0:          # the dict path, as on the event loop
-                            o.n = start
-                            with gil:
-                                r = self._fallback(&o, data + self.offs[i], &c1, &c2)
-                            if r != 0:      # lost (counted): the record is left out
-                                continue
-                        self.offs[k] = start
-                        self.cuts[2 * k] = c1
-                        self.cuts[2 * k + 1] = c2
-                        self.tss[k] = self.tss[i]
-                        k += 1
-                finally:
-                    PyThread_release_lock(enc.lock)
-            self.offs[k] = o.n
-            self.n = k
-            self.data = PyBytes_FromStringAndSize(o.p, o.n)
-            self.owner = None
-        finally:
-            free(o.p)
+        o = &enc.scratch            # the encoder's, reused: a fresh buffer per batch was page
+        with nogil:                 # faults for every page of it
+            PyThread_acquire_lock(enc.lock, 1)
+            try:
+                o.n = 0
+                out_reserve(o, size * 2 + 64)
+                for i in range(self.n):
+                    start = o.n
+                    entry = data + self.offs[i]
+                    if self.cuts[2 * i] >= 0:       # already a record: as it is
+                        out_put(o, entry, self.offs[i + 1] - self.offs[i])
+                        c1 = self.cuts[2 * i]
+                        c2 = self.cuts[2 * i + 1]
+                        r = 0
+                    else:
+                        r = enc._statement(o, entry, sid, sidlen, &c1, &c2)
+                    if r == 2:          # the text needs Python (the GIL): the rest in C
+                        with gil:
+                            r = self._text_by_python(o, entry)
+                        if r == 0:
+                            memcpy(&head, entry, sizeof(RawStatement))
+                            enc._statement_end(o, &head, raw_tags(entry, &head))
+                    if r != 0:          # the dict path, as on the event loop
+                        o.n = start
+                        with gil:
+                            r = self._fallback(o, entry, &c1, &c2)
+                        if r != 0:      # lost (counted): the record is left out
+                            continue
+                    self.offs[k] = start
+                    self.cuts[2 * k] = c1
+                    self.cuts[2 * k + 1] = c2
+                    self.tss[k] = self.tss[i]
+                    k += 1
+                self.offs[k] = o.n
+                self.n = k
+                with gil:
+                    self.data = PyBytes_FromStringAndSize(o.p, o.n)
+                if o.cap > (16 << 20):  # a burst has passed: give the memory back
+                    free(o.p)
+                    o.p = NULL
+                    o.n = o.cap = 0
+            finally:
+                PyThread_release_lock(enc.lock)
+        self.owner = None
         return 0
 
     cdef int _text_by_python(self, Out* o, const char* entry) except -1:
@@ -781,17 +821,10 @@ cdef class PendingBatch:
         encoded as any record. 1 when that fails too (counted as lost)."""
         cdef RawStatement r
         cdef Pending p
-        cdef list tags = []
-        cdef const char* t
-        cdef int tl
-        cdef Py_ssize_t j
+        cdef list tags
         memcpy(&r, entry, sizeof(RawStatement))
         sql = None if r.sql_len < 0 else PyBytes_FromStringAndSize(raw_text(entry), r.sql_len)
-        t = raw_tags(entry, &r)
-        for j in range(r.ntags):
-            memcpy(&tl, t, sizeof(int))
-            tags.append(PyBytes_FromStringAndSize(t + sizeof(int), tl))
-            t += sizeof(int) + tl
+        tags = tag_list(raw_tags(entry, &r), r.ntags)
         try:
             p = <Pending?>self.owner.encode_dict(
                 self.owner.slow((r.started, r.ended, sql, tags, None, r.masked, None), r.n))

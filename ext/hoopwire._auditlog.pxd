@@ -6,10 +6,40 @@
 # only copied on the event loop (a RawStatement); chain(), in the audit thread and without the
 # GIL, writes it as JSON, then joins, numbers and hashes the batch.
 
+from libc.stdlib cimport realloc
+from libc.string cimport memcpy
+
+
 cdef struct Out:                  # a growable byte buffer (malloc'd; the owner frees p)
     char* p
     Py_ssize_t n
     Py_ssize_t cap
+
+
+# A statement's CommandComplete tags, packed as a RawStatement holds them (an int length, then
+# the bytes, for each): the relay collects them here and StatementLog.add copies them whole.
+cdef struct TagBuf:
+    char* p                       # malloc'd; the owner frees it
+    Py_ssize_t n
+    Py_ssize_t cap
+    Py_ssize_t count
+
+
+cdef inline int tags_push(TagBuf* t, const char* s, int n) except -1:
+    cdef Py_ssize_t want = t.n + <Py_ssize_t>sizeof(int) + n
+    cdef char* q
+    if want > t.cap:
+        want = max(want, 2 * t.cap, 64)
+        q = <char*>realloc(t.p, want)
+        if q == NULL:
+            raise MemoryError()
+        t.p = q
+        t.cap = want
+    memcpy(t.p + t.n, &n, sizeof(int))
+    memcpy(t.p + t.n + sizeof(int), s, n)
+    t.n += sizeof(int) + n
+    t.count += 1
+    return 0
 
 
 cdef class Pending:
@@ -65,7 +95,6 @@ cdef struct RawStatement:
     double ended
     long long n
     long long masked
-    Py_hash_t h                   # hash(text): the encoder's cache key
     Py_ssize_t sql_len
     Py_ssize_t tags_len           # bytes of packed tags after the text
     Py_ssize_t ntags
@@ -79,7 +108,7 @@ cdef enum:
 
 
 cdef struct TextSlot:             # one cached text: the statement and its recorded JSON string
-    Py_hash_t h
+    unsigned long long h
     char* key
     Py_ssize_t klen
     char* val
@@ -94,10 +123,11 @@ cdef class StatementEncoder:
     cdef int mode                 # TEXT_*
     cdef Py_ssize_t limit         # bytes of a statement it is given
     cdef TextSlot slots[TEXT_SLOTS]   # direct-mapped; filled with texts seen twice
-    cdef Py_hash_t seen[TEXT_SLOTS]   # hash of the last text that missed in each slot
+    cdef unsigned long long seen[TEXT_SLOTS]   # hash of the last text that missed in each slot
     cdef void* lock               # the cache is the audit thread's; the lock keeps it so
+    cdef Out scratch              # where a batch is encoded (under the lock)
 
-    cdef int _put_text(self, Out* o, const char* sql, Py_ssize_t n, Py_hash_t h) except -1 nogil
+    cdef int _put_text(self, Out* o, const char* sql, Py_ssize_t n) except -1 nogil
     cdef int _statement(self, Out* o, const char* entry, const char* sid, Py_ssize_t sidlen,
                         Py_ssize_t* cut_prev, Py_ssize_t* cut_seq) except -1 nogil
     cdef int _statement_end(self, Out* o, const RawStatement* r, const char* tags) except -1 nogil
@@ -119,5 +149,5 @@ cdef class StatementLog:
     cdef Py_ssize_t cap
 
     cdef int _room(self) except -1
-    cdef int add(self, double started, double ended, object sql, list tags, object error,
-                 long long masked, object kept) except -1
+    cdef int add(self, double started, double ended, object sql, const TagBuf* tags,
+                 object error, long long masked, object kept) except -1

@@ -1,7 +1,7 @@
 # Declarations of the hoopwire._pgwire extension: the shared framing layer, PostgreSQL framing
 # and the relay. ext/pgwire.pyx includes the implementations in the same order.
 from cpython.ref cimport PyObject
-from hoopwire._auditlog cimport StatementLog
+from hoopwire._auditlog cimport StatementLog, TagBuf, tags_push
 from hoopwire._mask cimport RowPlan
 
 include "buffer.pxd"

@@ -45,8 +45,10 @@ cdef class PgResults:
         Py_ssize_t rq_head
         Py_ssize_t rq_len
         Py_ssize_t rq_cap
-        dict stmts                 # prepared statement name -> StatementInfo
-        dict portals               # portal name -> StatementInfo
+        dict stmts                 # prepared statement name -> (StatementInfo, sql)
+        dict portals               # portal name -> (StatementInfo, sql)
+        tuple stmt0                # ... the unnamed ones (most drivers' only ones), outside
+        tuple portal0              #     the dicts: no hashing and lookup per message
         char last_client           # kind of the client's last message (Flush not counted)
         bint last_desc_portal      # ... and when it was a Describe, whether of a portal
         bytes last_desc_name
@@ -61,7 +63,7 @@ cdef class PgResults:
         bint light                 # recording only, no rows kept: follow only what ends a
                                    # statement (Execute, Query, Sync; C, E, Z...), see client_header
         StatementLog stmt_log      # where finished statements are recorded (record_on)
-        list cur_tags              # CommandComplete tags of the statement in flight
+        TagBuf cur_tags            # CommandComplete tags of the statement in flight
         bytes cur_error            # its first ErrorResponse body
         long long cur_masked       # values masked in its results
         list cur_rows              # its DataRow / CopyData messages as the client got them
@@ -73,6 +75,10 @@ cdef class PgResults:
                                object replaced)
     cdef int upstream_header(self, char kind) except -1
     cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef tuple _stmt(self, bytes name)
+    cdef tuple _portal(self, bytes name)
+    cdef int _set_stmt(self, bytes name, tuple known) except -1
+    cdef int _set_portal(self, bytes name, tuple known) except -1
     cdef int _push(self, int kind, object info, object sql, double t) except -1
     cdef Req* _head(self) except NULL
     cdef void _pop(self) noexcept

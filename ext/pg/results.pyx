@@ -1,6 +1,6 @@
 from cpython.ref cimport PyObject, Py_XDECREF, Py_XINCREF
 from libc.stdlib cimport free as c_free, realloc as c_realloc
-from libc.string cimport memcmp
+from libc.string cimport memchr, memcmp
 from posix.time cimport CLOCK_REALTIME
 
 from hoopwire._mask import MaskRowError
@@ -15,6 +15,8 @@ cdef inline double wallclock() noexcept nogil:
 cdef bytes DESCRIBE_PORTAL_HEAD = b"D"
 cdef object EMPTY_INFO = None            # set by PgResults.__init__: the masker's NO_INFO
 cdef object SUSPECT_INFO = None          # statements we know nothing about: assume they mention
+cdef tuple SUSPECT = None                # (SUSPECT_INFO, b""): what an unknown name stands for
+cdef bytes EMPTY_NAME = b""
 cdef tuple DDL_TAGS = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"GRANT", b"REVOKE",
                        b"SECURITY", b"IMPORT", b"REFRESH", b"SELECT INTO")
 
@@ -36,12 +38,14 @@ cdef inline bint _same_cstr(const unsigned char* p, Py_ssize_t n, bytes s) noexc
 
 cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
     """The NUL-terminated string at p (at most n bytes); used = its length + 1."""
-    cdef Py_ssize_t i = 0
-    while i < n and p[i] != 0:
-        i += 1
-    if i >= n:
+    cdef const unsigned char* end = <const unsigned char*>memchr(p, 0, n) if n > 0 else NULL
+    cdef Py_ssize_t i
+    if end == NULL:
         raise FrameError("malformed message: unterminated string")
+    i = end - p
     used[0] = i + 1
+    if i == 0:
+        return EMPTY_NAME       # the unnamed statement or portal: most messages name it
     return p[:i]
 
 
@@ -49,15 +53,16 @@ cdef class PgResults:
 
     def __init__(self, Relay relay, masker, empty_info, suspect_info, StatementLog record=None,
                  Py_ssize_t capture_bytes=0):
-        global EMPTY_INFO, SUSPECT_INFO
+        global EMPTY_INFO, SUSPECT_INFO, SUSPECT
         EMPTY_INFO = empty_info
         SUSPECT_INFO = suspect_info
+        SUSPECT = (suspect_info, b"")
         self.relay = relay
         self.masker = masker
         self.mask_on = masker is not None
         self.record_on = record is not None
         self.stmt_log = record
-        self.cur_tags = []
+        self.cur_tags = TagBuf(NULL, 0, 0, 0)
         self.capture_left = capture_bytes if self.record_on else 0
         self.light = not self.mask_on and self.capture_left == 0
         self.reqs = NULL
@@ -110,20 +115,20 @@ cdef class PgResults:
             self._push(R_QUERY, EMPTY_INFO, b"<fast-path function call>", wallclock())
         elif kind == b"P"[0]:
             name = _cstr(body, blen, &used)
-            known = self.stmts.get(name, None)
-            if not self.mask_on and known is not None and \
+            known = self._stmt(name)
+            if not self.mask_on and known is not SUSPECT and \
                     _same_cstr(body + used, blen - used, <bytes>known[1]):
                 # a driver parsing the same text again (pgbench -M extended, unnamed
                 # statements): keep what we have rather than copying and hashing it anew
                 sql = <bytes>known[1]
             else:
                 sql = _cstr(body + used, blen - used, &used)
-                self.stmts[name] = (self.masker.statement(sql) if self.mask_on else None, sql)
+                self._set_stmt(name, (self.masker.statement(sql) if self.mask_on else None, sql))
             self._push(R_PARSE, None, sql, 0.0)
         elif kind == b"B"[0]:
             name = _cstr(body, blen, &used)
             other = _cstr(body + used, blen - used, &used)
-            self.portals[name] = self.stmts.get(other, None) or (SUSPECT_INFO, b"")
+            self._set_portal(name, self._stmt(other))
             if not self.light:
                 self._push(R_BIND, None, None, 0.0)
         elif kind == b"D"[0]:
@@ -131,17 +136,17 @@ cdef class PgResults:
                 raise FrameError("malformed Describe message")
             name = _cstr(body + 1, blen - 1, &used)
             if body[0] == b"S"[0]:
-                known = self.stmts.get(name, None) or (SUSPECT_INFO, b"")
+                known = self._stmt(name)
                 self._push(R_DESC_S, known[0], None, 0.0)
                 self.last_desc_portal = False
             else:
-                known = self.portals.get(name, None) or (SUSPECT_INFO, b"")
+                known = self._portal(name)
                 self._push(R_DESC_P, known[0], None, 0.0)
                 self.last_desc_portal = True
                 self.last_desc_name = name
         elif kind == b"E"[0]:
             name = _cstr(body, blen, &used)
-            known = self.portals.get(name, None) or (SUSPECT_INFO, b"")
+            known = self._portal(name)
             if self.mask_on and not (self.last_client == b"D"[0] and self.last_desc_portal and
                                      self.last_desc_name == name):
                 # Rows must follow a description we saw: ask for one, answer swallowed.
@@ -154,9 +159,9 @@ cdef class PgResults:
             if blen >= 2:
                 name = _cstr(body + 1, blen - 1, &used)
                 if body[0] == b"S"[0]:
-                    self.stmts.pop(name, None)
+                    self._set_stmt(name, None)
                 else:
-                    self.portals.pop(name, None)
+                    self._set_portal(name, None)
             if not self.light:
                 self._push(R_CLOSE, None, None, 0.0)
         self.last_client = kind
@@ -188,6 +193,45 @@ cdef class PgResults:
         while self.rq_len:
             self._pop()
         c_free(self.reqs)
+        c_free(self.cur_tags.p)
+
+    # Prepared statements and portals by name: (StatementInfo, sql), SUSPECT when unknown.
+    # The unnamed ones live in fields; the named in dicts.
+
+    cdef tuple _stmt(self, bytes name):
+        cdef object known
+        if PyBytes_GET_SIZE(name) == 0:
+            known = self.stmt0
+        else:
+            known = self.stmts.get(name)
+        return SUSPECT if known is None else <tuple>known
+
+    cdef tuple _portal(self, bytes name):
+        cdef object known
+        if PyBytes_GET_SIZE(name) == 0:
+            known = self.portal0
+        else:
+            known = self.portals.get(name)
+        return SUSPECT if known is None else <tuple>known
+
+    cdef int _set_stmt(self, bytes name, tuple known) except -1:
+        """Define (known None: close) a prepared statement."""
+        if PyBytes_GET_SIZE(name) == 0:
+            self.stmt0 = known
+        elif known is None:
+            self.stmts.pop(name, None)
+        else:
+            self.stmts[name] = known
+        return 0
+
+    cdef int _set_portal(self, bytes name, tuple known) except -1:
+        if PyBytes_GET_SIZE(name) == 0:
+            self.portal0 = known
+        elif known is None:
+            self.portals.pop(name, None)
+        else:
+            self.portals[name] = known
+        return 0
 
     cdef int _push(self, int kind, object info, object sql, double t) except -1:
         cdef Py_ssize_t cap, i, n
@@ -205,7 +249,7 @@ cdef class PgResults:
                     grown[self.rq_cap + i] = grown[i]
             self.reqs = grown
             self.rq_cap = cap
-        r = &self.reqs[(self.rq_head + self.rq_len) % self.rq_cap]
+        r = &self.reqs[(self.rq_head + self.rq_len) & (self.rq_cap - 1)]    # cap: a power of 2
         r.kind = kind
         r.info = NULL if info is None else <PyObject*>info
         r.sql = NULL if sql is None else <PyObject*>sql
@@ -228,7 +272,7 @@ cdef class PgResults:
         Py_XDECREF(r.info)
         Py_XDECREF(r.sql)
         r.info = r.sql = NULL
-        self.rq_head = (self.rq_head + 1) % self.rq_cap
+        self.rq_head = (self.rq_head + 1) & (self.rq_cap - 1)
         self.rq_len -= 1
 
     cdef int _expect(self, int kind) except -1:
@@ -271,12 +315,12 @@ cdef class PgResults:
         return 0
 
     cdef int _record(self, object sql, double started) except -1:
-        """One statement done: encoded into the session's StatementLog at once (which keeps
-        nothing of cur_tags, so the list is reused)."""
-        self.stmt_log.add(started, wallclock(), sql, self.cur_tags, self.cur_error,
+        """One statement done: copied into the session's StatementLog at once (which keeps
+        nothing of cur_tags, so the buffer is reused)."""
+        self.stmt_log.add(started, wallclock(), sql, &self.cur_tags, self.cur_error,
                           self.cur_masked, self.cur_rows)
         self.cur_rows = None
-        del self.cur_tags[:]
+        self.cur_tags.n = self.cur_tags.count = 0
         self.cur_error = None
         self.cur_masked = 0
         return 0
@@ -378,11 +422,13 @@ cdef class PgResults:
             return self._row_description(msg, size)
         if kind == b"C"[0] or kind == b"I"[0] or kind == b"s"[0]:
             if kind == b"C"[0]:
-                tag = msg[5:size - 1 if size - 1 < 64 else 64]
-                if self.mask_on and tag.startswith(DDL_TAGS):
-                    self.masker.command_complete(tag)
-                if self.record_on:
-                    self.cur_tags.append(tag)
+                if self.mask_on:
+                    tag = msg[5:size - 1 if size - 1 < 64 else 64]
+                    if tag.startswith(DDL_TAGS):
+                        self.masker.command_complete(tag)
+                if self.record_on:     # the tag as the masker sees it: at most 59 bytes
+                    tags_push(&self.cur_tags, <const char*>msg + 5,
+                              <int>(59 if size > 64 else (size - 6 if size > 6 else 0)))
             if self.state != S_SKIP:
                 self._end_result()
             head = self._head()
