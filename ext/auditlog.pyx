@@ -749,6 +749,7 @@ cdef class PendingBatch:
         cdef const char* sid
         cdef int r
         cdef RawStatement head
+        cdef char* dst
         if log is None:
             return 0
         enc = log.enc
@@ -791,8 +792,11 @@ cdef class PendingBatch:
                     k += 1
                 self.offs[k] = o.n
                 self.n = k
-                with gil:
-                    self.data = PyBytes_FromStringAndSize(o.p, o.n)
+                with gil:           # only the allocation holds the GIL, not the copy: a batch
+                    out = PyBytes_FromStringAndSize(NULL, o.n)  # is megabytes, and the event
+                    self.data = out                              # loop waits while we hold it
+                    dst = PyBytes_AS_STRING(out)
+                memcpy(dst, o.p, o.n)
                 if o.cap > (16 << 20):  # a burst has passed: give the memory back
                     free(o.p)
                     o.p = NULL

@@ -38,14 +38,16 @@ cdef inline bint _same_cstr(const unsigned char* p, Py_ssize_t n, bytes s) noexc
 
 cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
     """The NUL-terminated string at p (at most n bytes); used = its length + 1."""
-    cdef const unsigned char* end = <const unsigned char*>memchr(p, 0, n) if n > 0 else NULL
+    cdef const unsigned char* end
     cdef Py_ssize_t i
+    if n > 0 and p[0] == 0:
+        used[0] = 1
+        return EMPTY_NAME       # the unnamed statement or portal: most messages name it
+    end = <const unsigned char*>memchr(p, 0, n) if n > 0 else NULL
     if end == NULL:
         raise FrameError("malformed message: unterminated string")
     i = end - p
     used[0] = i + 1
-    if i == 0:
-        return EMPTY_NAME       # the unnamed statement or portal: most messages name it
     return p[:i]
 
 
