@@ -544,14 +544,8 @@ cdef class Scanner:
         self.db_span = NULL
         self.scratch_find = NULL
         self.scratch_span = NULL
-        self.spans.items = NULL
-        self.spans.n = 0
-        self.spans.cap = 0
-        self.spans.failed = False
-        self.accepted.items = NULL
-        self.accepted.n = 0
-        self.accepted.cap = 0
-        self.accepted.failed = False
+        self.spans = SpanList(NULL, 0, 0, False)
+        self.accepted = SpanList(NULL, 0, 0, False)
         self.vcode = NULL
         self.sfast = NULL
         self.skeep = NULL
@@ -738,10 +732,7 @@ cdef class RowPlan:
         self.col_fast = NULL
         self.sbuf = NULL
         self.sbuf_cap = 0
-        self.pre_spans.items = NULL
-        self.pre_spans.n = 0
-        self.pre_spans.cap = 0
-        self.pre_spans.failed = False
+        self.pre_spans = SpanList(NULL, 0, 0, False)
         self.pre_span_first = NULL
         self.pre_span_n = NULL
         self.som_end = NULL
@@ -753,10 +744,7 @@ cdef class RowPlan:
         self.rep_first = NULL
         self.rep_n = NULL
         self.col_keep = NULL
-        self.row_spans.items = NULL
-        self.row_spans.n = 0
-        self.row_spans.cap = 0
-        self.row_spans.failed = False
+        self.row_spans = SpanList(NULL, 0, 0, False)
 
     def __init__(self, columns, Scanner scanner=None, rule_names=()):
         cdef Py_ssize_t n = len(columns), i

@@ -51,6 +51,23 @@ cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
     return p[:i]
 
 
+cdef inline tuple _named(dict named, tuple unnamed, bytes name):
+    """What `name` stands for: the unnamed entry for b"", else the dict's; SUSPECT if none."""
+    cdef object known = unnamed if PyBytes_GET_SIZE(name) == 0 else named.get(name)
+    return SUSPECT if known is None else <tuple>known
+
+
+cdef inline tuple _define(dict named, tuple unnamed, bytes name, tuple known):
+    """Define `name` as `known` (None: close it); returns the unnamed entry as it now is."""
+    if PyBytes_GET_SIZE(name) == 0:
+        return known
+    if known is None:
+        named.pop(name, None)
+    else:
+        named[name] = known
+    return unnamed
+
+
 cdef class PgResults:
 
     def __init__(self, Relay relay, masker, empty_info, suspect_info, StatementLog record=None,
@@ -198,41 +215,21 @@ cdef class PgResults:
         c_free(self.cur_tags.p)
 
     # Prepared statements and portals by name: (StatementInfo, sql), SUSPECT when unknown.
-    # The unnamed ones live in fields; the named in dicts.
+    # The unnamed ones live in fields; the named in dicts (see _named / _define).
 
     cdef tuple _stmt(self, bytes name):
-        cdef object known
-        if PyBytes_GET_SIZE(name) == 0:
-            known = self.stmt0
-        else:
-            known = self.stmts.get(name)
-        return SUSPECT if known is None else <tuple>known
+        return _named(self.stmts, self.stmt0, name)
 
     cdef tuple _portal(self, bytes name):
-        cdef object known
-        if PyBytes_GET_SIZE(name) == 0:
-            known = self.portal0
-        else:
-            known = self.portals.get(name)
-        return SUSPECT if known is None else <tuple>known
+        return _named(self.portals, self.portal0, name)
 
     cdef int _set_stmt(self, bytes name, tuple known) except -1:
         """Define (known None: close) a prepared statement."""
-        if PyBytes_GET_SIZE(name) == 0:
-            self.stmt0 = known
-        elif known is None:
-            self.stmts.pop(name, None)
-        else:
-            self.stmts[name] = known
+        self.stmt0 = _define(self.stmts, self.stmt0, name, known)
         return 0
 
     cdef int _set_portal(self, bytes name, tuple known) except -1:
-        if PyBytes_GET_SIZE(name) == 0:
-            self.portal0 = known
-        elif known is None:
-            self.portals.pop(name, None)
-        else:
-            self.portals[name] = known
+        self.portal0 = _define(self.portals, self.portal0, name, known)
         return 0
 
     cdef int _push(self, int kind, object info, object sql, double t) except -1:
