@@ -665,7 +665,9 @@ class AuditLog:
             return True
         rest = _skip(batch, written)
         self._pending.extendleft(reversed(rest))
-        self._npending += n - written
+        # counted again as they are now: a batch's raw statements the audit thread could not
+        # write at all were left out of it when it was encoded (and counted as lost)
+        self._npending += sum(_size(r) for r in rest)
         if self._npending > MAX_PENDING:
             self._trim()
         if self._healthy:
