@@ -3,7 +3,11 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyBy
 from libc.string cimport memcpy
 
 
-HOLD = object()  # on_message: stop here, this message is judged again on resume
+# on_message: stop here, this message is judged again on resume. A C-level name for the
+# extension (a module global would be a dict lookup at every comparison), the same object
+# exported as HOLD for the Python side (the masker returns it).
+cdef object HOLD_ = object()
+HOLD = HOLD_
 
 
 class FrameError(Exception):
@@ -43,7 +47,7 @@ cdef class FrameReader:
         self.held = None
         result = self.on_message(self.held_kind, <const unsigned char*>PyByteArray_AS_STRING(msg),
                                  self.held_need)
-        if result is HOLD:
+        if result is HOLD_:
             self.holding = True
             self.stalled = bytes(msg)
         elif result is None:
@@ -148,7 +152,7 @@ cdef class FrameReader:
                         pos = n
                 elif avail >= size:
                     result = self.on_message(self.cur_kind, p + pos, size)
-                    if result is HOLD:
+                    if result is HOLD_:
                         if start < pos:
                             if view is None:
                                 view = memoryview(data)

@@ -40,7 +40,7 @@ cdef class PgFramer(PgFrameReader):
     cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
         if self.hold_kind and kind == self.hold_kind:
             self.hold_kind = 0
-            return HOLD
+            return HOLD_
         self.messages.append((chr(<unsigned char>kind), msg[5:size]))
         return None
 

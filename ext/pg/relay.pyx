@@ -100,7 +100,7 @@ cdef class Relay:
         self.approve_stmts = {}
         self.approve_portals = {}
         self.marker_prefix = marker_prefix
-        self.tx_status = b"I"[0]
+        self.tx_status = c'I'
         self.last_activity = monotonic()
 
     def start(self, client_tr, upstream_tr, bytes client_pending=b"", bytes upstream_pending=b""):
@@ -241,13 +241,13 @@ cdef class Relay:
         cdef const unsigned char* end
         cdef bytes name = b""
         cdef bytes sql
-        if kind == b"F"[0]:
+        if kind == c'F':
             # A call by function OID: no text for policy to read, so under guardrails it is
             # refused (pg_read_file and friends are only an OID away).
             verdict = FASTPATH_VERDICT
             sql = b"<fast-path function call>"
         else:
-            if kind == b"P"[0]:
+            if kind == c'P':
                 end = <const unsigned char*>memchr(body, 0, blen)
                 if end == NULL:
                     raise FrameError("malformed Parse message")
@@ -258,7 +258,7 @@ cdef class Relay:
             if end == NULL:
                 raise FrameError("malformed Query or Parse message")
             sql = body[:end - body]
-            if kind == b"P"[0] and self.approve_stmts:
+            if kind == c'P' and self.approve_stmts:
                 self.approve_stmts.pop(name, None)     # the name is (re)defined here
             if self.refuse_error is not None:
                 # the audit log cannot be written and the policy is fail-closed
@@ -270,14 +270,14 @@ cdef class Relay:
         err = None
         if verdict is REFUSED_VERDICT:
             err = self.refuse_error
-        if verdict.action == "approve" and kind == b"P"[0]:
+        if verdict.action == "approve" and kind == c'P':
             # Parsing runs nothing: each Execute of this statement is what waits for a human
             # (approving once must not approve every later execution of a prepared statement).
             self.approve_stmts[name] = (verdict, sql)
             return None
         if verdict.action == "approve":
             res = self._approval(verdict, sql)
-            if res is None or res is HOLD:
+            if res is None or res is HOLD_:
                 return res
             err = res                   # denied: the deny error stands in for the statement
         elif verdict.action != "block":
@@ -289,11 +289,11 @@ cdef class Relay:
         # statement had failed, so ordering and transaction state stay the server's own.
         self.marker_seq += 1
         marker = self.marker_prefix + str(self.marker_seq).encode()
-        if kind != b"P"[0]:
+        if kind != c'P':
             # A Query (or a FunctionCall, replaced by a Query): its own ReadyForQuery ends it.
             unit = self.units_sent
             body_out = marker + b"\x00"
-            kind = b"Q"[0]
+            kind = c'Q'
         else:
             unit = self.units_sent + 1      # the next Sync's ReadyForQuery
             body_out = name + b"\x00" + marker + b"\x00\x00\x00"
@@ -326,14 +326,14 @@ cdef class Relay:
         cdef bytes name, stmt
         if end == NULL:
             raise FrameError("malformed extended-protocol message")
-        if kind == b"C"[0]:
-            if blen >= 2 and body[0] == b"S"[0]:
+        if kind == c'C':
+            if blen >= 2 and body[0] == c'S':
                 self.approve_stmts.pop(msg[6:size - 1], None)
             elif blen >= 2:
                 self.approve_portals.pop(msg[6:size - 1], None)
             return None
         name = body[:end - body]
-        if kind == b"B"[0]:
+        if kind == c'B':
             blen -= (end - body) + 1
             body = end + 1
             end = <const unsigned char*>memchr(body, 0, blen)
@@ -350,7 +350,7 @@ cdef class Relay:
         if held is None:
             return None
         res = self._approval(held[0], held[1])
-        if res is None or res is HOLD:
+        if res is None or res is HOLD_:
             return res
         return self._refuse_execute(res)
 
@@ -368,7 +368,7 @@ cdef class Relay:
             return err
         if self.events is None or self.events.statement_held(self, verdict, sql) is None:
             return None
-        return HOLD
+        return HOLD_
 
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size):
         """An upstream ErrorResponse while a blocked statement is pending: ours, or genuine?"""
@@ -400,27 +400,27 @@ cdef class ClientSide(RelaySide):
         cdef int disp = FORWARD
         if r.results is not None:
             disp = r.results.client_header(kind)
-        if kind == b"Q"[0] or kind == b"S"[0] or kind == b"F"[0]:
+        if kind == c'Q' or kind == c'S' or kind == c'F':
             # each of these ends in exactly one ReadyForQuery
             r.units_sent += 1
             if r.sent_tail - r.sent_head < RTT_RING:
                 r.sent_at[r.sent_tail % RTT_RING] = r.last_activity
                 r.sent_tail += 1
-            if kind == b"Q"[0]:
+            if kind == c'Q':
                 r.stats.queries += 1
-            if kind != b"S"[0] and r.policy is not None:
+            if kind != c'S' and r.policy is not None:
                 return INSPECT
-        elif kind == b"E"[0]:
+        elif kind == c'E':
             r.stats.executes += 1
             if r.approve_stmts:
                 return INSPECT
-        elif kind == b"B"[0] or kind == b"C"[0]:
+        elif kind == c'B' or kind == c'C':
             if r.approve_stmts:
                 return INSPECT
-        elif kind == b"P"[0]:
+        elif kind == c'P':
             if r.policy is not None:
                 return INSPECT
-        elif kind == b"X"[0]:
+        elif kind == c'X':
             r.close_reason = "client_terminate"
         return disp
 
@@ -428,17 +428,17 @@ cdef class ClientSide(RelaySide):
         cdef Relay r = self.relay
         cdef object out = None
         if (r.policy is not None or r.refuse_error is not None) and \
-                (kind == b"Q"[0] or kind == b"P"[0] or kind == b"F"[0]):
+                (kind == c'Q' or kind == c'P' or kind == c'F'):
             out = r._judge(kind, msg, size)
-            if out is HOLD:
+            if out is HOLD_:
                 return out          # judged again, whole, when the approval is decided
-        elif kind == b"E"[0] and r.refuse_error is not None:
+        elif kind == c'E' and r.refuse_error is not None:
             out = r._refuse_execute()
-        elif r.approve_stmts and (kind == b"B"[0] or kind == b"E"[0] or kind == b"C"[0]):
+        elif r.approve_stmts and (kind == c'B' or kind == c'E' or kind == c'C'):
             out = r._track_approvals(kind, msg, size)
-            if out is HOLD:
+            if out is HOLD_:
                 return out
-        if kind == b"Q"[0] and r.approve_stmts:
+        if kind == c'Q' and r.approve_stmts:
             # a simple Query drops the unnamed statement and portal
             r.approve_stmts.pop(b"", None)
             r.approve_portals.pop(b"", None)
@@ -493,11 +493,11 @@ cdef class UpstreamSide(RelaySide):
         self.relay.last_upstream_kind = kind
         if self.relay.results is not None:
             return self.relay.results.upstream_header(kind)
-        if kind == b"Z"[0]:
+        if kind == c'Z':
             return INSPECT      # six bytes: its status ends a unit
-        if kind == b"S"[0]:
+        if kind == c'S':
             return INSPECT      # ParameterStatus: rare; remember the client encoding
-        if kind == b"E"[0] and self.relay.rewrites:
+        if kind == c'E' and self.relay.rewrites:
             return INSPECT
         return FORWARD
 
@@ -507,9 +507,9 @@ cdef class UpstreamSide(RelaySide):
         cdef object out = None
         if r.results is not None:
             out = r.results.upstream_message(kind, msg, size)
-            if out is HOLD:
+            if out is HOLD_:
                 return out
-        if kind == b"Z"[0]:
+        if kind == c'Z':
             if size >= 6:
                 r.tx_status = msg[5]
             r.units_done += 1
@@ -520,13 +520,13 @@ cdef class UpstreamSide(RelaySide):
                 done = r.units_done
                 r.rewrites = [w for w in r.rewrites if w[0] > done]
             return out
-        if kind == b"E"[0]:
+        if kind == c'E':
             if r.rewrites:
                 err = r._rewrite_error(msg, size)
                 if err is not None:
                     return err if out is None or len(out) else out
             return out
-        if kind == b"S"[0]:
+        if kind == c'S':
             name, _, rest = msg[5:size].partition(b"\x00")
             if name == b"client_encoding":
                 r.client_encoding = rest.partition(b"\x00")[0].decode("ascii", "replace")
@@ -593,7 +593,7 @@ cdef class UpstreamSide(RelaySide):
         cdef Relay r = self.relay
         if r.close_reason == "client_terminate":
             r._close("client_terminate", None)      # the server closing after our Terminate
-        elif r.last_upstream_kind == b"E"[0]:
+        elif r.last_upstream_kind == c'E':
             r._close("upstream_closed", None)       # it told the client why (FATAL) already
         else:
             r._close("upstream_closed", error_response(

@@ -37,6 +37,7 @@ cdef struct Req:
     double t               # when the client sent it (Query, Execute), else 0
 
 
+@cython.final          # nothing derives from it: its methods are called directly, not via a vtable
 cdef class PgResults:
     cdef:
         Relay relay

@@ -95,20 +95,20 @@ cdef class PgResults:
 
     cdef int client_header(self, char kind) except -1:
         """INSPECT for messages whose body we need; Sync only counts."""
-        if kind == b"S"[0]:
+        if kind == c'S':
             self._push(R_SYNC, None, None, 0.0)
             self.last_client = kind
             return FORWARD
-        if kind == b"H"[0]:
+        if kind == c'H':
             return FORWARD      # Flush: no answer of its own, and it keeps last_client
-        if self.light and kind == b"D"[0]:
+        if self.light and kind == c'D':
             # Recording without masking needs to know which statement each Execute runs and
             # where each ends, not what Describe, Bind or Close are answered with: those
             # requests get no queue entry, and their answers (2 3 n t T) are not read.
             self.last_client = kind
             return FORWARD
-        if kind == b"P"[0] or kind == b"B"[0] or kind == b"D"[0] or kind == b"E"[0] or \
-                kind == b"C"[0] or kind == b"Q"[0] or kind == b"F"[0]:
+        if kind == c'P' or kind == c'B' or kind == c'D' or kind == c'E' or \
+                kind == c'C' or kind == c'Q' or kind == c'F':
             return INSPECT
         self.last_client = kind
         return FORWARD
@@ -122,17 +122,17 @@ cdef class PgResults:
         cdef object out = replaced
         cdef bytes sql
         cdef tuple known
-        if kind == b"Q"[0]:
+        if kind == c'Q':
             sql = _cstr(body, blen, &used)
             info = self.masker.statement(sql) if self.mask_on else None
             self._push(R_QUERY, info, sql, wallclock())
-        elif kind == b"F"[0]:
+        elif kind == c'F':
             # a call by function OID returns a value no description names: refused while
             # masking applies (the relay replaces it by a failing Query, answered E + Z)
             if out is None and self.mask_on:
                 out = self.relay._judge(kind, msg, size)
             self._push(R_QUERY, EMPTY_INFO, b"<fast-path function call>", wallclock())
-        elif kind == b"P"[0]:
+        elif kind == c'P':
             name = _cstr(body, blen, &used)
             known = self._stmt(name)
             if not self.mask_on and known is not SUSPECT and \
@@ -144,17 +144,17 @@ cdef class PgResults:
                 sql = _cstr(body + used, blen - used, &used)
                 self._set_stmt(name, (self.masker.statement(sql) if self.mask_on else None, sql))
             self._push(R_PARSE, None, sql, 0.0)
-        elif kind == b"B"[0]:
+        elif kind == c'B':
             name = _cstr(body, blen, &used)
             other = _cstr(body + used, blen - used, &used)
             self._set_portal(name, self._stmt(other))
             if not self.light:
                 self._push(R_BIND, None, None, 0.0)
-        elif kind == b"D"[0]:
+        elif kind == c'D':
             if blen < 2:
                 raise FrameError("malformed Describe message")
             name = _cstr(body + 1, blen - 1, &used)
-            if body[0] == b"S"[0]:
+            if body[0] == c'S':
                 known = self._stmt(name)
                 self._push(R_DESC_S, known[0], None, 0.0)
                 self.last_desc_portal = False
@@ -163,10 +163,10 @@ cdef class PgResults:
                 self._push(R_DESC_P, known[0], None, 0.0)
                 self.last_desc_portal = True
                 self.last_desc_name = name
-        elif kind == b"E"[0]:
+        elif kind == c'E':
             name = _cstr(body, blen, &used)
             known = self._portal(name)
-            if self.mask_on and not (self.last_client == b"D"[0] and self.last_desc_portal and
+            if self.mask_on and not (self.last_client == c'D' and self.last_desc_portal and
                                      self.last_desc_name == name):
                 # Rows must follow a description we saw: ask for one, answer swallowed.
                 self._push(R_DESC_OURS, known[0], None, 0.0)
@@ -174,10 +174,10 @@ cdef class PgResults:
                 out = (DESCRIBE_PORTAL_HEAD + (len(name) + 6).to_bytes(4, "big") + b"P" + name +
                        b"\x00" + msg[:size])
             self._push(R_EXEC, known[0], known[1], wallclock())
-        elif kind == b"C"[0]:
+        elif kind == c'C':
             if blen >= 2:
                 name = _cstr(body + 1, blen - 1, &used)
-                if body[0] == b"S"[0]:
+                if body[0] == c'S':
                     self._set_stmt(name, None)
                 else:
                     self._set_portal(name, None)
@@ -192,19 +192,19 @@ cdef class PgResults:
         if self.light:
             # what ends a statement or a unit (C E I s Z), ParseComplete (so that an error is
             # pinned on the right Parse or Execute), and ParameterStatus for the relay
-            if kind == b"C"[0] or kind == b"E"[0] or kind == b"Z"[0] or kind == b"I"[0] or \
-                    kind == b"s"[0] or kind == b"1"[0] or kind == b"S"[0]:
+            if kind == c'C' or kind == c'E' or kind == c'Z' or kind == c'I' or \
+                    kind == c's' or kind == c'1' or kind == c'S':
                 return INSPECT
             return FORWARD
-        if self.capture_left > 0 and (kind == b"D"[0] and self.state == S_ROWS or
-                                      kind == b"d"[0] and self.state == S_COPY):
+        if self.capture_left > 0 and (kind == c'D' and self.state == S_ROWS or
+                                      kind == c'd' and self.state == S_COPY):
             return INSPECT      # kept for replay, as the client sees it
-        if not self.mask_on and (kind == b"D"[0] or kind == b"d"[0] or kind == b"N"[0] or
-                                 kind == b"A"[0]):
+        if not self.mask_on and (kind == c'D' or kind == c'd' or kind == c'N' or
+                                 kind == c'A'):
             return FORWARD      # recording only: rows and async messages are not ours to read
-        if kind == b"D"[0]:
+        if kind == c'D':
             return FORWARD if self.state == S_ROWS and not self.plan_work else INSPECT
-        if kind == b"d"[0]:
+        if kind == c'd':
             return FORWARD if self.state == S_COPY and self.copy is None else INSPECT
         return INSPECT
 
@@ -352,8 +352,8 @@ cdef class PgResults:
             self.state = S_ROWS
             return None
         res = self.masker.row_description(msg[:size], _obj(head.info))
-        if res is HOLD:
-            return HOLD
+        if res is HOLD_:
+            return HOLD_
         self._end_result()
         if hk != R_QUERY:
             self._pop()
@@ -376,7 +376,7 @@ cdef class PgResults:
     cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
         cdef int hk
         cdef Req* head
-        if kind == b"D"[0]:
+        if kind == c'D':
             if self.state == S_ROWS:
                 out = self.plan.rewrite_ptr(msg, size) if self.plan_work else None
                 if self.capture_left > 0:
@@ -385,7 +385,7 @@ cdef class PgResults:
             if self.state == S_SKIP:
                 return b""
             raise ResultTrackingError("a data row arrived outside any result the gateway follows")
-        if kind == b"d"[0]:
+        if kind == c'd':
             if self.state == S_SKIP:
                 return b""
             out = None              # CopyBoth (not offered) or an unmasked COPY
@@ -395,32 +395,32 @@ cdef class PgResults:
                 if self.capture_left > 0:
                     self._keep(out if out is not None else msg[:size])
             return out
-        if kind == b"N"[0]:
+        if kind == c'N':
             return self.masker.fields(msg[:size]) if self.mask_on else None
-        if kind == b"A"[0]:
+        if kind == c'A':
             return self.masker.notification(msg[:size]) if self.mask_on else None
-        if kind == b"S"[0]:
+        if kind == c'S':
             return None
         if self.state == S_SKIP:
-            if kind == b"Z"[0]:
+            if kind == c'Z':
                 self.state = S_NONE
                 self._ready()
                 return None
-            if kind == b"E"[0]:
+            if kind == c'E':
                 if self.rq_len and self.reqs[self.rq_head].kind != R_QUERY and \
                         self.reqs[self.rq_head].kind != R_SYNC:
                     self._error_skip()
                 return b""
             # what the refused result and the statements after it answered: withheld, but
             # still followed so the queue stays in step
-        if kind == b"T"[0]:
+        if kind == c'T':
             if self.state == S_SKIP:
                 if self._head().kind != R_QUERY:
                     self._pop()
                 return b""
             return self._row_description(msg, size)
-        if kind == b"C"[0] or kind == b"I"[0] or kind == b"s"[0]:
-            if kind == b"C"[0]:
+        if kind == c'C' or kind == c'I' or kind == c's':
+            if kind == c'C':
                 if self.mask_on:
                     tag = msg[5:size - 1 if size - 1 < 64 else 64]
                     if tag.startswith(DDL_TAGS):
@@ -439,11 +439,11 @@ cdef class PgResults:
             elif hk != R_QUERY:
                 raise ResultTrackingError(f"command completion answering request {hk}")
             return b"" if self.state == S_SKIP else None
-        if kind == b"Z"[0]:
+        if kind == c'Z':
             self._end_result()
             self._ready()
             return None
-        if kind == b"E"[0]:
+        if kind == c'E':
             if self.state != S_SKIP:
                 self._end_result()
             if self.record_on and self.cur_error is None:
@@ -453,7 +453,7 @@ cdef class PgResults:
                 if hk != R_QUERY and hk != R_SYNC:
                     self._error_skip()
             return self.masker.fields(msg[:size]) if self.mask_on else None
-        if kind == b"n"[0]:
+        if kind == c'n':
             hk = self._head().kind
             if hk == R_DESC_S or hk == R_DESC_P or hk == R_DESC_OURS:
                 self._pop()
@@ -461,13 +461,13 @@ cdef class PgResults:
                     self._end_result()
                 return b"" if hk == R_DESC_OURS or self.state == S_SKIP else None
             raise ResultTrackingError(f"NoData answering request {hk}")
-        if kind == b"1"[0]:
+        if kind == c'1':
             self._expect(R_PARSE)
-        elif kind == b"2"[0]:
+        elif kind == c'2':
             self._expect(R_BIND)
-        elif kind == b"3"[0]:
+        elif kind == c'3':
             self._expect(R_CLOSE)
-        elif kind == b"H"[0]:
+        elif kind == c'H':
             if self.state == S_SKIP:
                 return b""
             if not self.mask_on:
@@ -475,7 +475,7 @@ cdef class PgResults:
                 self.copy = None
                 return None
             return self._copy_out(msg, size)
-        elif kind == b"c"[0]:
+        elif kind == c'c':
             if self.state != S_SKIP:
                 self._end_result()
         if self.state == S_SKIP:
@@ -497,8 +497,8 @@ cdef class PgResults:
         else:
             raise ResultTrackingError(f"CopyOutResponse answering request {hk}")
         res = self.masker.copy_out(msg[:size], spec, info if info is not None else EMPTY_INFO)
-        if res is HOLD:
-            return HOLD
+        if res is HOLD_:
+            return HOLD_
         self._end_result()
         if hk == R_QUERY:
             self.copy_idx += 1
