@@ -629,13 +629,13 @@ cdef class StatementLog:
         self.cap = cap
         return 0
 
-    cdef int add(self, double started, double ended, object sql, const TagBuf* tags,
-                 object error, long long masked, object kept) except -1:
+    cdef int add(self, double started, double ended, const char* sql, Py_ssize_t sql_len,
+                 const TagBuf* tags, object error, long long masked, object kept) except -1:
+        """One finished statement; its text is sql[:sql_len] (sql_len < 0: none), copied."""
         cdef Py_ssize_t start = self.buf.n, cut_prev = -1, cut_seq = -1
         cdef Pending p
         cdef RawStatement r
-        cdef bint slow = self.all_slow or error is not None or \
-            (kept is not None and bool(kept)) or not (sql is None or type(sql) is bytes)
+        cdef bint slow = self.all_slow or error is not None or (kept is not None and bool(kept))
         self._room()
         self.n += 1
         if not slow:
@@ -643,23 +643,24 @@ cdef class StatementLog:
             r.ended = ended
             r.n = self.n
             r.masked = masked
-            r.sql_len = PyBytes_GET_SIZE(sql) if sql is not None else -1
+            r.sql_len = sql_len if sql_len >= 0 else -1
             r.tags_len = tags.n
             r.ntags = tags.count
             out_reserve(&self.buf, sizeof(RawStatement) + max(r.sql_len, 0) + tags.n)
             memcpy(self.buf.p + self.buf.n, &r, sizeof(RawStatement))
             self.buf.n += sizeof(RawStatement)
-            if sql is not None:
-                memcpy(self.buf.p + self.buf.n, PyBytes_AS_STRING(sql), r.sql_len)
-                self.buf.n += r.sql_len
+            if sql_len > 0:
+                memcpy(self.buf.p + self.buf.n, sql, sql_len)
+                self.buf.n += sql_len
             if tags.n:
                 memcpy(self.buf.p + self.buf.n, tags.p, tags.n)
                 self.buf.n += tags.n
         else:
             try:
                 p = <Pending?>self.encode_dict(
-                    self.slow((started, ended, sql, tag_list(tags.p, tags.count), error, masked,
-                               kept), self.n))
+                    self.slow((started, ended,
+                               PyBytes_FromStringAndSize(sql, sql_len) if sql_len >= 0 else None,
+                               tag_list(tags.p, tags.count), error, masked, kept), self.n))
             except Exception:
                 # never the data path's problem: counted, and the recorder reports it
                 self.lost += 1
@@ -678,10 +679,12 @@ cdef class StatementLog:
     def add_raw(self, tuple raw):
         """add() from Python (the tests): raw as the slow path receives it."""
         cdef TagBuf t = TagBuf(NULL, 0, 0, 0)
+        cdef bytes sql = raw[2]
         try:
             for tag in raw[3]:
                 tags_push(&t, PyBytes_AS_STRING(tag), <int>PyBytes_GET_SIZE(tag))
-            self.add(raw[0], raw[1], raw[2], &t, raw[4], raw[5], raw[6])
+            self.add(raw[0], raw[1], PyBytes_AS_STRING(sql) if sql is not None else NULL,
+                     PyBytes_GET_SIZE(sql) if sql is not None else -1, &t, raw[4], raw[5], raw[6])
         finally:
             free(t.p)
 

@@ -149,5 +149,5 @@ cdef class StatementLog:
     cdef Py_ssize_t cap
 
     cdef int _room(self) except -1
-    cdef int add(self, double started, double ended, object sql, const TagBuf* tags,
-                 object error, long long masked, object kept) except -1
+    cdef int add(self, double started, double ended, const char* sql, Py_ssize_t sql_len,
+                 const TagBuf* tags, object error, long long masked, object kept) except -1

@@ -324,3 +324,31 @@ def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking):
         ("SELECT ?; SELECT ?", "allow", 2, None),
         ("SELECT ?/?", "error", None, "22012"),
     ], got
+
+
+def test_pipelined_queries_are_each_recorded_with_their_own_text(pg, idp, tmp_path):
+    # Several simple Queries in one write are in flight together: while only recording, the
+    # relay keeps their texts back to back until each one's ReadyForQuery; an error in the
+    # middle one ends only that one.
+    from pgraw import login, typed
+    cfg = gateway_config(pg, idp)
+    cfg["audit"] = {"path": str(tmp_path / "audit"), "flush_interval": "50ms"}
+    token = idp.token("agent-7", ["agents"])
+    texts = [b"SELECT 'first'", b"SELECT 1/0", b"SELECT 'third', 3", b"", b"SELECT 'last'"]
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        conn = login("127.0.0.1", g.port("pg"), token)
+        try:
+            for _ in range(3):          # the buffer is emptied and reused between rounds
+                conn.send(b"".join(typed(b"Q", t + b"\0") for t in texts))
+                kinds = []
+                while kinds.count(b"Z") < len(texts):
+                    kinds.append(conn.read_message()[0])
+                assert kinds.count(b"E") == 1 and kinds.count(b"I") == 1
+        finally:
+            conn.close()
+        time.sleep(0.3)
+    recs = [r for r in read_records(str(tmp_path / "audit")) if r["type"] == "statement"]
+    got = [(r["statement"], r["verdict"], (r.get("error") or {}).get("code")) for r in recs]
+    assert got == [("SELECT ?", "allow", None), ("SELECT ?/?", "error", "22012"),
+                   ("SELECT ?, ?", "allow", None), ("", "allow", None),
+                   ("SELECT ?", "allow", None)] * 3, got

@@ -34,6 +34,8 @@ cdef struct Req:
     int kind               # R_*
     PyObject* info         # StatementInfo (a reference we own), NULL for None
     PyObject* sql          # statement text bytes (owned), NULL for None
+    Py_ssize_t toff        # ... or, for a Query while `light`, its text in `qtext` (tlen >= 0):
+    Py_ssize_t tlen        #     no bytes object per statement
     double t               # when the client sent it (Query, Execute), else 0
 
 
@@ -70,24 +72,33 @@ cdef class PgResults:
         list cur_rows              # its DataRow / CopyData messages as the client got them
                                    # (record_results)
         Py_ssize_t capture_left    # bytes of rows the session may still keep for replay
+        char* qtext                # texts of the Queries in flight (light), back to back;
+        Py_ssize_t qt_n            # emptied whenever none is left in the queue
+        Py_ssize_t qt_cap
+        Py_ssize_t qt_live         # queue entries whose text is in qtext
 
     cdef int client_header(self, char kind) except -1
     cdef object client_message(self, char kind, const unsigned char* msg, Py_ssize_t size,
                                object replaced)
     cdef int upstream_header(self, char kind) except -1
     cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef object _light_upstream(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef int _tag(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef int _completed(self) except -1
+    cdef int _error(self, const unsigned char* msg, Py_ssize_t size) except -1
     cdef tuple _stmt(self, bytes name)
     cdef tuple _portal(self, bytes name)
     cdef int _set_stmt(self, bytes name, tuple known) except -1
     cdef int _set_portal(self, bytes name, tuple known) except -1
     cdef int _push(self, int kind, object info, object sql, double t) except -1
+    cdef int _push_text(self, const unsigned char* p, Py_ssize_t n, double t) except -1
     cdef Req* _head(self) except NULL
     cdef void _pop(self) noexcept
     cdef int _expect(self, int kind) except -1
     cdef int _error_skip(self) except -1
     cdef int _ready(self) except -1
     cdef int _end_result(self) except -1
-    cdef int _record(self, object sql, double started) except -1
+    cdef int _record(self, const Req* r, double started) except -1
     cdef int _keep(self, bytes kept) except -1
     cdef object _row_description(self, const unsigned char* msg, Py_ssize_t size)
     cdef object _copy_out(self, const unsigned char* msg, Py_ssize_t size)

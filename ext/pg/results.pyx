@@ -1,6 +1,6 @@
 from cpython.ref cimport PyObject, Py_XDECREF, Py_XINCREF
 from libc.stdlib cimport free as c_free, realloc as c_realloc
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_REALTIME
 
 from hoopwire._mask import MaskRowError
@@ -123,9 +123,12 @@ cdef class PgResults:
         cdef bytes sql
         cdef tuple known
         if kind == c'Q':
-            sql = _cstr(body, blen, &used)
-            info = self.masker.statement(sql) if self.mask_on else None
-            self._push(R_QUERY, info, sql, wallclock())
+            if self.light:
+                self._push_text(body, blen, wallclock())
+            else:
+                sql = _cstr(body, blen, &used)
+                info = self.masker.statement(sql) if self.mask_on else None
+                self._push(R_QUERY, info, sql, wallclock())
         elif kind == c'F':
             # a call by function OID returns a value no description names: refused while
             # masking applies (the relay replaces it by a failing Query, answered E + Z)
@@ -213,6 +216,7 @@ cdef class PgResults:
             self._pop()
         c_free(self.reqs)
         c_free(self.cur_tags.p)
+        c_free(self.qtext)
 
     # Prepared statements and portals by name: (StatementInfo, sql), SUSPECT when unknown.
     # The unnamed ones live in fields; the named in dicts (see _named / _define).
@@ -254,8 +258,35 @@ cdef class PgResults:
         r.sql = NULL if sql is None else <PyObject*>sql
         Py_XINCREF(r.info)
         Py_XINCREF(r.sql)
+        r.toff = r.tlen = -1
         r.t = t
         self.rq_len += 1
+        return 0
+
+    cdef int _push_text(self, const unsigned char* p, Py_ssize_t n, double t) except -1:
+        """A Query while light: its text (the NUL-terminated string at p, within n bytes) is
+        copied into qtext rather than made a bytes object."""
+        cdef const unsigned char* end = <const unsigned char*>memchr(p, 0, n) if n > 0 else NULL
+        cdef Py_ssize_t k, cap
+        cdef char* grown
+        cdef Req* r
+        if end == NULL:
+            raise FrameError("malformed message: unterminated string")
+        k = end - p
+        if self.qt_n + k > self.qt_cap:
+            cap = max(self.qt_n + k, 2 * self.qt_cap, 256)
+            grown = <char*>c_realloc(self.qtext, cap)
+            if grown == NULL:
+                raise MemoryError()
+            self.qtext = grown
+            self.qt_cap = cap
+        memcpy(self.qtext + self.qt_n, p, k)
+        self._push(R_QUERY, None, None, t)
+        r = &self.reqs[(self.rq_head + self.rq_len - 1) & (self.rq_cap - 1)]
+        r.toff = self.qt_n
+        r.tlen = k
+        self.qt_n += k
+        self.qt_live += 1
         return 0
 
     cdef Req* _head(self) except NULL:
@@ -271,6 +302,10 @@ cdef class PgResults:
         Py_XDECREF(r.info)
         Py_XDECREF(r.sql)
         r.info = r.sql = NULL
+        if r.tlen >= 0:
+            self.qt_live -= 1
+            if self.qt_live == 0:
+                self.qt_n = 0       # answered in order: no text in qtext is wanted any more
         self.rq_head = (self.rq_head + 1) & (self.rq_cap - 1)
         self.rq_len -= 1
 
@@ -294,7 +329,7 @@ cdef class PgResults:
             if k == R_SYNC or k == R_QUERY:
                 break
             if self.record_on and not recorded and (k == R_EXEC or k == R_PARSE):
-                self._record(_obj(head.sql), head.t or wallclock())
+                self._record(head, head.t or wallclock())
                 recorded = True
             self._pop()
         return 0
@@ -306,17 +341,25 @@ cdef class PgResults:
             e = &self.reqs[self.rq_head]
             k = e.kind
             if k == R_QUERY and self.record_on:
-                self._record(_obj(e.sql), e.t)
+                self._record(e, e.t)
             self._pop()
             if k == R_SYNC or k == R_QUERY:
                 break
         self.copy_idx = 0
         return 0
 
-    cdef int _record(self, object sql, double started) except -1:
-        """One statement done: copied into the session's StatementLog at once (which keeps
-        nothing of cur_tags, so the buffer is reused)."""
-        self.stmt_log.add(started, wallclock(), sql, &self.cur_tags, self.cur_error,
+    cdef int _record(self, const Req* r, double started) except -1:
+        """The statement `r` stands for is done: copied into the session's StatementLog at once
+        (which keeps nothing of cur_tags or qtext, so the buffers are reused)."""
+        cdef const char* sql = NULL
+        cdef Py_ssize_t n = -1
+        if r.tlen >= 0:
+            sql = self.qtext + r.toff
+            n = r.tlen
+        elif r.sql != NULL:
+            sql = PyBytes_AS_STRING(<object>r.sql)
+            n = PyBytes_GET_SIZE(<object>r.sql)
+        self.stmt_log.add(started, wallclock(), sql, n, &self.cur_tags, self.cur_error,
                           self.cur_masked, self.cur_rows)
         self.cur_rows = None
         self.cur_tags.n = self.cur_tags.count = 0
@@ -376,6 +419,8 @@ cdef class PgResults:
     cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
         cdef int hk
         cdef Req* head
+        if self.light:
+            return self._light_upstream(kind, msg, size)
         if kind == c'D':
             if self.state == S_ROWS:
                 out = self.plan.rewrite_ptr(msg, size) if self.plan_work else None
@@ -425,19 +470,10 @@ cdef class PgResults:
                     tag = msg[5:size - 1 if size - 1 < 64 else 64]
                     if tag.startswith(DDL_TAGS):
                         self.masker.command_complete(tag)
-                if self.record_on:     # the tag as the masker sees it: at most 59 bytes
-                    tags_push(&self.cur_tags, <const char*>msg + 5,
-                              <int>(59 if size > 64 else (size - 6 if size > 6 else 0)))
+                self._tag(msg, size)
             if self.state != S_SKIP:
                 self._end_result()
-            head = self._head()
-            hk = head.kind
-            if hk == R_EXEC:
-                if self.record_on:
-                    self._record(_obj(head.sql), head.t)
-                self._pop()
-            elif hk != R_QUERY:
-                raise ResultTrackingError(f"command completion answering request {hk}")
+            self._completed()
             return b"" if self.state == S_SKIP else None
         if kind == c'Z':
             self._end_result()
@@ -446,12 +482,7 @@ cdef class PgResults:
         if kind == c'E':
             if self.state != S_SKIP:
                 self._end_result()
-            if self.record_on and self.cur_error is None:
-                self.cur_error = msg[5:size]
-            if self.rq_len:
-                hk = self.reqs[self.rq_head].kind
-                if hk != R_QUERY and hk != R_SYNC:
-                    self._error_skip()
+            self._error(msg, size)
             return self.masker.fields(msg[:size]) if self.mask_on else None
         if kind == c'n':
             hk = self._head().kind
@@ -481,6 +512,58 @@ cdef class PgResults:
         if self.state == S_SKIP:
             return b""
         return None
+
+    cdef object _light_upstream(self, char kind, const unsigned char* msg, Py_ssize_t size):
+        """upstream_message while light: only the kinds upstream_header inspects then, and no
+        result is ever open (rows, descriptions and COPY are not read): each is a few steps.
+        What the general path does for the same kinds, less the result state."""
+        if kind == c'C' or kind == c'I' or kind == c's':
+            if kind == c'C':
+                self._tag(msg, size)
+            self._completed()
+            return None
+        if kind == c'Z':
+            self._ready()
+            return None
+        if kind == c'1':
+            self._expect(R_PARSE)
+            return None
+        if kind == c'E':
+            self._error(msg, size)
+        return None                 # ParameterStatus: the relay's (nothing else is inspected)
+
+    cdef int _tag(self, const unsigned char* msg, Py_ssize_t size) except -1:
+        """A CommandComplete's tag for the statement's record, as the masker would see it (at
+        most 59 bytes)."""
+        if self.record_on:
+            tags_push(&self.cur_tags, <const char*>msg + 5,
+                      <int>(59 if size > 64 else (size - 6 if size > 6 else 0)))
+        return 0
+
+    cdef int _completed(self) except -1:
+        """CommandComplete, EmptyQueryResponse or PortalSuspended: an Execute is done (a
+        Query's statements are recorded at its ReadyForQuery)."""
+        cdef Req* head = self._head()
+        cdef int hk = head.kind
+        if hk == R_EXEC:
+            if self.record_on:
+                self._record(head, head.t)
+            self._pop()
+        elif hk != R_QUERY:
+            raise ResultTrackingError(f"command completion answering request {hk}")
+        return 0
+
+    cdef int _error(self, const unsigned char* msg, Py_ssize_t size) except -1:
+        """An ErrorResponse: the statement's error; in the extended protocol the server now
+        skips to Sync, and so does the queue."""
+        cdef int hk
+        if self.record_on and self.cur_error is None:
+            self.cur_error = msg[5:size]
+        if self.rq_len:
+            hk = self.reqs[self.rq_head].kind
+            if hk != R_QUERY and hk != R_SYNC:
+                self._error_skip()
+        return 0
 
     cdef object _copy_out(self, const unsigned char* msg, Py_ssize_t size):
         cdef Req* head = self._head()
