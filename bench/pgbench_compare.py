@@ -5,8 +5,10 @@
     python bench/pgbench_compare.py --rounds 3 --duration 10 --scale 10
     python bench/pgbench_compare.py --targets direct,pgbouncer,haproxy --duration 5
     python bench/pgbench_compare.py --idle 500          # gateway memory per idle connection
-    python bench/pgbench_compare.py --targets hoopwire,hoopwire-audit --scripts select-only \
-        --clients 8:2 --rounds 5                        # what session recording costs
+    python bench/pgbench_compare.py --targets hoopwire,hoopwire-audit,hoopwire-twin \
+        --scripts select-only --clients 8:2 --rounds 12 --duration 5 --fresh
+                                                        # what session recording costs, next to
+                                                        # what two identical gateways differ by
 
 Runs are interleaved (each round runs every variant against every target, targets in a
 shuffled order) so drift on the machine spreads over all targets instead of favouring one.
@@ -50,7 +52,10 @@ ALL_TARGETS = ("direct", "hoopwire", "pgbouncer", "haproxy")
 # ask for these by name (--targets hoopwire,hoopwire-packs,...):
 #   hoopwire-packs  hoopwire with the five built-in guardrail packs on
 #   hoopwire-audit  hoopwire with session recording on ([audit] + a SQLite [state] for the index)
-EXTRA_TARGETS = ("hoopwire-packs", "hoopwire-audit")
+#   hoopwire-twin   a second plain hoopwire, configured exactly as `hoopwire`: its ratio to it
+#                   is what two identical gateway processes differ by in this run (the floor
+#                   under any "feature costs x%" read off the other ratios)
+EXTRA_TARGETS = ("hoopwire-packs", "hoopwire-audit", "hoopwire-twin")
 HOOPWIRE_TARGETS = ("hoopwire",) + EXTRA_TARGETS
 PACKS = ("destructive-ddl", "unbounded-write", "privilege-changes", "server-side-io",
          "session-tampering")
@@ -322,6 +327,14 @@ def ratios(results: dict[str, list[Result | None]], target: str, base: str) -> l
     return out
 
 
+def median_interval(values: list[float], level: float = 0.95, draws: int = 4000) -> tuple[float, float]:
+    """A bootstrap interval for the median of `values` (seeded: the same runs print the same)."""
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    cut = int(draws * (1 - level) / 2)
+    return meds[cut], meds[draws - 1 - cut]
+
+
 def fmt(value: float | None, spec: str) -> str:
     """`spec` as in format(); a missing value is a right-aligned '-' of the same width."""
     width = int(re.match(r"\d*", spec).group() or 0)
@@ -352,9 +365,20 @@ def print_tables(variants: list[Variant], targets: list[str],
             print(f"  {t:<{width}} {fmt(tps, '11.1f')} {fmt(lat, '11.3f')} {fmt(vs_direct, '10.3f')} "
                   f"{fmt(vs_bouncer, '13.3f')}" + (f" {fmt(vs_hoopwire, '12.3f')}" if vs_gateway else "")
                   + f" {fmt(cpu, '16.1f')}{note}")
+        if vs_gateway:
+            # One round's ratio moves by several percent on a small shared machine; say how
+            # well the median is pinned down before anyone reads a cost off it.
+            for t in targets:
+                r = ratios(results[v], t, "hoopwire")
+                if t == "hoopwire" or len(r) < 3:
+                    continue
+                lo, hi = median_interval(r)
+                print(f"    {t} / hoopwire per round: median {statistics.median(r):.3f}, 95% interval "
+                      f"{lo:.3f}-{hi:.3f}, range {min(r):.3f}-{max(r):.3f}, sd {statistics.stdev(r):.3f}")
 
 
-def audit_summary(audit_dir: str, results: dict[Variant, dict[str, list[Result | None]]]) -> None:
+def audit_summary(audit_dir: str, results: dict[Variant, dict[str, list[Result | None]]],
+                  uncounted: int = 0) -> None:
     """What session recording left on disk, next to what pgbench says went through: records by
     type in the audit log, its bytes, the session index (SQLite) bytes, and both per statement.
     Call after the gateway has stopped, so its last flush is on disk."""
@@ -377,9 +401,10 @@ def audit_summary(audit_dir: str, results: dict[Variant, dict[str, list[Result |
     print(f"\nhoopwire-audit recording ({audit_dir})")
     print("  audit log records: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
     if carried and None not in carried:
-        tx = sum(carried)
-        print(f"  transactions pgbench carried through hoopwire-audit: {tx}; statement records / "
-              f"transactions = {statements / tx if tx else float('nan'):.4f}")
+        tx = sum(carried) + uncounted
+        print(f"  transactions pgbench carried through hoopwire-audit: {tx}"
+              + (f" ({uncounted} of them warming up a restarted gateway)" if uncounted else "")
+              + f"; statement records / transactions = {statements / tx if tx else float('nan'):.4f}")
     print(f"  audit log {log_bytes / 2**20:.1f} MiB"
           + (f" = {log_bytes / statements:.0f} bytes per statement record" if statements else "")
           + f"; session index (SQLite, with WAL) {index_bytes / 2**20:.1f} MiB"
@@ -476,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=int, default=0, metavar="N",
                     help="instead of pgbench: hold N idle connections through each proxy and "
                          "report its memory growth per connection")
+    ap.add_argument("--fresh", action="store_true",
+                    help="start every hoopwire target anew before each round: what one gateway "
+                         "process happens to get (memory layout, hash seed, where it was "
+                         "scheduled) then varies between rounds instead of biasing every round "
+                         "the same way (compare hoopwire-twin / hoopwire with and without it)")
     ap.add_argument("--seed", type=int, default=None, help="seed for the target order")
     ap.add_argument("--json", metavar="PATH", help="also write every run's numbers as JSON")
     args = ap.parse_args(argv)
@@ -522,6 +552,25 @@ def main(argv: list[str] | None = None) -> int:
         by_name: dict[str, Target] = {}
         gateways: dict[str, Gateway] = {}
         audit_dir = None
+        problems: list[str] = []        # warning/error lines of the recording gateway(s)
+
+        def launch(name: str) -> None:
+            gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers,
+                                packs=name == "hoopwire-packs",
+                                audit_dir=audit_dir if name == "hoopwire-audit" else None)
+            stack.callback(gw.stop)
+            gateways[name] = gw
+            by_name[name] = Target(name, gw.port("bench"), CLIENT_USER, api_key, gw.pid)
+
+        def stop(name: str) -> int | None:
+            gw = gateways.pop(name)
+            # a clean stop writes its last records; time enough for a backlog before SIGKILL
+            rc = gw.stop(timeout=60)
+            if name == "hoopwire-audit":
+                problems.extend(ln for ln in gw.log_text().splitlines()
+                                if re.match(r"\S+ (warning|error|critical) ", ln, re.I)
+                                or ln.startswith(("Traceback", "Exception ignored")))
+            return rc
         for name in targets:
             log(f"starting {name} ...")
             if name == "direct":
@@ -538,12 +587,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "hoopwire-audit":
                     audit_dir = os.path.join(workdir, "hoopwire-audit")
                     os.mkdir(audit_dir, 0o700)
-                gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers,
-                                    packs=name == "hoopwire-packs",
-                                    audit_dir=audit_dir if name == "hoopwire-audit" else None)
-                stack.callback(gw.stop)
-                gateways[name] = gw
-                by_name[name] = Target(name, gw.port("bench"), CLIENT_USER, api_key, gw.pid)
+                launch(name)
         log(versions(pg, targets))
 
         if args.idle:
@@ -561,7 +605,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.duration} s = about {total / 60:.1f} min")
         results: dict[Variant, dict[str, list[Result | None]]] = {
             v: {t: [] for t in targets} for v in variants}
+        warmup_tx = 0       # transactions through hoopwire-audit that no result counts
         for rnd in range(1, args.rounds + 1):
+            if args.fresh and rnd > 1:
+                for name in list(gateways):
+                    stop(name)
+                    launch(name)
+                    # a new process starts cold (caches, buffers, the allocator): one uncounted
+                    # second of load first, as every target had before its first counted run
+                    warm = run_pgbench(pg, by_name[name], variants[0], 1)
+                    if warm and name == "hoopwire-audit":
+                        warmup_tx += warm.transactions or 0
             for v in variants:
                 order = targets[:]
                 rng.shuffle(order)
@@ -575,15 +629,10 @@ def main(argv: list[str] | None = None) -> int:
               "medians over rounds; ratios are per-round TPS ratios, then the median")
         print_tables(variants, targets, results, args.rounds)
         if "hoopwire-audit" in gateways:
-            gw = gateways["hoopwire-audit"]
-            # a clean stop writes its last records; time enough for a backlog before SIGKILL
-            rc = gw.stop(timeout=60)
-            audit_summary(audit_dir, results)
+            rc = stop("hoopwire-audit")
+            audit_summary(audit_dir, results, warmup_tx)
             if rc != 0:
                 print(f"  the gateway exited with {rc}: records still queued may be missing")
-            problems = [ln for ln in gw.log_text().splitlines()
-                        if re.match(r"\S+ (warning|error|critical) ", ln, re.I)
-                        or ln.startswith(("Traceback", "Exception ignored"))]
             if problems:
                 print(f"  the gateway logged {len(problems)} warning/error lines; the first:")
                 for ln in problems[:10]:
