@@ -36,19 +36,22 @@ cdef inline bint _same_cstr(const unsigned char* p, Py_ssize_t n, bytes s) noexc
     return k < n and p[k] == 0 and memcmp(p, PyBytes_AS_STRING(s), k) == 0
 
 
-cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
-    """The NUL-terminated string at p (at most n bytes); used = its length + 1."""
+cdef inline Py_ssize_t _cstr_len(const unsigned char* p, Py_ssize_t n) except -1:
+    """The length of the NUL-terminated string at p (at most n bytes)."""
     cdef const unsigned char* end
-    cdef Py_ssize_t i
     if n > 0 and p[0] == 0:
-        used[0] = 1
-        return EMPTY_NAME       # the unnamed statement or portal: most messages name it
+        return 0                # the unnamed statement or portal: most messages name it
     end = <const unsigned char*>memchr(p, 0, n) if n > 0 else NULL
     if end == NULL:
         raise FrameError("malformed message: unterminated string")
-    i = end - p
+    return end - p
+
+
+cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
+    """The NUL-terminated string at p (at most n bytes); used = its length + 1."""
+    cdef Py_ssize_t i = _cstr_len(p, n)
     used[0] = i + 1
-    return p[:i]
+    return EMPTY_NAME if i == 0 else p[:i]
 
 
 cdef inline tuple _named(dict named, tuple unnamed, bytes name):
@@ -266,13 +269,9 @@ cdef class PgResults:
     cdef int _push_text(self, const unsigned char* p, Py_ssize_t n, double t) except -1:
         """A Query while light: its text (the NUL-terminated string at p, within n bytes) is
         copied into qtext rather than made a bytes object."""
-        cdef const unsigned char* end = <const unsigned char*>memchr(p, 0, n) if n > 0 else NULL
-        cdef Py_ssize_t k, cap
+        cdef Py_ssize_t k = _cstr_len(p, n), cap
         cdef char* grown
         cdef Req* r
-        if end == NULL:
-            raise FrameError("malformed message: unterminated string")
-        k = end - p
         if self.qt_n + k > self.qt_cap:
             cap = max(self.qt_n + k, 2 * self.qt_cap, 256)
             grown = <char*>c_realloc(self.qtext, cap)
