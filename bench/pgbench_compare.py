@@ -403,7 +403,7 @@ def audit_summary(audit_dir: str, results: dict[Variant, dict[str, list[Result |
     if carried and None not in carried:
         tx = sum(carried) + uncounted
         print(f"  transactions pgbench carried through hoopwire-audit: {tx}"
-              + (f" ({uncounted} of them warming up a restarted gateway)" if uncounted else "")
+              + (f" ({uncounted} of them warming a gateway up, uncounted)" if uncounted else "")
               + f"; statement records / transactions = {statements / tx if tx else float('nan'):.4f}")
     print(f"  audit log {log_bytes / 2**20:.1f} MiB"
           + (f" = {log_bytes / statements:.0f} bytes per statement record" if statements else "")
@@ -607,12 +607,13 @@ def main(argv: list[str] | None = None) -> int:
             v: {t: [] for t in targets} for v in variants}
         warmup_tx = 0       # transactions through hoopwire-audit that no result counts
         for rnd in range(1, args.rounds + 1):
-            if args.fresh and rnd > 1:
+            if args.fresh:
                 for name in list(gateways):
-                    stop(name)
-                    launch(name)
+                    if rnd > 1:
+                        stop(name)
+                        launch(name)
                     # a new process starts cold (caches, buffers, the allocator): one uncounted
-                    # second of load first, as every target had before its first counted run
+                    # second of load first, so that no counted run meets a cold gateway
                     warm = run_pgbench(pg, by_name[name], variants[0], 1)
                     if warm and name == "hoopwire-audit":
                         warmup_tx += warm.transactions or 0
