@@ -9,6 +9,7 @@
         --scripts select-only --clients 8:2 --rounds 12 --duration 5 --fresh
                                                         # what session recording costs, next to
                                                         # what two identical gateways differ by
+    python bench/pgbench_compare.py --pool run1.json run2.json   # several runs' ratios together
 
 Runs are interleaved (each round runs every variant against every target, targets in a
 shuffled order) so drift on the machine spreads over all targets instead of favouring one.
@@ -377,6 +378,55 @@ def print_tables(variants: list[Variant], targets: list[str],
                       f"{lo:.3f}-{hi:.3f}, range {min(r):.3f}-{max(r):.3f}, sd {statistics.stdev(r):.3f}")
 
 
+def pool_runs(paths: list[str]) -> int:
+    """--pool: the per-round ratios to plain hoopwire of several earlier --json runs, together.
+    Rounds pair only within the run that made them, so each file's ratios are taken first and
+    only then pooled; one run's 20 rounds pin a median to a few percent here, several runs'
+    together to a percent or two."""
+    pooled: dict[tuple[Variant, str], list[tuple[float, float | None]]] = {}
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        by_variant: dict[Variant, dict[str, list[Result | None]]] = {}
+        for entry in doc["results"]:
+            runs = [Result(**r) if r else None for r in entry["runs"]]
+            by_variant.setdefault(Variant(**entry["variant"]), {})[entry["target"]] = runs
+        for v, results in by_variant.items():
+            base = results.get("hoopwire")
+            if base is None:
+                continue
+            for t, runs in results.items():
+                if t == "hoopwire":
+                    continue
+                for mine, theirs in zip(runs, base):
+                    if mine and theirs and theirs.tps > 0:
+                        cpu = (mine.proxy_cpu_us - theirs.proxy_cpu_us
+                               if mine.proxy_cpu_us is not None and theirs.proxy_cpu_us is not None
+                               else None)
+                        pooled.setdefault((v, t), []).append((mine.tps / theirs.tps, cpu))
+    if not pooled:
+        print("no rounds with both hoopwire and a hoopwire-* target in these files")
+        return 1
+    print(f"pooled over {len(paths)} run{'s' if len(paths) > 1 else ''}: per-round TPS ratio to "
+          "plain hoopwire, and the per-round difference in proxy CPU us/tx")
+    label = None
+    for (v, t), rows in sorted(pooled.items(), key=lambda kv: (kv[0][0].label, kv[0][1])):
+        if v.label != label:
+            label = v.label
+            print(f"  {label}")
+        r = [x for x, _ in rows]
+        cpu = [c for _, c in rows if c is not None]
+        line = f"    {t} / hoopwire: {len(r)} rounds, median {statistics.median(r):.3f}"
+        if len(r) >= 3:
+            lo, hi = median_interval(r)
+            line += (f", 95% interval {lo:.3f}-{hi:.3f}, share of rounds >= 0.95 "
+                     f"{sum(x >= 0.95 for x in r) / len(r):.2f}, sd {statistics.stdev(r):.3f}")
+        if cpu:
+            line += f"; CPU {statistics.median(cpu):+.2f} us/tx"
+        print(line)
+    return 0
+
+
 def audit_summary(audit_dir: str, results: dict[Variant, dict[str, list[Result | None]]],
                   uncounted: int = 0) -> None:
     """What session recording left on disk, next to what pgbench says went through: records by
@@ -508,7 +558,12 @@ def main(argv: list[str] | None = None) -> int:
                          "the same way (compare hoopwire-twin / hoopwire with and without it)")
     ap.add_argument("--seed", type=int, default=None, help="seed for the target order")
     ap.add_argument("--json", metavar="PATH", help="also write every run's numbers as JSON")
+    ap.add_argument("--pool", nargs="+", metavar="JSON",
+                    help="run nothing: pool the per-round ratios to hoopwire of earlier --json "
+                         "files (a target's cost measured over more rounds than one run has)")
     args = ap.parse_args(argv)
+    if args.pool:
+        return pool_runs(args.pool)
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = set(targets) - set(ALL_TARGETS) - set(EXTRA_TARGETS)
