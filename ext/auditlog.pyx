@@ -636,6 +636,9 @@ cdef class StatementLog:
         cdef Pending p
         cdef RawStatement r
         cdef bint slow = self.all_slow or error is not None or (kept is not None and bool(kept))
+        if sql_len > self.enc.limit:
+            # both encoders record at most `limit` bytes of a statement; one more says "longer"
+            sql_len = self.enc.limit + 1
         self._room()
         self.n += 1
         if not slow:
