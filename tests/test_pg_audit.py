@@ -326,6 +326,50 @@ def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking):
     ], got
 
 
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+
+
+def test_queries_always_in_flight_do_not_grow_the_text_buffer(pg, idp, tmp_path):
+    # A client that sends its next Query before the previous one's ReadyForQuery never lets the
+    # queue of statements in flight run empty. The texts of answered Queries must still be let
+    # go: 1,500 Queries of 32 KiB (48 MiB in all) through one session, 32 in flight at a time.
+    # Recording's own buffers reach their size within the first third; over the other two
+    # thirds the gateway may not keep growing.
+    from pgraw import login, typed
+    cfg = gateway_config(pg, idp)
+    cfg["audit"] = {"path": str(tmp_path / "audit"), "flush_interval": "50ms"}
+    token = idp.token("agent-7", ["agents"])
+    # each takes the server a millisecond, so the next ones always arrive before it is done
+    text = b"SELECT pg_sleep(0.001), '" + b"x" * 32768 + b"'"
+    n = 1500
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        conn = login("127.0.0.1", g.port("pg"), token)
+        try:
+            conn.send(typed(b"Q", text + b"\0") * 32)
+            sent, done = 32, 0
+            rss_before = None
+            while done < n:
+                kind = conn.read_message()[0]
+                assert kind != b"E"
+                if kind != b"Z":
+                    continue
+                done += 1
+                if done == n // 3:
+                    rss_before = _rss_kib(g.pid)
+                if sent < n:
+                    conn.send(typed(b"Q", text + b"\0"))
+                    sent += 1
+            grown = _rss_kib(g.pid) - rss_before
+        finally:
+            conn.close()
+        time.sleep(0.3)
+    assert grown < 8 * 1024, f"the gateway grew by {grown} KiB"
+    recs = [r for r in read_records(str(tmp_path / "audit")) if r["type"] == "statement"]
+    assert len(recs) == n and all(r["statement"] == "SELECT pg_sleep(?), ?" for r in recs)
+
+
 def test_pipelined_queries_are_each_recorded_with_their_own_text(pg, idp, tmp_path):
     # Several simple Queries in one write are in flight together: while only recording, the
     # relay keeps their texts back to back until each one's ReadyForQuery; an error in the

@@ -74,6 +74,7 @@ cdef class PgResults:
         Py_ssize_t capture_left    # bytes of rows the session may still keep for replay
         char* qtext                # texts of the Queries in flight (light), back to back;
         Py_ssize_t qt_n            # emptied whenever none is left in the queue
+        Py_ssize_t qt_head         # where the texts not yet answered start (the rest: spent)
         Py_ssize_t qt_cap
         Py_ssize_t qt_live         # queue entries whose text is in qtext
 

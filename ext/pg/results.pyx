@@ -1,6 +1,6 @@
 from cpython.ref cimport PyObject, Py_XDECREF, Py_XINCREF
 from libc.stdlib cimport free as c_free, realloc as c_realloc
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memmove
 from posix.time cimport CLOCK_REALTIME
 
 from hoopwire._mask import MaskRowError
@@ -13,6 +13,7 @@ cdef inline double wallclock() noexcept nogil:
 
 
 cdef bytes DESCRIBE_PORTAL_HEAD = b"D"
+cdef Py_ssize_t QTEXT_KEEP = 1 << 20     # bytes of Query texts a session keeps between bursts
 cdef object EMPTY_INFO = None            # set by PgResults.__init__: the masker's NO_INFO
 cdef object SUSPECT_INFO = None          # statements we know nothing about: assume they mention
 cdef tuple SUSPECT = None                # (SUSPECT_INFO, b""): what an unknown name stands for
@@ -269,9 +270,19 @@ cdef class PgResults:
     cdef int _push_text(self, const unsigned char* p, Py_ssize_t n, double t) except -1:
         """A Query while light: its text (the NUL-terminated string at p, within n bytes) is
         copied into qtext rather than made a bytes object."""
-        cdef Py_ssize_t k = _cstr_len(p, n), cap
+        cdef Py_ssize_t k = _cstr_len(p, n), cap, i
         cdef char* grown
         cdef Req* r
+        if self.qt_n + k > self.qt_cap and self.qt_head > 0:
+            # Queries kept in flight without a pause never empty the queue: drop the texts of
+            # the answered ones (they are the front of the buffer) before growing it
+            memmove(self.qtext, self.qtext + self.qt_head, self.qt_n - self.qt_head)
+            for i in range(self.rq_len):
+                r = &self.reqs[(self.rq_head + i) & (self.rq_cap - 1)]
+                if r.tlen >= 0:
+                    r.toff -= self.qt_head
+            self.qt_n -= self.qt_head
+            self.qt_head = 0
         if self.qt_n + k > self.qt_cap:
             cap = max(self.qt_n + k, 2 * self.qt_cap, 256)
             grown = <char*>c_realloc(self.qtext, cap)
@@ -302,9 +313,16 @@ cdef class PgResults:
         Py_XDECREF(r.sql)
         r.info = r.sql = NULL
         if r.tlen >= 0:
+            # answered in order: the texts still wanted start after this one's
             self.qt_live -= 1
-            if self.qt_live == 0:
-                self.qt_n = 0       # answered in order: no text in qtext is wanted any more
+            if self.qt_live:
+                self.qt_head = r.toff + r.tlen
+            else:
+                self.qt_n = self.qt_head = 0
+                if self.qt_cap > QTEXT_KEEP:        # a burst has passed: give the memory back
+                    c_free(self.qtext)
+                    self.qtext = NULL
+                    self.qt_cap = 0
         self.rq_head = (self.rq_head + 1) & (self.rq_cap - 1)
         self.rq_len -= 1
 
