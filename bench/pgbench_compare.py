@@ -320,12 +320,15 @@ def median_or_none(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def paired(results: dict[str, list[Result | None]], target: str,
+           base: str) -> list[tuple[Result, Result]]:
+    """The rounds in which both `target` and `base` ran: (target's result, base's result)."""
+    return [(mine, theirs) for mine, theirs in zip(results.get(target, []), results.get(base, []))
+            if mine and theirs and theirs.tps > 0]
+
+
 def ratios(results: dict[str, list[Result | None]], target: str, base: str) -> list[float]:
-    out = []
-    for mine, theirs in zip(results.get(target, []), results.get(base, [])):
-        if mine and theirs and theirs.tps > 0:
-            out.append(mine.tps / theirs.tps)
-    return out
+    return [mine.tps / theirs.tps for mine, theirs in paired(results, target, base)]
 
 
 def median_interval(values: list[float], level: float = 0.95, draws: int = 4000) -> tuple[float, float]:
@@ -392,18 +395,14 @@ def pool_runs(paths: list[str]) -> int:
             runs = [Result(**r) if r else None for r in entry["runs"]]
             by_variant.setdefault(Variant(**entry["variant"]), {})[entry["target"]] = runs
         for v, results in by_variant.items():
-            base = results.get("hoopwire")
-            if base is None:
-                continue
-            for t, runs in results.items():
-                if t == "hoopwire":
+            for t in results:
+                if t == "hoopwire" or "hoopwire" not in results:
                     continue
-                for mine, theirs in zip(runs, base):
-                    if mine and theirs and theirs.tps > 0:
-                        cpu = (mine.proxy_cpu_us - theirs.proxy_cpu_us
-                               if mine.proxy_cpu_us is not None and theirs.proxy_cpu_us is not None
-                               else None)
-                        pooled.setdefault((v, t), []).append((mine.tps / theirs.tps, cpu))
+                for mine, theirs in paired(results, t, "hoopwire"):
+                    cpu = (mine.proxy_cpu_us - theirs.proxy_cpu_us
+                           if mine.proxy_cpu_us is not None and theirs.proxy_cpu_us is not None
+                           else None)
+                    pooled.setdefault((v, t), []).append((mine.tps / theirs.tps, cpu))
     if not pooled:
         print("no rounds with both hoopwire and a hoopwire-* target in these files")
         return 1
