@@ -43,5 +43,6 @@ cdef class FrameReader:
 
     cdef int feed(self, object data) except -1
     cdef int resume_feed(self) except -1
+    cdef int too_big(self, Py_ssize_t size) except -1       # raises the FrameError for it
     cdef int _begin(self, const unsigned char* p, Py_ssize_t avail) except -1
     cdef int _hold_more(self, const unsigned char* p, Py_ssize_t n) except -1

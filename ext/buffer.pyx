@@ -56,12 +56,15 @@ cdef class FrameReader:
             self.out.append(result)
         return 0
 
+    cdef int too_big(self, Py_ssize_t size) except -1:
+        raise FrameError(f"message of {size} bytes exceeds the limit of {self.max_size} bytes",
+                         "54000")
+
     cdef int _begin(self, const unsigned char* p, Py_ssize_t avail) except -1:
         """A header is complete at p: validate it and pick the message's disposition."""
         self.parse_header(p)
         if self.cur_size > self.max_size:
-            raise FrameError(f"message of {self.cur_size} bytes exceeds the limit of "
-                             f"{self.max_size} bytes", "54000")
+            self.too_big(self.cur_size)
         if self.replaying:
             # the held message again: on_header already counted it and chose INSPECT
             self.replaying = False

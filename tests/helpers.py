@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 __all__ = ["free_port", "port_open", "wait_port", "to_toml", "Gateway", "GatewayError",
-           "REPO_ROOT", "APP_DB", "ITEMS"]
+           "Rechunker", "REPO_ROOT", "APP_DB", "ITEMS"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,6 +129,72 @@ def _toml_table(table: dict, path: list[str], out: list[str]) -> None:
                 out.append("")
                 out.append(f"[[{'.'.join(sub)}]]")
                 _toml_table(item, sub, out)
+
+
+class Rechunker:
+    """A TCP relay in front of a real server that hands its replies on in small pieces, one
+    socket write each with a pause between, so that whoever reads them meets every message cut
+    at every place a read can end: in a header, in a row, between a CommandComplete and its
+    ReadyForQuery. What the client sends goes through unchanged. `sizes` cycle."""
+
+    def __init__(self, port: int, sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 11, 64, 700),
+                 pause: float = 0.0005, host: str = "127.0.0.1"):
+        self.target = (host, port)
+        self.sizes = sizes
+        self.pause = pause
+        self.listener = socket.create_server((host, 0))
+        self.port = self.listener.getsockname()[1]
+        self.pieces = 0
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="rechunker", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            for sk in (client, server):
+                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._socks += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, cut: bool) -> None:
+        i = 0
+        try:
+            while data := src.recv(65536):
+                if not cut:
+                    dst.sendall(data)
+                    continue
+                pos = 0
+                while pos < len(data):
+                    n = self.sizes[i % len(self.sizes)]
+                    i += 1
+                    dst.sendall(data[pos:pos + n])
+                    self.pieces += 1
+                    pos += n
+                    time.sleep(self.pause)
+        except OSError:
+            pass
+        finally:
+            for sk in (src, dst):
+                try:
+                    sk.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for sk in self._socks:
+            sk.close()
+
+    def __enter__(self) -> "Rechunker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def to_toml(doc: dict) -> str:

@@ -8,6 +8,7 @@ both write-failure policies (a small tmpfs, or a file-size limit where mounting 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import json
 import os
@@ -21,7 +22,7 @@ import psycopg
 import pytest
 
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import APP_DB, Gateway
+from helpers import APP_DB, Gateway, Rechunker
 from hoopwire.audit import read_records
 
 ROOT_GROUPS = ["admins"]
@@ -274,42 +275,22 @@ def test_sessions_left_open_by_a_crash_are_closed_by_the_next_start(pg, idp, tmp
     assert cli("audit", "verify", str(tmp_path / "audit")).returncode == 0
 
 
-@pytest.mark.parametrize("masking", [False, True])
-def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking):
+@pytest.mark.parametrize("masking,cut", [(False, False), (True, False), (False, True)],
+                         ids=["recording", "masking", "recording-cut-replies"])
+def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking, cut):
     # Without masking the relay follows only what ends statements (no Bind/Describe answers);
     # with it, every answer. Either way each record names the statement that ran or failed.
-    cfg = gateway_config(pg, idp, **({"mask": [{"columns": ["*.secret_col"],
-                                                "strategy": "redact"}]} if masking else {}))
-    cfg["audit"] = {"path": str(tmp_path / "audit"), "flush_interval": "50ms"}
-    token = idp.token("agent-7", ["agents"])
-    with Gateway(cfg, env=gateway_env(pg)) as g:
-        with psycopg.connect(conninfo(g, token), autocommit=True) as c:
-            c.execute("CREATE TEMP TABLE rec (id int PRIMARY KEY)")
-            for i in range(6):                               # prepared after a few runs
-                c.execute("INSERT INTO rec VALUES (%s)", (i,), prepare=True)
-            with pytest.raises(psycopg.errors.SyntaxError):
-                c.execute("SELEC 1")                         # the Parse fails
-            with pytest.raises(psycopg.errors.UniqueViolation):
-                with c.pipeline() as p:
-                    c.execute("INSERT INTO rec VALUES (%s)", (100,))
-                    c.execute("INSERT INTO rec VALUES (%s)", (1,))      # fails
-                    c.execute("SELECT count(*) FROM rec")               # skipped
-                    p.sync()
-            with c.cursor() as cur, cur.copy("COPY rec TO STDOUT") as cp:
-                list(cp)
-            assert c.execute("SELECT count(*) FROM rec").fetchone() == (6,)
-
-        async def simple():
-            conn = await asyncpg.connect(host="127.0.0.1", port=g.port("pg"), user="agent-7",
-                                         password=token, database=APP_DB, ssl=False)
-            try:
-                await conn.execute("SELECT 1; SELECT 2")     # simple protocol, two statements
-                with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
-                    await conn.execute("SELECT 1/0")
-            finally:
-                await conn.close()
-        asyncio.run(simple())
-        time.sleep(0.3)
+    # `cut`: the server's replies reach the gateway in pieces of 1 to 700 bytes (Rechunker), so
+    # the recording walk meets every message split across reads, not only rows.
+    with contextlib.ExitStack() as stack:
+        upstream = pg.port
+        if cut:
+            upstream = stack.enter_context(Rechunker(pg.port)).port
+        cfg = gateway_config(pg, idp, upstream=f"127.0.0.1:{upstream}",
+                             **({"mask": [{"columns": ["*.secret_col"], "strategy": "redact"}]}
+                                if masking else {}))
+        cfg["audit"] = {"path": str(tmp_path / "audit"), "flush_interval": "50ms"}
+        _every_outcome(stack.enter_context(Gateway(cfg, env=gateway_env(pg))), idp)
     recs = [r for r in read_records(str(tmp_path / "audit")) if r["type"] == "statement"]
     got = [(r["statement"], r["verdict"], r["rows"], (r.get("error") or {}).get("code"))
            for r in recs]
@@ -323,7 +304,46 @@ def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking):
         ("SELECT count(*) FROM rec", "allow", 1, None),
         ("SELECT ?; SELECT ?", "allow", 2, None),
         ("SELECT ?/?", "error", None, "22012"),
+        ("SET application_name = ?", "allow", None, None),
+        ("SELECT repeat(?, ?) FROM generate_series(?, ?)", "allow", 40, None),
     ], got
+
+
+def _every_outcome(g, idp):
+    token = idp.token("agent-7", ["agents"])
+    with psycopg.connect(conninfo(g, token), autocommit=True) as c:
+        c.execute("CREATE TEMP TABLE rec (id int PRIMARY KEY)")
+        for i in range(6):                               # prepared after a few runs
+            c.execute("INSERT INTO rec VALUES (%s)", (i,), prepare=True)
+        with pytest.raises(psycopg.errors.SyntaxError):
+            c.execute("SELEC 1")                         # the Parse fails
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            with c.pipeline() as p:
+                c.execute("INSERT INTO rec VALUES (%s)", (100,))
+                c.execute("INSERT INTO rec VALUES (%s)", (1,))      # fails
+                c.execute("SELECT count(*) FROM rec")               # skipped
+                p.sync()
+        with c.cursor() as cur, cur.copy("COPY rec TO STDOUT") as cp:
+            list(cp)
+        assert c.execute("SELECT count(*) FROM rec").fetchone() == (6,)
+
+    async def simple():
+        conn = await asyncpg.connect(host="127.0.0.1", port=g.port("pg"), user="agent-7",
+                                     password=token, database=APP_DB, ssl=False)
+        try:
+            await conn.execute("SELECT 1; SELECT 2")     # simple protocol, two statements
+            with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
+                await conn.execute("SELECT 1/0")
+        finally:
+            await conn.close()
+    asyncio.run(simple())
+    with psycopg.connect(conninfo(g, token), autocommit=True) as c:
+        c.execute("SET application_name = 'cut'")            # answered with a ParameterStatus
+        assert c.info.parameter_status("application_name") == "cut"
+        # rows longer than most reads: a walk that loses count inside one loses the rest
+        rows = c.execute("SELECT repeat('y', 3000) FROM generate_series(1, 40)").fetchall()
+        assert rows == [("y" * 3000,)] * 40
+    time.sleep(0.3)
 
 
 def _rss_kib(pid: int) -> int:

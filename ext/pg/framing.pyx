@@ -2,19 +2,24 @@ cdef inline unsigned int unpack_be32(const unsigned char* p) nogil:
     return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
 
 
+cdef inline Py_ssize_t pg_message_size(const unsigned char* p) except -1:
+    """The whole size (type byte included) of the message whose header is at p."""
+    cdef unsigned int length = unpack_be32(p + 1)
+    # The length counts itself, so anything below 4 is nonsense; above 2^31 is not a
+    # length any server or client produces.
+    if length < 4 or length > 0x7ffffffb:
+        raise FrameError(f"invalid length {length} in message of type {chr(p[0])!r}")
+    return <Py_ssize_t>length + 1
+
+
 cdef class PgFrameReader(FrameReader):
 
     def __cinit__(self):
         self.header_size = 5
 
     cdef int parse_header(self, const unsigned char* p) except -1:
-        cdef unsigned int length = unpack_be32(p + 1)
-        # The length counts itself, so anything below 4 is nonsense; above 2^31 is not a
-        # length any server or client produces.
-        if length < 4 or length > 0x7ffffffb:
-            raise FrameError(f"invalid length {length} in message of type {chr(p[0])!r}")
+        self.cur_size = pg_message_size(p)
         self.cur_kind = <char>p[0]
-        self.cur_size = <Py_ssize_t>length + 1
         return 0
 
 

@@ -98,4 +98,6 @@ cdef class ClientSide(RelaySide):
 
 
 cdef class UpstreamSide(RelaySide):
-    pass
+    cdef int _ready_for_query(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef int _parameter_status(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef int _follow(self, bytes data) except -1

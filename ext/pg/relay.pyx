@@ -510,12 +510,7 @@ cdef class UpstreamSide(RelaySide):
             if out is HOLD_:
                 return out
         if kind == c'Z':
-            if size >= 6:
-                r.tx_status = msg[5]
-            r.units_done += 1
-            if r.sent_head < r.sent_tail:
-                r.stats.observe_rtt(monotonic() - r.sent_at[r.sent_head % RTT_RING])
-                r.sent_head += 1
+            self._ready_for_query(msg, size)
             if r.rewrites:
                 done = r.units_done
                 r.rewrites = [w for w in r.rewrites if w[0] > done]
@@ -527,10 +522,69 @@ cdef class UpstreamSide(RelaySide):
                     return err if out is None or len(out) else out
             return out
         if kind == c'S':
-            name, _, rest = msg[5:size].partition(b"\x00")
-            if name == b"client_encoding":
-                r.client_encoding = rest.partition(b"\x00")[0].decode("ascii", "replace")
+            self._parameter_status(msg, size)
         return out
+
+    cdef int _ready_for_query(self, const unsigned char* msg, Py_ssize_t size) except -1:
+        """ReadyForQuery: a unit (Query or Sync) is done; its round trip is timed."""
+        cdef Relay r = self.relay
+        if size >= 6:
+            r.tx_status = msg[5]
+        r.units_done += 1
+        if r.sent_head < r.sent_tail:
+            r.stats.observe_rtt(monotonic() - r.sent_at[r.sent_head % RTT_RING])
+            r.sent_head += 1
+        return 0
+
+    cdef int _parameter_status(self, const unsigned char* msg, Py_ssize_t size) except -1:
+        name, _, rest = msg[5:size].partition(b"\x00")
+        if name == b"client_encoding":
+            self.relay.client_encoding = rest.partition(b"\x00")[0].decode("ascii", "replace")
+        return 0
+
+    cdef int _follow(self, bytes data) except -1:
+        """Recording only, no error to rewrite (see data_received): walk a read that is already
+        on its way to the client for what ends each statement. One loop over the read's whole
+        messages, without the framer's per-message calls: it sees every row of every result.
+        A read that starts inside a message, and the tail of one that ends inside a message
+        this walk must read whole, go through the framer (feed), which keeps what spans reads."""
+        cdef Relay r = self.relay
+        cdef PgResults res = r.results
+        cdef const unsigned char* p
+        cdef Py_ssize_t n, pos = 0, avail, size
+        cdef char kind
+        if self.skip or self.held is not None or self.hdr_have:
+            return self.feed(data)
+        p = <const unsigned char*>PyBytes_AS_STRING(data)
+        n = PyBytes_GET_SIZE(data)
+        try:
+            while True:
+                avail = n - pos
+                if avail < 5:
+                    break
+                size = pg_message_size(p + pos)
+                if size > self.max_size:
+                    self.too_big(size)
+                kind = <char>p[pos]
+                r.last_upstream_kind = kind
+                if light_reads(kind):
+                    if avail < size:
+                        break
+                    res._light_upstream(kind, p + pos, size)
+                    if kind == c'Z':
+                        self._ready_for_query(p + pos, size)
+                    elif kind == c'S':
+                        self._parameter_status(p + pos, size)
+                elif avail < size:
+                    self.skip = size - avail        # the rest of a row (say) in later reads
+                    return 0
+                pos += size
+        except BaseException:
+            self.failed = True
+            raise
+        if pos < n:
+            self.feed(data[pos:] if pos else data)
+        return 0
 
     def connection_made(self, transport):
         pass
@@ -551,7 +605,7 @@ cdef class UpstreamSide(RelaySide):
             # A malformed server message then reaches the client before the session closes.
             self.peer_write(data)
             try:
-                self.feed(data)
+                self._follow(data if PyBytes_CheckExact(data) else bytes(data))
             except Exception as e:
                 r._upstream_failed(e)
                 return

@@ -83,7 +83,7 @@ cdef class PgResults:
                                object replaced)
     cdef int upstream_header(self, char kind) except -1
     cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size)
-    cdef object _light_upstream(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef int _light_upstream(self, char kind, const unsigned char* msg, Py_ssize_t size) except -1
     cdef int _tag(self, const unsigned char* msg, Py_ssize_t size) except -1
     cdef int _completed(self) except -1
     cdef int _error(self, const unsigned char* msg, Py_ssize_t size) except -1

@@ -72,6 +72,14 @@ cdef inline tuple _define(dict named, tuple unnamed, bytes name, tuple known):
     return unnamed
 
 
+cdef inline bint light_reads(char kind) noexcept:
+    """Whether a light PgResults reads this upstream message: what ends a statement or a unit
+    (C E I s Z), ParseComplete (so that an error is pinned on the right Parse or Execute), and
+    ParameterStatus for the relay."""
+    return kind == c'C' or kind == c'E' or kind == c'Z' or kind == c'I' or kind == c's' or \
+        kind == c'1' or kind == c'S'
+
+
 cdef class PgResults:
 
     def __init__(self, Relay relay, masker, empty_info, suspect_info, StatementLog record=None,
@@ -197,12 +205,7 @@ cdef class PgResults:
 
     cdef int upstream_header(self, char kind) except -1:
         if self.light:
-            # what ends a statement or a unit (C E I s Z), ParseComplete (so that an error is
-            # pinned on the right Parse or Execute), and ParameterStatus for the relay
-            if kind == c'C' or kind == c'E' or kind == c'Z' or kind == c'I' or \
-                    kind == c's' or kind == c'1' or kind == c'S':
-                return INSPECT
-            return FORWARD
+            return INSPECT if light_reads(kind) else FORWARD
         if self.capture_left > 0 and (kind == c'D' and self.state == S_ROWS or
                                       kind == c'd' and self.state == S_COPY):
             return INSPECT      # kept for replay, as the client sees it
@@ -437,7 +440,8 @@ cdef class PgResults:
         cdef int hk
         cdef Req* head
         if self.light:
-            return self._light_upstream(kind, msg, size)
+            self._light_upstream(kind, msg, size)
+            return None
         if kind == c'D':
             if self.state == S_ROWS:
                 out = self.plan.rewrite_ptr(msg, size) if self.plan_work else None
@@ -530,24 +534,22 @@ cdef class PgResults:
             return b""
         return None
 
-    cdef object _light_upstream(self, char kind, const unsigned char* msg, Py_ssize_t size):
-        """upstream_message while light: only the kinds upstream_header inspects then, and no
-        result is ever open (rows, descriptions and COPY are not read): each is a few steps.
-        What the general path does for the same kinds, less the result state."""
+    cdef int _light_upstream(self, char kind, const unsigned char* msg, Py_ssize_t size) except -1:
+        """upstream_message while light (nothing is replaced then), also called straight from
+        UpstreamSide._follow: only the kinds upstream_header inspects, and no result is ever
+        open (rows, descriptions and COPY are not read): each is a few steps. What the
+        general path does for the same kinds, less the result state."""
         if kind == c'C' or kind == c'I' or kind == c's':
             if kind == c'C':
                 self._tag(msg, size)
             self._completed()
-            return None
-        if kind == c'Z':
+        elif kind == c'Z':
             self._ready()
-            return None
-        if kind == c'1':
+        elif kind == c'1':
             self._expect(R_PARSE)
-            return None
-        if kind == c'E':
+        elif kind == c'E':
             self._error(msg, size)
-        return None                 # ParameterStatus: the relay's (nothing else is inspected)
+        return 0                    # ParameterStatus: the relay's (nothing else is inspected)
 
     cdef int _tag(self, const unsigned char* msg, Py_ssize_t size) except -1:
         """A CommandComplete's tag for the statement's record, as the masker would see it (at
