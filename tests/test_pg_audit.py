@@ -275,20 +275,23 @@ def test_sessions_left_open_by_a_crash_are_closed_by_the_next_start(pg, idp, tmp
     assert cli("audit", "verify", str(tmp_path / "audit")).returncode == 0
 
 
-@pytest.mark.parametrize("masking,cut", [(False, False), (True, False), (False, True)],
-                         ids=["recording", "masking", "recording-cut-replies"])
-def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking, cut):
+@pytest.mark.parametrize("masking,cut,results", [
+    (False, False, False), (True, False, False), (False, True, False), (False, True, True)],
+    ids=["recording", "masking", "recording-cut-replies", "recording-results-cut-replies"])
+def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking, cut, results):
     # Without masking the relay follows only what ends statements (no Bind/Describe answers);
     # with it, every answer. Either way each record names the statement that ran or failed.
     # `cut`: the server's replies reach the gateway in pieces of 1 to 700 bytes (Rechunker), so
-    # the recording walk meets every message split across reads, not only rows.
+    # the recording walk meets every message split across reads, not only rows. `results`:
+    # record_results without masking, where the rows themselves are kept.
     with contextlib.ExitStack() as stack:
         upstream = pg.port
         if cut:
             upstream = stack.enter_context(Rechunker(pg.port)).port
-        cfg = gateway_config(pg, idp, upstream=f"127.0.0.1:{upstream}",
-                             **({"mask": [{"columns": ["*.secret_col"], "strategy": "redact"}]}
-                                if masking else {}))
+        extra = {"mask": [{"columns": ["*.secret_col"], "strategy": "redact"}]} if masking else {}
+        if results:
+            extra.update(record_results=True, record_results_max_bytes="1MiB")
+        cfg = gateway_config(pg, idp, upstream=f"127.0.0.1:{upstream}", **extra)
         cfg["audit"] = {"path": str(tmp_path / "audit"), "flush_interval": "50ms"}
         _every_outcome(stack.enter_context(Gateway(cfg, env=gateway_env(pg))), idp)
     recs = [r for r in read_records(str(tmp_path / "audit")) if r["type"] == "statement"]
@@ -307,6 +310,10 @@ def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking, cu
         ("SET application_name = ?", "allow", None, None),
         ("SELECT repeat(?, ?) FROM generate_series(?, ?)", "allow", 40, None),
     ], got
+    if results:
+        assert [r.get("result") for r in recs][-1] == [["y" * 3000]] * 40
+        assert [r.get("result") for r in recs if r["statement"] == "COPY rec TO STDOUT"] == \
+            [[[str(i)] for i in range(6)]]
 
 
 def _every_outcome(g, idp):

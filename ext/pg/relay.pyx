@@ -553,8 +553,9 @@ cdef class UpstreamSide(RelaySide):
         cdef const unsigned char* p
         cdef Py_ssize_t n, pos = 0, avail, size
         cdef char kind
-        if self.skip or self.held is not None or self.hdr_have:
-            return self.feed(data)
+        if self.skip or self.held is not None or self.hdr_have or \
+                (res is not None and not res.light):
+            return self.feed(data)          # (not light: rows are kept for replay)
         p = <const unsigned char*>PyBytes_AS_STRING(data)
         n = PyBytes_GET_SIZE(data)
         try:
