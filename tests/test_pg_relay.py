@@ -22,7 +22,7 @@ import pytest
 
 import pgraw
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import APP_DB, Gateway
+from helpers import APP_DB, ITEMS, Gateway, Rechunker
 from hoopwire.audit import read_records, verify
 
 pytestmark = pytest.mark.timeout(60)
@@ -726,6 +726,37 @@ def test_messages_split_byte_by_byte_and_coalesced(gw, idp):
             if kind == b"D":
                 values.append(int(body[6:]))
         assert values == list(range(1000))
+
+
+def test_server_replies_cut_into_pieces(pg, idp):
+    # The server's replies reach the gateway in pieces of 1 to 700 bytes (a real TCP relay,
+    # Rechunker), so every message is cut across reads somewhere: in its header, in a row,
+    # between a CommandComplete and its ReadyForQuery. Through the unrecorded relay's walk,
+    # and through the framer while a blocked statement's error is being rewritten.
+    with Rechunker(pg.port) as cut, \
+            Gateway(gateway_config(pg, idp, upstream=f"127.0.0.1:{cut.port}",
+                                   guardrail=[{"pack": "destructive-ddl"}]),
+                    env=gateway_env(pg)) as g:
+        with psycopg.connect(conninfo(g, idp.token()), autocommit=True) as c:
+            assert c.execute("SELECT id, name FROM items ORDER BY id").fetchall() == ITEMS
+            c.execute("SET application_name = 'cut'")        # answered with a ParameterStatus
+            assert c.info.parameter_status("application_name") == "cut"
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="destructive-ddl"):
+                c.execute("DROP TABLE items")
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                c.execute("SELECT 1/0")
+            with c.transaction():
+                c.execute("SELECT 1")
+                assert c.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            rows = c.execute("SELECT repeat('y', 3000) FROM generate_series(1, 40)").fetchall()
+            assert rows == [("y" * 3000,)] * 40
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                with c.pipeline() as p:
+                    c.execute("CREATE TEMP TABLE cut (id int PRIMARY KEY)")
+                    c.execute("INSERT INTO cut VALUES (1), (1)")
+                    p.sync()
+            assert c.execute("SELECT count(*) FROM items").fetchone() == (len(ITEMS),)
+        assert cut.pieces > 500
 
 
 # ------------------------------------------------------------------------------------------------

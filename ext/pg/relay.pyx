@@ -543,8 +543,9 @@ cdef class UpstreamSide(RelaySide):
         return 0
 
     cdef int _follow(self, bytes data) except -1:
-        """Recording only, no error to rewrite (see data_received): walk a read that is already
-        on its way to the client for what ends each statement. One loop over the read's whole
+        """No masking and no error to rewrite (see data_received): walk a read that is already
+        on its way to the client for what the relay and the statement records need (what
+        ends each statement and unit, ParameterStatus). One loop over the read's whole
         messages, without the framer's per-message calls: it sees every row of every result.
         A read that starts inside a message, and the tail of one that ends inside a message
         this walk must read whole, go through the framer (feed), which keeps what spans reads."""
@@ -553,6 +554,7 @@ cdef class UpstreamSide(RelaySide):
         cdef const unsigned char* p
         cdef Py_ssize_t n, pos = 0, avail, size
         cdef char kind
+        cdef bint reads
         if self.skip or self.held is not None or self.hdr_have or \
                 (res is not None and not res.light):
             return self.feed(data)          # (not light: rows are kept for replay)
@@ -568,10 +570,13 @@ cdef class UpstreamSide(RelaySide):
                     self.too_big(size)
                 kind = <char>p[pos]
                 r.last_upstream_kind = kind
-                if light_reads(kind):
+                # what on_header inspects in this state (E only while rewriting: not here)
+                reads = light_reads(kind) if res is not None else kind == c'Z' or kind == c'S'
+                if reads:
                     if avail < size:
                         break
-                    res._light_upstream(kind, p + pos, size)
+                    if res is not None:
+                        res._light_upstream(kind, p + pos, size)
                     if kind == c'Z':
                         self._ready_for_query(p + pos, size)
                     elif kind == c'S':
@@ -598,11 +603,11 @@ cdef class UpstreamSide(RelaySide):
         r.bytes_out += n
         cdef RowPlan pre = None
         cdef Py_ssize_t start = 0
-        if r.results is not None and not r.results.mask_on and not r.rewrites and \
+        if (r.results is None or not r.results.mask_on) and not r.rewrites and \
                 not self.holding and not self.failed and not r.closed:
-            # Recording only, no error to rewrite: nothing in this direction changes, so the
-            # bytes go to the client before the gateway reads them, and following the results
-            # (command tags, errors, the statement record) is off the client's critical path.
+            # No masking, no error to rewrite: nothing in this direction changes, so the bytes
+            # go to the client before the gateway reads them, and following them (units done,
+            # command tags, errors, statement records) is off the client's critical path.
             # A malformed server message then reaches the client before the session closes.
             self.peer_write(data)
             try:
