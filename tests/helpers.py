@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import time
 from typing import Any
 
 __all__ = ["free_port", "port_open", "wait_port", "to_toml", "Gateway", "GatewayError",
-           "Rechunker", "REPO_ROOT", "APP_DB", "ITEMS"]
+           "Forwarder", "SMALL_PIECES", "REPO_ROOT", "APP_DB", "ITEMS"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,70 +132,104 @@ def _toml_table(table: dict, path: list[str], out: list[str]) -> None:
                 _toml_table(item, sub, out)
 
 
-class Rechunker:
-    """A TCP relay in front of a real server that hands its replies on in small pieces, one
-    socket write each with a pause between, so that whoever reads them meets every message cut
-    at every place a read can end: in a header, in a row, between a CommandComplete and its
-    ReadyForQuery. What the client sends goes through unchanged. `sizes` cycle."""
+class Forwarder:
+    """A TCP forwarder between the gateway and a real server that the test can cut, and that
+    can hand the server's replies on in small pieces (`pieces`: sizes that cycle, one socket
+    write each with `pause` between), so that whoever reads them meets every message cut at
+    every place a read can end: in a header, in a row, between a CommandComplete and its
+    ReadyForQuery. What the client sends goes through unchanged."""
 
-    def __init__(self, port: int, sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 11, 64, 700),
-                 pause: float = 0.0005, host: str = "127.0.0.1"):
-        self.target = (host, port)
-        self.sizes = sizes
+    def __init__(self, target: tuple[str, int], *, pieces: tuple[int, ...] = (),
+                 pause: float = 0.0005):
+        self.target = target
+        self.pieces = pieces
         self.pause = pause
-        self.listener = socket.create_server((host, 0))
+        self.writes = 0                           # replies' pieces written so far
+        self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.pieces = 0
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, name="rechunker", daemon=True).start()
+        self.sockets: list[socket.socket] = []
+        self.doomed: set[socket.socket] = set()   # cut: to be reset, not closed
+        self.from_server: list[bytearray] = []    # the first 64 KiB each server sent
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, name="forwarder", daemon=True).start()
 
     def _accept(self) -> None:
         while True:
             try:
-                client, _ = self.listener.accept()
+                a, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.target)
-            for sk in (client, server):
-                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._socks += [client, server]
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+            b = socket.create_connection(self.target)
+            if self.pieces:
+                b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                self.sockets += [a, b]
+            capture = bytearray()
+            self.from_server.append(capture)
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pump, args=(b, a, capture), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, cut: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, capture: bytearray | None = None) -> None:
         i = 0
         try:
-            while data := src.recv(65536):
-                if not cut:
+            while src not in self.doomed:
+                data = src.recv(1 << 16)
+                if not data or src in self.doomed:
+                    break
+                if capture is None:
+                    dst.sendall(data)
+                    continue
+                if len(capture) < 1 << 16:
+                    capture += data
+                if not self.pieces:
                     dst.sendall(data)
                     continue
                 pos = 0
                 while pos < len(data):
-                    n = self.sizes[i % len(self.sizes)]
+                    n = self.pieces[i % len(self.pieces)]
                     i += 1
                     dst.sendall(data[pos:pos + n])
-                    self.pieces += 1
+                    self.writes += 1
                     pos += n
                     time.sleep(self.pause)
         except OSError:
             pass
-        finally:
-            for sk in (src, dst):
+        for s in (src, dst):
+            try:
+                if s in self.doomed:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:
+                    # a FIN now, even while the other pump thread still blocks in recv()
+                    s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def cut(self) -> None:
+        """The network goes away: every forwarded connection is reset, without a word."""
+        with self.lock:
+            self.doomed.update(self.sockets)
+            for s in self.sockets:
                 try:
-                    sk.shutdown(socket.SHUT_RDWR)
+                    s.shutdown(socket.SHUT_RD)   # wakes the pump, which resets both ends
                 except OSError:
                     pass
+            self.sockets.clear()
 
     def close(self) -> None:
         self.listener.close()
-        for sk in self._socks:
-            sk.close()
+        self.cut()
 
-    def __enter__(self) -> "Rechunker":
+    def __enter__(self) -> "Forwarder":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# the server's replies in pieces of 1 to 700 bytes (Forwarder's `pieces`)
+SMALL_PIECES = (1, 2, 3, 4, 5, 6, 7, 11, 64, 700)
 
 
 def to_toml(doc: dict) -> str:

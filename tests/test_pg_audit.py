@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import APP_DB, Gateway, Rechunker
+from helpers import APP_DB, SMALL_PIECES, Forwarder, Gateway
 from hoopwire.audit import read_records
 
 ROOT_GROUPS = ["admins"]
@@ -281,13 +281,14 @@ def test_sessions_left_open_by_a_crash_are_closed_by_the_next_start(pg, idp, tmp
 def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking, cut, results):
     # Without masking the relay follows only what ends statements (no Bind/Describe answers);
     # with it, every answer. Either way each record names the statement that ran or failed.
-    # `cut`: the server's replies reach the gateway in pieces of 1 to 700 bytes (Rechunker), so
+    # `cut`: the server's replies reach the gateway in pieces of 1 to 700 bytes (Forwarder), so
     # the recording walk meets every message split across reads, not only rows. `results`:
     # record_results without masking, where the rows themselves are kept.
     with contextlib.ExitStack() as stack:
         upstream = pg.port
         if cut:
-            upstream = stack.enter_context(Rechunker(pg.port)).port
+            upstream = stack.enter_context(
+                Forwarder(("127.0.0.1", pg.port), pieces=SMALL_PIECES)).port
         extra = {"mask": [{"columns": ["*.secret_col"], "strategy": "redact"}]} if masking else {}
         if results:
             extra.update(record_results=True, record_results_max_bytes="1MiB")

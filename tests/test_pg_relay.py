@@ -22,7 +22,7 @@ import pytest
 
 import pgraw
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import APP_DB, ITEMS, Gateway, Rechunker
+from helpers import APP_DB, ITEMS, SMALL_PIECES, Forwarder, Gateway
 from hoopwire.audit import read_records, verify
 
 pytestmark = pytest.mark.timeout(60)
@@ -730,10 +730,10 @@ def test_messages_split_byte_by_byte_and_coalesced(gw, idp):
 
 def test_server_replies_cut_into_pieces(pg, idp):
     # The server's replies reach the gateway in pieces of 1 to 700 bytes (a real TCP relay,
-    # Rechunker), so every message is cut across reads somewhere: in its header, in a row,
+    # Forwarder), so every message is cut across reads somewhere: in its header, in a row,
     # between a CommandComplete and its ReadyForQuery. Through the unrecorded relay's walk,
     # and through the framer while a blocked statement's error is being rewritten.
-    with Rechunker(pg.port) as cut, \
+    with Forwarder(("127.0.0.1", pg.port), pieces=SMALL_PIECES) as cut, \
             Gateway(gateway_config(pg, idp, upstream=f"127.0.0.1:{cut.port}",
                                    guardrail=[{"pack": "destructive-ddl"}]),
                     env=gateway_env(pg)) as g:
@@ -756,7 +756,7 @@ def test_server_replies_cut_into_pieces(pg, idp):
                     c.execute("INSERT INTO cut VALUES (1), (1)")
                     p.sync()
             assert c.execute("SELECT count(*) FROM items").fetchone() == (len(ITEMS),)
-        assert cut.pieces > 500
+        assert cut.writes > 500
 
 
 # ------------------------------------------------------------------------------------------------
@@ -773,71 +773,6 @@ def test_server_fatal_is_the_last_word(gw, idp, pg):
     assert tail == b""
     errors = [pgraw.error_fields(body) for kind, body in msgs if kind == b"E"]
     assert [e["C"] for e in errors] == ["57P01"], errors
-
-
-class Forwarder:
-    """A TCP forwarder between the gateway and PostgreSQL that the test can cut."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.doomed: set[socket.socket] = set()   # cut: to be reset, not closed
-        self.from_server: list[bytearray] = []    # the first 64 KiB each server sent
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                a, _ = self.listener.accept()
-            except OSError:
-                return
-            b = socket.create_connection(self.target)
-            with self.lock:
-                self.sockets += [a, b]
-            capture = bytearray()
-            self.from_server.append(capture)
-            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-            threading.Thread(target=self._pump, args=(b, a, capture), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, capture: bytearray | None = None) -> None:
-        try:
-            while src not in self.doomed:
-                data = src.recv(1 << 16)
-                if not data or src in self.doomed:
-                    break
-                if capture is not None and len(capture) < 1 << 16:
-                    capture += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                if s in self.doomed:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                else:
-                    # a FIN now, even while the other pump thread still blocks in recv()
-                    s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def cut(self) -> None:
-        """The network goes away: every forwarded connection is reset, without a word."""
-        with self.lock:
-            self.doomed.update(self.sockets)
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RD)   # wakes the pump, which resets both ends
-                except OSError:
-                    pass
-            self.sockets.clear()
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
 
 
 def test_upstream_connection_lost_without_a_word(pg, idp):

@@ -380,6 +380,13 @@ cdef class Relay:
         return None
 
 
+cdef inline bint plain_reads(char kind) noexcept:
+    """Whether the relay reads this upstream message when nothing follows results: Ready-
+    ForQuery (six bytes; its status ends a unit) and ParameterStatus (rare; the client encoding
+    is remembered)."""
+    return kind == c'Z' or kind == c'S'
+
+
 cdef class RelaySide(PgFrameReader):
 
     cdef int flush(self) except -1:
@@ -493,11 +500,7 @@ cdef class UpstreamSide(RelaySide):
         self.relay.last_upstream_kind = kind
         if self.relay.results is not None:
             return self.relay.results.upstream_header(kind)
-        if kind == c'Z':
-            return INSPECT      # six bytes: its status ends a unit
-        if kind == c'S':
-            return INSPECT      # ParameterStatus: rare; remember the client encoding
-        if kind == c'E' and self.relay.rewrites:
+        if plain_reads(kind) or kind == c'E' and self.relay.rewrites:
             return INSPECT
         return FORWARD
 
@@ -554,7 +557,6 @@ cdef class UpstreamSide(RelaySide):
         cdef const unsigned char* p
         cdef Py_ssize_t n, pos = 0, avail, size
         cdef char kind
-        cdef bint reads
         if self.skip or self.held is not None or self.hdr_have or \
                 (res is not None and not res.light):
             return self.feed(data)          # (not light: rows are kept for replay)
@@ -571,8 +573,7 @@ cdef class UpstreamSide(RelaySide):
                 kind = <char>p[pos]
                 r.last_upstream_kind = kind
                 # what on_header inspects in this state (E only while rewriting: not here)
-                reads = light_reads(kind) if res is not None else kind == c'Z' or kind == c'S'
-                if reads:
+                if light_reads(kind) if res is not None else plain_reads(kind):
                     if avail < size:
                         break
                     if res is not None:
