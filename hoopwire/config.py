@@ -74,7 +74,7 @@ class AuditConfig:
     segment_bytes: int = 64 * 1024 * 1024  # a segment is closed and a new one started past this
     on_write_failure: str = "fail-closed"  # fail-closed: refuse new statements | fail-open
     statement_literals: str = "mask"       # mask: literals in recorded statements become ?
-    flush_interval: float = 0.2            # seconds between batched writes
+    flush_interval: float = 1.0            # seconds between batched writes
     index_statements: bool = False         # statements in the state store too (else: read
                                            # from the log by `sessions show`)
 
@@ -621,7 +621,7 @@ def _audit(r: _Reader) -> AuditConfig | None:
         r.error("max_bytes", "must hold at least two segments (2 x segment_bytes)")
     on_failure = r.get("on_write_failure", str, "fail-closed", choices=("fail-closed", "fail-open"))
     literals = r.get("statement_literals", str, "mask", choices=("mask", "keep"))
-    flush = r.get("flush_interval", (int, str, float), 0.2, convert=parse_duration)
+    flush = r.get("flush_interval", (int, str, float), 1.0, convert=parse_duration)
     index_statements = r.get("index_statements", bool, False)
     r.finish()
     if path is None:

@@ -134,6 +134,24 @@ def _admin(port: int, method: str, path: str, token: str, body: dict | None = No
         return json.loads(r.read())
 
 
+def _recorded_session(port: int, token: str, identity: str,
+                      timeout: float = 15.0) -> tuple[dict, dict]:
+    """The identity's first session once it has ended and all its statements are in the log:
+    the gateway writes them in batches, up to the audit flush_interval after they ran."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _admin(port, "GET", f"/api/v1/sessions?identity={identity}", token)["sessions"]
+        if rows:
+            shown = _admin(port, "GET", f"/api/v1/sessions/{rows[-1]['id']}", token)
+            row = shown["session"]
+            done = row["ended_at"] is not None and len(shown["statements"]) >= row["statements"]
+            if done or time.monotonic() > deadline:
+                return rows[-1], shown
+        elif time.monotonic() > deadline:
+            raise SystemExit(f"demo: no session of {identity} was recorded within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
 def _wait_pending(port: int, token: str, timeout: float = 15.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -242,10 +260,7 @@ def main(keep: bool = False) -> int:
             n = conn.execute("SELECT count(*) FROM customers").fetchone()[0]
             _say("allowed", f"the nightly-etl API key (stored only as its sha256): {n} customers")
 
-        time.sleep(0.5)
-        sessions = _admin(admin_port, "GET", "/api/v1/sessions?identity=agent-7", approver)
-        first = sessions["sessions"][-1]
-        shown = _admin(admin_port, "GET", f"/api/v1/sessions/{first['id']}", approver)
+        first, shown = _recorded_session(admin_port, approver, "agent-7")
         print(f"\nThe recorded session (hoopwire sessions show {first['id']}):")
         for st in shown["statements"]:
             _say(st["verdict"], f"#{st['seq']} {st['statement']}"

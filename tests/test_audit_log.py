@@ -227,6 +227,26 @@ def test_restart_on_a_full_segment_starts_a_new_one(tmp_path):
     assert verify(str(d)).ok
 
 
+def test_flush_soon_writes_without_waiting_out_the_interval(tmp_path):
+    # The recorder wakes the flusher after each drain, so a statement waits for one interval
+    # (the recorder's), not for the recorder's and then the log's own in turn.
+    async def run() -> tuple[int, int]:
+        log = AuditLog(cfg(tmp_path / "log", flush_interval=3600.0), gateway_id="gw-test")
+        await log.start()
+        try:
+            log.append(record(1))
+            log.flush_soon()
+            for _ in range(500):
+                if log.written:
+                    break
+                await asyncio.sleep(0.01)
+            return log.written, log.pending
+        finally:
+            await log.close()
+    assert asyncio.run(run()) == (1, 0)
+    assert verify(str(tmp_path / "log")).records == 1
+
+
 # ---- retention ----------------------------------------------------------------------------------
 
 def test_retention_by_max_bytes_keeps_a_verifiable_tail(tmp_path):

@@ -4,10 +4,12 @@ Each session's relay writes every finished statement straight into the session's
 (ext/auditlog.pyx): the common record (no error, no captured rows) as a copy of its fields, in
 C, with no Python object per statement -- the audit thread writes its JSON; the others through
 `_statement` here, as a dict (statement text with literals masked unless configured otherwise,
-error messages through the masker). Every
-`flush_interval` the recorder takes each log's records as one batch and queues it on the audit
-log, which chains and writes them in its own thread; index rows (with `index_statements`, which
-sends every statement the dict way) go to the store in one batched call.
+error messages through the masker). Every `flush_interval` (default 1 s) the recorder takes
+each log's records as one batch, queues it on the audit log and wakes the log's flusher, which
+chains and writes them in its own thread; index rows (with `index_statements`, which sends
+every statement the dict way) go to the store in one batched call. The interval is what a
+statement may wait before it is on disk, and what a crash may lose; each flush also has a
+fixed cost on a busy machine (bench/README.md, "Recording"), which is why it is not shorter.
 
 If the log cannot be written and `on_write_failure = "fail-closed"`, every open session (and
 every new one) answers new statements with an error until writing works again; with
@@ -209,6 +211,7 @@ class Recorder:
             try:
                 for sid, s in list(self._open.items()):
                     self._drain(sid, s)
+                self.log.flush_soon()
                 self._count_records()
                 self._check_health()
                 await self._write_index()
