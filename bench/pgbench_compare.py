@@ -278,60 +278,50 @@ def pg_env(target: Target) -> dict[str, str]:
 
 def run_pgbench(pg: PgServer, target: Target, v: Variant, duration: int,
                 lead: int = 0) -> Result | None:
-    """One pgbench run; with `lead`, it runs lead + duration (+ 1) seconds and only the
-    `duration` after the lead count (TPS and latency from its per-second progress, the proxy's
-    CPU over the same window). A recording gateway writes each statement's record up to a flush interval
-    later: counting from the first second would let the last records of the run be written
-    after the window closed, out of its CPU and off its cores, and favour longer intervals.
-    After `lead` the backlog at either end of the window is the same on average."""
+    """One pgbench run of lead + duration + 1 seconds, of which the `duration` after the lead
+    count: TPS and latency from pgbench's per-second progress, the proxy's CPU over the same
+    window (the last second is there because pgbench may not print its last interval).
+    A recording gateway writes each statement's record up to a flush interval later; counted
+    from the first second, a run's last records would be written after its window closed,
+    out of its CPU and off its cores. After a lead the backlog at both ends is the same on
+    average."""
     if v.script == "tpcb-like":
         # what pgbench itself does before a run, done here on the side (-n below) so that every
         # target starts from the same table state and none pays for it through its own path
         pg.sql("VACUUM pgbench_branches; VACUUM pgbench_tellers; TRUNCATE pgbench_history; "
                "CHECKPOINT;", dbname=DB)
-    # with a lead, one more second after the window: pgbench may not print its last interval
-    total = duration + lead + (1 if lead else 0)
-    cmd = [os.path.join(pg.bindir, "pgbench"), "-n", "-T", str(total), "-c", str(v.clients),
-           "-j", str(v.threads), "-M", v.mode, "-b", v.script] + (["-P", "1"] if lead else [])
-    timeout = total + 120
+    total = lead + duration + 1
+    cmd = [os.path.join(pg.bindir, "pgbench"), "-n", "-P", "1", "-T", str(total), "-c",
+           str(v.clients), "-j", str(v.threads), "-M", v.mode, "-b", v.script]
+    proc = subprocess.Popen(cmd, env=pg_env(target), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    time.sleep(lead)
+    cpu0, window0 = tree_cpu_seconds(target.pid) if target.pid else None, time.monotonic()
+    time.sleep(duration)
+    cpu1, window = tree_cpu_seconds(target.pid) if target.pid else None, time.monotonic() - window0
     try:
-        proc = subprocess.Popen(cmd, env=pg_env(target), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        started = time.monotonic()
-        time.sleep(lead)
-        cpu0 = tree_cpu_seconds(target.pid) if target.pid else None
-        window0 = time.monotonic()
-        if lead:
-            time.sleep(duration)
-        cpu1 = tree_cpu_seconds(target.pid) if target.pid and lead else None
-        window = time.monotonic() - window0
-        out, err = proc.communicate(timeout=max(1.0, timeout - (time.monotonic() - started)))
+        out, err = proc.communicate(timeout=max(1.0, total + 120 - (time.monotonic() - started)))
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         log(f"    pgbench against {target.name} hung; counted as failed")
         return None
     tps, lat = _TPS.search(out), _LAT.search(out)
-    if proc.returncode != 0 or not tps or not lat:
+    seconds = [(float(m.group(2)), float(m.group(3))) for m in _PROGRESS.finditer(err)
+               if lead < float(m.group(1)) <= lead + duration]
+    if proc.returncode != 0 or not tps or not lat or len(seconds) < duration:
         tail = "\n".join((err or out).strip().splitlines()[-5:])
-        log(f"    pgbench against {target.name} failed (exit {proc.returncode}):\n{tail}")
+        log(f"    pgbench against {target.name} failed (exit {proc.returncode}, "
+            f"{len(seconds)} of {duration} seconds in the window):\n{tail}")
         return None
     failed = _FAILED.search(out)
     processed = _PROCESSED.search(out)
-    result = Result(float(tps.group(1)), float(lat.group(1)), int(failed.group(1)) if failed else 0,
+    counted = sum(t for t, _ in seconds)
+    result = Result(counted / len(seconds), sum(t * ms for t, ms in seconds) / max(counted, 1e-9),
+                    int(failed.group(1)) if failed else 0,
                     int(processed.group(1)) if processed else None)
-    if lead:
-        seconds = [(float(m.group(2)), float(m.group(3))) for m in _PROGRESS.finditer(err)
-                   if lead < float(m.group(1)) <= lead + duration]
-        if len(seconds) < duration:
-            log(f"    pgbench against {target.name}: {len(seconds)} progress lines in the "
-                f"window, not {duration}; counted as failed")
-            return None
-        result.tps = statistics.fmean(t for t, _ in seconds)
-        result.latency_ms = sum(t * ms for t, ms in seconds) / max(sum(t for t, _ in seconds), 1e-9)
     if cpu0 is not None and result.tps > 0:
-        if cpu1 is None:
-            cpu1, window = tree_cpu_seconds(target.pid), duration
         result.proxy_cpu_us = (cpu1 - cpu0) / (result.tps * window) * 1e6
     return result
 
@@ -689,10 +679,9 @@ def main(argv: list[str] | None = None) -> int:
                 measure_idle(pg, by_name[name], args.idle)
             return 0
 
-        total = args.rounds * len(variants) * len(targets) * (args.duration + args.lead
-                                                              + (1 if args.lead else 0))
+        total = args.rounds * len(variants) * len(targets) * (args.lead + args.duration + 1)
         log(f"{len(variants)} variants x {len(targets)} targets x {args.rounds} rounds x "
-            f"({args.lead} + {args.duration}) s = about {total / 60:.1f} min")
+            f"({args.lead} + {args.duration} + 1) s = about {total / 60:.1f} min")
         results: dict[Variant, dict[str, list[Result | None]]] = {
             v: {t: [] for t in targets} for v in variants}
         warmup_tx = 0       # transactions through hoopwire-audit that no result counts
@@ -716,8 +705,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"  round {rnd}/{args.rounds}  {v.label:<55} {name:<14} "
                         + (f"{res.tps:10.1f} tps {res.latency_ms:8.3f} ms" if res else "failed"))
 
-        print(f"\n{versions(pg, targets)}\npgbench -T {args.lead} + {args.duration} (the last "
-              f"{args.duration} s counted), scale {args.scale}; "
+        print(f"\n{versions(pg, targets)}\npgbench {args.duration} s counted after a "
+              f"{args.lead} s lead, scale {args.scale}; "
               "medians over rounds; ratios are per-round TPS ratios, then the median")
         print_tables(variants, targets, results, args.rounds)
         if "hoopwire-audit" in gateways:
