@@ -8,7 +8,9 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY ext ./ext
 COPY hoopwire ./hoopwire
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+COPY requirements/pins.txt ./requirements/pins.txt
+# the same pins as the tests (setuptools, wheel and Cython of the build too)
+RUN PIP_CONSTRAINT=/src/requirements/pins.txt pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update && apt-get install -y --no-install-recommends libhyperscan5 \
