@@ -82,16 +82,16 @@ def resolve(targets: list[str], constraints: list[Path]) -> dict[str, str]:
 
 def refresh(_args) -> int:
     meta = pyproject()
-    # one resolution for the project, its test extra and its build requirements, so a package in
+    # one resolution for the project, its test and fuzz extras and its build requirements, so a package in
     # both the build environment and the test environment gets one version
-    targets = [f"{ROOT}[test]"] + meta["build-system"]["requires"]
+    targets = [f"{ROOT}[test,fuzz]"] + meta["build-system"]["requires"]
     pins = resolve(targets, [HOLDS])
     today = datetime.date.today().isoformat()
     py = platform.python_version()
     lines = [
         f"# Resolved {today} by `python requirements/pins.py refresh` for CPython {py} on "
         f"{platform.machine()} Linux,",
-        "# under requirements/holds.txt: hoopwire's runtime and test dependencies and its build",
+        "# under requirements/holds.txt: hoopwire's runtime, test and fuzz dependencies and its build",
         "# requirements (setuptools, wheel, Cython), every one pinned. Used as PIP_CONSTRAINT by",
         "# the README's commands and .ci/run. Refresh on purpose (see the README's Testing section),",
         "# never by hand: a hand edit is a resolution nobody ran.",
