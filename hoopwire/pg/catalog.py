@@ -11,6 +11,14 @@ relation is followed through the view's _RETURN rule (the top-level target list 
 tree carries `resorigtbl` / `resorigcol`, the same fields the server fills RowDescription from),
 so `CREATE VIEW v AS SELECT ssn AS s FROM users` masks `v.s` as `users.ssn`. A view column that
 is an expression has no single source and counts as unresolved.
+
+The system catalogs (pg_catalog, information_schema) are read with the rest: psql's `\\d`,
+pg_dump and every ORM's reflection name them in their RowDescriptions, and a relation the
+catalog does not hold costs a lookup. Anything else built in at initdb time (an OID below
+FirstNormalObjectId that the read did not return) is placed without one: it cannot be a user's
+table. A relation the read cannot see (dropped since, or created in a transaction not yet
+committed) is placed as one with no named columns, and stays placed across later reads until
+a read returns it.
 """
 
 from __future__ import annotations
@@ -36,8 +44,7 @@ _ALL_COLUMNS = (
     "a.atttypid::int8 FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-    "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') "
-    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
+    "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND n.nspname NOT LIKE 'pg\\_toast%' "
     "ORDER BY 1, 5")
 
 _VIEW_RULES = (
@@ -57,6 +64,10 @@ _VIEW_DEPS = (
     "AND r.rulename = '_RETURN' AND r.ev_class <> d.refobjid")
 
 
+# PostgreSQL's FirstNormalObjectId: every OID below it was assigned by initdb
+FIRST_NORMAL_OID = 16384
+
+
 class CatalogError(Exception):
     """The catalog could not be read (side connection refused, lost, or timed out)."""
 
@@ -68,6 +79,7 @@ class Relation:
     name: str
     kind: str                                   # pg_class.relkind
     columns: dict[int, tuple[str, int]] = field(default_factory=dict)  # attnum -> (name, type)
+    placeholder: bool = False                   # placed, not read (see Catalog.place)
 
 
 def _tokens(text: str):
@@ -157,6 +169,9 @@ class Catalog:
         self.stale = True
         self.generation = 0
         self.lookups = 0
+        # load tickets: a caller that invalidated needs a read that started after it did
+        self._asked = 0
+        self._answered = 0
         self._up = None
         self._lock = asyncio.Lock()
 
@@ -166,7 +181,12 @@ class Catalog:
         return not self.stale and time.monotonic() - self.loaded_at < self.ttl
 
     def knows(self, oid: int) -> bool:
-        return oid in self.relations
+        return oid in self.relations or oid < FIRST_NORMAL_OID
+
+    def place(self, oid: int) -> None:
+        """Hold `oid` as a relation without named columns (unresolved), until a read has it."""
+        if oid not in self.relations:
+            self.relations[oid] = Relation(oid, "", "", "r", placeholder=True)
 
     def source(self, oid: int, attnum: int) -> Source:
         """The base column behind (oid, attnum), following views; None for an expression.
@@ -207,13 +227,22 @@ class Catalog:
     def invalidate(self) -> None:
         self.stale = True
 
+    def ask(self) -> int:
+        """A ticket for a read that starts after now (see load)."""
+        self.stale = True
+        self._asked += 1
+        return self._asked
+
     # -- reading the catalog ----------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Read every user relation's columns, every view's target list and what it reads."""
+    async def load(self, ticket: int = 0) -> None:
+        """Read every relation's columns, every view's target list and what it reads. With a
+        ticket (from ask), return only once a read that started after the ticket was taken has
+        finished: a read already under way may not see what the caller needs."""
         async with self._lock:
-            if self.fresh():
+            if self.fresh() and self._answered >= ticket:
                 return
+            started = self._asked
             rows = await self._query(_ALL_COLUMNS)
             views = await self._query(_VIEW_RULES)
             deps = await self._query(_VIEW_DEPS)
@@ -224,6 +253,10 @@ class Catalog:
                 if rel is None:
                     rel = rels[oid] = Relation(oid, schema, name, kind)
                 rel.columns[int(attnum)] = (attname, int(typ))
+            # what was placed and the read still does not return stays placed
+            for oid, rel in self.relations.items():
+                if rel.placeholder and oid not in rels:
+                    rels[oid] = rel
             self.relations = rels
             self._views = {int(o): view_targets(action or "") for o, action in views}
             self.view_reads = {}
@@ -232,6 +265,7 @@ class Catalog:
             self._sources = {}
             self.loaded_at = time.monotonic()
             self.stale = False
+            self._answered = started
             self.generation += 1
             self.lookups += 1
             event(log, "catalog loaded", logging.DEBUG, database=self.database,

@@ -333,6 +333,9 @@ class SessionMasker:
         self.catalog = conn.catalog(database)
         self.relay = None                 # set by the session once the relay exists
         self._task: asyncio.Task | None = None
+        self._wanted: set[int] = set()     # relations the held result waits for
+        self._again = False                # a hold came in: the lookup task goes round again
+        self._failure: str | None = None   # why the catalog could not be read (see _refusal)
         self.masked_total = 0
 
     def rebind(self, conn: Optional[ConnectionMasking]) -> None:
@@ -362,7 +365,12 @@ class SessionMasker:
         fields = _row_description(msg)
         if fields is None:
             raise MaskRowError("malformed RowDescription from the upstream")
-        need = self._need(o for _n, o, _a, _t, _f in fields if o)
+        if self._failure is not None:
+            return self._refusal()
+        oids = [o for _n, o, _a, _t, _f in fields if o]
+        # a result that names no relation, of a statement that mentions nothing masked, needs
+        # no catalog (`SELECT 1` goes on while the catalog cannot be read)
+        need = self._need(oids) if oids or info.mentions else None
         if need is not None:
             return self._hold(need)
         cols, unresolved = [], False
@@ -386,6 +394,8 @@ class SessionMasker:
             spec = CopySpec(binary=overall == 1)
         cols: list[Column] = []
         unresolved = spec.table is None
+        if self._failure is not None:
+            return self._refusal()
         if spec.table is not None:
             if not self.catalog.fresh():
                 return self._hold(set())
@@ -573,28 +583,35 @@ class SessionMasker:
         return missing or None
 
     def _hold(self, oids: set[int]):
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._lookup(oids))
+        """HOLD the result until the catalog has `oids`. One lookup task per session: a hold
+        that comes while it runs -- the relay judging the next result inside the resume that
+        ended the last wait -- is taken by the same task's next round, never left waiting."""
+        self._wanted |= oids
+        self._again = True
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._lookups())
         return HOLD
 
-    async def _lookup(self, oids: set[int]) -> None:
-        cat = self.catalog
+    async def _lookups(self) -> None:
         try:
-            if any(o not in cat.relations for o in oids):
-                cat.invalidate()                      # a relation newer than our read
-            await cat.load()
-            for o in oids:
-                if o not in cat.relations:
-                    # gone between the result and our read (dropped, or a temporary table of
-                    # the session): known as having no named columns -> unresolved
-                    cat.relations[o] = _Placeholder(o)
-        except CatalogError as e:
-            event(log, "masking catalog unavailable", logging.ERROR,
-                  connection=self.conn.connection, database=self.database, error=str(e))
-            if self.relay is not None:
-                self.relay.shutdown("mask_catalog_error", error_response(
-                    "FATAL", "08006", "the gateway cannot read the catalog it masks results by"))
-            return
+            while self._again:
+                self._again = False
+                oids, self._wanted = self._wanted, set()
+                try:
+                    # the whole wait has one bound: the side connection's connect and its
+                    # three reads each have connect_timeout, and a read by another session
+                    # may be under way on the same lock
+                    await asyncio.wait_for(self._place(oids), self.conn.timeout * 4)
+                except (CatalogError, asyncio.TimeoutError) as e:
+                    reason = str(e) or f"no answer within {self.conn.timeout * 4:g} s"
+                    event(log, "masking catalog unavailable", logging.ERROR,
+                          connection=self.conn.connection, database=self.database,
+                          error=reason)
+                    # the held result is refused when it is judged again; the session goes on
+                    self._failure = reason
+                if self.relay is None or self.relay.is_closed:
+                    return
+                self.relay.resume_upstream()
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001
@@ -602,14 +619,30 @@ class SessionMasker:
             if self.relay is not None:
                 self.relay.shutdown("internal_error", error_response(
                     "FATAL", "XX000", "internal error in the gateway"))
-            return
-        if self.relay is not None and not self.relay.is_closed:
-            self.relay.resume_upstream()
+        finally:
+            self._task = None
 
+    async def _place(self, oids: set[int]) -> None:
+        cat = self.catalog
+        # a relation newer than the last read (or a read past its ttl): a read that starts
+        # after this moment, not one that may have started before the relation existed
+        ticket = cat.ask() if any(o not in cat.relations for o in oids) or not cat.fresh() \
+            else 0
+        await cat.load(ticket)
+        for o in oids:
+            # gone between the result and the read (dropped, or created in a transaction the
+            # side connection cannot see yet): placed with no named columns -> unresolved
+            cat.place(o)
 
-class _Placeholder:
-    def __init__(self, oid):
-        self.oid, self.schema, self.name, self.kind, self.columns = oid, "", "", "r", {}
+    def _refusal(self):
+        """The error that refuses a result the catalog could not be read for, once."""
+        self._failure = None          # logged with its reason when it happened
+        metrics.MASK_REFUSED.labels(self.conn.connection).inc()
+        return error_response(
+            "ERROR", "58000", "result withheld by hoopwire: the catalog it masks results by "
+            "could not be read (the gateway's log says why)",
+            hint="the statement ran on the server; retry it once the gateway can read the "
+                 "catalog again")
 
 
 class _TextCopy:
