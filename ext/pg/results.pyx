@@ -181,9 +181,12 @@ cdef class PgResults:
         elif kind == c'E':
             name = _cstr(body, blen, &used)
             known = self._portal(name)
-            if self.mask_on and not (self.last_client == c'D' and self.last_desc_portal and
-                                     self.last_desc_name == name):
-                # Rows must follow a description we saw: ask for one, answer swallowed.
+            if self.mask_on and out is None and not (
+                    self.last_client == c'D' and self.last_desc_portal and
+                    self.last_desc_name == name):
+                # Rows must follow a description we saw: ask for one, answer swallowed. Not
+                # for a refused Execute (`out` stands in for it): what we would send is the
+                # Execute itself, and no rows come from a refusal.
                 self._push(R_DESC_OURS, known[0], None, 0.0)
                 self.injected += 1
                 out = (DESCRIBE_PORTAL_HEAD + (len(name) + 6).to_bytes(4, "big") + b"P" + name +
