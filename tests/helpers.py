@@ -6,6 +6,9 @@
     psycopg.connect(host="127.0.0.1", port=gw.port("pg"), password=token, ...)
     assert "session started" in gw.log_text()
     gw.stop()
+
+`psql(...)` runs the psql of the PostgreSQL the fixtures run, in an environment no PG* variable
+of the caller's can steer.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from typing import Any
 
 __all__ = ["free_port", "port_open", "wait_port", "to_toml", "Gateway", "GatewayError",
-           "Forwarder", "SMALL_PIECES", "REPO_ROOT", "APP_DB", "ITEMS"]
+           "Forwarder", "SMALL_PIECES", "REPO_ROOT", "APP_DB", "ITEMS", "psql", "psql_env"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,6 +60,46 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"nothing accepts connections on {host}:{port} after {timeout} s")
         time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------------
+# psql, as the fixtures find it and untouched by the caller's environment
+
+# Where libpq would find a password file if PGPASSFILE did not name one: a path that never
+# exists, so a developer's ~/.pgpass cannot answer a password request the test meant to leave
+# unanswered.
+_NO_PASSFILE = "/nonexistent/hoopwire-tests/pgpass"
+
+
+def psql_env(password: str | None = None) -> dict[str, str]:
+    """This process's environment without anything libpq or psql reads from it: every PG*
+    variable (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE, PGOPTIONS, PGSERVICE, ...) and
+    every PSQL* one goes, so only the test's own arguments say where psql connects and how.
+    Messages come untranslated (LC_ALL=C) and the client encoding is fixed (UTF8) rather than
+    taken from the caller's locale. `password`, if given, is passed as PGPASSWORD (never on the
+    command line, where ps would show it)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.upper().startswith(("PG", "PSQL")) and not k.startswith("LC_")}
+    env["LC_ALL"] = "C"
+    env["PGCLIENTENCODING"] = "UTF8"
+    env["PGPASSFILE"] = _NO_PASSFILE
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return env
+
+
+def psql(*args: str, password: str | None = None, input: str | None = None,
+         timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run `psql -X -w ARGS` (no ~/.psqlrc; never a password prompt on the terminal) from the
+    directory the fixtures take the server's binaries from (hoopwire.devserver.find_pg_bindir:
+    HOOPWIRE_PG_BINDIR, pg_config, the newest /usr/lib/postgresql/*/bin), not whichever psql
+    comes first on PATH, with `psql_env()`.
+    Returns the CompletedProcess (text stdout/stderr); checking returncode is the caller's.
+    `timeout` only keeps a hung psql from hanging the run."""
+    from hoopwire.devserver import find_pg_bindir   # the tree under test, like the fixtures
+    cmd = [os.path.join(find_pg_bindir(), "psql"), "-X", "-w", *args]
+    return subprocess.run(cmd, input=input if input is not None else "", capture_output=True,
+                          text=True, env=psql_env(password), timeout=timeout)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import time
+import urllib.request
 import uuid
 
 import asyncpg
@@ -208,15 +210,39 @@ def test_role_picked_by_startup_user_with_its_own_groups(agw, idp):
     assert login(agw, idp.token(groups=["agents"]), user="whoever") == "app"
 
 
-def test_no_password_offered(agw):
-    """psql without a password: the gateway asks, the client gives up, nothing breaks."""
-    with pytest.raises(psycopg.OperationalError):
+def connections_total(gw, result: str) -> float:
+    """hoopwire_connections_total{connection="pg",result=...}: startups that ended so."""
+    text = urllib.request.urlopen(gw.admin_url + "/metrics", timeout=10).read().decode()
+    m = re.search(r'^hoopwire_connections_total\{connection="pg",result="%s"\} (\S+)$'
+                  % re.escape(result), text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_no_password_offered(agw, idp):
+    """psql without a password: the gateway asks, the client gives up, nothing breaks.
+
+    The client is libpq (as psql's) with no password to give -- the empty one given here, and
+    PGPASSFILE pointing nowhere so no ~/.pgpass can supply one. libpq's own "no password
+    supplied" is what it says when the server asked for a password it does not have: a
+    gateway that refused (28P01/28000), let the client in, or dropped the connection would
+    have produced another error or none. The gateway then counts a client that left during
+    startup, and serves the next client."""
+    before = connections_total(agw, "client_gone")
+    with pytest.raises(psycopg.OperationalError, match="no password supplied") as e:
         psycopg.connect(host="127.0.0.1", port=agw.port("pg"), user="agent-7", dbname="appdb",
-                        sslmode="disable", connect_timeout=5, password="")
+                        sslmode="disable", connect_timeout=10, password="",
+                        passfile="/nonexistent/hoopwire-tests/pgpass")
+    assert e.value.sqlstate is None   # the client's own error: nothing came from the gateway
+    deadline = time.monotonic() + 10
+    while connections_total(agw, "client_gone") < before + 1:
+        assert time.monotonic() < deadline, "the gateway never counted the client that left"
+        time.sleep(0.05)
+    assert connections_total(agw, "client_gone") == before + 1
+    assert "startup failed" not in agw.log_text()   # the internal-error path
+    assert login(agw, idp.token()) == "app"
 
 
 def test_metrics_count_auth_failures(agw, idp):
-    import urllib.request
     refused(agw, idp.token(ttl=-60))
     text = urllib.request.urlopen(agw.admin_url + "/metrics", timeout=5).read().decode()
     assert 'hoopwire_auth_failures_total{connection="pg",reason="expired"}' in text

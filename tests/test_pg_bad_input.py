@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
 import ssl
 import struct
 import threading
 import time
+import urllib.request
 from typing import Iterator
 
 import psycopg
@@ -21,15 +23,22 @@ from helpers import APP_DB, Gateway
 
 pytestmark = pytest.mark.timeout(60)
 
-HANDSHAKE_TIMEOUT = 1.0
+# The "pg" and "tls" listeners' handshake_timeout. Short, so the stalled-handshake tests are
+# quick, but every login on those listeners must also finish within it, on a loaded machine.
+HANDSHAKE_TIMEOUT = 2.0
 MAX_MESSAGE = 64 * 1024
+# How long to wait for an answer the gateway owes us. Only a hang guard, never a speed claim:
+# whether an answer came from the handshake timeout rather than from what we sent shows in
+# its SQLSTATE (the timeout's is 08006), not in how long it took.
+REPLY = 10.0
 
 
 @pytest.fixture(scope="module")
 def gw(pg, idp, pki) -> Iterator[Gateway]:
     """Connection "pg" with a short handshake timeout and a small message limit, "small"
     that takes three clients at most, and "tls" that offers TLS."""
-    cfg = gateway_config(pg, idp, handshake_timeout="1s", max_message_size="64KiB")
+    cfg = gateway_config(pg, idp, handshake_timeout=f"{HANDSHAKE_TIMEOUT:g}s",
+                         max_message_size="64KiB")
     small = dict(cfg["connection"][0], name="small", max_connections=3)
     del small["handshake_timeout"], small["max_message_size"]
     cfg["connection"].append(small)
@@ -81,7 +90,15 @@ def assert_fatal(fields: dict[str, str], code: str | set[str]) -> None:
 
 def to_password_prompt(c: pgraw.RawConn, **params: str) -> None:
     c.send(pgraw.startup_packet({"user": "agent-7", "database": APP_DB, **params}))
-    assert c.read_message(2) == (b"R", struct.pack("!I", 3))
+    assert c.read_message(REPLY) == (b"R", struct.pack("!I", 3))
+
+
+def connections_total(gw: Gateway, result: str, name: str = "pg") -> float:
+    """hoopwire_connections_total{connection=name,result=...}: startups that ended so."""
+    text = urllib.request.urlopen(gw.admin_url + "/metrics", timeout=REPLY).read().decode()
+    m = re.search(r'^hoopwire_connections_total\{connection="%s",result="%s"\} (\S+)$'
+                  % (re.escape(name), re.escape(result)), text, re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -100,30 +117,27 @@ GARBAGE = {
 @pytest.mark.parametrize("name", list(GARBAGE))
 def test_garbage_first_packet(gw, others_go_on, name):
     with raw(gw) as c:
-        t0 = time.monotonic()
         send_quietly(c, GARBAGE[name])
-        fields = c.expect_error_and_close(timeout=3)
+        fields = c.expect_error_and_close(timeout=REPLY)
+        # refused on sight: the handshake timeout would have answered 08006
         assert_fatal(fields, "08P01")
-        # refused on sight, not by the handshake timeout
-        assert time.monotonic() - t0 < HANDSHAKE_TIMEOUT
 
 
 @pytest.mark.parametrize("length", [10_001, 1_000_000, 0x7FFFFFFF, 0xFFFFFFFF])
 def test_oversized_startup_length(gw, others_go_on, length):
     with raw(gw) as c:
-        t0 = time.monotonic()
         # only the header and a little of the promised body: the length alone is the offence
         send_quietly(c, struct.pack("!II", length, pgraw.PROTOCOL_3_0) + b"user\0x\0")
-        fields = c.expect_error_and_close(timeout=3)
+        fields = c.expect_error_and_close(timeout=REPLY)
+        # not waiting for the rest of the body: that wait would end in the timeout's 08006
         assert_fatal(fields, "08P01")
-        assert time.monotonic() - t0 < HANDSHAKE_TIMEOUT
 
 
 def test_oversized_startup_sent_in_full(gw, others_go_on):
     params = {"user": "agent-7", "database": APP_DB, "application_name": "a" * 20_000}
     with raw(gw) as c:
         send_quietly(c, pgraw.startup_packet(params))
-        assert_fatal(c.expect_error_and_close(timeout=3), "08P01")
+        assert_fatal(c.expect_error_and_close(timeout=REPLY), "08P01")
 
 
 def protocol2_startup() -> bytes:
@@ -144,7 +158,7 @@ def protocol2_startup() -> bytes:
 def test_unsupported_protocol_versions(gw, others_go_on, packet):
     with raw(gw) as c:
         send_quietly(c, packet)
-        fields = c.expect_error_and_close(timeout=3)
+        fields = c.expect_error_and_close(timeout=REPLY)
         assert_fatal(fields, "0A000")
         assert "protocol" in fields["M"]
 
@@ -154,7 +168,7 @@ def test_protocol2_is_what_the_startup_code_131072_means(gw, others_go_on):
     assert protocol2_startup()[4:8] == struct.pack("!I", 131072)
     with raw(gw) as c:
         send_quietly(c, protocol2_startup())
-        assert_fatal(c.expect_error_and_close(timeout=3), "0A000")
+        assert_fatal(c.expect_error_and_close(timeout=REPLY), "0A000")
 
 
 @pytest.mark.parametrize("params", [
@@ -164,7 +178,7 @@ def test_protocol2_is_what_the_startup_code_131072_means(gw, others_go_on):
 def test_v3_startup_without_a_user(gw, others_go_on, params):
     with raw(gw) as c:
         send_quietly(c, pgraw.startup_packet(params))
-        fields = c.expect_error_and_close(timeout=3)
+        fields = c.expect_error_and_close(timeout=REPLY)
         assert_fatal(fields, "28000")
         assert "user" in fields["M"]
 
@@ -180,7 +194,7 @@ def test_v3_startup_without_a_user(gw, others_go_on, params):
 def test_malformed_startup_bodies(gw, others_go_on, body):
     with raw(gw) as c:
         send_quietly(c, pgraw.untyped(body))
-        assert_fatal(c.expect_error_and_close(timeout=3), "08P01")
+        assert_fatal(c.expect_error_and_close(timeout=REPLY), "08P01")
 
 
 @pytest.mark.parametrize("packet", [
@@ -192,11 +206,12 @@ def test_malformed_cancel_request(gw, others_go_on, packet):
     with raw(gw) as c:
         send_quietly(c, packet)
         try:
-            data, _ = c.read_until_closed(timeout=HANDSHAKE_TIMEOUT - 0.3)
+            data, _ = c.read_until_closed(timeout=REPLY)
         except TimeoutError:
             pytest.fail("a malformed CancelRequest's connection stayed open")
         msgs, tail = pgraw.parse_messages(data)
         assert tail == b"" and all(k == b"E" for k, _ in msgs), data
+        # 08P01 only: a close by the handshake timeout would say 08006
         for _, body in msgs:
             assert_fatal(pgraw.error_fields(body), "08P01")
 
@@ -205,11 +220,27 @@ def test_malformed_cancel_request(gw, others_go_on, packet):
 # truncated and stalled handshakes
 
 def test_truncated_startup_then_close(gw, others_go_on):
+    """A client that sends part of its startup packet and leaves (FIN or RST) is seen to have
+    left: each such connection ends its startup as `client_gone` -- not as a protocol error,
+    an internal error, or a handshake timeout while the gateway waits on a dead socket -- and
+    the sessions around go on (others_go_on)."""
     packet = pgraw.startup_packet({"user": "agent-7", "database": APP_DB})
-    for cut in (1, 3, 4, 9, len(packet) - 1):
+    cuts = (1, 3, 4, 9, len(packet) - 1)
+    before = connections_total(gw, "client_gone")
+    for cut in cuts:
         with raw(gw) as c:
             c.send(packet[:cut])
             c.close(reset=cut % 2 == 1)
+    # the counter moves when the gateway's startup task ends: wait for it (no speed claim;
+    # the timeout's count would be "handshake_timeout", not this one)
+    deadline = time.monotonic() + REPLY
+    while connections_total(gw, "client_gone") < before + len(cuts):
+        assert time.monotonic() < deadline, (
+            f"{connections_total(gw, 'client_gone') - before:g} of {len(cuts)} truncated "
+            f"startups ended as client_gone; log:\n{gw.log_text()}")
+        time.sleep(0.05)
+    assert connections_total(gw, "client_gone") == before + len(cuts)
+    assert "startup failed" not in gw.log_text()   # the internal-error path logs this
 
 
 STALLS = {
@@ -229,13 +260,17 @@ def test_stalled_handshake_is_closed_by_the_handshake_timeout(gw, others_go_on, 
     with raw(gw) as c:
         t0 = time.monotonic()
         STALLS[name](c)
+        # The bound is the behaviour here: the configured handshake_timeout closes it. Not
+        # before it (a lower bound holds however loaded the machine), and well before the
+        # 15 s default, so a gateway that ignored the setting fails; the upper margin is
+        # for a loaded machine, not a speed claim.
         try:
-            data, how = c.read_until_closed(timeout=HANDSHAKE_TIMEOUT + 2)
+            data, how = c.read_until_closed(timeout=HANDSHAKE_TIMEOUT + 8)
         except TimeoutError:
             pytest.fail(f"the gateway kept a stalled handshake open for over "
-                        f"{HANDSHAKE_TIMEOUT + 2} s")
+                        f"{HANDSHAKE_TIMEOUT + 8} s")
         elapsed = time.monotonic() - t0
-        assert HANDSHAKE_TIMEOUT - 0.2 < elapsed < HANDSHAKE_TIMEOUT + 1, elapsed
+        assert HANDSHAKE_TIMEOUT - 0.2 < elapsed < HANDSHAKE_TIMEOUT + 8, elapsed
         msgs, tail = pgraw.parse_messages(data)
         assert tail == b""
         assert [k for k, _ in msgs] == [b"E"], msgs
@@ -248,18 +283,18 @@ def test_stalled_handshake_is_closed_by_the_handshake_timeout(gw, others_go_on, 
 
 def login_after(c: pgraw.RawConn, token: str) -> None:
     c.send(pgraw.startup_packet({"user": "agent-7", "database": APP_DB}))
-    assert c.read_message(2) == (b"R", struct.pack("!I", 3))
+    assert c.read_message(REPLY) == (b"R", struct.pack("!I", 3))
     c.send(pgraw.typed(b"p", token.encode() + b"\0"))
     kinds = []
     while not kinds or kinds[-1] != b"Z":
-        kind, body = c.read_message(5)
+        kind, body = c.read_message(REPLY)
         assert kind != b"E", pgraw.error_fields(body)
         kinds.append(kind)
     assert kinds[0] == b"R" and b"K" in kinds
     c.send(pgraw.typed(b"Q", b"select 'plain text it is'\0"))
     rows = []
     while True:
-        kind, body = c.read_message(5)
+        kind, body = c.read_message(REPLY)
         assert kind != b"E", pgraw.error_fields(body)
         if kind == b"D":
             rows.append(body)
@@ -269,7 +304,9 @@ def login_after(c: pgraw.RawConn, token: str) -> None:
 
 
 def assert_nothing_more(c: pgraw.RawConn) -> None:
-    """Only the one-byte answer: nothing else may follow it (CVE-2021-23222 style injection)."""
+    """Only the one-byte answer: nothing else may follow it (CVE-2021-23222 style injection).
+    A short look, not a speed bound: bytes that came later would be read by login_after as
+    the answer to the startup packet, and fail there."""
     with pytest.raises(TimeoutError):
         c.read_exact(1, timeout=0.2)
 
@@ -283,7 +320,7 @@ def test_encryption_requests_are_answered_N_and_the_session_goes_on(gw, idp, oth
     with raw(gw) as c:
         for code in requests:
             c.send(pgraw.untyped(struct.pack("!I", code)))
-            assert c.read_exact(1, timeout=2) == b"N"
+            assert c.read_exact(1, timeout=REPLY) == b"N"
             assert_nothing_more(c)
         login_after(c, idp.token())
 
@@ -304,7 +341,7 @@ def tls_client(pki) -> ssl.SSLContext:
 def test_tls_raw_handshake_then_login(gw, idp, pki, others_go_on):
     with raw(gw, "tls") as c:
         c.send(pgraw.untyped(struct.pack("!I", pgraw.SSL_REQUEST)))
-        assert c.read_exact(1, timeout=2) == b"S"
+        assert c.read_exact(1, timeout=REPLY) == b"S"
         c.sock = tls_client(pki).wrap_socket(c.sock, server_hostname="localhost")
         login_after(c, idp.token())
 
@@ -315,7 +352,7 @@ def test_plaintext_pipelined_after_sslrequest_is_refused(gw, idp, others_go_on):
     with raw(gw, "tls") as c:
         c.send(pgraw.untyped(struct.pack("!I", pgraw.SSL_REQUEST)) +
                pgraw.startup_packet({"user": "agent-7", "database": APP_DB}))
-        data, _ = c.read_until_closed(timeout=3)
+        data, _ = c.read_until_closed(timeout=REPLY)
         assert data[:1] == b"S"
         msgs, tail = pgraw.parse_messages(data[1:])
         assert tail == b"" and [k for k, _ in msgs] == [b"E"], data
@@ -325,10 +362,10 @@ def test_plaintext_pipelined_after_sslrequest_is_refused(gw, idp, others_go_on):
 def test_garbage_instead_of_a_tls_handshake(gw, others_go_on):
     with raw(gw, "tls") as c:
         c.send(pgraw.untyped(struct.pack("!I", pgraw.SSL_REQUEST)))
-        assert c.read_exact(1, timeout=2) == b"S"
+        assert c.read_exact(1, timeout=REPLY) == b"S"
         send_quietly(c, b"\x16\x03\x01\x00\x05hello" + b"\x00" * 300)
         try:
-            c.read_until_closed(timeout=3)
+            c.read_until_closed(timeout=REPLY)
         except TimeoutError:
             pytest.fail("the gateway kept a failed TLS handshake open")
 
@@ -336,11 +373,11 @@ def test_garbage_instead_of_a_tls_handshake(gw, others_go_on):
 def test_second_sslrequest_inside_tls(gw, pki, others_go_on):
     with raw(gw, "tls") as c:
         c.send(pgraw.untyped(struct.pack("!I", pgraw.SSL_REQUEST)))
-        assert c.read_exact(1, timeout=2) == b"S"
+        assert c.read_exact(1, timeout=REPLY) == b"S"
         c.sock = tls_client(pki).wrap_socket(c.sock, server_hostname="localhost")
         c.send(pgraw.untyped(struct.pack("!I", pgraw.SSL_REQUEST)))
         try:
-            fields = c.expect_error_and_close(timeout=3)
+            fields = c.expect_error_and_close(timeout=REPLY)
         except ssl.SSLError as e:  # pragma: no cover - a close without close_notify
             pytest.fail(f"no ErrorResponse, the TLS session broke: {e!r}")
         assert_fatal(fields, "08P01")
@@ -363,7 +400,7 @@ def test_bad_password_messages(gw, others_go_on, message, code):
     with raw(gw) as c:
         to_password_prompt(c)
         send_quietly(c, message)
-        fields = c.expect_error_and_close(timeout=3)
+        fields = c.expect_error_and_close(timeout=REPLY)
         assert_fatal(fields, code)
 
 
@@ -380,11 +417,14 @@ def test_invalid_message_length_after_authentication(gw, idp, pg, others_go_on, 
     app = "badlen-" + secrets.token_hex(4)
     subject = "badlen-" + secrets.token_hex(4)
     host, port = gw.address("pg")
-    with pgraw.login(host, port, idp.token(subject=subject), application_name=app) as c:
+    with pgraw.login(host, port, idp.token(subject=subject), timeout=REPLY,
+                     application_name=app) as c:
         c.send(frame)
-        assert_fatal(c.expect_error_and_close(timeout=3), code)
-    gw.wait_log(rf"session closed .*subject={subject} reason=client_protocol_error", timeout=3)
-    deadline = time.monotonic() + 3
+        assert_fatal(c.expect_error_and_close(timeout=REPLY), code)
+    gw.wait_log(rf"session closed .*subject={subject} reason=client_protocol_error",
+                timeout=REPLY)
+    # waits for the event (the upstream backend gone); the deadline is a hang guard
+    deadline = time.monotonic() + REPLY
     while int(pg.sql(f"select count(*) from pg_stat_activity where application_name = '{app}'")):
         assert time.monotonic() < deadline, "the upstream backend outlived its session"
         time.sleep(0.05)
@@ -392,13 +432,13 @@ def test_invalid_message_length_after_authentication(gw, idp, pg, others_go_on, 
 
 def test_query_larger_than_max_message_size(gw, idp, others_go_on):
     host, port = gw.address("pg")
-    with pgraw.login(host, port, idp.token()) as c:
+    with pgraw.login(host, port, idp.token(), timeout=REPLY) as c:
         # below the limit: fine
         sql = b"select length('" + b"y" * 60_000 + b"')\0"
         c.send(pgraw.typed(b"Q", sql))
         kinds, row = [], None
         while not kinds or kinds[-1] != b"Z":
-            kind, body = c.read_message(5)
+            kind, body = c.read_message(REPLY)
             kinds.append(kind)
             if kind == b"D":
                 row = body
@@ -406,17 +446,17 @@ def test_query_larger_than_max_message_size(gw, idp, others_go_on):
         # above it: FATAL 54000 and the socket closes
         sql = b"select length('" + b"z" * MAX_MESSAGE + b"')\0"
         send_quietly(c, pgraw.typed(b"Q", sql))
-        assert_fatal(c.expect_error_and_close(timeout=3), "54000")
+        assert_fatal(c.expect_error_and_close(timeout=REPLY), "54000")
 
 
 def test_oversized_message_refused_on_its_header(gw, idp, others_go_on):
-    """Only the header of a too-large message is sent: the gateway must not wait for the body."""
+    """Only the header of a too-large message is sent: the gateway must not wait for the body.
+    The body never comes and no timeout applies after login (no idle_timeout here), so any
+    answer at all shows the header alone was judged; 54000 says it was judged too large."""
     host, port = gw.address("pg")
-    with pgraw.login(host, port, idp.token()) as c:
-        t0 = time.monotonic()
+    with pgraw.login(host, port, idp.token(), timeout=REPLY) as c:
         c.send(b"Q" + struct.pack("!I", 10 * MAX_MESSAGE) + b"select ")
-        assert_fatal(c.expect_error_and_close(timeout=3), "54000")
-        assert time.monotonic() - t0 < 1
+        assert_fatal(c.expect_error_and_close(timeout=REPLY), "54000")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -429,13 +469,13 @@ def test_max_connections(gw, idp):
     try:
         # a raw fourth client: refused at once
         with raw(gw, "small") as c:
-            fields = c.expect_error_and_close(timeout=3)
+            fields = c.expect_error_and_close(timeout=REPLY)
             assert_fatal(fields, "53300")
             assert "too many clients" in fields["M"]
         # a raw fourth client that sends its startup packet first, as every driver does
         with raw(gw, "small") as c:
             send_quietly(c, pgraw.startup_packet({"user": "agent-7", "database": APP_DB}))
-            fields = c.expect_error_and_close(timeout=3)
+            fields = c.expect_error_and_close(timeout=REPLY)
             assert_fatal(fields, "53300")
         # a real driver gets the server's message, not a reset connection
         with pytest.raises(psycopg.OperationalError, match="too many clients"):
@@ -443,9 +483,9 @@ def test_max_connections(gw, idp):
         # the three go on
         for i, conn in enumerate(first):
             assert conn.execute("select %s::int", (i,)).fetchone()[0] == i
-        # one leaves: its slot frees up
+        # one leaves: its slot frees up (waited for; the deadline is a hang guard)
         first.pop().close()
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + REPLY
         while True:
             try:
                 first.append(psycopg.connect(conninfo(gw, token, name="small"), autocommit=True))
@@ -471,7 +511,7 @@ def test_many_bad_clients_at_once_do_not_disturb_a_busy_session(gw, idp, others_
             with raw(gw) as c:
                 payload = list(GARBAGE.values())[i % len(GARBAGE)]
                 send_quietly(c, payload)
-                assert_fatal(c.expect_error_and_close(timeout=5), "08P01")
+                assert_fatal(c.expect_error_and_close(timeout=REPLY), "08P01")
         except Exception as e:  # noqa: BLE001 -- collected for the assertion below
             errors.append(e)
 
@@ -481,7 +521,8 @@ def test_many_bad_clients_at_once_do_not_disturb_a_busy_session(gw, idp, others_
     total = sum(len(r[0]) for r in bystander.execute(
         "select repeat('b', 100) from generate_series(1, 20000)").fetchall())
     for t in threads:
-        t.join(10)
+        t.join(30)
+    assert not [t for t in threads if t.is_alive()], "an abusing client never got its answer"
     assert total == 2_000_000
     assert not errors, errors[:3]
     assert os.path.exists(f"/proc/{gw.pid}")
@@ -494,17 +535,17 @@ def test_newer_minor_version_and_protocol_options_are_negotiated_down(gw, idp, o
     with raw(gw) as c:
         c.send(pgraw.startup_packet({"user": "agent-7", "database": APP_DB,
                                      "_pq_.something_new": "on"}, code=(3 << 16) | 2))
-        kind, body = c.read_message(2)
+        kind, body = c.read_message(REPLY)
         assert kind == b"v", (kind, body)   # NegotiateProtocolVersion
         version, count = struct.unpack("!II", body[:8])
         # what PostgreSQL sends (PG_PROTOCOL_LATEST, the whole version code 3.0 = 196608) and
         # what libpq >= 16 checks: a bare minor number 0 reads as "pre-3.0" and libpq 18 gives up
         assert (version, count) == (196608, 1), (version, count)
         assert body[8:] == b"_pq_.something_new\0"
-        assert c.read_message(2) == (b"R", struct.pack("!I", 3))
+        assert c.read_message(REPLY) == (b"R", struct.pack("!I", 3))
         c.send(pgraw.typed(b"p", idp.token().encode() + b"\0"))
         while True:
-            kind, body = c.read_message(5)
+            kind, body = c.read_message(REPLY)
             assert kind != b"E", pgraw.error_fields(body)
             if kind == b"K":
                 assert len(body) == 8      # a 3.0 BackendKeyData
@@ -512,14 +553,33 @@ def test_newer_minor_version_and_protocol_options_are_negotiated_down(gw, idp, o
                 break
 
 
-def test_libpq_asking_for_protocol_3_2(gw, idp, others_go_on):
-    dsn = conninfo(gw, idp.token(), max_protocol_version="3.2")
+def test_libpq_asking_for_protocol_3_2(gw, idp, pg, others_go_on):
+    """libpq 18 asking for protocol 3.2 gets a working session, and its cancel key (the
+    negotiated 3.0 one) cancels a running query through the gateway."""
+    app = "proto32-" + secrets.token_hex(4)
+    dsn = conninfo(gw, idp.token(), max_protocol_version="3.2", application_name=app)
+    errors: list = []
+
+    def cancel_once_running(conn: psycopg.Connection) -> None:
+        # the event itself: the upstream backend is running the sleep; then cancel it
+        try:
+            deadline = time.monotonic() + 30
+            while pg.sql("select count(*) from pg_stat_activity where application_name = "
+                         f"'{app}' and state = 'active' and query like 'select pg_sleep%'") != "1":
+                assert time.monotonic() < deadline, "the query never started"
+                time.sleep(0.05)
+            conn.cancel_safe()
+        except Exception as e:  # noqa: BLE001 -- reported by the main thread
+            errors.append(e)
+
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("select 1").fetchone()[0] == 1
-        timer = threading.Timer(0.3, conn.cancel_safe)
-        timer.start()
-        t0 = time.monotonic()
+        canceller = threading.Thread(target=cancel_once_running, args=(conn,), daemon=True)
+        canceller.start()
+        # QueryCanceled itself shows the cancel reached the server: the sleep would otherwise
+        # finish (after 20 s) without an error -- no time bound needed
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("select pg_sleep(20)")
-        timer.join()
-        assert time.monotonic() - t0 < 2
+        canceller.join(REPLY)
+        assert not errors, errors
+        assert conn.execute("select 1").fetchone()[0] == 1

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import Gateway
+from helpers import Gateway, psql
 
 PACKS = ["destructive-ddl", "unbounded-write", "privilege-changes", "server-side-io",
          "session-tampering"]
@@ -220,10 +220,16 @@ def test_blocked_statement_in_a_transaction_aborts_it_like_a_server(ggw, idp, pg
 
 
 def test_multi_statement_query_blocks_as_a_whole(ggw, idp, pg, table):
-    r = subprocess.run(["psql", conninfo(ggw, idp.token()), "-X", "-c",
-                        f"INSERT INTO {table} VALUES (30, now(), 'x'); DROP TABLE {table}"],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0 and "42501" in r.stderr or "blocked" in r.stderr
+    """psql -c sends both statements as one simple Query: the whole message is refused with
+    the guardrail's ERROR (not a FATAL: the session would go on), and neither statement ran."""
+    r = psql(conninfo(ggw, idp.token()), "-v", "VERBOSITY=verbose", "-c",
+             f"INSERT INTO {table} VALUES (30, now(), 'x'); DROP TABLE {table}")
+    # psql exits 1 when a -c command fails (2 would be a lost connection)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    # VERBOSITY=verbose prints the SQLSTATE: "ERROR:  42501: statement blocked by ..."
+    assert 'ERROR:  42501: statement blocked by hoopwire rule "destructive-ddl"' in r.stderr, \
+        r.stderr
+    assert "INSERT" not in r.stdout, r.stdout
     assert exists(pg, table) and rows(pg, table) == 3
 
 

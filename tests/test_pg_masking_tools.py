@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy
 
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import APP_DB, Gateway
+from helpers import APP_DB, Gateway, psql_env
 from hoopwire.devserver.postgres import find_pg_bindir
 
 SCHEMA = """
@@ -70,9 +70,7 @@ def _bindir() -> str:
 
 def _clean_env(**extra) -> dict:
     """The caller's PG* variables must not steer the tool (a developer's PGHOST, PGOPTIONS...)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(extra)
-    return env
+    return {**psql_env(), **extra}
 
 
 def _gw_dsn(gw, idp) -> str:
