@@ -54,6 +54,7 @@ cdef class Relay:
         readonly char tx_status
         char last_upstream_kind         # a server's FATAL is its last word: add nothing after it
         public str client_encoding      # as the server last reported it (ParameterStatus)
+        unsigned long long unsynced_executes    # Executes forwarded since the last Sync (each may run a SET)
 
         # Blocked statements replaced by a marker statement that makes the upstream fail
         # exactly where the blocked one would have; its error is rewritten on the way back.

@@ -38,6 +38,20 @@ class _RefusedVerdict:
 REFUSED_VERDICT = _RefusedVerdict()
 
 
+class _EncodingVerdict:
+    action = "block"
+    rule = "client-encoding-in-flight"
+    message = ("a backslash after a non-ASCII byte could be read differently by the server "
+               "if a statement still in flight changes the client encoding: send it once "
+               "the statements before it have been answered")
+    matched = ("client-encoding-in-flight",)
+
+
+ENCODING_VERDICT = _EncodingVerdict()
+
+from hoopwire.pg.encodings import backslash_may_hide, safe_client_encoding
+
+
 def error_response(str severity, str code, str message, str detail=None, str hint=None):
     """An ErrorResponse (or, with severity NOTICE/WARNING, still 'E' -- use notice_response)."""
     return _fields_message(b"E", severity, code, message, detail, hint)
@@ -263,6 +277,13 @@ cdef class Relay:
             if self.refuse_error is not None:
                 # the audit log cannot be written and the policy is fail-closed
                 verdict = REFUSED_VERDICT
+            elif self.policy is not None and backslash_may_hide(sql) and (
+                    self.units_sent - (kind == c'Q') > self.units_done or
+                    self.unsynced_executes > 0):
+                # Something sent before this is still unanswered and may switch the client
+                # encoding to one the session will be ended for, but only once the server
+                # says so; the server would read this text in that encoding meanwhile.
+                verdict = ENCODING_VERDICT
             else:
                 verdict = self.policy.check(sql) if self.policy is not None else None
         if verdict is None:
@@ -410,6 +431,8 @@ cdef class ClientSide(RelaySide):
         if kind == c'Q' or kind == c'S' or kind == c'F':
             # each of these ends in exactly one ReadyForQuery
             r.units_sent += 1
+            if kind == c'S':
+                r.unsynced_executes = 0
             if r.sent_tail - r.sent_head < RTT_RING:
                 r.sent_at[r.sent_tail % RTT_RING] = r.last_activity
                 r.sent_tail += 1
@@ -418,6 +441,7 @@ cdef class ClientSide(RelaySide):
             if kind != c'S' and r.policy is not None:
                 return INSPECT
         elif kind == c'E':
+            r.unsynced_executes += 1
             r.stats.executes += 1
             if r.approve_stmts:
                 return INSPECT
@@ -541,8 +565,15 @@ cdef class UpstreamSide(RelaySide):
 
     cdef int _parameter_status(self, const unsigned char* msg, Py_ssize_t size) except -1:
         name, _, rest = msg[5:size].partition(b"\x00")
+        cdef Relay r = self.relay
         if name == b"client_encoding":
-            self.relay.client_encoding = rest.partition(b"\x00")[0].decode("ascii", "replace")
+            r.client_encoding = rest.partition(b"\x00")[0].decode("ascii", "replace")
+            if r.policy is not None and not safe_client_encoding(r.client_encoding):
+                # the server now reads what the client sends in an encoding the guardrails
+                # cannot read as it does (hoopwire/pg/encodings.py): nothing more is judged
+                r._close("unsafe_client_encoding", error_response(
+                    "FATAL", "42501", f"client encoding \"{r.client_encoding}\" is not allowed "
+                    "through the gateway while guardrails apply; the session is closed"))
         return 0
 
     cdef int _follow(self, bytes data) except -1:

@@ -24,6 +24,7 @@ from hoopwire.identity import AuthError, Identity
 from hoopwire.logs import event
 from hoopwire.pg import messages as m
 from hoopwire.pg.catalog import CatalogError
+from hoopwire.pg.encodings import safe_client_encoding
 from hoopwire.pg.masker import NO_INFO, ConnectionMasking, SessionMasker, StatementInfo
 from hoopwire.pg.upstream import UpstreamError, connect_upstream, send_cancel, upstream_ssl_context
 
@@ -36,6 +37,16 @@ __all__ = ["PgListener", "Session"]
 
 # Startup parameters that are ours to set, never the client's to pass on.
 _NOT_FORWARDED = {"user", "database", "password", "replication"}
+
+
+def _reported(status: list[bytes], name: bytes) -> str | None:
+    """The value of ParameterStatus `name` among the raw messages of an upstream login."""
+    for msg in status:
+        if msg[:1] == b"S":
+            key, _, rest = msg[5:].partition(b"\0")
+            if key == name:
+                return rest.partition(b"\0")[0].decode("ascii", "replace")
+    return None
 
 
 class _CancelDone(Exception):
@@ -416,6 +427,13 @@ class PgListener:
                                     timeout=cfg.connect_timeout)
         metrics.UPSTREAM_CONNECT_SECONDS.labels(cfg.name).observe(up.connect_seconds)
 
+        server_encoding = _reported(up.status, b"client_encoding")
+        if policy is not None and not safe_client_encoding(server_encoding):
+            # the server took an encoding from the startup packet that no name check above
+            # saw (an alias, getopt's forms of `options`): it reports what it uses
+            up.writer.close()
+            raise StartupRefused("blocked", "42501", f"client encoding \"{server_encoding}\" is "
+                                 "not allowed through the gateway while guardrails apply")
         session = Session(self, identity, role.name, peer, tls, database)
         session.params = params  # judged again if a reload brings rules it has not met
         session.pid = up.pid
@@ -426,6 +444,7 @@ class PgListener:
 
         relay = Relay(self.stats, policy, session, cfg.max_message_size,
                       self.gateway.marker_prefix)
+        relay.client_encoding = server_encoding
         statements = (self.gateway.recorder.statement_log(session)
                       if self.gateway.recorder is not None else None)
         if self.masking is not None and self.masking.active:
@@ -472,11 +491,13 @@ class PgListener:
         would be a SET ROLE that no statement shows, so guardrails judge them as SETs."""
         from hoopwire.policy.packs import UNSAFE_CLIENT_ENCODINGS
         encodings = [(n, v) for n, v in startup_pairs(params)]
+        current_name = "client_encoding"      # the server's report, judged by the allow-list
         if current_encoding:
-            encodings.append(("client_encoding", current_encoding))
+            encodings.append((current_name, current_encoding))
         for name, value in encodings:
-            if name.lower() == "client_encoding" and \
-                    re.sub(r"[^a-z0-9]", "", value.lower()) in UNSAFE_CLIENT_ENCODINGS:
+            if name.lower() == "client_encoding" and (
+                    re.sub(r"[^a-z0-9]", "", value.lower()) in UNSAFE_CLIENT_ENCODINGS or
+                    name is current_name and not safe_client_encoding(value)):
                 raise StartupRefused("blocked", "42501", f"client encoding \"{value}\" is not "
                                      "allowed through the gateway while guardrails apply")
         for setting in startup_settings(params):

@@ -79,8 +79,8 @@ session-tampering
               set_config('role' | 'session_authorization' | 'session_replication_role', ...),
               and set_config whose first argument is not a plain string literal (a parameter,
               an expression, a cast) because its name cannot be checked; switching the client
-              encoding to one whose characters can end in a backslash byte (SJIS, BIG5, GBK,
-              UHC, GB18030, JOHAB and their aliases) by SET client_encoding / SET NAMES /
+              encoding to one whose characters can end in a backslash byte (SJIS,
+              SHIFT_JIS_2004, BIG5, GBK, UHC, GB18030, JOHAB and their aliases) by SET client_encoding / SET NAMES /
               set_config / ALTER ROLE ... SET, which would let a quote hide from the normaliser
     cannot    role changes inside functions or DO blocks (SET ROLE in PL/pgSQL is in a
               literal); RESET ALL and DISCARD ALL (connection pools send them; they only
@@ -96,8 +96,12 @@ All packs, and rules of one's own
       with standard_conforming_strings on, and as it would with it off; whichever reading
       matches a rule decides, so switching the setting off cannot hide text.
     * The normaliser reads the bytes as an ASCII-compatible encoding (UTF-8 and every server
-      encoding are). Client-only encodings whose characters can end in a 0x5C byte (SJIS, BIG5,
-      GBK, UHC, GB18030, JOHAB) can hide a quote; the session must not allow them.
+      encoding are). Client-only encodings whose characters can end in a 0x5C byte (SJIS,
+      SHIFT_JIS_2004, BIG5, GBK, UHC, GB18030, JOHAB) can hide a quote: whatever sets one (SET,
+      set_config in a function, startup options, UPDATE pg_settings), the server reports it
+      and the gateway ends the session (hoopwire/pg/encodings.py); a message with a backslash
+      such an encoding could take into a character is refused while earlier statements are
+      unanswered.
     * Hyperscan's \\b counts $ and non-ASCII bytes as non-word: an identifier such as a$drop or
       édrop can trip a keyword pattern. That errs towards blocking, never towards a bypass.
 """
@@ -204,7 +208,7 @@ _SET = r"\bset\s+(?:(?:session|local)\s+)?"
 # client encodings whose multi-byte characters can end in a 0x5C byte: the server converts such
 # text to its own encoding before lexing, so a backslash we see may not be one to the server.
 # The server compares encoding names with everything but letters and digits removed.
-_UNSAFE_ENCODINGS = ("sjis", "shiftjis", "mskanji", "win932", "windows932", "cp932", "big5",
+_UNSAFE_ENCODINGS = ("shiftjis2004", "sjis", "shiftjis", "mskanji", "win932", "windows932", "cp932", "big5",
                      "win950", "windows950", "cp950", "gbk", "win936", "windows936", "cp936",
                      "uhc", "win949", "windows949", "cp949", "gb18030", "johab")
 _ENC_SEP = r"[^a-z0-9'\";]*"
