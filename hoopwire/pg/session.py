@@ -414,10 +414,17 @@ class PgListener:
             self._judge_startup(policy, params, identity, peer)
 
         database = cfg.database
-        if cfg.allow_client_database and params.get("database"):
-            database = params["database"]
+        asked = params.get("database")
+        if cfg.allow_client_database and asked:
+            database = asked
         elif database is None:
-            database = params.get("database") or user
+            database = asked or user
+        elif asked and asked not in (database, user):
+            # A client that names another database must not land in this one unawares: the
+            # server's own answer for a database one cannot use. libpq sends the user name
+            # when no dbname is given, so that one means "the connection's database".
+            raise StartupRefused("unknown_database", "3D000",
+                                 f"database \"{asked}\" does not exist")
         up_params = {k: v for k, v in params.items() if k not in _NOT_FORWARDED}
         up_params["database"] = database
         password = role.password.get() if role.password is not None else None
