@@ -24,6 +24,7 @@ from hoopwire.identity import AuthError, Identity
 from hoopwire.logs import event
 from hoopwire.pg import messages as m
 from hoopwire.pg.catalog import CatalogError
+from hoopwire.pg import options as startup_options
 from hoopwire.pg.encodings import safe_client_encoding
 from hoopwire.pg.masker import NO_INFO, ConnectionMasking, SessionMasker, StatementInfo
 from hoopwire.pg.upstream import UpstreamError, connect_upstream, send_cancel, upstream_ssl_context
@@ -71,48 +72,12 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
 _GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
-def _options_settings(options: str) -> list[tuple[str, str]]:
-    """`-c name=value` / `--name=value` pairs of a startup `options` string (backslash escapes
-    the next character, as the server reads it)."""
-    words, cur, esc, has = [], [], False, False
-    for ch in options:
-        if esc:
-            cur.append(ch)
-            esc = False
-        elif ch == "\\":
-            esc, has = True, True
-        elif ch.isspace():
-            if cur or has:
-                words.append("".join(cur))
-            cur, has = [], False
-        else:
-            cur.append(ch)
-            has = True
-    if cur or has:
-        words.append("".join(cur))
-    out, i = [], 0
-    while i < len(words):
-        w = words[i]
-        item = None
-        if w == "-c" and i + 1 < len(words):
-            item, i = words[i + 1], i + 1
-        elif w.startswith("-c"):
-            item = w[2:]
-        elif w.startswith("--"):
-            item = w[2:]
-        if item and "=" in item:
-            name, _, value = item.partition("=")
-            out.append((name.replace("-", "_"), value))
-        i += 1
-    return out
-
-
 def startup_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
     """Every (setting, value) a startup packet makes, `options` unpacked."""
     pairs = []
     for k, v in params.items():
         if k == "options":
-            pairs.extend(_options_settings(v))
+            pairs.extend(startup_options.settings(v))
         elif k != "database":
             pairs.append((k, v))
     return pairs
@@ -405,6 +370,13 @@ class PgListener:
             raise StartupRefused("denied", "28000",
                                  f"identity is not allowed to use \"{user}\" on connection \"{cfg.name}\"",
                                  detail=f"subject={identity.subject} groups={sorted(identity.groups)}")
+
+        try:
+            # read as the server reads it, whether or not rules apply: what a switch does is
+            # judged below, and a switch nobody can judge goes no further
+            startup_options.settings(params.get("options", ""))
+        except startup_options.OptionsRefused as e:
+            raise StartupRefused("blocked", "42501", str(e)) from None
 
         policy = None
         if self.policy_engine is not None and not self.policy_engine.empty:
