@@ -24,7 +24,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from hoopwire.config import ApiKeyConfig, IdentityConfig, IssuerConfig, Secret
 from hoopwire.identity import AUTH_REASONS, Authenticator, AuthError, Identity
 from hoopwire.identity.devtoken import create_dev_key, mint_token
-from hoopwire.identity.jwt import claim_at, groups_from, looks_like_jwt
+from hoopwire.identity.jwks import JwksCache
+from hoopwire.identity.jwt import JwtVerifier, claim_at, groups_from, looks_like_jwt
 
 ISS = "https://idp.test"
 AUD = "hoopwire"
@@ -135,6 +136,36 @@ def authenticate(cfg: IdentityConfig, token: str) -> Identity:
     return asyncio.run(_auth_once(cfg, token))
 
 
+class FakeClock:
+    """The JWKS cache's clock (JwksCache takes one), moved by hand: ttl and refetch-interval
+    tests step over their windows exactly instead of sleeping through them, so a slow machine
+    can neither cut a window short nor stretch one."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class ClockedAuth:
+    """What Authenticator does for a JWT (a JwtVerifier over a JwksCache), with the cache on
+    a FakeClock. Token times (exp, nbf) are still checked against the real time."""
+
+    def __init__(self, cfg: IdentityConfig, clock: FakeClock):
+        self._jwks = JwksCache(cfg.issuers, clock=clock)
+        self._jwt = JwtVerifier(cfg.issuers, self._jwks)
+
+    async def authenticate(self, token: str) -> Identity:
+        return await self._jwt.verify(token)
+
+    async def close(self) -> None:
+        await self._jwks.close()
+
+
 def assert_clean(err: AuthError, token: str) -> None:
     assert err.reason in AUTH_REASONS
     for text in (str(err), repr(err), err.detail):
@@ -220,8 +251,10 @@ async def jwks_server():
 # valid tokens
 
 def test_valid_es256_dev_token_via_file_jwks(keys):
+    before = time.time()
     token = mint_token(keys.dev_key, issuer=ISS, audience=AUD, subject="agent-7",
                        groups=["analysts"], ttl=120)
+    after = time.time()
     _issued.append(token)
     ident = authenticate(config(issuer(keys, jwks_uri=keys.dev_uri, algorithms=("ES256",))), token)
     assert ident.subject == "agent-7"
@@ -229,7 +262,8 @@ def test_valid_es256_dev_token_via_file_jwks(keys):
     assert ident.method == "jwt"
     assert ident.issuer == ISS
     assert ident.token_id and len(ident.token_id) == 32
-    assert ident.expires_at == pytest.approx(time.time() + 120, abs=5)
+    # exp is the minting time + 120 s, whole seconds
+    assert int(before + 120) <= ident.expires_at <= after + 120
 
 
 def test_valid_es256_and_rs256_from_one_jwks(keys):
@@ -270,10 +304,12 @@ def test_not_yet_valid(keys):
 
 
 def test_leeway_honoured(keys):
+    # a minute off either way: a ten-minute leeway accepts both, none refuses both; the margins
+    # (a minute for the refusals, nine for the acceptances) are far beyond what the test takes
     now = int(time.time())
-    expired_a_bit = sign(keys.ec1, "ES256", "ec1", iat=now - 600, nbf=now - 600, exp=now - 10)
-    early_a_bit = sign(keys.ec1, "ES256", "ec1", nbf=now + 10, exp=now + 600)
-    lenient = config(issuer(keys, leeway=30.0))
+    expired_a_bit = sign(keys.ec1, "ES256", "ec1", iat=now - 900, nbf=now - 900, exp=now - 60)
+    early_a_bit = sign(keys.ec1, "ES256", "ec1", nbf=now + 60, exp=now + 900)
+    lenient = config(issuer(keys, leeway=600.0))
     strict = config(issuer(keys, leeway=0.0))
     assert authenticate(lenient, expired_a_bit).subject == "agent-7"
     assert authenticate(lenient, early_a_bit).subject == "agent-7"
@@ -409,16 +445,17 @@ def test_unusable_jwks_entries_skipped_with_warning(keys, caplog):
 # JWKS fetching: rotation, rate limit, outages
 
 def test_unknown_kid_rotation_and_refetch_rate_limit(keys):
-    interval = 0.8
+    interval = 60.0
     key_a, key_b = keys.ec1, keys.ec2
+    clock = FakeClock()
 
     async def scenario():
         async with jwks_server() as server:
             server.doc = {"keys": [_jwk(key_a.public_key(), "A", "ES256")]}
             server.delay = 0.05  # so concurrent requests really overlap one fetch
-            auth = Authenticator(config(issuer(keys, jwks_uri=server.url, algorithms=("ES256",),
-                                               jwks_cache_ttl=300.0,
-                                               jwks_refetch_interval=interval)))
+            auth = ClockedAuth(config(issuer(keys, jwks_uri=server.url, algorithms=("ES256",),
+                                             jwks_cache_ttl=3600.0,
+                                             jwks_refetch_interval=interval)), clock)
             try:
                 token_a = sign(key_a, "ES256", "A")
                 token_b = sign(key_b, "ES256", "B")
@@ -430,10 +467,11 @@ def test_unknown_kid_rotation_and_refetch_rate_limit(keys):
                 # the IdP rotates; still within the interval, so still no refetch
                 server.doc = {"keys": server.doc["keys"] + [_jwk(key_b.public_key(), "B", "ES256")]}
                 await afails(auth, token_b, "unknown_kid")
+                clock.advance(interval - 1)
                 await afails(auth, token_b, "unknown_kid")
                 assert server.hits == 1
                 # past the interval: one fetch, shared by every concurrent request
-                await asyncio.sleep(interval + 0.05)
+                clock.advance(1)
                 idents = await asyncio.gather(*(auth.authenticate(token_b) for _ in range(10)))
                 assert {i.subject for i in idents} == {"agent-7"}
                 assert server.hits == 2
@@ -446,7 +484,10 @@ def test_unknown_kid_rotation_and_refetch_rate_limit(keys):
                 await afails(auth, token_c, "unknown_kid")
                 assert server.hits == 2
                 # ...and after the interval it costs one fetch, then is still unknown
-                await asyncio.sleep(interval + 0.05)
+                clock.advance(interval - 1)
+                await afails(auth, token_c, "unknown_kid")
+                assert server.hits == 2
+                clock.advance(1)
                 await asyncio.gather(*(afails(auth, token_c, "unknown_kid") for _ in range(5)))
                 assert server.hits == 3
             finally:
@@ -456,22 +497,32 @@ def test_unknown_kid_rotation_and_refetch_rate_limit(keys):
 
 
 def test_stale_jwks_used_when_refetch_fails(keys, caplog):
+    clock = FakeClock()
+
     async def scenario():
         async with jwks_server() as server:
             server.doc = {"keys": [_jwk(keys.ec1.public_key(), "ec1", "ES256")]}
-            auth = Authenticator(config(issuer(keys, jwks_uri=server.url, algorithms=("ES256",),
-                                               jwks_cache_ttl=0.3, jwks_refetch_interval=0.3)))
+            auth = ClockedAuth(config(issuer(keys, jwks_uri=server.url, algorithms=("ES256",),
+                                             jwks_cache_ttl=300.0, jwks_refetch_interval=60.0)),
+                               clock)
             try:
                 token = sign(keys.ec1, "ES256", "ec1")
                 await auth.authenticate(token)
                 server.status = 500
-                await asyncio.sleep(0.35)
+                clock.advance(299)
+                await auth.authenticate(token)   # still fresh: no fetch
+                assert server.hits == 1
+                clock.advance(1)
                 # the cache expired, the refetch fails, the stale copy keeps working
                 assert (await auth.authenticate(token)).subject == "agent-7"
                 assert server.hits == 2
                 # and a failing IdP is not hammered: no new attempt within the interval
+                clock.advance(59)
                 await auth.authenticate(token)
                 assert server.hits == 2
+                clock.advance(1)                 # ...but one once it has passed
+                assert (await auth.authenticate(token)).subject == "agent-7"
+                assert server.hits == 3
             finally:
                 await auth.close()
 
@@ -506,16 +557,19 @@ def test_jwks_first_fetch_failure_retried_soon(keys, tmp_path):
     # With no key set at all, a failed first fetch is retried after about a second, not after
     # the (longer) refetch interval, and not on every request either.
     path = tmp_path / "late.jwks.json"
+    clock = FakeClock()
 
     async def scenario():
-        auth = Authenticator(config(issuer(keys, jwks_uri=path.as_uri(),
-                                           jwks_refetch_interval=60.0)))
+        auth = ClockedAuth(config(issuer(keys, jwks_uri=path.as_uri(),
+                                         jwks_refetch_interval=60.0)), clock)
         try:
             token = sign(keys.ec1, "ES256", "ec1")
             await afails(auth, token, "jwks_unavailable")
             path.write_text(json.dumps({"keys": [_jwk(keys.ec1.public_key(), "ec1", "ES256")]}))
             await afails(auth, token, "jwks_unavailable")  # too soon to look again
-            await asyncio.sleep(1.05)
+            clock.advance(0.5)
+            await afails(auth, token, "jwks_unavailable")  # still too soon
+            clock.advance(1.0)                             # 1.5 s: well before 60
             assert (await auth.authenticate(token)).subject == "agent-7"
         finally:
             await auth.close()

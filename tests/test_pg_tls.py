@@ -30,7 +30,7 @@ def test_client_tls_verify_full(tls_gw, idp, pki):
         assert conn.pgconn.ssl_in_use
         # and the gateway reached the upstream over TLS, verifying its certificate
         assert conn.execute(UPSTREAM_SSL).fetchone()[0] is True
-    tls_gw.wait_log(r"session started .*tls=on upstream_tls=on")
+    tls_gw.wait_log(r"session started .*tls=on upstream_tls=on", timeout=30)
 
 
 def test_client_tls_against_the_wrong_ca_fails_on_the_client(tls_gw, idp, pki):
@@ -58,7 +58,7 @@ def test_upstream_verify_full_with_a_wrong_ca_fails_closed(pg, idp, pki):
     with Gateway(cfg, env=gateway_env(pg)) as g:
         with pytest.raises(psycopg.OperationalError, match="could not connect to the upstream"):
             psycopg.connect(conninfo(g, idp.token()))
-        g.wait_log(r"upstream login failed .*certificate")
+        g.wait_log(r"upstream login failed .*certificate", timeout=30)
 
 
 def test_upstream_tls_require_encrypts_without_verifying(pg, idp):
@@ -86,5 +86,5 @@ def test_wrong_upstream_password_is_the_operators_problem(pg, idp):
         # the client learns nothing about the upstream role or why
         assert "could not log in to the upstream" in str(e.value)
         assert '"app"' not in str(e.value)
-        g.wait_log(r"upstream login failed .*password authentication failed")
+        g.wait_log(r"upstream login failed .*password authentication failed", timeout=30)
         assert "wrong-password" not in g.log_text()
