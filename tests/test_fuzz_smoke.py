@@ -1,8 +1,13 @@
 """The fuzz harnesses (fuzz/*.py) over a small fixed corpus each, in the normal test run.
 
 Each harness's test_one_input(data) checks its properties and raises on a violation; here it
-runs over ~50 fixed inputs per harness: hand-picked cases plus bytes from a seeded generator.
+runs over ~50 fixed inputs per harness (hand-picked cases plus bytes from a seeded generator),
+then over the seed corpus kept in fuzz/corpus/<harness>/ (what the atheris run in
+tests/test_fuzz_atheris.py starts from) and the reproducers in fuzz/crashes/<harness>-*.bin.
 atheris is not needed (the harnesses import without it). Real fuzzing: see fuzz/README.md.
+
+The last tests break each product function on purpose (monkeypatched) and check that its
+harness notices: a harness that cannot fail proves nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import sys
 import pytest
 
 FUZZ = pathlib.Path(__file__).resolve().parent.parent / "fuzz"
+if str(FUZZ) not in sys.path:
+    sys.path.insert(0, str(FUZZ))    # fuzz_mask_copy imports fuzz_mask_rows beside it
 
 
 def load(name: str):
@@ -129,8 +136,19 @@ STARTUP = [
     b"\x03\0x\0\0", b"\x03user\0\xff\0\0", b"\x03user\0app", b"\x03user\0app\0x\0\0",
     b"\x01\x00\x02\x00\x00", b"\x00\x00\x00\x00\x07", b"\x00\x00\x00\x27\x11",
     b"\x00\x00\x00\x00\x09\x00\x03\x00\x00\x00",
+    # built (bit 5): must be accepted and read back as built
+    b"\x20\x00user\0app\0database\0db\0_pq_.x\0y\0user\0again",            # 3.0, dup name
+    b"\x2c\x02user\0\xff\xfe\0\0v\0_pq_.a\0\0",                         # 3.2, 4 feeds, repaired
+    b"\x60\x05\0\0\0",                                                 # empty names -> "p"
+    b"\x20\x00" + b"n\0" + b"\xff" * 4000,                              # cut to fit 10000
+    b"\xa0\x00\x00\x30\x39\xde\xad\xbe\xef", b"\xbc\x01",                  # CancelRequest
+    b"\xe0\x00", b"\xe4\x01",                                           # SSL, GSSENC
 ] + noise(5, 25, 60) + noise(6, 8, 40, 4)
 
+# fuzz_mask_rows: [engine, shape, one byte per column, mode] + values; mode 0x0b = a built row
+# of exactly the plan's field count with a secret planted in every value (bits 4-7 pick it)
+MASK_PLANTED = [bytes([e, 4, 0x00, 0x31, 0x29, 0x8a, 0x0b | (e << 4),
+                       3, 0x00, 0x01, 0x02, 2, 0x1c, 0x1d, 0xff, 1, 0x30]) for e in range(8)]
 MASK_ROWS = [
     b"", b"\x00", b"\x00\x00\x03",
     b"\x00\x04\x00\x10\x20\x30\x03\x01\x00\x02\x02\x03\x05\x04\xff",
@@ -141,15 +159,45 @@ MASK_ROWS = [
     b"\x05\x02\x00\x30\x02" + b"\x00\x00\x00\x04ab",                        # correct header
     b"\x06\x01\x00\x00" + b"D\x00\x00\x00\x0a\x00\x01\xff\xff\xff\xfe",     # raw, length -2
     b"\x07\x01\x00\x01" + b"\x00\x01\x00\x00",
-] + noise(7, 30, 80) + [b"%c%c" % (i, i * 37 % 256) + bytes(range(i, 64)) for i in range(8)]
+    b"\x03\x05\x00\x03\x04\x09\x0a\x03\x04****\x04****\x00\x06\"****\"\x01\x01", # masked
+] + MASK_PLANTED + noise(7, 30, 80) + [
+    b"%c%c" % (i, i * 37 % 256) + bytes(range(i, 64)) for i in range(8)]
 
+# fuzz_mask_copy: [engine, shape (columns, CSV, delimiter, NULL), quoting/eol/how, one byte per
+# column, mode] + the row (mode 0) or values (mode 1; 9 = with secrets planted)
+MASK_COPY = [
+    b"", b"\x00", b"\x00\x03\x04\x00\x30\x20\x00" + b"1\t123-45-6789\ta@b.io",
+    b"\x00\x03\x04\x00\x30\x20\x00" + b"1\t\\N\tnothing",                   # NULL, no hit
+    b"\x00\x03\x04\x00\x30\x20\x00" + b"1\t12\\t3-45\\\t67\\\\89\tx",         # escapes
+    b"\x01\x0b\x08\x00\x30\x20\x00" + b'1,"123-45-6789","say ""hi"", a@b.io\nnext"',
+    b"\x01\x0b\x09\x00\x30\x20\x00" + b'1,"ab\\"c\\\\",x,',                 # escape \\
+    b"\x02\x5b\x00\x00\x30\x20\x00" + b"1|\"a|b\"|NULL",                   # | and NULL
+    b"\x03\x03\x04\x00\x30\x20\x00" + b"1\t2",                             # too few values
+    b"\x04\x02\x14\x80\x30\x00" + b"\\N\t" + b"\\",                       # unresolved, \\ at end
+] + [bytes([e, 3 | csv | (e & 3) << 4 | (e & 1) << 6, e & 3 | 4, 0x00, 0x31, 0x8a, 0x09 | e << 4,
+            3, 0x00, 0x01, 0x02, 2, 0x1c, 0x1d, 0xff])
+     for e in range(8) for csv in (0, 8)] + noise(8, 20, 80)
 
 CORPORA = {
     "fuzz_pg_framing": FRAMING,
     "fuzz_sqlnorm": SQL,
     "fuzz_startup": STARTUP,
     "fuzz_mask_rows": MASK_ROWS,
+    "fuzz_mask_copy": MASK_COPY,
 }
+
+
+# Reproducers in fuzz/crashes/ of bugs not fixed yet: the harness must still fail on them
+# (strict xfail), so that the fix shows up as an XPASS and the entry goes.
+PEM_OVERLAP = ("product bug: a PEM key body (or another match that runs across a line break) "
+               "that ends inside a following hit wins the overlap and the hit is dropped, so the "
+               "rest of it stays in clear: '-----BEGIN PRIVATE KEY-----\\nMIIE\\njohn.doe@"
+               "example.com' masks to '****.doe@example.com'")
+OPEN_BUGS = {
+    "fuzz_mask_rows-1.bin": PEM_OVERLAP,
+    "fuzz_mask_copy-1.bin": PEM_OVERLAP,
+}
+REPRODUCERS = sorted((FUZZ / "crashes").glob("fuzz_*-*.bin"))
 
 
 @pytest.mark.parametrize("name", sorted(CORPORA))
@@ -157,6 +205,23 @@ def test_harness_over_fixed_corpus(name):
     h = load(name)
     for data in CORPORA[name]:
         h.test_one_input(data)
+
+
+@pytest.mark.parametrize("name", sorted(CORPORA))
+def test_harness_over_kept_corpus(name):
+    h = load(name)
+    kept = sorted((FUZZ / "corpus" / name).glob("*"))
+    assert kept, f"fuzz/corpus/{name}/ is empty"
+    for path in kept:
+        h.test_one_input(path.read_bytes())
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, id=p.name, marks=[pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                        reason=OPEN_BUGS[p.name])]
+                 if p.name in OPEN_BUGS else []) for p in REPRODUCERS])
+def test_kept_reproducer(path):
+    load(path.name.rsplit("-", 1)[0]).test_one_input(path.read_bytes())
 
 
 def test_framing_harness_with_the_fallback_provider(monkeypatch):
@@ -193,3 +258,115 @@ def test_a_broken_property_is_caught(monkeypatch):
     monkeypatch.setattr(s, "normalize", lambda x, keep_literals=False, **kw: x + b" ")
     with pytest.raises(AssertionError, match="not idempotent"):
         s.test_one_input(b"\x00select 1")
+
+
+# -- each harness fails when what it guards is broken ------------------------------------------
+
+def caught(h, inputs) -> list[str]:
+    """The messages of the properties the harness finds broken, one per input that fails."""
+    out = []
+    for data in inputs:
+        try:
+            h.test_one_input(data)
+        except AssertionError as e:
+            out.append(str(e))
+    return out
+
+
+def test_framing_harness_catches_a_framer_that_loses_a_message(monkeypatch):
+    h = load("fuzz_pg_framing")
+
+    class Lossy(h.PgFramer):
+        def feed_messages(self, chunk):
+            return super().feed_messages(chunk)[1:]
+    monkeypatch.setattr(h, "PgFramer", Lossy)
+    failed = caught(h, FRAMING)
+    assert len(failed) >= 5 and any("differ from the reference" in f for f in failed), failed
+
+
+def test_startup_harness_catches_a_reader_that_refuses_everything(monkeypatch):
+    h = load("fuzz_startup")
+
+    async def refuse(reader):
+        raise h.ProtocolError("no")
+    monkeypatch.setattr(h, "read_startup", refuse)
+    failed = caught(h, STARTUP)
+    assert len(failed) >= 8 and any("refused" in f for f in failed), failed
+
+
+def test_startup_harness_catches_a_reader_that_drops_a_parameter(monkeypatch):
+    h = load("fuzz_startup")
+    real = h.read_startup
+
+    async def lossy(reader):
+        s = await real(reader)
+        s.params.pop("database", None)
+        return s
+    monkeypatch.setattr(h, "read_startup", lossy)
+    failed = caught(h, STARTUP)
+    assert len(failed) >= 2 and any("differs from the reference" in f for f in failed), failed
+
+
+def test_sqlnorm_harness_catches_an_empty_normaliser(monkeypatch):
+    s = load("fuzz_sqlnorm")
+    monkeypatch.setattr(s, "normalize", lambda x, keep_literals=False, **kw: b"")
+    failed = caught(s, SQL)
+    assert len(failed) == len(SQL) and any("drop '?' table t" in f for f in failed), failed
+
+
+def test_sqlnorm_harness_catches_literals_in_the_code_view(monkeypatch):
+    s = load("fuzz_sqlnorm")
+    real = s.normalize
+    monkeypatch.setattr(s, "normalize", lambda x, keep_literals=False, **kw: real(x, True, **kw))
+    failed = caught(s, [b"\x00select 1", b"\x00x"])
+    assert len(failed) == 2 and any("drop '?' table t" in f for f in failed), failed
+
+
+class BrokenPlan:
+    """A RowPlan whose rewrite is another plan's (say, one that masks nothing)."""
+
+    def __init__(self, real, rewrite_by):
+        self._real = real
+        self._by = rewrite_by
+
+    def __getattr__(self, name):
+        if name in ("rewrite", "rewrite_chunk", "mask_copy_line", "take_counts", "prescan_bytes",
+                    "prescan_clear"):
+            return getattr(self._by, name)
+        return getattr(self._real, name)
+
+
+def test_mask_rows_harness_catches_a_column_left_in_clear(monkeypatch):
+    h = load("fuzz_mask_rows")
+    real = h.plan_for
+    monkeypatch.setattr(h, "plan_for", lambda e, cols: h.Plan(
+        BrokenPlan(real(e, cols).plan, h.ENGINES[7].row_plan([h.Column(None, None, None)] *
+                                                              len(cols))), real(e, cols).expect, real(e, cols).tails))
+    failed = caught(h, MASK_ROWS)
+    assert len(failed) >= 5 and any("in clear" in f for f in failed), failed
+
+
+def test_mask_rows_harness_catches_a_detector_hit_left_in_clear(monkeypatch):
+    h = load("fuzz_mask_rows")
+    real = h.plan_for
+
+    def no_detectors(e, cols):
+        # the same columns, detectors off: WHOLE columns are still masked, hits are not
+        p = real(e, cols)
+        columns = [h.Column(*h.SOURCES[(c >> 4) & 7], *h.TYPES[c & 15]) for c in cols]
+        unresolved = h.ENGINES[e].rules[0] if any(c >> 7 for c in cols) else None
+        quiet = h.ENGINES[e].row_plan(columns, unresolved_rule=unresolved, detect=False)
+        return h.Plan(BrokenPlan(p.plan, quiet), p.expect, p.tails)
+    monkeypatch.setattr(h, "plan_for", no_detectors)
+    failed = caught(h, MASK_PLANTED)
+    assert len(failed) >= 4 and any("a detector hit came out in clear" in f for f in failed), failed
+
+
+def test_mask_copy_harness_catches_a_row_left_in_clear(monkeypatch):
+    h = load("fuzz_mask_copy")
+    real = h.plan_for
+    monkeypatch.setattr(h, "plan_for", lambda e, cols: h.Plan(
+        BrokenPlan(real(e, cols).plan, h.ENGINES[7].copy_plan([(None, None, None)] * len(cols))),
+        real(e, cols).expect, real(e, cols).tails))
+    failed = caught(h, MASK_COPY)
+    assert len(failed) >= 5 and any("in clear" in f for f in failed), failed

@@ -1,5 +1,6 @@
-"""The Cython row rewriter: DataRow in text and binary formats, COPY text/CSV rows, and a
-property test that arbitrary bytes give a well-formed DataRow or MaskRowError, never a crash."""
+"""The Cython row rewriter: DataRow in text and binary formats, COPY text/CSV rows, and
+property tests: arbitrary bytes are refused (MaskRowError) exactly when they are not a
+well-formed DataRow, and what comes out is well formed and masked as the rules say."""
 
 import json
 import struct
@@ -9,6 +10,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from hoopwire.config import MaskConfig
 from hoopwire.masking import BUILTIN, Column, MaskEngine, MaskRowError, mask_copy_line
+from hoopwire.masking.strategies import partial
 
 TEXT, INT4, INT8, UUID, BYTEA, JSON, JSONB, TEXTARR, VARCHAR = 25, 23, 20, 2950, 17, 114, 3802, 1009, 1043
 
@@ -280,17 +282,45 @@ def test_wellformed_rows_stay_wellformed(vals):
             assert (a is None) <= (b is None)   # NULL stays NULL
 
 
+def values_or_none(msg):
+    """The values of a well-formed DataRow, or None when msg is not one (never raises)."""
+    try:
+        return parse(msg)
+    except (AssertionError, struct.error, IndexError):
+        return None
+
+
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=64), st.integers(0, 4))
-def test_arbitrary_bytes_never_crash(data, n):
+def test_arbitrary_bytes_are_refused_exactly_when_malformed(data, n):
+    """Arbitrary bytes as a DataRow (and cut into a well-formed one): MaskRowError exactly when
+    they are not a well-formed DataRow of the plan's n columns (the reference parser
+    decides); otherwise the row that
+    comes out is well formed, NULLs stay NULL, and every value under the column rule (ssn:
+    columns 0 and 3, both text here) comes out as partial masking with keep=2 makes it."""
     plan = PROP_PLANS[n]
-    for msg in (data, b"D" + data, b"D" + struct.pack("!i", len(data) + 6) + struct.pack("!h", n) + data):
+    rule_cols = [i for i in range(n) if i % 3 == 0]
+    # and the bytes cut into n values (one starting with 0xff is NULL): a well-formed row
+    k = len(data) // n if n else 0
+    cut = [data[i * k:(i + 1) * k] for i in range(n)]
+    built = datarow(*(None if v[:1] == b"\xff" else v for v in cut))
+    for msg in (data, b"D" + data, b"D" + struct.pack("!i", len(data) + 6) + struct.pack("!h", n) + data,
+                built):
+        want = values_or_none(msg)
+        if want is not None and len(want) != n:
+            want = None
         try:
             out = plan.rewrite(msg)
         except MaskRowError:
+            assert want is None, msg
             continue
-        if out is not None:
-            parse(out)
+        assert want is not None, msg
+        got = want if out is None else parse(out)
+        assert len(got) == n
+        for i, (a, b) in enumerate(zip(want, got)):
+            assert (a is None) == (b is None) or (a is not None and i % 4 == 1)  # int4: NULL
+            if i in rule_cols and a is not None:
+                assert b == partial(a, 2)
 
 
 _ENGINE = []
@@ -402,18 +432,40 @@ def test_luhn_in_c_agrees_with_the_reference():
                           st.lists(st.sampled_from(SPARSE_VALUES), min_size=3, max_size=3)
                           .map(lambda vs: datarow(*vs))), max_size=8),
        st.integers(0, 3))
-def test_prescan_of_arbitrary_bytes_never_reads_outside(pieces, cut):
+def test_prescan_of_arbitrary_bytes_changes_no_row(pieces, cut):
     """A read may hold anything (a malformed row, half a row, other messages): the prescan
-    stops at the first message it cannot take whole, and rewriting stays a clean error."""
+    stops at the first message it cannot take whole, and rewriting the read row by row after
+    it gives exactly what each row rewritten on its own gives (same bytes, same counts, and a
+    MaskRowError at the same row)."""
     chunk = b"".join(pieces)
     chunk = chunk[:len(chunk) - cut] if cut < len(chunk) else chunk
-    plan = _shared_engine().row_plan([Column(None, None, None, 25, 0)] * 3)
+    cols = [Column(None, None, None, 25, 0)] * 3
+    plan = _shared_engine().row_plan(cols)
     plan.prescan_bytes(chunk)
     plan.prescan_clear()
+    # the reference: each message of the read (framed as the relay's framer would hand them
+    # over) rewritten on its own by a plan that never saw the read, up to the first refusal
+    alone = _shared_engine().row_plan(cols)
+    want, refused = [], False
+    pos = 0
+    while len(chunk) - pos >= 5:
+        size = struct.unpack("!I", chunk[pos + 1:pos + 5])[0] + 1
+        if size < 5 or size > len(chunk) - pos:
+            break
+        try:
+            want.append(alone.rewrite(chunk[pos:pos + size]))
+        except MaskRowError:
+            refused = True
+            break
+        pos += size
     try:
-        plan.rewrite_chunk(chunk)
+        got = plan.rewrite_chunk(chunk)
     except MaskRowError:
-        pass
+        assert refused, "the prescanned read refused a row rewritten fine on its own"
+        return
+    assert not refused, "the prescanned read took a row refused on its own"
+    assert got == want
+    assert plan.take_counts() == alone.take_counts()
 
 
 PIECES = ["mail a.b@example.com", "+14155552671", "123-45-6789", "4111 1111 1111 1111",

@@ -86,15 +86,53 @@ def test_a_failed_stream_stays_failed():
     assert f.feed_messages(msg(b"Z", b"I")) == []
 
 
+def reference_walk(stream: bytes, max_size: int) -> tuple[list[tuple[str, bytes]], str | None]:
+    """Any bytes, the obvious way: (the whole messages before the first bad header, that
+    header's SQLSTATE or None). A header is bad when its length is below 4 or above
+    0x7ffffffb (08P01), or the message (type byte included) is over max_size (54000); it is
+    judged as soon as its five bytes are there, its body need not have arrived."""
+    out, pos = [], 0
+    while len(stream) - pos >= 5:
+        (length,) = struct.unpack("!I", stream[pos + 1:pos + 5])
+        if length < 4 or length > 0x7FFFFFFB:
+            return out, "08P01"
+        if length + 1 > max_size:
+            return out, "54000"
+        if len(stream) - pos < length + 1:
+            break
+        out.append((chr(stream[pos]), stream[pos + 5:pos + 1 + length]))
+        pos += 1 + length
+    return out, None
+
+
+LIMIT = 1 << 10
+# arbitrary bytes, and well-framed messages followed by arbitrary bytes (so that the garbage
+# comes after a few good headers, and its length fields are sometimes under the limit)
+garbage = st.one_of(
+    st.binary(max_size=2000),
+    st.tuples(messages, st.binary(max_size=40)).map(
+        lambda mt: b"".join(msg(k, b) for k, b in mt[0]) + mt[1]))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=2000), st.integers(min_value=1, max_value=64))
-def test_garbage_never_crashes(data, step):
-    f = PgFramer(max_size=1 << 16)
+@given(garbage, st.integers(min_value=1, max_value=64))
+def test_garbage_is_framed_as_the_reference_frames_it(data, step):
+    """Whatever the bytes and read sizes: FrameError exactly when the reference finds a bad
+    header, with its SQLSTATE; the messages handed out are the reference's (all of them
+    without an error, a prefix of them with one)."""
+    f = PgFramer(max_size=LIMIT)
+    got, code = [], None
     try:
         for i in range(0, len(data), step):
-            f.feed_messages(data[i:i + step])
-    except FrameError:
-        pass
+            got += f.feed_messages(data[i:i + step])
+    except FrameError as e:
+        code = e.code
+    want, bad = reference_walk(data, LIMIT)
+    assert code == bad
+    if bad is None:
+        assert got == want
+    else:
+        assert got == want[:len(got)]
 
 
 @settings(max_examples=200, deadline=None)
