@@ -639,9 +639,11 @@ cdef class Scanner:
     cdef int accept(self, const unsigned char* p, Py_ssize_t n, object data, const Span* spans,
                     Py_ssize_t nspans, SpanList* out) except -1:
         """The spans (sorted, offsets into the value p[:n]) that survive their validators,
-        appended to out as they are to be rewritten: overlapping spans -- the leftmost wins,
-        then the longest. `data` is the value as bytes, or None: made only if a Python
-        validator wants it."""
+        appended to out as they are to be rewritten. Overlapping spans are masked as their
+        union, by the leftmost's strategy: dropping the later one left its tail in clear (a
+        PEM body without its END line runs into the next line, and an e-mail address there
+        came out as '****.doe@example.com'). `data` is the value as bytes, or None: made only
+        if a Python validator wants it."""
         cdef Py_ssize_t last_end = 0, s, e, k
         cdef object hit
         cdef unsigned int ident
@@ -650,11 +652,11 @@ cdef class Scanner:
             s = spans[k].frm
             e = spans[k].to
             ident = spans[k].ident
-            if s < last_end or e > n or s >= e:
-                continue
+            if e <= last_end or e > n or s >= e:
+                continue            # inside what is masked already, or malformed
             code = self.vcode[ident]
             if code > V_PY:
-                if not _C_VALIDATORS[code](p, n, &s, &e) or s < last_end:
+                if not _C_VALIDATORS[code](p, n, &s, &e):
                     continue
             elif code == V_PY:
                 if data is None:
@@ -663,9 +665,16 @@ cdef class Scanner:
                 if hit is None:
                     continue
                 s, e = hit
-                if s < last_end or s >= e or e > n:
+                if s >= e or e > n:
                     continue
-            if _span_push(out, s, e, ident) < 0:
+            if e <= last_end:
+                continue
+            if s < last_end and out.n > 0:
+                # the union, under the earlier span's strategy
+                if s < out.items[out.n - 1].frm:
+                    out.items[out.n - 1].frm = s
+                out.items[out.n - 1].to = e
+            elif _span_push(out, s, e, ident) < 0:
                 raise MemoryError()
             last_end = e
         return 0
