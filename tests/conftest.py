@@ -26,6 +26,14 @@ from helpers import APP_DB, ITEMS
 from hoopwire.devserver import PgServer
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # An exception in a thread (an assert in a helper thread, a crashed pump) or one Python could
+    # only report as "unraisable" (in __del__, a callback) is otherwise a warning at most: the
+    # test that caused it would still pass. Errors, so such a test fails.
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnhandledThreadExceptionWarning")
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnraisableExceptionWarning")
+
+
 @dataclass(frozen=True)
 class PKI:
     dir: str

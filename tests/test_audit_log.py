@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import orjson
@@ -57,6 +58,14 @@ async def write(config: AuditConfig, records, *, clock=None, gateway_id="gw-test
         log.append(r)
     await log.close()
     return log
+
+
+async def until_written(log: AuditLog, n: int, timeout: float = 20.0) -> None:
+    """Wait until the log has written `n` records (the timeout is a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while log.written < n or log.pending:
+        assert time.monotonic() < deadline, f"{log.written} of {n} records written in {timeout} s"
+        await asyncio.sleep(0.01)
 
 
 def names(d) -> list[str]:
@@ -258,7 +267,7 @@ def test_retention_by_max_bytes_keeps_a_verifiable_tail(tmp_path):
         await log.start()
         for i in range(500):
             log.append(record(i))
-        await asyncio.sleep(0.05)
+        await until_written(log, 500)                  # in segments before the clock moves
         clock.now += 61                                # retention runs at most once a minute
         log.append(record(500))
         await log.close()
@@ -293,7 +302,7 @@ def test_retention_by_age(tmp_path):
         await log.start()
         for i in range(200):
             log.append(record(i))
-        await asyncio.sleep(0.05)
+        await until_written(log, 200)                  # written, and stamped, at T0
         clock.now += 2 * 86400
         for i in range(10):
             log.append(record(i))
@@ -361,7 +370,7 @@ def test_main_verify_exit_codes(fresh, tmp_path):
 # ---- a failing disk -----------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
-    import asyncio, json, resource, signal, sys
+    import asyncio, json, resource, signal, sys, time
     from hoopwire._auditlog import StatementEncoder, StatementLog
     from hoopwire.audit import AuditLog, read_records, verify
     from hoopwire.audit import log as audit_log
@@ -370,12 +379,12 @@ CHILD = textwrap.dedent("""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of death past the limit
     _, HARD = resource.getrlimit(resource.RLIMIT_FSIZE)
 
-    async def until(cond):
-        for _ in range(500):
-            if cond():
-                return
+    async def until(cond, what):
+        deadline = time.monotonic() + 20              # a hang guard, not a speed claim
+        while not cond():
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"timed out waiting for {what}")
             await asyncio.sleep(0.01)
-        raise SystemExit("timed out")
 
     async def scenario(path, mode, max_pending, batches=False):
         audit_log.MAX_PENDING = max_pending
@@ -383,6 +392,13 @@ CHILD = textwrap.dedent("""
         log = AuditLog(AuditConfig(path=path, segment_bytes=1 << 20, on_write_failure=mode,
                                    flush_interval=0.01), gateway_id="child")
         await log.start()
+        # counts the log's write attempts, to wait for retries rather than sleep
+        attempts = [0]
+        writer_flush = log._writer.flush
+        def counting_flush(*args):
+            attempts[0] += 1
+            return writer_flush(*args)
+        log._writer.flush = counting_flush
         rec = lambda i: {"type": "statement", "session": "s", "sql": "x" * 120, "i": i}
         # or as a relay records them: one batch per session and flush (split by failures)
         slog = StatementLog(StatementEncoder("child", lambda sql: sql.decode()), "s",
@@ -397,14 +413,16 @@ CHILD = textwrap.dedent("""
             append(i)
             if i % 10 == 9:
                 await asyncio.sleep(0.02)
-        await until(lambda: not log.healthy)
+        await until(lambda: not log.healthy, "a failing write")
         out = {"failing": [log.healthy, log.refusing], "written_before": log.written}
         for i in range(150, 200):
             append(i)                                # appended while the disk refuses
-        await asyncio.sleep(0.05)
+        # two more write attempts (so at least one with the new records) fail as well
+        tried = attempts[0]
+        await until(lambda: attempts[0] >= tried + 2, "two more write attempts")
         out["still_failing"] = [log.healthy, log.refusing]
         resource.setrlimit(resource.RLIMIT_FSIZE, (HARD, HARD))
-        await until(lambda: log.healthy and log.pending == 0)
+        await until(lambda: log.healthy and log.pending == 0, "the log to recover")
         out["recovered"] = [log.healthy, log.refusing]
         await log.close()
         out["written"], out["dropped"] = log.written, log.dropped

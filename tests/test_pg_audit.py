@@ -20,6 +20,7 @@ import urllib.request
 import asyncpg
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gwfixtures import conninfo, gateway_config, gateway_env
 from helpers import APP_DB, SMALL_PIECES, Forwarder, Gateway
@@ -35,6 +36,36 @@ def audit_gateway(pg, idp, tmp, *, audit=None, **kw):
     cfg["audit"] = {"path": str(tmp / "audit"), "flush_interval": "50ms", **(audit or {})}
     cfg["state"] = {"url": f"sqlite:///{tmp}/state.db"}
     return Gateway(cfg, env=gateway_env(pg))
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something true (returned); AssertionError after
+    `timeout` s. The timeout is a hang guard, not a speed claim."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def records_of(path, kind: str) -> list[dict]:
+    """The records of type `kind` the log in `path` holds so far (a partial last line is
+    skipped by read_records: still being written)."""
+    if not os.path.isdir(path):
+        return []
+    return [r for r in read_records(str(path)) if r["type"] == kind]
+
+
+def metric(gw, name: str) -> float:
+    """The value of the unlabelled sample `name` in the gateway's /metrics scrape."""
+    text = urllib.request.urlopen(gw.admin_url + "/metrics", timeout=10).read().decode()
+    values = [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+              if s.name == name and not s.labels]
+    assert len(values) == 1, f"{name}: {values} in\n{text}"
+    return values[0]
 
 
 def api(gw, path, token):
@@ -68,8 +99,12 @@ def recorded(request, pg, idp, tmp_path_factory):
             with c.cursor() as cur, cur.copy("COPY audited TO STDOUT") as cp:
                 list(cp)
             c.execute("UPDATE audited SET secret_col = 'x' WHERE id = 99")
-        time.sleep(0.5)
         root = idp.token("root", ROOT_GROUPS)
+        # the tests read the ended session from the index and its records from the log: both
+        # are written by the flusher after the client has gone
+        wait_until(lambda: [s for s in api(g, "/api/v1/sessions?identity=agent-7", root)["sessions"]
+                            if s["ended_at"] is not None] and records_of(tmp / "audit", "session.end"),
+                   20, "the ended session in the index and its session.end in the log")
         yield g, root, tmp / "audit"
 
 
@@ -211,40 +246,56 @@ def test_disk_full(pg, idp, tmp_path, small_disk, policy):
     g = audit_gateway(pg, idp, cfg_tmp, audit={"path": str(small_disk / "audit"),
                                                 "on_write_failure": policy,
                                                 "segment_bytes": "64KiB"})
+    audit = small_disk / "audit"
+    failures = "hoopwire_audit_write_failures_total"
     with g:
         token = idp.token("agent-7", ["agents"])
         with psycopg.connect(conninfo(g, token), autocommit=True) as c:
             assert c.execute("SELECT 1").fetchall() == [(1,)]
-            time.sleep(0.3)
+            # the first statement's record is on disk before the disk is made full (the
+            # file-size limit is set to what the files hold then)
+            wait_until(lambda: records_of(audit, "statement"), 20, "the first statement's record")
+            failures_before = metric(g, failures)
+            assert "write failed" not in g.log_text()
             disk.fill(g)
-            # a statement's record cannot be written; within a flush or two the policy applies
-            deadline = time.monotonic() + 5
+            # a statement's record cannot be written; within a flush or two the policy applies:
+            # fail-closed refuses the next statements, fail-open runs them and counts the
+            # failing flushes (the 20 s are a hang guard)
+            deadline = time.monotonic() + 20
             refused = None
-            while time.monotonic() < deadline:
+            while True:
                 try:
-                    c.execute("SELECT 2").fetchall()
+                    assert c.execute("SELECT 2").fetchall() == [(2,)]
                 except psycopg.errors.DiskFull as e:
                     refused = e
+                if refused is not None or (policy == "fail-open" and
+                                           metric(g, failures) > failures_before):
                     break
+                assert time.monotonic() < deadline, \
+                    f"{policy}: the full disk had no effect\n{g.log_text()[-3000:]}"
                 time.sleep(0.1)
+            # the disk really refused a write, and the gateway counted it whatever the policy
+            g.wait_log(r"audit log: write failed \((ENOSPC|EFBIG)")
+            assert metric(g, failures) > failures_before
             if policy == "fail-closed":
                 assert refused is not None and "audit log" in str(refused), g.log_text()[-3000:]
             else:
                 assert refused is None
-                metrics = urllib.request.urlopen(g.admin_url + "/metrics", timeout=5).read().decode()
-                assert "hoopwire_audit_write_failures_total" in metrics
+                assert c.execute("SELECT 2").fetchall() == [(2,)]    # still not refused
             disk.free(g)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
+            deadline = time.monotonic() + 20
+            while True:
                 try:
                     assert c.execute("SELECT 3").fetchall() == [(3,)]
                     break
                 except psycopg.errors.DiskFull:
+                    assert time.monotonic() < deadline, \
+                        "statements still refused after the disk had room again"
                     time.sleep(0.1)
-            else:
-                raise AssertionError("statements still refused after the disk had room again")
-        time.sleep(0.4)
-    out = cli("audit", "verify", str(small_disk / "audit"))
+            g.wait_log(r"audit log: writable again")
+        # the session's end is written once the disk has room again (verified below)
+        wait_until(lambda: records_of(audit, "session.end"), 20, "the session.end record")
+    out = cli("audit", "verify", str(audit))
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -268,7 +319,8 @@ def test_sessions_left_open_by_a_crash_are_closed_by_the_next_start(pg, idp, tmp
     with audit_gateway(pg, idp, tmp_path) as g2:
         s = api(g2, "/api/v1/sessions?identity=agent-9", root)["sessions"][0]
         assert s["close_reason"] == "gateway_restart" and s["ended_at"] is not None
-        time.sleep(0.3)
+        wait_until(lambda: records_of(tmp_path / "audit", "sessions.orphaned"), 20,
+                   "the sessions.orphaned record")
     records = [json.loads(line) for seg in _segments(str(tmp_path / "audit"))
                for line in open(seg)]
     assert [r["count"] for r in records if r["type"] == "sessions.orphaned"] == [1]
@@ -294,7 +346,11 @@ def test_every_outcome_is_pinned_on_its_statement(pg, idp, tmp_path, masking, cu
             extra.update(record_results=True, record_results_max_bytes="1MiB")
         cfg = gateway_config(pg, idp, upstream=f"127.0.0.1:{upstream}", **extra)
         cfg["audit"] = {"path": str(tmp_path / "audit"), "flush_interval": "50ms"}
-        _every_outcome(stack.enter_context(Gateway(cfg, env=gateway_env(pg))), idp)
+        g = stack.enter_context(Gateway(cfg, env=gateway_env(pg)))
+        _every_outcome(g, idp)
+        # the three sessions' ends are in the log: every statement before them is too
+        wait_until(lambda: len(records_of(tmp_path / "audit", "session.end")) == 3, 20,
+                   "three session.end records")
     recs = [r for r in read_records(str(tmp_path / "audit")) if r["type"] == "statement"]
     got = [(r["statement"], r["verdict"], r["rows"], (r.get("error") or {}).get("code"))
            for r in recs]
@@ -351,7 +407,6 @@ def _every_outcome(g, idp):
         # rows longer than most reads: a walk that loses count inside one loses the rest
         rows = c.execute("SELECT repeat('y', 3000) FROM generate_series(1, 40)").fetchall()
         assert rows == [("y" * 3000,)] * 40
-    time.sleep(0.3)
 
 
 def _rss_kib(pid: int) -> int:
@@ -393,7 +448,8 @@ def test_queries_always_in_flight_do_not_grow_the_text_buffer(pg, idp, tmp_path)
             grown = _rss_kib(g.pid) - rss_before
         finally:
             conn.close()
-        time.sleep(0.3)
+        wait_until(lambda: records_of(tmp_path / "audit", "session.end"), 20,
+                   "the session.end record")
     assert grown < 8 * 1024, f"the gateway grew by {grown} KiB"
     recs = [r for r in read_records(str(tmp_path / "audit")) if r["type"] == "statement"]
     assert [r["statement"] for r in recs] == ["SELECT pg_sleep(?), ?", "SELECT ?, pg_sleep(?), ?"] * (n // 2)
@@ -419,7 +475,8 @@ def test_pipelined_queries_are_each_recorded_with_their_own_text(pg, idp, tmp_pa
                 assert kinds.count(b"E") == 1 and kinds.count(b"I") == 1
         finally:
             conn.close()
-        time.sleep(0.3)
+        wait_until(lambda: records_of(tmp_path / "audit", "session.end"), 20,
+                   "the session.end record")
     recs = [r for r in read_records(str(tmp_path / "audit")) if r["type"] == "statement"]
     got = [(r["statement"], r["verdict"], (r.get("error") or {}).get("code")) for r in recs]
     assert got == [("SELECT ?", "allow", None), ("SELECT ?/?", "error", "22012"),

@@ -28,7 +28,8 @@ from hoopwire.audit import read_records, verify
 pytestmark = pytest.mark.timeout(60)
 
 # a hang guard for every driver session; short enough to bound a test, long enough not to be
-# mistaken for a cancel (the cancel tests assert on elapsed time well below it)
+# mistaken for a cancel (the cancel tests tell the two apart by the error's message, "user
+# request", or by a bound well below it)
 GUARD = "-c statement_timeout=20000"
 
 
@@ -76,12 +77,47 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
         time.sleep(interval)
 
 
-def wait_active(pg, application_name: str, count: int = 1, timeout: float = 5.0) -> None:
+def wait_active(pg, application_name: str, count: int = 1, timeout: float = 15.0) -> None:
     """Wait until `count` backends of `application_name` are running a statement."""
     wait_for(lambda: int(pg.sql(
         "select count(*) from pg_stat_activity where state = 'active' "
         f"and application_name = '{application_name}'")) >= count,
         timeout, what=f"{count} active backend(s) named {application_name}")
+
+
+class Background:
+    """`fn(*args)` in a thread. `result(timeout)` joins it in the test's own thread and returns
+    what it returned, or raises what it raised: an assertion that fails there fails the test,
+    and so does a thread still running at the timeout (a wait in it that never ended)."""
+
+    def __init__(self, fn, *args):
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as e:  # noqa: BLE001 -- handed to the test's thread
+            self._error = e
+
+    def result(self, timeout: float):
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"still running after {timeout} s"
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def waiting_for_lock(pg, pids) -> set[int]:
+    """Which of the backends `pids` wait for an advisory lock now."""
+    out = pg.sql("select pid from pg_locks where locktype = 'advisory' and not granted "
+                 f"and pid in ({', '.join(str(p) for p in pids)})")
+    return {int(x) for x in out.split()}
+
+
+def lock_key() -> int:
+    return random.getrandbits(62)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,40 +128,35 @@ def test_psycopg_cancel_of_a_long_query(gw, idp, pg, method):
     app = unique("cancel")
     with psycopg.connect(dsn(gw, idp, application_name=app), autocommit=True) as conn:
         pid = conn.info.backend_pid
-        result: dict = {}
 
         def run():
-            t0 = time.monotonic()
             try:
                 conn.execute("select pg_sleep(30)")
-                result["outcome"] = "completed"
             except psycopg.Error as e:
-                result["outcome"] = e
-            result["end"] = time.monotonic()
-            result["t0"] = t0
+                return e
+            return "completed"
 
-        worker = threading.Thread(target=run)
-        worker.start()
+        worker = Background(run)
         wait_active(pg, app)
-        t_cancel = time.monotonic()
         getattr(conn, method)()
-        worker.join(10)
-        assert not worker.is_alive(), "the query was not cancelled within 10 s"
-        assert isinstance(result["outcome"], psycopg.errors.QueryCanceled), result["outcome"]
-        assert "user request" in str(result["outcome"])  # not the statement_timeout guard
-        assert result["end"] - t_cancel < 2.0, f"cancel took {result['end'] - t_cancel:.2f} s"
+        # the bound is the behaviour: the cancel ends a 30 s sleep (well before the 20 s guard)
+        outcome = worker.result(10)
+        assert isinstance(outcome, psycopg.errors.QueryCanceled), outcome
+        assert "user request" in str(outcome)  # not the statement_timeout guard
         # the session goes on, on the same backend
         assert conn.execute("select 1").fetchone()[0] == 1
         assert conn.execute("select pg_backend_pid()").fetchone()[0] == pid
         # and a cancel inside a transaction leaves it failed, as it would directly
         conn.autocommit = False
-        timer = threading.Timer(0.5, getattr(conn, method))
-        timer.start()
-        t0 = time.monotonic()
-        with pytest.raises(psycopg.errors.QueryCanceled):
+
+        def cancel_when_running():
+            wait_active(pg, app)
+            getattr(conn, method)()
+
+        canceller = Background(cancel_when_running)
+        with pytest.raises(psycopg.errors.QueryCanceled, match="user request"):
             conn.execute("select pg_sleep(30)")
-        timer.join()
-        assert time.monotonic() - t0 < 2.5
+        canceller.result(10)
         with pytest.raises(psycopg.errors.InFailedSqlTransaction):
             conn.execute("select 1")
         conn.rollback()
@@ -148,15 +179,17 @@ def test_asyncpg_cancel_on_timeout(gw, idp, pg):
                 with pytest.raises(asyncio.TimeoutError):
                     # the task is cancelled at the timeout: asyncpg sends a CancelRequest
                     await asyncio.wait_for(conn.fetchval("select pg_sleep(30)"), 0.5)
-                # the next query waits for the cancelled one to end: it must not take long
+                # the next query waits for the cancelled one to end. Only a cancel that got
+                # through ends it well before the 20 s statement_timeout: that bound is the
+                # behaviour, not a speed claim
                 assert await conn.fetchval("select 41 + 1") == 42
-                assert time.monotonic() - t0 < 2.5, f"attempt {attempt}: {time.monotonic() - t0:.2f} s"
+                assert time.monotonic() - t0 < 10, f"attempt {attempt}: {time.monotonic() - t0:.2f} s"
             # asyncpg's own timeout argument takes the same path
             t0 = time.monotonic()
             with pytest.raises(asyncio.TimeoutError):
                 await conn.fetchval("select pg_sleep(30)", timeout=0.5)
             assert await conn.fetchval("select pg_backend_pid()") == pid
-            assert time.monotonic() - t0 < 2.5
+            assert time.monotonic() - t0 < 10
             # nothing of ours still runs upstream
             return pid
         finally:
@@ -171,40 +204,38 @@ def test_asyncpg_cancel_on_timeout(gw, idp, pg):
 def test_forged_cancel_key_cancels_nothing(gw, idp, pg):
     host, port = gw.address("pg")
     app = unique("forged")
+    key = lock_key()
     with psycopg.connect(dsn(gw, idp, application_name=app), autocommit=True) as conn, \
-            psycopg.connect(pg.dsn(user="app", dbname=APP_DB), autocommit=True) as direct:
+            psycopg.connect(pg.dsn(user="app", dbname=APP_DB), autocommit=True) as direct, \
+            psycopg.connect(pg.dsn(user="app", dbname=APP_DB), autocommit=True) as holder:
         pid = conn.info.backend_pid
         direct_pid = direct.info.backend_pid
-        done: dict = {}
-
-        def sleep_direct():
-            try:
-                direct.execute("select pg_sleep(2)")
-                done["direct"] = "completed"
-            except psycopg.Error as e:
-                done["direct"] = e
-
-        other = threading.Thread(target=sleep_direct)
-        other.start()
-
-        def forge():
-            wait_active(pg, app)
-            for _ in range(5):
-                # the real pid with random secrets, and the pid of a session that never went
-                # through the gateway at all
-                assert pgraw.send_cancel(host, port, pid, random.getrandbits(32)) == b""
-                assert pgraw.send_cancel(host, port, direct_pid, random.getrandbits(32)) == b""
-
-        forger = threading.Thread(target=forge)
-        forger.start()
-        t0 = time.monotonic()
-        assert conn.execute("select pg_sleep(2), 'finished'").fetchone()[1] == "finished"
-        elapsed = time.monotonic() - t0
-        forger.join(10)
-        other.join(10)
-        assert elapsed >= 1.9
-        assert done["direct"] == "completed", done["direct"]
+        # Both sessions wait for a lock the test holds, rather than sleep: they are still
+        # running when every forged request has been sent, for as long as that takes (a cancel
+        # would end the wait with QueryCanceled), and they finish when the test lets them.
+        holder.execute("select pg_advisory_lock(%s)", (key,))
+        wait_sql = "select pg_advisory_lock_shared(%s), 'finished'"
+        other = Background(lambda: direct.execute(wait_sql, (key,)).fetchone()[1])
+        mine = Background(lambda: conn.execute(wait_sql, (key,)).fetchone()[1])
+        wait_for(lambda: waiting_for_lock(pg, [pid, direct_pid]) == {pid, direct_pid}, 15,
+                 what="both sessions waiting for the lock")
+        replies = []
+        for _ in range(5):
+            # the real pid with random secrets, and the pid of a session that never went
+            # through the gateway at all
+            replies.append(pgraw.send_cancel(host, port, pid, random.getrandbits(32)))
+            replies.append(pgraw.send_cancel(host, port, direct_pid, random.getrandbits(32)))
+        assert replies == [b""] * 10
+        # the gateway heard them (and forwarded none: one worker knows every session's key)
+        gw.wait_log(rf"cancel request with an unknown key ignored .*backend_pid={pid}\b")
+        gw.wait_log(rf"cancel request with an unknown key ignored .*backend_pid={direct_pid}\b")
+        assert waiting_for_lock(pg, [pid, direct_pid]) == {pid, direct_pid}
+        holder.execute("select pg_advisory_unlock(%s)", (key,))
+        assert mine.result(10) == "finished"
+        assert other.result(10) == "finished"
         assert conn.execute("select 1").fetchone()[0] == 1
+        assert not re.search(rf"cancel forwarded .*backend_pid=({pid}|{direct_pid})\b",
+                             gw.log_text())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -396,14 +427,14 @@ def test_listen_notify(gw, idp, pg):
         pg.sql(f"notify {channel}, 'from a direct session'", dbname=APP_DB)
         big = "p" * 7000
         notifier.execute("select pg_notify(%s, %s)", (channel, big))
-        got = list(listener.notifies(timeout=5, stop_after=3))
+        got = list(listener.notifies(timeout=10, stop_after=3))
         assert [n.channel for n in got] == [channel] * 3
         assert [n.payload for n in got] == ["through the gateway", "from a direct session", big]
         assert got[0].pid == notifier.info.backend_pid
         # the listener still answers queries, and notifications keep coming after
         assert listener.execute("select 1").fetchone()[0] == 1
         notifier.execute(f"notify {channel}, 'again'")
-        again = list(listener.notifies(timeout=5, stop_after=1))
+        again = list(listener.notifies(timeout=10, stop_after=1))
         assert [n.payload for n in again] == ["again"]
 
 
@@ -523,7 +554,7 @@ def test_psql_terminate_is_logged(gw, idp):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "7"
-    gw.wait_log(rf"session closed .*subject={subject} reason=client_terminate", timeout=5)
+    gw.wait_log(rf"session closed .*subject={subject} reason=client_terminate")
 
 
 def test_driver_close_is_a_terminate(gw, idp):
@@ -537,8 +568,8 @@ def test_driver_close_is_a_terminate(gw, idp):
         await conn.fetchval("select 1")
         await conn.close()
     asyncio.run(asyncio.wait_for(main(), 20))
-    gw.wait_log(rf"session closed .*subject={s1} reason=client_terminate", timeout=5)
-    gw.wait_log(rf"session closed .*subject={s2} reason=client_terminate", timeout=5)
+    gw.wait_log(rf"session closed .*subject={s1} reason=client_terminate")
+    gw.wait_log(rf"session closed .*subject={s2} reason=client_terminate")
 
 
 def test_upstream_backend_terminated_while_idle(gw, idp, pg):
@@ -547,7 +578,7 @@ def test_upstream_backend_terminated_while_idle(gw, idp, pg):
     try:
         pid = conn.info.backend_pid
         assert pg.sql(f"select pg_terminate_backend({pid})") == "t"
-        gw.wait_log(rf"session closed .*subject={subject} reason=upstream_closed", timeout=5)
+        gw.wait_log(rf"session closed .*subject={subject} reason=upstream_closed")
         with pytest.raises(psycopg.OperationalError) as ei:
             conn.execute("select 1")
         # the server's own FATAL reaches the client
@@ -566,16 +597,18 @@ def test_upstream_backend_terminated_mid_query(gw, idp, pg):
 
         def kill():
             wait_active(pg, app)
-            pg.sql(f"select pg_terminate_backend({pid})")
+            assert pg.sql(f"select pg_terminate_backend({pid})") == "t"
+            return time.monotonic()
 
-        killer = threading.Thread(target=kill)
-        killer.start()
-        t0 = time.monotonic()
+        killer = Background(kill)
         with pytest.raises(psycopg.errors.AdminShutdown):
             conn.execute("select pg_sleep(15)")
-        killer.join(10)
-        assert time.monotonic() - t0 < 5
-    gw.wait_log(rf"session closed .*subject={subject} reason=upstream_closed", timeout=5)
+        t_end = time.monotonic()
+        t_kill = killer.result(10)
+        # the server's FATAL is passed on when it comes, not when the 15 s sleep would have
+        # ended: that bound is the behaviour
+        assert t_end - t_kill < 10
+    gw.wait_log(rf"session closed .*subject={subject} reason=upstream_closed")
 
     async def main():
         conn = await asyncpg.connect(host="127.0.0.1", port=gw.port("pg"), user="agent-7",
@@ -594,12 +627,11 @@ def test_client_vanishes_mid_query(gw, idp, pg, how):
     c = pgraw.login(host, port, idp.token(subject=subject), application_name=app)
     c.send(pgraw.typed(b"Q", b"select pg_sleep(5)\0"))
     wait_active(pg, app)
-    t_kill = time.monotonic()
     c.close(reset=how == "rst")
-    gw.wait_log(rf"session closed .*subject={subject} reason=client_(closed|error)", timeout=3)
-    # the upstream session ends: at the latest when the backend's statement is over
-    wait_for(lambda: backends(pg, app) == 0, timeout=5 + 4 - (time.monotonic() - t_kill),
-             what="the upstream backend to go away")
+    gw.wait_log(rf"session closed .*subject={subject} reason=client_(closed|error)")
+    # the upstream session ends (at the latest when the backend's 5 s statement is over); left
+    # open, an idle backend would stay for good, so the 20 s are only a hang guard
+    wait_for(lambda: backends(pg, app) == 0, timeout=20, what="the upstream backend to go away")
     with psycopg.connect(dsn(gw, idp), autocommit=True) as conn:
         assert conn.execute("select 1").fetchone()[0] == 1
 
@@ -613,8 +645,8 @@ def test_client_vanishes_while_idle(gw, idp, pg):
             pass
         assert backends(pg, app) == 1
         c.close(reset=True)
-    gw.wait_log(rf"session closed .*subject={subject} reason=client_(closed|error)", timeout=3)
-    wait_for(lambda: backends(pg, app) == 0, timeout=3, what="the upstream backend to go away")
+    gw.wait_log(rf"session closed .*subject={subject} reason=client_(closed|error)")
+    wait_for(lambda: backends(pg, app) == 0, timeout=15, what="the upstream backend to go away")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -630,14 +662,9 @@ def test_two_workers_sessions_and_cancel_across_workers(pg, idp):
             with psycopg.connect(conninfo(g2, token, options=GUARD), autocommit=True) as conn:
                 return conn.execute("select sum(g) from generate_series(1, %s) g", (i,)).fetchone()[0]
 
-        results: dict[int, int] = {}
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, session(i)))
-                   for i in range(1, 31)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert results == {i: i * (i + 1) // 2 for i in range(1, 31)}
+        sessions = {i: Background(session, i) for i in range(1, 31)}
+        assert {i: b.result(30) for i, b in sessions.items()} == \
+            {i: i * (i + 1) // 2 for i in range(1, 31)}
 
         crossed = False
         for round_no in range(4):
@@ -645,29 +672,23 @@ def test_two_workers_sessions_and_cancel_across_workers(pg, idp):
             conns = [psycopg.connect(conninfo(g2, token, application_name=app, options=GUARD),
                                      autocommit=True) for _ in range(10)]
             try:
-                outcome: dict[int, tuple] = {}
-
-                def run(i: int, conn) -> None:
+                def run(conn):
                     try:
                         conn.execute("select pg_sleep(30)")
-                        outcome[i] = ("completed", time.monotonic())
                     except psycopg.Error as e:
-                        outcome[i] = (e, time.monotonic())
+                        return e
+                    return "completed"
 
-                runners = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(conns)]
-                for t in runners:
-                    t.start()
+                runners = [Background(run, c) for c in conns]
                 wait_active(pg, app, count=10)
-                cancelled_at = {}
-                for i, conn in enumerate(conns):
-                    cancelled_at[i] = time.monotonic()
+                for conn in conns:
                     conn.cancel_safe(timeout=5)
-                for t in runners:
-                    t.join(10)
-                for i in range(10):
-                    result, end = outcome[i]
+                for i, runner in enumerate(runners):
+                    # "user request": the cancel ended the 30 s sleep, not the 20 s
+                    # statement_timeout guard (the 25 s join is only a hang guard)
+                    result = runner.result(25)
                     assert isinstance(result, psycopg.errors.QueryCanceled), (i, result)
-                    assert end - cancelled_at[i] < 2.0, f"cancel {i} took {end - cancelled_at[i]:.2f} s"
+                    assert "user request" in str(result), (i, result)
                     assert conns[i].execute("select 1").fetchone()[0] == 1
             finally:
                 for c in conns:
@@ -679,23 +700,26 @@ def test_two_workers_sessions_and_cancel_across_workers(pg, idp):
                 break
         assert crossed, "no CancelRequest ever landed on the other worker (p = 2^-40)\n" + g2.log_text()
 
-        # forged keys, whichever worker they land on, cancel nothing
+        # forged keys, whichever worker they land on, cancel nothing: the session waits for a
+        # lock the test holds (a cancel would end the wait) until every forged request is sent
         app = unique("w2-forged")
+        key = lock_key()
         with psycopg.connect(conninfo(g2, token, application_name=app, options=GUARD),
-                             autocommit=True) as conn:
+                             autocommit=True) as conn, \
+                psycopg.connect(pg.dsn(user="app", dbname=APP_DB), autocommit=True) as holder:
             pid = conn.info.backend_pid
-
-            def forge():
-                wait_active(pg, app)
-                for _ in range(8):
-                    assert pgraw.send_cancel(host, port, pid, random.getrandbits(32)) == b""
-
-            forger = threading.Thread(target=forge)
-            forger.start()
-            t0 = time.monotonic()
-            assert conn.execute("select pg_sleep(2), 'done'").fetchone()[1] == "done"
-            forger.join(10)
-            assert time.monotonic() - t0 >= 1.9
+            holder.execute("select pg_advisory_lock(%s)", (key,))
+            waiter = Background(lambda: conn.execute(
+                "select pg_advisory_lock_shared(%s), 'done'", (key,)).fetchone()[1])
+            wait_for(lambda: waiting_for_lock(pg, [pid]) == {pid}, 15,
+                     what="the session waiting for the lock")
+            replies = [pgraw.send_cancel(host, port, pid, random.getrandbits(32))
+                       for _ in range(8)]
+            assert replies == [b""] * 8
+            # the other worker forwards what it cannot check; the server ignores the secret
+            assert waiting_for_lock(pg, [pid]) == {pid}
+            holder.execute("select pg_advisory_unlock(%s)", (key,))
+            assert waiter.result(10) == "done"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -768,7 +792,7 @@ def test_server_fatal_is_the_last_word(gw, idp, pg):
     host, port = gw.address("pg")
     with pgraw.login(host, port, idp.token()) as c:
         pg.sql(f"select pg_terminate_backend({c.pid})")
-        data, _ = c.read_until_closed(5)
+        data, _ = c.read_until_closed(10)
     msgs, tail = pgraw.parse_messages(data)
     assert tail == b""
     errors = [pgraw.error_fields(body) for kind, body in msgs if kind == b"E"]
@@ -785,27 +809,28 @@ def test_upstream_connection_lost_without_a_word(pg, idp):
             subject = unique("cut-idle")
             with pgraw.login(host, port, idp.token(subject=subject)) as c:
                 fwd.cut()
-                data, _ = c.read_until_closed(5)
+                data, _ = c.read_until_closed(10)
                 msgs, tail = pgraw.parse_messages(data)
                 assert tail == b"" and [k for k, _ in msgs] == [b"E"], data
                 fields = pgraw.error_fields(msgs[0][1])
                 assert fields["S"] == "FATAL" and fields["C"] == "08006", fields
-            g.wait_log(rf"session closed .*subject={subject} reason=upstream_closed", timeout=3)
+            g.wait_log(rf"session closed .*subject={subject} reason=upstream_closed")
 
-            # mid-result: the driver gets an error, promptly, not a hang or a desync
+            # mid-result: the driver gets an error, not a hang or a desync
             subject = unique("cut-busy")
             with psycopg.connect(conninfo(g, idp.token(subject=subject), options=GUARD)) as conn:
                 cur = conn.cursor()
-                t0 = time.monotonic()
                 rows = 0
                 with pytest.raises(psycopg.OperationalError):
                     for _ in cur.stream(BIG_SQL, size=100):
                         rows += 1
                         if rows == 20_000:
                             fwd.cut()
+                            t_cut = time.monotonic()
                 assert 20_000 <= rows < ROWS
-                assert time.monotonic() - t0 < 10
-            g.wait_log(rf"session closed .*subject={subject} reason=upstream_closed", timeout=3)
+                # a hang would last forever: any finite bound tells the two apart
+                assert time.monotonic() - t_cut < 15
+            g.wait_log(rf"session closed .*subject={subject} reason=upstream_closed")
 
             # and new sessions work once the network is back
             with psycopg.connect(conninfo(g, idp.token())) as conn:
@@ -830,9 +855,13 @@ def test_client_vanishes_mid_copy_in(gw, idp, pg, where):
         c.send(rows)
         if where == "mid-message":
             c.send(pgraw.typed(b"d", b"5000\tunfinished\n")[:9])
-        time.sleep(0.2)
+        # every whole row has reached the server, which has read it into its COPY: what a
+        # commit would keep, and what the abort must throw away
+        wait_for(lambda: pg.sql(f"select tuples_processed from pg_stat_progress_copy "
+                                f"where pid = {c.pid}") == "5000",
+                 timeout=15, what="the server reading all 5000 rows")
         c.close(reset=where == "mid-message")
-        wait_for(lambda: backends(pg, app) == 0, timeout=3, what="the upstream backend to go away")
+        wait_for(lambda: backends(pg, app) == 0, timeout=15, what="the upstream backend to go away")
         assert pg.sql(f"select count(*) from {table}", dbname=APP_DB) == "0"
     finally:
         pg.sql(f"drop table {table}", dbname=APP_DB)
@@ -855,26 +884,32 @@ def test_cancel_key_is_the_gateways_own(pg, idp):
                 assert c.pid == server_pid
                 assert c.secret != server_secret
 
-                # the client's key sent straight to the server cancels nothing
-                c.send(pgraw.typed(b"Q", b"select pg_sleep(1.5)\0"))
-                wait_active(pg, app)
-                assert pgraw.send_cancel("127.0.0.1", pg.port, c.pid, c.secret) == b""
-                t0 = time.monotonic()
+                # the client's key sent straight to the server cancels nothing: the session
+                # waits for a lock the test holds (a cancel would end the wait) until the
+                # request has been sent, then finishes without an error
+                key = lock_key()
+                with psycopg.connect(pg.dsn(user="app", dbname=APP_DB), autocommit=True) as holder:
+                    holder.execute("select pg_advisory_lock(%s)", (key,))
+                    c.send(pgraw.typed(b"Q", b"select pg_advisory_lock_shared(%d)\0" % key))
+                    wait_for(lambda: waiting_for_lock(pg, [c.pid]) == {c.pid}, 15,
+                             what="the session waiting for the lock")
+                    assert pgraw.send_cancel("127.0.0.1", pg.port, c.pid, c.secret) == b""
+                    assert waiting_for_lock(pg, [c.pid]) == {c.pid}
+                    holder.execute("select pg_advisory_unlock(%s)", (key,))
                 kinds = []
                 while not kinds or kinds[-1] != b"Z":
-                    kinds.append(c.read_message(5)[0])
-                assert b"E" not in kinds and time.monotonic() - t0 > 0.5
+                    kinds.append(c.read_message(10)[0])
+                assert b"E" not in kinds, kinds
 
-                # the same key through the gateway cancels
+                # the same key through the gateway cancels (a 30 s sleep: read_message's 10 s
+                # bound only tells a cancel from none)
                 c.send(pgraw.typed(b"Q", b"select pg_sleep(30)\0"))
                 wait_active(pg, app)
-                t0 = time.monotonic()
                 assert pgraw.send_cancel(host, port, c.pid, c.secret) == b""
                 msgs = []
                 while not msgs or msgs[-1][0] != b"Z":
-                    msgs.append(c.read_message(5))
+                    msgs.append(c.read_message(10))
                 errors = [pgraw.error_fields(b) for k, b in msgs if k == b"E"]
                 assert [e["C"] for e in errors] == ["57014"]
-                assert time.monotonic() - t0 < 2
     finally:
         fwd.close()
