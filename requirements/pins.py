@@ -127,9 +127,10 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / os.fsdecode(f))
 
 
-def trial(name: str, constraints: Path | None, keep: bool, pytest_args: list[str]) -> int:
+def trial(name: str, constraints: Path | None, keep: bool, pytest_args: list[str]) -> int | None:
     """Copy the tree, make a venv, install -e .[test] (under `constraints`), run pytest there.
-    Prints the installed versions against the pins and pytest's closing lines."""
+    Prints the installed versions against the pins and pytest's closing lines; pytest's exit
+    status, or None when the install failed."""
     work = Path(tempfile.mkdtemp(prefix=f"hoopwire-{name}-"))
     tree, venv, log = work / "tree", work / "venv", work / "pytest.log"
     tree.mkdir()
@@ -149,7 +150,7 @@ def trial(name: str, constraints: Path | None, keep: bool, pytest_args: list[str
                           env=env, capture_output=True, text=True)
     if inst.returncode != 0:
         print(f"[{name}] install failed:\n{inst.stdout[-4000:]}{inst.stderr[-4000:]}")
-        return 2
+        return None
     frozen = subprocess.run([py, "-m", "pip", "list", "--format=json"], env=env, check=True,
                             capture_output=True, text=True).stdout
     have = {canonical(p["name"]): p["version"] for p in json.loads(frozen)
@@ -175,15 +176,17 @@ def trial(name: str, constraints: Path | None, keep: bool, pytest_args: list[str
 
 
 def lowest_constraints(path: Path) -> list[str]:
-    """Every runtime and build requirement at its stated lower bound; the test extra's tools at
-    their pins (what is being tested is our claim about the runtime ranges, not the test tools)."""
+    """Every runtime and build requirement in the release series its lower bound names, at that
+    series' newest patch (`>=41` -> `==41.*`: a bound written `41` claims all of 41.x, and an
+    exact 41.0.0 may be yanked or lack wheels for this Python); the test extra's tools at their
+    pins (what is tested is our claim about the runtime ranges, not the test tools)."""
     meta = pyproject()
     pins = read_pins()
     lines = []
     for req in meta["project"]["dependencies"] + meta["build-system"]["requires"]:
         m = re.search(r">=\s*([0-9][^,;\s]*)", req)
         if m:
-            lines.append(f"{requirement_name(req)}=={m.group(1)}")
+            lines.append(f"{requirement_name(req)}=={m.group(1)}.*")
     for req in meta["project"]["optional-dependencies"]["test"]:
         name = requirement_name(req)
         if name in pins:
@@ -202,15 +205,17 @@ def main() -> int:
     if args.what == "refresh":
         return refresh(args)
     if args.what == "pinned":
-        return trial("pinned", PINS, args.keep, args.pytest_args)
+        rc = trial("pinned", PINS, args.keep, args.pytest_args)
+        return 2 if rc is None else rc
     if args.what == "latest":
         rc = trial("latest", None, args.keep, args.pytest_args)
-        return 2 if rc == 2 else 0
+        return 2 if rc is None else 0
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         low = Path(f.name)
     print("[lowest] " + ", ".join(lowest_constraints(low)))
     rc = trial("lowest", low, args.keep, args.pytest_args)
-    return 2 if rc == 2 else 0
+    low.unlink()
+    return 2 if rc is None else 0
 
 
 if __name__ == "__main__":
