@@ -201,6 +201,23 @@ CAUGHT = {
     ],
 }
 
+CAUGHT["procedural-code"] = [
+    b"DO $$ BEGIN RAISE NOTICE 'x'; END $$",
+    b"do language plpgsql $x$ begin execute 'drop table t'; end $x$",
+    b"/* warm-up */ do 'begin null; end'",
+    b"select 1; do $$ begin perform 1; end $$",
+    b"create function f() returns int language sql as 'select 1'",
+    b"CREATE OR REPLACE FUNCTION f(a int) RETURNS int BEGIN ATOMIC SELECT a; END",
+    b"create procedure p() language plpgsql as $$ begin commit; end $$",
+    b"create rule r as on insert to t do instead nothing",
+    b"create trigger t before insert on x for each row execute function f()",
+    b"create constraint trigger t after insert on x for each row execute function f()",
+    b"create event trigger e on ddl_command_start execute function f()",
+]
+
+# a quoted name inside a DO body is still the function
+CAUGHT["server-side-io"].append(b"do $$ begin perform \"pg_read_file\"('/etc/passwd'); end $$")
+
 PASSES = [
     b"select 1",
     b"SELECT 'drop table orders'",
@@ -260,6 +277,12 @@ PASSES = [
     b"set names 'utf8'",
     b"select 'C:\\temp'",
     b"select * from t where note = '\\'",
+    b"select * from do_list",
+    b"select done, 'do $$ x $$' from t",
+    b"call refresh_totals()",
+    b"create view v as select 1",
+    b"select * from triggers where function = 'f'",
+    b"create table functions (id int)",
 ]
 
 

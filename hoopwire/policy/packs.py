@@ -72,6 +72,16 @@ server-side-io
               which is not server-side I/O). The upstream role should simply not hold
               pg_read_server_files, pg_write_server_files or pg_execute_server_program.
 
+procedural-code
+    catches   DO blocks; CREATE [OR REPLACE] FUNCTION / PROCEDURE / RULE / TRIGGER /
+              CONSTRAINT TRIGGER / EVENT TRIGGER -- code whose text is a literal here (the
+              other packs see a DO body or a function body only as far as a pattern can read
+              a literal) or that runs later, when no statement shows it
+    passes    CALL and SELECT of functions that exist; CREATE VIEW (its query is plain text
+              the packs read); names such as do_list or triggers
+    cannot    what existing functions, triggers and rules do when they run; EXECUTE of
+              dynamic text happens only inside such bodies, so it is refused with them
+
 session-tampering
     catches   SET [SESSION|LOCAL] ROLE, SET [SESSION|LOCAL] SESSION AUTHORIZATION, the same as
               SET "role" / SET session_authorization = ..., SET session_replication_role
@@ -276,7 +286,8 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
         patterns=(
             (CODE, r"^copy\b.*\b(?:to|from)\s+(?:program\s*)?'"),
             (CODE, rf"\b(?:{_SERVER_FUNCTIONS})\b"),
-            (FULL, rf"\b(?:{_SERVER_FUNCTIONS})\s*\("),
+            # inside a DO / function body or an EXECUTE string the name may be quoted
+            (FULL, rf"\b(?:{_SERVER_FUNCTIONS})\"?\s*\("),
             (CODE, r"^load\b"),
             (CODE, r"^alter\s+system\b"),
             (CODE, r"^create\s+extension\b.*\b(?:adminpack|file_fdw|dblink|postgres_fdw"
@@ -290,6 +301,16 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
                    r"|shared_preload_libraries|dynamic_library_path)\b"),
             (FULL, r"\bset_config\s*\(\s*'(?:local_preload_libraries|session_preload_libraries"
                    r"|dynamic_library_path)'"),
+        ),
+    ),
+    Pack(
+        name="procedural-code",
+        summary="DO blocks, and functions, procedures, triggers and rules created",
+        message="procedural and deferred code is not run or created through this connection",
+        patterns=(
+            (CODE, r"^do\b"),
+            (CODE, r"^create\s+(?:or\s+replace\s+)?(?:function|procedure|rule|trigger"
+                   r"|constraint\s+trigger|event\s+trigger)\b"),
         ),
     ),
     Pack(
