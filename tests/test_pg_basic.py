@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import asyncpg
 import psycopg
 import pytest
 
 from gwfixtures import conninfo
-from helpers import ITEMS
+from helpers import ITEMS, psql
 
 
 def test_psql_through_the_gateway(gw, idp):
-    out = subprocess.run(
-        ["psql", conninfo(gw, idp.token()), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-         "-c", "select current_user, current_database()", "-c", "select name from items order by id"],
-        capture_output=True, text=True, timeout=30)
+    out = psql(conninfo(gw, idp.token()), "-A", "-t", "-v", "ON_ERROR_STOP=1",
+               "-c", "select current_user, current_database()",
+               "-c", "select name from items order by id")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
     assert lines[0] == "app|appdb"

@@ -10,9 +10,7 @@ import io
 import random
 import re
 import secrets
-import socket
 import struct
-import subprocess
 import threading
 import time
 
@@ -22,7 +20,7 @@ import pytest
 
 import pgraw
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import APP_DB, ITEMS, SMALL_PIECES, Forwarder, Gateway
+from helpers import APP_DB, ITEMS, SMALL_PIECES, Forwarder, Gateway, psql
 from hoopwire.audit import read_records, verify
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,7 +46,9 @@ def gw(request, pg, idp, tmp_path_factory):
     if path is not None:
         res = verify(path)
         statements = sum(1 for r in read_records(path) if r["type"] == "statement")
-        assert res.ok and statements > 1000, (res.describe(), statements)
+        # the chain verifies and holds what was run (a count of the whole module's statements
+        # would fail any subset run with -k)
+        assert res.ok and statements > 0, (res.describe(), statements)
 
 
 def dsn(gw: Gateway, idp, subject: str = "agent-7", **kw) -> str:
@@ -385,8 +385,7 @@ def test_psql_copy_both_ways_100k_rows(gw, idp, tmp_path):
         f"{CHECK_SQL.format(table='cq')};\n"
         f"\\copy (select id, name from cq order by id) to '{dst}'\n"
     )
-    out = subprocess.run(["psql", dsn(gw, idp), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
-                          "-f", "-"], input=script, capture_output=True, text=True, timeout=45)
+    out = psql(dsn(gw, idp), "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", input=script)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [f"{N_COPY}|{N_COPY * (N_COPY + 1) // 2}|{hashlib.md5(data).hexdigest()}"]
     assert dst.read_bytes() == data
@@ -550,8 +549,7 @@ def test_large_result_to_a_slow_reader_is_not_buffered_by_the_gateway(gw, idp):
 
 def test_psql_terminate_is_logged(gw, idp):
     subject = unique("term")
-    out = subprocess.run(["psql", dsn(gw, idp, subject=subject), "-X", "-A", "-t", "-c", "select 7"],
-                         capture_output=True, text=True, timeout=30)
+    out = psql(dsn(gw, idp, subject=subject), "-A", "-t", "-c", "select 7")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "7"
     gw.wait_log(rf"session closed .*subject={subject} reason=client_terminate")
