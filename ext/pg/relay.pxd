@@ -65,9 +65,9 @@ cdef class Relay:
         # Approvals: the decision for the held message, read when it is judged again.
         int decision
         bytes deny_error
-        # prepared statements an approve rule matched: each Execute of them is held
-        dict approve_stmts              # statement name -> (verdict, sql)
-        dict approve_portals            # portal name -> (verdict, sql)
+        # prepared statements and portals an approve rule holds each run of, as the server
+        # has them (hoopwire.pg.prepared.PreparedNames); None while no approve rule applies
+        public object names
 
         # fail-closed audit: every new statement is answered with this error while it is set
         bytes refuse_error
@@ -81,6 +81,7 @@ cdef class Relay:
     cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size)
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size)
     cdef object _refuse_execute(self, bytes err=*)
+    cdef object _sql_prepared(self, bytes sql, object verdict)
     cdef object _track_approvals(self, char kind, const unsigned char* msg, Py_ssize_t size)
     cdef object _approval(self, object verdict, bytes sql)
 
@@ -101,4 +102,5 @@ cdef class ClientSide(RelaySide):
 cdef class UpstreamSide(RelaySide):
     cdef int _ready_for_query(self, const unsigned char* msg, Py_ssize_t size) except -1
     cdef int _parameter_status(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef int _answered(self, char kind) except -1
     cdef int _follow(self, bytes data) except -1

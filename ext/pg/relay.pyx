@@ -50,6 +50,8 @@ class _EncodingVerdict:
 ENCODING_VERDICT = _EncodingVerdict()
 
 from hoopwire.pg.encodings import backslash_may_hide, safe_client_encoding
+from hoopwire.pg.prepared import PreparedNames, mentions_prepared, sql_executes, sql_prepares
+from hoopwire._sqlnorm import normalize_statements
 
 
 def error_response(str severity, str code, str message, str detail=None, str hint=None):
@@ -111,8 +113,7 @@ cdef class Relay:
         self.upstream = UpstreamSide.__new__(UpstreamSide)
         self.upstream.relay = self
         self.rewrites = []
-        self.approve_stmts = {}
-        self.approve_portals = {}
+        self.names = PreparedNames() if getattr(policy, "approves", False) else None
         self.marker_prefix = marker_prefix
         self.tx_status = c'I'
         self.last_activity = monotonic()
@@ -272,8 +273,6 @@ cdef class Relay:
             if end == NULL:
                 raise FrameError("malformed Query or Parse message")
             sql = body[:end - body]
-            if kind == c'P' and self.approve_stmts:
-                self.approve_stmts.pop(name, None)     # the name is (re)defined here
             if self.refuse_error is not None:
                 # the audit log cannot be written and the policy is fail-closed
                 verdict = REFUSED_VERDICT
@@ -286,16 +285,25 @@ cdef class Relay:
                 verdict = ENCODING_VERDICT
             else:
                 verdict = self.policy.check(sql) if self.policy is not None else None
+        cdef object held = None
+        if self.names is not None and verdict is not REFUSED_VERDICT and \
+                (verdict is None or verdict.action != "block"):
+            if kind == c'P':
+                if verdict is not None and verdict.action == "approve":
+                    # Parsing runs nothing: each Execute of this statement is what waits for a
+                    # human (approving once must not approve every later run of it)
+                    self.names.parse(self.units_sent + 1, name, (verdict, sql))
+                    return None
+                self.names.parse(self.units_sent + 1, name, None)
+            elif kind == c'Q' and mentions_prepared(sql):
+                held = self._sql_prepared(sql, verdict)
+                if held is not None:
+                    verdict, sql = held
         if verdict is None:
             return None
         err = None
         if verdict is REFUSED_VERDICT:
             err = self.refuse_error
-        if verdict.action == "approve" and kind == c'P':
-            # Parsing runs nothing: each Execute of this statement is what waits for a human
-            # (approving once must not approve every later execution of a prepared statement).
-            self.approve_stmts[name] = (verdict, sql)
-            return None
         if verdict.action == "approve":
             res = self._approval(verdict, sql)
             if res is None or res is HOLD_:
@@ -327,6 +335,22 @@ cdef class Relay:
         self.rewrites.append((unit, marker, err))
         return bytes((kind,)) + (len(body_out) + 4).to_bytes(4, "big") + body_out
 
+    cdef object _sql_prepared(self, bytes sql, object verdict):
+        """SQL PREPARE and EXECUTE in a Query, judged like Parse and Execute: (verdict, the
+        text to approve) where that changes what happens, else None."""
+        pieces = normalize_statements(sql, True)
+        prepares = sql_prepares(pieces)
+        if prepares and verdict is not None and verdict.action == "approve":
+            self.names.prepared_in_sql(prepares, (verdict, sql))
+            if len(prepares) == len(pieces):
+                return (None, sql)      # defining runs nothing: each EXECUTE of it waits
+        if verdict is not None and verdict.action == "approve":
+            return None                 # the Query waits for a person as it is
+        held = self.names.executed_in_sql(sql_executes(pieces))
+        if held is None:
+            return None
+        return held
+
     cdef object _refuse_execute(self, bytes err=None):
         """An Execute that must not run (statements refused, or its approval denied): in its
         place a Parse of a marker statement (named, so the client's unnamed statement is
@@ -339,20 +363,19 @@ cdef class Relay:
         return b"P" + (len(body) + 4).to_bytes(4, "big") + body
 
     cdef object _track_approvals(self, char kind, const unsigned char* msg, Py_ssize_t size):
-        """Bind, Execute and Close while some prepared statement needs an approval per run:
-        None to forward, HOLD, or the bytes to send instead of a denied Execute."""
+        """Bind, Execute and Close while approve rules apply (hoopwire/pg/prepared.py): None
+        to forward, HOLD, or the bytes to send instead of a denied Execute."""
         cdef const unsigned char* body = msg + 5
         cdef Py_ssize_t blen = size - 5
         cdef const unsigned char* end = <const unsigned char*>memchr(body, 0, blen)
         cdef bytes name, stmt
+        cdef unsigned long long unit = self.units_sent + 1     # the next Sync's
+        if kind == c'C':
+            if blen >= 2:
+                self.names.close(unit, body[0], msg[6:size - 1])
+            return None
         if end == NULL:
             raise FrameError("malformed extended-protocol message")
-        if kind == c'C':
-            if blen >= 2 and body[0] == c'S':
-                self.approve_stmts.pop(msg[6:size - 1], None)
-            elif blen >= 2:
-                self.approve_portals.pop(msg[6:size - 1], None)
-            return None
         name = body[:end - body]
         if kind == c'B':
             blen -= (end - body) + 1
@@ -361,13 +384,9 @@ cdef class Relay:
             if end == NULL:
                 raise FrameError("malformed Bind message")
             stmt = body[:end - body]
-            held = self.approve_stmts.get(stmt)
-            if held is None:
-                self.approve_portals.pop(name, None)
-            else:
-                self.approve_portals[name] = held
+            self.names.bind(unit, name, stmt)
             return None
-        held = self.approve_portals.get(name)       # Execute
+        held = self.names.portal(unit, name)       # Execute
         if held is None:
             return None
         res = self._approval(held[0], held[1])
@@ -443,10 +462,10 @@ cdef class ClientSide(RelaySide):
         elif kind == c'E':
             r.unsynced_executes += 1
             r.stats.executes += 1
-            if r.approve_stmts:
+            if r.names is not None:
                 return INSPECT
         elif kind == c'B' or kind == c'C':
-            if r.approve_stmts:
+            if r.names is not None:
                 return INSPECT
         elif kind == c'P':
             if r.policy is not None:
@@ -465,14 +484,10 @@ cdef class ClientSide(RelaySide):
                 return out          # judged again, whole, when the approval is decided
         elif kind == c'E' and r.refuse_error is not None:
             out = r._refuse_execute()
-        elif r.approve_stmts and (kind == c'B' or kind == c'E' or kind == c'C'):
+        elif r.names is not None and (kind == c'B' or kind == c'E' or kind == c'C'):
             out = r._track_approvals(kind, msg, size)
             if out is HOLD_:
                 return out
-        if kind == c'Q' and r.approve_stmts:
-            # a simple Query drops the unnamed statement and portal
-            r.approve_stmts.pop(b"", None)
-            r.approve_portals.pop(b"", None)
         if r.results is not None:
             out = r.results.client_message(kind, msg, size, out)
         return out
@@ -522,6 +537,8 @@ cdef class UpstreamSide(RelaySide):
 
     cdef int on_header(self, char kind, Py_ssize_t size) except -1:
         self.relay.last_upstream_kind = kind
+        if self.relay.names is not None and (kind == c'1' or kind == c'2' or kind == c'3'):
+            return INSPECT
         if self.relay.results is not None:
             return self.relay.results.upstream_header(kind)
         if plain_reads(kind) or kind == c'E' and self.relay.rewrites:
@@ -536,6 +553,9 @@ cdef class UpstreamSide(RelaySide):
             out = r.results.upstream_message(kind, msg, size)
             if out is HOLD_:
                 return out
+        if r.names is not None and (kind == c'1' or kind == c'2' or kind == c'3'):
+            self._answered(kind)
+            return out
         if kind == c'Z':
             self._ready_for_query(msg, size)
             if r.rewrites:
@@ -561,6 +581,18 @@ cdef class UpstreamSide(RelaySide):
         if r.sent_head < r.sent_tail:
             r.stats.observe_rtt(monotonic() - r.sent_at[r.sent_head % RTT_RING])
             r.sent_head += 1
+        if r.names is not None:
+            r.names.ready(r.units_done, r.tx_status == c'I')
+        return 0
+
+    cdef int _answered(self, char kind) except -1:
+        """ParseComplete, BindComplete, CloseComplete: the server took a definition."""
+        if kind == c'1':
+            self.relay.names.parse_complete()
+        elif kind == c'2':
+            self.relay.names.bind_complete()
+        else:
+            self.relay.names.close_complete()
         return 0
 
     cdef int _parameter_status(self, const unsigned char* msg, Py_ssize_t size) except -1:
@@ -604,7 +636,9 @@ cdef class UpstreamSide(RelaySide):
                 kind = <char>p[pos]
                 r.last_upstream_kind = kind
                 # what on_header inspects in this state (E only while rewriting: not here)
-                if light_reads(kind) if res is not None else plain_reads(kind):
+                if r.names is not None and (kind == c'1' or kind == c'2' or kind == c'3'):
+                    self._answered(kind)
+                elif light_reads(kind) if res is not None else plain_reads(kind):
                     if avail < size:
                         break
                     if res is not None:

@@ -26,6 +26,7 @@ from hoopwire.pg import messages as m
 from hoopwire.pg.catalog import CatalogError
 from hoopwire.pg import options as startup_options
 from hoopwire.pg.encodings import safe_client_encoding
+from hoopwire.pg.prepared import PreparedNames
 from hoopwire.pg.masker import NO_INFO, ConnectionMasking, SessionMasker, StatementInfo
 from hoopwire.pg.upstream import UpstreamError, connect_upstream, send_cancel, upstream_ssl_context
 
@@ -189,6 +190,10 @@ class PgListener:
                     s.relay.shutdown("policy_reload", m.error_response("FATAL", e.code, e.message))
                     continue
             s.relay.policy = policy
+            if s.relay.names is None and getattr(policy, "approves", False):
+                # approve rules from now on: follow prepared statements from now on (nothing
+                # defined before can be held: no rule matched it)
+                s.relay.names = PreparedNames()
 
     def open_group_sets(self) -> set[frozenset[str]]:
         return {s.identity.groups for s in self.sessions}

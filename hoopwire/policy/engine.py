@@ -199,7 +199,7 @@ class PolicyEngine:
 class GroupPolicy:
     """The rules that apply to one group set, compiled, with a verdict cache."""
 
-    __slots__ = ("_engine", "rules", "_code", "_full", "_both", "_want_full", "_cache",
+    __slots__ = ("_engine", "rules", "approves", "_code", "_full", "_both", "_want_full", "_cache",
                  "_old", "_gen_size", "_gen_bytes", "_cached_bytes", "_on_match", "__weakref__")
 
     def __init__(self, engine: PolicyEngine, rules: tuple[Rule, ...],
@@ -207,6 +207,8 @@ class GroupPolicy:
                  both: hyperscan.Database | None):
         self._engine = engine
         self.rules = rules
+        # some rule holds statements for a person: the relay follows prepared statements
+        self.approves = any(r.action == "approve" for r in rules)
         # bound scan methods, looked up once: patterns on the code view (literals as '?'), on
         # the full view (scan_literals), and all of them for statements whose views are equal
         self._code = code.scan if code is not None else None
