@@ -64,6 +64,10 @@ class Secret:
 class AdminConfig:
     listen: tuple[str, int] | None = None
     admin_groups: tuple[str, ...] = ()
+    # The `aud` a JWT must carry to be accepted by the admin API, in place of its issuer's
+    # `audience`: a token minted for the data path (a database password) is then no admin
+    # bearer token, and the other way round.
+    audience: str = "hoopwire-admin"
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,10 @@ class IssuerConfig:
     leeway: float = 30.0
     jwks_cache_ttl: float = 300.0
     jwks_refetch_interval: float = 30.0  # at most one refetch on an unknown kid per interval
+    # The groups this issuer may grant; a token's other groups are dropped. None: all of them.
+    allowed_groups: tuple[str, ...] | None = None
+    # Longest exp - iat accepted (seconds); None: no limit. Set, a token must carry iat.
+    max_token_lifetime: float | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,7 @@ class ApiKeyConfig:
     name: str
     sha256: bytes
     groups: tuple[str, ...] = ()
+    use: str = "database"   # database: the data path only | admin: the admin API only
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,7 @@ class ConnectionConfig:
     binary_copy: str = "mask"           # mask (by column rules) | refuse
     mask_hash_key: Secret | None = None # the HMAC key of the hash strategy
     max_connections: int = 1000
+    max_handshakes: int = 256       # connections not yet sessions (TLS, startup, token, login)
     max_message_size: int = 64 * 1024 * 1024
     handshake_timeout: float = 15.0
     idle_timeout: float = 0.0  # 0: never
@@ -394,6 +404,10 @@ _ALLOWED_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", 
 
 def _issuer(r: _Reader) -> IssuerConfig | None:
     issuer = r.get("issuer", str, required=True)
+    if issuer == "":
+        # "" is how the state store marks API-key identities (no issuer): never a JWT issuer
+        r.error("issuer", "must not be empty")
+        issuer = None
     audience = r.strings("audience", required=True)
     jwks_uri = r.get("jwks_uri", str)
     if jwks_uri is not None and not jwks_uri.startswith(("file://", "https://", "http://")):
@@ -419,19 +433,34 @@ def _issuer(r: _Reader) -> IssuerConfig | None:
     leeway = r.get("leeway", (int, str, float), 30.0, convert=parse_duration)
     ttl = r.get("jwks_cache_ttl", (int, str, float), 300.0, convert=parse_duration)
     refetch = r.get("jwks_refetch_interval", (int, str, float), 30.0, convert=parse_duration)
+    allowed = None
+    if "allowed_groups" in r.table:
+        # an empty list is allowed and means "this issuer grants no group at all"
+        raw = r.get("allowed_groups", list, None)
+        if raw is not None:
+            if all(isinstance(g, str) and g for g in raw):
+                allowed = tuple(raw)
+            else:
+                r.error("allowed_groups", "expected a list of non-empty strings")
+    lifetime = r.get("max_token_lifetime", (int, str, float), None, convert=parse_duration)
+    if lifetime is not None and lifetime <= 0:
+        r.error("max_token_lifetime", "must be positive (leave it out for no limit)")
+        lifetime = None
     r.finish()
     if issuer is None or not audience:
         return None
     return IssuerConfig(issuer=issuer, audience=audience, jwks_uri=jwks_uri,
                         groups_claim=groups_claim, subject_claim=subject_claim,
                         algorithms=algorithms, shared_secret=shared, leeway=leeway,
-                        jwks_cache_ttl=ttl, jwks_refetch_interval=refetch)
+                        jwks_cache_ttl=ttl, jwks_refetch_interval=refetch,
+                        allowed_groups=allowed, max_token_lifetime=lifetime)
 
 
 def _api_key(r: _Reader) -> ApiKeyConfig | None:
     name = r.get("name", str, required=True)
     digest = r.get("sha256", str, required=True)
     groups = r.strings("groups")
+    use = r.get("use", str, "database", choices=("database", "admin"))
     if "key" in r.table:
         r.used.add("key")
         r.error("key", "store the key's sha256 (hoopwire hash-key), never the key itself")
@@ -447,7 +476,7 @@ def _api_key(r: _Reader) -> ApiKeyConfig | None:
     r.finish()
     if name is None or raw is None:
         return None
-    return ApiKeyConfig(name=name, sha256=raw, groups=groups)
+    return ApiKeyConfig(name=name, sha256=raw, groups=groups, use=use)
 
 
 def _guardrail(r: _Reader) -> GuardrailConfig | None:
@@ -559,6 +588,9 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
     max_connections = r.get("max_connections", int, 1000)
     if max_connections is not None and max_connections < 1:
         r.error("max_connections", "must be at least 1")
+    max_handshakes = r.get("max_handshakes", int, 256)
+    if max_handshakes is not None and max_handshakes < 1:
+        r.error("max_handshakes", "must be at least 1")
     max_message_size = r.get("max_message_size", (int, str), 64 * 1024 * 1024, convert=parse_size)
     if max_message_size is not None and max_message_size < 1024:
         r.error("max_message_size", "must be at least 1KiB")
@@ -602,7 +634,7 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         allow_client_database=allow_client_database, roles=tuple(roles),
         guardrails=tuple(guardrails), masks=tuple(masks), detectors=tuple(detectors),
         unresolved_columns=unresolved, binary_copy=binary_copy, mask_hash_key=mask_hash_key,
-        max_connections=max_connections,
+        max_connections=max_connections, max_handshakes=max_handshakes,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout, connect_timeout=connect_timeout,
         record_results=record_results, record_results_max_bytes=record_results_max_bytes)
@@ -685,8 +717,12 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
     if "admin" in doc:
         root.used.add("admin")
         a = _Reader(problems, doc["admin"], "admin")
+        audience = a.get("audience", str, "hoopwire-admin")
+        if not audience:
+            a.error("audience", "must not be empty")
+            audience = "hoopwire-admin"
         admin = AdminConfig(listen=a.get("listen", str, None, convert=parse_listen),
-                            admin_groups=a.strings("admin_groups"))
+                            admin_groups=a.strings("admin_groups"), audience=audience)
         a.finish()
 
     log = LogConfig()
@@ -715,6 +751,12 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
     for n in set(issuer_names):
         if issuer_names.count(n) > 1:
             problems.append(("identity.issuer", f"issuer {n!r} is configured twice"))
+    for i, iss in enumerate(issuers):
+        if admin.audience in iss.audience:
+            # the data path would then accept admin tokens, and the admin API data tokens
+            problems.append((f"identity.issuer[{i}].audience",
+                             f"{admin.audience!r} is the admin API's audience (admin.audience); "
+                             "database tokens need another one"))
     names = [k.name for k in api_keys]
     for n in set(names):
         if names.count(n) > 1:

@@ -151,6 +151,7 @@ class PgListener:
         self.stats = metrics.conn_stats(cfg.name)
         self.sessions: set[Session] = set()
         self.starting = 0
+        self.admitted = 0           # handshakes past the max_connections check, not yet sessions
         self.server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
         self.apply(cfg, policy_engine, mask_engine)
@@ -263,11 +264,21 @@ class PgListener:
         cfg = self.cfg
         result = "ok"
         self.starting += 1
+        admission = [False]          # set by _startup once the connection holds a session slot
         try:
-            if len(self.sessions) + self.starting > cfg.max_connections:
-                raise StartupRefused("too_many_connections", "53300",
-                                     "sorry, too many clients already")
-            await asyncio.wait_for(self._startup(reader, writer, peer_s, cfg), cfg.handshake_timeout)
+            over = None
+            timeout = cfg.handshake_timeout
+            if self.starting > cfg.max_handshakes:
+                # Handshakes are counted apart from sessions: sockets that never finish one
+                # (200 silent ones held a 200-slot listener for 15 s) cannot take the slots of
+                # clients that log in. One over this limit is refused, but only after its
+                # SSLRequest is answered, as the server would, and within a short bound.
+                over = StartupRefused("too_many_handshakes", "53300",
+                                      "sorry, too many clients already",
+                                      detail=f"{self.starting - 1} handshakes in progress")
+                timeout = min(timeout, 5.0)
+            await asyncio.wait_for(self._startup(reader, writer, peer_s, cfg, over, admission),
+                                   timeout)
         except _CancelDone:
             result = "cancel"
         except StartupRefused as e:
@@ -303,6 +314,8 @@ class PgListener:
             await self._refuse(writer, m.error_response("FATAL", "XX000", "internal error in the gateway"))
         finally:
             self.starting -= 1
+            if admission[0]:
+                self.admitted -= 1
             metrics.CONNECTIONS_TOTAL.labels(cfg.name, result).inc()
 
     async def _refuse(self, writer: asyncio.StreamWriter, err: bytes) -> None:
@@ -314,7 +327,8 @@ class PgListener:
             pass
         writer.close()
 
-    async def _startup(self, reader, writer, peer: str, cfg: ConnectionConfig) -> None:
+    async def _startup(self, reader, writer, peer: str, cfg: ConnectionConfig,
+                       over: StartupRefused | None = None, admission: list | None = None) -> None:
         tls = False
         while True:
             startup = await m.read_startup(reader)
@@ -339,6 +353,16 @@ class PgListener:
                 writer.close()
                 raise _CancelDone()
             break
+
+        # Capacity is answered where the server answers it: after the SSLRequest (a FATAL in
+        # its place reads as "error response during SSL exchange" and loses 53300)
+        if over is not None:
+            raise over
+        if len(self.sessions) + self.admitted >= cfg.max_connections:
+            raise StartupRefused("too_many_connections", "53300", "sorry, too many clients already")
+        self.admitted += 1
+        if admission is not None:
+            admission[0] = True
 
         params = startup.params
         if cfg.require_tls and not tls:
