@@ -289,3 +289,42 @@ def test_catalog_wait_is_bounded_and_the_session_goes_on(pg, idp, hr):
     finally:
         stall.close()
         pg.sql("DROP VIEW IF EXISTS hr.fresh", dbname=APP_DB)
+
+
+# --- pgJDBC, as DBeaver and DataGrip use it ------------------------------------------------------
+
+JDBC_JAR = "/usr/share/java/postgresql.jar"       # Debian's libpostgresql-jdbc-java
+
+
+@pytest.fixture(scope="module")
+def reflect_class(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("jdbc")
+    src = os.path.join(os.path.dirname(__file__), "jdbc", "Reflect.java")
+    subprocess.run(["javac", "-d", str(out), "-cp", JDBC_JAR, src], check=True, timeout=BOUND,
+                   capture_output=True)
+    return str(out)
+
+
+def _jdbc(classes: str, port: int, user: str, password: str) -> list[str]:
+    p = subprocess.run(
+        ["java", "-cp", f"{classes}:{JDBC_JAR}", "Reflect",
+         f"jdbc:postgresql://127.0.0.1:{port}/{APP_DB}?sslmode=disable&connectTimeout=10",
+         user, password, "hr", "staff"],
+        capture_output=True, text=True, timeout=BOUND, env=_clean_env())
+    assert p.returncode == 0, p.stderr
+    return p.stdout.splitlines()
+
+
+def test_pgjdbc_metadata_as_direct_rows_masked(mgw, pg, idp, reflect_class, request):
+    if mgw.config["connection"][0]["unresolved_columns"] != "detect":
+        # getColumns names the table in a literal ('staff'), so its computed columns (NULLABLE
+        # from a CASE over pg_attribute) count as suspect expressions: masked or refused under
+        # mask / block until lineage says what each expression reads (the masking part 2 issue)
+        request.applymarker(pytest.mark.xfail(strict=True, reason="catalog expressions are "
+                                              "suspect under unresolved_columns mask/block"))
+    through = _jdbc(reflect_class, mgw.port("pg"), "agent-7", idp.token())
+    direct = _jdbc(reflect_class, pg.port, "app", pg.passwords["app"])
+    assert "table staff TABLE" in direct and "pk id" in direct
+    expected = [line.replace(CLEAR[0], MASKED[0]).replace(CLEAR[1], MASKED[1]) for line in direct]
+    assert through == expected
+    assert any(MASKED[0] in line for line in through)
