@@ -276,9 +276,11 @@ cdef class Relay:
             if self.refuse_error is not None:
                 # the audit log cannot be written and the policy is fail-closed
                 verdict = REFUSED_VERDICT
-            elif self.policy is not None and backslash_may_hide(sql) and (
+            elif self.policy is not None and (
                     self.units_sent - (kind == c'Q') > self.units_done or
-                    self.unsynced_executes > 0):
+                    self.unsynced_executes > 0) and backslash_may_hide(sql):
+                # (the in-flight test first: two integer compares, false for a client that
+                # waits for each answer, as pgbench -M simple does)
                 # Something sent before this is still unanswered and may switch the client
                 # encoding to one the session will be ended for, but only once the server
                 # says so; the server would read this text in that encoding meanwhile.
