@@ -12,13 +12,15 @@ __all__ = ["main"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    own_dir = False
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # prometheus-client picks its multiprocess mode when metrics are created, so the
         # directory must exist before hoopwire.metrics is imported.
         import tempfile
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hoopwire-metrics-")
+        own_dir = True   # made for this run: removed when it ends
     from hoopwire.server import run
-    return run(args.config, args.workers)
+    return run(args.config, args.workers, own_metrics_dir=own_dir)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

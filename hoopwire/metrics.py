@@ -7,7 +7,13 @@ loop never calls into Python to count.
 
 With several worker processes the parent serves /metrics: prometheus-client runs in its
 multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set before this module is imported), and each
-worker writes its ConnStats snapshot to that directory once a second.
+worker publishes its ConnStats snapshot to that directory as relay-PID.json a few times a second.
+
+A worker's death must not take anything it published from /metrics (counters never go back):
+prometheus-client's own files of a dead process stay and keep counting in the sums (only its
+live gauges go, `mark_process_dead`), and the supervisor folds a dead worker's last relay
+snapshot into relay-dead.json (`retire_process`) -- rather than leave relay-PID.json, which a
+later process given the same pid would overwrite with its own, smaller, counts.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from hoopwire._pgwire import RTT_BOUNDS, ConnStats
 __all__ = [
     "CONNECTIONS_ACTIVE", "CONNECTIONS_TOTAL", "AUTH_FAILURES", "UPSTREAM_CONNECT_SECONDS",
     "SESSIONS_CLOSED", "STATEMENT_VERDICTS", "GUARDRAIL_SCAN_SECONDS", "MASKED_VALUES",
-    "MASK_REFUSED", "conn_stats",
-    "RelayStatsCollector", "write_snapshot", "registry_for_scrape",
+    "MASK_REFUSED", "JWKS_FETCH_FAILURES", "JWKS_DEGRADED", "conn_stats",
+    "RelayStatsCollector", "write_snapshot", "retire_process", "registry_for_scrape",
 ]
 
 _MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -56,6 +62,13 @@ MASK_REFUSED = Counter(
     "hoopwire_mask_refused_results", "Results refused because they read a masked column through "
     "an expression (unresolved_columns = block)", ["connection"])
 
+JWKS_FETCH_FAILURES = Counter(
+    "hoopwire_jwks_fetch_failures", "Failed fetches of an issuer's JWKS, by source (the URI "
+    "without credentials or query)", ["source"])
+JWKS_DEGRADED = Gauge(
+    "hoopwire_jwks_degraded", "1 while the latest fetch of this JWKS failed: its issuer runs on "
+    "the last good keys (or none)", ["source"], multiprocess_mode="livemax")
+
 _stats: dict[str, ConnStats] = {}
 
 
@@ -79,33 +92,86 @@ def _snapshot() -> dict:
     return out
 
 
+_published: tuple[int, bytes] | None = None    # (pid, what it last wrote)
+
+
 def write_snapshot(directory: str) -> None:
-    """Worker side: publish this process's relay counters for the parent's /metrics."""
-    path = os.path.join(directory, f"relay-{os.getpid()}.json")
+    """Worker side: publish this process's relay counters for the parent's /metrics (not again
+    while they have not changed)."""
+    global _published
+    pid = os.getpid()
+    data = orjson.dumps(_snapshot())
+    if _published == (pid, data):
+        return
+    path = os.path.join(directory, f"relay-{pid}.json")
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(orjson.dumps(_snapshot()))
-    os.replace(tmp, path)
+        f.write(data)
+    os.replace(tmp, path)   # a reader (or a SIGKILL) never meets half a snapshot
+    _published = (pid, data)
+
+
+DEAD_SNAPSHOT = "relay-dead.json"   # the sum of every dead worker's last snapshot
+
+
+def _read(path: str) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            return orjson.loads(f.read())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _add(into: dict, snap: dict) -> None:
+    """Add one process's snapshot (connection name -> counters) into `into`."""
+    for name, s in snap.items():
+        m = into.get(name)
+        if m is None:
+            into[name] = {k: (list(v) if isinstance(v, list) else v) for k, v in s.items()}
+            continue
+        for k, v in s.items():
+            if isinstance(v, list):
+                old = m.get(k) or []
+                if len(old) < len(v):
+                    old = old + [0] * (len(v) - len(old))
+                m[k] = [a + b for a, b in zip(old, v)] + old[len(v):]
+            else:
+                m[k] = m.get(k, 0) + v
+
+
+def retire_process(directory: str, pid: int) -> None:
+    """Supervisor side, once worker `pid` has exited (and can publish nothing more): keep what
+    it last published, and drop its live gauges."""
+    from prometheus_client import multiprocess
+    path = os.path.join(directory, f"relay-{pid}.json")
+    snap = _read(path)
+    if snap:
+        dead_path = os.path.join(directory, DEAD_SNAPSHOT)
+        dead = _read(dead_path) or {}
+        _add(dead, snap)
+        tmp = dead_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(dead))
+        # Only the supervisor writes this file and reads the directory (to render /metrics),
+        # on one thread: no scrape sees the snapshot both folded and still in its own file.
+        os.replace(tmp, dead_path)
+    for p in (path, path + ".tmp"):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    multiprocess.mark_process_dead(pid, directory)
 
 
 def _merged(directory: str | None) -> dict:
     if directory is None:
         return _snapshot()
     merged: dict[str, dict] = {}
+    # every live worker's relay-PID.json and the dead workers' relay-dead.json
     for path in glob.glob(os.path.join(directory, "relay-*.json")):
-        try:
-            with open(path, "rb") as f:
-                snap = orjson.loads(f.read())
-        except (OSError, orjson.JSONDecodeError):
-            continue
-        for name, s in snap.items():
-            m = merged.setdefault(name, {k: (list(v) if isinstance(v, list) else 0)
-                                         for k, v in s.items()})
-            for k, v in s.items():
-                if isinstance(v, list):
-                    m[k] = [a + b for a, b in zip(m[k], v)] if m[k] else list(v)
-                else:
-                    m[k] += v
+        snap = _read(path)
+        if snap:
+            _add(merged, snap)
     return merged
 
 

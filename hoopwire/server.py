@@ -22,6 +22,11 @@ from hoopwire.logs import configure as configure_logging, event
 log = logging.getLogger("hoopwire.server")
 
 STATEMENT_TEXT_LIMIT = 4096      # bytes of a statement that logs and audit records show
+# How often a worker publishes its relay counters for the parent's /metrics. What a worker
+# counted since its last publication is lost if it is killed (the counters live in its memory),
+# so this is also the most a SIGKILL can take from /metrics; an unchanged snapshot is not
+# rewritten, so an idle worker costs nothing.
+STATS_PUBLISH_INTERVAL = 0.25
 
 __all__ = ["Gateway", "run"]
 
@@ -89,10 +94,12 @@ def build_engines(config: Config) -> tuple[dict, dict]:
 class Gateway:
     def __init__(self, config: Config, *, workers: int = 1, cancel_key: bytes | None = None,
                  serve_admin: bool = True, multiproc_dir: str | None = None,
-                 worker_index: int = 0, serve_data: bool = True):
+                 worker_index: int = 0, serve_data: bool = True, on_ready=None):
         from hoopwire.identity import Authenticator
         from hoopwire.pg.cancel import CancelKeys
         self.config = config
+        # called once every listener is up: how a worker tells its supervisor it serves
+        self.on_ready = on_ready
         self.workers = workers
         self.serve_admin = serve_admin
         self.multiproc_dir = multiproc_dir
@@ -222,6 +229,8 @@ class Gateway:
         snap = None
         if self.multiproc_dir is not None:
             snap = loop.create_task(self._publish_stats())
+        if self.on_ready is not None:
+            self.on_ready()
         await self._stopping.wait()
         event(log, "stopping")
         if snap is not None:
@@ -235,7 +244,7 @@ class Gateway:
         from hoopwire.metrics import write_snapshot
         while True:
             write_snapshot(self.multiproc_dir)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(STATS_PUBLISH_INTERVAL)
 
 
 def _run_loop(coro_factory) -> None:
@@ -260,8 +269,9 @@ def _tune_gc() -> None:
 GC_THRESHOLD0 = 20_000
 
 
-def run(config_path: str, workers: int = 1) -> int:
-    """`hoopwire serve`: returns the process exit status."""
+def run(config_path: str, workers: int = 1, *, own_metrics_dir: bool = False) -> int:
+    """`hoopwire serve`: returns the process exit status. `own_metrics_dir`: the caller made
+    PROMETHEUS_MULTIPROC_DIR for this run, so it goes when the gateway stops."""
     try:
         config = load_config(config_path)
     except ConfigError as e:
@@ -286,118 +296,352 @@ def run(config_path: str, workers: int = 1) -> int:
             event(log, "cannot start", logging.ERROR, error=str(e))
             return 1
         return 0
-    return _supervise(config, workers)
+    return _supervise(config, workers, own_metrics_dir)
 
 
-def _supervise(config: Config, workers: int) -> int:
+
+
+# ------------------------------------------------------------------------------------------------
+# several workers: the supervisor
+
+# A worker that dies after it served is restarted after a delay that starts at RESTART_DELAY_MIN
+# and doubles with each further death of its slot up to RESTART_DELAY_MAX: one crash costs half
+# a second, a crash loop cannot become a fork loop. A worker that then serves for STABLE_AFTER
+# seconds has shown the crashes were not a loop, and its slot's next death starts again from the
+# minimum.
+RESTART_DELAY_MIN = 0.5
+RESTART_DELAY_MAX = 30.0
+STABLE_AFTER = 60.0
+# A replacement that fails at start-up while its siblings serve is retried (at the capped delay)
+# rather than taking them down; once no worker serves and a slot has failed at start-up this
+# many times in a row, the gateway serves nothing, and it stops so that whatever runs it sees.
+STARTUP_GIVE_UP = 5
+STOP_GRACE = 10.0       # seconds the workers get after SIGTERM to end their sessions
+
+
+def _exit_description(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class _Slot:
+    """One worker position -- its index names it in logs, gateway ids and audit records -- and
+    the process that fills it now."""
+
+    __slots__ = ("index", "pid", "pidfd", "ready_fd", "started", "ready_at", "ever_ready",
+                 "delay", "startup_failures", "restart", "generation")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.pid: int | None = None       # None while the slot waits for a restart
+        self.pidfd: int | None = None     # becomes readable when the process exits
+        self.ready_fd: int | None = None  # read end of the pipe the worker reports ready on
+        self.started = 0.0
+        self.ready_at: float | None = None  # when this process reported ready; None: starting
+        self.ever_ready = False           # some process in this slot has served
+        self.delay = 0.0                  # the last restart delay; 0: the next is the minimum
+        self.startup_failures = 0         # deaths before ready, in a row
+        self.restart: asyncio.TimerHandle | None = None
+        self.generation = 0               # the configuration generation it was forked with
+
+
+class _Supervisor:
+    """Forks the workers, restarts those that die, serves the admin listener.
+
+    A worker reports ready over a pipe once all its listeners are up. Dying before that is a
+    start-up failure; dying after it is a crash. A start-up failure of a slot that never served
+    is a configuration or environment problem every worker meets (a port in use, a certificate,
+    the state store): the gateway stops with that line. A crash is restarted with backoff, and
+    never touches the other workers or their sessions.
+    """
+
+    def __init__(self, config: Config, workers: int, mpdir: str):
+        self.config = config
+        self.generation = 0       # bumped by each accepted reload
+        self.workers = workers
+        self.mpdir = mpdir
+        self.cancel_key = os.urandom(32)
+        self.slots = [_Slot(i) for i in range(workers)]
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping: asyncio.Event | None = None
+        self.exited: asyncio.Event | None = None
+        self.failed = False
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def spawn(self, slot: _Slot) -> None:
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            raise
+        if pid == 0:
+            self._worker(slot.index, r, w)   # never returns
+        os.close(w)
+        os.set_blocking(r, False)
+        slot.pid, slot.ready_fd, slot.ready_at = pid, r, None
+        slot.pidfd = os.pidfd_open(pid)
+        slot.started = time.monotonic()
+        slot.generation = self.generation
+        if self.loop is not None:
+            self._watch(slot)
+        event(log, "worker started", worker=slot.index, pid=pid)
+
+    def _worker(self, index: int, r: int, w: int) -> None:
+        status = 0
+        try:
+            # Until its loop handles SIGHUP a worker must not die of one (a reload meanwhile
+            # reaches it once it is ready, see _on_ready_pipe); SIGTERM and SIGINT may end it.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(s, signal.SIG_DFL)
+            # a replacement is forked from the parent's running loop: its signal wake-up
+            # descriptor is the parent's
+            signal.set_wakeup_fd(-1)
+            # The supervisor's descriptors for the other workers (their readiness pipes and
+            # pidfds): a worker has no use for them, and each restart would leak more.
+            os.close(r)
+            for s in self.slots:
+                for fd in (s.ready_fd, s.pidfd):
+                    if fd is not None:
+                        os.close(fd)
+
+            def ready() -> None:
+                os.write(w, b"R")
+                os.close(w)
+            gw = Gateway(self.config, workers=self.workers, cancel_key=self.cancel_key,
+                         serve_admin=False, multiproc_dir=self.mpdir, worker_index=index,
+                         on_ready=ready)
+            _run_loop(gw.serve_forever)
+        except BaseException:  # noqa: BLE001 - the worker must never return into the parent's code
+            log.exception("worker failed")
+            status = 1
+        finally:
+            os._exit(status)
+
+    def _watch(self, slot: _Slot) -> None:
+        self.loop.add_reader(slot.ready_fd, self._on_ready_pipe, slot)
+        self.loop.add_reader(slot.pidfd, self._on_exit, slot)
+
+    def _close_ready(self, slot: _Slot) -> None:
+        if slot.ready_fd is not None:
+            self.loop.remove_reader(slot.ready_fd)
+            os.close(slot.ready_fd)
+            slot.ready_fd = None
+
+    def _on_ready_pipe(self, slot: _Slot) -> None:
+        try:
+            data = os.read(slot.ready_fd, 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data and slot.ready_at is None:
+            slot.ready_at = time.monotonic()
+            slot.ever_ready = True
+            slot.startup_failures = 0
+            event(log, "worker ready", worker=slot.index, pid=slot.pid,
+                  after=f"{slot.ready_at - slot.started:.2f}s")
+            if slot.generation < self.generation:
+                # forked before a reload it could not take yet: it takes it now
+                os.kill(slot.pid, signal.SIGHUP)
+                slot.generation = self.generation
+        if not data:
+            self._close_ready(slot)   # EOF: the worker reported (or died) and closed its end
+
+    def _on_exit(self, slot: _Slot) -> None:
+        pid = slot.pid
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0
+        if done == 0:
+            return
+        self.loop.remove_reader(slot.pidfd)
+        os.close(slot.pidfd)
+        slot.pidfd = None
+        if slot.ready_fd is not None:
+            # a report written just before the worker died is still in the pipe
+            self._on_ready_pipe(slot)
+            self._close_ready(slot)
+        slot.pid = None
+        self._retire(pid)
+        self.exited.set()
+        self._after_death(slot, pid, status)
+
+    def _retire(self, pid: int) -> None:
+        from hoopwire.metrics import retire_process
+        try:
+            retire_process(self.mpdir, pid)
+        except OSError as e:   # a full disk must not keep the worker from being restarted
+            event(log, "cannot keep an exited worker's metrics", logging.ERROR, pid=pid,
+                  error=str(e))
+
+    def _serving(self) -> bool:
+        return any(s.pid is not None and s.ready_at is not None for s in self.slots)
+
+    def _after_death(self, slot: _Slot, pid: int, status: int) -> None:
+        how = _exit_description(status)
+        if self.stopping.is_set():
+            event(log, "worker exited", worker=slot.index, pid=pid, status=how)
+            return
+        if slot.ready_at is None:
+            slot.startup_failures += 1
+            if not slot.ever_ready:
+                event(log, "worker failed at start-up; stopping the gateway", logging.ERROR,
+                      worker=slot.index, pid=pid, status=how,
+                      cause="a configuration or environment problem every worker meets "
+                            "(see the error above: a port in use, a certificate, the state store)")
+                self._give_up()
+                return
+            if slot.startup_failures >= STARTUP_GIVE_UP and not self._serving():
+                event(log, "no worker can start; stopping the gateway", logging.ERROR,
+                      worker=slot.index, pid=pid, status=how, failures=slot.startup_failures)
+                self._give_up()
+                return
+            what = "worker failed at start-up; restarting"
+        else:
+            if time.monotonic() - slot.ready_at >= STABLE_AFTER:
+                slot.delay = 0.0
+            what = "worker died; restarting"
+        self._schedule_restart(slot, what, pid=pid, status=how)
+
+    def _schedule_restart(self, slot: _Slot, what: str, **fields) -> None:
+        slot.delay = RESTART_DELAY_MIN if slot.delay <= 0 else min(slot.delay * 2,
+                                                                   RESTART_DELAY_MAX)
+        event(log, what, logging.ERROR, worker=slot.index, **fields,
+              restart_in=f"{slot.delay:g}s")
+        slot.restart = self.loop.call_later(slot.delay, self._restart, slot)
+
+    def _restart(self, slot: _Slot) -> None:
+        slot.restart = None
+        if self.stopping.is_set():
+            return
+        try:
+            self.spawn(slot)
+        except OSError as e:   # EAGAIN, ENOMEM: try again later rather than end the parent
+            self._schedule_restart(slot, "cannot fork a worker; retrying", error=str(e))
+
+    def _give_up(self) -> None:
+        self.failed = True
+        self.stopping.set()
+
+    async def _stop_workers(self) -> None:
+        for slot in self.slots:
+            if slot.restart is not None:
+                slot.restart.cancel()
+                slot.restart = None
+            if slot.pid is not None:
+                os.kill(slot.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while any(s.pid is not None for s in self.slots):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.exited.clear()
+            try:
+                await asyncio.wait_for(self.exited.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        for slot in self.slots:
+            if slot.pid is None:
+                continue
+            event(log, "worker did not stop; killing it", logging.WARNING, worker=slot.index,
+                  pid=slot.pid)
+            os.kill(slot.pid, signal.SIGKILL)
+            os.waitpid(slot.pid, 0)
+            self.loop.remove_reader(slot.pidfd)
+            os.close(slot.pidfd)
+            self._close_ready(slot)
+            self._retire(slot.pid)
+            slot.pid = slot.pidfd = None
+
+    # -- the parent ------------------------------------------------------------------------------
+
+    def reload(self) -> list[str]:
+        """SIGHUP or POST /api/v1/reload: check the file, then have every worker reload it."""
+        try:
+            new = load_config(self.config.path)
+            build_engines(new)
+        except ConfigError as e:
+            for line in e.lines():
+                event(log, "reload rejected: config error", logging.ERROR, problem=line)
+            return e.lines()
+        # replacements start with what their siblings now run
+        self.config = new
+        self.generation += 1
+        for slot in self.slots:
+            if slot.pid is not None and slot.ready_at is not None:
+                os.kill(slot.pid, signal.SIGHUP)
+                slot.generation = self.generation
+        return []
+
+    async def parent(self) -> None:
+        from hoopwire.admin import AdminServer
+        from hoopwire.approvals.manager import gateway_id
+        self.loop = loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.exited = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        for slot in self.slots:
+            if slot.pid is not None:
+                self._watch(slot)
+        # The parent serves the admin API: it decides approvals through the shared store, and
+        # the worker holding a statement finds the decision there.
+        ctl = Gateway(self.config, workers=self.workers, serve_admin=False, serve_data=False)
+        ctl.gateway_id = gateway_id("parent")
+        ctl.reload_hook = self.reload
+        admin = None
+        try:
+            await ctl.start_control(holds_statements=False)
+            if self.config.admin.listen is not None:
+                admin = AdminServer(ctl, self.mpdir, parent=True)
+                await admin.start(*self.config.admin.listen)
+            await self.stopping.wait()
+        finally:
+            # whatever ended the parent, no worker outlives it
+            await self._stop_workers()
+            if admin is not None:
+                await admin.stop()
+            await ctl.stop_control()
+            await ctl.authenticator.close()
+
+
+def _supervise(config: Config, workers: int, own_metrics_dir: bool = False) -> int:
     """Fork the workers, serve the admin listener, restart a worker that dies."""
     import shutil
     import tempfile
     mpdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    own_dir = mpdir is None
-    if own_dir:
+    own_dir = own_metrics_dir or mpdir is None
+    if mpdir is None:
         mpdir = tempfile.mkdtemp(prefix="hoopwire-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir
-    cancel_key = os.urandom(32)
-    children: dict[int, int] = {}
-    started: dict[int, float] = {}
-
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            status = 0
-            try:
-                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-                    signal.signal(s, signal.SIG_DFL)
-                gw = Gateway(config, workers=workers, cancel_key=cancel_key, serve_admin=False,
-                             multiproc_dir=mpdir, worker_index=index)
-                _run_loop(gw.serve_forever)
-            except BaseException:  # noqa: BLE001 - the worker must never return into the parent's code
-                log.exception("worker failed")
-                status = 1
-            finally:
-                os._exit(status)
-        children[pid] = index
-        started[index] = time.monotonic()
-        event(log, "worker started", worker=index, pid=pid)
-
-    for i in range(workers):
-        spawn(i)
-    failed: list[int] = []
-
-    async def parent() -> None:
-        from hoopwire.admin import AdminServer
-        from prometheus_client import multiprocess
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stopping.set)
-        loop.add_signal_handler(signal.SIGINT, stopping.set)
-
-        def hup() -> list[str]:
-            try:
-                new = load_config(config.path)
-                build_engines(new)
-            except ConfigError as e:
-                for line in e.lines():
-                    event(log, "reload rejected: config error", logging.ERROR, problem=line)
-                return e.lines()
-            for pid in children:
-                os.kill(pid, signal.SIGHUP)
-            return []
-        loop.add_signal_handler(signal.SIGHUP, hup)
-        # The parent serves the admin API: it decides approvals through the shared store, and
-        # the worker holding a statement finds the decision there.
-        from hoopwire.approvals.manager import gateway_id
-        ctl = Gateway(config, workers=workers, serve_admin=False, serve_data=False)
-        ctl.gateway_id = gateway_id("parent")
-        ctl.reload_hook = hup
-        await ctl.start_control(holds_statements=False)
-        admin = None
-        if config.admin.listen is not None:
-            admin = AdminServer(ctl, mpdir, parent=True)
-            await admin.start(*config.admin.listen)
-        while not stopping.is_set():
-            try:
-                await asyncio.wait_for(stopping.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
-            while children:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-                if pid == 0:
-                    break
-                index = children.pop(pid, None)
-                multiprocess.mark_process_dead(pid)
-                if index is None or stopping.is_set():
-                    continue
-                if time.monotonic() - started[index] < 5.0:
-                    # Dying at once (a port in use, a bad certificate) will not heal by itself.
-                    event(log, "worker failed at start; stopping", logging.ERROR, worker=index,
-                          pid=pid, status=status)
-                    failed.append(index)
-                    stopping.set()
-                    break
-                event(log, "worker died; restarting", logging.ERROR, worker=index, pid=pid,
-                      status=status)
-                spawn(index)
-        for pid in children:
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while children and time.monotonic() < deadline:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-            if pid:
-                children.pop(pid, None)
-            else:
-                await asyncio.sleep(0.05)
-        for pid in children:
-            os.kill(pid, signal.SIGKILL)
-        if admin is not None:
-            await admin.stop()
-        await ctl.stop_control()
-        await ctl.authenticator.close()
-
+    sup = _Supervisor(config, workers, mpdir)
     try:
-        _run_loop(parent)
+        # the first workers are forked before the parent's loop exists
+        try:
+            for slot in sup.slots:
+                sup.spawn(slot)
+        except OSError:
+            for slot in sup.slots:
+                if slot.pid is not None:
+                    os.kill(slot.pid, signal.SIGKILL)
+                    os.waitpid(slot.pid, 0)
+            raise
+        _run_loop(sup.parent)
+    except OSError as e:
+        event(log, "cannot start", logging.ERROR, error=str(e))
+        return 1
     finally:
         if own_dir:
             shutil.rmtree(mpdir, ignore_errors=True)
-    return 1 if failed else 0
+    return 1 if sup.failed else 0
