@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import psycopg
+
+import pgraw
 import pytest
 
 from gwfixtures import conninfo, gateway_config, gateway_env
@@ -51,6 +53,40 @@ def test_require_tls_refuses_plaintext(tls_gw, idp, pki):
     dsn = conninfo(tls_gw, idp.token(), name="strict", sslmode="require")
     with psycopg.connect(dsn) as conn:
         assert conn.execute("select 1").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("name", ["pg", "strict"])
+def test_direct_tls_of_postgresql_17_clients(tls_gw, idp, pki, name):
+    """sslnegotiation=direct: TLS from the first byte, no SSLRequest, ALPN "postgresql"
+    (libpq 17+; psycopg's bundled libpq is newer than that)."""
+    assert psycopg.pq.version() >= 170000
+    dsn = conninfo(tls_gw, idp.token(), name=name, host="localhost", sslmode="verify-full",
+                   sslrootcert=pki.ca_pem, sslnegotiation="direct")
+    with psycopg.connect(dsn) as conn:
+        assert conn.pgconn.ssl_in_use
+        assert conn.execute("select 41 + 1").fetchone()[0] == 42
+    # and the plain ways still work beside it
+    with psycopg.connect(conninfo(tls_gw, idp.token(), name=name, sslmode="require")) as conn:
+        assert conn.execute("select 1").fetchone()[0] == 1
+
+
+def test_direct_tls_without_alpn_is_refused(tls_gw, pki):
+    """PostgreSQL refuses direct TLS without ALPN (a TLS client not meant for it)."""
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cafile=pki.ca_pem)
+    with socket.create_connection(("127.0.0.1", tls_gw.port("pg")), timeout=15) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as t:
+            t.sendall(pgraw.startup_packet({"user": "agent-7", "database": "appdb"}))
+            data = b""
+            while True:
+                chunk = t.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    msgs, _ = pgraw.parse_messages(data)
+    errors = [pgraw.error_fields(b) for k, b in msgs if k == b"E"]
+    assert errors and errors[0]["C"] == "08P01" and "ALPN" in errors[0]["M"], msgs
 
 
 def test_upstream_verify_full_with_a_wrong_ca_fails_closed(pg, idp, pki):

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -67,7 +68,53 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    # PostgreSQL 17's direct TLS (sslnegotiation=direct) requires ALPN "postgresql"; clients
+    # that come through SSLRequest may offer it too
+    ctx.set_alpn_protocols(["postgresql"])
     return ctx
+
+
+_TLS_HANDSHAKE = 0x16       # a TLS record's first byte; a startup packet's length starts 0x00
+
+
+async def _direct_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      ctx: ssl.SSLContext, first: bytes) -> None:
+    """TLS from the first byte (sslnegotiation=direct): the ClientHello's record is already
+    being read by the plain stream, so it is taken whole and handed to the TLS layer as if it
+    had just arrived, once that layer is in place."""
+    head = first + await reader.readexactly(4)
+    (length,) = struct.unpack("!H", head[3:5])
+    pending = head + await reader.readexactly(length)
+    if reader._buffer:  # noqa: SLF001 -- a client speaks after the server's hello, not before
+        raise m.ProtocolError("received data after the TLS ClientHello before the handshake")
+    loop = asyncio.get_running_loop()
+    transport = writer.transport
+    plain = transport.get_protocol()
+    task = loop.create_task(loop.start_tls(transport, plain, ctx, server_side=True))
+    # start_tls swaps in its TLS protocol and schedules that protocol's connection_made in
+    # one step; a turn of the loop after the swap, the TLS protocol is ready for bytes
+    for _ in range(100):
+        if transport.get_protocol() is not plain or task.done():
+            break
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    tls = transport.get_protocol()
+    if tls is plain:
+        task.cancel()
+        raise m.ProtocolError("could not start TLS")
+    if hasattr(tls, "get_buffer"):
+        buf = tls.get_buffer(len(pending))
+        buf[:len(pending)] = pending
+        tls.buffer_updated(len(pending))
+    else:
+        tls.data_received(pending)
+    new_transport = await task
+    writer._transport = new_transport  # noqa: SLF001 -- as StreamWriter.start_tls does
+    plain._replace_writer(writer)  # noqa: SLF001
+    alpn = new_transport.get_extra_info("ssl_object").selected_alpn_protocol()
+    if alpn != "postgresql":
+        raise m.ProtocolError("received direct SSL connection request without ALPN protocol "
+                              "negotiation extension")
 
 
 _GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -330,6 +377,14 @@ class PgListener:
     async def _startup(self, reader, writer, peer: str, cfg: ConnectionConfig,
                        over: StartupRefused | None = None, admission: list | None = None) -> None:
         tls = False
+        first = await reader.readexactly(1)
+        if first[0] == _TLS_HANDSHAKE:
+            if self.tls_context is None:
+                raise m.ProtocolError("direct TLS is not configured on this listener")
+            await _direct_tls(reader, writer, self.tls_context, first)
+            tls = True
+        else:
+            reader._buffer[:0] = first  # noqa: SLF001 -- not TLS: the packet's first byte back
         while True:
             startup = await m.read_startup(reader)
             if startup.code == m.SSL_REQUEST:
