@@ -250,3 +250,21 @@ def test_column_globs():
     assert eng.column_rule("public", "billing", "x") is None
     assert eng.detector_names == ()
     assert eng.mask_text(b"a@b.io") == (b"a@b.io", {})
+
+
+def test_partial_counts_characters_as_the_client_encoding_does():
+    """LATIN1 'Ü²' is two characters and also one valid UTF-8 one: counted as UTF-8, partial
+    would keep more than `keep` characters of a LATIN1 client's value in clear."""
+    from hoopwire.masking.strategies import Strategy, chars_of
+    s = Strategy("partial", 4)
+    latin1 = "zz-Ü²Ü²Ü²".encode("latin1")
+    assert s.measured(chars_of("LATIN1")).inline(latin1) == b"*****" + "Ü²Ü²".encode("latin1")
+    assert s.inline("zz-Ü²Ü²Ü²".encode()) == b"*****" + "Ü²Ü²".encode()
+    euc = "ab東京都庁".encode("euc_jp")
+    assert s.measured(chars_of("EUC_JP")).inline(euc).decode("euc_jp") == "**東京都庁"
+    # an encoding with no rule here keeps nothing
+    assert s.measured(chars_of("MULE_INTERNAL")).inline("xyzé".encode()) == b"*****"
+    engine = MaskEngine([MaskConfig(columns=("s.t.c",), strategy="partial", keep=2)])
+    assert engine.for_encoding("UTF8") is engine
+    assert engine.for_encoding("LATIN1") is engine.for_encoding("WIN1252")
+    assert engine.for_encoding("LATIN1").column_rule("s", "t", "c").strategy.chars == "bytes"

@@ -27,6 +27,8 @@ no hit, so most bytes never pay for start-of-match.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from hoopwire._mask import (ACT_DETECT, ACT_PASS, ACT_WHOLE, MaskRowError, RowPl
                             Scanner, column_kind)
 from hoopwire.config import DetectorConfig, MaskConfig
 from hoopwire.masking.detectors import BUILTIN, Detector, DetectorError, build_detectors
-from hoopwire.masking.strategies import Strategy
+from hoopwire.masking.strategies import UTF8, Strategy, chars_of
 
 __all__ = ["MaskEngine", "MaskRule", "Column", "MaskRowError", "glob_regex"]
 
@@ -103,11 +105,33 @@ class MaskEngine:
                                   re.IGNORECASE | re.DOTALL) for r in self.rules]
         self._rule_cache: dict[tuple[str, str, str], Optional[MaskRule]] = {}
         self.detectors: tuple[Detector, ...] = tuple(known[n] for n in chosen)
+        self._detector_strategies = [chosen[d.name] for d in self.detectors]
         self.scanner: Optional[Scanner] = (
-            Scanner(list(self.detectors), [chosen[d.name] for d in self.detectors])
+            Scanner(list(self.detectors), self._detector_strategies)
             if self.detectors else None)
+        self._variants: dict[str, "MaskEngine"] = {}
         self.rule_names = tuple(r.label for r in self.rules)
         self._rule_pos = {r.index: k for k, r in enumerate(self.rules)}
+
+    def for_encoding(self, client_encoding: str | None) -> "MaskEngine":
+        """This engine for a session in `client_encoding` (as the server reports it): the same
+        rules and detectors, with strategies that count characters as that encoding does.
+        Built once per measure and kept."""
+        chars = chars_of(client_encoding)
+        if chars == UTF8:
+            return self
+        v = self._variants.get(chars)
+        if v is None:
+            v = copy.copy(self)
+            v._variants = {}
+            v._rule_cache = {}
+            v.rules = [dataclasses.replace(r, strategy=r.strategy.measured(chars))
+                       for r in self.rules]
+            v._detector_strategies = [st.measured(chars) for st in self._detector_strategies]
+            v.scanner = (Scanner(list(self.detectors), v._detector_strategies)
+                         if self.detectors else None)
+            self._variants[chars] = v
+        return v
 
     @property
     def detector_names(self) -> tuple[str, ...]:

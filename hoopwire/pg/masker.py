@@ -328,7 +328,6 @@ class SessionMasker:
 
     def __init__(self, conn: ConnectionMasking, database: str):
         self.conn = conn
-        self.engine = conn.engine
         self.database = database
         self.catalog = conn.catalog(database)
         self.relay = None                 # set by the session once the relay exists
@@ -345,8 +344,14 @@ class SessionMasker:
         if conn is None:
             return
         self.conn = conn
-        self.engine = conn.engine
         self.catalog = conn.catalog(self.database)
+
+    @property
+    def engine(self) -> MaskEngine:
+        """The connection's engine, counting characters as the session's client encoding does
+        (the server's last report): `partial` keeps `keep` of the client's characters."""
+        relay = self.relay
+        return self.conn.engine.for_encoding(relay.client_encoding if relay is not None else None)
 
     # -- statements ---------------------------------------------------------------------------
 
