@@ -432,7 +432,12 @@ cdef class PgResults:
         return b"" if hk == R_DESC_OURS else None
 
     cdef int _keep(self, bytes kept) except -1:
-        """A DataRow or CopyData message as the client got it, for replay (record_results)."""
+        """A DataRow or CopyData message as the client got it, for replay (record_results).
+        A row that does not fit in what is left of the cap ends the keeping: no row is kept
+        in part, and none after it (a 64 KiB row went in whole under a 4 KiB cap)."""
+        if len(kept) > self.capture_left:
+            self.capture_left = 0
+            return 0
         self.capture_left -= len(kept)
         if self.cur_rows is None:
             self.cur_rows = []

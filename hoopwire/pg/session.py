@@ -292,8 +292,11 @@ class PgListener:
             if not limit:
                 continue
             for s in list(self.sessions):
-                # a session waiting for an approval is not idle: its rule's timeout applies
-                if s.relay is not None and not s.relay.held and s.relay.idle_seconds() > limit:
+                # a session waiting for an approval is not idle (its rule's timeout applies),
+                # nor one whose statement is still running (pg_sleep(3) under a 1 s limit)
+                r = s.relay
+                if r is not None and not r.held and r.units_sent == r.units_done and \
+                        r.idle_seconds() > limit:
                     s.relay.shutdown("idle_timeout", notice)
 
     # ------------------------------------------------------------------------------------
