@@ -194,3 +194,21 @@ def test_prepared_selects_and_drivers_are_not_held(agw, idp, pg, table):
                              prepare=True).fetchone()[0] == 20 - i
         c.execute("PREPARE q AS SELECT 42")
         assert c.execute("EXECUTE q").fetchone() == (42,)
+
+
+def test_recording_and_approvals_follow_the_same_answers(pg, idp, tmp_path, table):
+    """With recording on, the statement records follow every ParseComplete too: the names the
+    approvals follow must not take those answers away from them (the session was closed with
+    'could not mask this result' when they did)."""
+    cfg = gateway_config(pg, idp, guardrail=RULES, allow_groups=["agents", "dba"])
+    cfg["state"] = {"url": f"sqlite:///{tmp_path}/state.db", "poll_interval": "100ms"}
+    cfg["audit"] = {"path": str(tmp_path / "audit"), "flush_interval": "50ms"}
+    with Gateway(cfg, env=gateway_env(pg)) as g, \
+            psycopg.connect(conninfo(g, idp.token()), autocommit=True) as c:
+        for i in range(7):
+            assert c.execute(f"SELECT count(*) FROM {table} WHERE id > %s", (i,),
+                             prepare=i % 2 == 0).fetchone()[0] == 20 - i
+        with c.pipeline():
+            a = c.execute("SELECT %s::int", (1,))
+            b = c.execute("SELECT %s::int", (2,))
+        assert a.fetchone() == (1,) and b.fetchone() == (2,)

@@ -639,8 +639,8 @@ cdef class UpstreamSide(RelaySide):
                 r.last_upstream_kind = kind
                 # what on_header inspects in this state (E only while rewriting: not here)
                 if r.names is not None and (kind == c'1' or kind == c'2' or kind == c'3'):
-                    self._answered(kind)
-                elif light_reads(kind) if res is not None else plain_reads(kind):
+                    self._answered(kind)        # (5 bytes: whole; the results follow it too)
+                if light_reads(kind) if res is not None else plain_reads(kind):
                     if avail < size:
                         break
                     if res is not None:
