@@ -8,9 +8,26 @@ and `hash` = sha256 hex of `prev` followed by the canonical encoding of the reco
 `hash`. Editing, removing, inserting or reordering any line therefore breaks the chain at a
 precise record (verify.py finds it). Statement records hold their times to the microsecond.
 
-Segments are `audit-<seq of their first record, 12 digits>.jsonl`. A new one is started when the
-next record would take the current one past `segment_bytes` (a record larger than that gets a
-segment of its own), and at start when the newest is already full.
+Chains. Every writer process has a chain of its own: the gateway (each `--workers` worker, and a
+single process too) starts a new one at every start, named `<gateway id>-<UTC start>-<24 random
+bits>` (new_chain_id), so writers sharing a directory never coordinate per record and a
+restarted worker never appends after a batch its predecessor may have left half-written. Its
+segments are `audit-<chain>-<seq of their first record, 12 digits>.jsonl`; seq starts at 1 in
+every chain. An AuditLog built without a chain id writes the directory's one unnamed chain,
+`audit-<seq>.jsonl` (the format before per-writer chains; a restart resumes it), and must be the
+directory's only writer of it.
+
+So that a chain deleted whole is found, every named chain is registered before its first record
+in the manifest, `chains.jsonl`: itself a hash chain (same format), appended under an exclusive
+flock, one record per chain ever started (and one per chain retention removed whole). The
+chain's first record (`chain.start`) repeats its registration's hash. verify() then knows every
+chain that existed; deleting one is found unless its registration is the manifest's last record
+and is cut off too -- cutting off the end, which no chain can show. A live writer holds an
+flock on `audit-<chain>.lock` for as long as it runs (SIGKILL releases it), which is how others
+tell a finished chain from a live one.
+
+A new segment is started when the next record would take the current one past `segment_bytes` (a
+record larger than that gets a segment of its own), and at start when the newest is already full.
 
 Write path. `append()` stamps `ts`/`gw` on a shallow copy, encodes it (pending_from: the
 canonical body cut where "prev" and "seq" go) and queues it: no I/O and no hashing on the
@@ -33,14 +50,20 @@ records are held like any other and written on recovery.
 Crash recovery. A crash can leave the newest segment ending in a partial line. On start the
 partial bytes are moved aside into `<segment>.partial` (appended, one fragment per line) and the
 segment is truncated after its last complete record, so the chain resumes from a record that is
-whole and the evidence of the crash is kept next to it rather than destroyed.
+whole and the evidence of the crash is kept next to it rather than destroyed. A named writer does
+this for every other chain whose writer is gone (its lock is free).
 
 Retention (at start, then at most once a minute by the injected clock) deletes closed segments
 from the oldest end only -- those whose newest record is older than `retention_days`, then more
 while the total size exceeds `max_bytes` -- so what remains is always a contiguous tail of the
 chain. First it writes and fsyncs a `retention` record naming the removed segments and the seq and
 `prev` of the first record that stays; verify() accepts a log that starts after seq 1 only when
-such a record vouches for that exact start.
+such a record vouches for that exact start. With named chains `max_bytes` bounds the whole
+directory and a live writer also applies retention to the chains of writers that are gone (oldest
+first, holding their lock): a chain that loses its oldest segments gets the `retention` record
+appended to itself, as its own writer would have done, and one removed whole gets a
+`chain.retired` record in the manifest -- so what vouches for a removal lasts as long as what it
+explains. The unnamed chain is left alone by named writers.
 
 What the chain cannot show: cutting records off the END, or rewriting and re-hashing everything
 after some point. Only a copy of a recent (seq, hash) kept elsewhere can prove those.
@@ -50,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import logging
 import math
@@ -65,15 +89,25 @@ from typing import Any
 import orjson
 
 from hoopwire._auditlog import Chained, Pending, PendingBatch, chain
+
 from hoopwire.config import AuditConfig
 
 __all__ = ["AuditLog", "AuditLogError", "GENESIS", "MAX_PENDING", "RETENTION_TYPE", "segment_files",
-           "canonical", "chain_hash", "with_hash", "pending_from"]
+           "chain_segments", "canonical", "chain_hash", "with_hash", "pending_from", "new_chain_id",
+           "MANIFEST", "CHAIN_START_TYPE", "CHAIN_TYPE", "CHAIN_RETIRED_TYPE"]
 
 log = logging.getLogger("hoopwire.audit")
 
 GENESIS = "0" * 64
-SEGMENT_RE = re.compile(r"^audit-(\d{12,})\.jsonl$")
+# audit-<seq>.jsonl: the one unnamed chain of a log written by a single AuditLog without a chain
+# id (and by hoopwire before per-writer chains); audit-<chain>-<seq>.jsonl: a named chain.
+SEGMENT_RE = re.compile(r"^audit-(?:(?P<chain>[A-Za-z0-9._]+-\d{8}T\d{6}-[0-9a-f]{6})-)?"
+                        r"(?P<seq>\d{12,})\.jsonl$")
+CHAIN_ID_RE = re.compile(r"^[A-Za-z0-9._]+-\d{8}T\d{6}-[0-9a-f]{6}$")
+MANIFEST = "chains.jsonl"     # every named chain, registered when its writer starts (chained too)
+CHAIN_TYPE = "chain"          # a manifest record
+CHAIN_START_TYPE = "chain.start"   # the first record of every named chain
+CHAIN_RETIRED_TYPE = "chain.retired"   # a manifest record: retention removed a chain whole
 MAX_PENDING = 100_000        # records held in memory while the disk refuses them
 RETENTION_EVERY = 60.0       # seconds (by the log's clock) between retention passes
 RETENTION_TYPE = "retention"
@@ -92,21 +126,44 @@ class AuditLogError(Exception):
 
 # ---- the format, shared with verify.py ----------------------------------------------------------
 
-def segment_name(seq: int) -> str:
-    return f"audit-{seq:012d}.jsonl"
+def segment_name(seq: int, chain: str | None = None) -> str:
+    return f"audit-{chain}-{seq:012d}.jsonl" if chain else f"audit-{seq:012d}.jsonl"
 
 
-def segment_files(path: str) -> list[tuple[int, str]]:
-    """(first seq from the name, file name) of every segment in `path`, oldest first.
+def lock_name(chain: str) -> str:
+    return f"audit-{chain}.lock"
 
-    Raises OSError when the directory cannot be listed."""
-    found = []
+
+def new_chain_id(gateway_id: str, now: float | None = None) -> str:
+    """A chain id for one start of one writer: its gateway id (host/worker, or
+    HOOPWIRE_GATEWAY_ID/worker) made safe for a file name, the start time (UTC) and 24 random
+    bits, so two starts never share a chain, not even in the same second."""
+    slot = re.sub(r"[^A-Za-z0-9._]", "_", gateway_id.replace("/", "."))[:64] or "gw"
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{slot}-{stamp}-{os.urandom(3).hex()}"
+
+
+def chain_segments(path: str) -> dict[str | None, list[tuple[int, str]]]:
+    """Every chain's segments in `path`: chain id (None: the unnamed chain) -> (first seq from
+    the name, file name), oldest first. Raises OSError when the directory cannot be listed."""
+    found: dict[str | None, list[tuple[int, str]]] = {}
     for name in os.listdir(path):
         m = SEGMENT_RE.match(name)
         if m:
-            found.append((int(m.group(1)), name))
-    found.sort()
+            found.setdefault(m.group("chain"), []).append((int(m.group("seq")), name))
+    for segs in found.values():
+        segs.sort()
     return found
+
+
+def segment_files(path: str, chain: str | None = ...) -> list[tuple[int, str]]:
+    """(first seq from the name, file name) of the segments in `path` -- of one chain when
+    `chain` is given (None: the unnamed one), else of all, chain by chain (the unnamed first,
+    then by id), each oldest first. Raises OSError when the directory cannot be listed."""
+    found = chain_segments(path)
+    if chain is not ...:
+        return found.get(chain, [])
+    return [s for c in sorted(found, key=lambda c: (c is not None, c or "")) for s in found[c]]
 
 
 def canonical(record: dict) -> bytes:
@@ -182,15 +239,18 @@ class _Writer:
     """Owns the segment files and the chain head. Called only from the audit thread, one call at
     a time, so it needs no locks."""
 
-    def __init__(self, cfg: AuditConfig, gateway_id: str) -> None:
+    def __init__(self, cfg: AuditConfig, gateway_id: str, chain: str | None = None) -> None:
         self.cfg = cfg
         self.dir = cfg.path
         self.gw = gateway_id
+        self.chain = chain                # None: the unnamed chain (resumed across restarts)
         self.segments: list[_Segment] = []
         self.fd: int | None = None        # the current (newest) segment, O_APPEND
         self.seq = 0                      # the chain head: last record on disk
         self.prev = GENESIS
         self.torn = False                 # a failed write may have left part of a line
+        self.lock_fd: int | None = None   # a named chain's lock, held while this process lives
+        self.registered: str | None = None   # hash of its manifest record, once written
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -199,8 +259,11 @@ class _Writer:
 
     def open(self) -> None:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        if self.chain is not None:
+            self._open_chain()
+            return
         segs = []
-        for _, name in segment_files(self.dir):
+        for _, name in segment_files(self.dir, None):
             segs.append(_Segment(name, os.stat(self._path(name)).st_size))
         if segs:
             self._set_aside_partial(segs[-1])
@@ -225,6 +288,98 @@ class _Writer:
             else:
                 newest.first_seq, newest.first_prev = self.seq + 1, self.prev
         self.segments = segs
+
+    def _open_chain(self) -> None:
+        """A named chain is new at every start: no segment of it exists yet. Its lock file tells
+        other writers it is alive (a flock dies with the process, SIGKILL included); chains whose
+        lock is free belong to processes that are gone, and a torn last line of theirs is set
+        aside here as a restart of the unnamed chain does for its own."""
+        fd = os.open(self._path(lock_name(self.chain)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            # Blocking: no other writer looks at a chain before it has a segment, so this waits
+            # for nobody; it is never shared.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.lock_fd = fd
+        for cid in sorted(c for c in chain_segments(self.dir) if c not in (None, self.chain)):
+            lock = self._dead_lock(cid)
+            if lock is None:
+                continue
+            try:
+                segs = chain_segments(self.dir).get(cid)
+                if segs:
+                    name = segs[-1][1]
+                    self._set_aside_partial(_Segment(name, os.stat(self._path(name)).st_size))
+            except OSError as e:
+                log.warning("audit log: cannot check the last segment of chain %s (%s)", cid,
+                            e.strerror or e)
+            finally:
+                os.close(lock)
+
+    def _dead_lock(self, chain: str) -> int | None:
+        """The lock of another chain, held (an fd to close) when its writer is gone; None while
+        it is alive. Taken only for chains that have segments (see _open_chain)."""
+        try:
+            fd = os.open(self._path(lock_name(chain)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _register(self, now: float) -> str:
+        """Append this chain to the manifest and return that record's hash, which the chain's
+        first record repeats. A chain whose segments are all deleted is then still known to
+        have existed."""
+        return self._manifest_append({"type": CHAIN_TYPE, "chain": self.chain, "gw": self.gw,
+                                      "pid": os.getpid(), "ts": now})
+
+    def _manifest_append(self, rec: dict) -> str:
+        """One record onto the manifest: itself a hash chain, with a record per chain ever
+        started and per chain retention removed whole, written under an exclusive flock
+        (writers start concurrently) and fsynced before the caller goes on."""
+        fd = os.open(self._path(MANIFEST), os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                     0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, size, 0) if size else b""
+            keep = data.rfind(b"\n") + 1
+            if keep < size:
+                # a record torn by a crash: kept aside, as a segment's torn line is
+                aside = os.open(self._path(MANIFEST + ".partial"),
+                                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                try:
+                    _write_all(aside, data[keep:] + b"\n")
+                    os.fsync(aside)
+                finally:
+                    os.close(aside)
+                os.ftruncate(fd, keep)
+            seq, prev = 0, GENESIS
+            if keep:
+                last = _parse(data[data.rfind(b"\n", 0, keep - 1) + 1:keep - 1])
+                if last is None or type(last.get("seq")) is not int or \
+                        not _is_hex64(last.get("hash")):
+                    raise AuditLogError(f"cannot extend {MANIFEST}: its last record has no "
+                                        "valid seq/hash (verify the log)")
+                seq, prev = last["seq"], last["hash"]
+            lines = chain([pending_from(rec)], seq, prev)
+            try:
+                _write_all(fd, lines.data)
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, keep)
+                raise
+            return lines.hash(0)
+        finally:
+            os.close(fd)            # and with it the flock
 
     def _set_aside_partial(self, seg: _Segment) -> None:
         if seg.size == 0:
@@ -277,7 +432,12 @@ class _Writer:
         batch records were written, whether the note was, and the error that stopped it."""
         written, noted = 0, False
         try:
-            self._ensure_current()
+            self._ensure_current(now)
+            if self.chain is not None and self.seq == 0:
+                # a named chain opens with a record naming it and its manifest record
+                self._append([pending_from({"type": CHAIN_START_TYPE, "chain": self.chain,
+                                            "registration": self.registered, "pid": os.getpid(),
+                                            "ts": now, "gw": self.gw})])
             if dropped:
                 self._append([pending_from({"type": DROPPED_TYPE, "count": dropped, "ts": now,
                                             "gw": self.gw})])
@@ -294,16 +454,19 @@ class _Writer:
             return written, noted, e
         return written, noted, None
 
-    def _ensure_current(self) -> None:
-        if self.fd is not None:
-            return
-        if self.segments and self.segments[-1].size < self.cfg.segment_bytes:
-            self.fd = os.open(self._path(self.segments[-1].name), _OPEN_FLAGS)
-        else:
-            self._rotate(self.seq + 1, self.prev)
+    def _ensure_current(self, now: float) -> None:
+        if self.fd is None:
+            if self.segments and self.segments[-1].size < self.cfg.segment_bytes:
+                self.fd = os.open(self._path(self.segments[-1].name), _OPEN_FLAGS)
+            else:
+                self._rotate(self.seq + 1, self.prev)
+        if self.chain is not None and self.registered is None:
+            # After the first segment exists: a crash between the two leaves an empty segment
+            # of an unregistered chain (nothing lost), never a registered chain without files.
+            self.registered = self._register(now)
 
     def _rotate(self, seq: int, prev: str) -> None:
-        name = segment_name(seq)
+        name = segment_name(seq, self.chain)
         fd = os.open(self._path(name), _OPEN_FLAGS | os.O_CREAT, 0o600)
         if self.fd is not None:
             try:
@@ -373,19 +536,24 @@ class _Writer:
         days, cap = self.cfg.retention_days, self.cfg.max_bytes
         cutoff = now - days * 86400.0 if days is not None else None
         total = sum(s.size for s in self.segments)
-        remove: list[_Segment] = []
-        for seg in self.segments[:-1]:                  # never the current segment
-            expired = cutoff is not None and seg.last_ts is not None and seg.last_ts < cutoff
-            if not (expired or (cap is not None and total > cap)):
-                break                                   # only ever a prefix: the rest stays whole
-            remove.append(seg)
-            total -= seg.size
+        if self.chain is not None:
+            # max_bytes bounds the whole directory: the chains of writers that are gone go
+            # first (oldest segments first within each), then this chain's own
+            try:
+                total = self._retain_dead(now, cutoff, cap, total)
+            except (OSError, AuditLogError) as e:
+                # other writers' leftovers: a problem there is not this log failing to write
+                log.warning("audit retention: cannot retire finished chains (%s); retrying "
+                            "later", getattr(e, "strerror", None) or e)
+        remove = _prefix(self.segments[:-1], cutoff, cap, total)   # never the current segment
         if not remove:
             return
         kept = self.segments[len(remove)]
         note = {"type": RETENTION_TYPE, "removed": [s.name for s in remove],
                 "oldest_kept_seq": kept.first_seq, "oldest_kept_prev": kept.first_prev,
                 "ts": now, "gw": self.gw}
+        if self.chain is not None:
+            note["chain"] = self.chain
         self._append([pending_from(note)])
         # The note must be durable before the segments it explains disappear.
         os.fsync(self.fd)
@@ -401,7 +569,105 @@ class _Writer:
             self.segments.remove(seg)
         _fsync_dir(self.dir)
 
+    def _retain_dead(self, now: float, cutoff: float | None, cap: int | None, own: int) -> int:
+        """Retention over the named chains whose writers are gone (their lock is free; held
+        while we work on one, so two live writers never retire the same chain at once). What
+        vouches for a removal stays as long as what it explains: a chain that loses its oldest
+        segments gets its retention record appended to ITSELF (as its own writer would have
+        done), and one removed whole gets a `chain.retired` record in the manifest. Returns the
+        bytes left in the directory's named chains."""
+        sizes: dict[str, list[_Segment]] = {}
+        total = own
+        for cid, segs in chain_segments(self.dir).items():
+            if cid is None or cid == self.chain:
+                continue
+            sizes[cid] = []
+            for _, name in segs:
+                try:
+                    seg = _Segment(name, os.stat(self._path(name)).st_size)
+                except FileNotFoundError:
+                    continue
+                sizes[cid].append(seg)
+                total += seg.size
+        order = []
+        try:
+            for cid, segs in sizes.items():
+                lock = self._dead_lock(cid) if segs else None
+                if lock is None:
+                    continue
+                order.append([0.0, cid, segs, lock, None])
+                self._set_aside_partial(segs[-1])
+                for seg in segs:
+                    last = self._scan(seg)
+                    if last:
+                        order[-1][4] = (seg, last)       # the chain's head: its newest record
+                order[-1][0] = segs[-1].last_ts or 0.0
+            # the chain that went quiet first goes first
+            order.sort(key=lambda o: (o[0], o[1]))
+            for _, cid, segs, _lock, head in order:
+                remove = _prefix(segs, cutoff, cap, total)
+                if not remove:
+                    continue
+                whole = len(remove) == len(segs)
+                if whole:
+                    self._manifest_append({"type": CHAIN_RETIRED_TYPE, "chain": cid,
+                                           "removed": [s.name for s in remove], "ts": now,
+                                           "gw": self.gw})
+                else:
+                    if head is None or head[0] in remove:
+                        continue        # nothing of it left to carry the note
+                    self._note_into(cid, segs[-1], head[1], {
+                        "type": RETENTION_TYPE, "chain": cid,
+                        "removed": [s.name for s in remove],
+                        "oldest_kept_seq": segs[len(remove)].first_seq,
+                        "oldest_kept_prev": segs[len(remove)].first_prev,
+                        "ts": now, "gw": self.gw})
+                for seg in remove:
+                    try:
+                        os.unlink(self._path(seg.name))
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        log.warning("audit retention: cannot remove %s (%s); retrying later",
+                                    seg.name, e.strerror or e)
+                        whole = False
+                        break
+                    total -= seg.size
+                if whole:
+                    try:
+                        os.unlink(self._path(lock_name(cid)))
+                    except OSError:
+                        pass
+            if order:
+                _fsync_dir(self.dir)
+        finally:
+            for o in order:
+                os.close(o[3])
+        return total
+
+    def _note_into(self, cid: str, newest: _Segment, head: dict, note: dict) -> None:
+        """Append a record to another (finished) chain after its newest record `head`."""
+        seq, prev = head.get("seq"), head.get("hash")
+        if type(seq) is not int or not _is_hex64(prev):
+            raise AuditLogError(f"cannot extend chain {cid}: its last record has no valid "
+                                "seq/hash (verify the log)")
+        lines = chain([pending_from(note)], seq, prev)
+        fd = os.open(self._path(newest.name), _OPEN_FLAGS)
+        try:
+            try:
+                _write_all(fd, lines.data)
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, newest.size)
+                raise
+        finally:
+            os.close(fd)
+        newest.size += len(lines.data)
+
     def close(self) -> None:
+        if self.lock_fd is not None and self.fd is None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
         if self.fd is None:
             return
         try:
@@ -413,6 +679,23 @@ class _Writer:
         finally:
             os.close(self.fd)
             self.fd = None
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)      # the chain is finished: others may retire it
+                self.lock_fd = None
+
+
+def _prefix(segs: list[_Segment], cutoff: float | None, cap: int | None,
+            total: int) -> list[_Segment]:
+    """The oldest segments to remove: those whose newest record is older than `cutoff`, then
+    more while `total` exceeds `cap` -- only ever a prefix, so the rest stays one chain."""
+    remove = []
+    for seg in segs:
+        expired = cutoff is not None and seg.last_ts is not None and seg.last_ts < cutoff
+        if not (expired or (cap is not None and total > cap)):
+            break
+        remove.append(seg)
+        total -= seg.size
+    return remove
 
 
 def _size(item: Pending | PendingBatch) -> int:
@@ -505,11 +788,17 @@ class AuditLog:
     """The gateway's audit log. `append()` from the event loop; `start()`/`close()` around use."""
 
     def __init__(self, cfg: AuditConfig, *, gateway_id: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, chain: str | None = None) -> None:
+        """`chain`: this writer's own chain (new_chain_id(); one per process start, so any
+        number of processes can share the directory), or None for the directory's one unnamed
+        chain, which a restart resumes (one writer at a time)."""
+        if chain is not None and not CHAIN_ID_RE.match(chain):
+            raise ValueError(f"not a chain id: {chain!r}")
         self._cfg = cfg
         self._gw = gateway_id
         self._clock = clock
-        self._writer = _Writer(cfg, gateway_id)
+        self.chain = chain
+        self._writer = _Writer(cfg, gateway_id, chain)
         self._pending: deque[Pending | PendingBatch] = deque()
         self._npending = 0                # records in _pending (a batch holds many)
         self._unreported_drops = 0        # dropped records not yet noted in the log itself
@@ -642,7 +931,7 @@ class AuditLog:
         now = self._clock()
         retain = self._retention_due(now)
         if not self._pending and not self._unreported_drops and not retain \
-                and self._writer.fd is not None:
+                and self._writer.fd is not None and (self.chain is None or self._writer.seq):
             return True
         if retain:
             self._last_retention = now
@@ -681,8 +970,9 @@ class AuditLog:
             code = errno.errorcode.get(getattr(err, "errno", None) or 0, type(err).__name__)
             action = ("refusing new statements" if self._cfg.on_write_failure == "fail-closed"
                       else "statements continue (fail-open)")
+            why = getattr(err, "strerror", None) or str(err) or type(err).__name__
             log.warning("audit log: write failed (%s: %s); %d records held in memory, retrying; "
-                        "%s", code, getattr(err, "strerror", None) or type(err).__name__,
+                        "%s", code, why,
                         self._npending, action)
         return False
 

@@ -14,35 +14,62 @@ fixed cost on a busy machine (bench/README.md, "Recording"), which is why it is 
 If the log cannot be written and `on_write_failure = "fail-closed"`, every open session (and
 every new one) answers new statements with an error until writing works again; with
 `fail-open` they carry on and `hoopwire_audit_write_failures_total` counts the failing flushes.
+A refused statement is recorded with verdict "refused", reason "audit-unavailable" and the
+53100 its client got (not as a guardrail block, although the relay refuses it the same way: see
+_marker_verdict); /readyz answers 503 meanwhile (audit_refusing).
+
+Each process writes a chain of its own (a new one at every start), so `--workers` processes
+share the log's directory; a session is served by one process, so its records are in one chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import weakref
+from collections import deque
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from hoopwire._auditlog import StatementEncoder, StatementLog, keep_literals, record_times
-from hoopwire.audit.log import AuditLog, pending_from
+from hoopwire.audit.log import AuditLog, new_chain_id, pending_from
 from hoopwire.config import AuditConfig
 from hoopwire.logs import event
 
 log = logging.getLogger("hoopwire.audit")
 
-__all__ = ["Recorder", "rows_from_tags"]
+__all__ = ["Recorder", "audit_refusing", "rows_from_tags"]
 
 AUDIT_RECORDS = Counter("hoopwire_audit_records", "Audit records handed to the log", ["type"])
 AUDIT_FAILURES = Counter("hoopwire_audit_write_failures",
                          "Flushes that found the audit log unwritable")
 AUDIT_REFUSING = Gauge("hoopwire_audit_refusing",
                        "1 while statements are refused because the audit log cannot be written "
-                       "(fail-closed)", multiprocess_mode="max")
+                       "(fail-closed)", multiprocess_mode="livemax")
+# livemax: a worker that dies while refusing (SIGKILL) must not keep the parent's /readyz
+# failing -- the supervisor drops a dead process's live gauges (mark_process_dead).
 
 _PRUNE_EVERY = 3600.0
+REFUSED_MESSAGE = ("the gateway cannot write its audit log; statements are refused until it can "
+                   "(on_write_failure = fail-closed)")
+
+
+def audit_refusing(gateway, registry=None) -> bool:
+    """Whether statements are being refused because the audit log cannot be written: this
+    process's recorder, or (the multi-worker parent, which records nothing itself) any worker's
+    hoopwire_audit_refusing in the shared metrics `registry`."""
+    recorder = getattr(gateway, "recorder", None)
+    if recorder is not None:
+        return recorder.refusing
+    if registry is None:
+        return False
+    for family in registry.collect():
+        if family.name == "hoopwire_audit_refusing":
+            return any(sample.value > 0 for sample in family.samples)
+    return False
 
 
 def rows_from_tags(tags: list[bytes]) -> int | None:
@@ -92,7 +119,10 @@ class Recorder:
                  statement_limit: int = 4096, marker_prefix: bytes = b"", clock=time.time):
         self.cfg = cfg
         self.store = store
-        self.log = AuditLog(cfg, gateway_id=gateway_id, clock=clock)
+        # A chain of its own for every process start: workers share the directory, and a
+        # restarted worker never appends to a chain its predecessor may have left mid-batch.
+        self.log = AuditLog(cfg, gateway_id=gateway_id, clock=clock,
+                            chain=new_chain_id(gateway_id))
         self.gateway_id = gateway_id
         self._mask_statement = mask_statement if cfg.statement_literals == "mask" else keep_literals
         self._encoder = StatementEncoder(gateway_id, self._mask_statement, statement_limit)
@@ -107,6 +137,12 @@ class Recorder:
         self._task: asyncio.Task | None = None
         self._refusing = False
         self._pruned_at = 0.0
+        # When this process refused statements: [on, off] wall-clock times (off = inf while it
+        # does), and per session the times guardrail blocks were announced and not yet
+        # recorded -- what tells a refused statement from a blocked one (see _marker_verdict).
+        self._refusals: list[list[float]] = []
+        self._blocks_due: dict[str, deque[float]] = {}
+        self._last_started: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -176,6 +212,8 @@ class Recorder:
         self._open.pop(s.id, None)
         slog = self._logs.pop(s.id, None)
         self._lost_seen.pop(s.id, None)
+        self._blocks_due.pop(s.id, None)
+        self._last_started.pop(s.id, None)
         n = slog.statements if slog is not None else 0
         now = self.clock()
         self.append({"type": "session.end", "session": s.id, "reason": reason,
@@ -189,6 +227,9 @@ class Recorder:
     def session_event(self, s, kind: str, **fields) -> None:
         """A decision worth its own record: a block, a hold, an approval outcome."""
         self._drain(s.id, s)            # after the statements that came before it
+        if kind == "statement.blocked":
+            # announced as the relay judges it (the same thread, before its marker is sent)
+            self._blocks_due.setdefault(s.id, deque()).append(time.time())
         rec = {"type": kind, "session": s.id}
         rec.update(fields)
         self.append(rec)
@@ -239,19 +280,28 @@ class Recorder:
         """A statement record as a dict: the StatementLog's path for errors and captured rows
         (and for every statement with index_statements, which also indexes it here)."""
         started, ended, sql, tags, error, masked, kept = raw
+        sid = s.id if s is not None else None
+        judged = started
         started, duration, ts = record_times(started, ended)
         err = _error_fields(error)
         verdict = "allow"
+        reason = None
         if err is not None:
             msg = err.get("message", "")
             if self.marker_prefix and self.marker_prefix.decode() in msg:
-                verdict, err = "block", {"code": "42501", "message": "blocked by a hoopwire rule"}
+                if self._marker_verdict(sid, judged) == "refused":
+                    verdict, reason = "refused", "audit-unavailable"
+                    err = {"code": "53100", "message": REFUSED_MESSAGE}
+                else:
+                    verdict, err = "block", {"code": "42501",
+                                             "message": "blocked by a hoopwire rule"}
             else:
                 verdict = "error"
                 if s is not None and s.masker is not None and msg:
                     err["message"] = s.masker.engine.mask_text(msg.encode())[0].decode(
                         "utf-8", "replace")
-        sid = s.id if s is not None else None
+        if sid is not None:
+            self._last_started[sid] = judged
         rec = {"type": "statement", "session": sid, "n": n, "started": started,
                "statement": self._encoder.text(sql or b""), "verdict": verdict,
                "tags": [t.decode("ascii", "replace") for t in tags],
@@ -259,6 +309,8 @@ class Recorder:
                "ts": ts, "gw": self.gateway_id}
         if err is not None:
             rec["error"] = err
+        if reason is not None:
+            rec["reason"] = reason
         if kept:
             rec["result"] = [_row_values(r) for r in kept]
         if self.cfg.index_statements:
@@ -269,6 +321,36 @@ class Recorder:
                 "error": (err or {}).get("message")})
         return rec
 
+    def _marker_verdict(self, sid: str | None, started: float) -> str:
+        """"block" or "refused" for a statement the relay replaced by a marker (its error names
+        the marker either way). The relay does not say why, but every cause is known here:
+        guardrail blocks are announced as they are judged (statement.blocked, _blocks_due) and
+        statements are refused exactly while this recorder has the relays refusing
+        (_refusals). `started` is when the relay took the statement (a Query), or when its
+        error came back (a Parse, which is timed from its answer), so never before it was
+        judged. Answers come in the order statements were judged, so the oldest unrecorded
+        block is the only block this can be."""
+        due = self._blocks_due.get(sid) if sid is not None else None
+        if not self._refusals:              # never refused: what it always was
+            if due:
+                due.popleft()
+            return "block"
+        if due and due[0] <= started:
+            due.popleft()
+            return "block"
+        if self._refused_between(started, started):
+            return "refused"
+        # judged since the session's previous statement and before `started`: a Parse whose
+        # answer came after the refusing ended, when no block was announced for it
+        if not due and self._refused_between(self._last_started.get(sid, started), started):
+            return "refused"
+        if due:
+            due.popleft()
+        return "block"          # an approval denied or out of reach, as before
+
+    def _refused_between(self, lo: float, hi: float) -> bool:
+        return any(on <= hi and lo <= off for on, off in self._refusals)
+
     def _check_health(self) -> None:
         refusing = self.log.refusing
         if not self.log.healthy:
@@ -276,6 +358,14 @@ class Recorder:
         if refusing == self._refusing:
             return
         self._refusing = refusing
+        now = time.time()               # the relay times statements by the same clock
+        if refusing:
+            # an hour of episodes is far more than any statement stays in flight; the oldest
+            # are dropped past 100 so a flapping disk cannot grow this
+            self._refusals = [iv for iv in self._refusals if iv[1] >= now - 3600.0][-99:]
+            self._refusals.append([now, math.inf])
+        elif self._refusals:
+            self._refusals[-1][1] = now
         AUDIT_REFUSING.set(1 if refusing else 0)
         event(log, "audit log unwritable: refusing statements" if refusing else
               "audit log writable again: statements accepted",
@@ -287,8 +377,7 @@ class Recorder:
     @staticmethod
     def refuse_error() -> bytes:
         from hoopwire._pgwire import error_response
-        return error_response("ERROR", "53100", "the gateway cannot write its audit log; "
-                              "statements are refused until it can (on_write_failure = fail-closed)")
+        return error_response("ERROR", "53100", REFUSED_MESSAGE)
 
     async def _write_index(self) -> None:
         if self.store is None:
