@@ -7,9 +7,13 @@ serves it, renders every worker's metrics, and decides approvals through the sha
 The API authenticates every request with `Authorization: Bearer <token>` against the same
 identity configuration as the data path. Who may do what:
 
-* approvals: list and show -- members of `admin.admin_groups` and of any approve rule's
-  approver groups; approve and deny -- a member of *that request's* approver groups, never its
-  requester (hoopwire.approvals.manager decides).
+* approvals: list and show -- members of `admin.admin_groups` (every request) and of any
+  approve rule's approver groups (the requests of the connections whose approve rules name
+  one of their groups); approve and deny -- a member of *that request's* approver groups on
+  such a connection, never its requester, an identity being (issuer, subject)
+  (hoopwire.approvals.manager decides).
+* JWTs must carry `admin.audience` (default "hoopwire-admin"), never the data path's
+  audience; API keys must have `use = "admin"`.
 * sessions, replay and reload -- members of `admin.admin_groups` only (nobody when it is empty).
 
 Errors are JSON: {"error": {"code": "...", "message": "..."}} with the HTTP status.
@@ -117,7 +121,17 @@ class AdminServer:
 
     async def readyz(self, request: web.Request) -> web.Response:
         ready = self.parent or self.gateway is None or self.gateway.ready
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        if not ready:
+            return web.json_response({"ready": False, "reason": "starting or stopping"},
+                                     status=503)
+        from hoopwire.audit.recorder import audit_refusing
+        # fail-closed with an unwritable audit log: every statement is answered 53100, so a
+        # load balancer should send clients elsewhere (the parent asks its workers' gauge)
+        if audit_refusing(self.gateway, self.registry if self.parent else None):
+            return web.json_response(
+                {"ready": False, "reason": "audit log unwritable: statements are refused "
+                                           "(on_write_failure = fail-closed)"}, status=503)
+        return web.json_response({"ready": True})
 
     # -- API: authentication and authorisation ---------------------------------------------------
 
@@ -128,7 +142,10 @@ class AdminServer:
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
         try:
-            return await self.gateway.authenticator.authenticate(token.strip())
+            # not stripped: a token with whitespace around it is refused, as on the data
+            # path; and JWTs must carry the admin audience, not the database one
+            return await self.gateway.authenticator.authenticate(
+                token, admin_audience=self.gateway.config.admin.audience)
         except AuthError as e:
             event(log, "admin API token refused", logging.WARNING, reason=e.reason,
                   peer=request.remote)
@@ -140,6 +157,15 @@ class AdminServer:
     def _approver_groups(self) -> set[str]:
         return {a for c in self.gateway.config.connections for g in c.guardrails
                 if g.action == "approve" for a in g.approvers}
+
+    def _approval_scope(self, ident) -> set[str] | None:
+        """The connections whose approval requests `ident` may see: None (all) for admins,
+        else those with an approve rule naming one of its groups. An approver for one
+        database has no business reading the statements held on another."""
+        if ident.groups & self._admin_groups():
+            return None
+        return {c.name for c in self.gateway.config.connections for g in c.guardrails
+                if g.action == "approve" and ident.groups & set(g.approvers)}
 
     async def _require(self, request: web.Request, *, approvers: bool = False):
         ident = await self._identity(request)
@@ -199,18 +225,21 @@ class AdminServer:
     # -- API: approvals ----------------------------------------------------------------------------
 
     async def approvals_list(self, request: web.Request) -> web.Response:
-        await self._require(request, approvers=True)
+        ident = await self._require(request, approvers=True)
         status = request.query.get("status")
         from hoopwire.state import APPROVAL_STATUSES
         if status is not None and status not in APPROVAL_STATUSES:
             raise ApiError(400, "bad_request", f"status must be one of {', '.join(APPROVAL_STATUSES)}")
-        rows = await self._store().list_approvals(status, limit=self._limit(request))
+        rows = await self._store().list_approvals(status, limit=self._limit(request),
+                                                  connections=self._approval_scope(ident))
         return _json({"approvals": [_public(r) for r in rows]})
 
     async def approvals_show(self, request: web.Request) -> web.Response:
-        await self._require(request, approvers=True)
+        ident = await self._require(request, approvers=True)
         row = await self._store().get_approval(request.match_info["id"])
-        if row is None:
+        scope = self._approval_scope(ident)
+        if row is None or (scope is not None and row["connection"] not in scope):
+            # out of scope reads as missing: an approver learns nothing of other connections
             raise ApiError(404, "not_found", "no such approval request")
         return _json(_public(row))
 
@@ -222,14 +251,17 @@ class AdminServer:
 
     async def _decide(self, request: web.Request, approve: bool) -> web.Response:
         from hoopwire.approvals.manager import ApprovalError
-        ident = await self._identity(request)
+        # who is neither admin nor approver anywhere may not use the endpoint at all (403);
+        # an approver of other connections finds no such request (404, from the manager)
+        ident = await self._require(request, approvers=True)
         body = await self._body(request)
         if self.gateway.approvals is None:
             raise ApiError(404, "not_configured", "no approve rules are configured")
         try:
             row = await self.gateway.approvals.decide(
                 request.match_info["id"], approve, identity=ident, reason=body.get("reason"),
-                scope=body.get("scope", "once"), window=body.get("window_seconds"))
+                scope=body.get("scope", "once"), window=body.get("window_seconds"),
+                connections=self._approval_scope(ident))
         except ApprovalError as e:
             code = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conflict"}
             raise ApiError(e.status, code.get(e.status, "error"), e.message) from None
@@ -249,7 +281,7 @@ class AdminServer:
                 raise ApiError(400, "bad_request", "since must be a finite number")
         rows = await self._store().list_sessions(
             identity=request.query.get("identity"), connection=request.query.get("connection"),
-            since=since, limit=self._limit(request))
+            issuer=request.query.get("issuer"), since=since, limit=self._limit(request))
         return _json({"sessions": rows})
 
     async def sessions_show(self, request: web.Request) -> web.Response:

@@ -81,9 +81,10 @@ def _approvals_show(args) -> int:
     a = _call(args, "GET", f"/api/v1/approvals/{urllib.parse.quote(args.id)}")
     if _out(args, a):
         return 0
-    for k in ("id", "status", "requester", "requester_groups", "connection", "session_id",
-              "client_addr", "rule", "approvers", "statement", "created_at", "expires_at",
-              "decided_by", "decided_at", "reason", "scope", "grant_until"):
+    for k in ("id", "status", "requester", "requester_issuer", "requester_groups", "connection",
+              "session_id", "client_addr", "rule", "approvers", "statement", "created_at",
+              "expires_at", "decided_by", "decided_by_issuer", "decided_at", "reason", "scope",
+              "grant_until"):
         v = a.get(k)
         if k.endswith("_at") or k == "grant_until":
             v = _when(v)
@@ -113,6 +114,8 @@ def _decide(args, verb: str) -> int:
 def _sessions_list(args) -> int:
     params = {k: v for k, v in (("identity", args.identity), ("connection", args.connection))
               if v}
+    if args.issuer is not None:      # "" is meaningful: API keys
+        params["issuer"] = args.issuer
     if args.since:
         from hoopwire.config import parse_duration
         try:
@@ -231,7 +234,9 @@ def add_commands(sub) -> None:
     s = sub.add_parser("sessions", help="recorded sessions")
     ssub = s.add_subparsers(dest="action", required=True)
     p = ssub.add_parser("list", help="sessions, newest first")
-    p.add_argument("--identity")
+    p.add_argument("--identity", help="the subject")
+    p.add_argument("--issuer", help="... of this issuer (an identity is issuer and subject; "
+                                    "\"\" for API keys)")
     p.add_argument("--connection")
     p.add_argument("--since", help="a duration back from now (e.g. 2h) or a unix time")
     _common(p)

@@ -229,7 +229,8 @@ def main(keep: bool = False) -> int:
                     _say("blocked", f"{sql}\n          -> ERROR {e.sqlstate}: {e}")
 
         # A statement that needs a human: the agent's call waits; a DBA approves it.
-        approver = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
+        # the admin API's own audience ([admin] audience): a database token is no admin token
+        approver = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire-admin",
                               subject="dana", groups=["dba"], ttl=900, kid="demo")
         held = {}
 

@@ -8,6 +8,7 @@ only what is safe (statements go through the normaliser's literal masking first)
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -16,19 +17,44 @@ import orjson
 __all__ = ["configure", "event"]
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators (some log viewers
+# break lines there). Field values come from clients (a token's subject, a JWT header, a
+# statement): unescaped, a newline in one would start a forged log line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_control(m: re.Match) -> str:
+    c = m.group()
+    if c in _NAMED:
+        return _NAMED[c]
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def escape(text: str) -> str:
+    """`text` with every control character written as an escape (\\n, \\x1b, \\u2028)."""
+    return _CONTROL.sub(_escape_control, text)
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        # the message too: %-arguments of library and module loggers are not ours to vet
         parts = [f"{ts}.{int(record.msecs):03d}Z", record.levelname.lower(), record.name,
-                 record.getMessage()]
+                 escape(record.getMessage())]
         for k, v in getattr(record, "fields", {}).items():
-            s = str(v)
+            # backslashes are doubled first, so an escape written by the client ("\\n" as two
+            # characters) stays distinguishable from a real newline
+            s = escape(str(v).replace("\\", "\\\\"))
             if not s or any(c in s for c in ' "='):
-                s = '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            parts.append(f"{k}={s}")
+                s = '"' + s.replace('"', '\\"') + '"'
+            parts.append(f"{escape(str(k))}={s}")
         line = " ".join(parts)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # A traceback keeps its lines, each indented: an exception's message can quote a
+            # client's bytes, and only a record's own first line may start at column 0.
+            line += "".join("\n  " + escape(ln)
+                            for ln in self.formatException(record.exc_info).split("\n"))
         return line
 
 

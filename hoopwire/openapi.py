@@ -27,6 +27,8 @@ APPROVAL = _obj({
     "id": _STR, "status": {"type": "string", "enum": ["pending", "approved", "denied", "expired",
                                                        "cancelled", "abandoned"]},
     "created_at": _NUM, "expires_at": _NUM, "decided_at": _NNUM, "requester": _STR,
+    # with the subject, who asked: "" for an API key, null for requests stored before it was
+    "requester_issuer": _NSTR, "decided_by_issuer": _NSTR,
     "requester_groups": _STRS, "connection": _STR, "session_id": _STR, "client_addr": _STR,
     "statement": _STR, "rule": _STR, "approvers": _STRS, "reason_required": {"type": "boolean"},
     "decided_by": _NSTR, "reason": _NSTR, "scope": {"type": "string", "enum": ["once", "window"]},
@@ -35,8 +37,8 @@ APPROVAL = _obj({
     "approvers"])
 
 SESSION = _obj({
-    "id": _STR, "subject": _STR, "groups": _STRS, "token_id": _NSTR, "method": _STR,
-    "connection": _STR, "role": _NSTR, "database": _NSTR, "client_addr": _STR,
+    "id": _STR, "subject": _STR, "issuer": _NSTR, "groups": _STRS, "token_id": _NSTR,
+    "method": _STR, "connection": _STR, "role": _NSTR, "database": _NSTR, "client_addr": _STR,
     "tls": {"type": "boolean"}, "started_at": _NUM, "ended_at": _NNUM, "bytes_in": _INT,
     "bytes_out": _INT, "close_reason": _NSTR, "statements": _INT, "gateway_id": _STR,
 }, ["id", "subject", "connection", "started_at"])
@@ -85,8 +87,11 @@ def document() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "hoopwire admin API", "version": __version__,
                  "description": "Approvals, recorded sessions and configuration reload. "
-                                "Authenticate with `Authorization: Bearer <token>` (a JWT or API "
-                                "key from the gateway's identity configuration)."},
+                                "Authenticate with `Authorization: Bearer <token>`: a JWT whose "
+                                "audience is the admin API's own (`[admin] audience`, default "
+                                "\"hoopwire-admin\"), or an API key configured with "
+                                "`use = \"admin\"`. Approvers see and decide only the requests "
+                                "of connections whose approve rules name one of their groups."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "components": {
@@ -125,6 +130,7 @@ def document() -> dict:
                                          "items": {"$ref": "#/components/schemas/Session"}}},
                            ["sessions"])),
                 params=[{"name": "identity", "in": "query", "required": False, "schema": _STR},
+                        {"name": "issuer", "in": "query", "required": False, "schema": _STR},
                         {"name": "connection", "in": "query", "required": False, "schema": _STR},
                         {"name": "since", "in": "query", "required": False, "schema": _NUM},
                         {"name": "limit", "in": "query", "required": False,

@@ -19,6 +19,7 @@ from hoopwire.identity.devtoken import create_dev_key, mint_token
 
 ISSUER = "https://idp.hoopwire.test"
 AUDIENCE = "hoopwire"
+ADMIN_AUDIENCE = "hoopwire-admin"   # the admin API's own audience ([admin] audience default)
 
 
 @dataclass
@@ -36,6 +37,10 @@ class Idp:
         kw.setdefault("issuer", self.issuer)
         kw.setdefault("audience", self.audience)
         return mint_token(self.key, subject=subject, groups=list(groups), **kw)
+
+    def admin_token(self, subject: str = "root", groups=("admins",), **kw) -> str:
+        """A token for the admin API (its own audience): no database password."""
+        return self.token(subject, groups, audience=ADMIN_AUDIENCE, **kw)
 
     def issuer_config(self, **overrides) -> dict:
         cfg = {"issuer": self.issuer, "audience": self.audience,

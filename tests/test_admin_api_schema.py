@@ -119,7 +119,7 @@ def live(pg, idp, tmp_path_factory):
     cfg["admin"] = {"admin_groups": ["admins"]}
     cfg["state"] = {"url": f"sqlite:///{tmp}/state.db", "poll_interval": "100ms"}
     cfg["audit"] = {"path": str(tmp / "audit"), "flush_interval": "50ms"}
-    token = idp.token("root", ["admins", "dba"])
+    token = idp.admin_token("root", ["admins", "dba"])
     agent = idp.token("agent-7", ["agents"])
     held: list[Held] = []
     with Gateway(cfg, env=gateway_env(pg)) as gw:
@@ -364,7 +364,7 @@ def test_gateway_without_state_store_answers_as_documented(pg, idp, api_schema):
     """No [state], no [audit], no approve rule: every operation still answers as documented
     (the store-backed ones with a 404 not_configured)."""
     cfg = gateway_config(pg, idp, admin={"admin_groups": ["admins"]})
-    token = idp.token("root", ["admins"])
+    token = idp.admin_token("root", ["admins"])
     with Gateway(cfg, env=gateway_env(pg)) as gw:
         for path, method, _ in _operations(api_schema.raw_schema):
             params = {"id": "x"} if "{id}" in path else {}

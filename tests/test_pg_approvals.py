@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 import pgraw
-from gwfixtures import conninfo, gateway_config, gateway_env
+from gwfixtures import ADMIN_AUDIENCE, AUDIENCE, conninfo, gateway_config, gateway_env
 from helpers import Gateway
 
 
@@ -145,9 +145,12 @@ class Run(threading.Thread):
 
 @pytest.fixture
 def tokens(idp):
-    return {"agent": idp.token("agent-7", ["agents"]), "dana": idp.token("dana", ["dba"]),
-            "eve": idp.token("eve", ["agents"]), "sam": idp.token("sam", ["agents", "dba"]),
-            "root": idp.token("root", ["admins"])}
+    # each token is used on the data path and on the admin API: minted for both audiences
+    def tok(subject, groups):
+        return idp.token(subject, groups, audience=[AUDIENCE, ADMIN_AUDIENCE])
+    return {"agent": tok("agent-7", ["agents"]), "dana": tok("dana", ["dba"]),
+            "eve": tok("eve", ["agents"]), "sam": tok("sam", ["agents", "dba"]),
+            "root": tok("root", ["admins"])}
 
 
 def test_held_until_approved_then_runs(agw, pg, table, tokens):

@@ -99,7 +99,7 @@ def recorded(request, pg, idp, tmp_path_factory):
             with c.cursor() as cur, cur.copy("COPY audited TO STDOUT") as cp:
                 list(cp)
             c.execute("UPDATE audited SET secret_col = 'x' WHERE id = 99")
-        root = idp.token("root", ROOT_GROUPS)
+        root = idp.admin_token("root", ROOT_GROUPS)
         # the tests read the ended session from the index and its records from the log: both
         # are written by the flusher after the client has gone
         wait_until(lambda: [s for s in api(g, "/api/v1/sessions?identity=agent-7", root)["sessions"]
@@ -144,7 +144,7 @@ def test_replay_and_cli(recorded, idp):
     assert "| ['1', '****']" in out.stdout and "s1" not in out.stdout
     assert "| ['1\\t****']" in out.stdout               # COPY data too, as masked lines
     # a non-admin may not read sessions
-    out = cli("sessions", "list", env={**env, "HOOPWIRE_TOKEN": idp.token("eve", ["agents"])})
+    out = cli("sessions", "list", env={**env, "HOOPWIRE_TOKEN": idp.admin_token("eve", ["agents"])})
     assert out.returncode == 1 and "403" in out.stderr
 
 
@@ -302,7 +302,7 @@ def test_disk_full(pg, idp, tmp_path, small_disk, policy):
 def test_sessions_left_open_by_a_crash_are_closed_by_the_next_start(pg, idp, tmp_path):
     # The crashed process never wrote session.end; the same gateway id starting again closes
     # what it left open in the index, so `sessions list` shows no ghost sessions.
-    root = idp.token("root", ROOT_GROUPS)
+    root = idp.admin_token("root", ROOT_GROUPS)
     g = audit_gateway(pg, idp, tmp_path)
     try:
         c = psycopg.connect(conninfo(g, idp.token("agent-9", ["agents"])), autocommit=True)

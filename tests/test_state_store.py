@@ -46,12 +46,13 @@ def run(cfg: StateConfig, scenario) -> None:
 def approval(id: str, **kw) -> dict:
     a = {
         "id": id, "status": "pending", "created_at": NOW, "expires_at": NOW + 300,
-        "decided_at": None, "requester": "carol@example.com", "requester_groups": ["dev", "oncall"],
+        "decided_at": None, "requester": "carol@example.com",
+        "requester_issuer": "https://idp.example.com", "requester_groups": ["dev", "oncall"],
         "token_id": "jti-1", "connection": "pg-prod", "session_id": "s-1",
         "client_addr": "10.0.0.7:51234", "statement": "DELETE FROM orders WHERE id = ?",
         "rule": "prod-writes", "approvers": ["dba", "lead"], "reason_required": True,
-        "decided_by": None, "reason": None, "scope": "once", "grant_until": None,
-        "gateway_id": "gw-a",
+        "decided_by": None, "decided_by_issuer": None, "reason": None, "scope": "once",
+        "grant_until": None, "gateway_id": "gw-a",
     }
     a.update(kw)
     return a
@@ -59,7 +60,8 @@ def approval(id: str, **kw) -> dict:
 
 def session(id: str, **kw) -> dict:
     s = {
-        "id": id, "subject": "carol@example.com", "groups": ["dev"], "token_id": "jti-1",
+        "id": id, "subject": "carol@example.com", "issuer": "https://idp.example.com",
+        "groups": ["dev"], "token_id": "jti-1",
         "method": "jwt", "connection": "pg-prod", "role": "app", "database": "appdb",
         "client_addr": "10.0.0.7:51234", "tls": True, "started_at": NOW, "ended_at": None,
         "bytes_in": 0, "bytes_out": 0, "close_reason": None, "statements": 0, "gateway_id": "gw-a",
@@ -210,17 +212,18 @@ def test_abandon_pending_only_touches_that_gateway(cfg: StateConfig) -> None:
 
 def test_grants(cfg: StateConfig) -> None:
     async def scenario(store: Store) -> None:
-        await store.add_grant(subject="carol", connection="pg-prod", rule="prod-writes",
-                              until=NOW + 600, approval_id="a1")
-        await store.add_grant(subject="carol", connection="pg-prod", rule="prod-writes",
-                              until=NOW + 600, approval_id="a1")  # repeated: harmless
-        await store.add_grant(subject="dave", connection="pg-stage", rule="ddl",
+        await store.add_grant(subject="carol", issuer="https://a", connection="pg-prod",
+                              rule="prod-writes", until=NOW + 600, approval_id="a1")
+        await store.add_grant(subject="carol", issuer="https://a", connection="pg-prod",
+                              rule="prod-writes", until=NOW + 600,
+                              approval_id="a1")  # repeated: harmless
+        await store.add_grant(subject="dave", issuer="", connection="pg-stage", rule="ddl",
                               until=NOW + 60, approval_id="a2")
         assert await store.active_grants(NOW) == [
-            {"subject": "dave", "connection": "pg-stage", "rule": "ddl", "until": NOW + 60,
-             "approval_id": "a2"},
-            {"subject": "carol", "connection": "pg-prod", "rule": "prod-writes",
-             "until": NOW + 600, "approval_id": "a1"},
+            {"subject": "dave", "issuer": "", "connection": "pg-stage", "rule": "ddl",
+             "until": NOW + 60, "approval_id": "a2"},
+            {"subject": "carol", "issuer": "https://a", "connection": "pg-prod",
+             "rule": "prod-writes", "until": NOW + 600, "approval_id": "a1"},
         ]
         assert [g["subject"] for g in await store.active_grants(NOW + 60)] == ["carol"]
         assert await store.active_grants(NOW + 600) == []

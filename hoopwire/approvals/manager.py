@@ -31,7 +31,7 @@ from hoopwire.logs import event
 
 log = logging.getLogger("hoopwire.approvals")
 
-__all__ = ["ApprovalManager", "ApprovalError", "gateway_id", "format_duration"]
+__all__ = ["ApprovalManager", "ApprovalError", "gateway_id", "format_duration", "is_requester"]
 
 
 def gateway_id(worker: int = 0) -> str:
@@ -48,6 +48,15 @@ def format_duration(seconds: float) -> str:
     if seconds % 60 == 0 and seconds >= 60:
         return f"{seconds // 60}m"
     return f"{seconds}s"
+
+
+def is_requester(request: dict, identity) -> bool:
+    """Whether `identity` is the one who asked. Compared as (issuer, subject); a request
+    stored before issuers were recorded compares subjects alone -- the stricter reading."""
+    issuer, subject = identity.principal
+    if request.get("requester_issuer") is None:
+        return subject == request["requester"]
+    return (issuer, subject) == (request["requester_issuer"], request["requester"])
 
 
 class ApprovalError(Exception):
@@ -80,7 +89,8 @@ class ApprovalManager:
         self.poll_interval = poll_interval
         self.clock = clock
         self._held: dict[str, _Held] = {}
-        self._grants: dict[tuple[str, str, str], float] = {}   # (subject, connection, rule) -> until
+        # (issuer, subject, connection, rule) -> until; issuer "" for API keys
+        self._grants: dict[tuple[str, str, str, str], float] = {}
         self._grants_at = 0.0
         self._poller: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
@@ -134,8 +144,11 @@ class ApprovalManager:
 
     # -- the data path --------------------------------------------------------------------------
 
-    def granted(self, subject: str, connection: str, rule: str) -> bool:
-        until = self._grants.get((subject, connection, rule))
+    def granted(self, identity, connection: str, rule: str) -> bool:
+        """Whether a window grant lets `identity` pass `rule` on `connection` now. Keyed by
+        (issuer, subject): another issuer's "agent-7" is another identity."""
+        issuer, subject = identity.principal
+        until = self._grants.get((issuer, subject, connection, rule))
         return until is not None and until > self.clock()
 
     def hold(self, *, relay, session, identity, connection: str, client_addr: str, rule: str,
@@ -144,13 +157,14 @@ class ApprovalManager:
         """Hold a statement for approval: the request id, or None when a standing grant for this
         identity, connection and rule lets it through. Never waits: storing and announcing run
         in a task; `relay.decide(...)` is called once it is decided."""
-        if self.granted(identity.subject, connection, rule):
+        if self.granted(identity, connection, rule):
             return None
+        issuer, subject = identity.principal
         now = self.clock()
         rid = "apr_" + secrets.token_hex(8)
         request = {
             "id": rid, "status": "pending", "created_at": now, "expires_at": now + timeout,
-            "decided_at": None, "requester": identity.subject,
+            "decided_at": None, "requester": subject, "requester_issuer": issuer,
             "requester_groups": sorted(identity.groups), "token_id": identity.token_id,
             "connection": connection, "session_id": session.id, "client_addr": client_addr,
             "statement": statement, "rule": rule, "approvers": list(approvers),
@@ -163,7 +177,7 @@ class ApprovalManager:
         held.timer = loop.call_later(timeout, lambda: self._spawn(self._expire(rid)))
         self._spawn(self._announce(held, request, notice))
         event(log, "statement held for approval", request=rid, connection=connection,
-              subject=identity.subject, rule=rule, timeout=format_duration(timeout),
+              issuer=issuer, subject=subject, rule=rule, timeout=format_duration(timeout),
               statement=statement)
         return rid
 
@@ -216,14 +230,18 @@ class ApprovalManager:
     # -- decisions ------------------------------------------------------------------------------
 
     async def decide(self, rid: str, approve: bool, *, identity, reason: str | None = None,
-                     scope: str = "once", window: float | None = None) -> dict:
-        """An approver's decision (admin API / CLI). Raises ApprovalError with the HTTP status."""
+                     scope: str = "once", window: float | None = None,
+                     connections: set[str] | None = None) -> dict:
+        """An approver's decision (admin API / CLI). Raises ApprovalError with the HTTP status.
+
+        `connections`: the connections this approver may decide for (None: any); a request
+        of another connection is answered as missing, so its existence does not leak."""
         a = await self.store.get_approval(rid)
-        if a is None:
+        if a is None or (connections is not None and a["connection"] not in connections):
             raise ApprovalError(404, f"no approval request {rid}")
         if a["status"] != "pending":
             raise ApprovalError(409, f"request {rid} is already {a['status']}")
-        if identity.subject == a["requester"]:
+        if is_requester(a, identity):
             raise ApprovalError(403, "the requester cannot decide their own request")
         if not set(a["approvers"]) & set(identity.groups):
             raise ApprovalError(403, "only members of " + ", ".join(a["approvers"]) +
@@ -237,20 +255,26 @@ class ApprovalManager:
             if not window or window <= 0 or window > 24 * 3600:
                 raise ApprovalError(400, "a window grant needs window_seconds between 1 and 86400")
             grant_until = self.clock() + window
+        issuer, subject = identity.principal
         row = await self.store.decide_approval(
-            rid, "approved" if approve else "denied", decided_by=identity.subject,
+            rid, "approved" if approve else "denied", decided_by=subject,
+            decided_by_issuer=issuer,
             reason=reason, scope=scope if approve else "once", grant_until=grant_until,
             now=self.clock())
         if row is None:
             cur = await self.store.get_approval(rid)
             raise ApprovalError(409, f"request {rid} is already "
                                      f"{cur['status'] if cur else 'gone'}")
-        if grant_until is not None:
-            await self.store.add_grant(subject=row["requester"], connection=row["connection"],
-                                       rule=row["rule"], until=grant_until, approval_id=rid)
-            self._grants[(row["requester"], row["connection"], row["rule"])] = grant_until
+        if grant_until is not None and row.get("requester_issuer") is not None:
+            # (a request stored before issuers were recorded gets no window: whose it would
+            # be cannot be told)
+            await self.store.add_grant(subject=row["requester"], issuer=row["requester_issuer"],
+                                       connection=row["connection"], rule=row["rule"],
+                                       until=grant_until, approval_id=rid)
+            key = (row["requester_issuer"], row["requester"], row["connection"], row["rule"])
+            self._grants[key] = grant_until
         event(log, "approval request decided", request=rid, status=row["status"],
-              decided_by=identity.subject, scope=row.get("scope"))
+              decided_by=subject, decided_by_issuer=issuer, scope=row.get("scope"))
         held_here = rid in self._held
         self._apply(row)
         if not held_here or grant_until is not None:
@@ -332,7 +356,9 @@ class ApprovalManager:
         now = self.clock()
         grants = {}
         for g in await self.store.active_grants(now):
-            key = (g["subject"], g["connection"], g["rule"])
+            if g.get("issuer") is None:
+                continue            # stored before issuers were recorded: whose is unknown
+            key = (g["issuer"], g["subject"], g["connection"], g["rule"])
             grants[key] = max(grants.get(key, 0.0), g["until"])
         self._grants = grants
         self._grants_at = now

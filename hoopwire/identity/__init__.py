@@ -24,7 +24,7 @@ MAX_TOKEN_LENGTH = 16384
 AUTH_REASONS = frozenset({
     "malformed", "expired", "not_yet_valid", "bad_issuer", "bad_audience", "bad_signature",
     "bad_algorithm", "unknown_kid", "unknown_api_key", "jwks_unavailable", "missing_claim",
-    "no_issuer",
+    "no_issuer", "lifetime_too_long", "wrong_use",
 })
 
 
@@ -38,6 +38,13 @@ class Identity:
     issuer: str | None        # the JWT issuer; None for API keys
     token_id: str | None      # the JWT's jti (or None), or the API key's configured name
     expires_at: float | None  # unix time; None for API keys
+
+    @property
+    def principal(self) -> tuple[str, str]:
+        """Who this is, as (issuer, subject): a subject means nothing without its issuer (two
+        issuers may both mint "agent-7"). API keys have the issuer "" (no JWT issuer may be
+        empty, config.py), so "apikey:x" of an API key is never a JWT subject "apikey:x"."""
+        return (self.issuer or "", self.subject)
 
 
 class AuthError(Exception):
@@ -70,15 +77,35 @@ class Authenticator:
         self._api_keys = ApiKeyStore(cfg.api_keys)
         self._jwks = JwksCache(cfg.issuers)
         self._jwt = JwtVerifier(cfg.issuers, self._jwks)
+        # Fetch every key set now, not at the first token: after a reload this is when a
+        # broken source shows (logged, counted, degraded_issuers()), while the keys the last
+        # configuration fetched stay in use (jwks.py).
+        self._jwks.prefetch()
 
-    async def authenticate(self, token: str) -> Identity:
+    async def authenticate(self, token: str, *, admin_audience: str | None = None) -> Identity:
+        """The identity a token stands for; AuthError when refused.
+
+        With `admin_audience` (the admin API) a JWT must carry that audience instead of its
+        issuer's, and only API keys configured with `use = "admin"` pass; without it (the data
+        path) the issuer's audience and `use = "database"` keys.
+        """
         if not isinstance(token, str) or not token:
             raise AuthError("malformed", "empty token")
         if len(token) > MAX_TOKEN_LENGTH:
             raise AuthError("malformed", f"token longer than {MAX_TOKEN_LENGTH} characters")
+        if token != token.strip():
+            # A key pasted with a newline or a space is not the key; accepting it would make
+            # two different strings the same credential.
+            raise AuthError("malformed", "the token has surrounding whitespace")
         if looks_like_jwt(token):
-            return await self._jwt.verify(token)
-        return self._api_keys.lookup(token)
+            return await self._jwt.verify(token, admin_audience=admin_audience)
+        return self._api_keys.lookup(token, "admin" if admin_audience is not None else "database")
+
+    def degraded_issuers(self) -> list[str]:
+        """Issuers whose key source failed at its latest fetch: they run on the last good keys
+        (or, never fetched, on none). For /readyz and operators; [] when all is well."""
+        return sorted(i.issuer for i in self._cfg.issuers
+                      if i.jwks_uri is not None and self._jwks.degraded(i.jwks_uri))
 
     async def close(self) -> None:
         await self._jwks.close()

@@ -24,7 +24,7 @@ class ApiKeyStore:
             if len(k.sha256) != 32:
                 raise ValueError(f"api key {k.name!r}: sha256 must be 32 raw bytes")
 
-    def lookup(self, token: str) -> Identity:
+    def lookup(self, token: str, use: str = "database") -> Identity:
         try:
             digest = hashlib.sha256(token.encode("utf-8")).digest()
         except UnicodeEncodeError:
@@ -36,5 +36,8 @@ class ApiKeyStore:
                 found = key
         if found is None:
             raise AuthError("unknown_api_key", "no configured API key matches")
+        if found.use != use:
+            # a key for the database is no admin credential, and the other way round
+            raise AuthError("wrong_use", f"API key {found.name!r} is for use = {found.use!r}")
         return Identity(subject=f"apikey:{found.name}", groups=frozenset(found.groups),
                         method="api_key", issuer=None, token_id=found.name, expires_at=None)

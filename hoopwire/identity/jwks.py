@@ -10,6 +10,13 @@ When a refetch fails the previous key set stays in use (with a warning): an iden
 blip must not lock every client out. With no key set at all, tokens fail with
 `jwks_unavailable`.
 
+The last good key set of every URI is also kept per process (`_LAST_GOOD`), outside any one
+cache: a reload builds a new Authenticator and cache, and a new cache starts from these keys
+(stale, so it refetches at once). A source that is broken at reload time then leaves its
+issuer on the keys it had -- logged, counted (hoopwire_jwks_fetch_failures_total, and
+hoopwire_jwks_degraded at 1) and reported by `degraded()` -- instead of refusing all of its
+users, admins included.
+
 Only asymmetric keys are kept. A JWKS is public, so an `oct` (shared secret) key in it is not a
 secret; HS* tokens are verified with the issuer's configured shared secret only (jwt.py).
 """
@@ -30,6 +37,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt import PyJWK
 
+from hoopwire import metrics
 from hoopwire.config import IssuerConfig
 from hoopwire.identity import AuthError
 
@@ -58,6 +66,11 @@ _LOADER_ALG = {("EC", "P-256"): "ES256", ("EC", "P-384"): "ES384", ("EC", "P-521
                ("OKP", "Ed25519"): "EdDSA", ("OKP", "Ed448"): "EdDSA"}
 _PRIVATE = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
             ed448.Ed448PrivateKey)
+
+
+# jwks_uri -> the last key set fetched from it by any cache of this process. Key sets are public
+# keys, so keeping them past a reload leaks nothing; they are replaced by the next good fetch.
+_LAST_GOOD: dict[str, tuple[JwkEntry, ...]] = {}
 
 
 class JwksFetchError(Exception):
@@ -169,10 +182,11 @@ class _Source:
         self.ttl = ttl
         self.interval = interval
         self.keys: tuple[JwkEntry, ...] | None = None
-        self.fetched_at = 0.0                  # clock() of the last successful fetch
+        self.fetched_at: float | None = None    # clock() of the last successful fetch
         self.last_attempt: float | None = None  # clock() of the last fetch started
         self.attempts = 0
         self.inflight: asyncio.Task | None = None
+        self.failing = False                   # the latest fetch failed
 
     def may_fetch(self, now: float) -> bool:
         if self.last_attempt is None:
@@ -199,11 +213,31 @@ class JwksCache:
                 continue
             src = self._sources.get(iss.jwks_uri)
             if src is None:
-                self._sources[iss.jwks_uri] = _Source(iss.jwks_uri, iss.jwks_cache_ttl,
-                                                      iss.jwks_refetch_interval)
+                src = self._sources[iss.jwks_uri] = _Source(iss.jwks_uri, iss.jwks_cache_ttl,
+                                                            iss.jwks_refetch_interval)
+                # Keys an earlier configuration fetched: used while a refetch fails. fetched_at
+                # stays None, so the first use (or prefetch) fetches anew.
+                src.keys = _LAST_GOOD.get(iss.jwks_uri)
             else:
                 src.ttl = min(src.ttl, iss.jwks_cache_ttl)
                 src.interval = min(src.interval, iss.jwks_refetch_interval)
+
+    def prefetch(self) -> None:
+        """Start fetching every source now (a no-op outside a running event loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for src in self._sources.values():
+            if src.inflight is None and src.may_fetch(self._clock()):
+                src.last_attempt = self._clock()
+                src.attempts += 1
+                src.inflight = asyncio.ensure_future(self._fetch_into(src))
+
+    def degraded(self, uri: str) -> bool:
+        """Whether the latest fetch of `uri` failed (its issuer runs on old keys, or none)."""
+        src = self._sources.get(uri)
+        return src is not None and src.failing
 
     def fetch_attempts(self, uri: str) -> int:
         """How many times `uri` has been fetched (for metrics and tests)."""
@@ -216,7 +250,7 @@ class JwksCache:
         if src is None:
             # Only issuers passed to the constructor have sources; anything else is a bug.
             raise AuthError("jwks_unavailable", f"no JWKS source for {_display(uri)}")
-        if src.keys is None or self._clock() - src.fetched_at >= src.ttl:
+        if src.fetched_at is None or self._clock() - src.fetched_at >= src.ttl:
             await self._refresh(src)
         if src.keys is None:
             raise AuthError("jwks_unavailable", f"cannot fetch the JWKS from {_display(uri)}")
@@ -264,15 +298,27 @@ class JwksCache:
                 log.warning("JWKS %s holds no usable signature keys", _display(src.uri))
             src.keys = keys
             src.fetched_at = self._clock()
+            _LAST_GOOD[src.uri] = keys
+            if src.failing:
+                log.warning("JWKS %s: fetched again; using the new keys", _display(src.uri))
+            src.failing = False
+            metrics.JWKS_DEGRADED.labels(_display(src.uri)).set(0)
         finally:
             src.inflight = None
 
     def _fetch_failed(self, src: _Source, why: str) -> None:
-        if src.keys is not None:
+        src.failing = True
+        where = _display(src.uri)
+        metrics.JWKS_FETCH_FAILURES.labels(where).inc()
+        metrics.JWKS_DEGRADED.labels(where).set(1)
+        if src.keys is not None and src.fetched_at is None:
+            log.warning("JWKS %s: fetch failed (%s); keeping the last good keys from before "
+                        "the reload", where, why)
+        elif src.keys is not None:
             log.warning("JWKS %s: refetch failed (%s); still using the copy fetched %.0fs ago",
-                        _display(src.uri), why, self._clock() - src.fetched_at)
+                        where, why, self._clock() - src.fetched_at)
         else:
-            log.warning("JWKS %s: cannot fetch (%s)", _display(src.uri), why)
+            log.warning("JWKS %s: cannot fetch (%s)", where, why)
 
     async def _load(self, uri: str) -> tuple[JwkEntry, ...]:
         if uri.startswith("file://"):

@@ -54,13 +54,13 @@ def looks_like_jwt(token: str) -> bool:
 
 
 def claim_at(claims: dict, path: str) -> Any:
-    """The claim at a dotted path ("realm_access.roles"); None when absent.
+    """The claim at a dotted path ("realm_access.roles" is claims["realm_access"]["roles"]);
+    None when absent.
 
-    A top-level claim whose name is the whole path wins: namespaced claims such as
-    "https://example.com/groups" contain dots themselves.
+    One reading only: a top-level claim literally named "realm_access.roles" is never looked
+    at. Were it preferred, whoever can add a claim to a token (a client-controlled field an
+    IdP copies in) could shadow the groups the IdP put at the nested path.
     """
-    if path in claims:
-        return claims[path]
     value: Any = claims
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -90,9 +90,9 @@ class JwtVerifier:
                 raise ValueError(f"issuer {iss.issuer!r} has no audience")
             self._issuers.setdefault(iss.issuer, iss)  # the first of duplicates wins
 
-    async def verify(self, token: str) -> Identity:
+    async def verify(self, token: str, *, admin_audience: str | None = None) -> Identity:
         try:
-            return await self._verify(token)
+            return await self._verify(token, admin_audience)
         except AuthError as e:
             # Details are built from our own words and pyjwt's messages; make sure neither
             # can ever carry the token (or a piece of it) into a log line.
@@ -101,7 +101,7 @@ class JwtVerifier:
                 raise AuthError(e.reason, clean) from None
             raise
 
-    async def _verify(self, token: str) -> Identity:
+    async def _verify(self, token: str, admin_audience: str | None) -> Identity:
         if not looks_like_jwt(token):
             raise AuthError("malformed", "not three base64url segments")
         header_b64, payload_b64, _ = token.split(".")
@@ -128,12 +128,17 @@ class JwtVerifier:
                             f"{_short(alg)} is not among the algorithms allowed for {cfg.issuer}")
 
         key = await self._key(cfg, header, alg)
+        audience = [admin_audience] if admin_audience is not None else list(cfg.audience)
+        require = ["exp", "iss"]
+        if cfg.max_token_lifetime is not None:
+            require.append("iat")
         try:
             claims = pyjwt.decode(
-                token, key, algorithms=[alg], audience=list(cfg.audience), issuer=cfg.issuer,
-                leeway=cfg.leeway, options={"require": ["exp", "iss"]})
+                token, key, algorithms=[alg], audience=audience, issuer=cfg.issuer,
+                leeway=cfg.leeway, options={"require": require})
         except (pyjwt.PyJWTError, TypeError, ValueError) as e:
-            raise _map_error(e, cfg, unverified) from None
+            raise _map_error(e, cfg, unverified, audience) from None
+        _check_lifetime(cfg, claims)
         return _identity(cfg, claims)
 
     async def _key(self, cfg: IssuerConfig, header: dict, alg: str) -> Any:
@@ -150,6 +155,21 @@ class JwtVerifier:
         return await self._jwks.key_for(cfg.jwks_uri, kid, alg)
 
 
+def _check_lifetime(cfg: IssuerConfig, claims: dict) -> None:
+    """exp - iat within the issuer's max_token_lifetime: a leaked long-lived token is the
+    kind that outlives its holder's rights."""
+    limit = cfg.max_token_lifetime
+    if limit is None:
+        return
+    try:
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise AuthError("malformed", "exp or iat is not a number") from None
+    if not lifetime <= limit:   # NaN-proof
+        raise AuthError("lifetime_too_long", f"exp - iat is {lifetime:.0f}s, more than the "
+                                             f"{limit:g}s allowed for {cfg.issuer}")
+
+
 def _identity(cfg: IssuerConfig, claims: dict) -> Identity:
     subject = claim_at(claims, cfg.subject_claim)
     if not isinstance(subject, str) or not subject:
@@ -159,12 +179,19 @@ def _identity(cfg: IssuerConfig, claims: dict) -> Identity:
         expires_at = float(claims["exp"])
     except (TypeError, ValueError, OverflowError):
         raise AuthError("malformed", "the exp claim is not a number") from None
-    return Identity(subject=subject, groups=groups_from(claim_at(claims, cfg.groups_claim)),
+    groups = groups_from(claim_at(claims, cfg.groups_claim))
+    if cfg.allowed_groups is not None:
+        # An issuer grants only what it is trusted for: a service's HS256 issuer minting
+        # "platform" must not make an admin. The rest are dropped, not refused: the token
+        # is still who it says, just without the groups its issuer may not hand out.
+        groups = groups & frozenset(cfg.allowed_groups)
+    return Identity(subject=subject, groups=groups,
                     method="jwt", issuer=cfg.issuer,
                     token_id=jti if isinstance(jti, str) else None, expires_at=expires_at)
 
 
-def _map_error(e: Exception, cfg: IssuerConfig, unverified: dict) -> AuthError:
+def _map_error(e: Exception, cfg: IssuerConfig, unverified: dict,
+               audience: list[str]) -> AuthError:
     for cls, reason in _ERRORS:
         if isinstance(e, cls):
             break
@@ -175,11 +202,13 @@ def _map_error(e: Exception, cfg: IssuerConfig, unverified: dict) -> AuthError:
     elif reason == "not_yet_valid":
         detail = f"nbf/iat is in the future (leeway {cfg.leeway:g}s)"
     elif reason == "bad_audience":
-        detail = f"aud {_short(unverified.get('aud'))} is none of {list(cfg.audience)}"
+        detail = f"aud {_short(unverified.get('aud'))} is none of {audience}"
     elif reason == "missing_claim":
-        detail = f"no {getattr(e, 'claim', '?')!r} claim"
+        detail = f"no {_short(getattr(e, 'claim', '?'))} claim"
     else:
-        detail = f"{type(e).__name__}: {e}"
+        # Only the exception's type: pyjwt's text quotes the unverified token (an unknown
+        # `crit` entry, a bad header value) -- anyone, with no key, could write it into the log.
+        detail = f"{type(e).__name__} from the JWT library"
     return AuthError(reason, detail)
 
 

@@ -27,7 +27,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from hoopwire.config import StateConfig
 from hoopwire.logs import event
-from hoopwire.state.store import Store, StoreError, _ConnectionLost, schema_ddl
+from hoopwire.state.store import (Store, StoreError, _ConnectionLost, added_column_ddl,
+                                  schema_ddl)
 
 __all__ = ["PostgresStore", "open_postgres"]
 
@@ -65,6 +66,9 @@ async def _create_schema(conn: psycopg.AsyncConnection) -> None:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         for ddl in schema_ddl(_TYPES):
+            await conn.execute(ddl)
+        # a database set up by an older version: add the columns it lacks
+        for ddl in added_column_ddl(_TYPES, if_not_exists=True):
             await conn.execute(ddl)
 
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from hoopwire.config import StateConfig
-from hoopwire.state.store import Store, StoreError, schema_ddl
+from hoopwire.state.store import Store, StoreError, added_column_ddl, schema_ddl
 
 __all__ = ["SqliteStore", "open_sqlite", "sqlite_path"]
 
@@ -70,6 +70,11 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for ddl in schema_ddl(_TYPES):
+                conn.execute(ddl)
+            # a file made by an older version: add the columns it lacks (SQLite has no
+            # ADD COLUMN IF NOT EXISTS, so ask the table what it has)
+            for ddl in added_column_ddl(_TYPES, lambda t: {
+                    r[1] for r in conn.execute(f"PRAGMA table_info({t})").fetchall()}):
                 conn.execute(ddl)
             conn.execute("COMMIT")
         except BaseException:

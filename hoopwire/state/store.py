@@ -63,6 +63,9 @@ APPROVAL_COLS = _cols(
     _Col("expires_at", "float"),
     _Col("decided_at", "float", None, False),
     _Col("requester", "text"),
+    # the requester's issuer ("" for an API key): with `requester`, who asked. None only in rows
+    # stored before the column existed.
+    _Col("requester_issuer", "text", None, False),
     _Col("requester_groups", "json", ()),
     _Col("token_id", "text", None, False),
     _Col("connection", "text"),
@@ -73,6 +76,7 @@ APPROVAL_COLS = _cols(
     _Col("approvers", "json", ()),
     _Col("reason_required", "bool", False),
     _Col("decided_by", "text", None, False),
+    _Col("decided_by_issuer", "text", None, False),
     _Col("reason", "text", None, False),
     _Col("scope", "text", "once"),
     _Col("grant_until", "float", None, False),
@@ -81,6 +85,9 @@ APPROVAL_COLS = _cols(
 
 GRANT_COLS = _cols(
     _Col("subject", "text"),
+    # None only in grants stored before the column existed: whose they were cannot be told,
+    # so they match nobody (ApprovalManager)
+    _Col("issuer", "text", None, False),
     _Col("connection", "text"),
     _Col("rule", "text"),
     _Col("until", "float"),
@@ -90,6 +97,7 @@ GRANT_COLS = _cols(
 SESSION_COLS = _cols(
     _Col("id", "text"),
     _Col("subject", "text"),
+    _Col("issuer", "text", None, False),   # "" for API keys; None when the writer gave none
     _Col("groups", "json", ()),
     _Col("token_id", "text", None, False),
     _Col("method", "text"),
@@ -129,6 +137,16 @@ TABLES: dict[str, tuple[tuple[_Col, ...], tuple[str, ...]]] = {
     "hoopwire_statements": (STATEMENT_COLS, ("session_id", "seq")),
 }
 
+# Columns added after a table was first released, (table, column): CREATE TABLE IF NOT EXISTS
+# leaves an existing table as it is, so each backend adds these where missing (nullable, no
+# default: old rows read None).
+ADDED_COLUMNS = (
+    ("hoopwire_approvals", "requester_issuer"),
+    ("hoopwire_approvals", "decided_by_issuer"),
+    ("hoopwire_grants", "issuer"),
+    ("hoopwire_sessions", "issuer"),
+)
+
 # (index name, table, columns): one per list query, so none of them scans a grown audit index.
 INDEXES = (
     ("hoopwire_approvals_created", "hoopwire_approvals", ("created_at",)),
@@ -161,6 +179,21 @@ def schema_ddl(sql_types: dict[str, str]) -> list[str]:
         out.append(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(defs)})")
     for name, table, columns in INDEXES:
         out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(q(c) for c in columns)})")
+    return out
+
+
+def added_column_ddl(sql_types: dict[str, str], existing: Callable[[str], set[str]] | None = None,
+                     if_not_exists: bool = False) -> list[str]:
+    """ALTER TABLE ... ADD COLUMN for ADDED_COLUMNS: those missing from `existing(table)` (the
+    table's column names), or all of them with IF NOT EXISTS where the backend has it."""
+    out = []
+    for table, name in ADDED_COLUMNS:
+        if existing is not None and name in existing(table):
+            continue
+        col = next(c for c in TABLES[table][0] if c.name == name)
+        assert not col.not_null, "an added column must be nullable: old rows have no value"
+        out.append(f"ALTER TABLE {table} ADD COLUMN {'IF NOT EXISTS ' if if_not_exists else ''}"
+                   f"{q(name)} {sql_types[col.kind]}")
     return out
 
 
@@ -215,7 +248,8 @@ _INSERT_APPROVAL = f"INSERT INTO {_A} ({_A_COLS}) VALUES ({_A_PARAMS}) ON CONFLI
 _GET_APPROVAL = f"SELECT {_A_COLS} FROM {_A} WHERE id = ?"
 # The compare-and-set: only a row still pending changes, so of two replicas deciding at once
 # exactly one gets a row back.
-_DECIDE = (f"UPDATE {_A} SET status = ?, decided_at = ?, decided_by = ?, reason = ?, scope = ?,"
+_DECIDE = (f"UPDATE {_A} SET status = ?, decided_at = ?, decided_by = ?, decided_by_issuer = ?,"
+           f" reason = ?, scope = ?,"
            f" grant_until = ? WHERE id = ? AND status = 'pending' RETURNING {_A_COLS}")
 _EXPIRE = (f"UPDATE {_A} SET status = 'expired', decided_at = ?"
            f" WHERE status = 'pending' AND expires_at <= ? RETURNING {_A_COLS}")
@@ -223,8 +257,8 @@ _ABANDON = (f"UPDATE {_A} SET status = 'abandoned', decided_at = ?"
             f" WHERE status = 'pending' AND gateway_id = ?")
 
 _G = "hoopwire_grants"
-_INSERT_GRANT = (f"INSERT INTO {_G} ({_names(GRANT_COLS)}) VALUES (?, ?, ?, ?, ?)"
-                 f" ON CONFLICT DO NOTHING")
+_INSERT_GRANT = (f"INSERT INTO {_G} ({_names(GRANT_COLS)})"
+                 f" VALUES ({', '.join('?' * len(GRANT_COLS))}) ON CONFLICT DO NOTHING")
 _ACTIVE_GRANTS = f"SELECT {_names(GRANT_COLS)} FROM {_G} WHERE {q('until')} > ? ORDER BY {q('until')}"
 
 _S = "hoopwire_sessions"
@@ -311,30 +345,42 @@ class Store(abc.ABC):
         rows = await self._fetch(_GET_APPROVAL, (id,))
         return decode(APPROVAL_COLS, rows[0]) if rows else None
 
-    async def list_approvals(self, status: str | None = None, limit: int = 100) -> list[dict]:
-        """Newest (by created_at) first."""
+    async def list_approvals(self, status: str | None = None, limit: int = 100, *,
+                             connections: Iterable[str] | None = None) -> list[dict]:
+        """Newest (by created_at) first; with `connections`, only requests of those (an empty
+        set: none)."""
         limit = _check_limit(limit)
-        if status is None:
-            rows = await self._fetch(
-                f"SELECT {_A_COLS} FROM {_A} ORDER BY created_at DESC, id DESC LIMIT ?", (limit,))
-        else:
+        where, params = [], []
+        if status is not None:
             _check_choice(status, APPROVAL_STATUSES, "status")
-            rows = await self._fetch(
-                f"SELECT {_A_COLS} FROM {_A} WHERE status = ? ORDER BY created_at DESC, id DESC"
-                f" LIMIT ?", (status, limit))
+            where.append("status = ?")
+            params.append(status)
+        if connections is not None:
+            names = sorted(set(connections))
+            if not names:
+                return []
+            if len(names) > _IN_CHUNK:
+                raise ValueError(f"at most {_IN_CHUNK} connections")
+            where.append(f"{q('connection')} IN ({', '.join('?' * len(names))})")
+            params += names
+        params.append(limit)
+        rows = await self._fetch(
+            f"SELECT {_A_COLS} FROM {_A}{' WHERE ' + ' AND '.join(where) if where else ''}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ?", params)
         return [decode(APPROVAL_COLS, r) for r in rows]
 
     async def decide_approval(self, id: str, status: str, *, decided_by: str | None,
                               reason: str | None, scope: str = "once",
                               grant_until: float | None = None,
-                              now: float | None = None) -> dict | None:
+                              now: float | None = None,
+                              decided_by_issuer: str | None = None) -> dict | None:
         """Move a pending approval to `status`. Returns the updated row, or None when it was not
         pending (already decided elsewhere, expired) or does not exist."""
         _check_choice(status, DECIDED_STATUSES, "status")
         _check_choice(scope, SCOPES, "scope")
         now = time.time() if now is None else float(now)
         grant_until = None if grant_until is None else float(grant_until)
-        params = (status, now, decided_by, reason, scope, grant_until, id)
+        params = (status, now, decided_by, decided_by_issuer, reason, scope, grant_until, id)
         try:
             rows = await self._fetch(_DECIDE, params, retry=False)
         except _ConnectionLost:
@@ -392,10 +438,11 @@ class Store(abc.ABC):
     # -- grants -----------------------------------------------------------------------------------
 
     async def add_grant(self, *, subject: str, connection: str, rule: str, until: float,
-                        approval_id: str) -> None:
-        """A time-window grant: `subject` may run what `rule` holds for approval on `connection`
-        until `until`. Adding the same grant twice is harmless."""
-        params = encode(GRANT_COLS, {"subject": subject, "connection": connection, "rule": rule,
+                        approval_id: str, issuer: str | None = None) -> None:
+        """A time-window grant: the identity (`issuer`, `subject`) may run what `rule` holds
+        for approval on `connection` until `until`. Adding the same grant twice is harmless."""
+        params = encode(GRANT_COLS, {"subject": subject, "issuer": issuer,
+                                     "connection": connection, "rule": rule,
                                      "until": until, "approval_id": approval_id}, "grant")
         await self._execute(_INSERT_GRANT, params)
 
@@ -421,13 +468,17 @@ class Store(abc.ABC):
             await self._transaction([(_INSERT_STATEMENT, params)])
 
     async def list_sessions(self, *, identity: str | None = None, connection: str | None = None,
-                            since: float | None = None, limit: int = 100) -> list[dict]:
-        """Newest (by started_at) first. `identity` matches the subject exactly; `since` keeps
-        sessions that started at or after it."""
+                            since: float | None = None, limit: int = 100,
+                            issuer: str | None = None) -> list[dict]:
+        """Newest (by started_at) first. `identity` matches the subject exactly, `issuer` the
+        issuer ("" for API keys); `since` keeps sessions that started at or after it."""
         where, params = [], []
         if identity is not None:
             where.append("subject = ?")
             params.append(identity)
+        if issuer is not None:
+            where.append("issuer = ?")
+            params.append(issuer)
         if connection is not None:
             where.append(f"{q('connection')} = ?")
             params.append(connection)
