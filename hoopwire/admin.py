@@ -131,6 +131,15 @@ class AdminServer:
             return web.json_response(
                 {"ready": False, "reason": "audit log unwritable: statements are refused "
                                            "(on_write_failure = fail-closed)"}, status=503)
+        # An issuer whose key source failed still logs its users in with the last good keys:
+        # ready, and said so (a 503 would take every replica out when the identity provider
+        # is down, which is when the last good keys matter)
+        auth = getattr(self.gateway, "authenticator", None)
+        degraded = auth.degraded_issuers() if auth is not None else []
+        if degraded:
+            return web.json_response({"ready": True, "degraded": {
+                "issuers": degraded, "reason": "key source unreachable: running on the last "
+                                               "good keys"}})
         return web.json_response({"ready": True})
 
     # -- API: authentication and authorisation ---------------------------------------------------

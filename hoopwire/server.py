@@ -209,6 +209,15 @@ class Gateway:
         event(log, "configuration reloaded", path=new.path)
         return []
 
+    async def reload_control(self, new: Config) -> None:
+        """The --workers parent's share of a reload: its admin API authenticates and scopes
+        by the new identity and admin settings (the workers reload their own)."""
+        from hoopwire.identity import Authenticator
+        old_auth = self.authenticator
+        self.authenticator = Authenticator(new.identity)
+        self.config = new
+        await old_auth.close()
+
     async def stop(self) -> None:
         self.ready = False
         if self.approvals is not None:
@@ -371,6 +380,7 @@ class _Supervisor:
         self.stopping: asyncio.Event | None = None
         self.exited: asyncio.Event | None = None
         self.failed = False
+        self.ctl: Gateway | None = None     # the parent's control objects (admin API)
 
     # -- processes -------------------------------------------------------------------------------
 
@@ -577,6 +587,10 @@ class _Supervisor:
         # replacements start with what their siblings now run
         self.config = new
         self.generation += 1
+        if self.ctl is not None:
+            # the admin API served here takes the new identity and admin settings too (it
+            # kept the start-up ones: a removed admin key still listed sessions)
+            self.loop.create_task(self.ctl.reload_control(new))
         for slot in self.slots:
             if slot.pid is not None and slot.ready_at is not None:
                 os.kill(slot.pid, signal.SIGHUP)
@@ -598,6 +612,7 @@ class _Supervisor:
         # The parent serves the admin API: it decides approvals through the shared store, and
         # the worker holding a statement finds the decision there.
         ctl = Gateway(self.config, workers=self.workers, serve_admin=False, serve_data=False)
+        self.ctl = ctl
         ctl.gateway_id = gateway_id("parent")
         ctl.reload_hook = self.reload
         admin = None

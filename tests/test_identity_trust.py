@@ -296,6 +296,10 @@ def test_reload_keeps_last_good_keys_of_a_broken_jwks(pg, idp, tmp_path):
                          text, re.M), text
         assert re.search(r'^hoopwire_jwks_fetch_failures_total\{source="file://[^"]*"\} [1-9]',
                          text, re.M), text
+        # /readyz stays ready (every replica would leave the pool when the IdP is down) and
+        # names the issuer running on old keys
+        ready = json.loads(urllib.request.urlopen(gw.admin_url + "/readyz", timeout=10).read())
+        assert ready["ready"] is True and ready["degraded"]["issuers"] == [idp.issuer], ready
 
 
 def test_degraded_issuers_after_a_failed_refetch(idp, tmp_path):
@@ -398,6 +402,9 @@ def test_api_keys_have_one_use_and_no_slack(aud_gw):
     # the key with whitespace around it is not the key
     for raw in (f"Bearer  {ADMIN_KEY}", f"Bearer \t{ADMIN_KEY}"):
         assert api(aud_gw, "GET", "/api/v1/sessions", None, raw_auth=raw)[0] == 401, repr(raw)
+    # ... on the database path too (the password was stripped there)
+    for padded in (" " + DB_KEY, DB_KEY + "\n", "\t" + DB_KEY):
+        assert not connects(aud_gw, padded), repr(padded)
 
 
 def test_authenticator_refuses_surrounding_whitespace(idp):

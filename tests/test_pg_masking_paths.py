@@ -7,8 +7,7 @@ with the same statement through a masking gateway that reads the server's replie
 come: a masked value must never reach the client in clear, and everything else must arrive
 exactly as the server sent it.
 
-One test is marked xfail(strict=True): it asserts the correct behaviour that a product bug
-breaks today (cancelling a statement held for approval).
+Cancelling a statement held for approval answers it with 57014 and cancels its request.
 
 Timing: tests wait for events (a reload's log line, a request listed by the admin API, a
 thread finished); the deadlines only bound how long a hang takes to show.
@@ -556,9 +555,6 @@ def test_tls_with_masking_and_approvals(agw, pg, pki, ledger, tokens):
         assert c.pgconn.ssl_in_use
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: a CancelRequest for a session whose "
-                   "statement is held for approval is only forwarded to the idle upstream "
-                   "backend; the held statement stays held")
 def test_cancel_a_held_statement(agw, pg, ledger, tokens):
     with psycopg.connect(conninfo(agw, tokens["agent"]), autocommit=True) as c:
         with running(c, lambda conn: conn.execute(f"DELETE FROM {ledger} WHERE id = 1")) as t:

@@ -520,9 +520,6 @@ def test_webhook_approval_cancelled_when_the_client_leaves(hooked, pg, idp):
     assert count(pg, table) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: a CancelRequest for a session whose "
-                   "statement is held goes to the idle upstream backend and does nothing; the "
-                   "held statement stays pending (and runs if approved later)")
 def test_cancel_request_cancels_a_held_statement(hooked, pg, idp):
     g, rec, table = hooked
     dana = admin_token(idp, "dana", ["dba"])
@@ -916,9 +913,6 @@ def test_reload_under_workers_reaches_every_worker(pg, idp):
                 c.close()
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: under --workers the supervisor serves the "
-                   "admin API with the identity it started with; SIGHUP reloads only the "
-                   "workers, so a removed API key still authenticates to the admin API")
 def test_reload_under_workers_reaches_the_admin_api(pg, idp, tmp_path):
     ops_key, ops_entry = admin_key("ops", ["admins"])
     cfg = gateway_config(pg, idp)

@@ -203,16 +203,31 @@ class ApprovalManager:
                     held.timer.cancel()
                 self._spawn(self._cancel(rid))
 
-    async def _cancel(self, rid: str) -> None:
+    def client_cancelled(self, session, error: bytes) -> bool:
+        """The client sent a CancelRequest while a statement of its session was held: the
+        statement is answered with `error` (57014) in its place, as a cancel answers a running
+        one, and its request is cancelled (a later approval must not run what the client was
+        told is cancelled). Whether anything was held."""
+        found = False
+        for rid, held in list(self._held.items()):
+            if held.session is session:
+                self._held.pop(rid, None)
+                if held.timer is not None:
+                    held.timer.cancel()
+                held.relay.decide(False, error)
+                self._spawn(self._cancel(rid, "the client cancelled the statement"))
+                found = True
+        return found
+
+    async def _cancel(self, rid: str, reason: str = "the client disconnected") -> None:
         try:
             row = await self.store.decide_approval(rid, "cancelled", decided_by=None,
-                                                   reason="the client disconnected",
-                                                   now=self.clock())
+                                                   reason=reason, now=self.clock())
         except Exception as e:  # noqa: BLE001
             event(log, "cancelling a request failed", logging.WARNING, request=rid, error=str(e))
             return
         if row is not None:
-            event(log, "approval request cancelled", request=rid, reason="client disconnected")
+            event(log, "approval request cancelled", request=rid, reason=reason)
             self._publish("approval.cancelled", row)
 
     async def _expire(self, rid: str) -> None:

@@ -199,7 +199,8 @@ class Recorder:
         if getattr(s, "statements", None) is not None:
             self._logs[s.id] = s.statements
         ident = s.identity
-        self.append({"type": "session.start", "session": s.id, "subject": ident.subject,
+        self.append({"type": "session.start", "session": s.id,
+                     "issuer": ident.issuer or "", "subject": ident.subject,
                      "groups": sorted(ident.groups), "token_id": ident.token_id,
                      "method": ident.method, "connection": s.listener.name, "role": s.role,
                      "database": s.database, "client": s.peer, "tls": s.tls})
@@ -414,7 +415,8 @@ class Recorder:
 
     def _session_row(self, s) -> dict:
         ident = s.identity
-        return {"id": s.id, "subject": ident.subject, "groups": sorted(ident.groups),
+        return {"id": s.id, "issuer": ident.issuer or "", "subject": ident.subject,
+                "groups": sorted(ident.groups),
                 "token_id": ident.token_id, "method": ident.method, "connection": s.listener.name,
                 "role": s.role, "database": s.database, "client_addr": s.peer, "tls": s.tls,
                 "started_at": s.started, "ended_at": None, "bytes_in": 0, "bytes_out": 0,

@@ -441,7 +441,8 @@ class PgListener:
         kind, body = await m.read_message(reader, max_size=16 * 1024)
         if kind != b"p":
             raise m.ProtocolError(f"expected a password message, got message type {kind!r}")
-        token = body.rstrip(b"\0").decode("utf-8", "replace").strip()
+        # not stripped: a key or token with whitespace around it is refused, as on the admin API
+        token = body.rstrip(b"\0").decode("utf-8", "replace")
         try:
             identity = await self.gateway.authenticator.authenticate(token)
         except AuthError as e:
@@ -541,7 +542,7 @@ class PgListener:
         self.gateway.cancel_keys.register(cfg.name, up.pid, session.client_secret, session)
         metrics.CONNECTIONS_ACTIVE.labels(cfg.name).inc()
         event(log, "session started", connection=cfg.name, session=session.id, peer=peer,
-              subject=identity.subject, method=identity.method, role=role.name,
+              issuer=identity.issuer or "", subject=identity.subject, method=identity.method, role=role.name,
               upstream_user=role.user, database=database, tls="on" if tls else "off",
               upstream_tls="on" if up.tls else "off", backend_pid=up.pid)
         # Bytes either side sent ahead of the switch are handed to the relay first.
@@ -574,7 +575,7 @@ class PgListener:
                 continue
             metrics.STATEMENT_VERDICTS.labels(self.name, "block", verdict.rule).inc()
             event(log, "startup parameter blocked", logging.WARNING, connection=self.name,
-                  peer=peer, subject=identity.subject, rule=verdict.rule,
+                  peer=peer, issuer=identity.issuer or "", subject=identity.subject, rule=verdict.rule,
                   statement=self.gateway.mask_statement(setting))
             raise StartupRefused("blocked", "42501",
                                  f"startup parameter blocked by hoopwire rule \"{verdict.rule}\""
@@ -613,6 +614,15 @@ class PgListener:
                   connection=self.name, peer=peer, backend_pid=pid)
             metrics.CONNECTIONS_TOTAL.labels(self.name, "cancel_unknown").inc()
             return
+        approvals = self.gateway.approvals
+        if known is not None and known.relay is not None and known.relay.held and \
+                approvals is not None and approvals.client_cancelled(
+                    known, m.error_response("ERROR", "57014",
+                                            "canceling statement due to user request")):
+            # the held statement never reached the server: the cancel is answered here
+            event(log, "cancel of a held statement", connection=self.name, peer=peer,
+                  session=known.id)
+            return
         secret = keys.to_upstream(self.name, pid, client_secret)
         host, port = self.cfg.upstream
         try:
@@ -640,7 +650,7 @@ class PgListener:
         metrics.CONNECTIONS_ACTIVE.labels(self.name).dec()
         metrics.SESSIONS_CLOSED.labels(self.name, reason).inc()
         event(log, "session closed", connection=self.name, session=session.id,
-              subject=session.identity.subject, reason=reason,
+              issuer=session.identity.issuer or "", subject=session.identity.subject, reason=reason,
               seconds=round(time.time() - session.started, 3))
 
     def hold_statement(self, session: Session, relay: Relay, verdict, sql: bytes):
@@ -670,7 +680,8 @@ class PgListener:
             deny_error=deny_error, notice=None)
         if rid is None:
             event(log, "statement allowed by a standing approval grant", connection=self.name,
-                  session=session.id, subject=session.identity.subject, rule=verdict.rule)
+                  session=session.id, issuer=session.identity.issuer or "",
+                  subject=session.identity.subject, rule=verdict.rule)
             return None
         if self.gateway.recorder is not None:
             self.gateway.recorder.session_event(session, "approval.held", request=rid,
@@ -690,7 +701,8 @@ class PgListener:
                 statement=self.gateway.mask_statement(sql))
         event(log, "statement blocked" if action == "block" else "guardrail matched",
               logging.WARNING if action == "block" else logging.INFO,
-              connection=self.name, session=session.id, subject=session.identity.subject,
+              connection=self.name, session=session.id, issuer=session.identity.issuer or "",
+              subject=session.identity.subject,
               groups=",".join(sorted(session.identity.groups)), rule=verdict.rule,
               rules=",".join(verdict.matched), action=action,
               statement=self.gateway.mask_statement(sql))
