@@ -29,7 +29,8 @@ import time
 from typing import Any
 
 __all__ = ["free_port", "port_open", "wait_port", "to_toml", "Gateway", "GatewayError",
-           "Forwarder", "SMALL_PIECES", "REPO_ROOT", "APP_DB", "ITEMS", "psql", "psql_env"]
+           "Forwarder", "SMALL_PIECES", "REPO_ROOT", "APP_DB", "ITEMS", "psql", "psql_env",
+           "wait_until", "api", "wait_pending"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,6 +61,51 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"nothing accepts connections on {host}:{port} after {timeout} s")
         time.sleep(0.05)
+
+
+def wait_until(predicate, timeout: float, what: str = "condition", gw: "Gateway | None" = None,
+               interval: float = 0.05):
+    """Poll `predicate` until it returns something true, and return that. AssertionError after
+    `timeout` s, naming `what` (and the gateway's log tail when `gw` is given). The timeout is
+    a hang guard, never a speed claim: tests wait for the event itself through this."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s"
+                                 + (f"; log:\n{gw.log_text()[-4000:]}" if gw is not None else ""))
+        time.sleep(interval)
+
+
+def api(gw: "Gateway", method: str, path: str, token: str | None, body=None, *,
+        raw_auth: str | None = None) -> tuple[int, dict]:
+    """One admin API call as a client makes it: (HTTP status, JSON body). `raw_auth` sends that
+    Authorization header as it is (to try malformed ones)."""
+    import json
+    import urllib.error
+    import urllib.request
+    headers = {"Authorization": raw_auth if raw_auth is not None else f"Bearer {token}",
+               "Content-Type": "application/json"}
+    req = urllib.request.Request(gw.admin_url + path, method=method, headers=headers,
+                                 data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def wait_pending(gw: "Gateway", token: str, statement_part: str = "",
+                 timeout: float = 30.0) -> dict:
+    """The first pending approval request whose statement contains `statement_part`, as the
+    admin API lists it to `token`'s holder (the deadline is a hang guard)."""
+    def find():
+        status, body = api(gw, "GET", "/api/v1/approvals?status=pending", token)
+        assert status == 200, body
+        return next((a for a in body["approvals"] if statement_part in a["statement"]), None)
+    return wait_until(find, timeout, "a pending approval request")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,25 +31,11 @@ import psycopg
 import pytest
 
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import Gateway
+from helpers import Gateway, wait_until
 from hoopwire.audit import read_records
 
 ROOT_GROUPS = ["admins"]
 GW_ID = "gwtest"
-
-
-def wait_until(predicate, timeout: float, what: str, gw: Gateway | None = None):
-    """Poll `predicate` until it returns something true (returned); the timeout is a hang
-    guard, not a speed claim."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout} s"
-                                 + (f"; log:\n{gw.log_text()[-4000:]}" if gw else ""))
-        time.sleep(0.05)
 
 
 def cli(*args):

@@ -36,7 +36,7 @@ import psycopg
 import pytest
 
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import Gateway
+from helpers import Gateway, api
 from hoopwire.config import IdentityConfig, IssuerConfig
 from hoopwire.identity import Authenticator, AuthError
 from hoopwire.identity.devtoken import create_dev_key, mint_token
@@ -48,18 +48,6 @@ HS_SECRET = "etl-service-shared-secret-of-at-least-32-bytes"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-def api(gw, method, path, token, body=None, *, raw_auth=None):
-    headers = {"Authorization": raw_auth if raw_auth is not None else f"Bearer {token}",
-               "Content-Type": "application/json"}
-    req = urllib.request.Request(gw.admin_url + path, method=method, headers=headers,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
 
 def wait_pending(gw, token, table, *, timeout=30.0):
     deadline = time.monotonic() + timeout

@@ -24,7 +24,7 @@ import pytest
 
 import pgraw
 from gwfixtures import ADMIN_AUDIENCE, AUDIENCE, conninfo, gateway_config, gateway_env
-from helpers import Gateway
+from helpers import Gateway, api, wait_pending
 
 
 # Ten minutes to decide: long past any test's own deadlines, so a slow machine can never let a
@@ -69,30 +69,6 @@ def table(pg):
 
 def count(pg, table) -> int:
     return int(pg.sql(f"select count(*) from {table}", dbname="appdb"))
-
-
-def api(gw, method, path, token, body=None):
-    req = urllib.request.Request(gw.admin_url + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-def wait_pending(gw, token, *, statement_part="", timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, body = api(gw, "GET", "/api/v1/approvals?status=pending", token)
-        assert status == 200, body
-        for a in body["approvals"]:
-            if statement_part in a["statement"]:
-                return a
-        time.sleep(0.05)
-    raise AssertionError("no pending approval request appeared")
 
 
 def finish(t: threading.Thread, timeout: float = 60.0) -> None:

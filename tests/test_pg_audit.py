@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import APP_DB, SMALL_PIECES, Forwarder, Gateway
+from helpers import APP_DB, SMALL_PIECES, Forwarder, Gateway, wait_until
 from hoopwire.audit import read_records
 
 ROOT_GROUPS = ["admins"]
@@ -36,19 +36,6 @@ def audit_gateway(pg, idp, tmp, *, audit=None, **kw):
     cfg["audit"] = {"path": str(tmp / "audit"), "flush_interval": "50ms", **(audit or {})}
     cfg["state"] = {"url": f"sqlite:///{tmp}/state.db"}
     return Gateway(cfg, env=gateway_env(pg))
-
-
-def wait_until(predicate, timeout: float, what: str):
-    """Poll `predicate` until it returns something true (returned); AssertionError after
-    `timeout` s. The timeout is a hang guard, not a speed claim."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def records_of(path, kind: str) -> list[dict]:

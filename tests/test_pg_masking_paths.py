@@ -18,14 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import os
 import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import asyncpg
@@ -34,7 +31,7 @@ import pytest
 
 import pgraw
 from gwfixtures import ADMIN_AUDIENCE, conninfo, gateway_config, gateway_env
-from helpers import APP_DB, SMALL_PIECES, Forwarder, Gateway, psql
+from helpers import APP_DB, SMALL_PIECES, Forwarder, Gateway, api, psql, wait_pending
 
 SCHEMA = """
 SET ROLE app;
@@ -430,30 +427,6 @@ def tokens(idp):
     # the agent's token is for the data path; the approver's for the admin API (its audience)
     return {"agent": idp.token("agent-7", ["agents"]),
             "dana": idp.token("dana", ["dba"], audience=[idp.audience, ADMIN_AUDIENCE])}
-
-
-def api(gw, method, path, token, body=None):
-    req = urllib.request.Request(gw.admin_url + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-def wait_pending(gw, token, statement_part, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, body = api(gw, "GET", "/api/v1/approvals?status=pending", token)
-        assert status == 200, body
-        for a in body["approvals"]:
-            if statement_part in a["statement"]:
-                return a
-        time.sleep(0.05)
-    raise AssertionError("no pending approval request appeared")
 
 
 def wait_status(gw, token, rid, timeout=30.0) -> str:

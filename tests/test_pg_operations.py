@@ -34,7 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import pgraw
 from gwfixtures import ADMIN_AUDIENCE, conninfo, gateway_config, gateway_env
-from helpers import APP_DB, Gateway
+import helpers
+from helpers import APP_DB, Gateway, api
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,16 +48,7 @@ GUARD = 30.0
 
 
 def wait_until(predicate, what: str, timeout: float = GUARD):
-    """Poll `predicate` until it returns something true (returned). The timeout is a hang
-    guard, not a speed claim."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
+    return helpers.wait_until(predicate, timeout, what)
 
 
 def sample(gw: Gateway, name: str, **labels) -> float:
@@ -80,18 +72,6 @@ def admin_key(name: str, groups) -> tuple[str, dict]:
     key = f"{name}-" + uuid.uuid4().hex
     return key, {"name": name, "sha256": hashlib.sha256(key.encode()).hexdigest(),
                  "groups": list(groups), "use": "admin"}
-
-
-def api(gw: Gateway, method: str, path: str, token: str, body=None):
-    req = urllib.request.Request(gw.admin_url + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=GUARD) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
 
 
 def wait_pending(gw: Gateway, token: str, part: str) -> dict:

@@ -20,7 +20,7 @@ import pytest
 
 import pgraw
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import APP_DB, ITEMS, SMALL_PIECES, Forwarder, Gateway, psql
+from helpers import APP_DB, ITEMS, SMALL_PIECES, Forwarder, Gateway, psql, wait_until
 from hoopwire.audit import read_records, verify
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,14 +67,7 @@ def backends(pg, application_name: str) -> int:
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, what, interval=interval)
 
 
 def wait_active(pg, application_name: str, count: int = 1, timeout: float = 15.0) -> None:

@@ -21,22 +21,13 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import Gateway, GatewayError
+from helpers import Gateway, GatewayError, wait_until
 
 
 # ------------------------------------------------------------------------------------------------
 # processes and sockets, from the log and /proc
 
-def _wait(predicate, timeout: float, what: str, gw: Gateway | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}"
-                                 + (f"; log:\n{gw.log_text()}" if gw is not None else ""))
-        time.sleep(0.02)
+_wait = wait_until       # (predicate, timeout, what, gw)
 
 
 def started_workers(gw: Gateway) -> list[tuple[int, int]]:
