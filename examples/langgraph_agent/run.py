@@ -157,11 +157,14 @@ def main() -> int:
         print(f"PostgreSQL 127.0.0.1:{pg.port} (shop) <- hoopwire 127.0.0.1:{gw_port} "
               f"(admin API {admin})")
 
-        def token(subject: str, groups: list[str]) -> str:
-            return mint_token(key, issuer=ISSUER, audience=AUDIENCE, subject=subject,
+        def token(subject: str, groups: list[str], audience: str = AUDIENCE) -> str:
+            return mint_token(key, issuer=ISSUER, audience=audience, subject=subject,
                               groups=groups, ttl=900, kid="example")
 
-        agent_token, dana_token = token("agent-7", ["agents"]), token("dana", ["dba"])
+        # the approver's token is for the admin API, whose audience is its own
+        # ([admin] audience, "hoopwire-admin" by default): a database token is no admin token
+        agent_token = token("agent-7", ["agents"])
+        dana_token = token("dana", ["dba"], audience="hoopwire-admin")
         os.environ["HOOPWIRE_DSN"] = (f"host=127.0.0.1 port={gw_port} dbname=shop user=agent-7 "
                                       f"password={agent_token} sslmode=disable")
         print(f"agent's DSN: host=127.0.0.1 port={gw_port} dbname=shop user=agent-7 "
