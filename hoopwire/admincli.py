@@ -145,7 +145,7 @@ def _sessions_show(args) -> int:
     for st in data["statements"]:
         extra = f" error: {st['error']}" if st.get("error") else ""
         rows = f" rows={st['rows']}" if st.get("rows") is not None else ""
-        print(f"  #{st['seq']:<4} {st['verdict']:<6} {st.get('duration_ms') or 0:>9.3f} ms"
+        print(f"  #{st['seq']:<4} {st['verdict']:<7} {st.get('duration_ms') or 0:>9.3f} ms"
               f"{rows} masked={st.get('masked', 0)}  {st['statement']}{extra}")
     return 0
 
@@ -166,7 +166,7 @@ def _sessions_replay(args) -> int:
             print(f"[{_when(r['ts'])}] {r['subject']} connected to {r['connection']} "
                   f"as {r.get('role')} from {r.get('client')}")
         elif kind == "statement":
-            print(f"[{_when(ts)}] {r['verdict'].upper():<6} {r['statement']}")
+            print(f"[{_when(ts)}] {r['verdict'].upper():<7} {r['statement']}")
             if r.get("error"):
                 print(f"          error {r['error'].get('code')}: {r['error'].get('message')}")
             else:
