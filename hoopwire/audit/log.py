@@ -557,7 +557,15 @@ class _Writer:
         self._append([pending_from(note)])
         # The note must be durable before the segments it explains disappear.
         os.fsync(self.fd)
-        for seg in remove:
+        for seg in self._unlink(remove):
+            self.segments.remove(seg)
+        _fsync_dir(self.dir)
+
+    def _unlink(self, segs: list) -> list:
+        """Remove these segment files, oldest first, up to the first that cannot go (the next
+        pass retries it): the ones removed."""
+        gone = []
+        for seg in segs:
             try:
                 os.unlink(self._path(seg.name))
             except FileNotFoundError:
@@ -566,8 +574,8 @@ class _Writer:
                 log.warning("audit retention: cannot remove %s (%s); retrying later",
                             seg.name, e.strerror or e)
                 break
-            self.segments.remove(seg)
-        _fsync_dir(self.dir)
+            gone.append(seg)
+        return gone
 
     def _retain_dead(self, now: float, cutoff: float | None, cap: int | None, own: int) -> int:
         """Retention over the named chains whose writers are gone (their lock is free; held
@@ -622,17 +630,9 @@ class _Writer:
                         "oldest_kept_seq": segs[len(remove)].first_seq,
                         "oldest_kept_prev": segs[len(remove)].first_prev,
                         "ts": now, "gw": self.gw})
-                for seg in remove:
-                    try:
-                        os.unlink(self._path(seg.name))
-                    except FileNotFoundError:
-                        pass
-                    except OSError as e:
-                        log.warning("audit retention: cannot remove %s (%s); retrying later",
-                                    seg.name, e.strerror or e)
-                        whole = False
-                        break
-                    total -= seg.size
+                gone = self._unlink(remove)
+                total -= sum(seg.size for seg in gone)
+                whole = whole and len(gone) == len(remove)
                 if whole:
                     try:
                         os.unlink(self._path(lock_name(cid)))
