@@ -39,13 +39,17 @@ __all__ = ["Catalog", "CatalogError", "Source", "view_targets"]
 # Source column: (schema, table, column); None where the column is an expression.
 Source = Optional[tuple[str, str, str]]
 
-_ALL_COLUMNS = (
+_COLUMNS = (
     "SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, a.attnum, a.attname, "
     "a.atttypid::int8 FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
     "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND n.nspname NOT LIKE 'pg\\_toast%' "
-    "ORDER BY 1, 5")
+    "AND n.nspname {} ('pg_catalog', 'information_schema') ORDER BY 1, 5")
+# the user's relations, read again whenever the catalog is stale; the system catalogs (about
+# 3,000 columns, fixed at initdb) once per database, not at every DDL's reload
+_ALL_COLUMNS = _COLUMNS.format("NOT IN")
+_SYSTEM_COLUMNS = _COLUMNS.format("IN")
 
 _VIEW_RULES = (
     "SELECT r.ev_class::int8, r.ev_action::text FROM pg_catalog.pg_rewrite r "
@@ -174,6 +178,7 @@ class Catalog:
         self._answered = 0
         self._up = None
         self._lock = asyncio.Lock()
+        self._system: dict[int, Relation] | None = None    # pg_catalog, information_schema
 
     # -- what sessions ask, without waiting ------------------------------------------------
 
@@ -243,16 +248,13 @@ class Catalog:
             if self.fresh() and self._answered >= ticket:
                 return
             started = self._asked
+            if self._system is None:
+                self._system = _relations(await self._query(_SYSTEM_COLUMNS))
             rows = await self._query(_ALL_COLUMNS)
             views = await self._query(_VIEW_RULES)
             deps = await self._query(_VIEW_DEPS)
-            rels: dict[int, Relation] = {}
-            for oid_s, schema, name, kind, attnum, attname, typ in rows:
-                oid = int(oid_s)
-                rel = rels.get(oid)
-                if rel is None:
-                    rel = rels[oid] = Relation(oid, schema, name, kind)
-                rel.columns[int(attnum)] = (attname, int(typ))
+            rels = _relations(rows)
+            rels.update(self._system)
             # what was placed and the read still does not return stays placed
             for oid, rel in self.relations.items():
                 if rel.placeholder and oid not in rels:
@@ -311,6 +313,19 @@ class Catalog:
             except Exception:  # noqa: BLE001
                 pass
             self._up = None
+
+
+def _relations(rows) -> dict[int, "Relation"]:
+    """Relations from the column rows of a catalog read (oid, schema, name, kind, attnum,
+    attname, type)."""
+    rels: dict[int, Relation] = {}
+    for oid_s, schema, name, kind, attnum, attname, typ in rows:
+        oid = int(oid_s)
+        rel = rels.get(oid)
+        if rel is None:
+            rel = rels[oid] = Relation(oid, schema, name, kind)
+        rel.columns[int(attnum)] = (attname, int(typ))
+    return rels
 
 
 def _data_row(body: bytes) -> tuple:
