@@ -52,6 +52,11 @@ def _reported(status: list[bytes], name: bytes) -> str | None:
     return None
 
 
+def _refuse_encoding(value: str):
+    raise StartupRefused("blocked", "42501", f"client encoding \"{value}\" is not allowed "
+                         "through the gateway while guardrails apply")
+
+
 class _CancelDone(Exception):
     """A CancelRequest was handled: the connection ends without a session."""
 
@@ -239,8 +244,9 @@ class PgListener:
                     continue
             s.relay.policy = policy
             if s.relay.names is None and getattr(policy, "approves", False):
-                # approve rules from now on: follow prepared statements from now on (nothing
-                # defined before can be held: no rule matched it)
+                # approve rules from now on: prepared statements are followed from here.
+                # One prepared before the reload is not known, and its Executes run unheld
+                # (a reload's rules apply to what is parsed after it; the README says so)
                 s.relay.names = PreparedNames()
 
     def open_group_sets(self) -> set[frozenset[str]]:
@@ -499,8 +505,7 @@ class PgListener:
             # the server took an encoding from the startup packet that no name check above
             # saw (an alias, getopt's forms of `options`): it reports what it uses
             up.writer.close()
-            raise StartupRefused("blocked", "42501", f"client encoding \"{server_encoding}\" is "
-                                 "not allowed through the gateway while guardrails apply")
+            _refuse_encoding(server_encoding)
         session = Session(self, identity, role.name, peer, tls, database)
         session.params = params  # judged again if a reload brings rules it has not met
         session.pid = up.pid
@@ -542,7 +547,8 @@ class PgListener:
         self.gateway.cancel_keys.register(cfg.name, up.pid, session.client_secret, session)
         metrics.CONNECTIONS_ACTIVE.labels(cfg.name).inc()
         event(log, "session started", connection=cfg.name, session=session.id, peer=peer,
-              issuer=identity.issuer or "", subject=identity.subject, method=identity.method, role=role.name,
+              issuer=identity.issuer or "", subject=identity.subject, method=identity.method,
+              role=role.name,
               upstream_user=role.user, database=database, tls="on" if tls else "off",
               upstream_tls="on" if up.tls else "off", backend_pid=up.pid)
         # Bytes either side sent ahead of the switch are handed to the relay first.
@@ -557,16 +563,14 @@ class PgListener:
         """Startup parameters are settings: `options=-c role=x` or a bare `role` parameter
         would be a SET ROLE that no statement shows, so guardrails judge them as SETs."""
         from hoopwire.policy.packs import UNSAFE_CLIENT_ENCODINGS
-        encodings = [(n, v) for n, v in startup_pairs(params)]
-        current_name = "client_encoding"      # the server's report, judged by the allow-list
-        if current_encoding:
-            encodings.append((current_name, current_encoding))
-        for name, value in encodings:
-            if name.lower() == "client_encoding" and (
-                    re.sub(r"[^a-z0-9]", "", value.lower()) in UNSAFE_CLIENT_ENCODINGS or
-                    name is current_name and not safe_client_encoding(value)):
-                raise StartupRefused("blocked", "42501", f"client encoding \"{value}\" is not "
-                                     "allowed through the gateway while guardrails apply")
+        # what the client asked for (names and aliases: a deny list, early), and what the
+        # server reports the session uses (its canonical name: the allow-list)
+        asked = [v for n, v in startup_pairs(params) if n.lower() == "client_encoding"]
+        for value in asked:
+            if re.sub(r"[^a-z0-9]", "", value.lower()) in UNSAFE_CLIENT_ENCODINGS:
+                _refuse_encoding(value)
+        if current_encoding and not safe_client_encoding(current_encoding):
+            _refuse_encoding(current_encoding)
         for setting in startup_settings(params):
             verdict = policy.check(setting)
             # A startup cannot wait for a human: a setting an approve rule covers is refused
@@ -575,7 +579,8 @@ class PgListener:
                 continue
             metrics.STATEMENT_VERDICTS.labels(self.name, "block", verdict.rule).inc()
             event(log, "startup parameter blocked", logging.WARNING, connection=self.name,
-                  peer=peer, issuer=identity.issuer or "", subject=identity.subject, rule=verdict.rule,
+                  peer=peer, issuer=identity.issuer or "", subject=identity.subject,
+                  rule=verdict.rule,
                   statement=self.gateway.mask_statement(setting))
             raise StartupRefused("blocked", "42501",
                                  f"startup parameter blocked by hoopwire rule \"{verdict.rule}\""
@@ -650,7 +655,8 @@ class PgListener:
         metrics.CONNECTIONS_ACTIVE.labels(self.name).dec()
         metrics.SESSIONS_CLOSED.labels(self.name, reason).inc()
         event(log, "session closed", connection=self.name, session=session.id,
-              issuer=session.identity.issuer or "", subject=session.identity.subject, reason=reason,
+              issuer=session.identity.issuer or "", subject=session.identity.subject,
+              reason=reason,
               seconds=round(time.time() - session.started, 3))
 
     def hold_statement(self, session: Session, relay: Relay, verdict, sql: bytes):
