@@ -428,7 +428,7 @@ class SessionMasker:
         """Columns of COPY table [(cols)]. A name given without a schema may denote several
         tables (the session's search_path is not known here): each position takes a
         candidate's masked column wherever one has it -- over-masking is the safe error."""
-        rule = self.engine.column_rule
+        rule = self.conn.engine.column_rule
         best: list[Column] | None = None
         for rel in cands:
             if spec.columns is not None:
@@ -496,6 +496,7 @@ class SessionMasker:
         # `invalid input syntax for type integer: "s3cret"`, and a JSON error's context shows
         # the text -- so while column rules apply, its quoted values and context are withheld.
         data_error = self.conn.has_columns and by.get(b"C", b"")[:2] == b"22"
+        engine = self.engine         # once per message: it depends on the client encoding
         for p in parts:
             if not p:
                 continue
@@ -510,8 +511,8 @@ class SessionMasker:
                 nv = self._detail(value, by)
                 if nv is not value:
                     value, changed = nv, True
-            if code[0] in _TEXT_FIELDS and self.engine.scanner is not None:
-                nv, counts = self.engine.mask_text(value)
+            if code[0] in _TEXT_FIELDS and engine.scanner is not None:
+                nv, counts = engine.mask_text(value)
                 if nv is not value and nv != value:
                     value, changed = nv.replace(b"\0", b" "), True
                     self._count(counts)
@@ -538,8 +539,8 @@ class SessionMasker:
 
     def _masked(self, schema: str, table: str, col: str) -> bool:
         if table:
-            return self.engine.column_rule(schema or "*", table, col) is not None or (
-                not schema and any(self.engine.column_rule(r.schema, r.name, col)
+            return self.conn.engine.column_rule(schema or "*", table, col) is not None or (
+                not schema and any(self.conn.engine.column_rule(r.schema, r.name, col)
                                    for r in self.catalog.relations_named(None, table)))
         # no table named: any rule whose column part matches
         return any(g.match(col.lower().encode()) for g in self.conn._col_globs)
@@ -550,12 +551,13 @@ class SessionMasker:
         rels = self.catalog.relations_named(schema or None, table)
         if not rels:
             return True     # not known: withhold
-        return any(self.engine.column_rule(r.schema, r.name, c) is not None
+        return any(self.conn.engine.column_rule(r.schema, r.name, c) is not None
                    for r in rels for c, _t in r.columns.values())
 
     def notification(self, msg: bytes):
         """NotificationResponse: the payload through the detectors, or None."""
-        if self.engine.scanner is None:
+        engine = self.engine
+        if engine.scanner is None:
             return None
         body = msg[5:]
         if len(body) < 6:
@@ -565,7 +567,7 @@ class SessionMasker:
         if chan_end < 0 or pay_end < 0:
             return None
         payload = body[chan_end + 1:pay_end]
-        new, counts = self.engine.mask_text(payload)
+        new, counts = engine.mask_text(payload)
         if new is payload or new == payload:
             return None
         self._count(counts)
