@@ -28,6 +28,7 @@ import sqlalchemy
 from gwfixtures import conninfo, gateway_config, gateway_env
 from helpers import APP_DB, Gateway, psql_env
 from hoopwire.devserver.postgres import find_pg_bindir
+from hoopwire.policy import PACKS
 
 SCHEMA = """
 SET ROLE app;
@@ -57,9 +58,20 @@ def hr(pg):
     pg.sql("DROP SCHEMA IF EXISTS hr CASCADE", dbname=APP_DB)
 
 
-@pytest.fixture(scope="module", params=["detect", "mask", "block"])
-def mgw(request, pg, idp, hr):
-    cfg = gateway_config(pg, idp, mask=MASKS, unresolved_columns=request.param)
+@pytest.fixture(scope="module", params=["detect", "mask", "block", "everything"])
+def mgw(request, pg, idp, hr, tmp_path_factory):
+    mode = "detect" if request.param == "everything" else request.param
+    cfg = gateway_config(pg, idp, mask=MASKS, unresolved_columns=mode)
+    if request.param == "everything":
+        # every feature on at once: all built-in packs, an approve rule, recording with the
+        # rows the client saw -- the tools must still answer as they do direct
+        tmp = tmp_path_factory.mktemp("everything")
+        cfg["connection"][0]["guardrail"] = [{"pack": p} for p in PACKS] + [
+            {"name": "deletes-need-a-human", "patterns": [r"\bdelete\b"], "action": "approve",
+             "approvers": ["dba"], "timeout": "60s"}]
+        cfg["connection"][0]["record_results"] = True
+        cfg["audit"] = {"path": str(tmp / "audit"), "flush_interval": "50ms"}
+        cfg["state"] = {"url": f"sqlite:///{tmp}/state.db"}
     with Gateway(cfg, env=gateway_env(pg)) as g:
         yield g
 
@@ -135,8 +147,18 @@ def _dump(dsn: str, *args: str) -> str:
     return re.sub(r"(?m)^\\(un)?restrict \S+$", r"\\\1restrict KEY", out)
 
 
+def _session_tampering_refuses_pg_dump(mgw, request) -> None:
+    if mgw.config["connection"][0].get("guardrail"):
+        # pg_dump 15.14+ runs `SELECT set_config(name, ...) FROM pg_settings WHERE name = ...`;
+        # session-tampering refuses a set_config whose setting name is computed (it cannot be
+        # checked). Strict: the day the pack tells this shape apart, this turns red.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="session-tampering refuses "
+                                              "pg_dump's computed set_config"))
+
+
 def test_pg_dump_schema_only_as_direct(mgw, pg, idp, request):
-    if mgw.config["connection"][0]["unresolved_columns"] != "detect":
+    _session_tampering_refuses_pg_dump(mgw, request)
+    if mgw.config["connection"][0].get("unresolved_columns") != "detect":
         # pg_dump reads function signatures through SQL PREPARE / EXECUTE, and the gateway does
         # not yet follow a prepared statement's text to its EXECUTE: under mask / block the
         # EXECUTE's expressions are suspect (masked, or refused). Strict: the day it is fixed,
@@ -146,7 +168,8 @@ def test_pg_dump_schema_only_as_direct(mgw, pg, idp, request):
     assert _dump(_gw_dsn(mgw, idp), "--schema-only") == _dump(_direct_dsn(pg), "--schema-only")
 
 
-def test_pg_dump_data_is_masked(mgw, pg, idp):
+def test_pg_dump_data_is_masked(mgw, pg, idp, request):
+    _session_tampering_refuses_pg_dump(mgw, request)
     through = _dump(_gw_dsn(mgw, idp), "--data-only", "-t", "hr.staff")
     direct = _dump(_direct_dsn(pg), "--data-only", "-t", "hr.staff")
     for clear, masked in zip(CLEAR, MASKED):
@@ -316,7 +339,7 @@ def _jdbc(classes: str, port: int, user: str, password: str) -> list[str]:
 
 
 def test_pgjdbc_metadata_as_direct_rows_masked(mgw, pg, idp, reflect_class, request):
-    if mgw.config["connection"][0]["unresolved_columns"] != "detect":
+    if mgw.config["connection"][0].get("unresolved_columns") != "detect":
         # getColumns names the table in a literal ('staff'), so its computed columns (NULLABLE
         # from a CASE over pg_attribute) count as suspect expressions: masked or refused under
         # mask / block until lineage says what each expression reads (the masking part 2 issue)
