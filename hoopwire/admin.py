@@ -127,7 +127,16 @@ class AdminServer:
         from hoopwire.audit.recorder import audit_refusing
         # fail-closed with an unwritable audit log: every statement is answered 53100, so a
         # load balancer should send clients elsewhere (the parent asks its workers' gauge)
-        if audit_refusing(self.gateway, self.registry if self.parent else None):
+        try:
+            refusing = audit_refusing(self.gateway, self.registry if self.parent else None)
+        except Exception as e:  # noqa: BLE001
+            # the parent reads its workers' state from the shared metrics files; on a full
+            # disk one of them can be cut short (seen: a 500 here). Unknown counts as not ready.
+            event(log, "readiness: cannot read the workers' state", logging.WARNING,
+                  error=f"{type(e).__name__}: {e}")
+            return web.json_response({"ready": False, "reason": "cannot read the workers' "
+                                                                "state (see the log)"}, status=503)
+        if refusing:
             return web.json_response(
                 {"ready": False, "reason": "audit log unwritable: statements are refused "
                                            "(on_write_failure = fail-closed)"}, status=503)
