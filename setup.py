@@ -1,10 +1,13 @@
-"""Build the Cython extensions in ext/ into the hoopwire package.
+"""Build the Cython extensions of the hoopwire package.
 
-Each extension is one root .pyx (with its .pxd) that `include`s its parts, so calls between the
-parts stay C calls. The generated .c files are build outputs and never committed.
+Each extension's .pyx and .pxd sit in the package tree at the module's own path
+(hoopwire/pg/_wire.pyx is hoopwire.pg._wire), so a `cimport hoopwire.x._y` finds
+hoopwire/x/_y.pxd by the normal package lookup and cythonize follows every cimport and include
+when it decides what to regenerate: no rebuild logic of our own. An extension may `include`
+parts (.pxi beside it) so calls between them stay C calls; across extensions it cimports.
+The generated .c files are build outputs and never committed.
 """
 
-import glob
 import os
 
 from setuptools import Extension, setup
@@ -16,12 +19,12 @@ except ImportError as e:  # pip installs Cython from [build-system].requires
 
 DEBUG = os.environ.get("HOOPWIRE_DEBUG") == "1"
 
-# module name -> root source; each root lives in ext/ and includes its parts from there
+# module name -> root source (the module's path in the package tree); a protocol adds its line
 EXTENSIONS = {
-    "hoopwire._pgwire": "ext/pgwire.pyx",
-    "hoopwire._sqlnorm": "ext/sqlnorm.pyx",
-    "hoopwire._mask": "ext/mask.pyx",
-    "hoopwire._auditlog": "ext/auditlog.pyx",
+    "hoopwire.pg._wire": "hoopwire/pg/_wire.pyx",
+    "hoopwire._sqlnorm": "hoopwire/_sqlnorm.pyx",
+    "hoopwire._mask": "hoopwire/_mask.pyx",
+    "hoopwire._auditlog": "hoopwire/_auditlog.pyx",
 }
 # C libraries an extension links against, and the Debian package that builds with each:
 # OpenSSL's libcrypto (libssl-dev), Hyperscan's libhs (libhyperscan-dev)
@@ -33,7 +36,7 @@ HEADERS = {"hoopwire._auditlog": ("openssl/sha.h", "libssl-dev"),
 INCLUDE_DIRS = ["/usr/include", "/usr/local/include"] + \
     [d for d in os.environ.get("CPATH", "").split(":") if d]
 
-# HOOPWIRE_EXT=hoopwire._pgwire,... builds only those (handy while working on one module)
+# HOOPWIRE_EXT=hoopwire.pg._wire,... builds only those (handy while working on one module)
 ONLY = {n for n in os.environ.get("HOOPWIRE_EXT", "").split(",") if n}
 
 for name, (header, package) in HEADERS.items():
@@ -51,26 +54,11 @@ extensions = [
 ]
 
 
-
-def _declarations_changed() -> bool:
-    """Whether some .pxd is newer than a generated .c. Cython's dependency tracking does not
-    follow a cimport of a dotted-name .pxd (ext/hoopwire._mask.pxd, which the relay cimports
-    for RowPlan), and a stale .c compiles the old struct layout into the other module."""
-    pxds = glob.glob("ext/**/*.pxd", recursive=True)
-    newest = max((os.path.getmtime(p) for p in pxds), default=0)
-    for src in EXTENSIONS.values():
-        c = src[:-len(".pyx")] + ".c"
-        if os.path.exists(c) and os.path.getmtime(c) < newest:
-            return True
-    return False
-
-
 setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
-        include_path=["ext"],
-        force=_declarations_changed(),
+        include_path=["."],
         compiler_directives={
             "boundscheck": DEBUG,
             "wraparound": False,

@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from hoopwire._pgwire import PgFramer
+from hoopwire.pg._wire import PgFramer
 from hoopwire.devserver import PgServer
 
 

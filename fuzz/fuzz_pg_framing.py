@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fuzz hoopwire._pgwire.PgFramer (the Cython PostgreSQL v3 framer) against a plain-Python
+"""Fuzz hoopwire.pg._wire.PgFramer (the Cython PostgreSQL v3 framer) against a plain-Python
 reference framing of the same bytes.
 
     python fuzz/fuzz_pg_framing.py -max_total_time=60 [corpus_dir] [libFuzzer args]
@@ -14,7 +14,7 @@ same reads are fed to four framers:
 * PgFramer(inspect_all=False).feed_forward()   -- the relay's forward path
 * PgFramer(hold_kind="D")                      -- the first 'D' held, then resume_messages()
 
-Properties: only hoopwire._pgwire.FrameError escapes, with the code the reference expects
+Properties: only hoopwire.pg._wire.FrameError escapes, with the code the reference expects
 (08P01 bad length, 54000 over the limit), and exactly when the reference finds a bad header;
 without an error the forwarded pieces concatenate to the input, the inspected messages equal
 the reference's, every header is counted once, and `pending` is 0 exactly at a message
@@ -33,9 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # harness.py bes
 from harness import atheris, fuzz, instrumented_import  # noqa: E402
 
 if __name__ == "__main__":
-    instrumented_import("hoopwire._pgwire")
+    instrumented_import("hoopwire.pg._wire")
 
-from hoopwire._pgwire import FrameError, PgFramer  # noqa: E402
+from hoopwire.pg._wire import FrameError, PgFramer  # noqa: E402
 
 DEFAULT_MAX = 0x7FFFFFFF
 MAX_LENGTH = 0x7FFFFFFB  # largest length field the framer accepts

@@ -25,7 +25,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, REGISTRY
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-from hoopwire._pgwire import RTT_BOUNDS, ConnStats
+from hoopwire.pg._wire import RTT_BOUNDS, ConnStats
 
 __all__ = [
     "CONNECTIONS_ACTIVE", "CONNECTIONS_TOTAL", "AUTH_FAILURES", "UPSTREAM_CONNECT_SECONDS",

@@ -1,4 +1,4 @@
-"""The Cython framer (hoopwire._pgwire) against a plain-Python reference, at any split point."""
+"""The Cython framer (hoopwire.pg._wire) against a plain-Python reference, at any split point."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hoopwire._pgwire import FrameError, PgFramer
+from hoopwire.pg._wire import FrameError, PgFramer
 
 
 def reference_messages(stream: bytes) -> list[tuple[str, bytes]]:

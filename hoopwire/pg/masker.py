@@ -1,6 +1,6 @@
 """Masking of what a PostgreSQL session returns: the Python half of the relay's result tracking.
 
-The relay (hoopwire._pgwire, ext/pg/results.pyx) follows every result the upstream sends and asks
+The relay (hoopwire.pg._wire, hoopwire/pg/_results.pxi) follows every result the upstream sends and asks
 this module, once per result set, how its rows are to be rewritten; the rows themselves go
 through the RowPlan in Cython. Here:
 
@@ -30,7 +30,7 @@ from typing import Optional
 
 from hoopwire import metrics
 from hoopwire._mask import MaskRowError, RowPlan
-from hoopwire._pgwire import HOLD, error_response
+from hoopwire.pg._wire import HOLD, error_response
 from hoopwire._sqlnorm import normalize_statements
 from hoopwire.logs import event
 from hoopwire.masking.engine import Column, MaskEngine, MaskRule

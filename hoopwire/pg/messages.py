@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from hoopwire._pgwire import error_response, notice_response  # one builder for both paths
+from hoopwire.pg._wire import error_response, notice_response  # one builder for both paths
 
 __all__ = [
     "ProtocolError", "error_response", "notice_response", "message", "read_message",

@@ -2,7 +2,7 @@
 
 Startup runs here in Python on asyncio streams: TLS negotiation, the startup packet, the token
 (asked for as a cleartext password), identity and role checks, the upstream login. Then both
-sockets are handed to the Cython relay (hoopwire._pgwire.Relay) and Python only hears about the
+sockets are handed to the Cython relay (hoopwire.pg._wire.Relay) and Python only hears about the
 session again for a policy event or its close.
 """
 
@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hoopwire import metrics
-from hoopwire._pgwire import Relay, error_response, notice_response
+from hoopwire.pg._wire import Relay, error_response, notice_response
 from hoopwire.config import ConnectionConfig, RoleConfig
 from hoopwire.identity import AuthError, Identity
 from hoopwire.logs import event

@@ -1,5 +1,5 @@
 # Declarations of the hoopwire._mask extension: the protocol-neutral span masker (Scanner) and
-# the PostgreSQL DataRow / COPY row rewriter (RowPlan). ext/mask.pyx holds the implementation.
+# the PostgreSQL DataRow / COPY row rewriter (RowPlan). hoopwire/_mask.pyx holds the implementation.
 #
 # The relay may `from hoopwire._mask cimport RowPlan` and call plan.rewrite_ptr(msg, size) on a
 # DataRow it holds as a pointer: None means "forward the original bytes".
@@ -20,7 +20,7 @@ cpdef enum:
     K_OPAQUE = 5          # bytea in text format (hex): whole masks only, detectors do not see it
 
 
-from hs cimport hs_database_t, hs_scratch_t
+from hoopwire._hs cimport hs_database_t, hs_scratch_t
 
 
 ctypedef struct Span:                  # one detector match: data[frm:to], detector ident

@@ -34,7 +34,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdlib cimport qsort, realloc, free
 from libc.string cimport memcpy, memmove, memset
 
-from hs cimport (
+from hoopwire._hs cimport (
     HS_FLAG_CASELESS, HS_FLAG_MULTILINE, HS_FLAG_SOM_LEFTMOST, HS_MODE_BLOCK, HS_SCAN_TERMINATED, HS_SUCCESS,
     hs_alloc_scratch, hs_compile_error_t, hs_compile_multi, hs_database_t, hs_error_t,
     hs_free_compile_error, hs_free_database, hs_free_scratch, hs_scan, hs_valid_platform, hs_version)

@@ -1,4 +1,4 @@
-# Declarations of the hoopwire._auditlog extension: the audit log's hot path. ext/auditlog.pyx
+# Declarations of the hoopwire._auditlog extension: the audit log's hot path. _auditlog.pyx
 # holds the implementation; hoopwire/audit/log.py and recorder.py are its only users.
 #
 # A record becomes a Pending: its canonical JSON body cut at the two places the chain fills in

@@ -1,0 +1,285 @@
+# Declarations of the hoopwire.pg._wire extension: the shared framing layer, PostgreSQL framing
+# and the relay. _wire.pyx includes the implementations (_*.pxi beside it) in the same order.
+cimport cython
+from cpython.ref cimport PyObject
+from hoopwire._auditlog cimport StatementLog, TagBuf, tags_push
+from hoopwire._mask cimport RowPlan
+
+
+# Protocol-neutral framing: cut a byte stream into messages as it arrives.
+#
+# A FrameReader walks each received chunk in place. At every message header it asks the
+# protocol (a subclass) whether the body matters:
+#   FORWARD -- pass the bytes on unparsed; a message split across reads is just counted down.
+#   INSPECT -- the whole message is needed first: handed out as a pointer into the chunk when it
+#              sits in one, copied into `held` only when it spans reads.
+# Output is collected as a list of pieces -- the received chunk itself when nothing changed --
+# so the caller writes once per read.
+
+cdef enum Disposition:
+    FORWARD = 0
+    INSPECT = 1
+
+
+cdef class FrameReader:
+    cdef:
+        int header_size            # bytes of a message header (pg: 5, mysql: 4)
+        Py_ssize_t max_size        # largest whole message accepted, header included
+        unsigned char hdr[16]      # a header that arrived split across reads
+        int hdr_have               # how many of its bytes we have so far
+        Py_ssize_t skip            # bytes of a FORWARD message still to come in later reads
+        bytearray held             # an INSPECT message spanning reads, header included
+        Py_ssize_t held_need       # its whole size
+        char held_kind
+        list out                   # pieces to write for the current read
+        bint failed                # a framing error was raised: the stream is unusable
+        bint holding               # on_message returned HOLD: reading stops until resumed
+        bytes stalled              # the bytes from the held message on, fed again on resume
+        bint replaying             # resuming: the first message's header was seen already
+
+        # Set by parse_header for the message being cut.
+        char cur_kind
+        Py_ssize_t cur_size        # whole message size, header included
+
+    # The protocol's part: read a header, choose a disposition, judge a whole message.
+    # on_message returns None to forward the message as it is, the bytes to send instead
+    # (b"" drops it), or HOLD to stop here until resume_feed() (the protocol must then stop
+    # reading its transport; the message is judged again on resume).
+    cdef int parse_header(self, const unsigned char* p) except -1
+    cdef int on_header(self, char kind, Py_ssize_t size) except -1
+    cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size)
+
+    cdef int feed(self, object data) except -1
+    cdef int resume_feed(self) except -1
+    cdef int too_big(self, Py_ssize_t size) except -1       # raises the FrameError for it
+    cdef int _begin(self, const unsigned char* p, Py_ssize_t avail) except -1
+    cdef int _hold_more(self, const unsigned char* p, Py_ssize_t n) except -1
+
+# PostgreSQL v3 framing: a message is a type byte and a big-endian int32 length that counts
+# itself but not the type byte.
+
+cdef class PgFrameReader(FrameReader):
+    pass
+
+
+cdef class PgFramer(PgFrameReader):
+    # A reader that hands every whole message to Python: the reference used by tests, the
+    # fuzzer and the microbenchmarks. The relay does not use it.
+    cdef:
+        bint inspect_all          # False: walk headers only (the relay's forward path)
+        list messages             # (kind, bytes) collected by the last feed
+        Py_ssize_t count          # messages seen in all
+        char hold_kind            # tests: HOLD the first message of this type once (0: never)
+
+# The relay: a session after authentication. Two protocol objects (one per socket) share a
+# Relay; bytes are framed in place and written to the other side, usually as the very chunk
+# that arrived. Python is entered only for a statement that policy must judge and for events
+# (close, block).
+
+cdef enum:
+    DECISION_NONE = 0
+    DECISION_APPROVED = 1
+    DECISION_DENIED = 2
+
+cdef enum:
+    RTT_RING = 64          # pipelined units (Query or Sync) whose send time we remember
+    RTT_BUCKETS = 15
+
+
+cdef class ConnStats:
+    # Counters for one configured connection, summed over its sessions; read at scrape time.
+    cdef public unsigned long long bytes_from_client
+    cdef public unsigned long long bytes_from_upstream
+    cdef public unsigned long long queries         # simple-protocol Query messages
+    cdef public unsigned long long executes        # extended-protocol Execute messages
+    cdef public unsigned long long rtt_count       # units timed (Query/Sync -> ReadyForQuery)
+    cdef public double rtt_sum
+    cdef unsigned long long rtt_buckets[RTT_BUCKETS]
+
+    cdef void observe_rtt(self, double seconds) noexcept
+
+
+cdef class PgResults
+
+
+cdef class Relay:
+    cdef:
+        readonly ClientSide client
+        readonly UpstreamSide upstream
+        object client_tr
+        object upstream_tr
+        ConnStats stats
+        public object policy           # None, or .check(bytes) -> verdict or None
+        public object events           # Python object told about blocks, logs and the close
+        readonly str close_reason
+        bint closed
+        readonly double last_activity   # monotonic seconds
+        readonly unsigned long long bytes_in    # from the client, this session
+        readonly unsigned long long bytes_out   # from the upstream, this session
+        readonly bint in_copy_in        # client is streaming COPY data
+
+        # Round-trip timing: send time of each unit in flight, oldest first.
+        double sent_at[RTT_RING]
+        unsigned int sent_head          # next to pop
+        unsigned int sent_tail          # next to push
+        readonly unsigned long long units_sent   # Query + Sync messages forwarded
+        readonly unsigned long long units_done   # ReadyForQuery messages received
+        readonly char tx_status
+        char last_upstream_kind         # a server's FATAL is its last word: add nothing after it
+        public str client_encoding      # as the server last reported it (ParameterStatus)
+        unsigned long long unsynced_executes    # Executes forwarded since the last Sync (each may run a SET)
+
+        # Blocked statements replaced by a marker statement that makes the upstream fail
+        # exactly where the blocked one would have; its error is rewritten on the way back.
+        list rewrites                   # [(unit, marker bytes, error message bytes)]
+        bytes marker_prefix
+        unsigned long long marker_seq
+
+        # Approvals: the decision for the held message, read when it is judged again.
+        int decision
+        bytes deny_error
+        # prepared statements and portals an approve rule holds each run of, as the server
+        # has them (hoopwire.pg.prepared.PreparedNames); None while no approve rule applies
+        public object names
+
+        # fail-closed audit: every new statement is answered with this error while it is set
+        bytes refuse_error
+
+        # Masking: the request/response tracking that ties rows to their RowPlan (None: off).
+        readonly PgResults results
+
+    cdef int _close(self, str reason, object notify_client) except -1
+    cdef int _client_failed(self, object e) except -1
+    cdef int _upstream_failed(self, object e) except -1
+    cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size)
+    cdef object _refuse_execute(self, bytes err=*)
+    cdef object _sql_prepared(self, bytes sql, object verdict)
+    cdef object _track_approvals(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef object _approval(self, object verdict, bytes sql)
+
+
+cdef class RelaySide(PgFrameReader):
+    # One socket of a relayed session; writes what it framed to the other socket.
+    cdef Relay relay
+    cdef object peer_write        # the other transport's write / writelines, bound once
+    cdef object peer_writelines
+
+    cdef int flush(self) except -1
+
+
+cdef class ClientSide(RelaySide):
+    pass
+
+
+cdef class UpstreamSide(RelaySide):
+    cdef int _ready_for_query(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef int _parameter_status(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef int _answered(self, char kind) except -1
+    cdef int _follow(self, bytes data) except -1
+
+# Result tracking for masking: which request each upstream message answers, and which RowPlan
+# the rows in flight belong to.
+#
+# PostgreSQL answers requests strictly in order, so a FIFO of what the client asked (Parse,
+# Bind, Describe, Execute, Close, Sync, Query) says what every response is. Rows carry no
+# description of their own: a Query's rows follow its RowDescription, but an Execute's rows
+# follow nothing (a driver that prepared with Describe-statement -- asyncpg -- or one that never
+# describes, which would otherwise be a way around masking). So before every Execute that the
+# client did not itself describe, the relay sends a Describe of that portal and swallows the
+# answer: every row then follows a RowDescription the server produced for exactly that portal.
+
+cdef enum:
+    R_PARSE = 1
+    R_BIND = 2
+    R_DESC_S = 3           # client's Describe statement: ParameterDescription, then T or n
+    R_DESC_P = 4           # client's Describe portal: T or n, forwarded
+    R_DESC_OURS = 5        # our Describe portal before an Execute: T or n, swallowed
+    R_EXEC = 6
+    R_CLOSE = 7
+    R_SYNC = 8
+    R_QUERY = 9            # simple Query (or a refused FunctionCall, replaced by one)
+
+cdef enum:
+    S_NONE = 0             # no result open: a DataRow now is a tracking failure
+    S_ROWS = 1             # rows of `plan`
+    S_COPY = 2             # CopyData of `copy` (None: forwarded as they are)
+    S_SKIP = 3             # a refused result: drop everything up to ReadyForQuery
+
+
+# One outstanding request. A C ring of these rather than a deque of tuples: the queue sees every
+# message of every statement, and tuple churn plus deque method calls were most of what result
+# tracking cost a recording-only session.
+cdef struct Req:
+    int kind               # R_*
+    PyObject* info         # StatementInfo (a reference we own), NULL for None
+    PyObject* sql          # statement text bytes (owned), NULL for None
+    Py_ssize_t toff        # ... or, for a Query while `light`, its text in `qtext` (tlen >= 0):
+    Py_ssize_t tlen        #     no bytes object per statement
+    double t               # when the client sent it (Query, Execute), else 0
+
+
+@cython.final          # nothing derives from it: its methods are called directly, not via a vtable
+cdef class PgResults:
+    cdef:
+        Relay relay
+        object masker              # hoopwire.pg.masker.SessionMasker
+        Req* reqs                  # ring of outstanding requests, oldest at rq_head
+        Py_ssize_t rq_head
+        Py_ssize_t rq_len
+        Py_ssize_t rq_cap
+        dict stmts                 # prepared statement name -> (StatementInfo, sql)
+        dict portals               # portal name -> (StatementInfo, sql)
+        tuple stmt0                # ... the unnamed ones (most drivers' only ones), outside
+        tuple portal0              #     the dicts: no hashing and lookup per message
+        char last_client           # kind of the client's last message (Flush not counted)
+        bint last_desc_portal      # ... and when it was a Describe, whether of a portal
+        bytes last_desc_name
+        int state
+        RowPlan plan
+        bint plan_work             # the plan rewrites something: rows are inspected
+        object copy                # _TextCopy / _BinaryCopy, or None
+        int copy_idx               # COPY statements of the current Query answered so far
+        readonly unsigned long long injected   # Describe messages we added
+        bint mask_on               # masking results (masker is a SessionMasker)
+        bint record_on             # keeping statement records for the audit log
+        bint light                 # recording only, no rows kept: follow only what ends a
+                                   # statement (Execute, Query, Sync; C, E, Z...), see client_header
+        StatementLog stmt_log      # where finished statements are recorded (record_on)
+        TagBuf cur_tags            # CommandComplete tags of the statement in flight
+        bytes cur_error            # its first ErrorResponse body
+        long long cur_masked       # values masked in its results
+        list cur_rows              # its DataRow / CopyData messages as the client got them
+                                   # (record_results)
+        Py_ssize_t capture_left    # bytes of rows the session may still keep for replay
+        char* qtext                # texts of the Queries in flight (light), back to back;
+        Py_ssize_t qt_n            # emptied whenever none is left in the queue
+        Py_ssize_t qt_head         # where the texts not yet answered start (the rest: spent)
+        Py_ssize_t qt_cap
+        Py_ssize_t qt_live         # queue entries whose text is in qtext
+
+    cdef int client_header(self, char kind) except -1
+    cdef object client_message(self, char kind, const unsigned char* msg, Py_ssize_t size,
+                               object replaced)
+    cdef int upstream_header(self, char kind) except -1
+    cdef object upstream_message(self, char kind, const unsigned char* msg, Py_ssize_t size)
+    cdef int _light_upstream(self, char kind, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef int _tag(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef int _completed(self) except -1
+    cdef int _error(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef tuple _stmt(self, bytes name)
+    cdef tuple _portal(self, bytes name)
+    cdef int _set_stmt(self, bytes name, tuple known) except -1
+    cdef int _set_portal(self, bytes name, tuple known) except -1
+    cdef int _push(self, int kind, object info, object sql, double t) except -1
+    cdef int _push_text(self, const unsigned char* p, Py_ssize_t n, double t) except -1
+    cdef Req* _head(self) except NULL
+    cdef void _pop(self) noexcept
+    cdef int _expect(self, int kind) except -1
+    cdef int _error_skip(self) except -1
+    cdef int _ready(self) except -1
+    cdef int _end_result(self) except -1
+    cdef int _record(self, const Req* r, double started) except -1
+    cdef int _keep(self, bytes kept) except -1
+    cdef object _row_description(self, const unsigned char* msg, Py_ssize_t size)
+    cdef object _copy_out(self, const unsigned char* msg, Py_ssize_t size)
