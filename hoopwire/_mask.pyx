@@ -34,6 +34,8 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdlib cimport qsort, realloc, free
 from libc.string cimport memcpy, memmove, memset
 
+from hoopwire.core.cursor cimport (Cursor, cursor, cur_be16, cur_be32, cur_be32s, cur_skip,
+                                   cur_u8)
 from hoopwire._hs cimport (
     HS_FLAG_CASELESS, HS_FLAG_MULTILINE, HS_FLAG_SOM_LEFTMOST, HS_MODE_BLOCK, HS_SCAN_TERMINATED, HS_SUCCESS,
     hs_alloc_scratch, hs_compile_error_t, hs_compile_multi, hs_database_t, hs_error_t,
@@ -101,7 +103,9 @@ def column_kind(unsigned int type_oid, int fmt, extra_string_oids=()):
 
 
 cdef inline unsigned int _be32(const unsigned char* p) noexcept nogil:
-    return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
+    """The int32 at p, which the caller has checked is there (a cursor over exactly it)."""
+    cdef Cursor c = cursor(p, 4)
+    return cur_be32(&c)
 
 
 cdef inline void _put32(unsigned char* p, unsigned int v) noexcept nogil:
@@ -893,6 +897,7 @@ cdef class RowPlan:
         cdef int i, r, nrows = 0, nvals = 0
         cdef unsigned char* dst
         cdef Marks marks
+        cdef const unsigned char* v
         self.pre_rows = 0
         self.pre_next = 0
         self.pre_base = NULL
@@ -902,32 +907,30 @@ cdef class RowPlan:
         cdef Py_ssize_t row_total
         cdef int row_vals
         cdef bint ok
-        while pos + 7 <= n and p[pos] == 68:
-            size = <Py_ssize_t>_be32(p + pos + 1) + 1
-            if size < 7 or pos + size > n or ((p[pos + 5] << 8) | p[pos + 6]) != self.ncols:
+        cdef Cursor c, row
+        c = cursor(p + pos, n - pos)
+        while c.n >= 7 and c.p[0] == 68:
+            row = cursor(c.p + 1, 6)
+            size = <Py_ssize_t>cur_be32(&row) + 1
+            if size < 7 or size > c.n or cur_be16(&row) != self.ncols:
                 break
             # a row is taken only if it is well formed: pass B walks it without checks, and
             # rewrite_ptr reports a malformed one itself
-            fpos = pos + 7
+            row = cursor(c.p + 7, size - 7)
             ok = True
             row_total = 0
             row_vals = 0
             for i in range(<int>self.ncols):
-                if fpos + 4 > pos + size:
+                flen = cur_be32s(&row)
+                if row.bad or flen < -1 or (flen > 0 and not cur_skip(&row, flen)):
                     ok = False
                     break
-                flen = <int>_be32(p + fpos)
-                fpos += 4
-                if flen < -1 or (flen > 0 and fpos + flen > pos + size):
-                    ok = False
-                    break
-                if flen > 0:
-                    if self.action[i] == ACT_DETECT:
-                        row_total += flen + 1
-                        row_vals += 1
-                    fpos += flen
-            if not ok or fpos != pos + size:
+                if flen > 0 and self.action[i] == ACT_DETECT:
+                    row_total += flen + 1
+                    row_vals += 1
+            if not ok or row.n != 0:
                 break
+            cur_skip(&c, size)
             total += row_total
             nvals += row_vals
             nrows += 1
@@ -1238,37 +1241,36 @@ cdef class RowPlan:
         cdef object r, value
         cdef int prow, changed, kind, fast
         cdef unsigned char rp
-        if size < 7 or msg[0] != 68:  # 'D'
+        cdef Cursor c = cursor(msg, size)
+        if size < 7 or cur_u8(&c) != 68:  # 'D'
             raise MaskRowError("not a DataRow")
-        length = _be32(msg + 1)
+        length = cur_be32(&c)
         if <Py_ssize_t>length + 1 != size:
             raise MaskRowError(f"DataRow length {length} does not match its {size - 1} bytes")
-        nf = (msg[5] << 8) | msg[6]
+        nf = cur_be16(&c)
         if nf != ncols:
             raise MaskRowError(f"DataRow has {nf} values, its RowDescription {ncols} columns")
         self.rows_seen += 1
-        pos = 7
         for i in range(nf):
-            if size - pos < 4:
+            flen = cur_be32s(&c)
+            if c.bad:
                 raise MaskRowError(f"DataRow ends inside the length of value {i}")
-            flen = <int>_be32(msg + pos)
-            pos += 4
             if flen < -1:
                 raise MaskRowError(f"DataRow value {i} has length {flen}")
-            if flen > size - pos:
+            if flen > c.n:
                 raise MaskRowError(f"DataRow value {i} of {flen} bytes overruns the message")
-            self.off[i] = pos
+            self.off[i] = c.p - msg
             self.ln[i] = flen
             if flen > 0:
-                pos += flen
+                cur_skip(&c, flen)
                 if self.action[i] == ACT_DETECT:
                     scan_bytes += flen + 1
                 elif self.action[i] == ACT_WHOLE:
                     whole = True
             elif flen == 0 and self.action[i] == ACT_WHOLE:
                 whole = True
-        if pos != size:
-            raise MaskRowError(f"DataRow has {size - pos} bytes after its last value")
+        if c.n != 0:
+            raise MaskRowError(f"DataRow has {c.n} bytes after its last value")
         # rows a prescan of the whole read already looked at: its flags stand for pass 1
         memset(self.hit, 0, ncols)
         memset(self.col_span_n, 0xff, ncols * sizeof(int))     # -1: no spans from a prescan
