@@ -19,16 +19,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         import tempfile
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hoopwire-metrics-")
         own_dir = True   # made for this run: removed when it ends
-    from hoopwire.server import run
-    return run(args.config, args.workers, own_metrics_dir=own_dir)
+    from hoopwire.core.gateway import run
+    from hoopwire.protocols import REGISTRY
+    return run(args.config, REGISTRY, args.workers, own_metrics_dir=own_dir)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from hoopwire.config import ConfigError, load_config
-    from hoopwire.server import build_engines
+    from hoopwire.core.gateway import build_engines
+    from hoopwire.protocols import REGISTRY
     try:
         config = load_config(args.file)
-        build_engines(config)
+        build_engines(config, REGISTRY)
     except ConfigError as e:
         for line in e.lines():
             print(f"{args.file}: {line}", file=sys.stderr)

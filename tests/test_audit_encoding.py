@@ -16,7 +16,7 @@ from hoopwire._auditlog import (Pending, StatementEncoder, StatementLog, chain, 
                                 json_float, json_text, keep_literals, record_times)
 from hoopwire._sqlnorm import mask_literals
 from hoopwire.audit.log import GENESIS, canonical, chain_hash, pending_from, with_hash
-from hoopwire.audit.recorder import rows_from_tags
+from hoopwire.pg.adapter import rows_from_tags
 
 
 def expected_line(rec: dict, seq: int, prev: str) -> bytes:

@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 
 from hoopwire._sqlnorm import normalize_statements
 from hoopwire.config import ConfigError, GuardrailConfig
-from hoopwire.policy import PACKS, PolicyEngine, PolicyError, Verdict
+from hoopwire.policy import PACKS, PolicyError, Verdict
+from hoopwire.pg.dialect import DIALECT
+from hoopwire.policy.engine import PolicyEngine as _PolicyEngine
+
+
+def PolicyEngine(guardrails, **kw):
+    """The engine in PostgreSQL's dialect, as a postgres connection builds it."""
+    return _PolicyEngine(guardrails, views=DIALECT.statement_views, **kw)
 from hoopwire.policy.engine import HS_FLAGS
 from hoopwire.policy.packs import CODE, FULL, word_except
 

@@ -41,7 +41,7 @@ from hoopwire.logs import event
 
 log = logging.getLogger("hoopwire.audit")
 
-__all__ = ["Recorder", "audit_refusing", "rows_from_tags"]
+__all__ = ["Recorder", "audit_refusing"]
 
 AUDIT_RECORDS = Counter("hoopwire_audit_records", "Audit records handed to the log", ["type"])
 AUDIT_FAILURES = Counter("hoopwire_audit_write_failures",
@@ -72,50 +72,9 @@ def audit_refusing(gateway, registry=None) -> bool:
     return False
 
 
-def rows_from_tags(tags: list[bytes]) -> int | None:
-    """Rows a statement touched, from its CommandComplete tags (`SELECT 5`, `INSERT 0 3`...)."""
-    total = None
-    for tag in tags:
-        last = tag.rsplit(b" ", 1)[-1]
-        if last.isdigit():
-            total = (total or 0) + int(last)
-    return total
-
-
-def _error_fields(body: bytes | None) -> dict | None:
-    if not body:
-        return None
-    out = {}
-    for part in body.split(b"\0"):
-        if part[:1] in (b"C", b"M"):
-            out["code" if part[:1] == b"C" else "message"] = part[1:].decode("utf-8", "replace")
-    return out
-
-
-def _row_values(msg: bytes) -> list:
-    """A DataRow as the client saw it: text values decoded, binary ones as hex, NULL as None.
-    A CopyData message: its line (text or CSV COPY) as one value, binary COPY data as hex."""
-    from hoopwire.pg.messages import datarow_values
-    if msg[:1] == b"d":
-        try:
-            return [msg[5:].decode("utf-8").rstrip("\n")]
-        except UnicodeDecodeError:
-            return ["\\x" + msg[5:].hex()]
-    out = []
-    for v in datarow_values(msg[5:]):
-        if v is None:
-            out.append(None)
-            continue
-        try:
-            out.append(v.decode("utf-8"))
-        except UnicodeDecodeError:
-            out.append("\\x" + v.hex())
-    return out
-
-
 class Recorder:
 
-    def __init__(self, cfg: AuditConfig, store=None, *, gateway_id: str, mask_statement,
+    def __init__(self, cfg: AuditConfig, store=None, *, gateway_id: str,
                  statement_limit: int = 4096, marker_prefix: bytes = b"", clock=time.time):
         self.cfg = cfg
         self.store = store
@@ -124,8 +83,9 @@ class Recorder:
         self.log = AuditLog(cfg, gateway_id=gateway_id, clock=clock,
                             chain=new_chain_id(gateway_id))
         self.gateway_id = gateway_id
-        self._mask_statement = mask_statement if cfg.statement_literals == "mask" else keep_literals
-        self._encoder = StatementEncoder(gateway_id, self._mask_statement, statement_limit)
+        self._statement_limit = statement_limit
+        # one encoder per dialect: statement text is masked by the session's own SQL lexer
+        self._encoders: dict[object, StatementEncoder] = {}
         self._by_type: dict[str, int] = {}         # records per type since the last flush
         self.marker_prefix = marker_prefix
         self.clock = clock
@@ -189,8 +149,10 @@ class Recorder:
     def statement_log(self, s) -> StatementLog:
         """The log the session's relay writes its statements into (before session_started)."""
         ref = weakref.ref(s)             # the relay holds the log: no cycle back to the session
-        s.statements = StatementLog(self._encoder, s.id,
-                                    lambda raw, n: self._statement(ref(), raw, n),
+        encoder = self._encoder_for(s.listener.dialect)
+        adapter = s.listener.adapter
+        s.statements = StatementLog(encoder, s.id,
+                                    lambda raw, n: self._statement(ref(), raw, n, encoder, adapter),
                                     pending_from, self.cfg.index_statements)
         return s.statements
 
@@ -277,14 +239,22 @@ class Recorder:
         self._by_type["statement"] = self._by_type.get("statement", 0) + len(batch)
         self.log.append_encoded([batch])
 
-    def _statement(self, s, raw: tuple, n: int) -> dict:
+    def _encoder_for(self, dialect) -> StatementEncoder:
+        enc = self._encoders.get(dialect)
+        if enc is None:
+            mask = dialect.mask_literals if self.cfg.statement_literals == "mask" else keep_literals
+            enc = self._encoders[dialect] = StatementEncoder(self.gateway_id, mask,
+                                                             self._statement_limit)
+        return enc
+
+    def _statement(self, s, raw: tuple, n: int, encoder: StatementEncoder, adapter) -> dict:
         """A statement record as a dict: the StatementLog's path for errors and captured rows
         (and for every statement with index_statements, which also indexes it here)."""
         started, ended, sql, tags, error, masked, kept = raw
         sid = s.id if s is not None else None
         judged = started
         started, duration, ts = record_times(started, ended)
-        err = _error_fields(error)
+        err = adapter.error_fields(error)
         verdict = "allow"
         reason = None
         if err is not None:
@@ -304,16 +274,16 @@ class Recorder:
         if sid is not None:
             self._last_started[sid] = judged
         rec = {"type": "statement", "session": sid, "n": n, "started": started,
-               "statement": self._encoder.text(sql or b""), "verdict": verdict,
+               "statement": encoder.text(sql or b""), "verdict": verdict,
                "tags": [t.decode("ascii", "replace") for t in tags],
-               "rows": rows_from_tags(tags), "masked": masked, "duration_ms": duration,
+               "rows": adapter.rows_affected(tags), "masked": masked, "duration_ms": duration,
                "ts": ts, "gw": self.gateway_id}
         if err is not None:
             rec["error"] = err
         if reason is not None:
             rec["reason"] = reason
         if kept:
-            rec["result"] = [_row_values(r) for r in kept]
+            rec["result"] = [adapter.row_values(r) for r in kept]
         if self.cfg.index_statements:
             self._index_statements.append({
                 "session_id": sid, "seq": n, "ts": started, "statement": rec["statement"],
@@ -373,12 +343,12 @@ class Recorder:
               logging.ERROR if refusing else logging.WARNING)
         for s in self._open.values():
             if s.relay is not None:
-                s.relay.refuse_statements(self.refuse_error() if refusing else None)
+                s.relay.refuse_statements(self.refuse_error(s) if refusing else None)
 
     @staticmethod
-    def refuse_error() -> bytes:
-        from hoopwire._pgwire import error_response
-        return error_response("ERROR", "53100", REFUSED_MESSAGE)
+    def refuse_error(s) -> bytes:
+        """What a statement of session `s` is answered with while the audit is unwritable."""
+        return s.listener.adapter.condition("audit_unavailable", REFUSED_MESSAGE)
 
     async def _write_index(self) -> None:
         if self.store is None:

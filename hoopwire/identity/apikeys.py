@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Iterable
 
 from hoopwire.config import ApiKeyConfig
-from hoopwire.identity import AuthError, Identity
+from hoopwire.identity.types import AuthError, Identity
 
 __all__ = ["ApiKeyStore"]
 

@@ -39,7 +39,7 @@ from jwt import PyJWK
 
 from hoopwire import metrics
 from hoopwire.config import IssuerConfig
-from hoopwire.identity import AuthError
+from hoopwire.identity.types import AuthError
 
 __all__ = ["JwkEntry", "JwksCache", "JwksFetchError", "parse_jwks", "key_fits", "select_key"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import jwt as pyjwt
 
 from hoopwire.config import IssuerConfig
-from hoopwire.identity import AuthError, Identity
+from hoopwire.identity.types import AuthError, Identity
 from hoopwire.identity.jwks import JwksCache
 
 __all__ = ["JwtVerifier", "looks_like_jwt", "claim_at", "groups_from"]

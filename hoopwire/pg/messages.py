@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
+from hoopwire.core.errors import ClientProtocolError
 from hoopwire.pg._wire import error_response, notice_response  # one builder for both paths
 
 __all__ = [
@@ -32,12 +33,11 @@ AUTH_SASL_CONTINUE = 11
 AUTH_SASL_FINAL = 12
 
 
-class ProtocolError(Exception):
+class ProtocolError(ClientProtocolError):
     """The peer broke the protocol; `code` is the SQLSTATE to report."""
 
     def __init__(self, message: str, code: str = "08P01"):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
 def message(kind: bytes, body: bytes = b"") -> bytes:

@@ -1,26 +1,26 @@
-"""A PostgreSQL listener and the startup of each client session.
+"""The PostgreSQL listener: the startup of each client session, on the core's Listener.
 
 Startup runs here in Python on asyncio streams: TLS negotiation, the startup packet, the token
 (asked for as a cleartext password), identity and role checks, the upstream login. Then both
-sockets are handed to the Cython relay (hoopwire.pg._wire.Relay) and Python only hears about the
-session again for a policy event or its close.
+sockets are handed to the Cython relay (hoopwire.pg._wire.Relay), which reports to the core's Session
+(hoopwire.core.session) from then on. What is not PostgreSQL -- accepting, limits, the handshake
+timeout, the idle sweep, stop, the session's events -- is hoopwire.core.listener's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import socket
 import ssl
 import struct
-import time
-from typing import TYPE_CHECKING
 
 from hoopwire import metrics
-from hoopwire.pg._wire import Relay, error_response, notice_response
+from hoopwire.pg._wire import Relay
 from hoopwire.config import ConnectionConfig, RoleConfig
+from hoopwire.core.errors import HandshakeDone, Refused as StartupRefused
+from hoopwire.core.listener import Admission, Listener
+from hoopwire.core.session import Session
 from hoopwire.identity import AuthError, Identity
 from hoopwire.logs import event
 from hoopwire.pg import messages as m
@@ -29,14 +29,14 @@ from hoopwire.pg import options as startup_options
 from hoopwire.pg.encodings import safe_client_encoding
 from hoopwire.pg.prepared import PreparedNames
 from hoopwire.pg.masker import NO_INFO, ConnectionMasking, SessionMasker, StatementInfo
+from hoopwire.pg.adapter import ADAPTER
+from hoopwire.pg.cancel import CancelKeys
+from hoopwire.pg.dialect import DIALECT
 from hoopwire.pg.upstream import UpstreamError, connect_upstream, send_cancel, upstream_ssl_context
-
-if TYPE_CHECKING:
-    from hoopwire.server import Gateway
 
 log = logging.getLogger("hoopwire.pg")
 
-__all__ = ["PgListener", "Session"]
+__all__ = ["PgListener", "StartupRefused"]
 
 # Startup parameters that are ours to set, never the client's to pass on.
 _NOT_FORWARDED = {"user", "database", "password", "replication"}
@@ -55,18 +55,6 @@ def _reported(status: list[bytes], name: bytes) -> str | None:
 def _refuse_encoding(value: str):
     raise StartupRefused("blocked", "42501", f"client encoding \"{value}\" is not allowed "
                          "through the gateway while guardrails apply")
-
-
-class _CancelDone(Exception):
-    """A CancelRequest was handled: the connection ends without a session."""
-
-
-class StartupRefused(Exception):
-    """Refuse the client with a FATAL ErrorResponse; `reason` labels the metric and the log."""
-
-    def __init__(self, reason: str, code: str, message: str, detail: str = ""):
-        super().__init__(message)
-        self.reason, self.code, self.message, self.detail = reason, code, message, detail
 
 
 def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
@@ -145,77 +133,25 @@ def startup_settings(params: dict[str, str]) -> list[bytes]:
     return out
 
 
-class Session:
-    """One client session once relayed: what policy and the log need to know about it."""
-
-    __slots__ = ("listener", "identity", "role", "peer", "started", "pid", "client_secret",
-                 "relay", "tls", "database", "id", "writers", "params", "masker", "statements",
-                 "__weakref__")
-
-    def __init__(self, listener: "PgListener", identity: Identity, role: str, peer: str,
-                 tls: bool, database: str):
-        self.listener = listener
-        self.identity = identity
-        self.role = role
-        self.peer = peer
-        self.tls = tls
-        self.database = database
-        self.started = time.time()
-        self.pid = 0
-        self.client_secret = 0
-        self.relay: Relay | None = None
-        self.id = os.urandom(8).hex()
-        # asyncio's StreamWriter closes its transport when collected, so the startup phase's
-        # writers live as long as the session that took over their transports.
-        self.writers: tuple = ()
-        self.params: dict[str, str] = {}
-        self.masker: SessionMasker | None = None
-        self.statements = None      # its StatementLog while recording
-
-    # events from the relay
-
-    def session_closed(self, relay: Relay, reason: str) -> None:
-        self.listener.session_ended(self, reason)
-
-    def statement_blocked(self, relay: Relay, verdict, sql: bytes) -> None:
-        self.listener.statement_event(self, "block", verdict, sql)
-
-    def statement_matched(self, relay: Relay, verdict, sql: bytes) -> None:
-        self.listener.statement_event(self, verdict.action, verdict, sql)
-
-    def statement_held(self, relay: Relay, verdict, sql: bytes):
-        """An `approve` rule matched: the request id (the relay holds the statement), or None
-        when a standing grant lets it through now."""
-        return self.listener.hold_statement(self, relay, verdict, sql)
-
-    def masking_failed(self, relay: Relay, reason: str) -> None:
-        event(log, "masking failed: session closed", logging.ERROR, connection=self.listener.name,
-              session=self.id, subject=self.identity.subject, error=reason)
-
-
-class PgListener:
+class PgListener(Listener):
     """Serves one [[connection]] with protocol = "postgres"."""
 
-    def __init__(self, gateway: "Gateway", cfg: ConnectionConfig, policy_engine=None,
-                 mask_engine=None):
-        self.gateway = gateway
-        self.masking: ConnectionMasking | None = None
-        self.stats = metrics.conn_stats(cfg.name)
-        self.sessions: set[Session] = set()
-        self.starting = 0
-        self.admitted = 0           # handshakes past the max_connections check, not yet sessions
-        self.server: asyncio.AbstractServer | None = None
-        self._sweeper: asyncio.Task | None = None
-        self.apply(cfg, policy_engine, mask_engine)
+    adapter = ADAPTER
+    dialect = DIALECT
+    log = log
 
-    def apply(self, cfg: ConnectionConfig, policy_engine=None, mask_engine=None) -> None:
-        """Take a (re)loaded configuration: new sessions use it, open ones get the new policy
-        (compile their group sets first, off the loop: see open_group_sets) and, where they
-        mask already, the new mask rules from their next result on."""
-        self.cfg = cfg
+    def __init__(self, gateway, cfg: ConnectionConfig, policy_engine=None, mask_engine=None):
+        self.masking: ConnectionMasking | None = None
+        # every worker of one gateway derives the same keys (see hoopwire.pg.cancel)
+        self.cancel_keys = CancelKeys(gateway.cancel_key)
+        super().__init__(gateway, cfg, policy_engine, mask_engine)
+
+    def apply_protocol(self, cfg: ConnectionConfig, mask_engine=None) -> None:
+        """A (re)loaded configuration: open sessions get the new policy (the gateway compiled
+        their group sets first, off the loop: see open_group_sets) and, where they mask
+        already, the new mask rules from their next result on."""
         self.tls_context = server_ssl_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
         self.upstream_context = upstream_ssl_context(cfg.upstream_tls, cfg.upstream_ca)
-        self.policy_engine = policy_engine
         old_masking = self.masking
         self.masking = None
         if mask_engine is not None:
@@ -232,7 +168,7 @@ class PgListener:
                     s.masker.rebind(self.masking)
                 else:
                     s.masker.rebind(None)
-            policy = self._policy_for(s.identity)
+            policy = self.policy_for(s.identity)
             if policy is not None:
                 # What the session set at startup (or the encoding it switched to while no
                 # rule applied) is judged by the new rules as a new session's would be.
@@ -249,142 +185,18 @@ class PgListener:
                 # (a reload's rules apply to what is parsed after it; the README says so)
                 s.relay.names = PreparedNames()
 
-    def open_group_sets(self) -> set[frozenset[str]]:
-        return {s.identity.groups for s in self.sessions}
-
-    def _policy_for(self, identity: Identity):
-        engine = self.policy_engine
-        if engine is None or engine.empty:
-            return None
-        policy = engine.for_groups(identity.groups)
-        return None if policy.empty else policy  # no rule applies: skip inspection entirely
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    async def start(self) -> None:
-        host, port = self.cfg.listen
-        self.server = await asyncio.start_server(
-            self._accept, host, port, reuse_port=self.gateway.workers > 1, backlog=1024,
-            limit=64 * 1024)
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        bound = self.server.sockets[0].getsockname()
-        self.bound = (bound[0], bound[1])
-        event(log, "listening", connection=self.name, address=f"{bound[0]}:{bound[1]}",
-              tls="on" if self.tls_context else "off", upstream="%s:%d" % self.cfg.upstream)
-
-    async def stop(self, grace: float = 5.0) -> None:
-        if self.server is not None:
-            self.server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        deadline = time.monotonic() + grace
-        while self.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        shutdown = m.error_response("FATAL", "57P01", "terminating connection: the gateway is shutting down")
-        for s in list(self.sessions):
-            if s.relay is not None:
-                s.relay.shutdown("gateway_shutdown", shutdown)
+    def stopped(self) -> None:
         if self.masking is not None:
             self.masking.close()
-
-    async def _sweep(self) -> None:
-        """Close sessions idle longer than idle_timeout."""
-        notice = m.error_response("FATAL", "57P05", "terminating connection due to idle timeout")
-        while True:
-            limit = self.cfg.idle_timeout
-            await asyncio.sleep(min(1.0, limit / 4) if limit else 1.0)
-            if not limit:
-                continue
-            for s in list(self.sessions):
-                # a session waiting for an approval is not idle (its rule's timeout applies),
-                # nor one whose statement is still running (pg_sleep(3) under a 1 s limit)
-                r = s.relay
-                if r is not None and not r.held and r.units_sent == r.units_done and \
-                        r.idle_seconds() > limit:
-                    s.relay.shutdown("idle_timeout", notice)
 
     # ------------------------------------------------------------------------------------
     # startup
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        cfg = self.cfg
-        result = "ok"
-        self.starting += 1
-        admission = [False]          # set by _startup once the connection holds a session slot
-        try:
-            over = None
-            timeout = cfg.handshake_timeout
-            if self.starting > cfg.max_handshakes:
-                # Handshakes are counted apart from sessions: sockets that never finish one
-                # (200 silent ones held a 200-slot listener for 15 s) cannot take the slots of
-                # clients that log in. One over this limit is refused, but only after its
-                # SSLRequest is answered, as the server would, and within a short bound.
-                over = StartupRefused("too_many_handshakes", "53300",
-                                      "sorry, too many clients already",
-                                      detail=f"{self.starting - 1} handshakes in progress")
-                timeout = min(timeout, 5.0)
-            await asyncio.wait_for(self._startup(reader, writer, peer_s, cfg, over, admission),
-                                   timeout)
-        except _CancelDone:
-            result = "cancel"
-        except StartupRefused as e:
-            result = e.reason
-            event(log, "connection refused", logging.WARNING, connection=cfg.name, peer=peer_s,
-                  reason=e.reason, detail=e.detail or e.message)
-            await self._refuse(writer, m.error_response("FATAL", e.code, e.message))
-        except m.ProtocolError as e:
-            result = "protocol_error"
-            event(log, "bad startup", logging.WARNING, connection=cfg.name, peer=peer_s, error=str(e))
-            await self._refuse(writer, m.error_response("FATAL", e.code, str(e)))
-        except UpstreamError as e:
-            result = "upstream_error"
-            event(log, "upstream login failed", logging.ERROR, connection=cfg.name, peer=peer_s,
-                  error=str(e))
-            await self._refuse(writer, e.server_error or m.error_response("FATAL", e.code, e.client_message))
-        except asyncio.TimeoutError:
-            result = "handshake_timeout"
-            event(log, "startup timed out", logging.WARNING, connection=cfg.name, peer=peer_s,
-                  timeout=cfg.handshake_timeout)
-            await self._refuse(writer, m.error_response("FATAL", "08006", "startup timed out"))
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
-            result = "client_gone"
-            event(log, "client left during startup", logging.DEBUG, connection=cfg.name,
-                  peer=peer_s, error=type(e).__name__)
-            writer.close()
-        except asyncio.CancelledError:
-            writer.close()
-            raise
-        except Exception:
-            result = "internal_error"
-            log.exception("startup failed", extra={"fields": {"connection": cfg.name, "peer": peer_s}})
-            await self._refuse(writer, m.error_response("FATAL", "XX000", "internal error in the gateway"))
-        finally:
-            self.starting -= 1
-            if admission[0]:
-                self.admitted -= 1
-            metrics.CONNECTIONS_TOTAL.labels(cfg.name, result).inc()
-
-    async def _refuse(self, writer: asyncio.StreamWriter, err: bytes) -> None:
-        try:
-            if not writer.is_closing():
-                writer.write(err)
-                await asyncio.wait_for(writer.drain(), 2.0)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
-            pass
-        writer.close()
+    async def handshake(self, reader, writer, peer: str, admission: Admission) -> None:
+        await self._startup(reader, writer, peer, self.cfg, admission)
 
     async def _startup(self, reader, writer, peer: str, cfg: ConnectionConfig,
-                       over: StartupRefused | None = None, admission: list | None = None) -> None:
+                       admission: Admission) -> None:
         tls = False
         first = await reader.readexactly(1)
         if first[0] == _TLS_HANDSHAKE:
@@ -415,18 +227,13 @@ class PgListener:
             if startup.code == m.CANCEL_REQUEST:
                 await self._cancel(startup.cancel_pid, startup.cancel_secret, peer)
                 writer.close()
-                raise _CancelDone()
+                raise HandshakeDone("cancel")
             break
 
         # Capacity is answered where the server answers it: after the SSLRequest (a FATAL in
         # its place reads as "error response during SSL exchange" and loses 53300)
-        if over is not None:
-            raise over
-        if len(self.sessions) + self.admitted >= cfg.max_connections:
-            raise StartupRefused("too_many_connections", "53300", "sorry, too many clients already")
-        self.admitted += 1
-        if admission is not None:
-            admission[0] = True
+        admission.take(StartupRefused("too_many_connections", "53300",
+                                      "sorry, too many clients already"))
 
         params = startup.params
         if cfg.require_tls and not tls:
@@ -475,7 +282,7 @@ class PgListener:
         policy = None
         if self.policy_engine is not None and not self.policy_engine.empty:
             # The first identity with a new group set compiles its rule set: off the event loop.
-            policy = await asyncio.to_thread(self._policy_for, identity)
+            policy = await asyncio.to_thread(self.policy_for, identity)
         if policy is not None:
             self._judge_startup(policy, params, identity, peer)
 
@@ -509,7 +316,7 @@ class PgListener:
         session = Session(self, identity, role.name, peer, tls, database)
         session.params = params  # judged again if a reload brings rules it has not met
         session.pid = up.pid
-        session.client_secret = self.gateway.cancel_keys.to_client(cfg.name, up.pid, up.secret)
+        session.client_secret = self.cancel_keys.to_client(cfg.name, up.pid, up.secret)
         out = [m.auth_request(m.AUTH_OK), *up.status,
                m.backend_key_data(up.pid, session.client_secret), m.ready_for_query(up.tx_status)]
         writer.writelines(out)
@@ -536,16 +343,9 @@ class PgListener:
         elif statements is not None:
             relay.enable_results(None, NO_INFO, StatementInfo(True), record=statements,
                                  capture_bytes=self._capture_bytes())
-        session.relay = relay
         session.writers = (writer, up.writer)
-        self.sessions.add(session)
-        recorder = self.gateway.recorder
-        if recorder is not None:
-            recorder.session_started(session)
-            if recorder.refusing:
-                relay.refuse_statements(recorder.refuse_error())
-        self.gateway.cancel_keys.register(cfg.name, up.pid, session.client_secret, session)
-        metrics.CONNECTIONS_ACTIVE.labels(cfg.name).inc()
+        self.session_started(session, relay)
+        self.cancel_keys.register(cfg.name, up.pid, session.client_secret, session)
         event(log, "session started", connection=cfg.name, session=session.id, peer=peer,
               issuer=identity.issuer or "", subject=identity.subject, method=identity.method,
               role=role.name,
@@ -581,7 +381,7 @@ class PgListener:
             event(log, "startup parameter blocked", logging.WARNING, connection=self.name,
                   peer=peer, issuer=identity.issuer or "", subject=identity.subject,
                   rule=verdict.rule,
-                  statement=self.gateway.mask_statement(setting))
+                  statement=self.mask_statement(setting))
             raise StartupRefused("blocked", "42501",
                                  f"startup parameter blocked by hoopwire rule \"{verdict.rule}\""
                                  + (": it needs an approval, which a startup cannot wait for "
@@ -612,7 +412,7 @@ class PgListener:
                           allow_groups=cfg.allow_groups)
 
     async def _cancel(self, pid: int, client_secret: int, peer: str) -> None:
-        keys = self.gateway.cancel_keys
+        keys = self.cancel_keys
         known = keys.lookup(self.name, pid, client_secret)
         if known is None and self.gateway.workers == 1:
             event(log, "cancel request with an unknown key ignored", logging.WARNING,
@@ -622,8 +422,8 @@ class PgListener:
         approvals = self.gateway.approvals
         if known is not None and known.relay is not None and known.relay.held and \
                 approvals is not None and approvals.client_cancelled(
-                    known, m.error_response("ERROR", "57014",
-                                            "canceling statement due to user request")):
+                    known, self.adapter.condition("query_cancelled",
+                                              "canceling statement due to user request")):
             # the held statement never reached the server: the cancel is answered here
             event(log, "cancel of a held statement", connection=self.name, peer=peer,
                   session=known.id)
@@ -639,78 +439,5 @@ class PgListener:
         event(log, "cancel forwarded", connection=self.name, peer=peer, backend_pid=pid,
               session=getattr(known, "id", "other-worker"))
 
-    # ------------------------------------------------------------------------------------
-    # session events
-
-    def session_ended(self, session: Session, reason: str) -> None:
-        if session not in self.sessions:
-            return
-        self.sessions.discard(session)
-        if self.gateway.approvals is not None:
-            self.gateway.approvals.session_closed(session)
-        if self.gateway.recorder is not None and session.relay is not None:
-            self.gateway.recorder.session_ended(session, reason, session.relay.bytes_in,
-                                                session.relay.bytes_out)
-        self.gateway.cancel_keys.unregister(self.name, session.pid, session.client_secret)
-        metrics.CONNECTIONS_ACTIVE.labels(self.name).dec()
-        metrics.SESSIONS_CLOSED.labels(self.name, reason).inc()
-        event(log, "session closed", connection=self.name, session=session.id,
-              issuer=session.identity.issuer or "", subject=session.identity.subject,
-              reason=reason,
-              seconds=round(time.time() - session.started, 3))
-
-    def hold_statement(self, session: Session, relay: Relay, verdict, sql: bytes):
-        approvals = self.gateway.approvals
-        rule = next((g for g in self.cfg.guardrails if g.name == verdict.rule), None)
-        statement = self.gateway.mask_statement(sql)
-        metrics.STATEMENT_VERDICTS.labels(self.name, "approve", verdict.rule).inc()
-        if approvals is None or rule is None:
-            # a rule from before a reload, or no approval service: nobody could approve it
-            err = error_response("ERROR", "42501", f"statement needs an approval under rule "
-                                 f"\"{verdict.rule}\" and no approver can be reached")
-            asyncio.get_running_loop().call_soon(relay.decide, False, err)
-            return "unavailable"
-
-        def deny_error(rid: str, reason: str) -> bytes:
-            return error_response("ERROR", "42501",
-                                  f"statement not approved under hoopwire rule \"{verdict.rule}\": "
-                                  f"{reason} (approval {rid})",
-                                  hint="the session is still usable")
-
-        from hoopwire.approvals.manager import format_duration
-        notice_for = rule.approvers
-        rid = approvals.hold(
-            relay=relay, session=session, identity=session.identity, connection=self.name,
-            client_addr=session.peer, rule=verdict.rule, approvers=rule.approvers,
-            timeout=rule.timeout, reason_required=rule.reason_required, statement=statement,
-            deny_error=deny_error, notice=None)
-        if rid is None:
-            event(log, "statement allowed by a standing approval grant", connection=self.name,
-                  session=session.id, issuer=session.identity.issuer or "",
-                  subject=session.identity.subject, rule=verdict.rule)
-            return None
-        if self.gateway.recorder is not None:
-            self.gateway.recorder.session_event(session, "approval.held", request=rid,
-                                                rule=verdict.rule, statement=statement)
-        relay.notify_client(notice_response(
-            "NOTICE", "01000",
-            f"statement held for approval {rid} under hoopwire rule \"{verdict.rule}\" "
-            f"(approvers: {', '.join(notice_for)}); waiting up to {format_duration(rule.timeout)}"))
-        return rid
-
-    def statement_event(self, session: Session, action: str, verdict, sql: bytes) -> None:
-        metrics.STATEMENT_VERDICTS.labels(self.name, action, verdict.rule).inc()
-        if self.gateway.recorder is not None:
-            self.gateway.recorder.session_event(
-                session, "statement.blocked" if action == "block" else "statement.matched",
-                rule=verdict.rule, rules=list(verdict.matched),
-                statement=self.gateway.mask_statement(sql))
-        event(log, "statement blocked" if action == "block" else "guardrail matched",
-              logging.WARNING if action == "block" else logging.INFO,
-              connection=self.name, session=session.id, issuer=session.identity.issuer or "",
-              subject=session.identity.subject,
-              groups=",".join(sorted(session.identity.groups)), rule=verdict.rule,
-              rules=",".join(verdict.matched), action=action,
-              statement=self.gateway.mask_statement(sql))
-
-
+    def forget(self, session: Session) -> None:
+        self.cancel_keys.unregister(self.name, session.pid, session.client_secret)

@@ -15,24 +15,21 @@ from dataclasses import dataclass, field
 
 import scramp
 
+from hoopwire.core.errors import UpstreamLoginError
 from hoopwire.pg import messages as m
 
 __all__ = ["UpstreamError", "Upstream", "connect_upstream", "send_cancel", "upstream_ssl_context"]
 
 
-class UpstreamError(Exception):
-    """The upstream could not be reached or refused us.
-
-    `client_message`/`code` are what the client may see; the exception text is for the operator.
-    """
+class UpstreamError(UpstreamLoginError):
+    """The upstream could not be reached or refused us (PostgreSQL's defaults for the client's
+    part: SQLSTATE 08006)."""
 
     def __init__(self, operator_text: str, *, code: str = "08006",
                  client_message: str = "could not connect to the upstream server",
                  server_error: bytes | None = None):
-        super().__init__(operator_text)
-        self.code = code
-        self.client_message = client_message
-        self.server_error = server_error  # an ErrorResponse safe to pass on as it is
+        super().__init__(operator_text, code=code, client_message=client_message,
+                         server_error=server_error)
 
 
 @dataclass

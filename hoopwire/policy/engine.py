@@ -1,10 +1,11 @@
 """The guardrail engine: rules compiled into Hyperscan databases, applied to statements.
 
 Protocol neutral: it takes the bytes of a query string (one or more statements) and returns a
-verdict. The SQL dialect lives in the normaliser (hoopwire._sqlnorm, PostgreSQL's lexical rules);
-a MySQL session will bring its own.
+verdict. The SQL dialect comes in as `views`, the dialect's lexer (hoopwire.core.seams.Dialect:
+PostgreSQL's is hoopwire._sqlnorm.statement_views); a MySQL connection brings its own.
 
-    engine = PolicyEngine(connection.guardrails, path="connection[0].guardrail")  # compiles
+    engine = PolicyEngine(connection.guardrails, views=dialect.statement_views,
+                          path="connection[0].guardrail")                 # compiles
     policy = engine.for_groups(identity.groups)      # per group set, compiled once and cached
     verdict = policy.check(query_bytes)              # None: nothing matched
 
@@ -31,7 +32,6 @@ from typing import Callable, Iterable
 
 import hyperscan
 
-from hoopwire._sqlnorm import statement_views
 from hoopwire.config import GuardrailConfig
 from hoopwire.policy.packs import CODE, FULL
 from hoopwire.policy.rules import PolicyError, Rule, Verdict, build_rules
@@ -100,11 +100,13 @@ class PolicyEngine:
     `cache_bytes` in the total length of the cached messages.
     """
 
-    def __init__(self, guardrails: tuple[GuardrailConfig, ...], *, cache_size: int = 4096,
-                 path: str = "guardrail", scan_seconds: Callable[[float], None] | None = None,
+    def __init__(self, guardrails: tuple[GuardrailConfig, ...], *, views: Callable,
+                 cache_size: int = 4096, path: str = "guardrail",
+                 scan_seconds: Callable[[float], None] | None = None,
                  cache_bytes: int = 8 * 1024 * 1024):
         if cache_size < 0 or cache_bytes < 0:
             raise ValueError("cache_size and cache_bytes must not be negative")
+        self.views = views          # the dialect's lexer: (code, full, ambiguous) of a message
         self._rules: tuple[Rule, ...] = tuple(build_rules(tuple(guardrails), path))
         self._path = path
         self.cache_size = cache_size
@@ -200,12 +202,14 @@ class GroupPolicy:
     """The rules that apply to one group set, compiled, with a verdict cache."""
 
     __slots__ = ("_engine", "rules", "approves", "_code", "_full", "_both", "_want_full", "_cache",
-                 "_old", "_gen_size", "_gen_bytes", "_cached_bytes", "_on_match", "__weakref__")
+                 "_old", "_gen_size", "_gen_bytes", "_cached_bytes", "_on_match", "_views",
+                 "__weakref__")
 
     def __init__(self, engine: PolicyEngine, rules: tuple[Rule, ...],
                  code: hyperscan.Database | None, full: hyperscan.Database | None,
                  both: hyperscan.Database | None):
         self._engine = engine
+        self._views = engine.views
         self.rules = rules
         # some rule holds statements for a person: the relay follows prepared statements
         self.approves = any(r.action == "approve" for r in rules)
@@ -290,7 +294,8 @@ class GroupPolicy:
         hits: list[int] = []
         on_match = self._on_match
         want_full = self._want_full
-        code, full, ambiguous = statement_views(sql, want_full)
+        views = self._views
+        code, full, ambiguous = views(sql, want_full)
         try:
             while True:
                 if full is None:
@@ -311,8 +316,7 @@ class GroupPolicy:
                 # A '...' literal holds a backslash. Should the client have turned
                 # standard_conforming_strings off, the server reads '\'' ... differently: read
                 # the message that way too, and let whichever reading matches decide.
-                code, full, ambiguous = statement_views(sql, want_full,
-                                                        standard_conforming_strings=False)
+                code, full, ambiguous = views(sql, want_full, standard_conforming_strings=False)
                 ambiguous = False
         except hyperscan.ScanTerminated:
             return hits  # a blocking rule matched

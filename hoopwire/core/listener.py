@@ -1,0 +1,275 @@
+"""The base listener: what serving one [[connection]] means, whatever its protocol.
+
+It owns the listening socket, the limits (max_handshakes apart from max_connections: sockets
+that never finish a handshake cannot take the slots of clients that log in), the handshake
+timeout, the idle sweep, reload (`apply`) and stop, and the set of live sessions. A protocol
+subclasses it and writes only its handshake (`handshake`) and what a reload means for its
+sessions (`apply_protocol`); every refusal it raises is one of hoopwire.core.errors, worded for
+the client by the protocol's adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+from hoopwire import metrics
+from hoopwire.core.errors import ClientProtocolError, HandshakeDone, Refused, UpstreamLoginError
+from hoopwire.identity import Identity
+from hoopwire.logs import event
+
+if TYPE_CHECKING:
+    from hoopwire.core.gateway import Gateway
+    from hoopwire.core.session import Session
+
+log = logging.getLogger("hoopwire.listener")
+
+__all__ = ["Listener", "Admission"]
+
+# A listener over max_handshakes still answers its client's first message (as the server
+# would) but within this bound, not the configured handshake timeout.
+OVER_LIMIT_TIMEOUT = 5.0
+
+
+class Admission:
+    """One connection's claim on a session slot, taken by the handshake once it is past the
+    point where the protocol's server would count it (PostgreSQL: after the SSLRequest)."""
+
+    __slots__ = ("listener", "over", "taken")
+
+    def __init__(self, listener: "Listener", over: Refused | None):
+        self.listener = listener
+        self.over = over            # the refusal to give instead: too many handshakes
+        self.taken = False
+
+    def take(self, refusal: Refused) -> None:
+        """Claim a slot, or raise the refusal due (over max_handshakes, or `refusal` when
+        max_connections are in use)."""
+        if self.over is not None:
+            raise self.over
+        lst = self.listener
+        if len(lst.sessions) + lst.admitted >= lst.cfg.max_connections:
+            raise refusal
+        lst.admitted += 1
+        self.taken = True
+
+
+class Listener:
+    """Serves one [[connection]]. Subclasses set `adapter` and `dialect` and write
+    `handshake` and `apply_protocol`."""
+
+    adapter = None       # the protocol's ProtocolAdapter
+    dialect = None       # the protocol's Dialect (SQL protocols)
+    log = log
+
+    def __init__(self, gateway: "Gateway", cfg, policy_engine=None, mask_engine=None):
+        self.gateway = gateway
+        self.stats = metrics.conn_stats(cfg.name, self.adapter.protocol)
+        self.sessions: set["Session"] = set()
+        self.starting = 0
+        self.admitted = 0           # handshakes past the max_connections check, not yet sessions
+        self.server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.apply(cfg, policy_engine, mask_engine)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def apply(self, cfg, policy_engine=None, mask_engine=None) -> None:
+        """Take a (re)loaded configuration: new sessions use it, open ones get what the
+        protocol decides (apply_protocol)."""
+        self.cfg = cfg
+        self.policy_engine = policy_engine
+        self.apply_protocol(cfg, mask_engine)
+
+    def apply_protocol(self, cfg, mask_engine) -> None:
+        raise NotImplementedError
+
+    def mask_statement(self, sql: bytes) -> str:
+        """A statement as it may appear in a log line: literals replaced by '?'."""
+        return self.dialect.mask_literals(sql[:self.gateway.statement_text_limit])
+
+    def open_group_sets(self) -> set[frozenset[str]]:
+        return {s.identity.groups for s in self.sessions}
+
+    def policy_for(self, identity: Identity):
+        engine = self.policy_engine
+        if engine is None or engine.empty:
+            return None
+        policy = engine.for_groups(identity.groups)
+        return None if policy.empty else policy  # no rule applies: skip inspection entirely
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        host, port = self.cfg.listen
+        self.server = await asyncio.start_server(
+            self._accept, host, port, reuse_port=self.gateway.workers > 1, backlog=1024,
+            limit=64 * 1024)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        bound = self.server.sockets[0].getsockname()
+        self.bound = (bound[0], bound[1])
+        event(self.log, "listening", connection=self.name, protocol=self.adapter.protocol,
+              address=f"{bound[0]}:{bound[1]}", tls="on" if self.tls_context else "off",
+              upstream="%s:%d" % self.cfg.upstream)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        shutdown = self.adapter.condition(
+            "shutting_down", "terminating connection: the gateway is shutting down", fatal=True)
+        for s in list(self.sessions):
+            if s.relay is not None:
+                s.relay.shutdown("gateway_shutdown", shutdown)
+        self.stopped()
+
+    def stopped(self) -> None:
+        """The protocol's own cleanup once no session is left."""
+
+    async def _sweep(self) -> None:
+        """Close sessions idle longer than idle_timeout."""
+        notice = self.adapter.condition("idle_timeout",
+                                        "terminating connection due to idle timeout", fatal=True)
+        while True:
+            limit = self.cfg.idle_timeout
+            await asyncio.sleep(min(1.0, limit / 4) if limit else 1.0)
+            if not limit:
+                continue
+            for s in list(self.sessions):
+                # a session waiting for an approval is not idle (its rule's timeout applies),
+                # nor one whose statement is still running (pg_sleep(3) under a 1 s limit)
+                r = s.relay
+                if r is not None and not r.held and r.units_sent == r.units_done and \
+                        r.idle_seconds() > limit:
+                    s.relay.shutdown("idle_timeout", notice)
+
+    # -- one connection ------------------------------------------------------------------------
+
+    async def handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        peer: str, admission: Admission) -> None:
+        """The protocol's part: from the first byte to a running relay (and
+        `session_started`), or one of hoopwire.core.errors."""
+        raise NotImplementedError
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        cfg = self.cfg
+        adapter = self.adapter
+        result = "ok"
+        self.starting += 1
+        over = None
+        timeout = cfg.handshake_timeout
+        if self.starting > cfg.max_handshakes:
+            # Handshakes are counted apart from sessions: sockets that never finish one
+            # (200 silent ones held a 200-slot listener for 15 s) cannot take the slots of
+            # clients that log in. One over this limit is refused, but only where the
+            # protocol's server would answer it, and within a short bound.
+            over = Refused("too_many_handshakes", adapter.too_many_clients_code,
+                           "sorry, too many clients already",
+                           detail=f"{self.starting - 1} handshakes in progress")
+            timeout = min(timeout, OVER_LIMIT_TIMEOUT)
+        admission = Admission(self, over)
+        try:
+            await asyncio.wait_for(self.handshake(reader, writer, peer_s, admission), timeout)
+        except HandshakeDone as e:
+            result = e.result
+        except Refused as e:
+            result = e.reason
+            event(self.log, "connection refused", logging.WARNING, connection=cfg.name,
+                  peer=peer_s, reason=e.reason, detail=e.detail or e.message)
+            await self._refuse(writer, adapter.fatal(e.code, e.message))
+        except ClientProtocolError as e:
+            result = "protocol_error"
+            event(self.log, "bad startup", logging.WARNING, connection=cfg.name, peer=peer_s,
+                  error=str(e))
+            await self._refuse(writer, adapter.fatal(e.code, str(e)))
+        except UpstreamLoginError as e:
+            result = "upstream_error"
+            event(self.log, "upstream login failed", logging.ERROR, connection=cfg.name,
+                  peer=peer_s, error=str(e))
+            await self._refuse(writer, e.server_error or adapter.fatal(e.code, e.client_message))
+        except asyncio.TimeoutError:
+            result = "handshake_timeout"
+            event(self.log, "startup timed out", logging.WARNING, connection=cfg.name,
+                  peer=peer_s, timeout=cfg.handshake_timeout)
+            await self._refuse(writer, adapter.condition("handshake_timeout", "startup timed out",
+                                                         fatal=True))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
+            result = "client_gone"
+            event(self.log, "client left during startup", logging.DEBUG, connection=cfg.name,
+                  peer=peer_s, error=type(e).__name__)
+            writer.close()
+        except asyncio.CancelledError:
+            writer.close()
+            raise
+        except Exception:
+            result = "internal_error"
+            self.log.exception("startup failed",
+                               extra={"fields": {"connection": cfg.name, "peer": peer_s}})
+            await self._refuse(writer, adapter.condition(
+                "internal", "internal error in the gateway", fatal=True))
+        finally:
+            self.starting -= 1
+            if admission.taken:
+                self.admitted -= 1
+            metrics.CONNECTIONS_TOTAL.labels(cfg.name, result).inc()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, err: bytes) -> None:
+        try:
+            if not writer.is_closing():
+                writer.write(err)
+                await asyncio.wait_for(writer.drain(), 2.0)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            pass
+        writer.close()
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def session_started(self, session: "Session", relay) -> None:
+        """The handshake made a session and its relay: count it, record it, refuse its
+        statements at once while the audit cannot be written."""
+        session.relay = relay
+        self.sessions.add(session)
+        recorder = self.gateway.recorder
+        if recorder is not None:
+            recorder.session_started(session)
+            if recorder.refusing:
+                relay.refuse_statements(recorder.refuse_error(session))
+        metrics.CONNECTIONS_ACTIVE.labels(self.name).inc()
+
+    def session_ended(self, session: "Session", reason: str) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        gw = self.gateway
+        if gw.approvals is not None:
+            gw.approvals.session_closed(session)
+        if gw.recorder is not None and session.relay is not None:
+            gw.recorder.session_ended(session, reason, session.relay.bytes_in,
+                                      session.relay.bytes_out)
+        self.forget(session)
+        metrics.CONNECTIONS_ACTIVE.labels(self.name).dec()
+        metrics.SESSIONS_CLOSED.labels(self.name, reason).inc()
+        event(self.log, "session closed", connection=self.name, session=session.id,
+              issuer=session.identity.issuer or "", subject=session.identity.subject,
+              reason=reason, seconds=round(time.time() - session.started, 3))
+
+    def forget(self, session: "Session") -> None:
+        """The protocol's own cleanup of an ended session (its cancel key)."""

@@ -1,0 +1,33 @@
+"""PostgreSQL's SQL as the neutral layers need it (hoopwire.core.seams.Dialect): the lexer's two
+views of a statement for guardrails, literal masking for logs and the audit, and the rule every
+PostgreSQL connection with guardrails gets."""
+
+from __future__ import annotations
+
+from hoopwire._sqlnorm import mask_literals, statement_views
+from hoopwire.config import GuardrailConfig
+from hoopwire.policy.packs import UNSAFE_ENCODING_PATTERNS
+
+__all__ = ["PgDialect", "DIALECT"]
+
+
+class PgDialect:
+    name = "postgres"
+    # the functions themselves, not wrappers: the audit's encoder recognises mask_literals and
+    # runs the lexer in C without a call into Python per statement
+    mask_literals = staticmethod(mask_literals)
+    statement_views = staticmethod(statement_views)
+
+    @staticmethod
+    def implied_guardrails(rules: tuple) -> tuple:
+        if any(g.pack == "session-tampering" for g in rules):
+            return rules
+        # An encoding whose characters can end in a backslash byte would let a quote hide from
+        # the normaliser, and with it any statement from every other rule.
+        return rules + (GuardrailConfig(
+            name="unsafe-client-encoding", patterns=tuple(p for _, p in UNSAFE_ENCODING_PATTERNS),
+            scan_literals=True,
+            message="this client encoding is not allowed while guardrails apply"),)
+
+
+DIALECT = PgDialect()
