@@ -56,7 +56,11 @@ ALL_TARGETS = ("direct", "hoopwire", "pgbouncer", "haproxy")
 #   hoopwire-twin   a second plain hoopwire, configured exactly as `hoopwire`: its ratio to it
 #                   is what two identical gateway processes differ by in this run (the floor
 #                   under any "feature costs x%" read off the other ratios)
-EXTRA_TARGETS = ("hoopwire-packs", "hoopwire-audit", "hoopwire-twin")
+#   hoopwire-base, hoopwire-packs-base
+#                   `hoopwire` and `hoopwire-packs` run from another source tree (--base-tree,
+#                   built in place): a previous build against this one in the same run
+EXTRA_TARGETS = ("hoopwire-packs", "hoopwire-audit", "hoopwire-twin", "hoopwire-base",
+                 "hoopwire-packs-base")
 HOOPWIRE_TARGETS = ("hoopwire",) + EXTRA_TARGETS
 PACKS = ("destructive-ddl", "unbounded-write", "privilege-changes", "server-side-io",
          "session-tampering")
@@ -190,7 +194,8 @@ backend pg
 
 
 def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | None,
-                   packs: bool = False, audit_dir: str | None = None) -> Gateway:
+                   packs: bool = False, audit_dir: str | None = None,
+                   tree: str | None = None) -> Gateway:
     """The gateway; with `audit_dir`, session recording on: the audit log in `audit_dir/log`
     (default flush_interval) and the session index in `audit_dir/state.db`."""
     config = {
@@ -206,7 +211,8 @@ def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | 
     if audit_dir:
         config["audit"] = {"path": os.path.join(audit_dir, "log")}
         config["state"] = {"url": "sqlite:///" + os.path.join(audit_dir, "state.db")}
-    return Gateway(config, env={PW_ENV: db_password}, workers=workers)
+    return Gateway(config, env={PW_ENV: db_password}, workers=workers,
+                   **({"tree": tree} if tree else {}))
 
 
 @dataclass
@@ -575,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=int, default=0, metavar="N",
                     help="instead of pgbench: hold N idle connections through each proxy and "
                          "report its memory growth per connection")
+    ap.add_argument("--base-tree", metavar="PATH",
+                    help="the source tree (extensions built in place) the *-base targets run")
     ap.add_argument("--fresh", action="store_true",
                     help="start every hoopwire target anew before each round: what one gateway "
                          "process happens to get (memory layout, hash seed, where it was "
@@ -593,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(targets) - set(ALL_TARGETS) - set(EXTRA_TARGETS)
     if unknown or not targets:
         ap.error(f"unknown targets: {', '.join(sorted(unknown)) or '(none)'}")
+    if any(t.endswith("-base") for t in targets) and not args.base_tree:
+        ap.error("the *-base targets run the tree given by --base-tree")
     variants = [Variant(s, m, c, j) for s in args.scripts.split(",") for m in args.modes.split(",")
                 for c, j in parse_clients(args.clients)]
     max_clients = max([v.clients for v in variants] + [args.idle])
@@ -635,8 +645,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def launch(name: str) -> None:
             gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers,
-                                packs=name == "hoopwire-packs",
-                                audit_dir=audit_dir if name == "hoopwire-audit" else None)
+                                packs=name.startswith("hoopwire-packs"),
+                                audit_dir=audit_dir if name == "hoopwire-audit" else None,
+                                tree=args.base_tree if name.endswith("-base") else None)
             stack.callback(gw.stop)
             gateways[name] = gw
             by_name[name] = Target(name, gw.port("bench"), CLIENT_USER, api_key, gw.pid)

@@ -354,8 +354,9 @@ class Gateway:
 
     def __init__(self, config: dict, *, env: dict[str, str] | None = None,
                  workers: int | None = None, start: bool = True, timeout: float = 20.0,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, tree: str = REPO_ROOT):
         self.config = copy.deepcopy(config)
+        self.tree = tree            # the source tree (with its built extensions) to run
         self.env = dict(env or {})
         self.workers = workers
         self.extra_args = list(extra_args or [])
@@ -416,7 +417,7 @@ class Gateway:
         cmd += self.extra_args
         env = dict(os.environ)
         # the source tree under test comes first, whatever is installed
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (self.tree, env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.env)
         # its own session: a stop can signal worker processes as a group
