@@ -21,6 +21,7 @@ DEBUG = os.environ.get("HOOPWIRE_DEBUG") == "1"
 
 # module name -> root source (the module's path in the package tree); a protocol adds its line
 EXTENSIONS = {
+    "hoopwire.core._frames": "hoopwire/core/_frames.pyx",
     "hoopwire.pg._wire": "hoopwire/pg/_wire.pyx",
     "hoopwire._sqlnorm": "hoopwire/_sqlnorm.pyx",
     "hoopwire._mask": "hoopwire/_mask.pyx",

@@ -3,3 +3,4 @@ extension is hoopwire.pg._wire (hoopwire/pg/_wire.pyx). Import from there; delet
 nothing imports hoopwire._pgwire."""
 
 from hoopwire.pg._wire import *  # noqa: F401,F403
+from hoopwire.core._frames import RTT_BOUNDS, ConnStats  # noqa: F401,E402  (moved to the core)

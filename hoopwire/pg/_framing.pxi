@@ -1,14 +1,11 @@
-cdef inline unsigned int unpack_be32(const unsigned char* p) nogil:
-    return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
-
-
 cdef inline Py_ssize_t pg_message_size(const unsigned char* p) except -1:
-    """The whole size (type byte included) of the message whose header is at p."""
-    cdef unsigned int length = unpack_be32(p + 1)
+    """The whole size (type byte included) of the message whose (whole, 5-byte) header is at p."""
+    cdef Cursor c = cursor(p + 1, 4)
+    cdef unsigned int length = cur_be32(&c)
     # The length counts itself, so anything below 4 is nonsense; above 2^31 is not a
     # length any server or client produces.
     if length < 4 or length > 0x7ffffffb:
-        raise FrameError(f"invalid length {length} in message of type {chr(p[0])!r}")
+        raise PgFrameError(f"invalid length {length} in message of type {chr(p[0])!r}")
     return <Py_ssize_t>length + 1
 
 
@@ -19,8 +16,12 @@ cdef class PgFrameReader(FrameReader):
 
     cdef int parse_header(self, const unsigned char* p) except -1:
         self.cur_size = pg_message_size(p)
-        self.cur_kind = <char>p[0]
+        self.cur_kind = p[0]
         return 0
+
+    cdef int too_big(self, Py_ssize_t size) except -1:
+        raise PgFrameError(f"message of {size} bytes exceeds the limit of {self.max_size} bytes",
+                           "54000")       # program_limit_exceeded
 
 
 cdef class PgFramer(PgFrameReader):
@@ -38,11 +39,11 @@ cdef class PgFramer(PgFrameReader):
         self.hold_kind = ord(hold_kind) if hold_kind else 0
         self.messages = []
 
-    cdef int on_header(self, char kind, Py_ssize_t size) except -1:
+    cdef int on_header(self, int kind, Py_ssize_t size) except -1:
         self.count += 1
         return INSPECT if self.inspect_all else FORWARD
 
-    cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
+    cdef object on_message(self, int kind, const unsigned char* msg, Py_ssize_t size):
         if self.hold_kind and kind == self.hold_kind:
             self.hold_kind = 0
             return HOLD_
@@ -80,3 +81,4 @@ cdef class PgFramer(PgFrameReader):
         if self.held is not None:
             return self.held_need - len(self.held)
         return self.skip + self.hdr_have
+

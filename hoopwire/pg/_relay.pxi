@@ -1,18 +1,4 @@
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-from libc.string cimport memchr
 
-
-cdef inline double monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-# Upper bounds of the statement round-trip histogram, in seconds (+Inf is the last bucket).
-RTT_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-cdef double _rtt_bounds[14]
-for _i, _b in enumerate(RTT_BOUNDS):
-    _rtt_bounds[_i] = _b
 
 cdef bytes TERMINATE = b"X\x00\x00\x00\x04"
 cdef Py_ssize_t HOLD_READ_LIMIT = 1024 * 1024
@@ -73,30 +59,6 @@ cdef bytes _fields_message(bytes kind, str severity, str code, str message, str 
     parts.append(b"\x00")
     cdef bytes body = b"".join(parts)
     return kind + (len(body) + 4).to_bytes(4, "big") + body
-
-
-cdef class ConnStats:
-    """Counters of one configured connection, summed over its sessions (C ints, no locks:
-    each worker process is one thread)."""
-
-    cdef void observe_rtt(self, double seconds) noexcept:
-        cdef int i
-        self.rtt_count += 1
-        self.rtt_sum += seconds
-        for i in range(14):
-            if seconds <= _rtt_bounds[i]:
-                self.rtt_buckets[i] += 1
-                return
-        self.rtt_buckets[14] += 1
-
-    def rtt_histogram(self):
-        """Cumulative bucket counts [(upper bound, count)], +Inf last, and the sum."""
-        cdef unsigned long long acc = 0
-        out = []
-        for i in range(15):
-            acc += self.rtt_buckets[i]
-            out.append((RTT_BOUNDS[i] if i < 14 else float("inf"), acc))
-        return out, self.rtt_sum
 
 
 cdef class Relay:
@@ -197,7 +159,7 @@ cdef class Relay:
         """An error while cutting or judging what the client sent: a protocol error is the
         client's (it hears why); anything else is ours, closes the session and is raised on."""
         if isinstance(e, FrameError):
-            self._close("client_protocol_error", error_response("FATAL", e.code, str(e)))
+            self._close("client_protocol_error", error_response("FATAL", e.code or "08P01", str(e)))
             return 0
         self._close("internal_error", error_response("FATAL", "XX000", "internal error in the gateway"))
         raise e
@@ -251,9 +213,9 @@ cdef class Relay:
 
     cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size):
         """Policy on a Query, Parse or FunctionCall: None to forward, or bytes to send instead."""
-        cdef const unsigned char* body = msg + 5
-        cdef Py_ssize_t blen = size - 5
-        cdef const unsigned char* end
+        cdef Cursor c = cursor(msg + 5, size - 5)
+        cdef const unsigned char* s
+        cdef Py_ssize_t slen
         cdef bytes name = b""
         cdef bytes sql
         if kind == c'F':
@@ -263,16 +225,14 @@ cdef class Relay:
             sql = b"<fast-path function call>"
         else:
             if kind == c'P':
-                end = <const unsigned char*>memchr(body, 0, blen)
-                if end == NULL:
-                    raise FrameError("malformed Parse message")
-                name = body[:end - body]
-                blen -= (end - body) + 1
-                body = end + 1
-            end = <const unsigned char*>memchr(body, 0, blen)
-            if end == NULL:
-                raise FrameError("malformed Query or Parse message")
-            sql = body[:end - body]
+                s = cur_cstr(&c, &slen)
+                if c.bad:
+                    raise PgFrameError("malformed Parse message")
+                name = s[:slen]
+            s = cur_cstr(&c, &slen)
+            if c.bad:
+                raise PgFrameError("malformed Query or Parse message")
+            sql = s[:slen]
             if self.refuse_error is not None:
                 # the audit log cannot be written and the policy is fail-closed
                 verdict = REFUSED_VERDICT
@@ -367,25 +327,24 @@ cdef class Relay:
     cdef object _track_approvals(self, char kind, const unsigned char* msg, Py_ssize_t size):
         """Bind, Execute and Close while approve rules apply (hoopwire/pg/prepared.py): None
         to forward, HOLD, or the bytes to send instead of a denied Execute."""
-        cdef const unsigned char* body = msg + 5
-        cdef Py_ssize_t blen = size - 5
-        cdef const unsigned char* end = <const unsigned char*>memchr(body, 0, blen)
+        cdef Cursor c = cursor(msg + 5, size - 5)
+        cdef const unsigned char* s
+        cdef Py_ssize_t slen
         cdef bytes name, stmt
         cdef unsigned long long unit = self.units_sent + 1     # the next Sync's
         if kind == c'C':
-            if blen >= 2:
-                self.names.close(unit, body[0], msg[6:size - 1])
+            if size - 5 >= 2:
+                self.names.close(unit, msg[5], msg[6:size - 1])
             return None
-        if end == NULL:
-            raise FrameError("malformed extended-protocol message")
-        name = body[:end - body]
+        s = cur_cstr(&c, &slen)
+        if c.bad:
+            raise PgFrameError("malformed extended-protocol message")
+        name = s[:slen]
         if kind == c'B':
-            blen -= (end - body) + 1
-            body = end + 1
-            end = <const unsigned char*>memchr(body, 0, blen)
-            if end == NULL:
-                raise FrameError("malformed Bind message")
-            stmt = body[:end - body]
+            s = cur_cstr(&c, &slen)
+            if c.bad:
+                raise PgFrameError("malformed Bind message")
+            stmt = s[:slen]
             self.names.bind(unit, name, stmt)
             return None
         held = self.names.portal(unit, name)       # Execute
@@ -444,7 +403,7 @@ cdef class RelaySide(PgFrameReader):
 cdef class ClientSide(RelaySide):
     """The client's socket: messages towards the upstream."""
 
-    cdef int on_header(self, char kind, Py_ssize_t size) except -1:
+    cdef int on_header(self, int kind, Py_ssize_t size) except -1:
         cdef Relay r = self.relay
         cdef int disp = FORWARD
         if r.results is not None:
@@ -476,7 +435,7 @@ cdef class ClientSide(RelaySide):
             r.close_reason = "client_terminate"
         return disp
 
-    cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
+    cdef object on_message(self, int kind, const unsigned char* msg, Py_ssize_t size):
         cdef Relay r = self.relay
         cdef object out = None
         if (r.policy is not None or r.refuse_error is not None) and \
@@ -537,7 +496,7 @@ cdef class ClientSide(RelaySide):
 cdef class UpstreamSide(RelaySide):
     """The upstream's socket: messages towards the client."""
 
-    cdef int on_header(self, char kind, Py_ssize_t size) except -1:
+    cdef int on_header(self, int kind, Py_ssize_t size) except -1:
         self.relay.last_upstream_kind = kind
         if self.relay.names is not None and (kind == c'1' or kind == c'2' or kind == c'3'):
             return INSPECT
@@ -547,7 +506,7 @@ cdef class UpstreamSide(RelaySide):
             return INSPECT
         return FORWARD
 
-    cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
+    cdef object on_message(self, int kind, const unsigned char* msg, Py_ssize_t size):
         cdef Relay r = self.relay
         cdef unsigned long long done
         cdef object out = None

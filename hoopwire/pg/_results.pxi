@@ -1,7 +1,7 @@
 from cpython.ref cimport PyObject, Py_XDECREF, Py_XINCREF
 from libc.stdlib cimport free as c_free, realloc as c_realloc
-from libc.string cimport memchr, memcmp, memcpy, memmove
-from posix.time cimport CLOCK_REALTIME
+from libc.string cimport memcmp, memcpy, memmove
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
 from hoopwire._mask import MaskRowError
 
@@ -31,28 +31,19 @@ cdef inline object _obj(PyObject* p):
     return None if p == NULL else <object>p
 
 
-cdef inline bint _same_cstr(const unsigned char* p, Py_ssize_t n, bytes s) noexcept:
-    """Whether the NUL-terminated string at p (within n bytes) is exactly s."""
+cdef inline bint _same_cstr(const Cursor* c, bytes s) noexcept:
+    """Whether the NUL-terminated string next in c is exactly s (c does not move)."""
     cdef Py_ssize_t k = PyBytes_GET_SIZE(s)
-    return k < n and p[k] == 0 and memcmp(p, PyBytes_AS_STRING(s), k) == 0
+    return k < c.n and c.p[k] == 0 and memcmp(c.p, PyBytes_AS_STRING(s), k) == 0
 
 
-cdef inline Py_ssize_t _cstr_len(const unsigned char* p, Py_ssize_t n) except -1:
-    """The length of the NUL-terminated string at p (at most n bytes)."""
-    cdef const unsigned char* end
-    if n > 0 and p[0] == 0:
-        return 0                # the unnamed statement or portal: most messages name it
-    end = <const unsigned char*>memchr(p, 0, n) if n > 0 else NULL
-    if end == NULL:
-        raise FrameError("malformed message: unterminated string")
-    return end - p
-
-
-cdef inline bytes _cstr(const unsigned char* p, Py_ssize_t n, Py_ssize_t* used):
-    """The NUL-terminated string at p (at most n bytes); used = its length + 1."""
-    cdef Py_ssize_t i = _cstr_len(p, n)
-    used[0] = i + 1
-    return EMPTY_NAME if i == 0 else p[:i]
+cdef inline bytes _cstr(Cursor* c):
+    """The NUL-terminated string next in c."""
+    cdef Py_ssize_t k
+    cdef const unsigned char* s = cur_cstr(c, &k)
+    if s == NULL:
+        raise PgFrameError("malformed message: unterminated string")
+    return EMPTY_NAME if k == 0 else s[:k]
 
 
 cdef inline tuple _named(dict named, tuple unnamed, bytes name):
@@ -127,8 +118,8 @@ cdef class PgResults:
 
     cdef object client_message(self, char kind, const unsigned char* msg, Py_ssize_t size,
                                object replaced):
-        cdef const unsigned char* body = msg + 5
-        cdef Py_ssize_t blen = size - 5, used
+        cdef Cursor c = cursor(msg + 5, size - 5)
+        cdef unsigned int what
         cdef bytes name, other
         cdef object info
         cdef object out = replaced
@@ -136,9 +127,9 @@ cdef class PgResults:
         cdef tuple known
         if kind == c'Q':
             if self.light:
-                self._push_text(body, blen, wallclock())
+                self._push_text(msg + 5, size - 5, wallclock())
             else:
-                sql = _cstr(body, blen, &used)
+                sql = _cstr(&c)
                 info = self.masker.statement(sql) if self.mask_on else None
                 self._push(R_QUERY, info, sql, wallclock())
         elif kind == c'F':
@@ -148,28 +139,28 @@ cdef class PgResults:
                 out = self.relay._judge(kind, msg, size)
             self._push(R_QUERY, EMPTY_INFO, b"<fast-path function call>", wallclock())
         elif kind == c'P':
-            name = _cstr(body, blen, &used)
+            name = _cstr(&c)
             known = self._stmt(name)
-            if not self.mask_on and known is not SUSPECT and \
-                    _same_cstr(body + used, blen - used, <bytes>known[1]):
+            if not self.mask_on and known is not SUSPECT and _same_cstr(&c, <bytes>known[1]):
                 # a driver parsing the same text again (pgbench -M extended, unnamed
                 # statements): keep what we have rather than copying and hashing it anew
                 sql = <bytes>known[1]
             else:
-                sql = _cstr(body + used, blen - used, &used)
+                sql = _cstr(&c)
                 self._set_stmt(name, (self.masker.statement(sql) if self.mask_on else None, sql))
             self._push(R_PARSE, None, sql, 0.0)
         elif kind == c'B':
-            name = _cstr(body, blen, &used)
-            other = _cstr(body + used, blen - used, &used)
+            name = _cstr(&c)
+            other = _cstr(&c)
             self._set_portal(name, self._stmt(other))
             if not self.light:
                 self._push(R_BIND, None, None, 0.0)
         elif kind == c'D':
-            if blen < 2:
-                raise FrameError("malformed Describe message")
-            name = _cstr(body + 1, blen - 1, &used)
-            if body[0] == c'S':
+            if size - 5 < 2:
+                raise PgFrameError("malformed Describe message")
+            what = cur_u8(&c)
+            name = _cstr(&c)
+            if what == c'S':
                 known = self._stmt(name)
                 self._push(R_DESC_S, known[0], None, 0.0)
                 self.last_desc_portal = False
@@ -179,7 +170,7 @@ cdef class PgResults:
                 self.last_desc_portal = True
                 self.last_desc_name = name
         elif kind == c'E':
-            name = _cstr(body, blen, &used)
+            name = _cstr(&c)
             known = self._portal(name)
             if self.mask_on and out is None and not (
                     self.last_client == c'D' and self.last_desc_portal and
@@ -193,9 +184,10 @@ cdef class PgResults:
                        b"\x00" + msg[:size])
             self._push(R_EXEC, known[0], known[1], wallclock())
         elif kind == c'C':
-            if blen >= 2:
-                name = _cstr(body + 1, blen - 1, &used)
-                if body[0] == c'S':
+            if size - 5 >= 2:
+                what = cur_u8(&c)
+                name = _cstr(&c)
+                if what == c'S':
                     self._set_stmt(name, None)
                 else:
                     self._set_portal(name, None)
@@ -276,9 +268,12 @@ cdef class PgResults:
     cdef int _push_text(self, const unsigned char* p, Py_ssize_t n, double t) except -1:
         """A Query while light: its text (the NUL-terminated string at p, within n bytes) is
         copied into qtext rather than made a bytes object."""
-        cdef Py_ssize_t k = _cstr_len(p, n), cap, i
+        cdef Py_ssize_t k, cap, i
+        cdef Cursor c = cursor(p, n)
         cdef char* grown
         cdef Req* r
+        if cur_cstr(&c, &k) == NULL:
+            raise PgFrameError("malformed message: unterminated string")
         if self.qt_n + k > self.qt_cap and self.qt_head > 0:
             # Queries kept in flight without a pause never empty the queue: drop the texts of
             # the answered ones (they are the front of the buffer) before growing it

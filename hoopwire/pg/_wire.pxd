@@ -1,59 +1,14 @@
-# Declarations of the hoopwire.pg._wire extension: the shared framing layer, PostgreSQL framing
-# and the relay. _wire.pyx includes the implementations (_*.pxi beside it) in the same order.
+# Declarations of the hoopwire.pg._wire extension: PostgreSQL framing, the relay and result
+# tracking. _wire.pyx includes the implementations (_*.pxi beside it) in the same order; the
+# frame reader and the counters are the core's (hoopwire/core/_frames.pxd), cimported.
 cimport cython
 from cpython.ref cimport PyObject
 from hoopwire._auditlog cimport StatementLog, TagBuf, tags_push
 from hoopwire._mask cimport RowPlan
+from hoopwire.core._frames cimport (ConnStats, FORWARD, INSPECT, FrameReader,
+                                    monotonic)
+from hoopwire.core.cursor cimport Cursor, cursor, cur_be32, cur_cstr, cur_u8
 
-
-# Protocol-neutral framing: cut a byte stream into messages as it arrives.
-#
-# A FrameReader walks each received chunk in place. At every message header it asks the
-# protocol (a subclass) whether the body matters:
-#   FORWARD -- pass the bytes on unparsed; a message split across reads is just counted down.
-#   INSPECT -- the whole message is needed first: handed out as a pointer into the chunk when it
-#              sits in one, copied into `held` only when it spans reads.
-# Output is collected as a list of pieces -- the received chunk itself when nothing changed --
-# so the caller writes once per read.
-
-cdef enum Disposition:
-    FORWARD = 0
-    INSPECT = 1
-
-
-cdef class FrameReader:
-    cdef:
-        int header_size            # bytes of a message header (pg: 5, mysql: 4)
-        Py_ssize_t max_size        # largest whole message accepted, header included
-        unsigned char hdr[16]      # a header that arrived split across reads
-        int hdr_have               # how many of its bytes we have so far
-        Py_ssize_t skip            # bytes of a FORWARD message still to come in later reads
-        bytearray held             # an INSPECT message spanning reads, header included
-        Py_ssize_t held_need       # its whole size
-        char held_kind
-        list out                   # pieces to write for the current read
-        bint failed                # a framing error was raised: the stream is unusable
-        bint holding               # on_message returned HOLD: reading stops until resumed
-        bytes stalled              # the bytes from the held message on, fed again on resume
-        bint replaying             # resuming: the first message's header was seen already
-
-        # Set by parse_header for the message being cut.
-        char cur_kind
-        Py_ssize_t cur_size        # whole message size, header included
-
-    # The protocol's part: read a header, choose a disposition, judge a whole message.
-    # on_message returns None to forward the message as it is, the bytes to send instead
-    # (b"" drops it), or HOLD to stop here until resume_feed() (the protocol must then stop
-    # reading its transport; the message is judged again on resume).
-    cdef int parse_header(self, const unsigned char* p) except -1
-    cdef int on_header(self, char kind, Py_ssize_t size) except -1
-    cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size)
-
-    cdef int feed(self, object data) except -1
-    cdef int resume_feed(self) except -1
-    cdef int too_big(self, Py_ssize_t size) except -1       # raises the FrameError for it
-    cdef int _begin(self, const unsigned char* p, Py_ssize_t avail) except -1
-    cdef int _hold_more(self, const unsigned char* p, Py_ssize_t n) except -1
 
 # PostgreSQL v3 framing: a message is a type byte and a big-endian int32 length that counts
 # itself but not the type byte.
@@ -71,6 +26,7 @@ cdef class PgFramer(PgFrameReader):
         Py_ssize_t count          # messages seen in all
         char hold_kind            # tests: HOLD the first message of this type once (0: never)
 
+
 # The relay: a session after authentication. Two protocol objects (one per socket) share a
 # Relay; bytes are framed in place and written to the other side, usually as the very chunk
 # that arrived. Python is entered only for a statement that policy must judge and for events
@@ -83,20 +39,6 @@ cdef enum:
 
 cdef enum:
     RTT_RING = 64          # pipelined units (Query or Sync) whose send time we remember
-    RTT_BUCKETS = 15
-
-
-cdef class ConnStats:
-    # Counters for one configured connection, summed over its sessions; read at scrape time.
-    cdef public unsigned long long bytes_from_client
-    cdef public unsigned long long bytes_from_upstream
-    cdef public unsigned long long queries         # simple-protocol Query messages
-    cdef public unsigned long long executes        # extended-protocol Execute messages
-    cdef public unsigned long long rtt_count       # units timed (Query/Sync -> ReadyForQuery)
-    cdef public double rtt_sum
-    cdef unsigned long long rtt_buckets[RTT_BUCKETS]
-
-    cdef void observe_rtt(self, double seconds) noexcept
 
 
 cdef class PgResults

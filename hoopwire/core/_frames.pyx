@@ -1,6 +1,11 @@
+# hoopwire.core._frames: the protocol-neutral frame reader and relay counters (see _frames.pxd).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize, PyBytes_CheckExact
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memcpy
+
+from hoopwire.core.cursor cimport (Cursor, cursor, cur_be16, cur_be32, cur_be32s, cur_cstr,
+                                   cur_le16, cur_le24, cur_le32, cur_le64, cur_lenenc,
+                                   cur_lenenc_str, cur_take, cur_u8)
 
 
 # on_message: stop here, this message is judged again on resume. A C-level name for the
@@ -11,9 +16,11 @@ HOLD = HOLD_
 
 
 class FrameError(Exception):
-    """The peer sent bytes that are not a valid message stream (bad length, oversized...)."""
+    """The peer sent bytes that are not a valid message stream (bad length, oversized...).
+    `code` is the protocol's code for it (PostgreSQL: a SQLSTATE), None when the core raised it
+    and the protocol did not say (FrameReader.too_big is the protocol's to override)."""
 
-    def __init__(self, message, code="08P01"):
+    def __init__(self, message, code=None):
         super().__init__(message)
         self.code = code
 
@@ -21,17 +28,17 @@ class FrameError(Exception):
 cdef class FrameReader:
 
     def __cinit__(self):
-        self.header_size = 5
+        self.header_size = 0            # the protocol's __cinit__ sets it
         self.max_size = 0x7fffffff
         self.out = []
 
     cdef int parse_header(self, const unsigned char* p) except -1:
         raise NotImplementedError
 
-    cdef int on_header(self, char kind, Py_ssize_t size) except -1:
+    cdef int on_header(self, int kind, Py_ssize_t size) except -1:
         return FORWARD
 
-    cdef object on_message(self, char kind, const unsigned char* msg, Py_ssize_t size):
+    cdef object on_message(self, int kind, const unsigned char* msg, Py_ssize_t size):
         return None
 
     cdef int _hold_more(self, const unsigned char* p, Py_ssize_t n) except -1:
@@ -57,8 +64,7 @@ cdef class FrameReader:
         return 0
 
     cdef int too_big(self, Py_ssize_t size) except -1:
-        raise FrameError(f"message of {size} bytes exceeds the limit of {self.max_size} bytes",
-                         "54000")
+        raise FrameError(f"message of {size} bytes exceeds the limit of {self.max_size} bytes")
 
     cdef int _begin(self, const unsigned char* p, Py_ssize_t avail) except -1:
         """A header is complete at p: validate it and pick the message's disposition."""
@@ -75,6 +81,8 @@ cdef class FrameReader:
         """Cut one received chunk; self.out receives the pieces to write, in order."""
         if self.failed:
             return 0
+        if self.header_size <= 0 or self.header_size > MAX_HEADER:
+            raise ValueError(f"header_size {self.header_size}: the protocol must set 1..{MAX_HEADER}")
         if not PyBytes_CheckExact(data):
             data = bytes(data)
         if self.holding:
@@ -205,3 +213,81 @@ cdef class FrameReader:
         else:
             self.out = []
         return 0
+
+
+# Upper bounds of the statement round-trip histogram, in seconds (+Inf is the last bucket).
+RTT_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+cdef double _rtt_bounds[RTT_BUCKETS - 1]
+for _i, _b in enumerate(RTT_BOUNDS):
+    _rtt_bounds[_i] = _b
+
+
+cdef class ConnStats:
+    """Counters of one configured connection, summed over its sessions (C ints, no locks:
+    each worker process is one thread)."""
+
+    cdef void observe_rtt(self, double seconds) noexcept:
+        cdef int i
+        self.rtt_count += 1
+        self.rtt_sum += seconds
+        for i in range(RTT_BUCKETS - 1):
+            if seconds <= _rtt_bounds[i]:
+                self.rtt_buckets[i] += 1
+                return
+        self.rtt_buckets[RTT_BUCKETS - 1] += 1
+
+    def rtt_histogram(self):
+        """Cumulative bucket counts [(upper bound, count)], +Inf last, and the sum."""
+        cdef unsigned long long acc = 0
+        out = []
+        for i in range(RTT_BUCKETS):
+            acc += self.rtt_buckets[i]
+            out.append((RTT_BOUNDS[i] if i < RTT_BUCKETS - 1 else float("inf"), acc))
+        return out, self.rtt_sum
+
+
+def cursor_reads(data, str ops):
+    """Tests: read `data` with the cursor, one read per letter of `ops` -- 'b' u8, 'h' be16,
+    'i' be32, 's' signed be32, 'w' le16, 't' le24, 'l' le32, 'q' le64, 'n' lenenc integer,
+    'e' lenenc string, 'z' C string, a digit k: k bytes -- and return [(value, bad)] per read
+    (bytes values as bytes, a NULL as None) and the bytes left."""
+    cdef bytes b = bytes(data)
+    cdef Cursor c = cursor(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+    cdef const unsigned char* q
+    cdef Py_ssize_t k
+    cdef bint is_null
+    cdef unsigned long long v
+    out = []
+    for op in ops:
+        if op == "b":
+            val = cur_u8(&c)
+        elif op == "h":
+            val = cur_be16(&c)
+        elif op == "i":
+            val = cur_be32(&c)
+        elif op == "s":
+            val = cur_be32s(&c)
+        elif op == "w":
+            val = cur_le16(&c)
+        elif op == "t":
+            val = cur_le24(&c)
+        elif op == "l":
+            val = cur_le32(&c)
+        elif op == "q":
+            val = cur_le64(&c)
+        elif op == "n":
+            v = cur_lenenc(&c, &is_null)
+            val = None if is_null else v
+        elif op == "e":
+            q = cur_lenenc_str(&c, &k)
+            val = None if q == NULL else q[:k]
+        elif op == "z":
+            q = cur_cstr(&c, &k)
+            val = None if q == NULL else q[:k]
+        elif op.isdigit():
+            q = cur_take(&c, int(op))
+            val = None if q == NULL else q[:int(op)]
+        else:
+            raise ValueError(op)
+        out.append((val, bool(c.bad)))
+    return out, c.n
