@@ -82,3 +82,71 @@ cdef class PgFramer(PgFrameReader):
             return self.held_need - len(self.held)
         return self.skip + self.hdr_have
 
+
+cdef class ScriptedFramer(PgFrameReader):
+    """Tests: drive every path of the core's frame reader with PostgreSQL messages. What to do
+    with each message type comes from a script {type: action}:
+      "forward"  FORWARD: the body is never looked at
+      "inspect"  INSPECT, forwarded as it is
+      "drop"     INSPECT, replaced by nothing
+      "replace"  INSPECT, replaced by an 'R' message carrying b"<" + body + b">"
+      "hold"     INSPECT, HOLD once, then forwarded when judged again on resume
+    Types not in the script are forwarded. `events` records what the core asked (type, size,
+    disposition) once per message; `judged` the (type, body) of every message judged to the end.
+    """
+
+    def __init__(self, script, Py_ssize_t max_size=0x7fffffff):
+        if max_size < 5:
+            raise ValueError("max_size must be at least 5")
+        self.max_size = max_size
+        self.script = {ord(k): v for k, v in script.items()}
+        self.events = []
+        self.judged = []
+
+    cdef int on_header(self, int kind, Py_ssize_t size) except -1:
+        cdef int disp = FORWARD if self.script.get(kind, "forward") == "forward" else INSPECT
+        self.events.append((chr(<unsigned char>kind), size, disp))
+        return disp
+
+    cdef object on_message(self, int kind, const unsigned char* msg, Py_ssize_t size):
+        action = self.script.get(kind)
+        body = msg[5:size]
+        if action == "hold":
+            if not self.rejudge:
+                self.rejudge = True
+                return HOLD_
+            self.rejudge = False
+        self.judged.append((chr(<unsigned char>kind), body))
+        if action == "drop":
+            return b""
+        if action == "replace":
+            return b"R" + (len(body) + 6).to_bytes(4, "big") + b"<" + body + b">"
+        return None
+
+    def feed_bytes(self, data):
+        """Feed a chunk; the bytes it would write."""
+        self.feed(data)
+        return b"".join([bytes(p) for p in self.out])
+
+    def resume_bytes(self):
+        """After a HOLD: go on; the bytes that writes."""
+        self.resume_feed()
+        return b"".join([bytes(p) for p in self.out])
+
+    @property
+    def holding_now(self):
+        return self.holding
+
+    @property
+    def events(self):
+        return self.events
+
+    @property
+    def judged(self):
+        return self.judged
+
+    @property
+    def pending(self):
+        if self.held is not None:
+            return self.held_need - len(self.held)
+        return self.skip + self.hdr_have + (len(self.stalled) if self.stalled else 0)

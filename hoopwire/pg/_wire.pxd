@@ -27,6 +27,14 @@ cdef class PgFramer(PgFrameReader):
         char hold_kind            # tests: HOLD the first message of this type once (0: never)
 
 
+cdef class ScriptedFramer(PgFrameReader):
+    # Tests: every path of the core's frame reader, chosen per message type (see _framing.pxi).
+    cdef:
+        dict script               # type -> action
+        list events               # (type, size, disposition) per header
+        list judged               # (type, body) per message judged to the end
+        bint rejudge              # the held message comes back: let it pass this time
+
 # The relay: a session after authentication. Two protocol objects (one per socket) share a
 # Relay; bytes are framed in place and written to the other side, usually as the very chunk
 # that arrived. Python is entered only for a statement that policy must judge and for events
