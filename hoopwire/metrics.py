@@ -70,13 +70,15 @@ JWKS_DEGRADED = Gauge(
     "the last good keys (or none)", ["source"], multiprocess_mode="livemax")
 
 _stats: dict[str, ConnStats] = {}
+_protocols: dict[str, str] = {}     # connection name -> its protocol (the `protocol` label)
 
 
-def conn_stats(name: str) -> ConnStats:
+def conn_stats(name: str, protocol: str) -> ConnStats:
     """The process-wide counters of one configured connection (kept across reloads)."""
     s = _stats.get(name)
     if s is None:
         s = _stats[name] = ConnStats()
+    _protocols[name] = protocol
     return s
 
 
@@ -84,7 +86,7 @@ def _snapshot() -> dict:
     out = {}
     for name, s in _stats.items():
         buckets, total = s.rtt_histogram()
-        out[name] = {
+        out[name] = {"protocol": _protocols.get(name, ""),
             "bytes_from_client": s.bytes_from_client, "bytes_from_upstream": s.bytes_from_upstream,
             "queries": s.queries, "executes": s.executes, "rtt_count": s.rtt_count,
             "rtt_sum": total, "rtt_buckets": [c for _, c in buckets],
@@ -130,7 +132,9 @@ def _add(into: dict, snap: dict) -> None:
             into[name] = {k: (list(v) if isinstance(v, list) else v) for k, v in s.items()}
             continue
         for k, v in s.items():
-            if isinstance(v, list):
+            if isinstance(v, str):
+                m[k] = v
+            elif isinstance(v, list):
                 old = m.get(k) or []
                 if len(old) < len(v):
                     old = old + [0] * (len(v) - len(old))
@@ -183,18 +187,23 @@ class RelayStatsCollector:
 
     def collect(self):
         data = _merged(self.directory)
-        b = CounterMetricFamily("hoopwire_bytes", "Bytes relayed", labels=["connection", "direction"])
-        st = CounterMetricFamily("hoopwire_statements", "Statements relayed (simple Query and "
-                                 "extended Execute messages)", labels=["connection", "protocol"])
-        h = HistogramMetricFamily("hoopwire_statement_seconds", "Round trip from Query or Sync to "
-                                  "ReadyForQuery, as seen by the gateway", labels=["connection"])
+        b = CounterMetricFamily("hoopwire_bytes", "Bytes relayed",
+                                labels=["connection", "protocol", "direction"])
+        st = CounterMetricFamily("hoopwire_statements", "Statements relayed, by the wire "
+                                 "protocol's way of sending them (postgres: simple Query and "
+                                 "extended Execute messages)",
+                                 labels=["connection", "protocol", "query_protocol"])
+        h = HistogramMetricFamily("hoopwire_statement_seconds", "Round trip from a statement "
+                                  "(postgres: Query or Sync) to its end (ReadyForQuery), as seen "
+                                  "by the gateway", labels=["connection", "protocol"])
+        bounds = [str(x) for x in RTT_BOUNDS] + ["+Inf"]
         for name, s in sorted(data.items()):
-            b.add_metric([name, "client_to_upstream"], s["bytes_from_client"])
-            b.add_metric([name, "upstream_to_client"], s["bytes_from_upstream"])
-            st.add_metric([name, "simple"], s["queries"])
-            st.add_metric([name, "extended"], s["executes"])
-            bounds = [str(x) for x in RTT_BOUNDS] + ["+Inf"]
-            h.add_metric([name], list(zip(bounds, s["rtt_buckets"])), s["rtt_sum"])
+            proto = s.get("protocol", "")
+            b.add_metric([name, proto, "client_to_upstream"], s["bytes_from_client"])
+            b.add_metric([name, proto, "upstream_to_client"], s["bytes_from_upstream"])
+            st.add_metric([name, proto, "simple"], s["queries"])
+            st.add_metric([name, proto, "extended"], s["executes"])
+            h.add_metric([name, proto], list(zip(bounds, s["rtt_buckets"])), s["rtt_sum"])
         yield b
         yield st
         yield h
