@@ -7,6 +7,8 @@
 # GIL, writes it as JSON, then joins, numbers and hashes the batch.
 
 from libc.stdlib cimport realloc
+
+from hoopwire.core.dialect cimport CDialect
 from libc.string cimport memcpy
 
 
@@ -102,7 +104,7 @@ cdef struct RawStatement:
 
 cdef enum:
     TEXT_SLOTS = 1024             # statement texts the encoder remembers
-    TEXT_LEXER = 0                # literals masked by sqlnorm's lexer (mask_literals)
+    TEXT_LEXER = 0                # literals masked by a dialect's lexer in C (its CDialect)
     TEXT_KEEP = 1                 # as sent (keep_literals)
     TEXT_PYTHON = 2               # any other masker: called with the GIL
 
@@ -121,6 +123,8 @@ cdef class StatementEncoder:
     cdef Py_ssize_t gwlen
     cdef object mask_statement    # sql bytes -> recorded text (str)
     cdef int mode                 # TEXT_*
+    cdef const CDialect* dialect  # TEXT_LEXER: whose lexer (static in the dialect's module)
+    cdef object dialect_capsule   # ... and the capsule it came from
     cdef Py_ssize_t limit         # bytes of a statement it is given
     cdef TextSlot slots[TEXT_SLOTS]   # direct-mapped; filled with texts seen twice
     cdef unsigned long long seen[TEXT_SLOTS]   # hash of the last text that missed in each slot

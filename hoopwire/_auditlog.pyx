@@ -27,9 +27,9 @@ from cpython.pythread cimport PyThread_acquire_lock, PyThread_allocate_lock, PyT
 
 import orjson
 
-from hoopwire._sqlnorm cimport M_MASK, Out as NormOut, lex as norm_lex, \
-    out_free as norm_out_free, out_init as norm_out_init
-from hoopwire._sqlnorm import mask_literals
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+from hoopwire.core.dialect cimport CDIALECT_CAPSULE
 
 cdef extern from "Python.h":
     char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
@@ -449,8 +449,20 @@ cdef class StatementEncoder:
         self.gwlen = PyBytes_GET_SIZE(self.gw)
         self.mask_statement = mask_statement
         self.limit = limit
-        self.mode = TEXT_LEXER if mask_statement is mask_literals else \
+        # a dialect's masker that says how to run it in C (its `c_dialect` capsule) runs in
+        # the audit thread without the GIL; any other masker is called with it
+        self.dialect_capsule = getattr(mask_statement, "c_dialect", None)
+        self.dialect = NULL
+        if self.dialect_capsule is not None:
+            self.dialect = <const CDialect*>PyCapsule_GetPointer(self.dialect_capsule,
+                                                                 CDIALECT_CAPSULE)
+        self.mode = TEXT_LEXER if self.dialect != NULL else \
             TEXT_KEEP if mask_statement is keep_literals else TEXT_PYTHON
+
+    @property
+    def c_dialect(self):
+        """The dialect whose lexer masks statement texts in C (None: Python or none does)."""
+        return self.dialect.name.decode() if self.dialect != NULL else None
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -471,7 +483,8 @@ cdef class StatementEncoder:
         cdef unsigned long long h = text_hash(sql, n)
         cdef Py_ssize_t i = <Py_ssize_t>(h % TEXT_SLOTS), start = o.n, cut
         cdef TextSlot* slot = &self.slots[i]
-        cdef NormOut m
+        cdef unsigned char* mbuf = NULL
+        cdef Py_ssize_t mlen = 0
         cdef int r
         cdef char* key
         cdef char* val
@@ -484,12 +497,11 @@ cdef class StatementEncoder:
         if self.mode == TEXT_KEEP:
             r = out_json_string(o, <const unsigned char*>sql, cut, STR_UTF8)
         else:
-            norm_out_init(&m, cut + 16, M_MASK, True)
             try:
-                norm_lex(<const unsigned char*>sql, cut, &m, False, None)
-                r = out_json_string(o, m.buf, m.len, STR_UTF8)
+                self.dialect.mask_literals(<const unsigned char*>sql, cut, &mbuf, &mlen)
+                r = out_json_string(o, mbuf, mlen, STR_UTF8)
             finally:
-                norm_out_free(&m)
+                free(mbuf)
         if r:
             return 1
         if self.seen[i] != h or n > self.limit:

@@ -46,6 +46,9 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp, memchr
+from cpython.pycapsule cimport PyCapsule_New
+
+from hoopwire.core.dialect cimport CDIALECT_CAPSULE, CDialect
 
 # lex() is nogil so that the audit thread can mask statement texts without the GIL; split mode
 # appends to Python lists and is only ever called with the GIL held. These two C helpers do the
@@ -1081,6 +1084,25 @@ def split_statements(sql, *, bint standard_conforming_strings=True) -> list:
         out_free(&o)
 
 
+cdef int _mask_text(const uchar* sql, Py_ssize_t n, uchar** out, Py_ssize_t* out_len) \
+        except -1 nogil:
+    """PostgreSQL's CDialect.mask_literals: mask_literals' lexer pass (standard_conforming_strings
+    on), the output left in *out for the caller to free, also when the lexer fails."""
+    cdef Out o
+    out_init(&o, n + 16, M_MASK, True)
+    try:
+        lex(sql, n, &o, False, None)
+    finally:
+        out[0] = o.buf
+        out_len[0] = o.len
+    return 0
+
+
+cdef CDialect _C_DIALECT
+_C_DIALECT.name = "postgres"
+_C_DIALECT.mask_literals = _mask_text
+
+
 def mask_literals(sql, *, bint standard_conforming_strings=True) -> str:
     """`sql` for an operator log: comments dropped, whitespace folded, every literal, dollar body
     and number replaced by ?, everything else as written (invalid UTF-8 shown as U+FFFD)."""
@@ -1093,3 +1115,7 @@ def mask_literals(sql, *, bint standard_conforming_strings=True) -> str:
         return PyUnicode_DecodeUTF8(<const char*>o.buf, o.len, "replace")
     finally:
         out_free(&o)
+
+
+# what the audit's encoder runs without the GIL for this function (hoopwire/core/dialect.pxd)
+mask_literals.c_dialect = PyCapsule_New(<void*>&_C_DIALECT, CDIALECT_CAPSULE, NULL)
