@@ -56,6 +56,8 @@ extensions = [
 
 
 setup(
+    # the generated C sits beside its .pyx in the package tree: a build output, not package data
+    exclude_package_data={"": ["*.c", "*.html"]},
     ext_modules=cythonize(
         extensions,
         language_level=3,
