@@ -324,7 +324,7 @@ class ConnectionMasking:
 
 
 class SessionMasker:
-    """Per session: called by the relay's result tracking (ext/pg/results.pyx)."""
+    """Per session: called by the relay's result tracking (hoopwire/pg/_results.pxi)."""
 
     def __init__(self, conn: ConnectionMasking, database: str):
         self.conn = conn
