@@ -6,6 +6,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev l
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
+COPY ext ./ext
 COPY hoopwire ./hoopwire
 COPY requirements/pins.txt ./requirements/pins.txt
 # the same pins as the tests (setuptools, wheel and Cython of the build too)

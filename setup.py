@@ -1,11 +1,13 @@
 """Build the Cython extensions of the hoopwire package.
 
-Each extension's .pyx and .pxd sit in the package tree at the module's own path
-(hoopwire/pg/_wire.pyx is hoopwire.pg._wire), so a `cimport hoopwire.x._y` finds
-hoopwire/x/_y.pxd by the normal package lookup and cythonize follows every cimport and include
-when it decides what to regenerate: no rebuild logic of our own. An extension may `include`
-parts (.pxi beside it) so calls between them stay C calls; across extensions it cimports.
-The generated .c files are build outputs and never committed.
+The Cython sources live in ext/, in a tree that mirrors the package: each extension's .pyx and
+.pxd sit at the module's own path under ext/ (ext/hoopwire/pg/_wire.pyx is hoopwire.pg._wire),
+so a `cimport hoopwire.x._y` finds ext/hoopwire/x/_y.pxd on the include path and cythonize
+follows every cimport and include when it decides what to regenerate: no rebuild logic of our
+own. (Cython finds a .pxd only by its module's package path: a flat ext/core/ would hide the
+declarations from its dependency tracking, which is how stale struct layouts got built before.)
+An extension may `include` parts (.pxi beside it) so calls between them stay C calls; across
+extensions it cimports. The generated .c files are build outputs and never committed.
 """
 
 import os
@@ -19,13 +21,13 @@ except ImportError as e:  # pip installs Cython from [build-system].requires
 
 DEBUG = os.environ.get("HOOPWIRE_DEBUG") == "1"
 
-# module name -> root source (the module's path in the package tree); a protocol adds its line
+# module name -> root source (the module's path under ext/); a protocol adds its line
 EXTENSIONS = {
-    "hoopwire.core._frames": "hoopwire/core/_frames.pyx",
-    "hoopwire.pg._wire": "hoopwire/pg/_wire.pyx",
-    "hoopwire._sqlnorm": "hoopwire/_sqlnorm.pyx",
-    "hoopwire._mask": "hoopwire/_mask.pyx",
-    "hoopwire._auditlog": "hoopwire/_auditlog.pyx",
+    "hoopwire.core._frames": "ext/hoopwire/core/_frames.pyx",
+    "hoopwire.pg._wire": "ext/hoopwire/pg/_wire.pyx",
+    "hoopwire._sqlnorm": "ext/hoopwire/_sqlnorm.pyx",
+    "hoopwire._mask": "ext/hoopwire/_mask.pyx",
+    "hoopwire._auditlog": "ext/hoopwire/_auditlog.pyx",
 }
 # C libraries an extension links against, and the Debian package that builds with each:
 # OpenSSL's libcrypto (libssl-dev), Hyperscan's libhs (libhyperscan-dev)
@@ -56,12 +58,10 @@ extensions = [
 
 
 setup(
-    # the generated C sits beside its .pyx in the package tree: a build output, not package data
-    exclude_package_data={"": ["*.c", "*.html"]},
     ext_modules=cythonize(
         extensions,
         language_level=3,
-        include_path=["."],
+        include_path=["ext"],
         compiler_directives={
             "boundscheck": DEBUG,
             "wraparound": False,

@@ -1,5 +1,5 @@
 """The PostgreSQL relay extension's old name, kept while branches that import it merge: the
-extension is hoopwire.pg._wire (hoopwire/pg/_wire.pyx). Import from there; delete this file once
+extension is hoopwire.pg._wire (ext/hoopwire/pg/_wire.pyx). Import from there; delete this file once
 nothing imports hoopwire._pgwire."""
 
 from hoopwire.pg._wire import *  # noqa: F401,F403

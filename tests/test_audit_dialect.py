@@ -1,5 +1,5 @@
 """The audit encoder masks statement texts with the session dialect's lexer in C, through the
-function pointer the dialect hands out (hoopwire/core/dialect.pxd), without cimporting any
+function pointer the dialect hands out (ext/hoopwire/core/dialect.pxd), without cimporting any
 dialect: a masker that carries a `c_dialect` capsule is run in C, any other is called in Python.
 """
 

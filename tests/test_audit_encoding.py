@@ -1,4 +1,4 @@
-"""The audit log's C encoder and chain (hoopwire/_auditlog.pyx) against the definition they replace.
+"""The audit log's C encoder and chain (ext/hoopwire/_auditlog.pyx) against the definition they replace.
 
 verify.py re-encodes every parsed line with orjson and hashes that, so a statement record
 written by StatementEncoder must be byte-for-byte what `canonical()` gives for the same dict,

@@ -1,4 +1,4 @@
-"""The core's read cursor (hoopwire/core/cursor.pxd) against a plain-Python reference: every
+"""The core's read cursor (ext/hoopwire/core/cursor.pxd) against a plain-Python reference: every
 read of every generated field list, over the whole input and over every truncation of it.
 
 The cursor is inline C with no Python face; hoopwire.core._frames.cursor_reads drives it from a

@@ -1,4 +1,4 @@
-"""The C validators of the built-in detectors (hoopwire/_mask.pyx) against the Python reference they
+"""The C validators of the built-in detectors (ext/hoopwire/_mask.pyx) against the Python reference they
 replaced: same answer for any bytes and any span. The references are kept here, not in the
 product, so that there is one implementation to run and one to check it against."""
 

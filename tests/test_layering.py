@@ -19,7 +19,8 @@ import re
 
 from helpers import REPO_ROOT
 
-PKG = os.path.join(REPO_ROOT, "hoopwire")
+# the Python package, and the Cython sources in ext/ (a tree that mirrors the package)
+ROOTS = (REPO_ROOT, os.path.join(REPO_ROOT, "ext"))
 
 # each protocol: its Python package and the extension modules that are its own
 PROTOCOLS = {
@@ -30,16 +31,18 @@ REGISTRY_USERS = {"hoopwire.protocols", "hoopwire.cli", "hoopwire.__main__"}
 
 
 def _module_name(path: str) -> str:
-    rel = os.path.relpath(path, REPO_ROOT)
+    base = ROOTS[1] if path.startswith(ROOTS[1] + os.sep) else ROOTS[0]
+    rel = os.path.relpath(path, base)
     name = rel.rsplit(".", 1)[0].replace(os.sep, ".")
     return name[:-len(".__init__")] if name.endswith(".__init__") else name
 
 
 def _sources():
-    for root, _, files in os.walk(PKG):
-        for f in sorted(files):
-            if f.endswith((".py", ".pyx", ".pxd", ".pxi")):
-                yield os.path.join(root, f)
+    for base in ROOTS:
+        for root, _, files in os.walk(os.path.join(base, "hoopwire")):
+            for f in sorted(files):
+                if f.endswith((".py", ".pyx", ".pxd", ".pxi")):
+                    yield os.path.join(root, f)
 
 
 _CIMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+cimport|cimport\s+([\w.]+))", re.M)

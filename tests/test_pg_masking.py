@@ -393,7 +393,7 @@ def test_typed_values_stay_valid_in_text_and_binary(mgw, idp, pg):
     in both formats. bytea in binary is text-like (README, Masking): it takes the strategy's
     output. bytea in text format is hex (`\\xdeadbeef`), which `format` cannot rewrite into
     valid hex, so the whole value becomes `****` -- valid bytea in the escape format, which
-    the client reads as those four bytes (hoopwire/_mask.pyx, RowPlan._whole_one, K_OPAQUE)."""
+    the client reads as those four bytes (ext/hoopwire/_mask.pyx, RowPlan._whole_one, K_OPAQUE)."""
     original = bytes.fromhex("deadbeef")
     # what the table holds (SCHEMA is an f-string: a single backslash there would store 'Þadbeef')
     assert pg.sql("SELECT encode(blob, 'hex') FROM crm.vault", dbname="appdb") == original.hex()

@@ -33,7 +33,7 @@ Write path. `append()` stamps `ts`/`gw` on a shallow copy, encodes it (pending_f
 canonical body cut where "prev" and "seq" go) and queues it: no I/O and no hashing on the
 caller's path. The recorder queues its statement records already encoded (append_encoded). The
 flusher task hands batches to a single worker thread, which assigns `seq`/`prev`/`hash` (chain()
-in hoopwire/_auditlog.pyx, without the GIL) and writes them with one os.write per batch (unbuffered,
+in ext/hoopwire/_auditlog.pyx, without the GIL) and writes them with one os.write per batch (unbuffered,
 so a batch is "written and flushed" at once); fsync happens only on rotation, retention and
 close. Because the
 chain is extended only when records actually reach the file, a record that is never written (the
@@ -208,7 +208,7 @@ def with_hash(body: bytes, h: str) -> bytes:
 def pending_from(rec: dict) -> Pending:
     """A record ready for the chain: its canonical encoding without "prev"/"seq"/"hash", cut
     where those two sort in (the statement records of the data path skip this: the recorder
-    writes them directly, see hoopwire/_auditlog.pyx)."""
+    writes them directly, see ext/hoopwire/_auditlog.pyx)."""
     head, mid, tail = {}, {}, {}
     for k, v in rec.items():
         k = k if isinstance(k, str) else str(k)

@@ -1,7 +1,7 @@
 """Session recording: what the data path did, into the audit log and the session index.
 
 Each session's relay writes every finished statement straight into the session's StatementLog
-(hoopwire/_auditlog.pyx): the common record (no error, no captured rows) as a copy of its fields, in
+(ext/hoopwire/_auditlog.pyx): the common record (no error, no captured rows) as a copy of its fields, in
 C, with no Python object per statement -- the audit thread writes its JSON; the others through
 `_statement` here, as a dict (statement text with literals masked unless configured otherwise,
 error messages through the masker). Every `flush_interval` (default 1 s) the recorder takes

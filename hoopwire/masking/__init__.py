@@ -3,7 +3,7 @@
 hoopwire.masking.detectors   what secrets and PII look like (Hyperscan patterns + validators)
 hoopwire.masking.strategies  what a masked value becomes (redact, partial, hash, null, format)
 hoopwire.masking.engine      one connection's rules compiled: column rules, free text, row plans
-hoopwire._mask (hoopwire/_mask.pyx) the Cython DataRow / COPY row rewriter the relay calls
+hoopwire._mask (ext/hoopwire/_mask.pyx) the Cython DataRow / COPY row rewriter the relay calls
 """
 
 from hoopwire._mask import ACT_DETECT, ACT_PASS, ACT_WHOLE, MaskRowError, RowPlan, mask_copy_line

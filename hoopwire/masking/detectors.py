@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from hoopwire._mask import HS_CASELESS, compile_error as _compile_error, luhn_ok as _luhn_c
-# The validators that run for nearly every hit are C (hoopwire/_mask.pyx: the rules are documented
+# The validators that run for nearly every hit are C (ext/hoopwire/_mask.pyx: the rules are documented
 # there); the masking scanner calls them without a Python call.
 from hoopwire._mask import (validate_aws_secret as _aws_secret, validate_bounded as _bounded,
                             validate_card as _card, validate_ipv4 as _ipv4,

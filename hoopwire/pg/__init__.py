@@ -1,4 +1,4 @@
 """The PostgreSQL side of hoopwire: startup, authentication, cancel and the session glue.
 
-The per-message relay loop lives in the Cython extension hoopwire.pg._wire (hoopwire/pg/_wire.pyx).
+The per-message relay loop lives in the Cython extension hoopwire.pg._wire (ext/hoopwire/pg/_wire.pyx).
 """

@@ -1,6 +1,6 @@
 """Masking of what a PostgreSQL session returns: the Python half of the relay's result tracking.
 
-The relay (hoopwire.pg._wire, hoopwire/pg/_results.pxi) follows every result the upstream sends and asks
+The relay (hoopwire.pg._wire, ext/hoopwire/pg/_results.pxi) follows every result the upstream sends and asks
 this module, once per result set, how its rows are to be rewritten; the rows themselves go
 through the RowPlan in Cython. Here:
 
@@ -324,7 +324,7 @@ class ConnectionMasking:
 
 
 class SessionMasker:
-    """Per session: called by the relay's result tracking (hoopwire/pg/_results.pxi)."""
+    """Per session: called by the relay's result tracking (ext/hoopwire/pg/_results.pxi)."""
 
     def __init__(self, conn: ConnectionMasking, database: str):
         self.conn = conn

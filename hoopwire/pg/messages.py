@@ -1,6 +1,6 @@
 """PostgreSQL v3 messages used during startup, authentication and cancel (control path).
 
-Everything after authentication is framed in Cython (hoopwire/pg/_wire.pyx); this module reads and builds the
+Everything after authentication is framed in Cython (ext/hoopwire/pg/_wire.pyx); this module reads and builds the
 handful of messages the Python startup phase handles, from asyncio streams.
 """
 

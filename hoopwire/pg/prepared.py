@@ -22,7 +22,7 @@ makes its name held at once (adding a hold needs no confirmation); an EXECUTE of
 held like an Execute. SQL names are compared without case, since the normaliser folds it: a
 name that could be a held one is held.
 
-Pure bookkeeping, no socket: the relay (hoopwire/pg/_relay.pxi) calls it for the messages of a
+Pure bookkeeping, no socket: the relay (ext/hoopwire/pg/_relay.pxi) calls it for the messages of a
 session once an approve rule has matched a Parse or a PREPARE, and tests drive it directly.
 """
 

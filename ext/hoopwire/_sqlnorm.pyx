@@ -1117,5 +1117,5 @@ def mask_literals(sql, *, bint standard_conforming_strings=True) -> str:
         out_free(&o)
 
 
-# what the audit's encoder runs without the GIL for this function (hoopwire/core/dialect.pxd)
+# what the audit's encoder runs without the GIL for this function (ext/hoopwire/core/dialect.pxd)
 mask_literals.c_dialect = PyCapsule_New(<void*>&_C_DIALECT, CDIALECT_CAPSULE, NULL)

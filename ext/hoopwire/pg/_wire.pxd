@@ -1,6 +1,6 @@
 # Declarations of the hoopwire.pg._wire extension: PostgreSQL framing, the relay and result
 # tracking. _wire.pyx includes the implementations (_*.pxi beside it) in the same order; the
-# frame reader and the counters are the core's (hoopwire/core/_frames.pxd), cimported.
+# frame reader and the counters are the core's (ext/hoopwire/core/_frames.pxd), cimported.
 cimport cython
 from cpython.ref cimport PyObject
 from hoopwire._auditlog cimport StatementLog, TagBuf, tags_push

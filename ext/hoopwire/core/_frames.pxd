@@ -1,5 +1,5 @@
 # Declarations of hoopwire.core._frames: the protocol-neutral half of every relay. Protocol
-# extensions cimport it (hoopwire/pg/_wire.pxd) and subclass FrameReader across modules; the
+# extensions cimport it (ext/hoopwire/pg/_wire.pxd) and subclass FrameReader across modules; the
 # cdef methods below are their vtable, so a call stays a C call.
 #
 # FrameReader -- cut a byte stream into messages as it arrives. A FrameReader walks each

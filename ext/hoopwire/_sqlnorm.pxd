@@ -1,4 +1,4 @@
-# hoopwire._sqlnorm: the PostgreSQL-dialect SQL normaliser (hoopwire/_sqlnorm.pyx).
+# hoopwire._sqlnorm: the PostgreSQL-dialect SQL normaliser (ext/hoopwire/_sqlnorm.pyx).
 #
 # One lexer pass over the bytes of a query string serves four outputs, chosen by `mode`:
 #   M_CODE   the "code view": comments dropped, whitespace folded, ASCII lower-cased, every string

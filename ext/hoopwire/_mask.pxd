@@ -1,5 +1,5 @@
 # Declarations of the hoopwire._mask extension: the protocol-neutral span masker (Scanner) and
-# the PostgreSQL DataRow / COPY row rewriter (RowPlan). hoopwire/_mask.pyx holds the implementation.
+# the PostgreSQL DataRow / COPY row rewriter (RowPlan). ext/hoopwire/_mask.pyx holds the implementation.
 #
 # The relay may `from hoopwire._mask cimport RowPlan` and call plan.rewrite_ptr(msg, size) on a
 # DataRow it holds as a pointer: None means "forward the original bytes".
