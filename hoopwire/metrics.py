@@ -30,7 +30,7 @@ from hoopwire._pgwire import RTT_BOUNDS, ConnStats
 __all__ = [
     "CONNECTIONS_ACTIVE", "CONNECTIONS_TOTAL", "AUTH_FAILURES", "UPSTREAM_CONNECT_SECONDS",
     "SESSIONS_CLOSED", "STATEMENT_VERDICTS", "GUARDRAIL_SCAN_SECONDS", "MASKED_VALUES",
-    "MASK_REFUSED", "JWKS_FETCH_FAILURES", "JWKS_DEGRADED", "conn_stats",
+    "MASK_REFUSED", "CANCEL_DROPPED", "JWKS_FETCH_FAILURES", "JWKS_DEGRADED", "conn_stats",
     "RelayStatsCollector", "write_snapshot", "retire_process", "registry_for_scrape",
 ]
 
@@ -61,6 +61,11 @@ MASKED_VALUES = Counter(
 MASK_REFUSED = Counter(
     "hoopwire_mask_refused_results", "Results refused because they read a masked column through "
     "an expression (unresolved_columns = block)", ["connection"])
+
+CANCEL_DROPPED = Counter(
+    "hoopwire_cancel_dropped", "CancelRequests dropped without contacting the upstream, by reason "
+    "(unknown_key: no worker issued the key; rate_limited: its source address is over the "
+    "bucket)", ["connection", "reason"])
 
 JWKS_FETCH_FAILURES = Counter(
     "hoopwire_jwks_fetch_failures", "Failed fetches of an issuer's JWKS, by source (the URI "

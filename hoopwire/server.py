@@ -94,9 +94,10 @@ def build_engines(config: Config) -> tuple[dict, dict]:
 class Gateway:
     def __init__(self, config: Config, *, workers: int = 1, cancel_key: bytes | None = None,
                  serve_admin: bool = True, multiproc_dir: str | None = None,
-                 worker_index: int = 0, serve_data: bool = True, on_ready=None):
+                 worker_index: int = 0, serve_data: bool = True, on_ready=None,
+                 cancel_dir: str | None = None):
         from hoopwire.identity import Authenticator
-        from hoopwire.pg.cancel import CancelKeys
+        from hoopwire.pg.cancel import CancelKeys, CancelLimiter, LogBurst
         self.config = config
         # called once every listener is up: how a worker tells its supervisor it serves
         self.on_ready = on_ready
@@ -104,6 +105,12 @@ class Gateway:
         self.serve_admin = serve_admin
         self.multiproc_dir = multiproc_dir
         self.cancel_keys = CancelKeys(cancel_key)
+        self.cancel_limiter = CancelLimiter()
+        self.cancel_log = LogBurst()
+        # --workers: where the siblings answer for the cancel keys they issued
+        self.cancel_dir = cancel_dir
+        self.worker_index = worker_index
+        self.cancel_peers = None   # hoopwire.pg.cancelpeers.CancelPeers, once serving
         # Prefix of the marker statement that stands in for a blocked one (see the relay);
         # random per process so a client cannot forge it.
         self.marker_prefix = b"hoopwire_blocked_" + os.urandom(6).hex().encode() + b"_"
@@ -162,6 +169,12 @@ class Gateway:
         from hoopwire.pg.session import PgListener
         engines, maskers = build_engines(self.config)
         await self.start_control()
+        if self.cancel_dir is not None and self.workers > 1:
+            # before the listeners: a cancel this worker accepts can be asked about at once
+            from hoopwire.pg.cancelpeers import CancelPeers
+            self.cancel_peers = CancelPeers(self.cancel_dir, self.worker_index, self.workers,
+                                            self._cancel_owned)
+            self.cancel_peers.start()
         for c in self.config.connections:
             listener = PgListener(self, c, engines.get(c.name), maskers.get(c.name))
             await listener.start()
@@ -171,6 +184,10 @@ class Gateway:
             self.admin = AdminServer(self, self.multiproc_dir)
             await self.admin.start(*self.config.admin.listen)
         self.ready = True
+
+    def _cancel_owned(self, connection: str, pid: int, secret: int) -> bool:
+        listener = self.listeners.get(connection)
+        return listener is not None and listener.cancel_owned(pid, secret, "other-worker")
 
     async def reload_from_api(self) -> list[str]:
         """POST /api/v1/reload: the config errors, or [] when it was applied."""
@@ -223,6 +240,8 @@ class Gateway:
         if self.approvals is not None:
             await self.approvals.shutdown()
         await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+        if self.cancel_peers is not None:
+            self.cancel_peers.close()
         if self.admin is not None:
             await self.admin.stop()
         await self.stop_control()
@@ -375,6 +394,7 @@ class _Supervisor:
         self.workers = workers
         self.mpdir = mpdir
         self.cancel_key = os.urandom(32)
+        self.cancel_dir: str | None = None   # the workers' cancel sockets (see pg.cancelpeers)
         self.slots = [_Slot(i) for i in range(workers)]
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping: asyncio.Event | None = None
@@ -428,7 +448,7 @@ class _Supervisor:
                 os.close(w)
             gw = Gateway(self.config, workers=self.workers, cancel_key=self.cancel_key,
                          serve_admin=False, multiproc_dir=self.mpdir, worker_index=index,
-                         on_ready=ready)
+                         on_ready=ready, cancel_dir=self.cancel_dir)
             _run_loop(gw.serve_forever)
         except BaseException:  # noqa: BLE001 - the worker must never return into the parent's code
             log.exception("worker failed")
@@ -641,6 +661,7 @@ def _supervise(config: Config, workers: int, own_metrics_dir: bool = False) -> i
         mpdir = tempfile.mkdtemp(prefix="hoopwire-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir
     sup = _Supervisor(config, workers, mpdir)
+    sup.cancel_dir = tempfile.mkdtemp(prefix="hoopwire-cancel-")   # 0700: only we can ask
     try:
         # the first workers are forked before the parent's loop exists
         try:
@@ -659,4 +680,5 @@ def _supervise(config: Config, workers: int, own_metrics_dir: bool = False) -> i
     finally:
         if own_dir:
             shutil.rmtree(mpdir, ignore_errors=True)
+        shutil.rmtree(sup.cancel_dir, ignore_errors=True)
     return 1 if sup.failed else 0

@@ -29,6 +29,7 @@ from hoopwire.pg import options as startup_options
 from hoopwire.pg.encodings import safe_client_encoding
 from hoopwire.pg.prepared import PreparedNames
 from hoopwire.pg.masker import NO_INFO, ConnectionMasking, SessionMasker, StatementInfo
+from hoopwire.pg.cancel import source_of
 from hoopwire.pg.upstream import UpstreamError, connect_upstream, send_cancel, upstream_ssl_context
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ def _reported(status: list[bytes], name: bytes) -> str | None:
 def _refuse_encoding(value: str):
     raise StartupRefused("blocked", "42501", f"client encoding \"{value}\" is not allowed "
                          "through the gateway while guardrails apply")
+
+
+_cancels: set = set()     # cancels run here for a sibling worker, until they finish
 
 
 class _CancelDone(Exception):
@@ -612,15 +616,48 @@ class PgListener:
                           allow_groups=cfg.allow_groups)
 
     async def _cancel(self, pid: int, client_secret: int, peer: str) -> None:
-        keys = self.gateway.cancel_keys
-        known = keys.lookup(self.name, pid, client_secret)
-        if known is None and self.gateway.workers == 1:
-            event(log, "cancel request with an unknown key ignored", logging.WARNING,
-                  connection=self.name, peer=peer, backend_pid=pid)
-            metrics.CONNECTIONS_TOTAL.labels(self.name, "cancel_unknown").inc()
+        gw = self.gateway
+        if not gw.cancel_limiter.allow(source_of(peer)):
+            self._cancel_dropped("rate_limited", peer, pid)
             return
+        known = gw.cancel_keys.lookup(self.name, pid, client_secret)
+        if known is None:
+            # a key issued by no process of this gateway never reaches the upstream
+            if gw.cancel_peers is not None and await gw.cancel_peers.ask(self.name, pid,
+                                                                         client_secret):
+                # the sibling that issued the key cancels (and logs it with the session)
+                event(log, "cancel forwarded", connection=self.name, peer=peer,
+                      backend_pid=pid, session="other-worker")
+                return
+            self._cancel_dropped("unknown_key", peer, pid)
+            return
+        await self._cancel_known(known, pid, client_secret, peer)
+
+    def _cancel_dropped(self, reason: str, peer: str, pid: int) -> None:
+        metrics.CANCEL_DROPPED.labels(self.name, reason).inc()
+        quiet = self.gateway.cancel_log.note(reason)
+        if quiet is not None:
+            event(log, "cancel request dropped" + (": rate limited" if reason == "rate_limited"
+                                                   else ": a key this gateway did not issue"),
+                  logging.WARNING, connection=self.name, peer=peer, backend_pid=pid,
+                  reason=reason, dropped_unlogged=quiet,
+                  note="further drops in the next 10s are only counted "
+                       "(hoopwire_cancel_dropped_total)")
+
+    def cancel_owned(self, pid: int, client_secret: int, via: str) -> bool:
+        """A sibling worker's question: is this key one of ours? If so, cancel it here."""
+        known = self.gateway.cancel_keys.lookup(self.name, pid, client_secret)
+        if known is None:
+            return False
+        task = asyncio.get_running_loop().create_task(
+            self._cancel_known(known, pid, client_secret, via))
+        _cancels.add(task)      # the loop keeps only a weak reference to a task
+        task.add_done_callback(_cancels.discard)
+        return True
+
+    async def _cancel_known(self, known, pid: int, client_secret: int, peer: str) -> None:
         approvals = self.gateway.approvals
-        if known is not None and known.relay is not None and known.relay.held and \
+        if known.relay is not None and known.relay.held and \
                 approvals is not None and approvals.client_cancelled(
                     known, m.error_response("ERROR", "57014",
                                             "canceling statement due to user request")):
@@ -628,7 +665,7 @@ class PgListener:
             event(log, "cancel of a held statement", connection=self.name, peer=peer,
                   session=known.id)
             return
-        secret = keys.to_upstream(self.name, pid, client_secret)
+        secret = self.gateway.cancel_keys.to_upstream(self.name, pid, client_secret)
         host, port = self.cfg.upstream
         try:
             await send_cancel(host, port, pid, secret, self.upstream_context)
@@ -637,7 +674,7 @@ class PgListener:
                   connection=self.name, error=repr(e))
             return
         event(log, "cancel forwarded", connection=self.name, peer=peer, backend_pid=pid,
-              session=getattr(known, "id", "other-worker"))
+              session=known.id)
 
     # ------------------------------------------------------------------------------------
     # session events
