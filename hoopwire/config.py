@@ -159,6 +159,8 @@ class GuardrailConfig:
     approvers: tuple[str, ...] = ()
     timeout: float = 900.0
     reason_required: bool = False
+    # statement kinds this rule lets through (hoopwire.pg.statements); None: a pattern rule
+    allow_kinds: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -491,10 +493,25 @@ def _guardrail(r: _Reader) -> GuardrailConfig | None:
     approvers = r.strings("approvers")
     timeout = r.get("timeout", (int, str, float), 900.0, convert=parse_duration)
     reason_required = r.get("reason_required", bool, False)
+    allow_kinds = None
+    if "allow_kinds" in r.table:
+        # the kind names are checked where the engine is built, against the protocol's list
+        allow_kinds = r.strings("allow_kinds", default=None)
+        if allow_kinds == ():
+            r.error("allow_kinds", "name at least one statement kind (an empty list refuses "
+                                   "every statement)")
+        elif allow_kinds is None:
+            allow_kinds = ()  # not a list of names: reported
+        if pack is not None or patterns:
+            r.error("allow_kinds", "a rule is either allow_kinds, a built-in pack or its own "
+                                   "patterns, one of them")
+        if scan_literals:
+            r.error("scan_literals", "an allow_kinds rule has no patterns to scan literals with")
     if groups and except_groups:
         r.error("except_groups", "give groups or except_groups, not both")
-    if pack is None and not patterns:
-        r.error("patterns", "is required (or pack = \"<name>\" for a built-in pack)")
+    if pack is None and not patterns and allow_kinds is None:
+        r.error("patterns", "is required (or pack = \"<name>\" for a built-in pack, or "
+                            "allow_kinds = [...])")
     if pack is not None and patterns:
         r.error("patterns", "a rule is either a built-in pack or its own patterns, not both")
     if name is None:
@@ -510,7 +527,8 @@ def _guardrail(r: _Reader) -> GuardrailConfig | None:
         return None
     return GuardrailConfig(name=name, patterns=patterns, pack=pack, action=action, message=message,
                            groups=groups, except_groups=except_groups, scan_literals=scan_literals,
-                           approvers=approvers, timeout=timeout, reason_required=reason_required)
+                           approvers=approvers, timeout=timeout, reason_required=reason_required,
+                           allow_kinds=allow_kinds)
 
 
 def _mask(r: _Reader) -> MaskConfig:

@@ -46,8 +46,15 @@ def _build_policy(cfg):
         rules = rules + (GuardrailConfig(
             name="unsafe-client-encoding", patterns=tuple(p for _, p in UNSAFE_ENCODING_PATTERNS),
             scan_literals=True, message="this client encoding is not allowed while guardrails apply"),)
+    classifier = None
+    if cfg.protocol == "postgres" and any(g.allow_kinds is not None
+                                          or g.pack == "session-tampering" for g in rules):
+        # statement kinds, and pg_dump's set_config(name, ...) told apart for session-tampering:
+        # only then is PostgreSQL's parser loaded (the engine itself knows no grammar)
+        from hoopwire.pg.statements import CLASSIFIER as classifier
     return PolicyEngine(rules, path=f"connection[{cfg.name}].guardrail",
-                        scan_seconds=GUARDRAIL_SCAN_SECONDS.labels(cfg.name).observe)
+                        scan_seconds=GUARDRAIL_SCAN_SECONDS.labels(cfg.name).observe,
+                        classifier=classifier)
 
 
 def build_policies(config: Config) -> dict:

@@ -140,6 +140,9 @@ def startup_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
     return pairs
 
 
+_STARTUP_ROLE = frozenset(("set", "set_role"))
+
+
 def startup_settings(params: dict[str, str]) -> list[bytes]:
     """Every setting a startup packet makes, written as the SET statement it amounts to."""
     out = []
@@ -575,8 +578,11 @@ class PgListener:
                 _refuse_encoding(value)
         if current_encoding and not safe_client_encoding(current_encoding):
             _refuse_encoding(current_encoding)
-        for setting in startup_settings(params):
-            verdict = policy.check(setting)
+        for (name, _), setting in zip(startup_pairs(params), startup_settings(params)):
+            # allow_kinds rules judge only a role change here: every client sets something
+            # at startup (client_encoding, application_name, DateStyle, ...)
+            verdict = policy.check(setting, kinds=_STARTUP_ROLE if name.lower() in
+                                   ("role", "session_authorization") else frozenset())
             # A startup cannot wait for a human: a setting an approve rule covers is refused
             # here (run it as a statement, where it can be held).
             if verdict is None or verdict.action not in ("block", "approve"):
@@ -741,13 +747,15 @@ class PgListener:
             self.gateway.recorder.session_event(
                 session, "statement.blocked" if action == "block" else "statement.matched",
                 rule=verdict.rule, rules=list(verdict.matched),
-                statement=self.gateway.mask_statement(sql))
+                statement=self.gateway.mask_statement(sql),
+                **({"kinds": list(verdict.kinds)} if getattr(verdict, "kinds", ()) else {}))
         event(log, "statement blocked" if action == "block" else "guardrail matched",
               logging.WARNING if action == "block" else logging.INFO,
               connection=self.name, session=session.id, issuer=session.identity.issuer or "",
               subject=session.identity.subject,
               groups=",".join(sorted(session.identity.groups)), rule=verdict.rule,
               rules=",".join(verdict.matched), action=action,
+              **({"kinds": ",".join(verdict.kinds)} if getattr(verdict, "kinds", ()) else {}),
               statement=self.gateway.mask_statement(sql))
 
 
