@@ -21,7 +21,7 @@ from typing import Any, Callable
 __all__ = [
     "ConfigError", "Secret", "Config", "AdminConfig", "LogConfig", "IdentityConfig",
     "IssuerConfig", "ApiKeyConfig", "ConnectionConfig", "RoleConfig", "GuardrailConfig",
-    "MaskConfig", "DetectorConfig", "load_config", "parse_config", "parse_duration", "parse_size", "parse_listen",
+    "MaskConfig", "DetectorConfig", "PostureConfig", "POSTURE_FINDINGS", "load_config", "parse_config", "parse_duration", "parse_size", "parse_listen",
 ]
 
 
@@ -211,6 +211,24 @@ class ConnectionConfig:
     record_results_max_bytes: int = 1024 * 1024   # per session
 
 
+# What `hoopwire check-config --connect` can find about an upstream role (hoopwire/pg/posture.py
+# says what each one means). They live here so [posture] fail_on is checked against them.
+POSTURE_FINDINGS = (
+    "raw_masked_read", "masked_stats_read", "temp", "create_database", "create_schema",
+    "superuser", "createrole", "bypassrls", "read_server_files", "write_server_files",
+    "execute_server_program", "read_all_stats", "set_role",
+)
+
+
+@dataclass(frozen=True)
+class PostureConfig:
+    # The findings that make `check-config --connect` exit 1. Every one by default: the check is
+    # run on purpose, and one wired into CI that exits 0 beside a superuser gateway role would
+    # never be looked at again. An operator who accepts one (a role that needs TEMP) lists the
+    # rest; `[]` reports without failing.
+    fail_on: tuple[str, ...] = POSTURE_FINDINGS
+
+
 @dataclass(frozen=True)
 class Config:
     path: str | None
@@ -221,6 +239,7 @@ class Config:
     audit: AuditConfig | None = None
     state: StateConfig | None = None
     webhooks: tuple[WebhookConfig, ...] = ()
+    posture: PostureConfig = PostureConfig()
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -809,6 +828,16 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
         state = _state(_Reader(problems, doc.get("state", {}), "state"), path)
     webhooks = [w for w in (_webhook(_Reader(problems, t, p)) for t, p in root.tables("webhook"))
                 if w is not None]
+    posture = PostureConfig()
+    if "posture" in doc:
+        root.used.add("posture")
+        pr = _Reader(problems, doc["posture"], "posture")
+        fail_on = pr.strings("fail_on", default=POSTURE_FINDINGS)
+        for name in fail_on:
+            if name not in POSTURE_FINDINGS:
+                pr.error("fail_on", f"unknown finding {name!r} (known: {', '.join(POSTURE_FINDINGS)})")
+        pr.finish()
+        posture = PostureConfig(fail_on=tuple(dict.fromkeys(fail_on)))
     if has_approvals and admin.listen is None:
         problems.append(("admin.listen", "approve rules need the admin listener (approvers decide "
                          "through its API)"))
@@ -818,7 +847,7 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
     return Config(path=path, admin=admin, log=log,
                   identity=IdentityConfig(issuers=tuple(issuers), api_keys=tuple(api_keys)),
                   connections=tuple(connections), audit=audit, state=state,
-                  webhooks=tuple(webhooks), raw=doc)
+                  webhooks=tuple(webhooks), posture=posture, raw=doc)
 
 
 def load_config(path: str) -> Config:
