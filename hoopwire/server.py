@@ -153,6 +153,9 @@ class Gateway:
             self.approvals = ApprovalManager(self.store, self.webhooks, gateway_id=self.gateway_id,
                                              poll_interval=cfg.state.poll_interval)
             await self.approvals.start(abandon=holds_statements)
+            if self.multiproc_dir is None:    # workers publish it with their relay counters
+                from hoopwire.metrics import PENDING_APPROVALS
+                PENDING_APPROVALS.set_function(lambda: self.approvals.held_count)
         if cfg.audit is not None and holds_statements:
             from hoopwire.audit.recorder import Recorder
             # mask_literals itself rather than the method: called for every new statement text
@@ -186,6 +189,8 @@ class Gateway:
             listener = PgListener(self, c, engines.get(c.name), maskers.get(c.name))
             await listener.start()
             self.listeners[c.name] = listener
+            from hoopwire.metrics import CONNECTIONS_MAX
+            CONNECTIONS_MAX.labels(c.name).set(c.max_connections)
         if self.serve_admin and self.config.admin.listen is not None:
             from hoopwire.admin import AdminServer
             self.admin = AdminServer(self, self.multiproc_dir)
@@ -211,6 +216,9 @@ class Gateway:
         except ConfigError as e:
             for line in e.lines():
                 event(log, "reload rejected: config error", logging.ERROR, problem=line)
+            if self.multiproc_dir is None:   # a worker's reload was counted by its parent
+                from hoopwire.metrics import count_reload
+                count_reload(False)
             return e.lines()
         from hoopwire.identity import Authenticator
         old_auth = self.authenticator
@@ -229,8 +237,13 @@ class Gateway:
                 groups = listener.open_group_sets()
                 await asyncio.to_thread(lambda: [engine.for_groups(g) for g in groups])
             listener.apply(c, engine, maskers.get(c.name))
+            from hoopwire.metrics import CONNECTIONS_MAX
+            CONNECTIONS_MAX.labels(c.name).set(c.max_connections)
         self.config = new
         event(log, "configuration reloaded", path=new.path)
+        if self.multiproc_dir is None:
+            from hoopwire.metrics import count_reload
+            count_reload(True)
         return []
 
     async def reload_control(self, new: Config) -> None:
@@ -276,9 +289,11 @@ class Gateway:
             write_snapshot(self.multiproc_dir)
 
     async def _publish_stats(self) -> None:
-        from hoopwire.metrics import write_snapshot
+        from hoopwire.metrics import PENDING_APPROVALS, write_snapshot
         while True:
             write_snapshot(self.multiproc_dir)
+            if self.approvals is not None:
+                PENDING_APPROVALS.set(self.approvals.held_count)
             await asyncio.sleep(STATS_PUBLISH_INTERVAL)
 
 
@@ -324,6 +339,8 @@ def run(config_path: str, workers: int = 1, *, own_metrics_dir: bool = False) ->
             print(f"config error: {line}", file=sys.stderr)
         return 1
     if workers <= 1:
+        from hoopwire.metrics import mark_started
+        mark_started()
         gw = Gateway(config)
         try:
             _run_loop(gw.serve_forever)
@@ -610,7 +627,11 @@ class _Supervisor:
         except ConfigError as e:
             for line in e.lines():
                 event(log, "reload rejected: config error", logging.ERROR, problem=line)
+            from hoopwire.metrics import count_reload
+            count_reload(False)
             return e.lines()
+        from hoopwire.metrics import count_reload
+        count_reload(True)
         # replacements start with what their siblings now run
         self.config = new
         self.generation += 1
@@ -667,6 +688,8 @@ def _supervise(config: Config, workers: int, own_metrics_dir: bool = False) -> i
     if mpdir is None:
         mpdir = tempfile.mkdtemp(prefix="hoopwire-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir
+    from hoopwire.metrics import mark_started
+    mark_started()
     sup = _Supervisor(config, workers, mpdir)
     sup.cancel_dir = tempfile.mkdtemp(prefix="hoopwire-cancel-")   # 0700: only we can ask
     try:
