@@ -198,8 +198,9 @@ class ConnectionConfig:
     guardrails: tuple[GuardrailConfig, ...] = ()
     masks: tuple[MaskConfig, ...] = ()
     detectors: tuple[DetectorConfig, ...] = ()
-    unresolved_columns: str = "detect"  # detect | mask | block
+    unresolved_columns: str = "mask"    # detect | mask | block (columns lineage cannot place)
     binary_copy: str = "mask"           # mask (by column rules) | refuse
+    masked_writes: str = "refuse"       # refuse | allow: storing a masked value (INSERT ... SELECT)
     mask_hash_key: Secret | None = None # the HMAC key of the hash strategy
     max_connections: int = 1000
     max_handshakes: int = 256       # connections not yet sessions (TLS, startup, token, login)
@@ -656,8 +657,9 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
     masks = [_mask(_Reader(r.problems, t, p)) for t, p in r.tables("mask")]
     detectors = [d for d in (_detector(_Reader(r.problems, t, p)) for t, p in r.tables("detector"))
                  if d is not None]
-    unresolved = r.get("unresolved_columns", str, "detect", choices=("detect", "mask", "block"))
+    unresolved = r.get("unresolved_columns", str, "mask", choices=("detect", "mask", "block"))
     binary_copy = r.get("binary_copy", str, "mask", choices=("mask", "refuse"))
+    masked_writes = r.get("masked_writes", str, "refuse", choices=("refuse", "allow"))
     mask_hash_key = r.secret("mask_hash_key")
     if any(m.strategy == "hash" for m in masks) and mask_hash_key is None:
         r.error("mask_hash_key_env", "the hash strategy needs a key (mask_hash_key_env or _file)")
@@ -670,7 +672,8 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         tls_cert=tls_cert, tls_key=tls_key, require_tls=require_tls, allow_groups=allow_groups,
         allow_client_database=allow_client_database, roles=tuple(roles),
         guardrails=tuple(guardrails), masks=tuple(masks), detectors=tuple(detectors),
-        unresolved_columns=unresolved, binary_copy=binary_copy, mask_hash_key=mask_hash_key,
+        unresolved_columns=unresolved, binary_copy=binary_copy, masked_writes=masked_writes,
+        mask_hash_key=mask_hash_key,
         max_connections=max_connections, max_handshakes=max_handshakes,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout, connect_timeout=connect_timeout,

@@ -325,12 +325,8 @@ def _jdbc(classes: str, port: int, user: str, password: str) -> list[str]:
 
 
 def test_pgjdbc_metadata_as_direct_rows_masked(mgw, pg, idp, reflect_class, request):
-    if mgw.config["connection"][0].get("unresolved_columns") != "detect":
-        # getColumns names the table in a literal ('staff'), so its computed columns (NULLABLE
-        # from a CASE over pg_attribute) count as suspect expressions: masked or refused under
-        # mask / block until lineage says what each expression reads (the masking part 2 issue)
-        request.applymarker(pytest.mark.xfail(strict=True, reason="catalog expressions are "
-                                              "suspect under unresolved_columns mask/block"))
+    # (getColumns' computed columns -- NULLABLE from a CASE over pg_attribute -- read only the
+    # catalog: lineage leaves them as they are under mask / block too)
     through = _jdbc(reflect_class, mgw.port("pg"), "agent-7", idp.token())
     direct = _jdbc(reflect_class, pg.port, "app", pg.passwords["app"])
     assert "table staff TABLE" in direct and "pk id" in direct

@@ -28,7 +28,8 @@ from hoopwire.pg.catalog import CatalogError
 from hoopwire.pg import options as startup_options
 from hoopwire.pg.encodings import safe_client_encoding
 from hoopwire.pg.prepared import PreparedNames
-from hoopwire.pg.masker import NO_INFO, ConnectionMasking, SessionMasker, StatementInfo
+from hoopwire.pg.masker import (NO_INFO, ConnectionMasking, SessionMasker, StatementInfo,
+                                  WriteGuard)
 from hoopwire.pg.cancel import source_of
 from hoopwire.pg.upstream import UpstreamError, connect_upstream, send_cancel, upstream_ssl_context
 
@@ -228,6 +229,7 @@ class PgListener:
         if mask_engine is not None:
             self.masking = ConnectionMasking(
                 mask_engine, unresolved=cfg.unresolved_columns, binary_copy=cfg.binary_copy,
+                masked_writes=cfg.masked_writes,
                 connect=self._catalog_connect, connection=cfg.name, timeout=cfg.connect_timeout)
         if old_masking is not None:
             old_masking.close()
@@ -250,6 +252,9 @@ class PgListener:
                     s.relay.shutdown("policy_reload", m.error_response("FATAL", e.code, e.message))
                     continue
             s.relay.policy = policy
+            if s.masker is not None and s.masker.conn.masked_writes == "refuse" and \
+                    s.masker.conn.has_columns:
+                s.relay.policy = WriteGuard(policy, s.masker)     # hoopwire/pg/masker.py
             if s.relay.names is None and getattr(policy, "approves", False):
                 # approve rules from now on: prepared statements are followed from here.
                 # One prepared before the reload is not known, and its Executes run unheld
@@ -540,6 +545,8 @@ class PgListener:
                                  capture_bytes=self._capture_bytes())
             masker.relay = relay
             session.masker = masker
+            if masker.conn.masked_writes == "refuse" and masker.conn.has_columns:
+                relay.policy = WriteGuard(relay.policy, masker)  # hoopwire/pg/masker.py
         elif statements is not None:
             relay.enable_results(None, NO_INFO, StatementInfo(True), record=statements,
                                  capture_bytes=self._capture_bytes())
