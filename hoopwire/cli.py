@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -32,13 +33,31 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         config = load_config(args.file)
         build_engines(config, REGISTRY)
     except ConfigError as e:
+        if args.json:
+            print(json.dumps({"ok": False, "config": args.file, "problems": [
+                {"key": k, "reason": r} for k, r in e.problems]}, indent=2))
+            return 1
         for line in e.lines():
             print(f"{args.file}: {line}", file=sys.stderr)
         print(f"{len(e.problems)} error(s)", file=sys.stderr)
         return 1
     names = ", ".join(f"{c.name} ({c.protocol} on {c.listen[0]}:{c.listen[1]})" for c in config.connections)
-    print(f"{args.file}: ok -- {len(config.connections)} connection(s): {names}")
-    return 0
+    if not args.connect:
+        if args.json:
+            print(json.dumps({"ok": True, "config": args.file, "problems": []}, indent=2))
+        else:
+            print(f"{args.file}: ok -- {len(config.connections)} connection(s): {names}")
+        return 0
+    import asyncio
+    from hoopwire.checks import run_checks
+    report = asyncio.run(run_checks(config, REGISTRY))
+    if args.json:
+        print(json.dumps(dict(report.as_json(), config=args.file), indent=2))
+    else:
+        print(f"{args.file}: valid -- {len(config.connections)} connection(s): {names}")
+        for line in report.lines():
+            print(line)
+    return 0 if report.ok else 1
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -90,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", help="validate a configuration file; print every error")
     c.add_argument("file")
+    c.add_argument("--connect", action="store_true",
+                   help="also log in to each upstream as its configured role and report what "
+                        "the role can do that masking cannot stop; fetch each JWKS, open the "
+                        "state store, try the audit directory (exit 1 on an error or on a "
+                        "finding listed in [posture] fail_on)")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.set_defaults(func=_cmd_check_config)
 
     t = sub.add_parser("token", help="DEVELOPMENT HELPER: mint a JWT from a local key (demos, tests)",

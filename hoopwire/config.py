@@ -21,7 +21,7 @@ from typing import Any, Callable
 __all__ = [
     "ConfigError", "Secret", "Config", "AdminConfig", "LogConfig", "IdentityConfig",
     "IssuerConfig", "ApiKeyConfig", "ConnectionConfig", "RoleConfig", "GuardrailConfig",
-    "MaskConfig", "DetectorConfig", "load_config", "parse_config", "parse_duration", "parse_size", "parse_listen",
+    "MaskConfig", "DetectorConfig", "PostureConfig", "POSTURE_FINDINGS", "load_config", "parse_config", "parse_duration", "parse_size", "parse_listen",
 ]
 
 
@@ -159,6 +159,8 @@ class GuardrailConfig:
     approvers: tuple[str, ...] = ()
     timeout: float = 900.0
     reason_required: bool = False
+    # statement kinds this rule lets through (hoopwire.pg.statements); None: a pattern rule
+    allow_kinds: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -196,8 +198,9 @@ class ConnectionConfig:
     guardrails: tuple[GuardrailConfig, ...] = ()
     masks: tuple[MaskConfig, ...] = ()
     detectors: tuple[DetectorConfig, ...] = ()
-    unresolved_columns: str = "detect"  # detect | mask | block
+    unresolved_columns: str = "mask"    # detect | mask | block (columns lineage cannot place)
     binary_copy: str = "mask"           # mask (by column rules) | refuse
+    masked_writes: str = "refuse"       # refuse | allow: storing a masked value (INSERT ... SELECT)
     mask_hash_key: Secret | None = None # the HMAC key of the hash strategy
     max_connections: int = 1000
     max_handshakes: int = 256       # connections not yet sessions (TLS, startup, token, login)
@@ -207,6 +210,24 @@ class ConnectionConfig:
     connect_timeout: float = 10.0
     record_results: bool = False          # keep what the client saw (after masking) for replay
     record_results_max_bytes: int = 1024 * 1024   # per session
+
+
+# What `hoopwire check-config --connect` can find about an upstream role (hoopwire/pg/posture.py
+# says what each one means). They live here so [posture] fail_on is checked against them.
+POSTURE_FINDINGS = (
+    "raw_masked_read", "masked_stats_read", "temp", "create_database", "create_schema",
+    "superuser", "createrole", "bypassrls", "read_server_files", "write_server_files",
+    "execute_server_program", "read_all_stats", "set_role",
+)
+
+
+@dataclass(frozen=True)
+class PostureConfig:
+    # The findings that make `check-config --connect` exit 1. Every one by default: the check is
+    # run on purpose, and one wired into CI that exits 0 beside a superuser gateway role would
+    # never be looked at again. An operator who accepts one (a role that needs TEMP) lists the
+    # rest; `[]` reports without failing.
+    fail_on: tuple[str, ...] = POSTURE_FINDINGS
 
 
 @dataclass(frozen=True)
@@ -219,6 +240,7 @@ class Config:
     audit: AuditConfig | None = None
     state: StateConfig | None = None
     webhooks: tuple[WebhookConfig, ...] = ()
+    posture: PostureConfig = PostureConfig()
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -491,10 +513,25 @@ def _guardrail(r: _Reader) -> GuardrailConfig | None:
     approvers = r.strings("approvers")
     timeout = r.get("timeout", (int, str, float), 900.0, convert=parse_duration)
     reason_required = r.get("reason_required", bool, False)
+    allow_kinds = None
+    if "allow_kinds" in r.table:
+        # the kind names are checked where the engine is built, against the protocol's list
+        allow_kinds = r.strings("allow_kinds", default=None)
+        if allow_kinds == ():
+            r.error("allow_kinds", "name at least one statement kind (an empty list refuses "
+                                   "every statement)")
+        elif allow_kinds is None:
+            allow_kinds = ()  # not a list of names: reported
+        if pack is not None or patterns:
+            r.error("allow_kinds", "a rule is either allow_kinds, a built-in pack or its own "
+                                   "patterns, one of them")
+        if scan_literals:
+            r.error("scan_literals", "an allow_kinds rule has no patterns to scan literals with")
     if groups and except_groups:
         r.error("except_groups", "give groups or except_groups, not both")
-    if pack is None and not patterns:
-        r.error("patterns", "is required (or pack = \"<name>\" for a built-in pack)")
+    if pack is None and not patterns and allow_kinds is None:
+        r.error("patterns", "is required (or pack = \"<name>\" for a built-in pack, or "
+                            "allow_kinds = [...])")
     if pack is not None and patterns:
         r.error("patterns", "a rule is either a built-in pack or its own patterns, not both")
     if name is None:
@@ -510,7 +547,8 @@ def _guardrail(r: _Reader) -> GuardrailConfig | None:
         return None
     return GuardrailConfig(name=name, patterns=patterns, pack=pack, action=action, message=message,
                            groups=groups, except_groups=except_groups, scan_literals=scan_literals,
-                           approvers=approvers, timeout=timeout, reason_required=reason_required)
+                           approvers=approvers, timeout=timeout, reason_required=reason_required,
+                           allow_kinds=allow_kinds)
 
 
 def _mask(r: _Reader) -> MaskConfig:
@@ -619,8 +657,9 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
     masks = [_mask(_Reader(r.problems, t, p)) for t, p in r.tables("mask")]
     detectors = [d for d in (_detector(_Reader(r.problems, t, p)) for t, p in r.tables("detector"))
                  if d is not None]
-    unresolved = r.get("unresolved_columns", str, "detect", choices=("detect", "mask", "block"))
+    unresolved = r.get("unresolved_columns", str, "mask", choices=("detect", "mask", "block"))
     binary_copy = r.get("binary_copy", str, "mask", choices=("mask", "refuse"))
+    masked_writes = r.get("masked_writes", str, "refuse", choices=("refuse", "allow"))
     mask_hash_key = r.secret("mask_hash_key")
     if any(m.strategy == "hash" for m in masks) and mask_hash_key is None:
         r.error("mask_hash_key_env", "the hash strategy needs a key (mask_hash_key_env or _file)")
@@ -633,7 +672,8 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         tls_cert=tls_cert, tls_key=tls_key, require_tls=require_tls, allow_groups=allow_groups,
         allow_client_database=allow_client_database, roles=tuple(roles),
         guardrails=tuple(guardrails), masks=tuple(masks), detectors=tuple(detectors),
-        unresolved_columns=unresolved, binary_copy=binary_copy, mask_hash_key=mask_hash_key,
+        unresolved_columns=unresolved, binary_copy=binary_copy, masked_writes=masked_writes,
+        mask_hash_key=mask_hash_key,
         max_connections=max_connections, max_handshakes=max_handshakes,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout, connect_timeout=connect_timeout,
@@ -791,6 +831,16 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
         state = _state(_Reader(problems, doc.get("state", {}), "state"), path)
     webhooks = [w for w in (_webhook(_Reader(problems, t, p)) for t, p in root.tables("webhook"))
                 if w is not None]
+    posture = PostureConfig()
+    if "posture" in doc:
+        root.used.add("posture")
+        pr = _Reader(problems, doc["posture"], "posture")
+        fail_on = pr.strings("fail_on", default=POSTURE_FINDINGS)
+        for name in fail_on:
+            if name not in POSTURE_FINDINGS:
+                pr.error("fail_on", f"unknown finding {name!r} (known: {', '.join(POSTURE_FINDINGS)})")
+        pr.finish()
+        posture = PostureConfig(fail_on=tuple(dict.fromkeys(fail_on)))
     if has_approvals and admin.listen is None:
         problems.append(("admin.listen", "approve rules need the admin listener (approvers decide "
                          "through its API)"))
@@ -800,7 +850,7 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
     return Config(path=path, admin=admin, log=log,
                   identity=IdentityConfig(issuers=tuple(issuers), api_keys=tuple(api_keys)),
                   connections=tuple(connections), audit=audit, state=state,
-                  webhooks=tuple(webhooks), raw=doc)
+                  webhooks=tuple(webhooks), posture=posture, raw=doc)
 
 
 def load_config(path: str) -> Config:

@@ -24,16 +24,41 @@ import urllib.request
 
 __all__ = ["main"]
 
+# Made as shop_owner, the application's own role: the raw customers table lives in a schema the
+# gateway's role has no privilege on, and agents read it through a view that shows the database's
+# own masked copy of ssn (the README's "Posture check": the role cannot read a masked column raw,
+# so no expression or function the gateway fails to follow can show it). The copy is a stored
+# generated column rather than an expression in the view: the view's column is then a plain
+# column, which the gateway passes as it is, not a value derived from the masked one. The table's
+# name is not the view's: the gateway resolves a name in every schema (it does not know the
+# session's search_path), and `customers` would then also be the table with the raw ssn.
 SAMPLE_DATA = """
-CREATE TABLE customers (id int PRIMARY KEY, name text, email text, plan text, ssn text);
-CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers, total numeric(10,2),
-                     placed_at timestamptz DEFAULT now());
-INSERT INTO customers VALUES
+CREATE SCHEMA private;
+CREATE TABLE private.customer_records (
+  id int PRIMARY KEY, name text, email text, plan text, ssn text,
+  ssn_last4 text GENERATED ALWAYS AS (repeat('*', length(ssn) - 4) || right(ssn, 4)) STORED);
+CREATE VIEW customers AS
+  SELECT id, name, email, plan, ssn_last4 AS ssn FROM private.customer_records;
+CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES private.customer_records,
+                     total numeric(10,2), placed_at timestamptz DEFAULT now());
+INSERT INTO private.customer_records VALUES
   (1, 'Ada Lovelace', 'ada@example.com', 'pro', '123-45-6789'),
   (2, 'Alan Turing', 'alan@example.org', 'free', '219-09-9999'),
   (3, 'Grace Hopper', 'grace@example.net', 'pro', '078-05-1120');
 INSERT INTO orders (id, customer_id, total)
   SELECT g, 1 + g % 3, round((10 + g * 7.31)::numeric % 500, 2) FROM generate_series(1, 42) g;
+"""
+
+# The gateway's role (shop_app): the README's recommended grant set, no more. It reads the
+# view and orders, deletes orders (the held step); no TEMP, no CREATE, no memberships.
+APP_GRANTS = """
+ALTER ROLE shop_app NOINHERIT;
+REVOKE TEMP ON DATABASE shop FROM PUBLIC;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT CONNECT ON DATABASE shop TO shop_app;
+GRANT USAGE ON SCHEMA public TO shop_app;
+GRANT SELECT ON customers TO shop_app;
+GRANT SELECT, DELETE ON orders TO shop_app;
 """
 
 # What the agent runs, and what we expect the gateway to do with each.
@@ -115,7 +140,7 @@ allow_groups = ["agents", "etl"]
   timeout = "60s"
 
   [[connection.mask]]
-  columns = ["public.customers.ssn"]
+  columns = ["private.customer_records.ssn"]  # shop_app cannot read it; should a grant let it
   strategy = "partial"
   keep = 4
 
@@ -184,9 +209,11 @@ def main(keep: bool = False) -> int:
         except PgServerError as e:
             print(f"cannot start PostgreSQL: {e}", file=sys.stderr)
             return 1
+        pg.sql("CREATE ROLE shop_owner NOLOGIN;")
         pg.create_role("shop_app", db_password)
-        pg.create_database("shop", owner="shop_app")
-        pg.sql("SET ROLE shop_app;\n" + SAMPLE_DATA, dbname="shop")
+        pg.create_database("shop", owner="shop_owner")
+        pg.sql("SET ROLE shop_owner;\n" + SAMPLE_DATA + "RESET ROLE;\n" + APP_GRANTS,
+               dbname="shop")
         _say("info", f"PostgreSQL on 127.0.0.1:{pg.port}, database shop (customers, orders)")
 
         key = os.path.join(work, "dev-key.pem")
@@ -204,6 +231,15 @@ def main(keep: bool = False) -> int:
                               env=env, stdout=log_file, stderr=subprocess.STDOUT)
         wait_for_listener(gw_port, gw)
         _say("info", f"hoopwire on 127.0.0.1:{gw_port} (admin and /metrics on 127.0.0.1:{admin_port})")
+        posture = subprocess.run([sys.executable, "-m", "hoopwire", "check-config", "--connect",
+                                  cfg_path], env=env, capture_output=True, text=True, timeout=60)
+        report = posture.stdout.strip().splitlines()
+        _say("info" if posture.returncode == 0 else "refused",
+             "hoopwire check-config --connect (what shop_app itself may do) -> "
+             + (report[-1] if report else posture.stderr.strip()[-200:]))
+        for line in report:
+            if line.startswith(("FAIL ", "warn ")) or ": ERROR -- " in line:
+                print(f"          {line}")
         token = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
                            subject="agent-7", groups=["agents"], ttl=900, kid="demo")
         _say("info", "minted a 15-minute token for agent-7 (group: agents) -- the agent's only "

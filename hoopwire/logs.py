@@ -14,7 +14,7 @@ import time
 
 import orjson
 
-__all__ = ["configure", "event"]
+__all__ = ["configure", "event", "rfc3339"]
 
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators (some log viewers
@@ -36,11 +36,19 @@ def escape(text: str) -> str:
     return _CONTROL.sub(_escape_control, text)
 
 
+def rfc3339(created: float) -> str:
+    """`created` (unix seconds) as an RFC 3339 UTC timestamp with milliseconds,
+    2026-12-07T11:53:19.042Z: what log shippers (Loki, Elasticsearch, journald exports) parse
+    without a pattern, in both formats. A float of seconds in JSON needed a per-shipper rule."""
+    whole = int(created)
+    ms = int((created - whole) * 1000)     # truncated, never rounded up into the next second
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         # the message too: %-arguments of library and module loggers are not ours to vet
-        parts = [f"{ts}.{int(record.msecs):03d}Z", record.levelname.lower(), record.name,
+        parts = [rfc3339(record.created), record.levelname.lower(), record.name,
                  escape(record.getMessage())]
         for k, v in getattr(record, "fields", {}).items():
             # backslashes are doubled first, so an escape written by the client ("\\n" as two
@@ -60,7 +68,7 @@ class _TextFormatter(logging.Formatter):
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": record.created, "level": record.levelname.lower(), "logger": record.name,
+        doc = {"ts": rfc3339(record.created), "level": record.levelname.lower(), "logger": record.name,
                "msg": record.getMessage()}
         doc.update(getattr(record, "fields", {}))
         if record.exc_info:

@@ -20,18 +20,28 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
+import time
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, REGISTRY
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, REGISTRY,
+                               disable_created_metrics, multiprocess)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from hoopwire import __version__
 from hoopwire.core._frames import RTT_BOUNDS, ConnStats
+
+# No `_created` series: one more series per counter and histogram child, which no dashboard or
+# alert here reads.
+disable_created_metrics()
 
 __all__ = [
     "CONNECTIONS_ACTIVE", "CONNECTIONS_TOTAL", "AUTH_FAILURES", "UPSTREAM_CONNECT_SECONDS",
     "SESSIONS_CLOSED", "STATEMENT_VERDICTS", "GUARDRAIL_SCAN_SECONDS", "MASKED_VALUES",
-    "MASK_REFUSED", "JWKS_FETCH_FAILURES", "JWKS_DEGRADED", "conn_stats",
+    "MASK_REFUSED", "CANCEL_DROPPED", "JWKS_FETCH_FAILURES", "JWKS_DEGRADED", "conn_stats",
     "RelayStatsCollector", "write_snapshot", "retire_process", "registry_for_scrape",
+    "BUILD_INFO", "CONNECTIONS_MAX", "RELOADS", "LAST_RELOAD", "PENDING_APPROVALS",
+    "count_reload", "mark_started",
 ]
 
 _MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -62,12 +72,53 @@ MASK_REFUSED = Counter(
     "hoopwire_mask_refused_results", "Results refused because they read a masked column through "
     "an expression (unresolved_columns = block)", ["connection"])
 
+CANCEL_DROPPED = Counter(
+    "hoopwire_cancel_dropped", "CancelRequests dropped without contacting the upstream, by reason "
+    "(unknown_key: no worker issued the key; rate_limited: its source address is over the "
+    "bucket)", ["connection", "reason"])
+
 JWKS_FETCH_FAILURES = Counter(
     "hoopwire_jwks_fetch_failures", "Failed fetches of an issuer's JWKS, by source (the URI "
     "without credentials or query)", ["source"])
 JWKS_DEGRADED = Gauge(
     "hoopwire_jwks_degraded", "1 while the latest fetch of this JWKS failed: its issuer runs on "
     "the last good keys (or none)", ["source"], multiprocess_mode="livemax")
+
+CONNECTIONS_MAX = Gauge(
+    "hoopwire_connections_max", "The listener's max_connections (summed over workers, which "
+    "each have it): hoopwire_connections_active over this is the saturation", ["connection"],
+    multiprocess_mode="livesum")
+BUILD_INFO = Gauge(
+    "hoopwire_build_info", "Always 1; the labels say which hoopwire and Python run",
+    ["version", "python"], multiprocess_mode="max")
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
+RELOADS = Counter(
+    "hoopwire_config_reloads", "Configuration reloads (SIGHUP or POST /api/v1/reload) by result: "
+    "success | failure (the file was rejected; the old config keeps running)", ["result"])
+for _result in ("success", "failure"):
+    RELOADS.labels(_result)   # the zeros, so increase() alerts work before the first reload
+LAST_RELOAD = Gauge(
+    "hoopwire_config_last_reload_success_timestamp_seconds", "Unix time of the last accepted "
+    "reload (the start, until one)", multiprocess_mode="max")
+# set only by the process that decides reloads (mark_started, count_reload), never at import:
+# a worker's (re)start is no reload
+PENDING_APPROVALS = Gauge(
+    "hoopwire_approvals_pending", "Statements held for a decision in this process (summed over "
+    "replicas: every pending approval)", multiprocess_mode="livesum")
+
+
+def mark_started() -> None:
+    """The config in force was loaded now (the single process, or the --workers parent)."""
+    LAST_RELOAD.set(time.time())
+
+
+def count_reload(ok: bool) -> None:
+    """Count one reload where it was decided (the single process, or the --workers parent:
+    its workers then reload the file it accepted, and count nothing)."""
+    RELOADS.labels("success" if ok else "failure").inc()
+    if ok:
+        LAST_RELOAD.set(time.time())
+
 
 _stats: dict[str, ConnStats] = {}
 _protocols: dict[str, str] = {}     # connection name -> its protocol (the `protocol` label)
@@ -216,8 +267,26 @@ def registry_for_scrape(multiproc_dir: str | None) -> CollectorRegistry:
             REGISTRY.register(RelayStatsCollector(None))
             registry_for_scrape._registered = True
         return REGISTRY
-    from prometheus_client import multiprocess
     reg = CollectorRegistry()
-    multiprocess.MultiProcessCollector(reg, path=multiproc_dir)
+    _StartedFilesCollector(reg, path=multiproc_dir)
     reg.register(RelayStatsCollector(multiproc_dir))
     return reg
+
+
+class _StartedFilesCollector(multiprocess.MultiProcessCollector):
+    """prometheus-client's own, without the files of a process that is creating them.
+
+    A process creates its NAME_PID.db empty and then sizes it (mmap_dict: open, then truncate);
+    a scrape between the two failed with struct.error, a 500 on /metrics (seen in 1 of 6
+    `--workers 2` starts scraped at once). An empty file holds no value yet: skip it."""
+
+    def collect(self):
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _size(f) >= 8]
+        return self.merge(files, accumulate=True)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:     # removed meanwhile (mark_process_dead)
+        return 0

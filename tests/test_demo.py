@@ -16,6 +16,8 @@ def test_demo_runs_and_shows_allowed_blocked_masked_and_held():
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "allowed  SELECT count(*) FROM orders" in out
+    # the gateway's role has the README's recommended grant set (test_posture.py checks it)
+    assert "check-config --connect (what shop_app itself may do) -> 0 error(s), 0 finding(s)" in out
     assert 'blocked  DROP TABLE orders' in out and 'rule "destructive-ddl"' in out
     assert 'rule "unbounded-write"' in out and 'rule "server-side-io"' in out
     assert "masked  SELECT name, email, ssn AS tax_id" in out

@@ -181,6 +181,7 @@ MASK_COPY = [
 CORPORA = {
     "fuzz_pg_framing": FRAMING,
     "fuzz_sqlnorm": SQL,
+    "fuzz_sqlnorm_vs_pglast": SQL,
     "fuzz_startup": STARTUP,
     "fuzz_mask_rows": MASK_ROWS,
     "fuzz_mask_copy": MASK_COPY,

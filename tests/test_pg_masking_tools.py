@@ -147,29 +147,15 @@ def _dump(dsn: str, *args: str) -> str:
     return re.sub(r"(?m)^\\(un)?restrict \S+$", r"\\\1restrict KEY", out)
 
 
-def _session_tampering_refuses_pg_dump(mgw, request) -> None:
-    if mgw.config["connection"][0].get("guardrail"):
-        # pg_dump 15.14+ runs `SELECT set_config(name, ...) FROM pg_settings WHERE name = ...`;
-        # session-tampering refuses a set_config whose setting name is computed (it cannot be
-        # checked). Strict: the day the pack tells this shape apart, this turns red.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="session-tampering refuses "
-                                              "pg_dump's computed set_config"))
-
-
 def test_pg_dump_schema_only_as_direct(mgw, pg, idp, request):
-    _session_tampering_refuses_pg_dump(mgw, request)
-    if mgw.config["connection"][0].get("unresolved_columns") != "detect":
-        # pg_dump reads function signatures through SQL PREPARE / EXECUTE, and the gateway does
-        # not yet follow a prepared statement's text to its EXECUTE: under mask / block the
-        # EXECUTE's expressions are suspect (masked, or refused). Strict: the day it is fixed,
-        # this turns red until the mark goes.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="SQL EXECUTE is opaque to "
-                                              "masking under unresolved_columns mask/block"))
+    # (under "everything" the packs apply: session-tampering judges pg_dump 15.14+'s
+    # `SELECT set_config(name, ...) FROM pg_settings WHERE name = '...'` by its literal form)
+    # (pg_dump reads function signatures through SQL PREPARE / EXECUTE: lineage follows the
+    # prepared statement's text to its EXECUTE, so mask / block leave them as they are)
     assert _dump(_gw_dsn(mgw, idp), "--schema-only") == _dump(_direct_dsn(pg), "--schema-only")
 
 
 def test_pg_dump_data_is_masked(mgw, pg, idp, request):
-    _session_tampering_refuses_pg_dump(mgw, request)
     through = _dump(_gw_dsn(mgw, idp), "--data-only", "-t", "hr.staff")
     direct = _dump(_direct_dsn(pg), "--data-only", "-t", "hr.staff")
     for clear, masked in zip(CLEAR, MASKED):
@@ -339,12 +325,8 @@ def _jdbc(classes: str, port: int, user: str, password: str) -> list[str]:
 
 
 def test_pgjdbc_metadata_as_direct_rows_masked(mgw, pg, idp, reflect_class, request):
-    if mgw.config["connection"][0].get("unresolved_columns") != "detect":
-        # getColumns names the table in a literal ('staff'), so its computed columns (NULLABLE
-        # from a CASE over pg_attribute) count as suspect expressions: masked or refused under
-        # mask / block until lineage says what each expression reads (the masking part 2 issue)
-        request.applymarker(pytest.mark.xfail(strict=True, reason="catalog expressions are "
-                                              "suspect under unresolved_columns mask/block"))
+    # (getColumns' computed columns -- NULLABLE from a CASE over pg_attribute -- read only the
+    # catalog: lineage leaves them as they are under mask / block too)
     through = _jdbc(reflect_class, mgw.port("pg"), "agent-7", idp.token())
     direct = _jdbc(reflect_class, pg.port, "app", pg.passwords["app"])
     assert "table staff TABLE" in direct and "pk id" in direct

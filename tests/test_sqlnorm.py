@@ -133,8 +133,15 @@ def test_standard_conforming_strings_off():
 
 
 def test_bit_and_hex_strings_end_where_the_server_ends_them():
-    # the server reads X'00' then a new literal '...': either way everything is a literal
-    assert code(b"select X'00''; drop table t; --'") == b"select '?'"
+    # the server reads X'00' then a new literal '...' (scan.l's xb/xh states have no '' rule)
+    assert code(b"select X'00''; drop table t; --'") == b"select '?' '?'"
+    # and that new literal is a plain one, where a backslash escapes with
+    # standard_conforming_strings off: the DROP is code then (and `ambiguous` says so)
+    sql = b"select B'1''\\'' ; drop table t; --'"
+    from hoopwire._sqlnorm import statement_views
+    assert statement_views(sql)[2] is True
+    assert normalize_statements(sql, standard_conforming_strings=False) == [
+        b"select '?' '?'", b"drop table t"]
 
 
 # ---------------------------------------------------------------------------------------------

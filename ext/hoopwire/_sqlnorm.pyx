@@ -458,15 +458,27 @@ cdef Py_ssize_t decode_e_escape(const uchar* s, Py_ssize_t n, Py_ssize_t i, Out*
     return i
 
 
-cdef Py_ssize_t scan_string(const uchar* s, Py_ssize_t n, Py_ssize_t i, bint esc, Out* c) except -2 nogil:
+# scan_string's modes: '' is a quote (standard); backslash escapes too (E'', and '' with
+# standard_conforming_strings off); no escape at all (B'', X'': scan.l's xb/xh states have no
+# xqdouble rule, so B'1''2' is B'1' then '2' -- a plain literal, in which a backslash may be an
+# escape: reading '' as a quote there hid `B'1''\'' ; DROP TABLE t; --'`'s DROP with
+# standard_conforming_strings off; found by fuzz/fuzz_sqlnorm_vs_pglast.py)
+cdef enum:
+    S_STD = 0
+    S_ESC = 1
+    S_BITS = 2
+
+
+cdef Py_ssize_t scan_string(const uchar* s, Py_ssize_t n, Py_ssize_t i, int esc, Out* c) except -2 nogil:
     """i is just after an opening single quote. Reads to the closing quote (following line
     continuations in the same escape mode) and returns the index after it, or n if the literal is
-    unterminated. With c, the literal's value is appended to it."""
+    unterminated. With c, the literal's value is appended to it. `esc` is S_STD, S_ESC or
+    S_BITS."""
     cdef const uchar* q
     cdef Py_ssize_t j
     while True:
         while i < n:
-            if not esc:
+            if esc != S_ESC:
                 q = <const uchar*>memchr(s + i, 39, n - i)
                 if q == NULL:
                     if c != NULL:
@@ -477,7 +489,7 @@ cdef Py_ssize_t scan_string(const uchar* s, Py_ssize_t n, Py_ssize_t i, bint esc
                     out_bytes(c, s + i, j - i)
                 i = j
             if s[i] == 39:
-                if i + 1 < n and s[i + 1] == 39:
+                if i + 1 < n and s[i + 1] == 39 and esc != S_BITS:
                     if c != NULL:
                         out_byte(c, 39)
                     i += 2
@@ -545,7 +557,7 @@ cdef Py_ssize_t uescape_clause(const uchar* s, Py_ssize_t n, Py_ssize_t i, uchar
         return -1
     out_init(&tmp, 16, M_FULL)
     try:
-        j = scan_string(s, n, j, e, &tmp)
+        j = scan_string(s, n, j, S_ESC if e else S_STD, &tmp)
         if tmp.len != 1:
             return -1
         esc[0] = tmp.buf[0]
@@ -873,7 +885,7 @@ cdef int lex(const uchar* s, Py_ssize_t n, Out* o, bint split, list pieces,
 
             if c == 39:                                                    # '...'
                 tmp.len = 0
-                j = scan_string(s, n, i + 1, not o.scs, &tmp if want else NULL)
+                j = scan_string(s, n, i + 1, S_STD if o.scs else S_ESC, &tmp if want else NULL)
                 if o.scs and memchr(s + i, 92, j - i) != NULL:
                     o.ambiguous = True
                 emit_string(o, tmp.buf, tmp.len, 0)
@@ -896,7 +908,9 @@ cdef int lex(const uchar* s, Py_ssize_t n, Out* o, bint split, list pieces,
                     if c1 == 39 and (lc == 101 or lc == 98 or lc == 120 or lc == 110):
                         # E'..' (backslash escapes), B'..', X'..', N'..'
                         tmp.len = 0
-                        j = scan_string(s, n, i + 2, lc == 101 or (lc == 110 and not o.scs),
+                        j = scan_string(s, n, i + 2,
+                                        S_ESC if lc == 101 or (lc == 110 and not o.scs)
+                                        else S_BITS if lc == 98 or lc == 120 else S_STD,
                                         &tmp if want else NULL)
                         if lc == 110 and o.scs and memchr(s + i, 92, j - i) != NULL:
                             o.ambiguous = True
@@ -909,7 +923,7 @@ cdef int lex(const uchar* s, Py_ssize_t n, Out* o, bint split, list pieces,
                         # U&'..' / U&".." with an optional UESCAPE 'c' after it
                         tmp.len = 0
                         if s[i + 2] == 39:
-                            j = scan_string(s, n, i + 3, False, &tmp if want else NULL)
+                            j = scan_string(s, n, i + 3, S_STD, &tmp if want else NULL)
                         else:
                             j = scan_qident(s, n, i + 3, &tmp if names else NULL)
                         esc = 92

@@ -48,10 +48,10 @@ __all__ = ["WebhookSender", "sign", "verify_signature", "redact_url", "DELIVERIE
 log = logging.getLogger("hoopwire.approvals.webhooks")
 
 DELIVERIES = Counter(
-    "hoopwire_webhook_deliveries", "Webhook deliveries by final result (delivered | failed: gave "
-    "up after retries or a final 4xx | dropped: queue full or shut down first)", ["result"])
-for _result in ("delivered", "failed", "dropped"):
-    DELIVERIES.labels(_result)  # export the zeros, so an alert on rate() works before the first event
+    "hoopwire_webhook_deliveries", "Webhook deliveries by receiver (its URL as logged: "
+    "redact_url) and final result (delivered | failed: gave up after retries or a final 4xx | "
+    "dropped: queue full or shut down first)", ["receiver", "result"])
+RESULTS = ("delivered", "failed", "dropped")
 
 FORMATS = ("json", "slack")
 USER_AGENT = f"hoopwire-webhooks/{__version__}"
@@ -236,6 +236,9 @@ class WebhookSender:
             hook = _Hook(cfg, redact_url(cfg.url),
                          cfg.secret.get().encode() if cfg.secret is not None else None)
             self._hooks.append(hook)
+            for result in RESULTS:
+                # export the zeros, so an alert on rate() works before the first event
+                DELIVERIES.labels(hook.log_url, result)
             for event in dict.fromkeys(cfg.events):
                 self._routes.setdefault(event, []).append(hook)
         self._session: aiohttp.ClientSession | None = None
@@ -273,7 +276,7 @@ class WebhookSender:
 
     def _drop(self, hook: _Hook, event: str) -> None:
         hook.dropped += 1
-        DELIVERIES.labels("dropped").inc()
+        DELIVERIES.labels(hook.log_url, "dropped").inc()
         # One line per overflow episode, not per event: a flood of drops must not become a
         # flood of log lines on the same path we are keeping fast.
         if not hook.overflowing:
@@ -317,7 +320,7 @@ class WebhookSender:
             if n:
                 h.dropped += n
                 lost += n
-                DELIVERIES.labels("dropped").inc(n)
+                DELIVERIES.labels(h.log_url, "dropped").inc(n)
         if lost:
             log.warning("webhooks: %d deliveries not made before shutdown", lost)
         if self._session is not None:
@@ -345,7 +348,7 @@ class WebhookSender:
             hook.delivered += 1
         else:
             hook.failed += 1
-        DELIVERIES.labels(result).inc()
+        DELIVERIES.labels(hook.log_url, result).inc()
 
     async def _deliver(self, hook: _Hook, item: _Item) -> None:
         cfg = hook.config

@@ -15,8 +15,8 @@ If the log cannot be written and `on_write_failure = "fail-closed"`, every open 
 every new one) answers new statements with an error until writing works again; with
 `fail-open` they carry on and `hoopwire_audit_write_failures_total` counts the failing flushes.
 A refused statement is recorded with verdict "refused", reason "audit-unavailable" and the
-53100 its client got (not as a guardrail block, although the relay refuses it the same way: see
-_marker_verdict); /readyz answers 503 meanwhile (audit_refusing).
+53100 its client got (not as a guardrail block, although the relay refuses it the same way: its
+marker says which, see _marker_verdict); /readyz answers 503 meanwhile (audit_refusing).
 
 Each process writes a chain of its own (a new one at every start), so `--workers` processes
 share the log's directory; a session is served by one process, so its records are in one chain.
@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import weakref
-from collections import deque
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -97,12 +95,6 @@ class Recorder:
         self._task: asyncio.Task | None = None
         self._refusing = False
         self._pruned_at = 0.0
-        # When this process refused statements: [on, off] wall-clock times (off = inf while it
-        # does), and per session the times guardrail blocks were announced and not yet
-        # recorded -- what tells a refused statement from a blocked one (see _marker_verdict).
-        self._refusals: list[list[float]] = []
-        self._blocks_due: dict[str, deque[float]] = {}
-        self._last_started: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -175,8 +167,6 @@ class Recorder:
         self._open.pop(s.id, None)
         slog = self._logs.pop(s.id, None)
         self._lost_seen.pop(s.id, None)
-        self._blocks_due.pop(s.id, None)
-        self._last_started.pop(s.id, None)
         n = slog.statements if slog is not None else 0
         now = self.clock()
         self.append({"type": "session.end", "session": s.id, "reason": reason,
@@ -190,9 +180,6 @@ class Recorder:
     def session_event(self, s, kind: str, **fields) -> None:
         """A decision worth its own record: a block, a hold, an approval outcome."""
         self._drain(s.id, s)            # after the statements that came before it
-        if kind == "statement.blocked":
-            # announced as the relay judges it (the same thread, before its marker is sent)
-            self._blocks_due.setdefault(s.id, deque()).append(time.time())
         rec = {"type": kind, "session": s.id}
         rec.update(fields)
         self.append(rec)
@@ -252,7 +239,6 @@ class Recorder:
         (and for every statement with index_statements, which also indexes it here)."""
         started, ended, sql, tags, error, masked, kept = raw
         sid = s.id if s is not None else None
-        judged = started
         started, duration, ts = record_times(started, ended)
         err = adapter.error_fields(error)
         verdict = "allow"
@@ -260,19 +246,17 @@ class Recorder:
         if err is not None:
             msg = err.get("message", "")
             if self.marker_prefix and self.marker_prefix.decode() in msg:
-                if self._marker_verdict(sid, judged) == "refused":
+                if self._marker_verdict(msg, adapter) == "refused":
                     verdict, reason = "refused", "audit-unavailable"
-                    err = {"code": "53100", "message": REFUSED_MESSAGE}
+                    err = {"code": adapter.code("audit_unavailable"), "message": REFUSED_MESSAGE}
                 else:
-                    verdict, err = "block", {"code": "42501",
+                    verdict, err = "block", {"code": adapter.code("blocked"),
                                              "message": "blocked by a hoopwire rule"}
             else:
                 verdict = "error"
                 if s is not None and s.masker is not None and msg:
                     err["message"] = s.masker.engine.mask_text(msg.encode())[0].decode(
                         "utf-8", "replace")
-        if sid is not None:
-            self._last_started[sid] = judged
         rec = {"type": "statement", "session": sid, "n": n, "started": started,
                "statement": encoder.text(sql or b""), "verdict": verdict,
                "tags": [t.decode("ascii", "replace") for t in tags],
@@ -292,35 +276,14 @@ class Recorder:
                 "error": (err or {}).get("message")})
         return rec
 
-    def _marker_verdict(self, sid: str | None, started: float) -> str:
-        """"block" or "refused" for a statement the relay replaced by a marker (its error names
-        the marker either way). The relay does not say why, but every cause is known here:
-        guardrail blocks are announced as they are judged (statement.blocked, _blocks_due) and
-        statements are refused exactly while this recorder has the relays refusing
-        (_refusals). `started` is when the relay took the statement (a Query), or when its
-        error came back (a Parse, which is timed from its answer), so never before it was
-        judged. Answers come in the order statements were judged, so the oldest unrecorded
-        block is the only block this can be."""
-        due = self._blocks_due.get(sid) if sid is not None else None
-        if not self._refusals:              # never refused: what it always was
-            if due:
-                due.popleft()
-            return "block"
-        if due and due[0] <= started:
-            due.popleft()
-            return "block"
-        if self._refused_between(started, started):
-            return "refused"
-        # judged since the session's previous statement and before `started`: a Parse whose
-        # answer came after the refusing ended, when no block was announced for it
-        if not due and self._refused_between(self._last_started.get(sid, started), started):
-            return "refused"
-        if due:
-            due.popleft()
-        return "block"          # an approval denied or out of reach, as before
-
-    def _refused_between(self, lo: float, hi: float) -> bool:
-        return any(on <= hi and lo <= off for on, off in self._refusals)
+    def _marker_verdict(self, message: str, adapter) -> str:
+        """"refused" or "block" for a statement the relay replaced by a marker (the server's
+        error names the marker either way): a refusal's marker carries the relay's refused
+        mark (adapter.refused_mark) after the prefix, a guardrail block's or a denied
+        approval's does not. Exact, whatever the clock, the session's other statements or the
+        refusal episodes did meanwhile."""
+        refused = self.marker_prefix.decode() + adapter.refused_mark.decode()
+        return "refused" if refused in message else "block"
 
     def _check_health(self) -> None:
         refusing = self.log.refusing
@@ -329,14 +292,6 @@ class Recorder:
         if refusing == self._refusing:
             return
         self._refusing = refusing
-        now = time.time()               # the relay times statements by the same clock
-        if refusing:
-            # an hour of episodes is far more than any statement stays in flight; the oldest
-            # are dropped past 100 so a flapping disk cannot grow this
-            self._refusals = [iv for iv in self._refusals if iv[1] >= now - 3600.0][-99:]
-            self._refusals.append([now, math.inf])
-        elif self._refusals:
-            self._refusals[-1][1] = now
         AUDIT_REFUSING.set(1 if refusing else 0)
         event(log, "audit log unwritable: refusing statements" if refusing else
               "audit log writable again: statements accepted",

@@ -41,10 +41,10 @@ def _build_policy(cfg, protocols):
     from hoopwire.policy import PolicyEngine
     from hoopwire.metrics import GUARDRAIL_SCAN_SECONDS
     dialect = protocols.get(cfg.protocol).dialect
-    return PolicyEngine(dialect.implied_guardrails(cfg.guardrails),
-                        path=f"connection[{cfg.name}].guardrail",
+    rules = dialect.implied_guardrails(cfg.guardrails)
+    return PolicyEngine(rules, path=f"connection[{cfg.name}].guardrail",
                         scan_seconds=GUARDRAIL_SCAN_SECONDS.labels(cfg.name).observe,
-                        views=dialect.statement_views)
+                        views=dialect.statement_views, classifier=dialect.classifier(rules))
 
 
 def build_policies(config: Config, protocols) -> dict:
@@ -94,7 +94,8 @@ class Gateway:
     def __init__(self, config: Config, protocols, *, workers: int = 1,
                  cancel_key: bytes | None = None, serve_admin: bool = True,
                  multiproc_dir: str | None = None, worker_index: int = 0,
-                 serve_data: bool = True, on_ready=None):
+                 serve_data: bool = True, on_ready=None, cancel_dir: str | None = None):
+        from hoopwire.core.cancels import CancelLimiter, LogBurst
         from hoopwire.identity import Authenticator
         self.config = config
         self.protocols = protocols      # hoopwire.protocols.Registry
@@ -105,6 +106,12 @@ class Gateway:
         self.multiproc_dir = multiproc_dir
         # shared by every worker of one gateway: a protocol derives its cancel keys from it
         self.cancel_key = cancel_key or os.urandom(32)
+        self.cancel_limiter = CancelLimiter()
+        self.cancel_log = LogBurst()
+        # --workers: where the siblings answer for the cancel keys they issued
+        self.cancel_dir = cancel_dir
+        self.worker_index = worker_index
+        self.cancel_peers = None   # hoopwire.core.cancelpeers.CancelPeers, once serving
         # Prefix of the marker statement that stands in for a blocked one (see the relay);
         # random per process so a client cannot forge it.
         self.marker_prefix = b"hoopwire_blocked_" + os.urandom(6).hex().encode() + b"_"
@@ -136,6 +143,9 @@ class Gateway:
             self.approvals = ApprovalManager(self.store, self.webhooks, gateway_id=self.gateway_id,
                                              poll_interval=cfg.state.poll_interval)
             await self.approvals.start(abandon=holds_statements)
+            if self.multiproc_dir is None:    # workers publish it with their relay counters
+                from hoopwire.metrics import PENDING_APPROVALS
+                PENDING_APPROVALS.set_function(lambda: self.approvals.held_count)
         if cfg.audit is not None and holds_statements:
             from hoopwire.audit.recorder import Recorder
             self.recorder = Recorder(cfg.audit, self.store, gateway_id=self.gateway_id,
@@ -154,18 +164,30 @@ class Gateway:
             await self.store.close()
 
     async def start(self) -> None:
+        from hoopwire.metrics import CONNECTIONS_MAX
         engines, maskers = build_engines(self.config, self.protocols)
         await self.start_control()
+        if self.cancel_dir is not None and self.workers > 1:
+            # before the listeners: a cancel this worker accepts can be asked about at once
+            from hoopwire.core.cancelpeers import CancelPeers
+            self.cancel_peers = CancelPeers(self.cancel_dir, self.worker_index, self.workers,
+                                            self._cancel_owned)
+            self.cancel_peers.start()
         for c in self.config.connections:
             listener = self.protocols.get(c.protocol).listener(
                 self, c, engines.get(c.name), maskers.get(c.name))
             await listener.start()
             self.listeners[c.name] = listener
+            CONNECTIONS_MAX.labels(c.name).set(c.max_connections)
         if self.serve_admin and self.config.admin.listen is not None:
             from hoopwire.admin import AdminServer
             self.admin = AdminServer(self, self.multiproc_dir)
             await self.admin.start(*self.config.admin.listen)
         self.ready = True
+
+    def _cancel_owned(self, connection: str, pid: int, secret: int) -> bool:
+        listener = self.listeners.get(connection)
+        return listener is not None and listener.cancel_owned(pid, secret, "other-worker")
 
     async def reload_from_api(self) -> list[str]:
         """POST /api/v1/reload: the config errors, or [] when it was applied."""
@@ -182,8 +204,12 @@ class Gateway:
         except ConfigError as e:
             for line in e.lines():
                 event(log, "reload rejected: config error", logging.ERROR, problem=line)
+            if self.multiproc_dir is None:   # a worker's reload was counted by its parent
+                from hoopwire.metrics import count_reload
+                count_reload(False)
             return e.lines()
         from hoopwire.identity import Authenticator
+        from hoopwire.metrics import CONNECTIONS_MAX
         old_auth = self.authenticator
         self.authenticator = Authenticator(new.identity)
         await old_auth.close()
@@ -200,8 +226,12 @@ class Gateway:
                 groups = listener.open_group_sets()
                 await asyncio.to_thread(lambda: [engine.for_groups(g) for g in groups])
             listener.apply(c, engine, maskers.get(c.name))
+            CONNECTIONS_MAX.labels(c.name).set(c.max_connections)
         self.config = new
         event(log, "configuration reloaded", path=new.path)
+        if self.multiproc_dir is None:
+            from hoopwire.metrics import count_reload
+            count_reload(True)
         return []
 
     async def reload_control(self, new: Config) -> None:
@@ -218,6 +248,8 @@ class Gateway:
         if self.approvals is not None:
             await self.approvals.shutdown()
         await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+        if self.cancel_peers is not None:
+            self.cancel_peers.close()
         if self.admin is not None:
             await self.admin.stop()
         await self.stop_control()
@@ -245,9 +277,11 @@ class Gateway:
             write_snapshot(self.multiproc_dir)
 
     async def _publish_stats(self) -> None:
-        from hoopwire.metrics import write_snapshot
+        from hoopwire.metrics import PENDING_APPROVALS, write_snapshot
         while True:
             write_snapshot(self.multiproc_dir)
+            if self.approvals is not None:
+                PENDING_APPROVALS.set(self.approvals.held_count)
             await asyncio.sleep(STATS_PUBLISH_INTERVAL)
 
 
@@ -293,6 +327,8 @@ def run(config_path: str, protocols, workers: int = 1, *, own_metrics_dir: bool 
             print(f"config error: {line}", file=sys.stderr)
         return 1
     if workers <= 1:
+        from hoopwire.metrics import mark_started
+        mark_started()
         gw = Gateway(config, protocols)
         try:
             _run_loop(gw.serve_forever)

@@ -31,11 +31,16 @@ CONDITIONS = (
     "query_cancelled",     # the client cancelled a held statement
     "audit_unavailable",   # the audit log cannot be written: statements are refused
     "policy_reload",       # a reload's rules refuse what the session set at its start
+    "blocked",             # a guardrail refused the statement
 )
 
 
 class ProtocolAdapter(Protocol):
     protocol: str          # the registry key and the `protocol` label of the metrics
+    refused_mark: bytes    # follows the marker prefix in a statement refused for the audit
+
+    def code(self, name: str) -> str:
+        """The protocol's code for one of CONDITIONS, as audit records carry it."""
 
     def fatal(self, code: str, message: str) -> bytes:
         """A session-ending error carrying the protocol's own `code`."""
@@ -70,6 +75,10 @@ class Dialect(Protocol):
     def implied_guardrails(self, rules: tuple) -> tuple:
         """Rules every connection of this dialect gets besides its configured ones."""
 
+    def classifier(self, rules: tuple):
+        """The statement-kind classifier (hoopwire.policy.engine.KindClassifier) the rules
+        need, or None."""
+
 
 class RelayHandle(Protocol):
     policy: object           # the session's GroupPolicy, or None: swapped on reload
@@ -101,3 +110,6 @@ class ProtocolSpec:
     listener: type          # a hoopwire.core.listener.Listener subclass
     dialect: Dialect        # its SQL (SQL protocols)
     adapter: ProtocolAdapter
+    # `check-config --connect`'s look at an upstream role: a module with database_of(cfg),
+    # roles_of(cfg), async check_role(cfg, user, password, database) and PostureError
+    posture: object = None

@@ -121,13 +121,15 @@ class Session:
         statement = lst.mask_statement(sql)
         metrics.STATEMENT_VERDICTS.labels(lst.name, action, verdict.rule).inc()
         recorder = lst.gateway.recorder
+        kinds = getattr(verdict, "kinds", ())     # an allow_kinds rule: what it refused
         if recorder is not None:
             recorder.session_event(
                 self, "statement.blocked" if action == "block" else "statement.matched",
-                rule=verdict.rule, rules=list(verdict.matched), statement=statement)
+                rule=verdict.rule, rules=list(verdict.matched), statement=statement,
+                **({"kinds": list(kinds)} if kinds else {}))
         event(log, "statement blocked" if action == "block" else "guardrail matched",
               logging.WARNING if action == "block" else logging.INFO,
               connection=lst.name, session=self.id, issuer=self.identity.issuer or "",
               subject=self.identity.subject, groups=",".join(sorted(self.identity.groups)),
               rule=verdict.rule, rules=",".join(verdict.matched), action=action,
-              statement=statement)
+              **({"kinds": ",".join(kinds)} if kinds else {}), statement=statement)

@@ -80,6 +80,7 @@ class _Supervisor:
         self.workers = workers
         self.mpdir = mpdir
         self.cancel_key = os.urandom(32)
+        self.cancel_dir: str | None = None   # the workers' cancel sockets (core.cancelpeers)
         self.slots = [_Slot(i) for i in range(workers)]
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping: asyncio.Event | None = None
@@ -133,7 +134,7 @@ class _Supervisor:
                 os.close(w)
             gw = Gateway(self.config, self.protocols, workers=self.workers, cancel_key=self.cancel_key,
                          serve_admin=False, multiproc_dir=self.mpdir, worker_index=index,
-                         on_ready=ready)
+                         on_ready=ready, cancel_dir=self.cancel_dir)
             _run_loop(gw.serve_forever)
         except BaseException:  # noqa: BLE001 - the worker must never return into the parent's code
             log.exception("worker failed")
@@ -288,7 +289,11 @@ class _Supervisor:
         except ConfigError as e:
             for line in e.lines():
                 event(log, "reload rejected: config error", logging.ERROR, problem=line)
+            from hoopwire.metrics import count_reload
+            count_reload(False)
             return e.lines()
+        from hoopwire.metrics import count_reload
+        count_reload(True)
         # replacements start with what their siblings now run
         self.config = new
         self.generation += 1
@@ -346,7 +351,10 @@ def supervise(config: Config, protocols, workers: int, own_metrics_dir: bool = F
     if mpdir is None:
         mpdir = tempfile.mkdtemp(prefix="hoopwire-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir
+    from hoopwire.metrics import mark_started
+    mark_started()
     sup = _Supervisor(config, protocols, workers, mpdir)
+    sup.cancel_dir = tempfile.mkdtemp(prefix="hoopwire-cancel-")   # 0700: only we can ask
     try:
         # the first workers are forked before the parent's loop exists
         try:
@@ -365,4 +373,5 @@ def supervise(config: Config, protocols, workers: int, own_metrics_dir: bool = F
     finally:
         if own_dir:
             shutil.rmtree(mpdir, ignore_errors=True)
+        shutil.rmtree(sup.cancel_dir, ignore_errors=True)
     return 1 if sup.failed else 0

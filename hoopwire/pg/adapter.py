@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from hoopwire._pgwire import error_response, notice_response
+from hoopwire.pg._wire import REFUSED_MARK, error_response, notice_response
 from hoopwire.pg.messages import datarow_values
 
 __all__ = ["PgAdapter", "ADAPTER", "rows_from_tags"]
@@ -20,6 +20,7 @@ _SQLSTATE = {
     "query_cancelled": "57014",     # query_canceled
     "audit_unavailable": "53100",   # disk_full: what an unwritable audit log amounts to
     "policy_reload": "42501",
+    "blocked": "42501",             # a guardrail refused the statement
 }
 
 
@@ -36,6 +37,12 @@ def rows_from_tags(tags: list[bytes]) -> Optional[int]:
 class PgAdapter:
     protocol = "postgres"
     too_many_clients_code = "53300"
+    # what the relay puts after the marker prefix of a statement refused for the audit
+    refused_mark = REFUSED_MARK
+
+    def code(self, name: str) -> str:
+        """The SQLSTATE of one of the core's conditions (as audit records carry it)."""
+        return _SQLSTATE[name]
 
     def fatal(self, code: str, message: str) -> bytes:
         return error_response("FATAL", code, message)

@@ -4,9 +4,14 @@ The client's secret is the upstream's secret run through a keyed 32-bit permutat
 network over HMAC-SHA256, tweaked with the pid and the connection name). Every worker process
 of one gateway shares the key, so a CancelRequest that the kernel hands to another worker (the
 listeners share a port with SO_REUSEPORT) is still mapped back -- with no shared state. The
-client never learns the upstream secret, and a forged secret maps to a random one the server
-ignores. Where the session is known locally (always, with one worker) an unknown key is
-dropped without contacting the upstream at all.
+client never learns the upstream secret.
+
+The permutation alone would turn every forged secret into an upstream cancel (a connection to
+the server each, and one in 2^32 lands), so a key no process of this gateway issued is dropped
+without contacting the upstream: with one worker the session table says so; with several, a
+worker that does not hold the session asks its siblings (hoopwire.core.cancelpeers) and only the
+one that holds it cancels. In front of all that, hoopwire.core.cancels keeps a token bucket per
+source address and makes a spray one log line rather than one per packet.
 """
 
 from __future__ import annotations

@@ -51,8 +51,10 @@ _COLUMNS = (
 _ALL_COLUMNS = _COLUMNS.format("NOT IN")
 _SYSTEM_COLUMNS = _COLUMNS.format("IN")
 
+# ev_action for the plain columns' sources, pg_get_viewdef for lineage (hoopwire/pg/lineage.py)
 _VIEW_RULES = (
-    "SELECT r.ev_class::int8, r.ev_action::text FROM pg_catalog.pg_rewrite r "
+    "SELECT r.ev_class::int8, r.ev_action::text, pg_catalog.pg_get_viewdef(r.ev_class) "
+    "FROM pg_catalog.pg_rewrite r "
     "JOIN pg_catalog.pg_class c ON c.oid = r.ev_class "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "WHERE r.rulename = '_RETURN' AND c.relkind IN ('v', 'm') "
@@ -66,6 +68,13 @@ _VIEW_DEPS = (
     "WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass "
     "AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjsubid > 0 "
     "AND r.rulename = '_RETURN' AND r.ev_class <> d.refobjid")
+
+
+# functions not built in: a call to one (by name, whatever its arguments) may read anything
+_USER_FUNCTIONS = (
+    "SELECT DISTINCT lower(p.proname) FROM pg_catalog.pg_proc p "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+    "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')")
 
 
 # PostgreSQL's FirstNormalObjectId: every OID below it was assigned by initdb
@@ -179,6 +188,9 @@ class Catalog:
         self._up = None
         self._lock = asyncio.Lock()
         self._system: dict[int, Relation] | None = None    # pg_catalog, information_schema
+        self.view_defs: dict[int, str] = {}          # view oid -> pg_get_viewdef (lineage)
+        self.user_functions: frozenset[str] = frozenset()
+        self._lineage_rels: dict = {}
 
     # -- what sessions ask, without waiting ------------------------------------------------
 
@@ -229,6 +241,27 @@ class Catalog:
         return [r for r in self.relations.values()
                 if r.name.lower() == name and (schema is None or r.schema.lower() == schema)]
 
+    # -- what lineage (hoopwire/pg/lineage.py) asks ---------------------------------------------
+
+    def lineage_relations(self, schema: str | None, name: str) -> list:
+        """Relations a name may denote, as lineage.Rel: columns in order, a user view's
+        definition; a relation placed but not read is opaque (what it holds is not known)."""
+        key = (schema, name)
+        got = self._lineage_rels.get(key)
+        if got is None:
+            from hoopwire.pg.lineage import Rel
+            got = [Rel(r.schema, r.name, [c for _a, (c, _t) in sorted(r.columns.items())],
+                       view_sql=self.view_defs.get(r.oid) if r.kind in "vm" else None,
+                       opaque=r.placeholder)
+                   for r in self.relations_named(schema, name)]
+            if len(self._lineage_rels) >= 4096:      # names a client made up: bounded
+                self._lineage_rels.clear()
+            self._lineage_rels[key] = got
+        return got
+
+    def user_function(self, name: str) -> bool:
+        return name in self.user_functions
+
     def invalidate(self) -> None:
         self.stale = True
 
@@ -253,6 +286,7 @@ class Catalog:
             rows = await self._query(_ALL_COLUMNS)
             views = await self._query(_VIEW_RULES)
             deps = await self._query(_VIEW_DEPS)
+            funcs = await self._query(_USER_FUNCTIONS)
             rels = _relations(rows)
             rels.update(self._system)
             # what was placed and the read still does not return stays placed
@@ -260,7 +294,10 @@ class Catalog:
                 if rel.placeholder and oid not in rels:
                     rels[oid] = rel
             self.relations = rels
-            self._views = {int(o): view_targets(action or "") for o, action in views}
+            self._views = {int(o): view_targets(action or "") for o, action, _d in views}
+            self.view_defs = {int(o): d for o, _a, d in views if d}
+            self.user_functions = frozenset(f for (f,) in funcs if f)
+            self._lineage_rels = {}
             self.view_reads = {}
             for v, ref, sub in deps:
                 self.view_reads.setdefault(int(v), set()).add((int(ref), int(sub)))

@@ -19,6 +19,16 @@ class PgDialect:
     statement_views = staticmethod(statement_views)
 
     @staticmethod
+    def classifier(rules: tuple):
+        """Statement kinds (hoopwire.pg.statements) for a rule set that needs them: allow_kinds
+        rules, and session-tampering, which tells pg_dump's computed set_config apart by them.
+        None otherwise, so PostgreSQL's parser is loaded only where it is used."""
+        if not any(g.allow_kinds is not None or g.pack == "session-tampering" for g in rules):
+            return None
+        from hoopwire.pg.statements import CLASSIFIER
+        return CLASSIFIER
+
+    @staticmethod
     def implied_guardrails(rules: tuple) -> tuple:
         if any(g.pack == "session-tampering" for g in rules):
             return rules

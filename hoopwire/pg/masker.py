@@ -8,14 +8,17 @@ through the RowPlan in Cython. Here:
   the Catalog, views followed, and matched against the column rules; other columns go to the
   detectors. A description naming a relation the catalog has not read answers HOLD: the relay
   stops reading the upstream, the catalog is read, and the same message is judged again.
-* unresolved columns (expressions: `upper(ssn)`, `ssn || ''`) when the statement mentions a
-  masked column, the table it lives in or a view over it: `detect` leaves them to the detectors,
-  `mask` masks every unresolved column of the result, `block` refuses the result.
+* expressions (`upper(ssn)`, `ssn || ''`) when the statement mentions a masked column, the
+  table it lives in or a view over it: column lineage (hoopwire/pg/lineage.py) says what each
+  reads -- a masked column: masked; nothing masked: passed as sent; not placeable: by
+  unresolved_columns (`detect` leaves them to the detectors, `mask` masks them, `block`
+  refuses the result). WriteGuard refuses statements that store a masked value.
 * COPY TO STDOUT: the statement names the table and columns (or a query: unresolved); text and
-  CSV rows are masked line by line; binary COPY is masked by column rules or refused.
-* ErrorResponse / NoticeResponse text fields and NotificationResponse payloads: detectors, and
-  the values of a `Key (col)=(value)` detail when col is masked; a not-null violation's
-  `Failing row contains (...)` is withheld whenever the table has a masked column.
+  CSV rows are masked line by line; binary COPY is masked like a binary result when the
+  catalog names its columns, and refused when it cannot (or with binary_copy = refuse).
+* ErrorResponse / NoticeResponse: while column rules apply, text fields are withheld unless
+  their shape is known to carry no data (hoopwire/pg/errortext.py); then, like Notification-
+  Response payloads, through the detectors.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from hoopwire.logs import event
 from hoopwire.masking.engine import Column, MaskEngine, MaskRule
 from hoopwire.masking.strategies import Strategy
 from hoopwire.pg.catalog import Catalog, CatalogError
+from hoopwire.pg import lineage as lin
+from hoopwire.policy.rules import Verdict
+from hoopwire.pg.errortext import scrub
 
 log = logging.getLogger("hoopwire.pg.masking")
 
@@ -46,10 +52,6 @@ _IDENT = re.compile(rb'[a-z_\x80-\xff][a-z0-9_$\x80-\xff]*|"(?:[^"]|"")*"')
 _DDL = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"GRANT", b"REVOKE", b"SECURITY", b"IMPORT",
         b"REFRESH", b"SELECT INTO")
 _TEXT_FIELDS = frozenset(b"MDHWq")       # message, detail, hint, context, internal query
-_KEY_DETAIL = re.compile(rb"^(Key \((.*?)\)=\()(.*)(\) (?:already exists|is (?:not present|still "
-                         rb"referenced)[^\n]*|conflicts with[^\n]*)\.?)$", re.S)
-_QUOTED = re.compile(rb'"(?:[^"]|"")*"')
-_FAILING_ROW = re.compile(rb"^Failing row contains \(.*\)\.?$", re.S)
 _UNRESOLVED = "unresolved"
 # statements whose rows come from a statement or cursor named earlier, whose text we do not see
 _OPAQUE_READS = (b"execute", b"fetch", b"move")
@@ -74,6 +76,8 @@ class CopySpec:
 class StatementInfo:
     mentions: bool                          # names a masked column, its table or a view over it
     copies: tuple[CopySpec, ...] = ()       # COPY TO STDOUT statements, in order
+    sql: bytes = b""                        # the text, for lineage (kept when it mentions)
+    defines: bool = False                   # DECLARE or PREPARE: rows a later FETCH/EXECUTE gets
 
 
 NO_INFO = StatementInfo(False)
@@ -106,7 +110,12 @@ def _tokens(text: bytes) -> list[tuple[str, bytes]]:
 def parse_copy(stmt_full: bytes) -> Optional[CopySpec]:
     """A COPY ... TO STDOUT statement (hoopwire._sqlnorm full view: lower-cased outside
     literals) -> CopySpec; None for any other statement. A COPY TO STDOUT whose options cannot
-    be read comes back as COPY (query) in text format: unresolved, detectors only."""
+    be read comes back as COPY (query) in text format: unresolved, detectors only.
+
+    The result tracking maps the n-th CopyOutResponse of a simple Query to the n-th spec of
+    its text, so None is only for a statement that cannot send one (not COPY, COPY FROM, COPY
+    TO a file or program): a COPY read wrongly as "not to the client" would shift every COPY
+    after it onto the wrong spec. Anything else unreadable is CopySpec() -- unresolved."""
     toks = _tokens(stmt_full)
     if not toks or toks[0] != ("word", b"copy"):
         return None
@@ -133,10 +142,18 @@ def parse_copy(stmt_full: bytes) -> Optional[CopySpec]:
         i += 1
     else:
         if at(i)[0] != "word":
-            return None
-        table, i = at(i)[1].decode("utf-8", "replace"), i + 1
-        if at(i) == ("p", b"."):
-            schema, table, i = table, at(i + 1)[1].decode("utf-8", "replace"), i + 2
+            return _unreadable_copy(toks)
+        # table, schema.table, or database.schema.table: PostgreSQL takes a three-part name
+        # when its first part is the current database (`COPY appdb.public.users` reads
+        # public.users), and refuses four parts
+        parts, i = [at(i)[1].decode("utf-8", "replace")], i + 1
+        while at(i) == ("p", b".") and at(i + 1)[0] == "word":
+            parts.append(at(i + 1)[1].decode("utf-8", "replace"))
+            i += 2
+        if len(parts) > 3 or at(i) == ("p", b"."):
+            return _unreadable_copy(toks)
+        table = parts[-1]
+        schema = parts[-2] if len(parts) > 1 else None
         if at(i) == ("p", b"("):
             cols, i = [], i + 1
             while i < len(toks) and at(i) != ("p", b")"):
@@ -145,7 +162,7 @@ def parse_copy(stmt_full: bytes) -> Optional[CopySpec]:
                 i += 1
             columns, i = tuple(cols), i + 1
     if at(i) != ("word", b"to") or at(i + 1) != ("word", b"stdout"):
-        return None
+        return _unreadable_copy(toks)
     i += 2
     opts = {"binary": binary}
     rest = toks[i:]
@@ -163,6 +180,24 @@ def parse_copy(stmt_full: bytes) -> Optional[CopySpec]:
                     binary=fmt == b"binary", delimiter=opts.get("delimiter"), null=opts.get("null"),
                     quote=opts.get("quote", b'"'), escape=opts.get("escape"),
                     header=opts.get("header", False))
+
+
+def _unreadable_copy(toks) -> Optional[CopySpec]:
+    """A COPY statement parse_copy could not follow: None when it plainly sends nothing to
+    the client (FROM, or TO a file or a program), else an unresolved CopySpec()."""
+    depth = 0
+    for k, t in enumerate(toks):
+        if t == ("p", b"("):
+            depth += 1
+        elif t == ("p", b")"):
+            depth -= 1
+        elif depth == 0 and t == ("word", b"from"):
+            return None
+        elif depth == 0 and t == ("word", b"to"):
+            nxt = toks[k + 1] if k + 1 < len(toks) else ("", b"")
+            if nxt[0] == "str" or nxt == ("word", b"program"):
+                return None
+    return CopySpec()
 
 
 def _new_options(toks, opts) -> None:
@@ -217,8 +252,14 @@ class ConnectionMasking:
     names whose mention makes an unresolved column suspect."""
 
     def __init__(self, engine: MaskEngine, *, unresolved: str, binary_copy: str, connect,
-                 connection: str, catalog_ttl: float = 60.0, timeout: float = 10.0):
+                 connection: str, catalog_ttl: float = 60.0, timeout: float = 10.0,
+                 masked_writes: str = "refuse"):
         self.engine = engine
+        self.masked_writes = masked_writes
+        # lineage per normalised statement text (hoopwire/pg/lineage.py), and the raw text's
+        # way to it; both dropped on every catalog read (names, columns, views may have moved)
+        self._lineage: dict[tuple[str, bytes], Optional[list]] = {}
+        self._lineage_raw: dict[tuple[str, bytes], Optional[list]] = {}
         self.unresolved = unresolved
         self.binary_copy = binary_copy
         self.connection = connection
@@ -284,6 +325,8 @@ class ConnectionMasking:
                 names.add(rel.name.lower().encode())
         self._names[cat.database] = frozenset(names)
         self._stmt_cache.clear()
+        self._lineage.clear()
+        self._lineage_raw.clear()
 
     def statement(self, database: str, sql: bytes) -> StatementInfo:
         key = (database, sql)
@@ -301,7 +344,10 @@ class ConnectionMasking:
             names = self._names.get(database, frozenset())
             mentions = False
             copies = []
+            defines = False
             for piece in pieces:
+                if piece[:7] in (b"declare", b"prepare"):
+                    defines = True
                 if not mentions and self.has_columns:
                     for mt in _IDENT.finditer(piece):
                         w = mt.group(0)
@@ -316,11 +362,80 @@ class ConnectionMasking:
                     spec = parse_copy(piece)
                     if spec is not None:
                         copies.append(spec)
-            info = StatementInfo(mentions, tuple(copies)) if (mentions or copies) else NO_INFO
+            # the text is kept while column rules apply: lineage reads it, and a result judged
+            # after a catalog read asks again whether it mentions masked data (see
+            # row_description)
+            info = StatementInfo(mentions, tuple(copies), sql if self.has_columns else b"",
+                                 defines) if (mentions or copies or defines or
+                                              self.has_columns) else NO_INFO
         if len(self._stmt_cache) >= _STMT_CACHE:
             self._stmt_cache.clear()
         self._stmt_cache[key] = info
         return info
+
+
+    def lineage(self, database: str, sql: bytes) -> Optional[list]:
+        """The statements of `sql` with their column lineage (hoopwire/pg/lineage.py), or None
+        when the text cannot be read. Cached per normalised text until the catalog's next read:
+        a first sight costs a parse (about 100-300 us), a hit one dict lookup."""
+        raw = (database, sql)
+        try:
+            return self._lineage_raw[raw]
+        except KeyError:
+            pass
+        if len(sql) > LINEAGE_MAX:
+            return None
+        try:
+            key = (database, b"\0".join(normalize_statements(sql, False)))
+        except Exception:  # noqa: BLE001
+            key = raw
+        try:
+            got = self._lineage[key]
+        except KeyError:
+            try:
+                got = lin.analyze(sql.decode("utf-8", "replace"), self.catalog(database))
+            except lin.LineageError:
+                got = None
+            except Exception:  # noqa: BLE001 -- never a crashed session over lineage
+                log.exception("lineage failed")
+                got = None
+            if len(self._lineage) >= _STMT_CACHE:
+                self._lineage.clear()
+            self._lineage[key] = got
+        if len(self._lineage_raw) >= _STMT_CACHE:
+            self._lineage_raw.clear()
+        self._lineage_raw[raw] = got
+        return got
+
+    def masked_source(self, sources) -> Optional[tuple[str, str, str]]:
+        """The source among `sources` whose rule masks the most (null, redact, hash, format,
+        partial; the first configured among equals), or None when none is masked."""
+        rule = self.engine.column_rule
+        best, rank = None, None
+        for src in sources:
+            if src is lin.UNKNOWN:
+                continue
+            r = rule(*src)
+            if r is None:
+                continue
+            k = (_STRICT.get(r.strategy.name, 9), r.index)
+            if rank is None or k < rank:
+                best, rank = src, k
+        return best
+
+
+# how much of a value a strategy lets through, least first (for an output reading several)
+_STRICT = {"null": 0, "redact": 1, "hash": 2, "format": 3, "partial": 4}
+# Longest text lineage reads: parsing runs on the event loop, about 15 us per node of the tree
+# (a 30 KiB `SELECT 1+1+...+1` takes 250 ms, a 1.6 MB INSERT 800 ms). Longer texts are not
+# placeable: plain columns still take their RowDescription source, and a write is judged by
+# its words (see write_verdict).
+LINEAGE_MAX = 32 * 1024
+_STORE_CALLS = re.compile(rb"\b(?:set_config|lo_from_bytea|lo_put|lowrite|pg_notify|"
+                          rb"pg_logical_emit_message|dblink\w*)\b")
+_SELECT_STORES = re.compile(rb"\binto\b")
+_INSERT_COPIES = re.compile(rb"\b(?:select|returning|update)\b")
+_NAMED_MAX = 512                           # cursors and prepared statements remembered
 
 
 class SessionMasker:
@@ -336,6 +451,8 @@ class SessionMasker:
         self._again = False                # a hold came in: the lookup task goes round again
         self._failure: str | None = None   # why the catalog could not be read (see _refusal)
         self.masked_total = 0
+        # DECLARE / PREPARE name -> the lineages it may have (see statement): FETCH and EXECUTE
+        self._named: dict[str, list] = {}
 
     def rebind(self, conn: Optional[ConnectionMasking]) -> None:
         """A reload changed the connection's masking: from the next result on, use it. A reload
@@ -356,7 +473,150 @@ class SessionMasker:
     # -- statements ---------------------------------------------------------------------------
 
     def statement(self, sql: bytes) -> StatementInfo:
-        return self.conn.statement(self.database, sql)
+        info = self.conn.statement(self.database, sql)
+        if info.defines and self.conn.has_columns:
+            self._define(sql)
+        return info
+
+    def _define(self, sql: bytes) -> None:
+        """Remember what a DECLARE or PREPARE will return. Taken when the client sends it, not
+        when the server accepts it, so a name keeps every lineage it was given (up to four),
+        and a FETCH is judged by all of them: a failed DECLARE cannot unmask a cursor."""
+        stmts = self.conn.lineage(self.database, sql)
+        for st in stmts or ():
+            if st.kind not in ("declare", "prepare"):
+                continue
+            known = self._named.setdefault(st.name, [])
+            if st.outputs not in known:
+                known.append(st.outputs)
+                del known[:-4]
+            if len(self._named) > _NAMED_MAX:
+                self._named.pop(next(iter(self._named)))
+
+    def _lineage_columns(self, info: StatementInfo, n: int, copy: bool = False,
+                         names: Optional[list] = None):
+        """Per column of an n-column result of `info`'s text, the sources it reads (a frozenset,
+        lineage.UNKNOWN among them when not placeable); None when no statement of the text
+        fits. A text of several statements: every statement whose shape fits n columns is a
+        candidate, and a column reads what it reads in any of them."""
+        if not info.sql:
+            return None
+        stmts = self.conn.lineage(self.database, info.sql)
+        if stmts is None:
+            return None
+        shapes = list(self._shapes(stmts, n, copy))
+        if names is not None and len(shapes) > 1:
+            # several statements of one Query fit: drop those whose every output name is fixed
+            # by the text and is not the RowDescription's (`SELECT name ...; SELECT ssn ...`)
+            named = [(st, f) for st, f in shapes
+                     if st.names is None or len(st.names) != n or
+                     all(a is None or a == b for a, b in zip(st.names, names))]
+            if named:
+                shapes = named
+        if not shapes:
+            return None
+        return [frozenset().union(*(f[i] for _st, f in shapes)) for i in range(n)]
+
+    def _reads_relations(self, info: StatementInfo, n: int) -> bool:
+        """Whether an n-column result of `info`'s text may read any relation (by lineage on
+        the catalog as it is): `SELECT 1` does not, and goes on while the catalog is stale and
+        cannot be read."""
+        sources = self._lineage_columns(info, n)
+        return sources is None or any(sources)
+
+    def _shapes(self, stmts, n: int, copy: bool):
+        """(statement, fitted outputs) of the plain row statements of a text (see above)."""
+        for st in stmts:
+            if (st.kind == "copy") if copy else (st.kind == "rows"):
+                f = _fit(st.outputs, n)
+                if f is not None:
+                    yield st, f
+            elif not copy and st.kind in ("fetch", "execute"):
+                for outs in self._named.get(st.name) or [None]:
+                    f = _fit(outs, n)
+                    if f is not None:
+                        yield lin.Statement("rows", outs), f
+
+    def _by_lineage(self, cols: list, info: StatementInfo, copy: bool = False,
+                    names: Optional[list] = None):
+        """Columns as lineage names them. A column whose RowDescription source is masked keeps
+        it (the fast path); else lineage decides: reading a masked column -> that column's
+        rule (the strictest of several), fully placed and reading none -> a named no-rule
+        source (passed as sent, detectors aside), unplaceable -> unresolved. Returns (cols,
+        any unplaceable, whether computed values must be redacted)."""
+        rule = self.conn.engine.column_rule
+        sources = self._lineage_columns(info, len(cols), copy, names)
+        if sources is None:
+            return cols, any(c.column is None for c in cols), False
+        out, unplaced, redact = [], False, False
+        for c, srcs in zip(cols, sources):
+            if c.column is not None and rule(c.schema or "", c.table or "", c.column) is not None:
+                out.append(c)
+                continue
+            masked = self.conn.masked_source(srcs)
+            if masked is not None:
+                if rule(*masked).strategy.name in ("null", "redact"):
+                    out.append(Column(masked[0], masked[1], masked[2], c.type_oid, c.format))
+                else:
+                    # a value computed from the column under a strategy that keeps part of it
+                    # (partial, hash, format) would be an oracle: `substr(ssn, k, 4)` shows any
+                    # four characters, a hash of one character is a ten-entry codebook
+                    out.append(Column(None, None, None, c.type_oid, c.format))
+                    redact = True
+            elif lin.UNKNOWN in srcs:
+                out.append(Column(None, None, None, c.type_oid, c.format))
+                unplaced = True
+            elif c.column is not None:
+                out.append(c)
+            else:
+                out.append(Column("", "", "", c.type_oid, c.format))    # placed: no rule
+        return out, unplaced, redact
+
+    def write_verdict(self, sql: bytes):
+        """A Verdict refusing a statement that stores a masked value where the session can
+        read it back (masked_writes = "refuse"), or None."""
+        info = self.conn.statement(self.database, sql)
+        if not info.mentions:
+            return None
+        stmts = self.conn.lineage(self.database, sql)
+        if stmts is None and len(sql) > LINEAGE_MAX:
+            # too long to read: a bulk INSERT ... VALUES of literals, or a SELECT that calls
+            # no store function and has no INTO, goes on; anything else is refused
+            try:
+                pieces = normalize_statements(sql, False)
+            except Exception:  # noqa: BLE001
+                pieces = [b"?"]
+            if not all(_STORE_CALLS.search(p) is None and (
+                    p.startswith((b"select", b"values", b"table")) and
+                    _SELECT_STORES.search(p) is None or
+                    p.startswith(b"insert") and _INSERT_COPIES.search(p) is None)
+                    for p in pieces):
+                return self._refuse_write("a statement too long for the gateway to follow "
+                                          f"({len(sql)} bytes, over {LINEAGE_MAX})")
+            return None
+        for st in stmts or ():
+            for target, sources in st.writes:
+                masked = self.conn.masked_source(sources)
+                if masked is None or (target is not None and self._target_masked(target)):
+                    continue
+                return self._refuse_write(f"the masked column {'.'.join(masked)}")
+        return None
+
+    def _refuse_write(self, what: str):
+        event(log, "masked write refused", logging.WARNING, connection=self.conn.connection,
+              database=self.database, reads=what)
+        metrics.MASK_REFUSED.labels(self.conn.connection).inc()
+        return Verdict(action="block", rule="masked-write", matched=("masked-write",),
+                       message=f"it stores a value read from {what} where it could be read "
+                               "back unmasked (writes into a column masked as well are allowed)")
+
+    def _target_masked(self, target) -> bool:
+        schema, table, col = target
+        rule = self.conn.engine.column_rule
+        if schema:
+            return rule(schema, table, col) is not None
+        rels = self.catalog.relations_named(None, table)
+        return bool(rels) and all(rule(r.schema, r.name, col) is not None for r in rels)
 
     def command_complete(self, tag: bytes) -> None:
         if tag.startswith(_DDL):
@@ -374,10 +634,17 @@ class SessionMasker:
             return self._refusal()
         oids = [o for _n, o, _a, _t, _f in fields if o]
         # a result that names no relation, of a statement that mentions nothing masked, needs
-        # no catalog (`SELECT 1` goes on while the catalog cannot be read)
-        need = self._need(oids) if oids or info.mentions else None
+        # no catalog (`SELECT 1` goes on while the catalog cannot be read) -- unless a DDL
+        # statement made it stale and the result has expressions: `CREATE OR REPLACE VIEW v AS
+        # SELECT ssn AS x ...` then `SELECT upper(x) FROM v` is judged by the new definition
+        has_expr = len(oids) < len(fields) and self.conn.has_columns
+        need = self._need(oids) if oids or info.mentions or (
+            has_expr and self.catalog.stale and self._reads_relations(info, len(fields))) \
+            else None
         if need is not None:
             return self._hold(need)
+        if has_expr and not info.mentions and info.sql:
+            info = self.conn.statement(self.database, info.sql)     # names as last read
         cols, unresolved = [], False
         for _name, oid, attnum, typ, fmt in fields:
             src = self.catalog.source(oid, attnum) if oid else None
@@ -386,7 +653,11 @@ class SessionMasker:
                 cols.append(Column(None, None, None, typ, fmt))
             else:
                 cols.append(Column(src[0], src[1], src[2], typ, fmt))
-        return self._plan(cols, unresolved and info.mentions, "result")
+        redact = False
+        if info.mentions and self.conn.has_columns:
+            cols, unresolved, redact = self._by_lineage(
+                cols, info, names=[f[0].decode("utf-8", "replace") for f in fields])
+        return self._plan(cols, unresolved and info.mentions, "result", redact=redact)
 
     def copy_out(self, msg: bytes, spec: Optional[CopySpec], info: StatementInfo):
         """The masker for a COPY TO STDOUT's rows (None: pass them as they are), HOLD, or an
@@ -397,6 +668,7 @@ class SessionMasker:
         ncols = struct.unpack_from("!h", msg, 6)[0]
         if spec is None:
             spec = CopySpec(binary=overall == 1)
+        redact = False
         cols: list[Column] = []
         unresolved = spec.table is None
         if self._failure is not None:
@@ -409,17 +681,33 @@ class SessionMasker:
         if not cols:
             cols = [Column(None, None, None, 0, 0)] * ncols
             unresolved = True
+            if spec.table is None and overall != 1 and info.mentions and self.conn.has_columns:
+                if not self.catalog.fresh():
+                    return self._hold(set())
+                cols, unresolved, redact = self._by_lineage(cols, info, copy=True)  # (query)
         if overall == 1:
             if self.conn.binary_copy == "refuse":
                 self._log_refused("binary COPY")
                 return error_response("ERROR", "42501", "binary COPY is not allowed through "
                                       "the gateway while masking applies (use text or CSV format)")
-            plan = self._plan([c._replace(format=1) for c in cols],
-                              unresolved and info.mentions, "COPY", detectors=False)
+            # Binary values carry no type on the wire: a column the catalog names has its
+            # type, so it is masked as a binary result's column is (its rule, or the
+            # detectors over text-like values); a column it cannot name is passed only when
+            # a whole-value rule covers it (unresolved_columns = "mask" and the statement
+            # mentions masked data). Anything else is refused, never passed unread.
+            suspect = unresolved and info.mentions
+            if unresolved and not (suspect and self.conn.unresolved == "mask"):
+                self._log_refused("binary COPY of unnamed columns")
+                metrics.MASK_REFUSED.labels(self.conn.connection).inc()
+                return error_response(
+                    "ERROR", "42501", "binary COPY of columns the gateway cannot name is not "
+                    "allowed while masking applies",
+                    hint="use FORMAT text or csv, or COPY table (columns) TO STDOUT")
+            plan = self._plan([c._replace(format=1) for c in cols], suspect, "COPY")
             return None if isinstance(plan, RowPlan) and plan.passthrough else \
                 plan if isinstance(plan, bytes) else _BinaryCopy(plan, self)
         plan = self._plan([Column(c.schema, c.table, c.column, 0, 0) for c in cols],
-                          unresolved and info.mentions, "COPY")
+                          unresolved and info.mentions, "COPY", redact=redact)
         if isinstance(plan, bytes) or plan.passthrough:
             return None if not isinstance(plan, bytes) else plan
         return _TextCopy(plan, spec, self)
@@ -449,7 +737,8 @@ class SessionMasker:
                         for b, n in zip(best, cols)]
         return best or []
 
-    def _plan(self, cols: list[Column], suspect: bool, what: str, detectors: bool = True):
+    def _plan(self, cols: list[Column], suspect: bool, what: str, detectors: bool = True,
+              redact: bool = False):
         conn = self.conn
         unresolved_rule = None
         if suspect and conn.unresolved == "block":
@@ -460,7 +749,8 @@ class SessionMasker:
                 "result refused by hoopwire: it reads a masked column through an expression",
                 hint="select the column itself (it is returned masked) or ask for "
                      "unresolved_columns = \"mask\" on this connection")
-        if suspect and conn.unresolved == "mask":
+        if (suspect and conn.unresolved == "mask") or redact:
+            # redact: lineage found a value computed from a masked column (see _by_lineage)
             unresolved_rule = conn.unresolved_rule
         # binary COPY (detectors=False): values are typed binary; only column rules apply
         return self.engine.row_plan(cols, unresolved_rule=unresolved_rule, detect=detectors)
@@ -486,31 +776,31 @@ class SessionMasker:
 
     # -- free text ------------------------------------------------------------------------------
 
-    def fields(self, msg: bytes):
-        """ErrorResponse / NoticeResponse: masked text fields, or None when nothing changed."""
+    def fields(self, msg: bytes, sql: Optional[bytes] = None):
+        """ErrorResponse / NoticeResponse answering the statement `sql` (None: not known):
+        the message with its text fields masked, or None when nothing changed.
+
+        While column rules apply, the text is scrubbed first (hoopwire/pg/errortext.py): a
+        message whose shape is not known to carry no data becomes a generic text with its
+        SQLSTATE; detail, hint, context and internal query go unless their shape is known.
+        Then the detectors run over what is left."""
         parts = msg[5:].split(b"\0")
         by = {p[:1]: p[1:] for p in parts if p}
         changed = False
-        out = []
-        # A data exception quotes the value it could not take -- `SELECT password::int` answers
-        # `invalid input syntax for type integer: "s3cret"`, and a JSON error's context shows
-        # the text -- so while column rules apply, its quoted values and context are withheld.
-        data_error = self.conn.has_columns and by.get(b"C", b"")[:2] == b"22"
+        if self.conn.has_columns:
+            kept = scrub(msg[:1], by, sql)
+            if kept != by:
+                changed = True
+                metrics.MASKED_VALUES.labels(self.conn.connection, "column",
+                                             "error-text").inc()
+                order = dict.fromkeys([p[:1] for p in parts if p] + list(kept))
+                parts = [k + kept[k] for k in order if k in kept]
         engine = self.engine         # once per message: it depends on the client encoding
+        out = []
         for p in parts:
             if not p:
                 continue
             code, value = p[:1], p[1:]
-            if data_error and code in (b"M", b"D", b"W"):
-                nv = _QUOTED.sub(b'"****"', value) if code != b"W" else b"(withheld by hoopwire)"
-                if nv != value:
-                    value, changed = nv, True
-                    metrics.MASKED_VALUES.labels(self.conn.connection, "column",
-                                                 "error-detail").inc()
-            if code == b"D" and self.conn.has_columns:
-                nv = self._detail(value, by)
-                if nv is not value:
-                    value, changed = nv, True
             if code[0] in _TEXT_FIELDS and engine.scanner is not None:
                 nv, counts = engine.mask_text(value)
                 if nv is not value and nv != value:
@@ -521,38 +811,6 @@ class SessionMasker:
             return None
         body = b"\0".join(out) + b"\0\0"
         return msg[:1] + struct.pack("!I", len(body) + 4) + body
-
-    def _detail(self, value: bytes, by: dict) -> bytes:
-        schema = by.get(b"s", b"").decode("utf-8", "replace")
-        table = by.get(b"t", b"").decode("utf-8", "replace")
-        mt = _KEY_DETAIL.match(value)
-        if mt is not None:
-            cols = [c.strip().strip('"') for c in mt.group(2).decode("utf-8", "replace").split(",")]
-            if any(self._masked(schema, table, c) for c in cols):
-                metrics.MASKED_VALUES.labels(self.conn.connection, "column", "error-detail").inc()
-                return mt.group(1) + b"****" + mt.group(4)
-            return value
-        if _FAILING_ROW.match(value) and self._table_masked(schema, table):
-            metrics.MASKED_VALUES.labels(self.conn.connection, "column", "error-detail").inc()
-            return b"Failing row contains (****)."
-        return value
-
-    def _masked(self, schema: str, table: str, col: str) -> bool:
-        if table:
-            return self.conn.engine.column_rule(schema or "*", table, col) is not None or (
-                not schema and any(self.conn.engine.column_rule(r.schema, r.name, col)
-                                   for r in self.catalog.relations_named(None, table)))
-        # no table named: any rule whose column part matches
-        return any(g.match(col.lower().encode()) for g in self.conn._col_globs)
-
-    def _table_masked(self, schema: str, table: str) -> bool:
-        if not table:
-            return True
-        rels = self.catalog.relations_named(schema or None, table)
-        if not rels:
-            return True     # not known: withhold
-        return any(self.conn.engine.column_rule(r.schema, r.name, c) is not None
-                   for r in rels for c, _t in r.columns.values())
 
     def notification(self, msg: bytes):
         """NotificationResponse: the payload through the detectors, or None."""
@@ -707,6 +965,57 @@ class _BinaryCopy:
 
     def done(self) -> int:
         return self.masker.result_done(self.plan)
+
+
+def _fit(outs, n: int):
+    """A statement's outputs (lineage.Statement.outputs) laid over an n-column result: n
+    frozensets, or None when the shape cannot be that result's."""
+    if outs is None:
+        return [frozenset((lin.UNKNOWN,))] * n
+    spreads = [o for o in outs if isinstance(o, lin.Spread)]
+    if not spreads:
+        return list(outs) if len(outs) == n else None
+    fixed = len(outs) - len(spreads)
+    if fixed > n:
+        return None
+    if len(spreads) > 1:
+        every = frozenset().union(*(o.sources if isinstance(o, lin.Spread) else o for o in outs))
+        return [every] * n
+    out = []
+    for o in outs:
+        out.extend([o.sources] * (n - fixed) if isinstance(o, lin.Spread) else [o])
+    return out
+
+
+class WriteGuard:
+    """The relay's policy while masked_writes = "refuse": a statement that stores a masked
+    value where the session can read it back (INSERT ... SELECT ssn, UPDATE ... SET x = ssn,
+    CREATE TABLE AS, COPY ... TO a file, set_config(..., ssn, ...)) is blocked like a guardrail
+    block -- 42501, logged, recorded as blocked -- before it reaches the server; every other
+    statement goes on to the guardrails (`inner`, None when there are none)."""
+
+    __slots__ = ("inner", "masker")
+
+    def __init__(self, inner, masker: "SessionMasker"):
+        self.inner, self.masker = inner, masker
+
+    @property
+    def approves(self) -> bool:
+        return getattr(self.inner, "approves", False)
+
+    @property
+    def empty(self) -> bool:
+        return False
+
+    def check(self, sql: bytes):
+        try:
+            verdict = self.masker.write_verdict(sql)
+        except Exception:  # noqa: BLE001 -- a lineage bug must not crash the session
+            log.exception("masked-write check failed")
+            verdict = None
+        if verdict is not None:
+            return verdict
+        return self.inner.check(sql) if self.inner is not None else None
 
 
 def _row_description(msg: bytes):

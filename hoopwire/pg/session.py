@@ -28,10 +28,12 @@ from hoopwire.pg.catalog import CatalogError
 from hoopwire.pg import options as startup_options
 from hoopwire.pg.encodings import safe_client_encoding
 from hoopwire.pg.prepared import PreparedNames
-from hoopwire.pg.masker import NO_INFO, ConnectionMasking, SessionMasker, StatementInfo
+from hoopwire.pg.masker import (NO_INFO, ConnectionMasking, SessionMasker, StatementInfo,
+                                  WriteGuard)
 from hoopwire.pg.adapter import ADAPTER
 from hoopwire.pg.cancel import CancelKeys
 from hoopwire.pg.dialect import DIALECT
+from hoopwire.core.cancels import source_of
 from hoopwire.pg.upstream import UpstreamError, connect_upstream, send_cancel, upstream_ssl_context
 
 log = logging.getLogger("hoopwire.pg")
@@ -55,6 +57,9 @@ def _reported(status: list[bytes], name: bytes) -> str | None:
 def _refuse_encoding(value: str):
     raise StartupRefused("blocked", "42501", f"client encoding \"{value}\" is not allowed "
                          "through the gateway while guardrails apply")
+
+
+_cancels: set = set()     # cancels run here for a sibling worker, until they finish
 
 
 def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
@@ -124,6 +129,9 @@ def startup_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
     return pairs
 
 
+_STARTUP_ROLE = frozenset(("set", "set_role"))
+
+
 def startup_settings(params: dict[str, str]) -> list[bytes]:
     """Every setting a startup packet makes, written as the SET statement it amounts to."""
     out = []
@@ -157,6 +165,7 @@ class PgListener(Listener):
         if mask_engine is not None:
             self.masking = ConnectionMasking(
                 mask_engine, unresolved=cfg.unresolved_columns, binary_copy=cfg.binary_copy,
+                masked_writes=cfg.masked_writes,
                 connect=self._catalog_connect, connection=cfg.name, timeout=cfg.connect_timeout)
         if old_masking is not None:
             old_masking.close()
@@ -179,6 +188,9 @@ class PgListener(Listener):
                     s.relay.shutdown("policy_reload", m.error_response("FATAL", e.code, e.message))
                     continue
             s.relay.policy = policy
+            if s.masker is not None and s.masker.conn.masked_writes == "refuse" and \
+                    s.masker.conn.has_columns:
+                s.relay.policy = WriteGuard(policy, s.masker)     # hoopwire/pg/masker.py
             if s.relay.names is None and getattr(policy, "approves", False):
                 # approve rules from now on: prepared statements are followed from here.
                 # One prepared before the reload is not known, and its Executes run unheld
@@ -340,6 +352,8 @@ class PgListener(Listener):
                                  capture_bytes=self._capture_bytes())
             masker.relay = relay
             session.masker = masker
+            if masker.conn.masked_writes == "refuse" and masker.conn.has_columns:
+                relay.policy = WriteGuard(relay.policy, masker)  # hoopwire/pg/masker.py
         elif statements is not None:
             relay.enable_results(None, NO_INFO, StatementInfo(True), record=statements,
                                  capture_bytes=self._capture_bytes())
@@ -371,8 +385,11 @@ class PgListener(Listener):
                 _refuse_encoding(value)
         if current_encoding and not safe_client_encoding(current_encoding):
             _refuse_encoding(current_encoding)
-        for setting in startup_settings(params):
-            verdict = policy.check(setting)
+        for (name, _), setting in zip(startup_pairs(params), startup_settings(params)):
+            # allow_kinds rules judge only a role change here: every client sets something
+            # at startup (client_encoding, application_name, DateStyle, ...)
+            verdict = policy.check(setting, kinds=_STARTUP_ROLE if name.lower() in
+                                   ("role", "session_authorization") else frozenset())
             # A startup cannot wait for a human: a setting an approve rule covers is refused
             # here (run it as a statement, where it can be held).
             if verdict is None or verdict.action not in ("block", "approve"):
@@ -412,15 +429,48 @@ class PgListener(Listener):
                           allow_groups=cfg.allow_groups)
 
     async def _cancel(self, pid: int, client_secret: int, peer: str) -> None:
-        keys = self.cancel_keys
-        known = keys.lookup(self.name, pid, client_secret)
-        if known is None and self.gateway.workers == 1:
-            event(log, "cancel request with an unknown key ignored", logging.WARNING,
-                  connection=self.name, peer=peer, backend_pid=pid)
-            metrics.CONNECTIONS_TOTAL.labels(self.name, "cancel_unknown").inc()
+        gw = self.gateway
+        if not gw.cancel_limiter.allow(source_of(peer)):
+            self._cancel_dropped("rate_limited", peer, pid)
             return
+        known = self.cancel_keys.lookup(self.name, pid, client_secret)
+        if known is None:
+            # a key issued by no process of this gateway never reaches the upstream
+            if gw.cancel_peers is not None and await gw.cancel_peers.ask(self.name, pid,
+                                                                         client_secret):
+                # the sibling that issued the key cancels (and logs it with the session)
+                event(log, "cancel forwarded", connection=self.name, peer=peer,
+                      backend_pid=pid, session="other-worker")
+                return
+            self._cancel_dropped("unknown_key", peer, pid)
+            return
+        await self._cancel_known(known, pid, client_secret, peer)
+
+    def _cancel_dropped(self, reason: str, peer: str, pid: int) -> None:
+        metrics.CANCEL_DROPPED.labels(self.name, reason).inc()
+        quiet = self.gateway.cancel_log.note(reason)
+        if quiet is not None:
+            event(log, "cancel request dropped" + (": rate limited" if reason == "rate_limited"
+                                                   else ": a key this gateway did not issue"),
+                  logging.WARNING, connection=self.name, peer=peer, backend_pid=pid,
+                  reason=reason, dropped_unlogged=quiet,
+                  note="further drops in the next 10s are only counted "
+                       "(hoopwire_cancel_dropped_total)")
+
+    def cancel_owned(self, pid: int, client_secret: int, via: str) -> bool:
+        """A sibling worker's question: is this key one of ours? If so, cancel it here."""
+        known = self.cancel_keys.lookup(self.name, pid, client_secret)
+        if known is None:
+            return False
+        task = asyncio.get_running_loop().create_task(
+            self._cancel_known(known, pid, client_secret, via))
+        _cancels.add(task)      # the loop keeps only a weak reference to a task
+        task.add_done_callback(_cancels.discard)
+        return True
+
+    async def _cancel_known(self, known, pid: int, client_secret: int, peer: str) -> None:
         approvals = self.gateway.approvals
-        if known is not None and known.relay is not None and known.relay.held and \
+        if known.relay is not None and known.relay.held and \
                 approvals is not None and approvals.client_cancelled(
                     known, self.adapter.condition("query_cancelled",
                                               "canceling statement due to user request")):
@@ -428,7 +478,7 @@ class PgListener(Listener):
             event(log, "cancel of a held statement", connection=self.name, peer=peer,
                   session=known.id)
             return
-        secret = keys.to_upstream(self.name, pid, client_secret)
+        secret = self.cancel_keys.to_upstream(self.name, pid, client_secret)
         host, port = self.cfg.upstream
         try:
             await send_cancel(host, port, pid, secret, self.upstream_context)
@@ -437,7 +487,7 @@ class PgListener(Listener):
                   connection=self.name, error=repr(e))
             return
         event(log, "cancel forwarded", connection=self.name, peer=peer, backend_pid=pid,
-              session=getattr(known, "id", "other-worker"))
+              session=known.id)
 
     def forget(self, session: Session) -> None:
         self.cancel_keys.unregister(self.name, session.pid, session.client_secret)

@@ -16,6 +16,23 @@ CASELESS | DOTALL | SINGLEMATCH: blocking needs to know *whether* and *which* ru
 where, so no start-of-match tracking is paid for. Every pattern carries its rule's index as its
 Hyperscan id.
 
+Rules with `allow_kinds` judge what a statement *is* instead of how it reads. The engine does not
+know any SQL grammar: the protocol side hands it a classifier (for PostgreSQL
+hoopwire.pg.statements.CLASSIFIER), an object with
+
+    names: Mapping[str, frozenset[str]]      # allow_kinds words -> the kinds each stands for
+    classify(sql: bytes) -> frozenset[str]   # the kinds of a message's statements
+
+A GroupPolicy with no kind rule never calls it. With some, the patterns go first (a block by
+pattern needs no parse), then the classifier; a kind rule matches when the message has a kind
+it does not allow. A classifier may also offer
+
+    literal_form(sql: bytes) -> bytes | None  # the same statement, spelled for the packs
+
+asked only when a pack blocks a message: the packs then judge the literal form instead (for
+PostgreSQL, pg_dump's set_config(name, ...) FROM pg_settings WHERE name = '<literal>'), while
+the connection's own patterns still judge the text as written.
+
 Compiling is CPU work (milliseconds for a few rules, around a second for a thousand): build the
 engine, and call for_groups for a group set not seen before, off the event loop, then swap the
 result in by reference. A GroupPolicy is meant to be used from one thread at a time (each of its
@@ -28,7 +45,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping, Protocol
 
 import hyperscan
 
@@ -36,7 +53,15 @@ from hoopwire.config import GuardrailConfig
 from hoopwire.policy.packs import CODE, FULL
 from hoopwire.policy.rules import PolicyError, Rule, Verdict, build_rules
 
-__all__ = ["PolicyEngine", "GroupPolicy", "HS_FLAGS"]
+__all__ = ["PolicyEngine", "GroupPolicy", "HS_FLAGS", "KindClassifier"]
+
+
+class KindClassifier(Protocol):
+    """What a protocol supplies for allow_kinds rules (see the module docstring)."""
+
+    names: Mapping[str, frozenset[str]]
+
+    def classify(self, sql: bytes) -> frozenset[str]: ...
 
 HS_FLAGS = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_SINGLEMATCH
 
@@ -103,11 +128,13 @@ class PolicyEngine:
     def __init__(self, guardrails: tuple[GuardrailConfig, ...], *, views: Callable,
                  cache_size: int = 4096, path: str = "guardrail",
                  scan_seconds: Callable[[float], None] | None = None,
-                 cache_bytes: int = 8 * 1024 * 1024):
+                 cache_bytes: int = 8 * 1024 * 1024, classifier: KindClassifier | None = None):
         if cache_size < 0 or cache_bytes < 0:
             raise ValueError("cache_size and cache_bytes must not be negative")
         self.views = views          # the dialect's lexer: (code, full, ambiguous) of a message
-        self._rules: tuple[Rule, ...] = tuple(build_rules(tuple(guardrails), path))
+        self.classifier = classifier
+        self._rules: tuple[Rule, ...] = tuple(build_rules(
+            tuple(guardrails), path, classifier.names if classifier is not None else None))
         self._path = path
         self.cache_size = cache_size
         self.cache_bytes = cache_bytes
@@ -189,13 +216,21 @@ class PolicyEngine:
             both = _compile([(p, r.index) for r in rules for _, p, _ in r.patterns])
         return GroupPolicy(self, tuple(rules), code, full, both)
 
-    def _verdict(self, ids: Iterable[int]) -> tuple[Verdict, tuple[int, ...]]:
+    def _verdict(self, ids: Iterable[int], refused: dict[int, tuple[str, ...]] | None = None
+                 ) -> tuple[Verdict, tuple[int, ...]]:
         order = tuple(sorted(set(ids)))
         rules = self._rules
         best = min(order, key=lambda i: (rules[i].rank, i))
         rule = rules[best]
-        return (Verdict(action=rule.action, rule=rule.name, message=rule.message,
-                        matched=tuple(rules[i].name for i in order)), order)
+        message, kinds = rule.message, ()
+        if refused and best in refused:
+            # an allow_kinds rule: the message names what it refused
+            kinds = refused[best]
+            message = (f"statement kind{'s' if len(kinds) > 1 else ''} "
+                       f"{', '.join(kinds)} not allowed" + (f" ({rule.message})"
+                                                            if rule.message else ""))
+        return (Verdict(action=rule.action, rule=rule.name, message=message,
+                        matched=tuple(rules[i].name for i in order), kinds=kinds), order)
 
 
 class GroupPolicy:
@@ -203,6 +238,7 @@ class GroupPolicy:
 
     __slots__ = ("_engine", "rules", "approves", "_code", "_full", "_both", "_want_full", "_cache",
                  "_old", "_gen_size", "_gen_bytes", "_cached_bytes", "_on_match", "_views",
+                 "_scans", "_kind_rules", "_classify", "_literal_form", "_collect",
                  "__weakref__")
 
     def __init__(self, engine: PolicyEngine, rules: tuple[Rule, ...],
@@ -219,6 +255,11 @@ class GroupPolicy:
         self._full = full.scan if full is not None else None
         self._both = both.scan if both is not None else None
         self._want_full = full is not None
+        self._scans = code is not None or full is not None
+        # the allow_kinds rules, (index, kinds allowed), and the classifier only if there are
+        self._kind_rules = tuple((r.index, r.kinds) for r in rules if r.kinds is not None)
+        self._classify = engine.classifier.classify if self._kind_rules else None
+        self._literal_form = getattr(engine.classifier, "literal_form", None)
         # Two generations of plain dicts: entries go to the young one; when it is full it
         # becomes the old one and the previous old one is dropped; a hit in the old one is
         # promoted. Constant time per miss -- an LRU's bookkeeping, or evicting from the front
@@ -238,20 +279,28 @@ class GroupPolicy:
 
         self._on_match = on_match
 
+        def collect(rule_id: int, start: int, end: int, flags: int, hits: list) -> bool:
+            hits.append(rule_id)
+            return False   # every rule that matches: see _judge_literal_form
+
+        self._collect = collect
+
     @property
     def empty(self) -> bool:
         """No rule applies to this group set."""
         return not self.rules
 
-    def check(self, sql: bytes) -> Verdict | None:
+    def check(self, sql: bytes, kinds: frozenset[str] | None = None) -> Verdict | None:
         """The verdict on one message (one or more statements), or None if no rule matched.
 
         One blocked statement blocks the message. For a block, `matched` holds the rules found
         up to the first blocking match (the scan stops there); for log/approve it is complete.
-        Verdicts are cached by the exact bytes of the message."""
+        Verdicts are cached by the exact bytes of the message. `kinds`, when given, are the
+        message's statement kinds as the caller knows them (a text it wrote itself, such as a
+        startup setting): allow_kinds rules judge those, and the verdict is not cached."""
         if type(sql) is not bytes:
             sql = bytes(sql)
-        cache = self._cache
+        cache = self._cache if kinds is None else None
         if cache is not None:
             hit = cache.get(sql, _MISS)
             if hit is _MISS:
@@ -270,16 +319,25 @@ class GroupPolicy:
         engine = self._engine
         observe = engine.scan_seconds
         engine._misses += 1
+        refused = None
         if observe is not None and not engine._misses & (_OBSERVE_EVERY - 1):
             # timing every miss costs about as much as a small scan: sample instead
             t0 = time.perf_counter()
-            hits = self._inspect(sql)
+            hits = self._inspect(sql) if self._scans else []
+            if hits and self._literal_form is not None:
+                hits = self._judge_literal_form(sql, hits)
+            if self._kind_rules:
+                refused = self._judge_kinds(sql, kinds, hits)
             observe(time.perf_counter() - t0)
         else:
-            hits = self._inspect(sql)
+            hits = self._inspect(sql) if self._scans else []
+            if hits and self._literal_form is not None:
+                hits = self._judge_literal_form(sql, hits)
+            if self._kind_rules:
+                refused = self._judge_kinds(sql, kinds, hits)
         result = None
         if hits:
-            result = self._engine._verdict(hits)
+            result = self._engine._verdict(hits, refused)
             matches = self._engine._matches
             for i in result[1]:
                 matches[i] += 1
@@ -287,12 +345,45 @@ class GroupPolicy:
             self._remember(sql, result)
         return result[0] if result is not None else None
 
-    def _inspect(self, sql: bytes) -> list[int]:
+    def _judge_kinds(self, sql: bytes, kinds: frozenset[str] | None,
+                     hits: list[int]) -> dict[int, tuple[str, ...]] | None:
+        """Add to `hits` every allow_kinds rule the message's kinds break; the kinds each
+        refuses, by rule index. Nothing to do (and no parse) when a pattern already blocks."""
+        blocking = self._engine._blocking
+        if any(blocking[i] for i in hits):
+            return None
+        if kinds is None:
+            kinds = self._classify(sql)
+        refused = {}
+        for index, allowed in self._kind_rules:
+            bad = kinds - allowed
+            if bad:
+                hits.append(index)
+                refused[index] = tuple(sorted(bad))
+        return refused
+
+    def _judge_literal_form(self, sql: bytes, hits: list[int]) -> list[int]:
+        """When a pack blocks the message and the classifier has a literal form of it: the packs
+        judge the literal form, the other rules the text. Both scanned to the end (a scan
+        stopped at the pack's match has not asked the others)."""
+        rules = self._engine._rules
+        blocking = self._engine._blocking
+        if not any(blocking[i] and rules[i].pack is not None for i in hits):
+            return hits
+        alt = self._literal_form(sql)
+        if alt is None:
+            return hits
+        as_written = self._inspect(sql, self._collect)
+        literal = self._inspect(alt, self._collect)
+        return [i for i in as_written if rules[i].pack is None] + \
+               [i for i in literal if rules[i].pack is not None]
+
+    def _inspect(self, sql: bytes, on_match=None) -> list[int]:
         """The ids of the rules that match, in the order found: one lexer pass for both views,
         then one Hyperscan scan per statement and view -- or a single scan of the combined
         database when the statement's two views are the same text."""
         hits: list[int] = []
-        on_match = self._on_match
+        on_match = on_match or self._on_match
         want_full = self._want_full
         views = self._views
         code, full, ambiguous = views(sql, want_full)

@@ -3,12 +3,15 @@
 A `[[connection.guardrail]]` (hoopwire.config.GuardrailConfig) becomes one `Rule`: its own
 patterns, or the patterns of a built-in pack (hoopwire.policy.packs), each tagged with the view of
 the statement it is matched against -- the code view (literals replaced by '?') unless the rule
-says `scan_literals = true`, in which case the full view (literals kept).
+says `scan_literals = true`, in which case the full view (literals kept). Or, with `allow_kinds`,
+an allow-list of statement kinds: the kind names come from the protocol's classifier (for
+PostgreSQL hoopwire.pg.statements), passed in as `kind_names`, never imported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from hoopwire.config import ConfigError, GuardrailConfig
 from hoopwire.policy.packs import CODE, FULL, PACKS
@@ -29,6 +32,7 @@ class Verdict:
     rule: str                   # the deciding rule's name
     message: str                # the deciding rule's message
     matched: tuple[str, ...]    # every rule that matched, in configuration order
+    kinds: tuple[str, ...] = ()  # the statement kinds the deciding rule does not allow
 
 
 class PolicyError(ConfigError):
@@ -49,6 +53,7 @@ class Rule:
     except_groups: frozenset[str]         # ... or to everyone but these
     patterns: tuple[tuple[str, bytes, str], ...]  # (view, pattern bytes, key path for errors)
     pack: str | None = None
+    kinds: frozenset[str] | None = None   # an allow_kinds rule: the kinds it lets through
 
     def applies_to(self, groups: frozenset[str]) -> bool:
         if self.groups:
@@ -62,9 +67,12 @@ class Rule:
         return _RANK[self.action]
 
 
-def build_rules(guardrails: tuple[GuardrailConfig, ...], path: str) -> list[Rule]:
+def build_rules(guardrails: tuple[GuardrailConfig, ...], path: str,
+                kind_names: Mapping[str, frozenset[str]] | None = None) -> list[Rule]:
     """Turn configured guardrails into rules; raise PolicyError listing every problem found
-    (patterns are only checked for shape here -- the engine compiles them)."""
+    (patterns are only checked for shape here -- the engine compiles them). `kind_names` maps
+    each word an allow_kinds list may hold to the kinds it stands for (None: this protocol
+    has no statement kinds)."""
     problems: list[tuple[str, str]] = []
     rules: list[Rule] = []
     seen: dict[str, int] = {}
@@ -81,7 +89,22 @@ def build_rules(guardrails: tuple[GuardrailConfig, ...], path: str) -> list[Rule
             continue
         patterns: list[tuple[str, bytes, str]] = []
         message = g.message
-        if g.pack is not None:
+        kinds = None
+        if g.allow_kinds is not None:
+            if kind_names is None:
+                problems.append((f"{key}.allow_kinds", f"rule {g.name!r}: statement kinds are "
+                                                       "not available for this protocol"))
+                continue
+            kinds = set()
+            for j, word in enumerate(g.allow_kinds):
+                if word not in kind_names:
+                    problems.append((f"{key}.allow_kinds[{j}]",
+                                     f"rule {g.name!r}: unknown statement kind {word!r}; the "
+                                     f"kinds are {', '.join(kind_names)}"))
+                    continue
+                kinds |= kind_names[word]
+            kinds = frozenset(kinds)
+        elif g.pack is not None:
             if g.patterns:
                 problems.append((f"{key}.patterns", f"rule {g.name!r}: a rule is either a "
                                                     "built-in pack or its own patterns, not both"))
@@ -117,10 +140,11 @@ def build_rules(guardrails: tuple[GuardrailConfig, ...], path: str) -> list[Rule
         if g.groups and g.except_groups:
             problems.append((f"{key}.except_groups",
                              f"rule {g.name!r}: give groups or except_groups, not both"))
-        rules.append(Rule(index=i, name=g.name, action=g.action,
-                          message=message or f"guardrail {g.name!r}",
+        if kinds is None:
+            message = message or f"guardrail {g.name!r}"
+        rules.append(Rule(index=i, name=g.name, action=g.action, message=message,
                           groups=frozenset(g.groups), except_groups=frozenset(g.except_groups),
-                          patterns=tuple(patterns), pack=g.pack))
+                          patterns=tuple(patterns), pack=g.pack, kinds=kinds))
     if problems:
         raise PolicyError(problems)
     return rules

@@ -22,6 +22,11 @@ class _RefusedVerdict:
 
 
 REFUSED_VERDICT = _RefusedVerdict()
+# A refused statement's marker is the prefix, this, then its number (a block's has no letter):
+# the server's error names the marker, so its record says exactly which it was
+# (hoopwire/audit/recorder.py) -- a guess from when the audit was failing took a denied
+# approval right after a refusal for a refusal.
+REFUSED_MARK = b"r"
 
 
 class _EncodingVerdict:
@@ -221,7 +226,8 @@ cdef class Relay:
         if kind == c'F':
             # A call by function OID: no text for policy to read, so under guardrails it is
             # refused (pg_read_file and friends are only an OID away).
-            verdict = FASTPATH_VERDICT
+            # While the audit cannot be written it is refused like everything else (53100).
+            verdict = REFUSED_VERDICT if self.refuse_error is not None else FASTPATH_VERDICT
             sql = b"<fast-path function call>"
         else:
             if kind == c'P':
@@ -279,7 +285,8 @@ cdef class Relay:
         # transaction, skips to Sync and reports ReadyForQuery exactly as if the blocked
         # statement had failed, so ordering and transaction state stay the server's own.
         self.marker_seq += 1
-        marker = self.marker_prefix + str(self.marker_seq).encode()
+        marker = self.marker_prefix + (REFUSED_MARK if verdict is REFUSED_VERDICT else b"") \
+            + str(self.marker_seq).encode()
         if kind != c'P':
             # A Query (or a FunctionCall, replaced by a Query): its own ReadyForQuery ends it.
             unit = self.units_sent
@@ -318,7 +325,8 @@ cdef class Relay:
         place a Parse of a marker statement (named, so the client's unnamed statement is
         untouched), whose error stands for the Execute's and makes the server skip to Sync."""
         self.marker_seq += 1
-        marker = self.marker_prefix + str(self.marker_seq).encode()
+        marker = self.marker_prefix + (REFUSED_MARK if err is None else b"") \
+            + str(self.marker_seq).encode()
         body = b"hoopwire_refused\x00" + marker + b"\x00\x00\x00"
         self.rewrites.append((self.units_sent + 1, marker,
                               err if err is not None else self.refuse_error))

@@ -465,7 +465,7 @@ cdef class PgResults:
                     self._keep(out if out is not None else msg[:size])
             return out
         if kind == c'N':
-            return self.masker.fields(msg[:size]) if self.mask_on else None
+            return self.masker.fields(msg[:size], self._head_sql()) if self.mask_on else None
         if kind == c'A':
             return self.masker.notification(msg[:size]) if self.mask_on else None
         if kind == c'S':
@@ -506,8 +506,14 @@ cdef class PgResults:
         if kind == c'E':
             if self.state != S_SKIP:
                 self._end_result()
+            out = self.masker.fields(msg[:size], self._head_sql()) if self.mask_on else None
+            if out is not None and self.record_on and self.cur_error is None and \
+                    self.relay.marker_prefix not in msg[:size]:
+                # the audit gets what the client gets, never the value an error quoted; a
+                # blocked statement's marker error is the recorder's to read (no data in it)
+                self.cur_error = out[5:]
             self._error(msg, size)
-            return self.masker.fields(msg[:size]) if self.mask_on else None
+            return out
         if kind == c'n':
             hk = self._head().kind
             if hk == R_DESC_S or hk == R_DESC_P or hk == R_DESC_OURS:
@@ -536,6 +542,13 @@ cdef class PgResults:
         if self.state == S_SKIP:
             return b""
         return None
+
+    cdef object _head_sql(self):
+        """The text of the statement the next answer belongs to (bytes), or None: what an
+        error may echo because the client wrote it (hoopwire/pg/errortext.py)."""
+        if not self.rq_len:
+            return None
+        return _obj(self.reqs[self.rq_head].sql)
 
     cdef int _light_upstream(self, char kind, const unsigned char* msg, Py_ssize_t size) except -1:
         """upstream_message while light (nothing is replaced then), also called straight from

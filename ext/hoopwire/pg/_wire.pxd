@@ -217,6 +217,7 @@ cdef class PgResults:
     cdef int _tag(self, const unsigned char* msg, Py_ssize_t size) except -1
     cdef int _completed(self) except -1
     cdef int _error(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef object _head_sql(self)
     cdef tuple _stmt(self, bytes name)
     cdef tuple _portal(self, bytes name)
     cdef int _set_stmt(self, bytes name, tuple known) except -1
