@@ -303,7 +303,10 @@ def test_reload_metrics(pg, idp, workers):
         assert sample(text, "hoopwire_config_last_reload_success_timestamp_seconds") == after
         if workers:
             # a worker's restart is no reload: the timestamp stays
-            pid = int(re.findall(r"worker ready worker=0 pid=(\d+)", gw.log_text())[-1])
+            # the listener answers once one worker serves: worker 0 may still be starting
+            pid = int(wait_until(lambda: re.findall(r"worker ready worker=0 pid=(\d+)",
+                                                    gw.log_text()), 30, "worker 0 ready",
+                                 gw=gw)[-1])
             os.kill(pid, signal.SIGKILL)
             wait_until(lambda: len(re.findall(r"worker ready worker=0 pid=", gw.log_text())) >= 2,
                        30, "worker 0 restarted", gw=gw)
