@@ -136,6 +136,9 @@ class ApiKeyConfig:
 class IdentityConfig:
     issuers: tuple[IssuerConfig, ...] = ()
     api_keys: tuple[ApiKeyConfig, ...] = ()
+    # end a JWT's sessions when the token expires (default: a session outlives its token;
+    # max_token_lifetime bounds how long a token can open sessions)
+    end_sessions_at_expiry: bool = False
 
 
 @dataclass(frozen=True)
@@ -775,9 +778,11 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
         lr.finish()
 
     issuers, api_keys = [], []
+    end_at_expiry = False
     if "identity" in doc:
         root.used.add("identity")
         ir = _Reader(problems, doc["identity"], "identity")
+        end_at_expiry = ir.get("end_sessions_at_expiry", bool, False)
         for t, p in ir.tables("issuer"):
             iss = _issuer(_Reader(problems, t, p))
             if iss is not None:
@@ -848,7 +853,8 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(path=path, admin=admin, log=log,
-                  identity=IdentityConfig(issuers=tuple(issuers), api_keys=tuple(api_keys)),
+                  identity=IdentityConfig(issuers=tuple(issuers), api_keys=tuple(api_keys),
+                                          end_sessions_at_expiry=end_at_expiry),
                   connections=tuple(connections), audit=audit, state=state,
                   webhooks=tuple(webhooks), posture=posture, raw=doc)
 

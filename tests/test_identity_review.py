@@ -415,3 +415,83 @@ def test_cancel_of_a_held_statement_on_either_worker(pg, idp, tmp_path, table):
         else:
             pytest.fail("no cancel landed on the other worker in 12 rounds (p = 2^-12)")
         assert int(pg.sql(f"SELECT count(*) FROM {table}", dbname=APP_DB)) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# a reload's revocations reach the sessions opened before it
+
+def revocation_config(pg, idp, *, after: bool) -> dict:
+    hs_issuer = {"issuer": HS_ISSUER, "audience": "hoopwire", "algorithms": ["HS256"],
+                 "shared_secret_env": "REVIEW_HS_SECRET"}
+    keys = idp.api_key_config()
+    groups = ["agents", "ci", "analysts"]
+    if after:
+        hs_issuer["allowed_groups"] = ["etl"]       # the service's issuer is narrowed
+        for k in keys:
+            if k["name"] == "ci":
+                k["sha256"] = "ab" * 32              # the leaked "ci" key is rotated
+        groups = ["agents", "ci", "etl"]             # analysts may no longer connect
+    return gateway_config(pg, idp, identity={"issuer": [idp.issuer_config(), hs_issuer],
+                                             "api_key": keys}, allow_groups=groups)
+
+
+def test_a_reload_ends_the_sessions_it_no_longer_admits(pg, idp):
+    env = {**gateway_env(pg), "REVIEW_HS_SECRET": HS_SECRET}
+    with Gateway(revocation_config(pg, idp, after=False), env=env) as gw:
+        conns = {
+            "kept": psycopg.connect(conninfo(gw, idp.token("a", ["agents"])), autocommit=True),
+            "narrowed issuer": psycopg.connect(conninfo(gw, hs(hs_claims(groups=("agents",)))),
+                                               autocommit=True),
+            "rotated key": psycopg.connect(conninfo(gw, idp.api_keys["ci"], user="ci"),
+                                           autocommit=True),
+            "group not allowed": psycopg.connect(conninfo(gw, idp.token("b", ["analysts"])),
+                                                 autocommit=True),
+        }
+        try:
+            for c in conns.values():
+                assert c.execute("select 1").fetchone() == (1,)
+            new = revocation_config(pg, idp, after=True)
+            new["admin"] = {"listen": gw.config["admin"]["listen"]}
+            new["connection"][0]["listen"] = gw.config["connection"][0]["listen"]
+            gw.write_config(new)
+            gw.signal(signal.SIGHUP)
+            gw.wait_log(r"configuration reloaded")
+            assert conns["kept"].execute("select 2").fetchone() == (2,)
+            for name in ("narrowed issuer", "rotated key", "group not allowed"):
+                with pytest.raises(psycopg.OperationalError, match="no longer admits"):
+                    conns[name].execute("select 3")
+            assert len(re.findall(r"session ended by a reload", gw.log_text())) == 3
+            wait_until(lambda: len(re.findall(r"session closed .*reason=identity_revoked",
+                                              gw.log_text())) == 3, 10,
+                       "three sessions closed as identity_revoked", gw)
+            # and none of them gets back in with the same credential and groups
+            assert not connects(gw, hs(hs_claims(groups=("agents",))))
+            assert not connects(gw, idp.api_keys["ci"], user="ci")
+        finally:
+            for c in conns.values():
+                c.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# [identity] end_sessions_at_expiry
+
+@pytest.mark.parametrize("end_at_expiry", [True, False])
+def test_sessions_end_at_token_expiry_only_when_asked(pg, idp, end_at_expiry):
+    cfg = gateway_config(pg, idp)
+    cfg["identity"]["end_sessions_at_expiry"] = end_at_expiry
+    with Gateway(cfg, env=gateway_env(pg)) as gw:
+        short = idp.token("agent-7", ["agents"], ttl=2.0)
+        long = idp.token("agent-8", ["agents"], ttl=600.0)
+        with psycopg.connect(conninfo(gw, short), autocommit=True) as a, \
+                psycopg.connect(conninfo(gw, long), autocommit=True) as b:
+            assert a.execute("select 1").fetchone() == (1,)
+            if end_at_expiry:
+                gw.wait_log(r"session ended: its token expired", timeout=15)
+                with pytest.raises(psycopg.OperationalError, match="token expired"):
+                    a.execute("select 2")
+            else:
+                time.sleep(3.0)      # past the token's expiry: the session goes on
+                assert a.execute("select 2").fetchone() == (2,)
+                assert "its token expired" not in gw.log_text()
+            # a session whose token has not expired is never touched
+            assert b.execute("select 3").fetchone() == (3,)

@@ -688,7 +688,7 @@ def test_denied_through_the_admin_api(deny_gw, pg, idp, witnessed, path):
 # 6. reload of identity and guardrails
 
 
-def test_identity_reload_refuses_new_logins_keeps_open_sessions(pg, idp, tmp_path):
+def test_identity_reload_refuses_new_logins_and_ends_revoked_sessions(pg, idp, tmp_path):
     ops_key, ops_entry = admin_key("ops", ["admins"])
     cfg = gateway_config(pg, idp)
     cfg["identity"]["api_key"].append(ops_entry)
@@ -739,9 +739,11 @@ def test_identity_reload_refuses_new_logins_keeps_open_sessions(pg, idp, tmp_pat
             # the new audience gets in
             with psycopg.connect(conninfo(g, new_jwt), autocommit=True) as c:
                 assert c.execute("SELECT 1").fetchall() == [(1,)]
-            # README: a reload does not drop sessions -- those opened with the old
-            # credentials go on
-            assert by_key.execute("SELECT 'still here'").fetchall() == [("still here",)]
+            # README: a reload ends the sessions whose credential it removed (the API key),
+            # and keeps the others (the issuer is still configured: a new audience concerns
+            # new tokens)
+            with pytest.raises(psycopg.OperationalError, match="no longer admits"):
+                by_key.execute("SELECT 'gone'")
             assert by_jwt.execute("SELECT 'still here'").fetchall() == [("still here",)]
         finally:
             by_key.close()

@@ -81,11 +81,35 @@ class Listener:
         return self.cfg.name
 
     def apply(self, cfg, policy_engine=None, mask_engine=None) -> None:
-        """Take a (re)loaded configuration: new sessions use it, open ones get what the
-        protocol decides (apply_protocol)."""
+        """Take a (re)loaded configuration: new sessions use it; open ones it no longer admits
+        end, the others get what the protocol decides (apply_protocol)."""
         self.cfg = cfg
         self.policy_engine = policy_engine
+        for s in list(getattr(self, "sessions", ())):
+            why = self.revoked(s)
+            if why is not None and s.relay is not None:
+                # what the reload took away is not kept by a session opened before it: a
+                # leaked key rotated out must not keep the sessions it opened
+                event(self.log, "session ended by a reload", logging.WARNING,
+                      connection=self.name, session=s.id, issuer=s.identity.issuer or "",
+                      subject=s.identity.subject, why=why)
+                s.relay.shutdown("identity_revoked", self.adapter.condition(
+                    "access_revoked", "the gateway's configuration no longer admits this "
+                    f"session: {why}", fatal=True))
         self.apply_protocol(cfg, mask_engine)
+
+    def revoked(self, s: "Session") -> str | None:
+        """Why the current configuration would refuse this session's start (its issuer or
+        API key, or its groups on this connection); None while it still admits it."""
+        why = self.gateway.authenticator.revoked(s.identity)
+        if why is not None:
+            return why
+        role = next((r for r in self.cfg.roles if r.name == s.role), None)
+        allowed = role.allow_groups if role is not None and role.allow_groups \
+            else self.cfg.allow_groups
+        if allowed and not (s.identity.groups & set(allowed)):
+            return "its groups are no longer allowed on this connection"
+        return None
 
     def apply_protocol(self, cfg, mask_engine) -> None:
         raise NotImplementedError
@@ -247,6 +271,11 @@ class Listener:
         statements at once while the audit cannot be written."""
         session.relay = relay
         self.sessions.add(session)
+        expires = session.identity.expires_at
+        if expires is not None and self.gateway.config.identity.end_sessions_at_expiry:
+            loop = asyncio.get_running_loop()
+            session.expiry = loop.call_at(loop.time() + max(0.0, expires - time.time()),
+                                          self._expired, session)
         recorder = self.gateway.recorder
         if recorder is not None:
             recorder.session_started(session)
@@ -254,10 +283,23 @@ class Listener:
                 relay.refuse_statements(recorder.refuse_error(session))
         metrics.CONNECTIONS_ACTIVE.labels(self.name).inc()
 
+    def _expired(self, session: "Session") -> None:
+        session.expiry = None
+        if session in self.sessions and session.relay is not None:
+            event(self.log, "session ended: its token expired", connection=self.name,
+                  session=session.id, issuer=session.identity.issuer or "",
+                  subject=session.identity.subject)
+            session.relay.shutdown("token_expired", self.adapter.condition(
+                "access_revoked", "terminating connection: the session's token expired",
+                fatal=True))
+
     def session_ended(self, session: "Session", reason: str) -> None:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
+        if session.expiry is not None:
+            session.expiry.cancel()
+            session.expiry = None
         gw = self.gateway
         if gw.approvals is not None:
             gw.approvals.session_closed(session)

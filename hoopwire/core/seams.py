@@ -32,6 +32,7 @@ CONDITIONS = (
     "audit_unavailable",   # the audit log cannot be written: statements are refused
     "policy_reload",       # a reload's rules refuse what the session set at its start
     "blocked",             # a guardrail refused the statement
+    "access_revoked",      # a reload no longer admits the session, or its token expired
 )
 
 

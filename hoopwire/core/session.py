@@ -32,7 +32,7 @@ class Session:
 
     __slots__ = ("listener", "identity", "role", "peer", "started", "relay", "tls", "database",
                  "id", "writers", "params", "masker", "statements", "pid", "client_secret",
-                 "__weakref__")
+                 "expiry", "__weakref__")
 
     def __init__(self, listener: "Listener", identity: Identity, role: str, peer: str,
                  tls: bool, database: str):
@@ -54,6 +54,7 @@ class Session:
         # the protocol's cancel key: the backend's id and the secret the client was given
         self.pid = 0
         self.client_secret = 0
+        self.expiry = None           # the timer that ends it when its token expires (opt-in)
 
     @property
     def adapter(self):

@@ -53,6 +53,28 @@ class Authenticator:
             return await self._jwt.verify(token, admin_audience=admin_audience)
         return self._api_keys.lookup(token, "admin" if admin_audience is not None else "database")
 
+    def revoked(self, identity: Identity) -> str | None:
+        """Why an identity admitted under an earlier configuration would not be admitted as
+        it is under this one (a reload removed its issuer or API key, rotated the key, or
+        narrowed what they may grant); None while it stands. Open sessions are checked with
+        this at a reload: a leaked key rotated out must not keep the sessions it opened."""
+        if identity.method == "api_key":
+            key = next((k for k in self._cfg.api_keys if k.name == identity.token_id), None)
+            if key is None or (identity.key_digest is not None
+                               and key.sha256 != identity.key_digest):
+                return "its API key is no longer configured"
+            if key.use != "database":
+                return "its API key is no longer for database use"
+            if frozenset(key.groups) != identity.groups:
+                return "its API key's groups changed"
+            return None
+        cfg = next((i for i in self._cfg.issuers if i.issuer == identity.issuer), None)
+        if cfg is None:
+            return "its issuer is no longer configured"
+        if cfg.allowed_groups is not None and not identity.groups <= frozenset(cfg.allowed_groups):
+            return "its issuer may no longer grant its groups"
+        return None
+
     def degraded_issuers(self) -> list[str]:
         """Issuers whose key source failed at its latest fetch: they run on the last good keys
         (or, never fetched, on none). For /readyz and operators; [] when all is well."""

@@ -40,4 +40,5 @@ class ApiKeyStore:
             # a key for the database is no admin credential, and the other way round
             raise AuthError("wrong_use", f"API key {found.name!r} is for use = {found.use!r}")
         return Identity(subject=f"apikey:{found.name}", groups=frozenset(found.groups),
-                        method="api_key", issuer=None, token_id=found.name, expires_at=None)
+                        method="api_key", issuer=None, token_id=found.name, expires_at=None,
+                        key_digest=found.sha256)

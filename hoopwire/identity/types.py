@@ -4,7 +4,7 @@ import them without importing the package that imports that part back."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Identity", "AuthError", "AUTH_REASONS", "MAX_TOKEN_LENGTH"]
 
@@ -31,6 +31,9 @@ class Identity:
     issuer: str | None        # the JWT issuer; None for API keys
     token_id: str | None      # the JWT's jti (or None), or the API key's configured name
     expires_at: float | None  # unix time; None for API keys
+    # An API key's sha256: a reload that rotates the key under the same name ends the
+    # sessions the old key opened (Authenticator.revoked). Never logged, never compared.
+    key_digest: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def principal(self) -> tuple[str, str]:

@@ -21,6 +21,7 @@ _SQLSTATE = {
     "audit_unavailable": "53100",   # disk_full: what an unwritable audit log amounts to
     "policy_reload": "42501",
     "blocked": "42501",             # a guardrail refused the statement
+    "access_revoked": "28000",      # invalid_authorization_specification
 }
 
 
