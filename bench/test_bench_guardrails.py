@@ -21,14 +21,14 @@ import pytest
 
 from hoopwire._sqlnorm import normalize_statements
 from hoopwire.config import GuardrailConfig
-from hoopwire.policy import PACKS
+from hoopwire.pg.packs import PACKS
 from hoopwire.pg.dialect import DIALECT
 from hoopwire.policy.engine import PolicyEngine as _PolicyEngine
 
 
 def PolicyEngine(guardrails, **kw):
     """The engine in PostgreSQL's dialect, as a postgres connection builds it."""
-    return _PolicyEngine(guardrails, views=DIALECT.statement_views, **kw)
+    return _PolicyEngine(guardrails, views=DIALECT.statement_views, packs=DIALECT.packs, **kw)
 
 # ---------------------------------------------------------------------------------------------
 # corpora

@@ -28,7 +28,7 @@ import sqlalchemy
 from gwfixtures import conninfo, gateway_config, gateway_env
 from helpers import APP_DB, Gateway, psql_env
 from hoopwire.devserver.postgres import find_pg_bindir
-from hoopwire.policy import PACKS
+from hoopwire.pg.packs import PACKS
 
 SCHEMA = """
 SET ROLE app;

@@ -29,7 +29,7 @@ from hoopwire.policy.engine import PolicyEngine as _PolicyEngine
 
 def PolicyEngine(guardrails, **kw):
     """The engine in PostgreSQL's dialect, as a postgres connection builds it."""
-    return _PolicyEngine(guardrails, views=DIALECT.statement_views, **kw)
+    return _PolicyEngine(guardrails, views=DIALECT.statement_views, packs=DIALECT.packs, **kw)
 
 PROPS = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 

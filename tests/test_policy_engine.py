@@ -16,16 +16,17 @@ from hypothesis import strategies as st
 
 from hoopwire._sqlnorm import normalize_statements
 from hoopwire.config import ConfigError, GuardrailConfig
-from hoopwire.policy import PACKS, PolicyError, Verdict
+from hoopwire.pg.packs import PACKS
+from hoopwire.policy import PolicyError, Verdict
 from hoopwire.pg.dialect import DIALECT
 from hoopwire.policy.engine import PolicyEngine as _PolicyEngine
 
 
 def PolicyEngine(guardrails, **kw):
     """The engine in PostgreSQL's dialect, as a postgres connection builds it."""
-    return _PolicyEngine(guardrails, views=DIALECT.statement_views, **kw)
+    return _PolicyEngine(guardrails, views=DIALECT.statement_views, packs=DIALECT.packs, **kw)
 from hoopwire.policy.engine import HS_FLAGS
-from hoopwire.policy.packs import CODE, FULL, word_except
+from hoopwire.pg.packs import CODE, FULL, word_except
 
 
 def rule(name, *patterns, **kw) -> GuardrailConfig:

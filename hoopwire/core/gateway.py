@@ -44,7 +44,8 @@ def _build_policy(cfg, protocols):
     rules = dialect.implied_guardrails(cfg.guardrails)
     return PolicyEngine(rules, path=f"connection[{cfg.name}].guardrail",
                         scan_seconds=GUARDRAIL_SCAN_SECONDS.labels(cfg.name).observe,
-                        views=dialect.statement_views, classifier=dialect.classifier(rules))
+                        views=dialect.statement_views, classifier=dialect.classifier(rules),
+                        packs=dialect.packs)
 
 
 def build_policies(config: Config, protocols) -> dict:

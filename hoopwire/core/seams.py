@@ -66,6 +66,7 @@ class ProtocolAdapter(Protocol):
 
 class Dialect(Protocol):
     name: str
+    packs: dict            # its built-in guardrail packs by name (hoopwire.policy.rules.Pack)
 
     def mask_literals(self, sql: bytes) -> str:
         """The statement as logs and the audit show it: literals replaced by '?'."""

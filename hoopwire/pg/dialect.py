@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from hoopwire._sqlnorm import mask_literals, statement_views
 from hoopwire.config import GuardrailConfig
-from hoopwire.policy.packs import UNSAFE_ENCODING_PATTERNS
+from hoopwire.pg.packs import PACKS, UNSAFE_ENCODING_PATTERNS
 
 __all__ = ["PgDialect", "DIALECT"]
 
@@ -17,6 +17,7 @@ class PgDialect:
     # runs the lexer in C without a call into Python per statement
     mask_literals = staticmethod(mask_literals)
     statement_views = staticmethod(statement_views)
+    packs = PACKS                   # the built-in guardrail packs (hoopwire/pg/packs.py)
 
     @staticmethod
     def classifier(rules: tuple):

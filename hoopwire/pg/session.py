@@ -376,7 +376,7 @@ class PgListener(Listener):
                        current_encoding: str | None = None) -> None:
         """Startup parameters are settings: `options=-c role=x` or a bare `role` parameter
         would be a SET ROLE that no statement shows, so guardrails judge them as SETs."""
-        from hoopwire.policy.packs import UNSAFE_CLIENT_ENCODINGS
+        from hoopwire.pg.packs import UNSAFE_CLIENT_ENCODINGS
         # what the client asked for (names and aliases: a deny list, early), and what the
         # server reports the session uses (its canonical name: the allow-list)
         asked = [v for n, v in startup_pairs(params) if n.lower() == "client_encoding"]

@@ -1,13 +1,11 @@
 """Guardrails: rules from the configuration, compiled to Hyperscan, applied to statements.
 
-The engine is protocol neutral -- bytes of a query in, a Verdict out; the SQL dialect lives in
-the normaliser (hoopwire._sqlnorm). See engine.py for the flow and packs.py for the built-in
-packs and their limits.
+The engine is protocol neutral -- bytes of a query in, a Verdict out; the SQL dialect (its lexer,
+statement kinds and built-in packs) comes from the protocol (hoopwire/pg/dialect.py,
+hoopwire/pg/packs.py for PostgreSQL's packs and their limits). See engine.py for the flow.
 """
 
 from hoopwire.policy.engine import GroupPolicy, PolicyEngine
-from hoopwire.policy.packs import PACKS, pack_names
 from hoopwire.policy.rules import PolicyError, Rule, Verdict
 
-__all__ = ["PolicyEngine", "GroupPolicy", "Verdict", "PolicyError", "Rule", "PACKS",
-           "pack_names"]
+__all__ = ["PolicyEngine", "GroupPolicy", "Verdict", "PolicyError", "Rule"]

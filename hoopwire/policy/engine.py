@@ -50,8 +50,7 @@ from typing import Callable, Iterable, Mapping, Protocol
 import hyperscan
 
 from hoopwire.config import GuardrailConfig
-from hoopwire.policy.packs import CODE, FULL
-from hoopwire.policy.rules import PolicyError, Rule, Verdict, build_rules
+from hoopwire.policy.rules import CODE, FULL, Pack, PolicyError, Rule, Verdict, build_rules
 
 __all__ = ["PolicyEngine", "GroupPolicy", "HS_FLAGS", "KindClassifier"]
 
@@ -128,13 +127,15 @@ class PolicyEngine:
     def __init__(self, guardrails: tuple[GuardrailConfig, ...], *, views: Callable,
                  cache_size: int = 4096, path: str = "guardrail",
                  scan_seconds: Callable[[float], None] | None = None,
-                 cache_bytes: int = 8 * 1024 * 1024, classifier: KindClassifier | None = None):
+                 cache_bytes: int = 8 * 1024 * 1024, classifier: KindClassifier | None = None,
+                 packs: Mapping[str, Pack] | None = None):
         if cache_size < 0 or cache_bytes < 0:
             raise ValueError("cache_size and cache_bytes must not be negative")
         self.views = views          # the dialect's lexer: (code, full, ambiguous) of a message
         self.classifier = classifier
         self._rules: tuple[Rule, ...] = tuple(build_rules(
-            tuple(guardrails), path, classifier.names if classifier is not None else None))
+            tuple(guardrails), path, classifier.names if classifier is not None else None,
+            packs))
         self._path = path
         self.cache_size = cache_size
         self.cache_bytes = cache_bytes

@@ -1,7 +1,7 @@
 """The guardrail rule model: what a configured rule compiles to, verdicts, and policy errors.
 
 A `[[connection.guardrail]]` (hoopwire.config.GuardrailConfig) becomes one `Rule`: its own
-patterns, or the patterns of a built-in pack (hoopwire.policy.packs), each tagged with the view of
+patterns, or the patterns of a built-in pack (the dialect's: hoopwire/pg/packs.py), each tagged with the view of
 the statement it is matched against -- the code view (literals replaced by '?') unless the rule
 says `scan_literals = true`, in which case the full view (literals kept). Or, with `allow_kinds`,
 an allow-list of statement kinds: the kind names come from the protocol's classifier (for
@@ -14,9 +14,20 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from hoopwire.config import ConfigError, GuardrailConfig
-from hoopwire.policy.packs import CODE, FULL, PACKS
 
-__all__ = ["ACTIONS", "Verdict", "PolicyError", "Rule", "build_rules"]
+__all__ = ["ACTIONS", "CODE", "FULL", "Pack", "Verdict", "PolicyError", "Rule", "build_rules"]
+
+CODE = "code"   # a pattern scanned against the code view: literals replaced by '?'
+FULL = "full"   # a pattern scanned against the full view: literals kept
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A built-in rule set a dialect offers (PostgreSQL's: hoopwire/pg/packs.py)."""
+    name: str
+    summary: str
+    patterns: tuple[tuple[str, str], ...]  # (view, Hyperscan regex)
+    message: str                           # the default message of a rule using the pack
 
 # what a rule can decide, strongest first: block beats approve beats log
 ACTIONS = ("block", "approve", "log")
@@ -68,11 +79,13 @@ class Rule:
 
 
 def build_rules(guardrails: tuple[GuardrailConfig, ...], path: str,
-                kind_names: Mapping[str, frozenset[str]] | None = None) -> list[Rule]:
+                kind_names: Mapping[str, frozenset[str]] | None = None,
+                packs: Mapping[str, Pack] | None = None) -> list[Rule]:
     """Turn configured guardrails into rules; raise PolicyError listing every problem found
     (patterns are only checked for shape here -- the engine compiles them). `kind_names` maps
     each word an allow_kinds list may hold to the kinds it stands for (None: this protocol
-    has no statement kinds)."""
+    has no statement kinds); `packs` are the dialect's built-in packs by name."""
+    packs = packs or {}
     problems: list[tuple[str, str]] = []
     rules: list[Rule] = []
     seen: dict[str, int] = {}
@@ -108,10 +121,10 @@ def build_rules(guardrails: tuple[GuardrailConfig, ...], path: str,
             if g.patterns:
                 problems.append((f"{key}.patterns", f"rule {g.name!r}: a rule is either a "
                                                     "built-in pack or its own patterns, not both"))
-            pack = PACKS.get(g.pack)
+            pack = packs.get(g.pack)
             if pack is None:
                 problems.append((f"{key}.pack", f"rule {g.name!r}: unknown pack {g.pack!r}; "
-                                                f"the built-in packs are {', '.join(PACKS)}"))
+                                                f"the built-in packs are {', '.join(packs) or '(none)'}"))
                 continue
             for view, pattern in pack.patterns:
                 patterns.append((FULL if g.scan_literals else view, pattern.encode(),

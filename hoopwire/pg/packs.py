@@ -118,21 +118,10 @@ All packs, and rules of one's own
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from hoopwire.policy.rules import CODE, FULL, Pack
 
 __all__ = ["CODE", "FULL", "Pack", "PACKS", "pack_names", "UNSAFE_ENCODING_PATTERNS",
            "UNSAFE_CLIENT_ENCODINGS"]
-
-CODE = "code"   # scanned against normalize(sql)
-FULL = "full"   # scanned against normalize(sql, keep_literals=True)
-
-
-@dataclass(frozen=True)
-class Pack:
-    name: str
-    summary: str
-    patterns: tuple[tuple[str, str], ...]  # (view, Hyperscan regex)
-    message: str                           # the default message of a rule using the pack
 
 
 # ---------------------------------------------------------------------------------------------
