@@ -42,6 +42,9 @@ RUN mkdir -p /var/lib/hoopwire/audit /etc/hoopwire \
     && chown -R hoopwire:hoopwire /var/lib/hoopwire && chmod 0750 /var/lib/hoopwire
 VOLUME ["/var/lib/hoopwire"]
 WORKDIR /var/lib/hoopwire
+# the default state file and audit log (a config without [state]/[audit] paths) go here, not
+# next to the read-only config
+ENV HOOPWIRE_DATA_DIR=/var/lib/hoopwire
 USER 10001:10001
 EXPOSE 6432 9187
 # /readyz, not /healthz: 503 while the audit log cannot be written (fail-closed) or while

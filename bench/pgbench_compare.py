@@ -193,6 +193,14 @@ backend pg
     return Service("haproxy", [exe, "-db", "-f", cfg], d, port)
 
 
+def _audit_on_by_default(tree: str | None) -> bool:
+    """Whether the tree's gateway records sessions without an [audit] table (since the secure
+    defaults; older trees, compared with --base-tree, do not know `enabled` and need nothing)."""
+    root = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "hoopwire", "config.py"), encoding="utf-8") as f:
+        return 'r.get("enabled", bool, True)' in f.read()
+
+
 def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | None,
                    packs: bool = False, audit_dir: str | None = None,
                    tree: str | None = None) -> Gateway:
@@ -211,6 +219,8 @@ def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | 
     if audit_dir:
         config["audit"] = {"path": os.path.join(audit_dir, "log")}
         config["state"] = {"url": "sqlite:///" + os.path.join(audit_dir, "state.db")}
+    elif _audit_on_by_default(tree):
+        config["audit"] = {"enabled": False}     # the plain target records nothing
     return Gateway(config, env={PW_ENV: db_password}, workers=workers,
                    **({"tree": tree} if tree else {}))
 

@@ -37,6 +37,7 @@ log = logging.getLogger("hoopwire.admin")
 __all__ = ["AdminServer"]
 
 _MAX_LIMIT = 1000
+_AUDIT_REFUSING = "audit log unwritable: statements are refused (on_write_failure = fail-closed)"
 
 
 class ApiError(Exception):
@@ -84,6 +85,7 @@ class AdminServer:
         self.gateway = gateway
         self.parent = parent
         self.registry = registry_for_scrape(multiproc_dir)
+        self._mpdir = multiproc_dir
         self.runner: web.AppRunner | None = None
         app = web.Application(client_max_size=64 * 1024, middlewares=[_errors])
         app.router.add_get("/metrics", self.metrics)
@@ -100,15 +102,46 @@ class AdminServer:
         r.add_get("/api/v1/sessions/{id}/replay", self.sessions_replay)
         r.add_post("/api/v1/reload", self.reload)
         self.app = app
+        self.probes_runner: web.AppRunner | None = None
+        self.bound: tuple[str, int] | None = None
+        self.probes_bound: tuple[str, int] | None = None
 
     async def start(self, host: str, port: int) -> None:
+        """The admin listener (`[admin] listen`, HTTPS with tls_cert/tls_key) and, with
+        `[admin] probes_listen`, the probes' own plain-HTTP listener."""
+        cfg = self.gateway.config.admin
+        ctx = None
+        if cfg.tls_cert is not None:
+            import ssl
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=ctx)
         await site.start()
-        event(log, "admin listening", address=f"{host}:{port}")
+        self.bound = site._server.sockets[0].getsockname()[:2]  # noqa: SLF001 -- port 0
+        event(log, "admin listening", address=f"{self.bound[0]}:{self.bound[1]}",
+              tls="on" if ctx else "off")
+        if cfg.probes_listen is not None:
+            # the probes and /metrics apart: kubelets and Prometheus reach them without the
+            # admin API's TLS or its firewall rules
+            probes = web.Application(client_max_size=1024)
+            probes.router.add_get("/metrics", self.metrics)
+            probes.router.add_get("/healthz", self.healthz)
+            probes.router.add_get("/readyz", self.readyz)
+            self.probes_runner = web.AppRunner(probes, access_log=None, handle_signals=False)
+            await self.probes_runner.setup()
+            phost, pport = cfg.probes_listen
+            psite = web.TCPSite(self.probes_runner, phost, pport, reuse_address=True)
+            await psite.start()
+            self.probes_bound = psite._server.sockets[0].getsockname()[:2]  # noqa: SLF001
+            event(log, "probes listening",
+                  address=f"{self.probes_bound[0]}:{self.probes_bound[1]}")
 
     async def stop(self) -> None:
+        if self.probes_runner is not None:
+            await self.probes_runner.cleanup()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -120,15 +153,36 @@ class AdminServer:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        """200 {"ready": true} when every check of hoopwire.readiness passes (the parent: in
+        every serving worker); else 503 naming the failed checks. Never a secret."""
         ready = self.parent or self.gateway is None or self.gateway.ready
         if not ready:
-            return web.json_response({"ready": False, "reason": "starting or stopping"},
-                                     status=503)
+            return web.json_response({"ready": False, "reason": "starting or stopping",
+                                      "failed": ["starting"]}, status=503)
         from hoopwire.audit.recorder import audit_refusing
-        # fail-closed with an unwritable audit log: every statement is answered 53100, so a
-        # load balancer should send clients elsewhere (the parent asks its workers' gauge)
         try:
-            refusing = audit_refusing(self.gateway, self.registry if self.parent else None)
+            if self.parent:
+                from hoopwire.readiness import combine
+                gw = self.gateway
+                live, serving = gw.worker_pids()
+                report = combine(gw.multiproc_dir or self._mpdir, live, serving,
+                                 3 * gw.config.admin.upstream_check_interval + 2)
+                # fail-closed with an unwritable audit log: the workers' gauge says so at
+                # once, before their next report
+                if audit_refusing(gw, self.registry) and "audit" not in report["failed"]:
+                    report["failed"].append("audit")
+                    report["checks"]["audit"] = {"ok": False, "detail": _AUDIT_REFUSING}
+                    report["ready"] = False
+            else:
+                rd = getattr(self.gateway, "readiness", None)
+                if rd is not None:
+                    report = rd.report()
+                else:
+                    report = {"ready": True, "checks": {}, "failed": [],
+                              "degraded": self.gateway.authenticator.degraded_issuers()}
+                    if audit_refusing(self.gateway):
+                        report.update(ready=False, failed=["audit"],
+                                      checks={"audit": {"ok": False, "detail": _AUDIT_REFUSING}})
         except Exception as e:  # noqa: BLE001
             # the parent reads its workers' state from the shared metrics files; on a full
             # disk one of them can be cut short (seen: a 500 here). Unknown counts as not ready.
@@ -136,20 +190,20 @@ class AdminServer:
                   error=f"{type(e).__name__}: {e}")
             return web.json_response({"ready": False, "reason": "cannot read the workers' "
                                                                 "state (see the log)"}, status=503)
-        if refusing:
-            return web.json_response(
-                {"ready": False, "reason": "audit log unwritable: statements are refused "
-                                           "(on_write_failure = fail-closed)"}, status=503)
+        if not report["ready"]:
+            checks = report["checks"]
+            reason = report.get("reason") or "; ".join(
+                f"{k}: {checks[k]['detail']}" if k in checks else k for k in report["failed"])
+            return _json({"ready": False, "reason": reason, "failed": report["failed"],
+                          "checks": checks}, status=503)
         # An issuer whose key source failed still logs its users in with the last good keys:
         # ready, and said so (a 503 would take every replica out when the identity provider
         # is down, which is when the last good keys matter)
-        auth = getattr(self.gateway, "authenticator", None)
-        degraded = auth.degraded_issuers() if auth is not None else []
-        if degraded:
-            return web.json_response({"ready": True, "degraded": {
-                "issuers": degraded, "reason": "key source unreachable: running on the last "
-                                               "good keys"}})
-        return web.json_response({"ready": True})
+        if report.get("degraded"):
+            return _json({"ready": True, "degraded": {
+                "issuers": report["degraded"], "reason": "key source unreachable: running on "
+                                                         "the last good keys"}})
+        return _json({"ready": True})
 
     # -- API: authentication and authorisation ---------------------------------------------------
 

@@ -1,7 +1,9 @@
 """`hoopwire approvals …`, `hoopwire sessions …`, `hoopwire audit verify`: the admin CLI.
 
-The first two talk to a running gateway's admin API (`--admin URL` or HOOPWIRE_ADMIN_URL,
-`--token T` or HOOPWIRE_TOKEN: the caller's own token -- an approver decides as themselves);
+The first two talk to a running gateway's admin API (`--admin URL` or HOOPWIRE_ADMIN_URL) with
+the caller's own token -- an approver decides as themselves -- read from `--token-file PATH`,
+HOOPWIRE_TOKEN or HOOPWIRE_TOKEN_FILE. `--token T` still works but warns: a command line is
+readable by every local user (/proc/<pid>/cmdline, `ps`) and lands in shell history.
 `audit verify` reads the log files and needs no gateway.
 """
 
@@ -32,9 +34,7 @@ def _when(ts) -> str:
 
 def _call(args, method: str, path: str, body: dict | None = None) -> dict:
     base = args.admin or os.environ.get("HOOPWIRE_ADMIN_URL") or "http://127.0.0.1:9187"
-    token = args.token or os.environ.get("HOOPWIRE_TOKEN")
-    if not token:
-        raise CliError("no token: pass --token or set HOOPWIRE_TOKEN")
+    token = _token(args)
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method,
                                  headers={"Authorization": f"Bearer {token}",
@@ -51,6 +51,35 @@ def _call(args, method: str, path: str, body: dict | None = None) -> dict:
         raise CliError(f"{e.code}: {msg}") from None
     except (urllib.error.URLError, OSError) as e:
         raise CliError(f"cannot reach the admin API at {base}: {getattr(e, 'reason', e)}") from None
+
+
+def _read_token_file(path: str, origin: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise CliError(f"cannot read the token file {path} ({origin}): {e.strerror}") from None
+    if not token:
+        raise CliError(f"the token file {path} ({origin}) is empty")
+    return token
+
+
+def _token(args) -> str:
+    """--token-file, then --token (with a warning), then HOOPWIRE_TOKEN, then
+    HOOPWIRE_TOKEN_FILE: what is named on this command line wins over the environment."""
+    if getattr(args, "token_file", None):
+        return _read_token_file(args.token_file, "--token-file")
+    if args.token:
+        print("warning: --token puts your token where every local user can read it (the process "
+              "list) and in your shell history; use --token-file PATH or HOOPWIRE_TOKEN",
+              file=sys.stderr)
+        return args.token
+    if os.environ.get("HOOPWIRE_TOKEN"):
+        return os.environ["HOOPWIRE_TOKEN"]
+    if os.environ.get("HOOPWIRE_TOKEN_FILE"):
+        return _read_token_file(os.environ["HOOPWIRE_TOKEN_FILE"], "HOOPWIRE_TOKEN_FILE")
+    raise CliError("no token: pass --token-file PATH or set HOOPWIRE_TOKEN (or "
+                   "HOOPWIRE_TOKEN_FILE)")
 
 
 def _out(args, data) -> bool:
@@ -194,7 +223,11 @@ def _audit_verify(args) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin", help="admin API base URL (env HOOPWIRE_ADMIN_URL; "
                                    "default http://127.0.0.1:9187)")
-    p.add_argument("--token", help="your token (env HOOPWIRE_TOKEN)")
+    p.add_argument("--token-file", metavar="PATH",
+                   help="a file holding your token (env HOOPWIRE_TOKEN_FILE, or the token "
+                        "itself in HOOPWIRE_TOKEN)")
+    p.add_argument("--token", help="your token -- discouraged: visible in the process list and "
+                                   "shell history (warns); use --token-file or HOOPWIRE_TOKEN")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     p.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
 

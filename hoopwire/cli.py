@@ -9,7 +9,15 @@ import sys
 
 from hoopwire import __version__
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_OK", "EXIT_CONFIG", "EXIT_CHECK", "EXIT_POSTURE"]
+
+# `hoopwire check-config` exit statuses: a CI job or an init container can tell what to fix
+# from the number alone. A check that could not run outranks a finding: the findings are then
+# incomplete (a refused login inspects nothing).
+EXIT_OK = 0         # valid (and with --connect: every check ran, no finding in [posture] fail_on)
+EXIT_CONFIG = 1     # the file is unreadable, not TOML, or not a valid configuration
+EXIT_CHECK = 2      # --connect: a check could not run (upstream login, JWKS, state store, audit)
+EXIT_POSTURE = 3    # --connect: an upstream role can do something [posture] fail_on names
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -34,30 +42,44 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         build_engines(config, REGISTRY)
     except ConfigError as e:
         if args.json:
-            print(json.dumps({"ok": False, "config": args.file, "problems": [
+            print(json.dumps({"ok": False, "config": args.file, "exit": EXIT_CONFIG, "problems": [
                 {"key": k, "reason": r} for k, r in e.problems]}, indent=2))
-            return 1
+            return EXIT_CONFIG
         for line in e.lines():
             print(f"{args.file}: {line}", file=sys.stderr)
         print(f"{len(e.problems)} error(s)", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
+    warnings = [{"key": k, "reason": r} for k, r in config.warnings]
+    if not args.json:
+        for w in warnings:
+            print(f"{args.file}: WARNING {w['key']}: {w['reason']}", file=sys.stderr)
     names = ", ".join(f"{c.name} ({c.protocol} on {c.listen[0]}:{c.listen[1]})" for c in config.connections)
     if not args.connect:
         if args.json:
-            print(json.dumps({"ok": True, "config": args.file, "problems": []}, indent=2))
+            print(json.dumps({"ok": True, "config": args.file, "exit": EXIT_OK, "problems": [],
+                              "warnings": warnings}, indent=2))
         else:
             print(f"{args.file}: ok -- {len(config.connections)} connection(s): {names}")
-        return 0
+        return EXIT_OK
     import asyncio
     from hoopwire.checks import run_checks
     report = asyncio.run(run_checks(config, REGISTRY))
+    status = (EXIT_CHECK if any(not c.ok for c in report.checks)
+              else EXIT_POSTURE if report.failing else EXIT_OK)
     if args.json:
-        print(json.dumps(dict(report.as_json(), config=args.file), indent=2))
+        print(json.dumps(dict(report.as_json(), config=args.file, exit=status,
+                              warnings=warnings), indent=2))
     else:
         print(f"{args.file}: valid -- {len(config.connections)} connection(s): {names}")
         for line in report.lines():
             print(line)
-    return 0 if report.ok else 1
+    return status
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    from hoopwire.configschema import schema
+    print(json.dumps(schema(), indent=2))
+    return EXIT_OK
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -107,15 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes sharing each port (SO_REUSEPORT); default 1")
     s.set_defaults(func=_cmd_serve)
 
-    c = sub.add_parser("check-config", help="validate a configuration file; print every error")
+    c = sub.add_parser("check-config", help="validate a configuration file; print every error",
+                       description="Exit status: 0 ok; 1 the configuration is invalid; with "
+                       "--connect, 2 a check could not run, 3 a posture finding in [posture] "
+                       "fail_on.")
     c.add_argument("file")
     c.add_argument("--connect", action="store_true",
                    help="also log in to each upstream as its configured role and report what "
                         "the role can do that masking cannot stop; fetch each JWKS, open the "
-                        "state store, try the audit directory (exit 1 on an error or on a "
-                        "finding listed in [posture] fail_on)")
+                        "state store, try the audit directory (exit 2 when a check cannot run, "
+                        "3 on a finding listed in [posture] fail_on)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.set_defaults(func=_cmd_check_config)
+
+    j = sub.add_parser("config-schema", help="print the configuration's JSON Schema (for editors)")
+    j.set_defaults(func=_cmd_config_schema)
 
     t = sub.add_parser("token", help="DEVELOPMENT HELPER: mint a JWT from a local key (demos, tests)",
                        description="Development helper, not for production identities: signs an "

@@ -10,6 +10,7 @@ in the config; the values live in `Secret` objects whose repr never shows them.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import os
@@ -68,6 +69,16 @@ class AdminConfig:
     # `audience`: a token minted for the data path (a database password) is then no admin
     # bearer token, and the other way round.
     audience: str = "hoopwire-admin"
+    # /healthz, /readyz and /metrics on a listener of their own (plain HTTP, no API): the
+    # admin API can then take TLS and a firewall while kubelets and Prometheus keep theirs
+    probes_listen: tuple[str, int] | None = None
+    tls_cert: str | None = None            # the admin API (listen) over HTTPS
+    tls_key: str | None = None
+    # seconds a stopping gateway waits for sessions to end before it cancels the statements
+    # still running upstream and ends every session with FATAL 57P01
+    shutdown_grace: float = 5.0
+    # seconds between /readyz's login attempts per connection (hoopwire.readiness)
+    upstream_check_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -190,11 +201,12 @@ class ConnectionConfig:
     database: str | None
     user: str
     password: Secret | None
-    upstream_tls: str = "disable"  # disable | require | verify-full
+    upstream_tls: str = "disable"  # disable | require | verify-full (parsed default: verify-full
+                                   # unless the upstream is on a loopback address)
     upstream_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    require_tls: bool = False
+    require_tls: bool = False       # parsed default: true when tls_cert is set
     allow_groups: tuple[str, ...] = ()
     allow_client_database: bool = False
     roles: tuple[RoleConfig, ...] = ()
@@ -244,6 +256,8 @@ class Config:
     state: StateConfig | None = None
     webhooks: tuple[WebhookConfig, ...] = ()
     posture: PostureConfig = PostureConfig()
+    # (key path, reason): valid but worth a loud line from check-config and serve
+    warnings: tuple[tuple[str, str], ...] = ()
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -313,11 +327,21 @@ def parse_listen(value: Any, default_host: str = "127.0.0.1") -> tuple[str, int]
 # ---------------------------------------------------------------------------------------------
 # the validating reader
 
+class _Problems(list):
+    """The problems of one parse, and beside them its warnings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warnings: list[tuple[str, str]] = []
+
+
 class _Reader:
     """Walks one table, records problems, and remembers which keys were used."""
 
     def __init__(self, problems: list[tuple[str, str]], table: dict, path: str):
         self.problems = problems
+        # every reader of one parse shares its problems list, which carries the warnings too
+        self.warnings: list[tuple[str, str]] = getattr(problems, "warnings", [])
         self.table = table if isinstance(table, dict) else {}
         self.path = path
         self.used: set[str] = set()
@@ -327,12 +351,18 @@ class _Reader:
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
+    def warn(self, name: str, reason: str) -> None:
+        self.warnings.append((self.key(name), reason))
+
     def error(self, name: str, reason: str) -> None:
         self.problems.append((self.key(name) if name else self.path or "<root>", reason))
 
     def get(self, name: str, kind: type | tuple, default: Any = None, required: bool = False,
             convert: Callable[[Any], Any] | None = None, choices: tuple | None = None) -> Any:
         self.used.add(name)
+        if _key_listener is not None:
+            _key_listener(self.path, name, kind=kind, default=default, required=required,
+                          convert=convert, choices=choices)
         if name not in self.table:
             if required:
                 self.error(name, "is required")
@@ -367,6 +397,8 @@ class _Reader:
 
     def tables(self, name: str) -> list[tuple[dict, str]]:
         self.used.add(name)
+        if _key_listener is not None:
+            _key_listener(self.path, name, table=True)
         value = self.table.get(name)
         if value is None:
             return []
@@ -409,7 +441,31 @@ class _Reader:
     def finish(self) -> None:
         for k in self.table:
             if k not in self.used:
-                self.error(k, "unknown key")
+                self.error(k, "unknown key" + _did_you_mean(k, self.path, self.used))
+
+
+# While hoopwire.configschema walks its probe document, every key a _Reader looks up is reported
+# here: the JSON Schema is made from the same calls that validate, so the two cannot drift.
+_key_listener: Callable[..., None] | None = None
+
+
+def _did_you_mean(key: str, path: str, used: set[str]) -> str:
+    """' (did you mean "listen"?)' for a key one typo away from a known one at that level."""
+    known = set(used)
+    if _key_listener is None:      # not while the schema itself is being made
+        from hoopwire.configschema import keys_at
+        known |= keys_at(path)
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _tomlname(name: str) -> str:
@@ -606,7 +662,15 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
     database = r.get("database", str)
     user = r.get("user", str, required=True)
     password = r.secret("password")
-    upstream_tls = r.get("upstream_tls", str, "disable", choices=_TLS_MODES)
+    # Secure by default: a gateway's upstream is usually another host, and what crosses that
+    # hop is every statement and every (unmasked) result. Loopback is the one place where TLS
+    # buys nothing, so an upstream on 127.0.0.0/8, ::1 or localhost keeps "disable".
+    loopback = upstream is not None and _is_loopback(upstream[0])
+    upstream_tls = r.get("upstream_tls", str, "disable" if loopback else "verify-full",
+                         choices=_TLS_MODES)
+    if upstream_tls == "disable" and upstream is not None and not loopback:
+        r.warn("upstream_tls", f"\"disable\" sends statements and results to {upstream[0]} in "
+                               "clear text: use verify-full (or require) outside a private network")
     upstream_ca = r.get("upstream_ca", str)
     if upstream_ca is not None and not os.path.isfile(upstream_ca):
         r.error("upstream_ca", f"no such file: {upstream_ca}")
@@ -619,7 +683,9 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
             r.error(k, f"no such file: {v}")
     if (tls_cert is None) != (tls_key is None):
         r.error("tls_key" if tls_key is None else "tls_cert", "tls_cert and tls_key go together")
-    require_tls = r.get("require_tls", bool, False)
+    # a listener given a certificate is one meant to be reached over TLS: plaintext there
+    # (sslmode=disable, a driver that never sends SSLRequest) is an opt-in, require_tls = false
+    require_tls = r.get("require_tls", bool, tls_cert is not None)
     if require_tls and tls_cert is None:
         r.error("require_tls", "needs tls_cert and tls_key")
     allow_groups = r.strings("allow_groups")
@@ -683,8 +749,11 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         record_results=record_results, record_results_max_bytes=record_results_max_bytes)
 
 
-def _audit(r: _Reader) -> AuditConfig | None:
-    path = r.get("path", str, required=True)
+def _audit(r: _Reader, default_path: str) -> AuditConfig | None:
+    # On unless turned off: a gateway that decides who may run what and keeps no record of it
+    # cannot answer the first question after an incident. `enabled = false` is the explicit off.
+    enabled = r.get("enabled", bool, True)
+    path = r.get("path", str, default_path)
     retention_days = r.get("retention_days", (int, float), None)
     if retention_days is not None and retention_days <= 0:
         r.error("retention_days", "must be positive")
@@ -699,7 +768,7 @@ def _audit(r: _Reader) -> AuditConfig | None:
     flush = r.get("flush_interval", (int, str, float), 1.0, convert=parse_duration)
     index_statements = r.get("index_statements", bool, False)
     r.finish()
-    if path is None:
+    if path is None or enabled is False:
         return None
     return AuditConfig(path=path, retention_days=retention_days, max_bytes=max_bytes,
                        segment_bytes=segment_bytes, on_write_failure=on_failure,
@@ -707,9 +776,18 @@ def _audit(r: _Reader) -> AuditConfig | None:
                        index_statements=index_statements)
 
 
+def data_dir(config_path: str | None) -> str:
+    """Where the default state file and audit log go: $HOOPWIRE_DATA_DIR (the container image
+    sets /var/lib/hoopwire, its volume: the config beside it is mounted read-only), else the
+    config file's directory (a bare install), else the working directory."""
+    env = os.environ.get("HOOPWIRE_DATA_DIR")
+    if env:
+        return os.path.abspath(env)
+    return os.path.dirname(os.path.abspath(config_path)) if config_path else os.getcwd()
+
+
 def _state(r: _Reader, config_path: str | None) -> StateConfig | None:
-    default = "sqlite:///" + os.path.join(os.path.dirname(os.path.abspath(config_path)) if config_path
-                                          else os.getcwd(), "hoopwire-state.db")
+    default = "sqlite:///" + os.path.join(data_dir(config_path), "hoopwire-state.db")
     url = r.get("url", str, default)
     password = r.secret("password")
     poll = r.get("poll_interval", (int, str, float), 0.25, convert=parse_duration)
@@ -753,7 +831,7 @@ def _webhook(r: _Reader) -> WebhookConfig | None:
 
 def parse_config(doc: dict, path: str | None = None) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = _Problems()
     root = _Reader(problems, doc, "")
 
     admin = AdminConfig()
@@ -764,8 +842,29 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
         if not audience:
             a.error("audience", "must not be empty")
             audience = "hoopwire-admin"
-        admin = AdminConfig(listen=a.get("listen", str, None, convert=parse_listen),
-                            admin_groups=a.strings("admin_groups"), audience=audience)
+        a_cert, a_key = a.get("tls_cert", str), a.get("tls_key", str)
+        for k, v in (("tls_cert", a_cert), ("tls_key", a_key)):
+            if v is not None and not os.path.isfile(v):
+                a.error(k, f"no such file: {v}")
+        if (a_cert is None) != (a_key is None):
+            a.error("tls_key" if a_key is None else "tls_cert", "tls_cert and tls_key go together")
+        listen = a.get("listen", str, None, convert=parse_listen)
+        probes = a.get("probes_listen", str, None, convert=parse_listen)
+        if probes is not None and probes == listen and probes[1] != 0:
+            a.error("probes_listen", "must differ from listen")
+        grace = a.get("shutdown_grace", (int, str, float), 5.0, convert=parse_duration)
+        if not 0 <= grace <= 3600:
+            a.error("shutdown_grace", "must be from 0 to 3600 seconds")
+            grace = 5.0
+        interval = a.get("upstream_check_interval", (int, str, float), 10.0,
+                         convert=parse_duration)
+        if not 1 <= interval <= 3600:
+            a.error("upstream_check_interval", "must be from 1 to 3600 seconds")
+            interval = 10.0
+        admin = AdminConfig(listen=listen, admin_groups=a.strings("admin_groups"),
+                            audience=audience, probes_listen=probes, tls_cert=a_cert,
+                            tls_key=a_key, shutdown_grace=grace,
+                            upstream_check_interval=interval)
         a.finish()
 
     log = LogConfig()
@@ -825,15 +924,20 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
     if connections and not issuers and not api_keys:
         problems.append(("identity", "no [[identity.issuer]] or [[identity.api_key]]: nobody could connect"))
 
-    audit = None
-    if "audit" in doc:
-        root.used.add("audit")
-        audit = _audit(_Reader(problems, doc["audit"], "audit"))
+    # the audit log (on by default) indexes its sessions in the state store, so the store is
+    # read first: the log's default directory sits next to the store's SQLite file
+    root.used.update(("audit", "state"))
+    audit_doc = doc.get("audit", {})
+    audit_off = isinstance(audit_doc, dict) and audit_doc.get("enabled") is False
     state = None
     has_approvals = any(g.action == "approve" for c in connections for g in c.guardrails)
-    if "state" in doc or has_approvals or audit is not None:
-        root.used.add("state")
+    if "state" in doc or has_approvals or not audit_off:
         state = _state(_Reader(problems, doc.get("state", {}), "state"), path)
+    if state is not None and state.url.startswith("sqlite:///"):
+        beside = os.path.dirname(state.url[len("sqlite:///"):])
+    else:
+        beside = data_dir(path)
+    audit = _audit(_Reader(problems, audit_doc, "audit"), os.path.join(beside, "hoopwire-audit"))
     webhooks = [w for w in (_webhook(_Reader(problems, t, p)) for t, p in root.tables("webhook"))
                 if w is not None]
     posture = PostureConfig()
@@ -856,7 +960,8 @@ def parse_config(doc: dict, path: str | None = None) -> Config:
                   identity=IdentityConfig(issuers=tuple(issuers), api_keys=tuple(api_keys),
                                           end_sessions_at_expiry=end_at_expiry),
                   connections=tuple(connections), audit=audit, state=state,
-                  webhooks=tuple(webhooks), posture=posture, raw=doc)
+                  webhooks=tuple(webhooks), posture=posture,
+                  warnings=tuple(problems.warnings), raw=doc)
 
 
 def load_config(path: str) -> Config:

@@ -364,6 +364,7 @@ def test_gateway_without_state_store_answers_as_documented(pg, idp, api_schema):
     """No [state], no [audit], no approve rule: every operation still answers as documented
     (the store-backed ones with a 404 not_configured)."""
     cfg = gateway_config(pg, idp, admin={"admin_groups": ["admins"]})
+    cfg["audit"] = {"enabled": False}     # on by default, and it brings the state store
     token = idp.admin_token("root", ["admins"])
     with Gateway(cfg, env=gateway_env(pg)) as gw:
         for path, method, _ in _operations(api_schema.raw_schema):

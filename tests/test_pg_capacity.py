@@ -19,7 +19,8 @@ from helpers import APP_DB, Gateway
 @pytest.fixture
 def small(pg, idp, pki):
     cfg = gateway_config(pg, idp, max_connections=2, max_handshakes=3,
-                         tls_cert=pki.server_cert, tls_key=pki.server_key)
+                         tls_cert=pki.server_cert, tls_key=pki.server_key,
+                         require_tls=False)   # sslmode=disable clients are part of the test
     with Gateway(cfg, env=gateway_env(pg)) as g:
         yield g
 

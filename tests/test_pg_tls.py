@@ -16,6 +16,7 @@ UPSTREAM_SSL = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
 @pytest.fixture(scope="module")
 def tls_gw(pg, idp, pki):
     cfg = gateway_config(pg, idp, tls_cert=pki.server_cert, tls_key=pki.server_key,
+                         require_tls=False,   # a certificate alone would require TLS
                          upstream_tls="verify-full", upstream_ca=pki.ca_pem)
     cfg["connection"].append({
         "name": "strict", "protocol": "postgres", "upstream": f"127.0.0.1:{pg.port}",
@@ -42,7 +43,7 @@ def test_client_tls_against_the_wrong_ca_fails_on_the_client(tls_gw, idp, pki):
         psycopg.connect(dsn)
 
 
-def test_plaintext_still_allowed_without_require_tls(tls_gw, idp):
+def test_plaintext_allowed_with_require_tls_false(tls_gw, idp):
     with psycopg.connect(conninfo(tls_gw, idp.token(), sslmode="disable")) as conn:
         assert not conn.pgconn.ssl_in_use
 

@@ -148,14 +148,14 @@ def test_each_bad_privilege_shows_its_finding(tmp_path, pg, idp, pki, roles, kin
     assert r.returncode == 0 and kind not in _findings(r), r.stdout + r.stderr
     path = _config(tmp_path, pg, idp, pki, bad)
     r = _check(path, pg.passwords[bad], "--json")
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
     found = _findings(r)
     assert kind in found, r.stdout
     assert all(f["fail"] and f["user"] == bad for f in found[kind])
     assert pg.passwords[bad] not in r.stdout + r.stderr
     # the human-readable report: one line per finding, the failing ones marked
     r = _check(path, pg.passwords[bad])
-    assert r.returncode == 1
+    assert r.returncode == 3
     assert any(line.startswith(f"FAIL {kind}: connection pg, role {bad} on {DB}: ")
                for line in r.stdout.splitlines()), r.stdout
 
@@ -187,7 +187,7 @@ def test_fail_on_decides_the_exit_status(tmp_path, pg, idp, pki, roles):
     r = _check(_config(tmp_path, pg, idp, pki, role, posture={"fail_on": ["superuser"]}), pw)
     assert r.returncode == 0, r.stdout
     r = _check(_config(tmp_path, pg, idp, pki, role, posture={"fail_on": ["temp"]}), pw)
-    assert r.returncode == 1 and "FAIL temp:" in r.stdout
+    assert r.returncode == 3 and "FAIL temp:" in r.stdout
 
 
 def test_every_configured_role_is_checked(tmp_path, pg, idp, pki, roles):
@@ -198,7 +198,7 @@ def test_every_configured_role_is_checked(tmp_path, pg, idp, pki, roles):
                    role=[{"name": "reporting", "user": other, "password_file": str(pw_file),
                           "allow_groups": ["analysts"]}])
     r = _check(path, pg.passwords[main], "--json")
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
     report = json.loads(r.stdout)
     assert [(f["user"], f["kind"]) for f in report["findings"]] == [(other, "create_schema")]
     assert sum(c["check"] == "upstream" and c["ok"] for c in report["checks"]) == 2
@@ -218,7 +218,7 @@ def test_what_cannot_be_checked_is_an_error_without_secrets(tmp_path, pg, idp, p
     path.write_text(to_toml(cfg))
     wrong = "not-" + secrets.token_urlsafe(12)
     r = _check(str(path), wrong)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert any(line.startswith("upstream pg (") and ": ERROR -- " in line and
                "password authentication failed" in line for line in lines), r.stdout
@@ -276,7 +276,8 @@ def test_posture_config_is_validated(monkeypatch):
     assert cfg.posture.fail_on == ("temp", "superuser")
     p = problems({**CONFIG, "posture": {"fail_on": ["temp", "superusr"]}})
     assert p["posture.fail_on"].startswith("unknown finding 'superusr' (known: raw_masked_read,")
-    assert problems({**CONFIG, "posture": {"fal_on": ["temp"]}})["posture.fal_on"] == "unknown key"
+    assert problems({**CONFIG, "posture": {"fal_on": ["temp"]}})["posture.fal_on"] == \
+        'unknown key (did you mean "fail_on"?)'
     assert "list of non-empty strings" in problems({**CONFIG, "posture": {"fail_on": [1]}})[
         "posture.fail_on"]
     assert problems({**CONFIG, "posture": {"fail_on": True}})["posture.fail_on"].startswith(
@@ -295,7 +296,7 @@ def test_a_jwks_without_a_usable_key_is_an_error(tmp_path, pg, idp, pki, roles):
     path = tmp_path / "jwks.toml"
     path.write_text(to_toml(cfg))
     r = _check(str(path), pg.passwords[role])
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert f"jwks file://{empty}: ERROR -- 0 key(s), none usable for ES256, RS256" in lines, \
         r.stdout

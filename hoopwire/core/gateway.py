@@ -29,6 +29,8 @@ STATEMENT_TEXT_LIMIT = 4096      # bytes of a statement that logs and audit reco
 # so this is also the most a SIGKILL can take from /metrics; an unchanged snapshot is not
 # rewritten, so an idle worker costs nothing.
 STATS_PUBLISH_INTERVAL = 0.25
+# Seconds start() waits for the readiness checks' first round (one login per connection).
+FIRST_CHECK_WAIT = 3.0
 
 __all__ = ["Gateway", "run", "build_engines"]
 
@@ -126,6 +128,9 @@ class Gateway:
         self.reload_hook = None    # the multi-worker parent reloads by signalling its workers
         self.listeners: dict[str, object] = {}
         self.admin = None
+        self.readiness = None      # hoopwire.readiness.Readiness: what /readyz reports
+        # the --workers parent: (pids of the live workers, pids of those that serve)
+        self.worker_pids = lambda: ([], [])
         self.ready = False
         self._stopping: asyncio.Event | None = None
 
@@ -175,10 +180,25 @@ class Gateway:
                                             self._cancel_owned)
             self.cancel_peers.start()
         for c in self.config.connections:
-            listener = self.protocols.get(c.protocol).listener(
+            self.listeners[c.name] = self.protocols.get(c.protocol).listener(
                 self, c, engines.get(c.name), maskers.get(c.name))
-            await listener.start()
-            self.listeners[c.name] = listener
+        # checked only where someone asks: this process's admin listener, or a worker's
+        # parent's (no upstream logins for a gateway without [admin] listen)
+        if self.listeners and self.config.admin.listen is not None and (
+                self.serve_admin or self.multiproc_dir is not None):
+            from hoopwire.readiness import Readiness
+            self.readiness = Readiness(self)
+            self.readiness.start()
+            # the first look before the ports open, so /readyz does not start with "not
+            # checked yet" (a worker has published it by then: the parent counts the workers
+            # that did). Bounded: an upstream that does not answer is the check's answer.
+            try:
+                await asyncio.wait_for(asyncio.shield(self.readiness.first.wait()),
+                                       FIRST_CHECK_WAIT)
+            except asyncio.TimeoutError:
+                pass
+        for c in self.config.connections:
+            await self.listeners[c.name].start()
             CONNECTIONS_MAX.labels(c.name).set(c.max_connections)
         if self.serve_admin and self.config.admin.listen is not None:
             from hoopwire.admin import AdminServer
@@ -248,7 +268,10 @@ class Gateway:
         self.ready = False
         if self.approvals is not None:
             await self.approvals.shutdown()
-        await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+        if self.readiness is not None:
+            await self.readiness.stop()
+        grace = self.config.admin.shutdown_grace
+        await asyncio.gather(*(lst.stop(grace) for lst in self.listeners.values()))
         if self.cancel_peers is not None:
             self.cancel_peers.close()
         if self.admin is not None:
@@ -318,6 +341,8 @@ def run(config_path: str, protocols, workers: int = 1, *, own_metrics_dir: bool 
             print(f"config error: {line}", file=sys.stderr)
         return 1
     configure_logging(config.log.level, config.log.format)
+    for key, reason in config.warnings:     # valid but risky: said at every start, not only
+        event(log, "config warning", logging.WARNING, key=key, reason=reason)   # by check-config
     # A file-size limit must surface as EFBIG to the audit writer (which has a policy for it),
     # not kill the gateway.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -33,6 +33,9 @@ __all__ = ["Listener", "Admission"]
 # A listener over max_handshakes still answers its client's first message (as the server
 # would) but within this bound, not the configured handshake timeout.
 OVER_LIMIT_TIMEOUT = 5.0
+# Seconds a stopping listener gives its cancels of still-running statements (each one is a
+# connection to the upstream and one packet; 2 s each in the PostgreSQL listener).
+CANCEL_BOUND = 3.0
 
 
 class Admission:
@@ -143,6 +146,9 @@ class Listener:
               upstream="%s:%d" % self.cfg.upstream)
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; give the sessions `grace` seconds to end; then end every session
+        with the protocol's shutdown error (PostgreSQL: FATAL 57P01) and cancel the statements
+        still running upstream (cancel_running, bounded by CANCEL_BOUND)."""
         if self.server is not None:
             self.server.close()
         if self._sweeper is not None:
@@ -150,12 +156,32 @@ class Listener:
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        # Ended without a cancel, the server runs a statement on after we are gone (a
+        # pg_sleep(60) did, for the whole minute). The cancels are taken before the sessions
+        # end (their keys go with them) and sent after: sent first, the server's "canceled"
+        # error reached the client ahead of the shutdown error, as if the client had cancelled.
+        cancels = [c for s in list(self.sessions)
+                   if s.relay is not None and s.relay.units_sent != s.relay.units_done
+                   for c in (self.cancel_running(s),) if c is not None]
         shutdown = self.adapter.condition(
             "shutting_down", "terminating connection: the gateway is shutting down", fatal=True)
         for s in list(self.sessions):
             if s.relay is not None:
                 s.relay.shutdown("gateway_shutdown", shutdown)
+        if cancels:
+            try:
+                await asyncio.wait_for(asyncio.gather(*cancels, return_exceptions=True),
+                                       CANCEL_BOUND)
+            except asyncio.TimeoutError:
+                event(self.log, "shutdown: cancels did not finish in time", logging.WARNING,
+                      connection=self.name, sessions=len(cancels), bound=CANCEL_BOUND)
         self.stopped()
+
+    def cancel_running(self, session: "Session"):
+        """The protocol's way to stop the statement `session` runs upstream (PostgreSQL: a
+        CancelRequest): an awaitable that sends it, holding what it needs already (the session
+        ends before it runs), or None. By default None: closing the connection is all."""
+        return None
 
     def stopped(self) -> None:
         """The protocol's own cleanup once no session is left."""

@@ -29,7 +29,9 @@ STABLE_AFTER = 60.0
 # rather than taking them down; once no worker serves and a slot has failed at start-up this
 # many times in a row, the gateway serves nothing, and it stops so that whatever runs it sees.
 STARTUP_GIVE_UP = 5
-STOP_GRACE = 10.0       # seconds the workers get after SIGTERM to end their sessions
+# Seconds the workers get after SIGTERM beyond `[admin] shutdown_grace`: their listeners'
+# cancels of running statements (core.listener.CANCEL_BOUND, 3 s) and the audit's last flush.
+STOP_MARGIN = 7.0
 
 
 def _exit_description(status: int) -> str:
@@ -194,6 +196,8 @@ class _Supervisor:
 
     def _retire(self, pid: int) -> None:
         from hoopwire.metrics import retire_process
+        from hoopwire.readiness import clean
+        clean(self.mpdir, pid)
         try:
             retire_process(self.mpdir, pid)
         except OSError as e:   # a full disk must not keep the worker from being restarted
@@ -256,7 +260,7 @@ class _Supervisor:
                 slot.restart = None
             if slot.pid is not None:
                 os.kill(slot.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + self.config.admin.shutdown_grace + STOP_MARGIN
         while any(s.pid is not None for s in self.slots):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -326,6 +330,10 @@ class _Supervisor:
         self.ctl = ctl
         ctl.gateway_id = gateway_id("parent")
         ctl.reload_hook = self.reload
+        # /readyz combines the reports of the workers that serve (hoopwire.readiness)
+        ctl.worker_pids = lambda: ([s.pid for s in self.slots if s.pid is not None],
+                                   [s.pid for s in self.slots
+                                    if s.pid is not None and s.ready_at is not None])
         admin = None
         try:
             await ctl.start_control(holds_statements=False)

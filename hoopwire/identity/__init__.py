@@ -81,5 +81,18 @@ class Authenticator:
         return sorted(i.issuer for i in self._cfg.issuers
                       if i.jwks_uri is not None and self._jwks.degraded(i.jwks_uri))
 
+    def issuers_without_keys(self) -> list[str]:
+        """Issuers whose key source has no keys at all (never fetched, none kept from before a
+        reload): their tokens cannot be checked, so /readyz is not ready. Asks for another
+        fetch of those sources (at most every COLD_RETRY seconds, jwks.py) so recovery shows."""
+        missing = self._jwks.sources_without_keys()
+        if missing:
+            self._jwks.prefetch()
+        return sorted(i.issuer for i in self._cfg.issuers if i.jwks_uri in missing)
+
+    async def keys_settled(self, timeout: float) -> None:
+        """Wait (bounded) for the key fetches running now (see JwksCache.settle)."""
+        await self._jwks.settle(timeout)
+
     async def close(self) -> None:
         await self._jwks.close()

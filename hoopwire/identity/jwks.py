@@ -239,6 +239,25 @@ class JwksCache:
         src = self._sources.get(uri)
         return src is not None and src.failing
 
+    def sources_without_keys(self) -> set[str]:
+        """The jwks_uris that have no key set yet (for /readyz)."""
+        return {uri for uri, src in self._sources.items() if src.keys is None}
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) for the fetches running now: /readyz's first look waits
+        for the start-up prefetch rather than call a source that is being fetched missing."""
+        now = self._clock()
+        for src in self._sources.values():
+            # a source with no keys yet is fetched now (the constructor's prefetch does
+            # nothing outside a running loop: a --workers worker builds its gateway before)
+            if src.keys is None and src.inflight is None and src.may_fetch(now):
+                src.last_attempt = now
+                src.attempts += 1
+                src.inflight = asyncio.ensure_future(self._fetch_into(src))
+        running = [src.inflight for src in self._sources.values() if src.inflight is not None]
+        if running:
+            await asyncio.wait([asyncio.shield(t) for t in running], timeout=timeout)
+
     def fetch_attempts(self, uri: str) -> int:
         """How many times `uri` has been fetched (for metrics and tests)."""
         src = self._sources.get(uri)

@@ -489,5 +489,42 @@ class PgListener(Listener):
         event(log, "cancel forwarded", connection=self.name, peer=peer, backend_pid=pid,
               session=known.id)
 
+    async def probe_upstream(self) -> str:
+        """/readyz's login check (hoopwire.readiness): log in with the stored credentials and
+        leave. Raises UpstreamError with the operator text (never the password)."""
+        cfg = self.cfg
+        host, port = cfg.upstream
+        up = await connect_upstream(
+            host, port, user=cfg.user, password=cfg.password.get() if cfg.password else None,
+            params={"database": cfg.database or "postgres",
+                    "application_name": "hoopwire-readiness"},
+            tls_mode=cfg.upstream_tls, ssl_context=self.upstream_context,
+            timeout=cfg.connect_timeout)
+        try:
+            up.writer.write(m.message(b"X"))
+        finally:
+            up.writer.close()
+        return f"logged in to {host}:{port}"
+
+    def cancel_running(self, session: Session):
+        """Shutdown's hook (Listener.stop): the server's own CancelRequest for the statement
+        `session` still runs upstream, so the server stops it rather than run it on after the
+        gateway exits (closing the socket alone is not noticed by a backend that is not
+        writing: a pg_sleep(60) ran its minute). The key is taken now; the session ends
+        before the request is sent."""
+        secret = self.cancel_keys.to_upstream(self.name, session.pid, session.client_secret)
+        return self._shutdown_cancel(session.id, session.pid, secret)
+
+    async def _shutdown_cancel(self, session_id: str, pid: int, secret: int) -> None:
+        host, port = self.cfg.upstream
+        try:
+            await send_cancel(host, port, pid, secret, self.upstream_context, timeout=2.0)
+        except (OSError, asyncio.TimeoutError, UpstreamError, ssl.SSLError) as e:
+            event(log, "shutdown: cancel could not reach the upstream", logging.WARNING,
+                  connection=self.name, session=session_id, error=str(e) or type(e).__name__)
+            return
+        event(log, "shutdown: running statement cancelled", connection=self.name,
+              session=session_id, backend_pid=pid)
+
     def forget(self, session: Session) -> None:
         self.cancel_keys.unregister(self.name, session.pid, session.client_secret)
