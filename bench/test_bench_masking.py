@@ -1,4 +1,4 @@
-"""Row rewriter cost: DataRows of realistic PII through RowPlan.rewrite.
+"""Row rewriter cost: DataRows of realistic PII through DataRowPlan.rewrite (hoopwire.pg._wire).
 
     python -m pytest bench/test_bench_masking.py --benchmark-only -q -p no:cacheprovider -s
 
@@ -18,7 +18,9 @@ import struct
 import pytest
 
 from hoopwire.config import MaskConfig
-from hoopwire.masking import BUILTIN, Column, MaskEngine
+from hoopwire.masking import BUILTIN, MaskEngine
+from hoopwire.pg._wire import DataRowPlan
+from hoopwire.pg.kinds import PgColumn as Column, to_column
 
 N = 2000
 TEXT = 25
@@ -58,6 +60,10 @@ def _row(rnd: random.Random, i: int, pii_share: float) -> list[bytes]:
     ]
 
 
+def _plan(eng, cols):
+    return eng.row_plan([to_column(c) for c in cols], plan_type=DataRowPlan)
+
+
 COLS = [Column("public", "customers", c, TEXT, 0)
         for c in ("id", "name", "email", "phone", "city", "note", "created_at")]
 
@@ -93,20 +99,20 @@ def _run(benchmark, plan, rows, label):
 
 @pytest.mark.parametrize("share", [0.0, 0.1, 1.0], ids=["0pct", "10pct", "100pct"])
 def test_rewrite_detect(benchmark, engine, share):
-    plan = engine.row_plan(COLS)
+    plan = _plan(engine, COLS)
     _run(benchmark, plan, _rows(share), f"detect {int(share * 100)}% hits")
 
 
 def test_rewrite_column_rule_only(benchmark):
     eng = MaskEngine([MaskConfig(columns=("*.ssn",), strategy="redact")], hash_key=b"k")
-    plan = eng.row_plan(COLS + [Column("public", "customers", "ssn", TEXT, 0)])
+    plan = _plan(eng, COLS + [Column("public", "customers", "ssn", TEXT, 0)])
     rows = [_datarow(_row(random.Random(i), i, 0.0) + [b"123-45-6789"]) for i in range(N)]
     _run(benchmark, plan, rows, "column rule only (every row rewritten)")
 
 
 def test_passthrough_plan(benchmark):
     eng = MaskEngine([MaskConfig(columns=("*.ssn",), strategy="redact")], hash_key=b"k")
-    plan = eng.row_plan(COLS)
+    plan = _plan(eng, COLS)
     _run(benchmark, plan, _rows(0.0), "no rule applies (walk only)")
 
 

@@ -52,6 +52,7 @@ from fuzz_mask_rows import (ENGINES, PIECES, SECRETS, SOURCES, Plan,  # noqa: E4
                             check_masked)
 from hoopwire._mask import K_STR  # noqa: E402
 from hoopwire.masking import ACT_DETECT, ACT_PASS, ACT_WHOLE, Column, MaskRowError  # noqa: E402
+from hoopwire.pg._wire import DataRowPlan  # noqa: E402
 
 # (delimiters, NULL strings): combinations COPY accepts (the NULL string holds no delimiter).
 # Text NULL strings start with a backslash or are empty: a masked value is written with its
@@ -210,7 +211,7 @@ def plan_for(engine: int, cols: tuple[int, ...]) -> Plan:
         eng = ENGINES[engine]
         columns = [Column(*SOURCES[(c >> 4) & 7]) for c in cols]
         unresolved = eng.rules[0] if eng.rules and any(c >> 7 for c in cols) else None
-        plan = eng.copy_plan(columns, unresolved_rule=unresolved)
+        plan = eng.copy_plan(columns, unresolved_rule=unresolved, plan_type=DataRowPlan)
         expect = []
         for col in columns:            # every COPY value is text
             rule = unresolved if col.column is None else \

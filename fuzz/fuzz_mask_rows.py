@@ -66,8 +66,16 @@ from hoopwire.config import DetectorConfig, MaskConfig  # noqa: E402
 import json  # noqa: E402
 
 from hoopwire._mask import K_INPLACE, K_JSON, K_JSONB_BIN, K_OPAQUE, K_OTHER  # noqa: E402
-from hoopwire.masking import (ACT_DETECT, ACT_PASS, ACT_WHOLE, BUILTIN, Column,  # noqa: E402
+from hoopwire.masking import (ACT_DETECT, ACT_PASS, ACT_WHOLE, BUILTIN,  # noqa: E402
                               MaskEngine, MaskRowError)
+from hoopwire.pg._wire import DataRowPlan  # noqa: E402
+from hoopwire.pg.kinds import PgColumn as Column, to_column  # noqa: E402
+
+
+def row_plan(eng, columns, **kw):
+    """A PostgreSQL row plan: type OIDs mapped to the masker's value kinds (hoopwire.pg.kinds)."""
+    return eng.row_plan([to_column(c) for c in columns], plan_type=DataRowPlan, **kw)
+
 
 TEXT, INT4, INT8, UUID, BYTEA, JSON, JSONB, TEXTARR, VARCHAR, NAME = (
     25, 23, 20, 2950, 17, 114, 3802, 1009, 1043, 19)
@@ -170,7 +178,7 @@ def plan_for(engine: int, cols: tuple[int, ...]) -> Plan:
             schema, table, column = SOURCES[(c >> 4) & 7]
             columns.append(Column(schema, table, column, oid, fmt))
         unresolved = eng.rules[0] if eng.rules and any(c >> 7 for c in cols) else None
-        plan = eng.row_plan(columns, unresolved_rule=unresolved)
+        plan = row_plan(eng, columns, unresolved_rule=unresolved)
         expect = []
         for col, (_action, kind) in zip(columns, plan.actions()):
             # the kind (what the type and format allow) is the plan's; the action is decided

@@ -336,7 +336,7 @@ def test_mask_rows_harness_catches_a_column_left_in_clear(monkeypatch):
     h = load("fuzz_mask_rows")
     real = h.plan_for
     monkeypatch.setattr(h, "plan_for", lambda e, cols: h.Plan(
-        BrokenPlan(real(e, cols).plan, h.ENGINES[7].row_plan([h.Column(None, None, None)] *
+        BrokenPlan(real(e, cols).plan, h.row_plan(h.ENGINES[7], [h.Column(None, None, None)] *
                                                               len(cols))), real(e, cols).expect, real(e, cols).tails))
     failed = caught(h, MASK_ROWS)
     assert len(failed) >= 5 and any("in clear" in f for f in failed), failed
@@ -351,7 +351,7 @@ def test_mask_rows_harness_catches_a_detector_hit_left_in_clear(monkeypatch):
         p = real(e, cols)
         columns = [h.Column(*h.SOURCES[(c >> 4) & 7], *h.TYPES[c & 15]) for c in cols]
         unresolved = h.ENGINES[e].rules[0] if any(c >> 7 for c in cols) else None
-        quiet = h.ENGINES[e].row_plan(columns, unresolved_rule=unresolved, detect=False)
+        quiet = h.row_plan(h.ENGINES[e], columns, unresolved_rule=unresolved, detect=False)
         return h.Plan(BrokenPlan(p.plan, quiet), p.expect, p.tails)
     monkeypatch.setattr(h, "plan_for", no_detectors)
     failed = caught(h, MASK_PLANTED)
@@ -362,7 +362,8 @@ def test_mask_copy_harness_catches_a_row_left_in_clear(monkeypatch):
     h = load("fuzz_mask_copy")
     real = h.plan_for
     monkeypatch.setattr(h, "plan_for", lambda e, cols: h.Plan(
-        BrokenPlan(real(e, cols).plan, h.ENGINES[7].copy_plan([(None, None, None)] * len(cols))),
+        BrokenPlan(real(e, cols).plan, h.ENGINES[7].copy_plan([(None, None, None)] * len(cols),
+                                                              plan_type=h.DataRowPlan)),
         real(e, cols).expect, real(e, cols).tails))
     failed = caught(h, MASK_COPY)
     assert len(failed) >= 5 and any("in clear" in f for f in failed), failed

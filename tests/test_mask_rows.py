@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from hoopwire.config import MaskConfig
-from hoopwire.masking import BUILTIN, Column, MaskEngine, MaskRowError, mask_copy_line
+from hoopwire.masking import BUILTIN, MaskEngine, MaskRowError
+from hoopwire.pg._wire import DataRowPlan, mask_copy_line
+from hoopwire.pg.kinds import PgColumn as Column, to_column
 from hoopwire.masking.strategies import partial
 
 TEXT, INT4, INT8, UUID, BYTEA, JSON, JSONB, TEXTARR, VARCHAR = 25, 23, 20, 2950, 17, 114, 3802, 1009, 1043
@@ -42,6 +44,11 @@ def parse(msg):
     return out
 
 
+def row_plan(engine, cols, **kw):
+    """A PostgreSQL row plan: the columns' type OIDs mapped to value kinds (hoopwire.pg.kinds)."""
+    return engine.row_plan([to_column(c) for c in cols], plan_type=DataRowPlan, **kw)
+
+
 def make(strategy="redact", columns=("public.users.ssn", "*.password"), detectors=tuple(BUILTIN), keep=4):
     return MaskEngine([MaskConfig(columns=columns, detectors=detectors, strategy=strategy, keep=keep)],
                       hash_key=b"k")
@@ -57,13 +64,13 @@ USERS = [Column("public", "users", "id", INT4, 0), Column("public", "users", "em
 
 
 def test_untouched_row_is_none(eng):
-    plan = eng.row_plan(USERS)
+    plan = row_plan(eng, USERS)
     assert plan.rewrite(datarow(b"1", b"no pii here", None, b"nothing")) is None
     assert plan.take_counts() == {}
 
 
 def test_column_rule_and_detector(eng):
-    plan = eng.row_plan(USERS)
+    plan = row_plan(eng, USERS)
     out = plan.rewrite(datarow(b"1", b"alice@example.com", b"123-45-6789", b"note: call 415-555-2671"))
     assert parse(out) == [b"1", b"****", b"****", b"note: call ****"]
     assert plan.take_counts() == {"EMAIL": 1, "PHONE": 1, "column:mask[0]": 1}
@@ -71,7 +78,7 @@ def test_column_rule_and_detector(eng):
 
 
 def test_null_values_stay_null(eng):
-    plan = eng.row_plan(USERS)
+    plan = row_plan(eng, USERS)
     assert plan.rewrite(datarow(None, None, None, None)) is None
     out = plan.rewrite(datarow(None, None, b"", None))  # an empty masked value is still masked
     assert parse(out) == [None, None, b"****", None]
@@ -80,7 +87,7 @@ def test_null_values_stay_null(eng):
 def test_alias_unresolved_rule():
     e = make()
     rule = e.column_rule("public", "users", "ssn")
-    plan = e.row_plan([Column(None, None, None, TEXT, 0), Column("public", "users", "id", INT4, 0)],
+    plan = row_plan(e, [Column(None, None, None, TEXT, 0), Column("public", "users", "id", INT4, 0)],
                       unresolved_rule=rule)
     assert parse(plan.rewrite(datarow(b"123456789", b"7"))) == [b"****", b"7"]
 
@@ -90,7 +97,7 @@ def test_alias_unresolved_rule():
     ("hash", None), ("format", None)])
 def test_whole_strategies(strategy, expect):
     e = make(strategy)
-    plan = e.row_plan([Column("public", "users", "ssn", TEXT, 0)])
+    plan = row_plan(e, [Column("public", "users", "ssn", TEXT, 0)])
     (v,) = parse(plan.rewrite(datarow(b"123-45-6789")))
     if strategy == "null":
         assert v is None
@@ -104,7 +111,7 @@ def test_whole_strategies(strategy, expect):
 
 def test_lengths_recomputed_with_multibyte():
     e = make("partial", keep=3)
-    plan = e.row_plan([Column("public", "users", "password", TEXT, 0),
+    plan = row_plan(e, [Column("public", "users", "password", TEXT, 0),
                        Column(None, None, None, TEXT, 0)])
     pw = "pässwörd€".encode()
     note = "Grüße an jöhn@example.com → 4111111111111111 ✓".encode()
@@ -125,7 +132,7 @@ def test_binary_format_types():
             Column("public", "users", "password", JSONB, 1),     # jsonb binary: version + JSON
             Column("public", "users", "password", JSON, 0),      # json text: a JSON string
             Column("public", "users", "password", BYTEA, 0)]     # bytea hex text
-    out = e.row_plan(cols).rewrite(datarow(b"\x00\x01", struct.pack("!q", 5), b"\x11" * 16, b"pw",
+    out = row_plan(e, cols).rewrite(datarow(b"\x00\x01", struct.pack("!q", 5), b"\x11" * 16, b"pw",
                                            b'\x01{"a": 1}', b'{"a": 1}', b"\\x0001"))
     vals = parse(out)
     assert vals == [b"****", None, None, b"****", b'\x01"****"', b'"****"', b"****"]
@@ -139,7 +146,7 @@ def test_detectors_on_binary_fields():
             Column(None, None, None, TEXTARR, 1), Column(None, None, None, TEXTARR, 0)]
     arr_bin = b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x19\x00\x00\x00\x01\x00\x00\x00\x01" \
               b"\x00\x00\x00\x08a@b.info"
-    out = e.row_plan(cols).rewrite(datarow(b"mail a@b.io", b'\x01{"e": "a@b.io"}',
+    out = row_plan(e, cols).rewrite(datarow(b"mail a@b.io", b'\x01{"e": "a@b.io"}',
                                            struct.pack("!q", 4111111111111111), b"4111111111111111",
                                            arr_bin, b"{a@b.io,x}"))
     vals = parse(out)
@@ -155,7 +162,7 @@ def test_json_stays_json():
     # a hit whose in-place masking would break JSON makes the whole value the JSON string "****"
     e = make("format", columns=(), detectors=("PEM_PRIVATE_KEY",))
     doc = json.dumps({"k": "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----"}).encode()
-    (v,) = parse(e.row_plan([Column(None, None, None, JSON, 0)]).rewrite(datarow(doc)))
+    (v,) = parse(row_plan(e, [Column(None, None, None, JSON, 0)]).rewrite(datarow(doc)))
     json.loads(v)
     assert b"MIIEvQ" not in v
 
@@ -170,21 +177,21 @@ def test_json_stays_json():
     (b"D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x00\x00", "after its last"),
 ])
 def test_malformed_rows_raise_typed_error(msg, why):
-    plan = make().row_plan([Column(None, None, None, TEXT, 0)])
+    plan = row_plan(make(), [Column(None, None, None, TEXT, 0)])
     with pytest.raises(MaskRowError, match=why) as e:
         plan.rewrite(msg)
     assert e.value.code == "08P01"
 
 
 def test_rewrite_accepts_memoryview(eng):
-    plan = eng.row_plan(USERS)
+    plan = row_plan(eng, USERS)
     msg = bytearray(datarow(b"1", b"a@b.io", None, None))
     assert parse(plan.rewrite(memoryview(msg))) == [b"1", b"****", None, None]
 
 
 def test_passthrough_plan():
     e = MaskEngine([MaskConfig(columns=("x.y.z",))], hash_key=b"k")
-    plan = e.row_plan([Column("public", "t", "a", TEXT, 0)])
+    plan = row_plan(e, [Column("public", "t", "a", TEXT, 0)])
     assert plan.passthrough and plan.rewrite(datarow(b"a@b.io")) is None
 
 
@@ -195,7 +202,7 @@ def test_many_columns_one_scan_maps_back(eng):
     vals[17] = b"x 4111111111111111"
     vals[39] = b"AKIAIOSFODNN7EXAMPLE"
     vals[5] = None
-    out = parse(eng.row_plan(cols).rewrite(datarow(*vals)))
+    out = parse(row_plan(eng, cols).rewrite(datarow(*vals)))
     expect = list(vals)
     expect[0], expect[17], expect[39] = b"****", b"x ****", b"****"
     assert out == expect
@@ -203,7 +210,7 @@ def test_many_columns_one_scan_maps_back(eng):
 
 def test_values_do_not_join_across_fields(eng):
     # "john" | "@example.com" are two values, not one address; ^...$ see one value each
-    plan = eng.row_plan([Column(None, None, None, TEXT, 0)] * 2)
+    plan = row_plan(eng, [Column(None, None, None, TEXT, 0)] * 2)
     assert plan.rewrite(datarow(b"john", b"@example.com")) is None
 
 
@@ -213,7 +220,7 @@ COPY_COLS = [("public", "users", "id"), ("public", "users", "ssn"), (None, None,
 
 
 def test_copy_text_line(eng):
-    plan = eng.copy_plan(COPY_COLS)
+    plan = eng.copy_plan(COPY_COLS, plan_type=DataRowPlan)
     line = b"1\t123-45-6789\tmail a@b.io\\tand\\\\more\\n\n"
     out = mask_copy_line(line, plan, False)
     assert out == b"1\t****\tmail ****\\tand\\\\more\\n\n"
@@ -224,29 +231,29 @@ def test_copy_text_line(eng):
 
 def test_copy_text_escapes_in_masked_values():
     e = make("partial", keep=3)
-    plan = e.copy_plan(COPY_COLS)
+    plan = e.copy_plan(COPY_COLS, plan_type=DataRowPlan)
     # the value decodes to "12\t3-45-67\\89": its escaped tail is kept re-escaped
     out = plan.mask_copy_line(b"1\t12\\t3-45-67\\\\89\tx\n")
     assert out == b"1\t**********\\\\89\tx\n"
     # a delimiter inside a value
-    plan2 = e.copy_plan(COPY_COLS)
+    plan2 = e.copy_plan(COPY_COLS, plan_type=DataRowPlan)
     assert plan2.mask_copy_line(b"1|ab\\|cdef|x\n", delimiter=b"|") == b"1|****def|x\n"
 
 
 def test_copy_null_strategy_text_and_csv():
     e = make("null")
-    plan = e.copy_plan(COPY_COLS)
+    plan = e.copy_plan(COPY_COLS, plan_type=DataRowPlan)
     assert plan.mask_copy_line(b"1\t123-45-6789\ta@b.io\n") == b"1\t\\N\t****\n"
     assert plan.mask_copy_line(b'1,123-45-6789,a@b.io\n', csv=True) == b"1,,****\n"
 
 
 def test_copy_csv_quoting(eng):
-    plan = eng.copy_plan(COPY_COLS)
+    plan = eng.copy_plan(COPY_COLS, plan_type=DataRowPlan)
     line = b'1,"123-45-6789","say ""hi"", a@b.io\nnext line"\r\n'
     assert plan.mask_copy_line(line, csv=True) == b'1,"****","say ""hi"", ****\nnext line"\r\n'
     assert plan.mask_copy_line(b'2,,""\n', csv=True) == b'2,,""\n'      # NULL and empty stay
     e = make("partial", keep=3)
-    p2 = e.copy_plan(COPY_COLS)
+    p2 = e.copy_plan(COPY_COLS, plan_type=DataRowPlan)
     # a kept tail holding the delimiter must be quoted
     assert p2.mask_copy_line(b'1,"12345,67",x\n', csv=True) == b'1,"*****,67",x\n'
     assert p2.mask_copy_line(b'1,"abc\\"d",x\n', csv=True, escape=b"\\") == b'1,"**c\\"d",x\n'
@@ -254,13 +261,13 @@ def test_copy_csv_quoting(eng):
 
 def test_copy_wrong_column_count(eng):
     with pytest.raises(MaskRowError):
-        eng.copy_plan(COPY_COLS).mask_copy_line(b"1\t2\n")
+        eng.copy_plan(COPY_COLS, plan_type=DataRowPlan).mask_copy_line(b"1\t2\n")
 
 
 # -- property: arbitrary bytes ------------------------------------------------------------------
 
 PROP_ENGINE = make("partial", keep=2)
-PROP_PLANS = {n: PROP_ENGINE.row_plan(
+PROP_PLANS = {n: row_plan(PROP_ENGINE,
     [Column("public", "users", "ssn" if i % 3 == 0 else "note", (TEXT, INT4, JSONB, BYTEA)[i % 4], i % 2)
      for i in range(n)]) for n in range(0, 5)}
 
@@ -357,9 +364,9 @@ def test_one_span_scan_per_read_masks_as_row_by_row(rows):
         text = json.dumps(v.decode("utf-8")).encode()
         return text if i == 2 else b"\x01" + text
     msgs = [datarow(*(cell(i, v) for i, v in enumerate(values))) for values in rows]
-    chunked = e.row_plan(cols)
+    chunked = row_plan(e, cols)
     got = chunked.rewrite_chunk(b"".join(msgs))
-    alone = e.row_plan(cols)
+    alone = row_plan(e, cols)
     assert got == [alone.rewrite(m) for m in msgs]
     assert chunked.take_counts() == alone.take_counts()
 
@@ -370,8 +377,8 @@ def test_a_match_crossing_values_never_joins_them():
     cols = [Column(None, None, None, 25, 0)] * 2
     head, tail = b"-----BEGIN PRIVATE KEY-----\nQUJD", b"RUZH\n-----END PRIVATE KEY-----"
     rows = [datarow(head, tail), datarow(b"plain", b"words"), datarow(head, b"x")]
-    got = e.row_plan(cols).rewrite_chunk(b"".join(rows))
-    assert got == [e.row_plan(cols).rewrite(m) for m in rows]
+    got = row_plan(e, cols).rewrite_chunk(b"".join(rows))
+    assert got == [row_plan(e, cols).rewrite(m) for m in rows]
     assert parse(got[0])[0] == b"****"
 
 
@@ -381,7 +388,7 @@ def test_line_anchors_match_at_every_line_of_a_value():
     from hoopwire.config import DetectorConfig
     e = MaskEngine([MaskConfig(detectors=("TICKET",), strategy="redact")],
                    [DetectorConfig(name="TICKET", pattern=r"^TCK-[0-9]{4}$")], hash_key=b"k")
-    plan = e.row_plan([Column(None, None, None, 25, 0)])
+    plan = row_plan(e, [Column(None, None, None, 25, 0)])
     assert parse(plan.rewrite(datarow(b"TCK-1234")))[0] == b"****"
     assert parse(plan.rewrite(datarow(b"see\nTCK-1234\nthanks")))[0] == b"see\n****\nthanks"
     assert plan.rewrite(datarow(b"xTCK-1234")) is None
@@ -405,13 +412,13 @@ def test_prescan_of_a_whole_read_masks_as_row_by_row(rows):
     e = _shared_engine()
     msgs = [datarow(*(v if i != 2 or v is None else b'"' + v.replace(b'"', b"") + b'"'
                       for i, v in enumerate(values))) for values in rows]
-    got = e.row_plan(cols).rewrite_chunk(b"".join(msgs))
-    assert got == [e.row_plan(cols).rewrite(m) for m in msgs]
+    got = row_plan(e, cols).rewrite_chunk(b"".join(msgs))
+    assert got == [row_plan(e, cols).rewrite(m) for m in msgs]
 
 
 def test_prescan_flags_the_values_with_hits():
     e = make()
-    plan = e.row_plan([Column(None, None, None, 25, 0), Column(None, None, None, 25, 0)])
+    plan = row_plan(e, [Column(None, None, None, 25, 0), Column(None, None, None, 25, 0)])
     chunk = b"".join([datarow(b"plain", b"mail a@example.com"), datarow(b"none", b"none"),
                       datarow(b"123-45-6789", b"x")])
     assert plan.prescan_bytes(chunk) == [[1], [], [0]]
@@ -440,12 +447,12 @@ def test_prescan_of_arbitrary_bytes_changes_no_row(pieces, cut):
     chunk = b"".join(pieces)
     chunk = chunk[:len(chunk) - cut] if cut < len(chunk) else chunk
     cols = [Column(None, None, None, 25, 0)] * 3
-    plan = _shared_engine().row_plan(cols)
+    plan = row_plan(_shared_engine(), cols)
     plan.prescan_bytes(chunk)
     plan.prescan_clear()
     # the reference: each message of the read (framed as the relay's framer would hand them
     # over) rewritten on its own by a plan that never saw the read, up to the first refusal
-    alone = _shared_engine().row_plan(cols)
+    alone = row_plan(_shared_engine(), cols)
     want, refused = [], False
     pos = 0
     while len(chunk) - pos >= 5:
@@ -482,7 +489,7 @@ def test_rows_are_masked_as_free_text_is(strategy, texts):
     for the rest) read exactly as the same text masked by the engine's free-text path, with
     the same counts; and a whole read at once gives the same rows."""
     e = _strategy_engine(strategy)
-    plan = e.row_plan([Column(None, None, None, TEXT, 0)])
+    plan = row_plan(e, [Column(None, None, None, TEXT, 0)])
     rows = [datarow(t.encode()) for t in texts]
     got = [plan.rewrite(r) for r in rows]
     counts = plan.take_counts()
@@ -514,6 +521,30 @@ def test_a_value_with_many_hits_then_a_small_one():
     masked, found = e.mask_text(many)
     assert found == {"EMAIL": 20000} and masked == b" ".join([b"****"] * 20000)
     assert e.mask_text(b"write to a@example.com")[0] == b"write to ****"
-    plan = e.row_plan([Column(None, None, None, TEXT, 0)])
+    plan = row_plan(e, [Column(None, None, None, TEXT, 0)])
     assert parse(plan.rewrite(datarow(many)))[0] == masked
     assert parse(plan.rewrite(datarow(b"a@example.com")))[0] == b"****"
+
+
+# -- PostgreSQL types -> the masker's value kinds (hoopwire.pg.kinds) -------------------------
+
+@pytest.mark.parametrize("oid, fmt, kind", [
+    (TEXT, 0, "K_STR"), (TEXT, 1, "K_STR"), (VARCHAR, 0, "K_STR"), (0, 0, "K_STR"),
+    (JSON, 0, "K_JSON"), (JSON, 1, "K_JSON"), (JSONB, 0, "K_JSON"), (JSONB, 1, "K_JSONB_BIN"),
+    (BYTEA, 0, "K_OPAQUE"), (BYTEA, 1, "K_STR"), (TEXTARR, 0, "K_INPLACE"), (TEXTARR, 1, "K_OTHER"),
+    (INT4, 0, "K_OTHER"), (UUID, 1, "K_OTHER"), (12345, 0, "K_OTHER")])
+def test_type_oids_map_to_value_kinds(oid, fmt, kind):
+    import hoopwire._mask as m
+    from hoopwire.pg.kinds import column_kind
+    assert column_kind(oid, fmt) == getattr(m, kind)
+    assert to_column(Column("s", "t", "c", oid, fmt)).kind == getattr(m, kind)
+    assert column_kind(12345, 0, frozenset({12345})) == m.K_STR       # citext, domains
+
+
+def test_text_bytea_is_never_scanned_but_masked_whole_as_redacted(eng):
+    """Hex text is opaque: a hit inside it is no hit (its bytes are not the value's), and a
+    whole mask writes a value the client still reads as bytea."""
+    hexed = b"\\x" + b"123-45-6789".hex().encode()
+    plan = row_plan(eng, [Column(None, None, None, BYTEA, 0), Column("public", "users", "ssn", BYTEA, 0)])
+    assert plan.actions()[0][0] == 0          # ACT_PASS: detectors do not see hex text
+    assert parse(plan.rewrite(datarow(b"4111111111111111", hexed))) == [b"4111111111111111", b"****"]

@@ -1,8 +1,13 @@
-# Declarations of the hoopwire._mask extension: the protocol-neutral span masker (Scanner) and
-# the PostgreSQL DataRow / COPY row rewriter (RowPlan). ext/hoopwire/_mask.pyx holds the implementation.
+# Declarations of the hoopwire._mask extension: the protocol-neutral masker -- detectors
+# (Scanner) and the per-result plan (RowPlan) that masks a row handed to it as spans.
+# ext/hoopwire/_mask.pyx holds the implementation.
 #
-# The relay may `from hoopwire._mask cimport RowPlan` and call plan.rewrite_ptr(msg, size) on a
-# DataRow it holds as a pointer: None means "forward the original bytes".
+# A protocol's row walk `from hoopwire._mask cimport RowPlan, out_value` (ext/hoopwire/pg/
+# _rows.pxi for PostgreSQL): it sets plan.off[i] / plan.ln[i] (ln -1: NULL) for every column,
+# calls plan.mask_row(base) -- 0: forward the row's bytes as they are -- and otherwise frames
+# the row again from plan.out_ln[i] (-1: NULL) and out_value(plan, i, dst). For a whole network read it
+# first calls pre_begin / pre_row / pre_value / pre_finish (one scan for all the read's rows).
+# All C calls: no Python object per value unless a strategy needs Python.
 
 # What a column gets (RowPlan.action[i])
 cpdef enum:
@@ -10,15 +15,20 @@ cpdef enum:
     ACT_WHOLE = 1         # the whole value is masked by the column's strategy
     ACT_DETECT = 2        # the detectors run over the value; hits are masked in place
 
-# How a column's bytes may be rewritten (RowPlan.kind[i]), from its type OID and format code
+# Value kinds: how a column's bytes may be rewritten (RowPlan.kind[i]). Each protocol maps its
+# types to one (PostgreSQL: hoopwire/pg/kinds.py, from type OID and format code); the masker
+# knows only these.
 cpdef enum:
     K_STR = 0             # a string as the client reads it: masked text in place is valid
-    K_JSON = 1            # json text: hits masked in place if it stays JSON; whole -> "\"…\""
-    K_JSONB_BIN = 2       # binary jsonb: a version byte, then json text
-    K_INPLACE = 3         # text-format arrays of strings: hits in place; whole -> NULL
-    K_OTHER = 4           # any other type: a hit or a whole mask makes the value NULL
-    K_OPAQUE = 5          # bytea in text format (hex): whole masks only, detectors do not see it
+    K_JSON = 1            # JSON text: hits masked in place if it stays JSON; whole -> "\"…\""
+    K_JSONB_BIN = 2       # one version byte, then JSON text (PostgreSQL's binary jsonb)
+    K_INPLACE = 3         # a text container of strings (arrays): hits in place; whole -> NULL
+    K_OTHER = 4           # any other value: a hit or a whole mask makes the value NULL
+    K_OPAQUE = 5          # an encoding of bytes (hex text): whole masks only, detectors do not
+                          # see it
 
+
+from libc.string cimport memcpy
 
 from hoopwire._hs cimport hs_database_t, hs_scratch_t
 
@@ -71,6 +81,7 @@ cdef class Scanner:
 
 cdef class RowPlan:
     # The columns of one result set and what each needs; reused for every row of that result.
+    # Protocol neutral: it sees a row only as spans.
     cdef:
         readonly Scanner scanner       # None when no column is ACT_DETECT
         readonly Py_ssize_t ncols
@@ -81,8 +92,9 @@ cdef class RowPlan:
         int* col_fast                  # per column: F_* code of that strategy
         readonly tuple rule_names      # labels of the column rules, for counts
         bint any_work                  # some column is not ACT_PASS
-        # per-row scratch, sized ncols
-        Py_ssize_t* off                # byte offset of each value in the message
+        bint any_whole                 # some column is ACT_WHOLE
+        # per-row spans, sized ncols: set by the protocol's row walk before mask_row
+        Py_ssize_t* off                # byte offset of each value from the row's base
         Py_ssize_t* ln                 # its length (-1: NULL)
         Py_ssize_t* scan_end           # end of each scanned value in the pass-1 buffer
         int* scan_col                  # column of each scanned value
@@ -123,9 +135,20 @@ cdef class RowPlan:
         unsigned long long* rule_counts
         readonly unsigned long long rows_seen
         readonly unsigned long long rows_rewritten
+        list repl                      # mask_row's R_PY values (None when there are none)
+        Py_ssize_t* out_ln             # after mask_row: each value's length as it leaves (-1: NULL)
+        const unsigned char* cur_base  # the row mask_row last looked at
+        Py_ssize_t pre_fill            # bytes pre_value wrote so far
+        Py_ssize_t pre_total
 
-    cdef object rewrite_ptr(self, const unsigned char* msg, Py_ssize_t size)
-    cdef int prescan(self, object chunk, Py_ssize_t start) except -1
+    # the span API (see the top of this file)
+    cdef int mask_row(self, const unsigned char* base) except -1
+    cdef Py_ssize_t out_write(self, Py_ssize_t i, unsigned char* dst) noexcept
+    cdef bint pre_begin(self, const unsigned char* base, int nrows, int nvals,
+                        Py_ssize_t total) except -1
+    cdef void pre_row(self, Py_ssize_t off) noexcept
+    cdef void pre_value(self, int col, const unsigned char* p, Py_ssize_t n) noexcept
+    cdef int pre_finish(self) except -1
     cdef bint _pre_reserve(self, int nrows, int nvals) except -1
     cdef unsigned char* _scan_buffer(self, Py_ssize_t size) noexcept
     cdef int _find(self, const unsigned char* buf, Py_ssize_t n) except -1
@@ -133,3 +156,34 @@ cdef class RowPlan:
     cdef int _spans_c(self, int col, const unsigned char* p, Py_ssize_t n) except -1
     cdef object _detect_one(self, int col, object value)
     cdef object _whole_one(self, int col, object value)
+
+
+# What mask_row decided for each value of the row (RowPlan.rep[i])
+cdef enum:
+    R_KEEP = 0            # the original bytes
+    R_PY = 1              # a Python object in the row's list: bytes, or NULL_VALUE
+    R_CONST = 2           # REDACTED (****)
+    R_PARTIAL = 3         # an ASCII value: `*` but its last col_keep bytes
+    R_SPANS = 4           # the value with its spans in row_spans rewritten (redact / partial)
+
+
+# After mask_row, inlined into the protocol's walk: whether value i changed, and value i as it
+# leaves written at dst (plan.out_ln[i] bytes; returns that count). Unchanged and redacted
+# values are a memcpy here; the rest cost a call. Calling out_write for every value made the
+# column-rule microbenchmark (bench/test_bench_masking.py) 16% slower than before the split.
+cdef inline bint out_changed(RowPlan plan, Py_ssize_t i) noexcept:
+    return plan.rep[i] != R_KEEP
+
+cdef inline Py_ssize_t out_value(RowPlan plan, Py_ssize_t i, unsigned char* dst) noexcept:
+    cdef Py_ssize_t n
+    cdef unsigned char rp = plan.rep[i]
+    if rp == R_KEEP:
+        n = plan.ln[i]
+        if n <= 0:
+            return 0
+        memcpy(dst, plan.cur_base + plan.off[i], n)
+        return n
+    if rp == R_CONST:
+        memcpy(dst, <const char*>"****", 4)
+        return 4
+    return plan.out_write(i, dst)

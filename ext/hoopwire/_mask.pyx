@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""hoopwire._mask: masking values on their way out of the gateway.
+"""hoopwire._mask: masking values on their way out of the gateway, protocol neutral.
 
 Two classes (declared in hoopwire._mask.pxd):
 
@@ -13,18 +13,19 @@ Two classes (declared in hoopwire._mask.pxd):
   no hit, so most bytes only ever see db_find.
 
 * RowPlan -- the columns of one result set: for each, PASS, WHOLE (mask the whole value by the
-  column rule's strategy) or DETECT (detectors over the value), plus how its bytes may be
-  rewritten given its type and format. `rewrite(datarow)` walks a DataRow, copies every DETECT
-  value into one buffer (separated by '\\n'), scans that buffer ONCE, maps hit end offsets back
-  to values, re-scans only those values for spans, and builds a new DataRow with recomputed
-  lengths -- or returns None when nothing changed, so the relay forwards the original bytes.
-  The relay first hands a whole network read to `prescan`, which does pass 1 for all its rows
-  in one scan and the span pass for all the values it flagged in one more (a scan call costs
-  far more than the few bytes of a value), so rewriting those rows scans nothing.
-  `mask_copy_line` does the same for one COPY TO STDOUT data row in text or CSV format.
+  column rule's strategy) or DETECT (detectors over the value), plus its value kind (K_*: how
+  its bytes may be rewritten). It never parses a protocol: a protocol's row walk (PostgreSQL's
+  DataRow and COPY walk is ext/hoopwire/pg/_rows.pxi) hands it the row's values as spans
+  (offset, length) into the bytes it holds and calls mask_row, which copies every DETECT value
+  into one buffer (separated by '\\n'), scans that buffer ONCE, maps hit end offsets back to
+  values, re-scans only those values for spans, and says how many values change; the walk
+  then frames the row again from out_len / out_write. pre_begin / pre_row / pre_value /
+  pre_finish do pass 1 for all the rows of a network read in one scan, and the span pass for
+  all the values it flagged in one more (a scan call costs far more than the few bytes of a
+  value), so masking those rows scans nothing.
 
-A malformed DataRow raises MaskRowError (SQLSTATE 08P01); nothing here reads outside the
-message it is given.
+A value the protocol describes wrongly raises MaskRowError (SQLSTATE 08P01 by default); nothing
+here reads outside the spans it is given.
 """
 
 import json as _json
@@ -34,16 +35,14 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdlib cimport qsort, realloc, free
 from libc.string cimport memcpy, memmove, memset
 
-from hoopwire.core.cursor cimport (Cursor, cursor, cur_be16, cur_be32, cur_be32s, cur_skip,
-                                   cur_u8)
 from hoopwire._hs cimport (
     HS_FLAG_CASELESS, HS_FLAG_MULTILINE, HS_FLAG_SOM_LEFTMOST, HS_MODE_BLOCK, HS_SCAN_TERMINATED, HS_SUCCESS,
     hs_alloc_scratch, hs_compile_error_t, hs_compile_multi, hs_database_t, hs_error_t,
     hs_free_compile_error, hs_free_database, hs_free_scratch, hs_scan, hs_valid_platform, hs_version)
 
-__all__ = ["Scanner", "RowPlan", "MaskRowError", "PatternError", "mask_copy_line", "luhn_ok",
-           "compile_error", "hyperscan_version", "HS_CASELESS", "ACT_PASS", "ACT_WHOLE", "ACT_DETECT", "K_STR",
-           "K_JSON", "K_JSONB_BIN", "K_INPLACE", "K_OTHER", "K_OPAQUE", "column_kind"]
+__all__ = ["Scanner", "RowPlan", "MaskRowError", "PatternError", "luhn_ok", "compile_error",
+           "hyperscan_version", "HS_CASELESS", "ACT_PASS", "ACT_WHOLE", "ACT_DETECT", "K_STR",
+           "K_JSON", "K_JSONB_BIN", "K_INPLACE", "K_OTHER", "K_OPAQUE", "MASKED_NULL"]
 
 
 if hs_valid_platform() != HS_SUCCESS:
@@ -53,7 +52,8 @@ if hs_valid_platform() != HS_SUCCESS:
 HS_CASELESS = HS_FLAG_CASELESS
 
 cdef bytes REDACTED = b"****"
-cdef object NULL_VALUE = object()      # a replacement meaning SQL NULL
+cdef object NULL_VALUE = object()      # a replacement meaning the value leaves as NULL
+MASKED_NULL = NULL_VALUE               # ... as mask_spans returns it
 
 
 class PatternError(ValueError):
@@ -67,52 +67,12 @@ class PatternError(ValueError):
 
 
 class MaskRowError(ValueError):
-    """A DataRow (or COPY row) that is not well formed, or does not fit its RowDescription."""
+    """A row that is not well formed, or does not fit its columns (code: the SQLSTATE the
+    protocol's error carries, when it has them)."""
 
     def __init__(self, message, code="08P01"):
         super().__init__(message)
         self.code = code
-
-
-# ---------------------------------------------------------------------------------------------
-# type OIDs -> K_*
-
-# strings whatever the format: text, varchar, bpchar, name, "char", unknown, xml; 0 = not given
-# (COPY, where the relay knows no types)
-STRING_OIDS = frozenset({25, 1043, 1042, 19, 18, 705, 142, 0})
-# text-format arrays of strings: text[], varchar[], bpchar[], name[], json[], jsonb[], xml[]
-STRING_ARRAY_OIDS = frozenset({1009, 1015, 1014, 1003, 199, 3807, 143})
-JSON_OID = 114
-JSONB_OID = 3802
-BYTEA_OID = 17
-
-
-def column_kind(unsigned int type_oid, int fmt, extra_string_oids=()):
-    """K_* for a column of this type in this format (0 text, 1 binary)."""
-    if type_oid in STRING_OIDS or type_oid in extra_string_oids:
-        return K_STR
-    if type_oid == JSON_OID:
-        return K_JSON
-    if type_oid == JSONB_OID:
-        return K_JSONB_BIN if fmt == 1 else K_JSON
-    if type_oid == BYTEA_OID:
-        return K_STR if fmt == 1 else K_OPAQUE
-    if type_oid in STRING_ARRAY_OIDS and fmt == 0:
-        return K_INPLACE
-    return K_OTHER
-
-
-cdef inline unsigned int _be32(const unsigned char* p) noexcept nogil:
-    """The int32 at p, which the caller has checked is there (a cursor over exactly it)."""
-    cdef Cursor c = cursor(p, 4)
-    return cur_be32(&c)
-
-
-cdef inline void _put32(unsigned char* p, unsigned int v) noexcept nogil:
-    p[0] = (v >> 24) & 0xff
-    p[1] = (v >> 16) & 0xff
-    p[2] = (v >> 8) & 0xff
-    p[3] = v & 0xff
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,13 +442,8 @@ cdef object _partial_ascii(object value, Py_ssize_t keep):
     return out
 
 
-# What pass 2 decided for a column of the row being rewritten (RowPlan.rep)
-cdef enum:
-    R_KEEP = 0            # the original bytes
-    R_PY = 1              # a Python object in the row's list: bytes, or NULL_VALUE
-    R_CONST = 2           # REDACTED
-    R_PARTIAL = 3         # an ASCII value: `*` but its last col_keep bytes
-    R_SPANS = 4           # the value with its spans in row_spans rewritten (redact / partial)
+# What pass 2 decided for a column of the row being rewritten (RowPlan.rep): the R_* enum in
+# hoopwire/_mask.pxd (out_value there writes R_KEEP and R_CONST values inline)
 
 
 cdef inline Py_ssize_t _write_partial(unsigned char* dst, const unsigned char* src, Py_ssize_t n,
@@ -727,9 +682,10 @@ cdef class Scanner:
 cdef class RowPlan:
     """RowPlan(columns, scanner=None, rule_names=()): columns is a sequence, one per column of
     the result, of (action, kind, strategy, rule) where action is ACT_PASS / ACT_WHOLE /
-    ACT_DETECT, kind a K_* from column_kind(type_oid, format), strategy the Strategy of a WHOLE
-    column (else None) and rule the index of its column rule in rule_names (else -1).
-    hoopwire.masking.engine.MaskEngine.row_plan builds one from RowDescription facts."""
+    ACT_DETECT, kind the K_* the protocol mapped the column's type to, strategy the Strategy
+    of a WHOLE column (else None) and rule the index of its column rule in rule_names (else
+    -1). hoopwire.masking.engine.MaskEngine.row_plan builds one from neutral Columns. A protocol
+    may subclass it (cimport hoopwire._mask) to add its row walk: hoopwire.pg._wire.DataRowPlan."""
 
     def __cinit__(self):
         self.action = NULL
@@ -758,6 +714,8 @@ cdef class RowPlan:
         self.rep_n = NULL
         self.col_keep = NULL
         self.row_spans = SpanList(NULL, 0, 0, False)
+        self.cur_base = NULL
+        self.out_ln = NULL
 
     def __init__(self, columns, Scanner scanner=None, rule_names=()):
         cdef Py_ssize_t n = len(columns), i
@@ -780,6 +738,7 @@ cdef class RowPlan:
         self.rep_first = <int*>PyMem_Malloc(m * sizeof(int))
         self.rep_n = <int*>PyMem_Malloc(m * sizeof(int))
         self.col_keep = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
+        self.out_ln = <Py_ssize_t*>PyMem_Malloc(m * sizeof(Py_ssize_t))
         self.rule_counts = <unsigned long long*>PyMem_Malloc(
             (len(self.rule_names) + 1) * sizeof(unsigned long long))
         self.det_counts = <unsigned long long*>PyMem_Malloc(
@@ -789,7 +748,7 @@ cdef class RowPlan:
                 self.scan_end == NULL or self.rule_counts == NULL or self.det_counts == NULL or
                 self.col_fast == NULL or self.col_span_first == NULL or self.col_span_n == NULL or
                 self.rep == NULL or self.rep_len == NULL or self.rep_first == NULL or
-                self.rep_n == NULL or self.col_keep == NULL):
+                self.rep_n == NULL or self.col_keep == NULL or self.out_ln == NULL):
             raise MemoryError()
         memset(self.rule_counts, 0, (len(self.rule_names) + 1) * sizeof(unsigned long long))
         memset(self.col_span_n, 0xff, m * sizeof(int))          # -1: no spans from a prescan
@@ -797,6 +756,7 @@ cdef class RowPlan:
                ((scanner.ndet if scanner is not None else 0) + 1) * sizeof(unsigned long long))
         self.col_strategy = []
         self.any_work = False
+        self.any_whole = False
         cdef bint detect = False
         for i in range(n):
             action, kind, strategy, rule = columns[i]
@@ -820,6 +780,8 @@ cdef class RowPlan:
                 self.col_fast[i] = F_CONST
             if action != ACT_PASS:
                 self.any_work = True
+            if action == ACT_WHOLE:
+                self.any_whole = True
             if action == ACT_DETECT:
                 detect = True
         self.scanner = scanner if detect else None
@@ -854,6 +816,7 @@ cdef class RowPlan:
         PyMem_Free(self.rep_first)
         PyMem_Free(self.rep_n)
         PyMem_Free(self.col_keep)
+        PyMem_Free(self.out_ln)
         free(self.row_spans.items)
 
     @property
@@ -882,102 +845,76 @@ cdef class RowPlan:
                 self.rule_counts[i] = 0
         return out
 
-    # -- pass 1 ------------------------------------------------------------------------------
-
     # -- a whole network read at once ----------------------------------------------------------
+    # A protocol's row walk hands the plan every row of a read before it rewrites them: a scan
+    # call costs far more than the few bytes of a value, so pass 1 for all the read's rows is
+    # ONE scan, and the span pass for all the values it flagged one more. The walk calls
+    # pre_begin(base, rows, values, bytes), then per row pre_row(its offset from base) and per
+    # DETECT value of it pre_value(column, bytes), then pre_finish(); mask_row then takes the
+    # prescan's verdict for a row whose values start at base + that offset.
 
-    cdef int prescan(self, object chunk, Py_ssize_t start) except -1:
-        """Find which values of the whole DataRows in chunk[start:] hold a detector hit, with
-        ONE scan for all of them (Hyperscan runs fastest over long spans).
-        rewrite_ptr then skips its own first pass for those rows. Stops at the first message
-        that is not a whole DataRow of this result."""
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(chunk)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(chunk), pos = start, size, fpos, flen, w = 0
-        cdef Py_ssize_t total = 0
-        cdef int i, r, nrows = 0, nvals = 0
-        cdef unsigned char* dst
-        cdef Marks marks
-        cdef const unsigned char* v
+    cdef bint pre_begin(self, const unsigned char* base, int nrows, int nvals,
+                        Py_ssize_t total) except -1:
+        """Room for nrows rows holding nvals DETECT values of total bytes (each counted with
+        one separator); False (no prescan: each row then scans on its own) when the plan has
+        no detectors, or memory runs short."""
         self.pre_rows = 0
         self.pre_next = 0
         self.pre_base = NULL
-        if self.scanner is None or not self.any_work:
-            return 0
-        # pass A: count rows and bytes of DETECT values
-        cdef Py_ssize_t row_total
-        cdef int row_vals
-        cdef bint ok
-        cdef Cursor c, row
-        c = cursor(p + pos, n - pos)
-        while c.n >= 7 and c.p[0] == 68:
-            row = cursor(c.p + 1, 6)
-            size = <Py_ssize_t>cur_be32(&row) + 1
-            if size < 7 or size > c.n or cur_be16(&row) != self.ncols:
-                break
-            # a row is taken only if it is well formed: pass B walks it without checks, and
-            # rewrite_ptr reports a malformed one itself
-            row = cursor(c.p + 7, size - 7)
-            ok = True
-            row_total = 0
-            row_vals = 0
-            for i in range(<int>self.ncols):
-                flen = cur_be32s(&row)
-                if row.bad or flen < -1 or (flen > 0 and not cur_skip(&row, flen)):
-                    ok = False
-                    break
-                if flen > 0 and self.action[i] == ACT_DETECT:
-                    row_total += flen + 1
-                    row_vals += 1
-            if not ok or row.n != 0:
-                break
-            cur_skip(&c, size)
-            total += row_total
-            nvals += row_vals
-            nrows += 1
-            pos += size
-        if nrows < 2:
-            return 0
+        self.pre_nvals = 0
+        self.pre_fill = 0
+        self.pre_total = total
+        if self.scanner is None or not self.any_work or nrows < 1:
+            return False
         if not self._pre_reserve(nrows, nvals):
+            return False
+        if self._scan_buffer(total if total > 0 else 1) == NULL:
+            return False
+        self.pre_base = base
+        return True
+
+    cdef void pre_row(self, Py_ssize_t off) noexcept:
+        self.pre_row_off[self.pre_rows] = off
+        self.pre_row_first[self.pre_rows] = self.pre_nvals
+        self.pre_rows += 1
+
+    cdef void pre_value(self, int col, const unsigned char* p, Py_ssize_t n) noexcept:
+        """A DETECT value (n > 0) of the row last given to pre_row."""
+        cdef Py_ssize_t w = self.pre_fill
+        memcpy(self.sbuf + w, p, n)
+        w += n
+        self.sbuf[w] = 10
+        self.pre_end[self.pre_nvals] = w
+        self.pre_col[self.pre_nvals] = col
+        self.pre_hit[self.pre_nvals] = 0
+        self.pre_nvals += 1
+        self.pre_fill = w + 1
+
+    cdef int pre_finish(self) except -1:
+        """Pass 1 over every value given, then the span pass over the flagged ones."""
+        cdef Marks marks
+        if self.pre_base == NULL:
             return 0
-        dst = self._scan_buffer(total if total > 0 else 1)
-        if dst == NULL:
-            return 0
-        # pass B: copy the values, remember where each row's values start and end
-        pos = start
-        nvals = 0
-        for r in range(nrows):
-            size = <Py_ssize_t>_be32(p + pos + 1) + 1
-            self.pre_row_off[r] = pos - start
-            self.pre_row_first[r] = nvals
-            fpos = pos + 7
-            for i in range(<int>self.ncols):
-                flen = <int>_be32(p + fpos)
-                fpos += 4
-                if flen > 0:
-                    if self.action[i] == ACT_DETECT:
-                        memcpy(dst + w, p + fpos, flen)
-                        w += flen
-                        dst[w] = 10
-                        self.pre_end[nvals] = w
-                        self.pre_col[nvals] = i
-                        self.pre_hit[nvals] = 0
-                        nvals += 1
-                        w += 1
-                    fpos += flen
-            pos += size
-        self.pre_row_first[nrows] = nvals
-        self.pre_nvals = nvals
-        if total > 0:
+        self.pre_row_first[self.pre_rows] = self.pre_nvals
+        if self.pre_fill > 0:
             marks.ends = self.pre_end
-            marks.n = nvals
+            marks.n = self.pre_nvals
             marks.hit = self.pre_hit
             marks.cols = NULL
             marks.cursor = 0
-            self.scanner.find(dst, total, &marks)
-            self._prescan_spans(dst)
-        self.pre_base = p + start
-        self.pre_rows = nrows
+            try:
+                self.scanner.find(self.sbuf, self.pre_fill, &marks)
+                self._prescan_spans(self.sbuf)
+            except BaseException:
+                self.pre_rows = 0
+                self.pre_base = NULL
+                raise
         return 0
+
+    def prescan_flags(self):
+        """Tests: the columns the last prescan flagged, per row: [[column, ...], ...]."""
+        return [[self.pre_col[k] for k in range(self.pre_row_first[r], self.pre_row_first[r + 1])
+                 if self.pre_hit[k]] for r in range(self.pre_rows)]
 
     cdef int _prescan_spans(self, unsigned char* buf) except -1:
         """After the find pass over the read's values (joined in buf): move the flagged ones
@@ -1035,34 +972,10 @@ cdef class RowPlan:
         self.pre_spans.n = keep
         return 0
 
-    def prescan_bytes(self, chunk, Py_ssize_t start=0):
-        """prescan for tests: the per-row hit flags it found, [[column, ...], ...]."""
-        self.prescan(chunk, start)
-        return [[self.pre_col[k] for k in range(self.pre_row_first[r], self.pre_row_first[r + 1])
-                 if self.pre_hit[k]] for r in range(self.pre_rows)]
-
-    def rewrite_chunk(self, bytes chunk):
-        """Tests: prescan a read of whole DataRows, then rewrite each row in place as the relay
-        does; [new bytes or None per row]."""
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(chunk)
-        cdef Py_ssize_t pos = 0, n = PyBytes_GET_SIZE(chunk), size
-        out = []
-        self.prescan(chunk, 0)
-        try:
-            while pos + 5 <= n:
-                size = <Py_ssize_t>_be32(p + pos + 1) + 1
-                if size < 5 or size > n - pos:
-                    break           # the relay's framer never hands out such a message
-                out.append(self.rewrite_ptr(p + pos, size))
-                pos += size
-        finally:
-            self.pre_rows = 0
-            self.pre_base = NULL
-        return out
-
     def prescan_clear(self):
         self.pre_rows = 0
         self.pre_base = NULL
+        self.repl = None                  # the last rewritten row's Python values
         _span_trim(&self.pre_spans)       # a plan may outlive a read that was full of hits
         _span_trim(&self.row_spans)
 
@@ -1214,68 +1127,32 @@ cdef class RowPlan:
             return _json_string(strategy.whole(value))
         return _inline_fast(self.col_fast[col], strategy, value)
 
-    # -- DataRow -------------------------------------------------------------------------------
+    # -- one row, as spans ----------------------------------------------------------------------
+    # The protocol's row walk sets off[i] / ln[i] (ln -1: NULL) for every column of a row whose
+    # bytes start at `base`, calls mask_row(base), and when it returns non-zero writes the row
+    # again in its own framing: out_ln[i] bytes for value i (-1: NULL), written by
+    # out_value(plan, i, dst) (inline, in the .pxd: an unchanged value is one memcpy, no call).
+    # The plan never reads a byte outside base + off[i] .. + ln[i].
 
-    def rewrite(self, msg):
-        """A whole DataRow ('D', int32 length, int16 count, fields) -> the rewritten message,
-        or None when no value changed. Raises MaskRowError on a malformed message."""
-        cdef const unsigned char[::1] view
-        if isinstance(msg, bytes):
-            return self.rewrite_ptr(<const unsigned char*>PyBytes_AS_STRING(msg),
-                                    PyBytes_GET_SIZE(msg))
-        view = memoryview(msg).cast("B")
-        if view.shape[0] == 0:
-            raise MaskRowError("empty DataRow")
-        return self.rewrite_ptr(&view[0], view.shape[0])
-
-    cdef object rewrite_ptr(self, const unsigned char* msg, Py_ssize_t size):
-        cdef Py_ssize_t pos, flen, i, total, w
-        cdef unsigned int length
-        cdef int nf, k, ncols = <int>self.ncols
+    cdef int mask_row(self, const unsigned char* base) except -1:
+        """Pass 1 and pass 2 over the row's values: how many of them change (0: forward the
+        row as it is)."""
+        cdef Py_ssize_t flen, i, w = 0
+        cdef int k, prow, changed, kind, fast
+        cdef int ncols = <int>self.ncols
         cdef bint whole = False
-        cdef Py_ssize_t scan_bytes = 0, last
         cdef unsigned char* dst
-        cdef const unsigned char* src
-        cdef const Span* sp
-        cdef list repl
-        cdef object r, value
-        cdef int prow, changed, kind, fast
-        cdef unsigned char rp
-        cdef Cursor c = cursor(msg, size)
-        if size < 7 or cur_u8(&c) != 68:  # 'D'
-            raise MaskRowError("not a DataRow")
-        length = cur_be32(&c)
-        if <Py_ssize_t>length + 1 != size:
-            raise MaskRowError(f"DataRow length {length} does not match its {size - 1} bytes")
-        nf = cur_be16(&c)
-        if nf != ncols:
-            raise MaskRowError(f"DataRow has {nf} values, its RowDescription {ncols} columns")
+        cdef object r
         self.rows_seen += 1
-        for i in range(nf):
-            flen = cur_be32s(&c)
-            if c.bad:
-                raise MaskRowError(f"DataRow ends inside the length of value {i}")
-            if flen < -1:
-                raise MaskRowError(f"DataRow value {i} has length {flen}")
-            if flen > c.n:
-                raise MaskRowError(f"DataRow value {i} of {flen} bytes overruns the message")
-            self.off[i] = c.p - msg
-            self.ln[i] = flen
-            if flen > 0:
-                cur_skip(&c, flen)
-                if self.action[i] == ACT_DETECT:
-                    scan_bytes += flen + 1
-                elif self.action[i] == ACT_WHOLE:
-                    whole = True
-            elif flen == 0 and self.action[i] == ACT_WHOLE:
-                whole = True
-        if c.n != 0:
-            raise MaskRowError(f"DataRow has {c.n} bytes after its last value")
-        # rows a prescan of the whole read already looked at: its flags stand for pass 1
+        if not self.any_work:
+            return 0
+        # (repl keeps the last R_PY row's objects: entries are read only where rep says R_PY,
+        # which this row sets afresh; resetting it per row cost the column-rule case ~2%)
         memset(self.hit, 0, ncols)
         memset(self.col_span_n, 0xff, ncols * sizeof(int))     # -1: no spans from a prescan
         if self.pre_rows and self.pre_next < self.pre_rows and \
-                msg == self.pre_base + self.pre_row_off[self.pre_next]:
+                base == self.pre_base + self.pre_row_off[self.pre_next]:
+            # a row the prescan of the whole read already looked at: its flags stand for pass 1
             prow = self.pre_next
             self.pre_next += 1
             for k in range(self.pre_row_first[prow], self.pre_row_first[prow + 1]):
@@ -1284,226 +1161,164 @@ cdef class RowPlan:
                     self.hit[i] = 1
                     self.col_span_first[i] = self.pre_span_first[k]
                     self.col_span_n[i] = self.pre_span_n[k]
-            scan_bytes = 0
-        elif not whole and scan_bytes == 0:
-            return None
-
-        # pass 1: one scan over every DETECT value, '\n' between values
-        if scan_bytes:
-            dst = self._scan_buffer(scan_bytes)
-            if dst == NULL:
-                raise MemoryError()
-            w = 0
+        elif self.scanner is None:
+            whole = self.any_whole     # a row whose WHOLE values are all NULL finds no change
+            if not whole:
+                return 0
+        else:
+            # pass 1: every DETECT value copied into one buffer, '\n' after each, ONE scan.
+            # (One loop both decides and copies: a separate sizing loop cost the 0%-hits
+            # microbenchmark 2%.)
+            dst = self.sbuf
             self.nscan = 0
-            for i in range(nf):
-                if self.action[i] == ACT_DETECT and self.ln[i] > 0:
-                    memcpy(dst + w, msg + self.off[i], self.ln[i])
-                    w += self.ln[i]
+            for i in range(ncols):
+                flen = self.ln[i]
+                if flen < 0:
+                    continue
+                if self.action[i] == ACT_WHOLE:
+                    whole = True
+                elif flen > 0 and self.action[i] == ACT_DETECT:
+                    if w + flen + 1 > self.sbuf_cap:
+                        dst = self._scan_buffer(w + flen + 1)
+                        if dst == NULL:
+                            raise MemoryError()
+                    memcpy(dst + w, base + self.off[i], flen)
+                    w += flen
                     dst[w] = 10
                     self.scan_end[self.nscan] = w   # the separator belongs to the value before it
                     self.scan_col[self.nscan] = <int>i
                     self.nscan += 1
                     w += 1
-            self._find(dst, w)
+            if w:
+                self._find(dst, w)
+            elif not whole:
+                return 0
 
         # pass 2: flagged values and whole-masked values. Redact and ASCII partial are written
-        # from C arrays; anything else (hash, format, JSON, NULL for other types, Python
+        # from C arrays; anything else (hash, format, JSON, NULL for other kinds, Python
         # validators) becomes a Python object in repl.
-        repl = None
         changed = 0
         self.row_spans.n = 0
-        for i in range(nf):
+        for i in range(ncols):
             self.rep[i] = R_KEEP
             flen = self.ln[i]
+            self.out_ln[i] = flen
             if flen < 0:
                 continue
             kind = self.kind[i]
             if self.action[i] == ACT_WHOLE:
                 fast = self.col_fast[i]
                 if fast == F_CONST or (fast == F_PARTIAL and kind == K_STR and
-                                       _is_ascii(msg + self.off[i], flen)):
+                                       _is_ascii(base + self.off[i], flen)):
                     if self.rule[i] >= 0:
                         self.rule_counts[self.rule[i]] += 1
-                    self.rep[i] = R_CONST if fast == F_CONST else R_PARTIAL
+                    if fast == F_CONST:
+                        self.rep[i] = R_CONST
+                        self.out_ln[i] = 4
+                    else:
+                        self.rep[i] = R_PARTIAL
                     changed += 1
                     continue
-                r = self._whole_one(<int>i, msg[self.off[i]:self.off[i] + flen])
+                r = self._whole_one(<int>i, PyBytes_FromStringAndSize(
+                    <const char*>base + self.off[i], flen))
             elif self.hit[i]:
                 if (kind == K_STR or kind == K_INPLACE) and \
-                        self._spans_c(<int>i, msg + self.off[i], flen):
+                        self._spans_c(<int>i, base + self.off[i], flen):
                     if self.rep[i] == R_SPANS:
+                        self.out_ln[i] = self.rep_len[i]
                         changed += 1
                     continue
-                r = self._detect_one(<int>i, msg[self.off[i]:self.off[i] + flen])
+                r = self._detect_one(<int>i, PyBytes_FromStringAndSize(
+                    <const char*>base + self.off[i], flen))
             else:
                 continue
             if r is None:
                 continue
-            if repl is None:
-                repl = [None] * nf
-            repl[i] = r
+            if self.repl is None:
+                self.repl = [None] * ncols
+            self.repl[i] = r
             self.rep[i] = R_PY
+            self.out_ln[i] = -1 if r is NULL_VALUE else PyBytes_GET_SIZE(r)
             changed += 1
-        if changed == 0:
-            return None
-        self.rows_rewritten += 1
+        if changed:
+            self.rows_rewritten += 1
+        self.cur_base = base
+        return changed
 
-        # the new message
-        total = 7
-        for i in range(nf):
-            rp = self.rep[i]
-            if rp == R_KEEP:
-                total += 4 + (self.ln[i] if self.ln[i] > 0 else 0)
-            elif rp == R_CONST:
-                total += 8
-            elif rp == R_PARTIAL:
-                total += 4 + self.ln[i]
-            elif rp == R_SPANS:
-                total += 4 + self.rep_len[i]
-            else:
-                r = repl[i]
-                total += 4 if r is NULL_VALUE else 4 + PyBytes_GET_SIZE(r)
-        if total - 1 > 0x7fffffff:
-            raise MaskRowError("masked DataRow would exceed the protocol's message size", "54000")
-        out = PyBytes_FromStringAndSize(NULL, total)
-        dst = <unsigned char*>PyBytes_AS_STRING(out)
-        dst[0] = 68
-        _put32(dst + 1, <unsigned int>(total - 1))
-        dst[5] = msg[5]
-        dst[6] = msg[6]
-        w = 7
-        for i in range(nf):
-            rp = self.rep[i]
-            flen = self.ln[i]
-            src = msg + self.off[i]
-            if rp == R_KEEP:
-                _put32(dst + w, <unsigned int>flen)
-                w += 4
-                if flen > 0:
-                    memcpy(dst + w, src, flen)
-                    w += flen
-            elif rp == R_CONST:
-                _put32(dst + w, 4)
-                memcpy(dst + w + 4, b"****", 4)
-                w += 8
-            elif rp == R_PARTIAL:
-                _put32(dst + w, <unsigned int>flen)
-                w += 4
-                w += _write_partial(dst + w, src, flen, self.col_keep[i])
-            elif rp == R_SPANS:
-                _put32(dst + w, <unsigned int>self.rep_len[i])
-                w += 4
-                last = 0
-                for k in range(self.rep_first[i], self.rep_first[i] + self.rep_n[i]):
-                    sp = &self.row_spans.items[k]
-                    memcpy(dst + w, src + last, sp.frm - last)
-                    w += sp.frm - last
-                    if self.scanner.sfast[sp.ident] == F_REDACT:
-                        memcpy(dst + w, b"****", 4)
-                        w += 4
-                    else:
-                        w += _write_partial(dst + w, src + sp.frm, sp.to - sp.frm,
-                                            self.scanner.skeep[sp.ident])
-                    last = sp.to
-                memcpy(dst + w, src + last, flen - last)
-                w += flen - last
-            else:
-                r = repl[i]
-                if r is NULL_VALUE:
-                    _put32(dst + w, 0xffffffff)
+    cdef Py_ssize_t out_write(self, Py_ssize_t i, unsigned char* dst) noexcept:
+        """After mask_row: write value i as it leaves (out_ln[i] bytes) at dst; that count.
+        A protocol calls out_value (hoopwire/_mask.pxd), which copies an unchanged value
+        itself."""
+        cdef unsigned char rp = self.rep[i]
+        cdef Py_ssize_t flen = self.ln[i], w = 0, last = 0, k
+        cdef const unsigned char* src = self.cur_base + self.off[i]
+        cdef const Span* sp
+        cdef object r
+        if rp == R_KEEP:
+            if flen > 0:
+                memcpy(dst, src, flen)
+                return flen
+            return 0
+        if rp == R_CONST:
+            memcpy(dst, <const char*>b"****", 4)
+            return 4
+        if rp == R_PARTIAL:
+            return _write_partial(dst, src, flen, self.col_keep[i])
+        if rp == R_SPANS:
+            for k in range(self.rep_first[i], self.rep_first[i] + self.rep_n[i]):
+                sp = &self.row_spans.items[k]
+                memcpy(dst + w, src + last, sp.frm - last)
+                w += sp.frm - last
+                if self.scanner.sfast[sp.ident] == F_REDACT:
+                    memcpy(dst + w, <const char*>b"****", 4)
                     w += 4
                 else:
-                    flen = PyBytes_GET_SIZE(r)
-                    _put32(dst + w, <unsigned int>flen)
-                    w += 4
-                    memcpy(dst + w, PyBytes_AS_STRING(r), flen)
-                    w += flen
+                    w += _write_partial(dst + w, src + sp.frm, sp.to - sp.frm,
+                                        self.scanner.skeep[sp.ident])
+                last = sp.to
+            memcpy(dst + w, src + last, flen - last)
+            return w + flen - last
+        r = self.repl[i]
+        if r is NULL_VALUE:
+            return 0
+        flen = PyBytes_GET_SIZE(r)
+        memcpy(dst, PyBytes_AS_STRING(r), flen)
+        return flen
+
+    def mask_spans(self, data, spans):
+        """The span API from Python (a protocol's tests, slow paths): data is a row's bytes in
+        any framing, spans one (offset, length) per column (length -1: NULL). Returns None when
+        nothing changes, else one entry per column: None (unchanged), the new bytes, or
+        MASKED_NULL (the value must leave as NULL)."""
+        cdef bytes buf = bytes(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), i, off, ln, size
+        cdef const unsigned char* base = <const unsigned char*>PyBytes_AS_STRING(buf)
+        if len(spans) != self.ncols:
+            raise MaskRowError(f"row has {len(spans)} values, the plan {self.ncols} columns")
+        for i in range(self.ncols):
+            off, ln = spans[i]
+            if ln < -1 or off < 0 or (ln > 0 and (off > n or ln > n - off)):
+                raise MaskRowError(f"value {i} ({off}, {ln}) is outside the row's {n} bytes")
+            self.off[i] = off
+            self.ln[i] = ln
+        if not self.any_work or self.mask_row(base) == 0:
+            return None
+        out = []
+        for i in range(self.ncols):
+            if not out_changed(self, i):
+                out.append(None)
+                continue
+            size = self.out_ln[i]
+            if size < 0:
+                out.append(MASKED_NULL)
+                continue
+            v = PyBytes_FromStringAndSize(NULL, size)
+            out_value(self, i, <unsigned char*>PyBytes_AS_STRING(v))
+            out.append(v)
         return out
 
-    # -- COPY ----------------------------------------------------------------------------------
 
-    def mask_copy_line(self, line, bint csv=False, delimiter=None, null=None, quote=b'"',
-                       escape=None):
-        """One COPY TO STDOUT data row (a CopyData payload) in text or CSV format -> the
-        rewritten row, or the same object when nothing changed. delimiter/null/quote/escape as
-        in the COPY statement (defaults: tab and \\N for text; ',' and '' for CSV)."""
-        cdef bytes data = bytes(line)
-        cdef bytes eol = b""
-        cdef list fields
-        cdef int i, n
-        if data.endswith(b"\r\n"):
-            eol = b"\r\n"
-        elif data.endswith(b"\n"):
-            eol = b"\n"
-        body = data[:len(data) - len(eol)]
-        if delimiter is None:
-            delimiter = b"," if csv else b"\t"
-        if null is None:
-            null = b"" if csv else b"\\N"
-        if escape is None:
-            escape = quote
-        if len(delimiter) != 1 or (csv and (len(quote) != 1 or len(escape) != 1)):
-            raise ValueError("COPY delimiter, quote and escape are single bytes")
-        if csv:
-            fields = _csv_split(body, delimiter[0], quote[0], escape[0], null)
-        else:
-            fields = _text_split(body, delimiter[0], null)
-        n = len(fields)
-        if n != self.ncols:
-            raise MaskRowError(f"COPY row has {n} values, the result {self.ncols} columns")
-        if not self.any_work:
-            return line
-        self.rows_seen += 1
-        # values: decoded bytes, or None for NULL
-        cdef Py_ssize_t w = 0
-        parts = []
-        self.nscan = 0
-        memset(self.hit, 0, self.ncols if self.ncols > 0 else 1)
-        memset(self.col_span_n, 0xff, (self.ncols if self.ncols > 0 else 1) * sizeof(int))
-        for i in range(n):
-            v = fields[i][0]
-            if self.action[i] == ACT_DETECT and v:
-                parts.append(v)
-                w += len(v)
-                self.scan_end[self.nscan] = w
-                self.scan_col[self.nscan] = i
-                self.nscan += 1
-                w += 1
-        if self.nscan:
-            parts.append(b"")
-            joined = b"\n".join(parts)
-            self._find(<const unsigned char*>PyBytes_AS_STRING(joined), PyBytes_GET_SIZE(joined))
-        changed = False
-        out = []
-        for i in range(n):
-            v, raw, quoted = fields[i]
-            r = None
-            if v is not None:
-                if self.action[i] == ACT_WHOLE:
-                    r = self._whole_one(i, v)
-                elif self.hit[i]:
-                    r = self._detect_one(i, v)
-            if r is None:
-                out.append(raw)
-                continue
-            changed = True
-            if r is NULL_VALUE:
-                out.append(null)
-            elif csv:
-                out.append(_csv_quote(r, delimiter[0], quote[0], escape[0], null, quoted))
-            else:
-                out.append(_text_escape(r, delimiter[0]))
-        if not changed:
-            return line
-        self.rows_rewritten += 1
-        return delimiter.join(out) + eol
-
-
-def mask_copy_line(line, RowPlan plan, bint csv=False, **options):
-    """plan.mask_copy_line(line, csv, **options)."""
-    return plan.mask_copy_line(line, csv, **options)
-
-
+# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 # JSON containers
 
@@ -1526,191 +1341,3 @@ cdef bytes _json_safe(bytes original, bytes masked):
     except ValueError:
         return masked
     return b'"****"'
-
-
-# ---------------------------------------------------------------------------------------------
-# COPY text format: backslash escapes (PostgreSQL's CopyReadAttributesText / CopyAttributeOutText)
-
-cdef list _text_split(bytes body, unsigned char delim, bytes null):
-    """[(decoded value or None, raw bytes, False)] per field."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(body), i = 0, start = 0
-    cdef list out = []
-    cdef bint esc = False
-    while True:
-        if i >= n or p[i] == delim:
-            raw = body[start:i]
-            if raw == null:
-                out.append((None, raw, False))
-            elif esc:
-                out.append((_text_unescape(raw), raw, False))
-            else:
-                out.append((raw, raw, False))
-            if i >= n:
-                break
-            i += 1
-            start = i
-            esc = False
-            continue
-        if p[i] == 92:  # backslash: it and the next byte belong to this field
-            esc = True
-            i += 2
-            if i > n:
-                i = n
-            continue
-        i += 1
-    return out
-
-
-cdef bytes _text_unescape(bytes raw):
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), i = 0, j
-    cdef int c, v
-    cdef bytearray out = bytearray()
-    while i < n:
-        c = p[i]
-        if c != 92 or i + 1 >= n:
-            out.append(c)
-            i += 1
-            continue
-        c = p[i + 1]
-        i += 2
-        if 48 <= c <= 55:              # \ooo octal
-            v = c - 48
-            j = 0
-            while j < 2 and i < n and 48 <= p[i] <= 55:
-                v = v * 8 + p[i] - 48
-                i += 1
-                j += 1
-            out.append(v & 0xff)
-        elif c == 120 and i < n and _hexval(p[i]) >= 0:   # \xh or \xhh
-            v = _hexval(p[i])
-            i += 1
-            if i < n and _hexval(p[i]) >= 0:
-                v = v * 16 + _hexval(p[i])
-                i += 1
-            out.append(v)
-        elif c == 98:
-            out.append(8)
-        elif c == 102:
-            out.append(12)
-        elif c == 110:
-            out.append(10)
-        elif c == 114:
-            out.append(13)
-        elif c == 116:
-            out.append(9)
-        elif c == 118:
-            out.append(11)
-        else:
-            out.append(c)
-    return bytes(out)
-
-
-cdef inline int _hexval(unsigned char c) noexcept:
-    if 48 <= c <= 57:
-        return c - 48
-    if 97 <= c <= 102:
-        return c - 87
-    if 65 <= c <= 70:
-        return c - 55
-    return -1
-
-
-cdef bytes _text_escape(bytes value, unsigned char delim):
-    cdef bytearray out = bytearray()
-    cdef unsigned char c
-    for c in value:
-        if c == 92:
-            out += b"\\\\"
-        elif c == 10:
-            out += b"\\n"
-        elif c == 13:
-            out += b"\\r"
-        elif c == 9:
-            out += b"\\t"
-        elif c == 8:
-            out += b"\\b"
-        elif c == 12:
-            out += b"\\f"
-        elif c == 11:
-            out += b"\\v"
-        elif c == delim:
-            out.append(92)
-            out.append(c)
-        else:
-            out.append(c)
-    return bytes(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# COPY CSV format
-
-cdef list _csv_split(bytes body, unsigned char delim, unsigned char quote, unsigned char escape,
-                     bytes null):
-    """[(decoded value or None, raw bytes, was quoted)] per field."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(body), i = 0, start
-    cdef list out = []
-    cdef bytearray val
-    cdef unsigned char c
-    cdef bint quoted, inq
-    while True:
-        start = i
-        val = bytearray()
-        quoted = False
-        inq = False
-        while i < n:
-            c = p[i]
-            if inq:
-                if c == escape and i + 1 < n and (p[i + 1] == quote or p[i + 1] == escape) and \
-                        (escape != quote or p[i + 1] == quote):
-                    val.append(p[i + 1])
-                    i += 2
-                    continue
-                if c == quote:
-                    inq = False
-                    i += 1
-                    continue
-                val.append(c)
-                i += 1
-                continue
-            if c == delim:
-                break
-            if c == quote:
-                inq = True
-                quoted = True
-                i += 1
-                continue
-            val.append(c)
-            i += 1
-        raw = body[start:i]
-        if not quoted and raw == null:
-            out.append((None, raw, False))
-        else:
-            out.append((bytes(val), raw, quoted))
-        if i >= n:
-            break
-        i += 1      # the delimiter
-    return out
-
-
-cdef bytes _csv_quote(bytes value, unsigned char delim, unsigned char quote, unsigned char escape,
-                      bytes null, bint was_quoted):
-    cdef bint need = was_quoted or value == null or value == b"\\."
-    cdef unsigned char c
-    if not need:
-        for c in value:
-            if c == delim or c == quote or c == escape or c == 10 or c == 13:
-                need = True
-                break
-    if not need:
-        return value
-    cdef bytearray out = bytearray()
-    out.append(quote)
-    for c in value:
-        if c == quote or c == escape:
-            out.append(escape)
-        out.append(c)
-    out.append(quote)
-    return bytes(out)

@@ -5,8 +5,9 @@
                         path="connection[0]")            # compiles: build it off the event loop
     rule = engine.column_rule("public", "users", "ssn")   # MaskRule | None, cached
     text, counts = engine.mask_text(b"Key (email)=(a@b.io) already exists.")
-    plan = engine.row_plan([Column("public", "users", "ssn", 25, 0), Column(None, None, None, 25, 0)])
-    new = plan.rewrite(datarow_bytes)                     # None: forward the original bytes
+    plan = engine.row_plan([Column("public", "users", "ssn", K_STR), Column(None, None, None)])
+    plan.off[i], plan.ln[i] = ...; plan.mask_row(base)    # a protocol's row walk, in Cython
+    plan.mask_spans(row, [(off, len), ...])               # the same from Python
     plan.take_counts()                                    # {"US_SSN": 3, "column:mask[0]": 10}
 
 Semantics of the configuration:
@@ -34,8 +35,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple, Optional
 
-from hoopwire._mask import (ACT_DETECT, ACT_PASS, ACT_WHOLE, MaskRowError, RowPlan,
-                            Scanner, column_kind)
+from hoopwire._mask import (ACT_DETECT, ACT_PASS, ACT_WHOLE, K_OPAQUE, K_STR, MaskRowError,
+                            RowPlan, Scanner)
 from hoopwire.config import DetectorConfig, MaskConfig
 from hoopwire.masking.detectors import BUILTIN, Detector, DetectorError, build_detectors
 from hoopwire.masking.strategies import UTF8, Strategy, chars_of
@@ -46,14 +47,14 @@ _RULE_CACHE = 4096
 
 
 class Column(NamedTuple):
-    """What the relay knows of one result column. schema/table/column are the source column's
-    names (from RowDescription's table OID and attribute number, looked up in the catalog), or
-    None when the column is an expression or not resolved."""
+    """What a protocol knows of one result column, in the masker's terms. schema/table/column
+    are the source column's names (None when the column is an expression or not resolved);
+    kind is the value kind (hoopwire._mask K_*) the protocol mapped the column's type to
+    (PostgreSQL: hoopwire.pg.kinds)."""
     schema: Optional[str]
     table: Optional[str]
     column: Optional[str]
-    type_oid: int = 0
-    format: int = 0
+    kind: int = K_STR
 
 
 @dataclass(frozen=True)
@@ -169,15 +170,18 @@ class MaskEngine:
     # -- result sets -------------------------------------------------------------------------
 
     def row_plan(self, columns: Iterable[Column | tuple], *, unresolved_rule: MaskRule | None = None,
-                 extra_string_oids: frozenset[int] = frozenset(), detect: bool = True) -> RowPlan:
+                 detect: bool = True, plan_type: type = RowPlan) -> RowPlan:
         """A RowPlan for one result set. A column whose source resolves to a column rule is
         masked whole; with `unresolved_rule` (unresolved_columns = "mask"), every column without
         a source is masked whole by that rule; every other column goes to the detectors (when
-        there are any, and detect is true). extra_string_oids: type OIDs to treat as text (citext, domains...)."""
+        there are any, and detect is true). plan_type: RowPlan, or a protocol's subclass of it that
+        adds its row walk (hoopwire.pg._wire.DataRowPlan)."""
         cols = []
         for c in columns:
             c = c if isinstance(c, Column) else Column(*c)
-            kind = column_kind(c.type_oid, c.format, extra_string_oids)
+            kind = c.kind
+            if not K_STR <= kind <= K_OPAQUE:
+                raise ValueError(f"column {c!r}: unknown value kind")
             rule = None
             if c.column is not None:
                 rule = self.column_rule(c.schema or "", c.table or "", c.column)
@@ -189,8 +193,9 @@ class MaskEngine:
                 cols.append((ACT_DETECT, kind, None, -1))
             else:
                 cols.append((ACT_PASS, kind, None, -1))
-        return RowPlan(cols, self.scanner, self.rule_names)
+        return plan_type(cols, self.scanner, self.rule_names)
 
     def copy_plan(self, columns: Iterable[Column | tuple], **kw) -> RowPlan:
-        """A RowPlan for COPY TO STDOUT rows (text or CSV): every value is text there."""
-        return self.row_plan([Column(*(tuple(c)[:3] + (0, 0))) for c in columns], **kw)
+        """A RowPlan for rows of text values (COPY TO STDOUT in text or CSV): every value is
+        a string there."""
+        return self.row_plan([Column(*(tuple(c)[:3] + (K_STR,))) for c in columns], **kw)

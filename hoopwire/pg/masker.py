@@ -33,10 +33,14 @@ from typing import Optional
 
 from hoopwire import metrics
 from hoopwire._mask import MaskRowError, RowPlan
-from hoopwire.pg._wire import HOLD, error_response
+from hoopwire.pg._wire import HOLD, DataRowPlan, error_response
+from hoopwire.pg import messages as m
 from hoopwire._sqlnorm import normalize_statements
 from hoopwire.logs import event
-from hoopwire.masking.engine import Column, MaskEngine, MaskRule
+from hoopwire.masking.engine import MaskEngine, MaskRule
+# Columns here carry PostgreSQL type OIDs and format codes; _plan maps them to the masker's
+# value kinds (hoopwire.pg.kinds) when it builds the plan.
+from hoopwire.pg.kinds import PgColumn as Column, to_column
 from hoopwire.masking.strategies import Strategy
 from hoopwire.pg.catalog import Catalog, CatalogError
 from hoopwire.pg import lineage as lin
@@ -753,7 +757,8 @@ class SessionMasker:
             # redact: lineage found a value computed from a masked column (see _by_lineage)
             unresolved_rule = conn.unresolved_rule
         # binary COPY (detectors=False): values are typed binary; only column rules apply
-        return self.engine.row_plan(cols, unresolved_rule=unresolved_rule, detect=detectors)
+        return self.engine.row_plan([to_column(c) for c in cols], unresolved_rule=unresolved_rule,
+                                    detect=detectors, plan_type=DataRowPlan)
 
     def _log_refused(self, what: str) -> None:
         event(log, "result refused by masking", logging.WARNING, connection=self.conn.connection,
@@ -810,7 +815,7 @@ class SessionMasker:
         if not changed:
             return None
         body = b"\0".join(out) + b"\0\0"
-        return msg[:1] + struct.pack("!I", len(body) + 4) + body
+        return m.message(msg[:1], body)
 
     def notification(self, msg: bytes):
         """NotificationResponse: the payload through the detectors, or None."""
@@ -830,7 +835,7 @@ class SessionMasker:
             return None
         self._count(counts)
         body = body[:chan_end + 1] + new.replace(b"\0", b" ") + b"\0"
-        return b"A" + struct.pack("!I", len(body) + 4) + body
+        return m.message(b"A", body)
 
     def _count(self, counts: dict) -> None:
         for name, n in counts.items():
@@ -928,7 +933,7 @@ class _TextCopy:
         new = self.plan.mask_copy_line(line, s.csv, s.delimiter, s.null, s.quote, s.escape)
         if new is line:
             return None
-        return b"d" + struct.pack("!I", len(new) + 4) + new
+        return m.copy_data(new)
 
     def done(self) -> int:
         return self.masker.result_done(self.plan)
@@ -957,11 +962,11 @@ class _BinaryCopy:
             head, body = body[:cut], body[cut:]
         if not body or body == b"\xff\xff":
             return None
-        new = self.plan.rewrite(b"D" + struct.pack("!I", len(body) + 4) + body)
+        new = self.plan.rewrite(m.data_row_body(body))
         if new is None:
             return None
         body = head + new[5:]
-        return b"d" + struct.pack("!I", len(body) + 4) + body
+        return m.copy_data(body)
 
     def done(self) -> int:
         return self.masker.result_done(self.plan)

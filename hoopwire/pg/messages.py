@@ -1,7 +1,9 @@
-"""PostgreSQL v3 messages used during startup, authentication and cancel (control path).
+"""PostgreSQL v3 messages: the one module the Python side builds them with.
 
-Everything after authentication is framed in Cython (ext/hoopwire/pg/_wire.pyx); this module reads and builds the
-handful of messages the Python startup phase handles, from asyncio streams.
+Everything after authentication is framed in Cython (ext/hoopwire/pg/_wire.pyx); this module
+reads and builds the messages the Python side handles: the startup phase, authentication and
+cancel (control path), and the messages the masker rewrites (DataRow, CopyData, Notification,
+Error/Notice fields). Nothing else in hoopwire/ packs a PostgreSQL header by hand.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ __all__ = [
     "ProtocolError", "error_response", "notice_response", "message", "read_message",
     "read_startup", "Startup", "SSL_REQUEST", "GSSENC_REQUEST", "CANCEL_REQUEST",
     "PROTOCOL_3_0", "auth_request", "parameter_status", "backend_key_data", "ready_for_query",
-    "negotiate_protocol_version", "startup_message", "parse_fields",
+    "negotiate_protocol_version", "startup_message", "parse_fields", "ssl_request",
+    "cancel_request", "sasl_initial_response", "copy_data", "data_row_body",
 ]
 
 SSL_REQUEST = 80877103
@@ -66,6 +69,28 @@ def negotiate_protocol_version(version: int, unrecognised: list[str]) -> bytes:
     body = struct.pack("!II", version, len(unrecognised))
     body += b"".join(o.encode() + b"\0" for o in unrecognised)
     return message(b"v", body)
+
+
+def ssl_request() -> bytes:
+    return struct.pack("!II", 8, SSL_REQUEST)
+
+
+def cancel_request(pid: int, secret: int) -> bytes:
+    return struct.pack("!IIII", 16, CANCEL_REQUEST, pid, secret)
+
+
+def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
+    return message(b"p", mechanism.encode() + b"\0" + struct.pack("!i", len(data)) + data)
+
+
+def copy_data(body: bytes) -> bytes:
+    return message(b"d", body)
+
+
+def data_row_body(body: bytes) -> bytes:
+    """A DataRow around a body (int16 count, then int32 length + bytes per value): binary COPY
+    rows have exactly this shape."""
+    return message(b"D", body)
 
 
 def startup_message(params: dict[str, str]) -> bytes:

@@ -59,7 +59,7 @@ async def _open(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     if ctx is None:
         return reader, writer
-    writer.write(struct.pack("!II", 8, m.SSL_REQUEST))
+    writer.write(m.ssl_request())
     answer = await asyncio.wait_for(reader.readexactly(1), timeout)
     if answer != b"S":
         writer.close()
@@ -134,7 +134,7 @@ async def _authenticate(up: Upstream, user: str, password: str | None) -> None:
                 # Channel binding (-PLUS) is not used: the TLS session is ours, not the client's.
                 scram = scramp.ScramClient(["SCRAM-SHA-256"], user, password)
                 first = scram.get_client_first().encode()
-                writer.write(m.message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
+                writer.write(m.sasl_initial_response("SCRAM-SHA-256", first))
             elif code == m.AUTH_SASL_CONTINUE and scram is not None:
                 try:
                     scram.set_server_first(body[4:].decode())
@@ -176,7 +176,7 @@ async def send_cancel(host: str, port: int, pid: int, secret: int,
     """Deliver a CancelRequest; the server answers nothing and closes."""
     reader, writer = await _open(host, port, ssl_context, timeout)
     try:
-        writer.write(struct.pack("!IIII", 16, m.CANCEL_REQUEST, pid, secret))
+        writer.write(m.cancel_request(pid, secret))
         await asyncio.wait_for(writer.drain(), timeout)
         try:
             await asyncio.wait_for(reader.read(1), timeout)

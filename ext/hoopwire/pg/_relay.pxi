@@ -86,7 +86,11 @@ cdef class Relay:
         self.last_activity = monotonic()
 
     def start(self, client_tr, upstream_tr, bytes client_pending=b"", bytes upstream_pending=b""):
-        """Take over both transports (after startup); feed bytes the startup phase read ahead."""
+        """Take over both transports (after startup); feed bytes the startup phase read ahead.
+        A transport is used only through write, writelines, set_protocol, pause_reading,
+        resume_reading, close and is_closing (and calls the protocol's pause_writing /
+        resume_writing): tests drive a relay in-process with recording objects in their place
+        and feed it through relay.client / relay.upstream .data_received (tests/relaywire.py)."""
         self.client_tr = client_tr
         self.upstream_tr = upstream_tr
         self.client.peer_write = upstream_tr.write
@@ -129,7 +133,8 @@ cdef class Relay:
         self.decision = DECISION_NONE
         if not self.closed:
             self.client.flush()
-            if not self.client.holding:
+            if not self.client.holding and not self.upstream_full:
+                # (the upstream's buffer full: its resume_writing reads the client again)
                 self.client_tr.resume_reading()
 
     def notify_client(self, bytes message):
@@ -157,7 +162,7 @@ cdef class Relay:
             return
         if not self.closed:
             self.upstream.flush()
-            if not self.upstream.holding:
+            if not self.upstream.holding and not self.client_full:
                 self.upstream_tr.resume_reading()
 
     cdef int _client_failed(self, object e) except -1:
@@ -494,9 +499,11 @@ cdef class ClientSide(RelaySide):
 
     def pause_writing(self):
         # The client reads slower than the upstream produces: stop reading the upstream.
+        self.relay.client_full = True
         self.relay.upstream_tr.pause_reading()
 
     def resume_writing(self):
+        self.relay.client_full = False
         if not self.relay.closed and not self.relay.upstream.holding:
             self.relay.upstream_tr.resume_reading()
 
@@ -636,7 +643,7 @@ cdef class UpstreamSide(RelaySide):
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data) if PyBytes_CheckExact(data) else len(data)
         r.stats.bytes_from_upstream += n
         r.bytes_out += n
-        cdef RowPlan pre = None
+        cdef DataRowPlan pre = None
         cdef Py_ssize_t start = 0
         if (r.results is None or not r.results.mask_on) and not r.rewrites and \
                 not self.holding and not self.failed and not r.closed:
@@ -655,7 +662,7 @@ cdef class UpstreamSide(RelaySide):
         if r.results is not None and r.results.plan_work and r.results.state == S_ROWS and \
                 PyBytes_CheckExact(data) and not self.holding and self.hdr_have == 0:
             # a big result being masked: look for detector hits in every whole row of this
-            # read with one scan (see RowPlan.prescan)
+            # read with one scan (see DataRowPlan.prescan)
             if self.held is not None:
                 start = self.held_need - PyByteArray_GET_SIZE(self.held)
             else:
@@ -695,8 +702,14 @@ cdef class UpstreamSide(RelaySide):
                 "FATAL", "08006", "the upstream server closed the connection"))
 
     def pause_writing(self):
+        # The upstream reads slower than the client sends (a backend busy, in a lock wait, or
+        # skipping a failed pipeline): stop reading the client. What the gateway holds for it
+        # is then the transport's high-water mark plus one read, not whatever the client sends
+        # (tests/test_pg_backpressure.py: 200 MB of COPY into a stalled backend).
+        self.relay.upstream_full = True
         self.relay.client_tr.pause_reading()
 
     def resume_writing(self):
+        self.relay.upstream_full = False
         if not self.relay.closed and not self.relay.client.holding:
             self.relay.client_tr.resume_reading()

@@ -421,7 +421,7 @@ cdef class PgResults:
         if isinstance(res, bytes):
             self.state = S_SKIP
             return res
-        self.plan = <RowPlan?>res
+        self.plan = <DataRowPlan?>res
         self.plan_work = not self.plan.passthrough
         self.state = S_ROWS
         return b"" if hk == R_DESC_OURS else None

@@ -7,7 +7,16 @@ from hoopwire._auditlog cimport StatementLog, TagBuf, tags_push
 from hoopwire._mask cimport RowPlan
 from hoopwire.core._frames cimport (ConnStats, FORWARD, INSPECT, FrameReader,
                                     monotonic)
-from hoopwire.core.cursor cimport Cursor, cursor, cur_be32, cur_cstr, cur_u8
+from hoopwire.core.cursor cimport (Cursor, cursor, cur_be16, cur_be32, cur_be32s, cur_cstr,
+                                   cur_skip, cur_u8)
+from hoopwire._mask cimport ACT_DETECT, out_changed, out_value
+
+
+# PostgreSQL rows for the neutral masker (_rows.pxi): the DataRow walk and COPY rows.
+
+cdef class DataRowPlan(RowPlan):
+    cdef object rewrite_ptr(self, const unsigned char* msg, Py_ssize_t size)
+    cdef int prescan(self, object chunk, Py_ssize_t start) except -1
 
 
 # PostgreSQL v3 framing: a message is a type byte and a big-endian int32 length that counts
@@ -67,6 +76,11 @@ cdef class Relay:
         readonly unsigned long long bytes_in    # from the client, this session
         readonly unsigned long long bytes_out   # from the upstream, this session
         readonly bint in_copy_in        # client is streaming COPY data
+        # Backpressure: the transport that said pause_writing (its buffer is past its high
+        # water mark) until it says resume_writing. The other side is not read meanwhile,
+        # whatever else wants it read (an approval decided, a masker's hold released).
+        readonly bint upstream_full     # upstream's write buffer full: client not read
+        readonly bint client_full       # client's write buffer full: upstream not read
 
         # Round-trip timing: send time of each unit in flight, oldest first.
         double sent_at[RTT_RING]
@@ -186,7 +200,7 @@ cdef class PgResults:
         bint last_desc_portal      # ... and when it was a Describe, whether of a portal
         bytes last_desc_name
         int state
-        RowPlan plan
+        DataRowPlan plan
         bint plan_work             # the plan rewrites something: rows are inspected
         object copy                # _TextCopy / _BinaryCopy, or None
         int copy_idx               # COPY statements of the current Query answered so far

@@ -1,5 +1,5 @@
 # cython: language_level=3
-# hoopwire.pg._wire: framing and the relay loop for PostgreSQL, one extension so calls between
+# hoopwire.pg._wire: framing, the relay loop and the row walk for masking for PostgreSQL, one extension so calls between
 # the parts stay C calls.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.bytearray cimport PyByteArray_GET_SIZE
@@ -18,6 +18,7 @@ class PgFrameError(FrameError):
         super().__init__(message, code)
 
 
+include "_rows.pxi"
 include "_framing.pxi"
 include "_relay.pxi"
 include "_results.pxi"
