@@ -171,11 +171,13 @@ def test_statement_kinds():
     ("WITH w AS (INSERT INTO orders (total) SELECT length(ssn) FROM users RETURNING id) "
      "SELECT id FROM w", [(("", "orders", "total"), {"ssn"})]),
     ("MERGE INTO orders o USING users u ON o.id = u.id WHEN MATCHED THEN "
-     "UPDATE SET total = length(u.ssn)", [(("", "orders", "total"), {"ssn"})]),
+     "UPDATE SET total = length(u.ssn)",
+     [(("", "orders", "total"), {"ssn"}), (None, {"id"})]),
     ("PREPARE w AS INSERT INTO orders (total) SELECT length(ssn) FROM users",
      [(("", "orders", "total"), {"ssn"})]),
     ("INSERT INTO orders (total) VALUES (1)", []),
-    ("UPDATE users SET name = 'x' WHERE ssn = '1'", []),
+    # the rows a write touches are chosen by its filter: one bit per row (issue 18 red team)
+    ("UPDATE users SET name = 'x' WHERE ssn = '1'", [(None, {"ssn"})]),
     ("SELECT upper(ssn) FROM users", []),
 ])
 def test_writes(sql, expected):

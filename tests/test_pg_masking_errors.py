@@ -132,7 +132,10 @@ def audit_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mgw(pg, idp, schema, audit_dir):
-    cfg = gateway_config(pg, idp, mask=MASKS)
+    # masked_writes = "allow": DO blocks and functions must reach the server for their errors and
+    # notices to be judged here (with "refuse", the default, they are refused before it: see
+    # tests/test_pg_masking_redteam.py)
+    cfg = gateway_config(pg, idp, mask=MASKS, masked_writes="allow")
     cfg["connection"].append(dict(cfg["connection"][0], name="pgm", unresolved_columns="mask"))
     cfg["audit"] = {"path": str(audit_dir / "log"), "flush_interval": "50ms"}
     cfg["state"] = {"url": f"sqlite:///{audit_dir}/state.db"}
@@ -491,8 +494,11 @@ def test_binary_copy_only_when_every_column_is_named(mgw, idp):
     gateway names every column (table and columns, or a query the lineage follows), and is
     refused when it cannot -- a function's columns, a literal."""
     with psycopg.connect(conninfo(mgw, idp.token()), autocommit=True) as c:
-        for sql in ("COPY (SELECT * FROM fe.all_users()) TO STDOUT (FORMAT binary)",
-                    f"COPY (SELECT '{EMAIL}', 1) TO STDOUT (FORMAT binary)",
+        # a user's function is a mention (README "Known limits"): under the default "mask"
+        # its columns, which the gateway cannot name, are masked whole
+        assert not leaks(_copy(c, "COPY (SELECT * FROM fe.all_users()) TO STDOUT "
+                                  "(FORMAT binary)"))
+        for sql in (f"COPY (SELECT '{EMAIL}', 1) TO STDOUT (FORMAT binary)",
                     "COPY (SELECT 1) TO STDOUT WITH BINARY"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="binary COPY"):
                 _copy(c, sql)

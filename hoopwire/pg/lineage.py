@@ -34,10 +34,16 @@ from typing import Optional, Protocol
 from pglast import ast, parse_sql
 from pglast.enums import SetOperation
 
-__all__ = ["UNKNOWN", "Spread", "Rel", "Resolver", "Statement", "analyze", "LineageError"]
+__all__ = ["UNKNOWN", "CODE", "Spread", "Rel", "Resolver", "Statement", "analyze", "LineageError"]
 
 Src = tuple[str, str, str]                  # (schema, table, column)
 UNKNOWN: Src = ("", "", "?")                # a source that cannot be placed
+# what code the gateway cannot read stores: a DO block, a function or procedure body, a trigger
+# or a rule runs statements whose text never passes the gateway (dynamic SQL builds names the
+# mention check cannot see: `EXECUTE 'SELECT s' || 'sn ...'`), so it is a write of anything
+CODE: Src = ("", "", "<code>")
+_CODE_SET = frozenset((CODE,))
+CURSOR = "<cursor>"     # ("", CURSOR, name): the rows a cursor chose (WHERE CURRENT OF name)
 _NONE: frozenset = frozenset()
 _UNKNOWN_SET = frozenset((UNKNOWN,))
 _MAX_DEPTH = 24                             # views over views, nested subqueries
@@ -90,8 +96,16 @@ _READS_ELSEWHERE = frozenset((
     "current_setting", "lo_get", "loread", "lo_export", "pg_read_file", "pg_read_binary_file",
     "dblink", "dblink_get_result", "dblink_fetch", "pg_stat_statements"))
 # Built-ins that keep a value where the session (or anyone) can read it back later.
-_STORES = frozenset(("set_config", "lo_from_bytea", "lo_put", "lowrite", "pg_notify",
-                     "pg_logical_emit_message", "dblink_exec", "dblink_send_query", "dblink"))
+_STORES = frozenset((
+    "set_config", "lo_from_bytea", "lo_put", "lowrite", "pg_notify", "pg_logical_emit_message",
+    "dblink_exec", "dblink_send_query", "dblink",
+    # state a later statement reads back: a sequence's value, a large object's OID and length,
+    # an advisory lock's key (pg_locks.objid), the random generator's seed
+    "setval", "lo_create", "lo_import", "lo_truncate", "lo_truncate64", "lo_lseek",
+    "lo_lseek64", "setseed", "pg_advisory_lock", "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared", "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared", "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared"))
 # Set-returning built-ins whose rows are a function of their arguments alone.
 _PURE_SRF = frozenset((
     "generate_series", "generate_subscripts", "unnest", "regexp_matches", "regexp_split_to_table",
@@ -238,6 +252,52 @@ class _Analyzer:
             return Statement("rows", [Spread(_UNKNOWN_SET)], writes=self.writes)
         if isinstance(node, ast.VariableShowStmt):
             return Statement("rows", [Spread(_NONE)])
+        if isinstance(node, (ast.DoStmt, ast.CreateFunctionStmt, ast.CreateTrigStmt,
+                             ast.RuleStmt, ast.CreateEventTrigStmt, ast.ClusterStmt)) or (
+                isinstance(node, ast.RenameStmt) and node.relation is None):
+            # CLUSTER puts rows in an index's order (ctid then shows a masked column's order);
+            # a schema renamed moves every table in it away from the names rules match
+            self.writes.append((None, _CODE_SET))
+            return Statement("none", writes=self.writes)
+        if isinstance(node, (ast.RenameStmt, ast.AlterObjectSchemaStmt)):
+            # column rules match names: a masked column, or its table, renamed or moved to
+            # another schema is no longer masked -- the values are moved out of their rule
+            entry = self.relation(node.relation, None, {})
+            col = getattr(node, "subname", None)
+            srcs = (entry.column(col) or _UNKNOWN_SET) if col else entry.whole()
+            self.writes.append((None, srcs))
+            return Statement("none", writes=self.writes)
+        if isinstance(node, ast.AlterTableStmt) and node.relation is not None:
+            # a generated column stores an expression over the row
+            scope = _Scope(None, {})
+            scope.entries.append(self.relation(node.relation, None, {}))
+            for cmd in node.cmds or ():
+                d = cmd.def_
+                if isinstance(d, ast.ColumnDef):
+                    for con in d.constraints or ():
+                        srcs: set = set()
+                        self.expr(con.raw_expr, scope, srcs)
+                        if srcs:
+                            self.writes.append((None, frozenset(srcs)))
+            return Statement("none", writes=self.writes)
+        if isinstance(node, ast.IndexStmt) and node.whereClause is not None:
+            # a partial index counts the rows its predicate holds for (pg_class.reltuples)
+            scope = _Scope(None, {})
+            scope.entries.append(self.relation(node.relation, None, {}))
+            srcs = set()
+            self.expr(node.whereClause, scope, srcs)
+            if srcs:
+                self.writes.append((None, frozenset(srcs)))
+            return Statement("none", writes=self.writes)
+            self.writes.append((None, _CODE_SET))
+            return Statement("none", writes=self.writes)
+        if isinstance(node, ast.ViewStmt):
+            # a temporary view lives in the session's own schema, which the catalog's side
+            # connection never sees: what it reads could not be followed when it is selected
+            v = node.view
+            if v.relpersistence == "t" or (v.schemaname or "").startswith("pg_temp"):
+                self._write_all(self.dml_or_query(node.query, None, {}))
+            return Statement("none", writes=self.writes)
         # anything else (DDL, DO, NOTIFY with its literal payload...) returns no rows
         return Statement("none")
 
@@ -366,6 +426,9 @@ class _Analyzer:
             for o in outs:          # DISTINCT (ON) keeps one row of each group
                 ctx |= o.sources if isinstance(o, Spread) else o
         ctx |= scope.jctx
+        if ctx and node.lockingClause:
+            # FOR UPDATE / SHARE marks the rows it chose (xmax, pg_locks): one bit per row
+            self.writes.append((None, frozenset(ctx)))
         if ctx:
             c = frozenset(ctx)
             outs = [Spread(o.sources | c) if isinstance(o, Spread) else o | c for o in outs]
@@ -678,13 +741,23 @@ class _Analyzer:
             srcs: set = set()
             for part in (node.args, node.agg_order, node.agg_filter, node.over):
                 self.expr(part, scope, srcs, ctx)
-            if name in _READS_ELSEWHERE or self.r.user_function(name):
-                srcs.add(UNKNOWN)
-            if name in _STORES and srcs - _UNKNOWN_SET:
+            user = self.r.user_function(name) or (
+                len(node.funcname) > 1 and
+                _name(node.funcname[-2]) not in ("pg_catalog", "information_schema"))
+            if (user or name in _STORES) and srcs - _UNKNOWN_SET:
+                # a user's function may keep what it is given (INSERT, set_config, a temp
+                # table): its masked arguments are stored as a built-in store's are
                 self.writes.append((None, frozenset(srcs)))
+            if name in _READS_ELSEWHERE or user:
+                srcs.add(UNKNOWN)
             if ctx is not None and (name in _PURE_SRF or UNKNOWN in srcs):
                 ctx |= srcs
             out |= srcs
+            return
+        if isinstance(node, ast.CurrentOfExpr):
+            # the row is the one a cursor stands on: it reads what chose the cursor's rows,
+            # known to the session (SessionMasker.write_verdict), not to this text
+            out.add(("", CURSOR, node.cursor_name or ""))
             return
         if isinstance(node, (ast.A_Const, ast.ParamRef, ast.TypeName, ast.SQLValueFunction)):
             return
@@ -707,6 +780,11 @@ class _Analyzer:
         scope.star_items.append(target.star())
         tname = lambda c: (target.schema or "", node.relation.relname, c)   # noqa: E731
         tcols = [n for n, _s in target.cols] if target.cols is not None else None
+        # what decides which rows are written (WHERE, FROM / USING joins, ON CONFLICT ... WHERE,
+        # MERGE's ON and WHEN ... AND): a write that happens to some rows and not others stores
+        # one bit per row -- `UPDATE t SET flag = true WHERE ssn LIKE '1%'`, or the xmin and
+        # ctid any write changes -- so those columns are written too, into no column masked
+        cond: set = set()
         if isinstance(node, ast.InsertStmt):
             if node.selectStmt is not None:
                 src = self.query(node.selectStmt, parent, ctes)
@@ -720,16 +798,23 @@ class _Analyzer:
             occ = node.onConflictClause
             if occ is not None:
                 self._assign(occ.targetList, scope, tname)
+                self.expr(occ.whereClause, scope, cond)
+                if occ.infer is not None:
+                    self.expr(occ.infer.whereClause, scope, cond)
         elif isinstance(node, ast.UpdateStmt):
             for item in node.fromClause or ():
                 self.from_item(item, scope)
             self._assign(node.targetList, scope, tname)
+            self.expr(node.whereClause, scope, cond)
         elif isinstance(node, ast.DeleteStmt):
             for item in node.usingClause or ():
                 self.from_item(item, scope)
+            self.expr(node.whereClause, scope, cond)
         elif isinstance(node, ast.MergeStmt):
             self.from_item(node.sourceRelation, scope)
+            self.expr(node.joinCondition, scope, cond)
             for w in node.mergeWhenClauses or ():
+                self.expr(w.condition, scope, cond)
                 self._assign(w.targetList, scope, tname)
                 for i, v in enumerate(w.values or ()):
                     s: set = set()
@@ -739,6 +824,9 @@ class _Analyzer:
                         tcols[i] if tcols is not None and i < len(tcols) else None)
                     if s:
                         self.writes.append((tname(col) if col else None, frozenset(s)))
+        cond |= scope.jctx
+        if cond:
+            self.writes.append((None, frozenset(cond)))
         rc = getattr(node, "returningClause", None)
         exprs = rc.exprs if rc is not None else getattr(node, "returningList", None)
         if not exprs:
@@ -752,6 +840,9 @@ class _Analyzer:
             s = set()
             self.expr(val, scope, s)
             outs.append(frozenset(s))
+        if cond:        # the rows RETURNING gives are the rows the conditions chose
+            c = frozenset(cond)
+            outs = [Spread(o.sources | c) if isinstance(o, Spread) else o | c for o in outs]
         return outs
 
     def _assign(self, targets, scope, tname) -> None:

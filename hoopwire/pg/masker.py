@@ -59,6 +59,10 @@ _TEXT_FIELDS = frozenset(b"MDHWq")       # message, detail, hint, context, inter
 _UNRESOLVED = "unresolved"
 # statements whose rows come from a statement or cursor named earlier, whose text we do not see
 _OPAQUE_READS = (b"execute", b"fetch", b"move")
+# relations whose rows are copies of any column's values (lineage._OPAQUE_RELS): naming one is a
+# mention, or `SELECT most_common_vals FROM pg_stats WHERE tablename = 'users'` would name nothing
+_OPAQUE_NAMES = frozenset((b"pg_stats", b"pg_stats_ext", b"pg_stats_ext_exprs", b"pg_statistic",
+                           b"pg_statistic_ext_data", b"pg_stat_statements"))
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class StatementInfo:
     copies: tuple[CopySpec, ...] = ()       # COPY TO STDOUT statements, in order
     sql: bytes = b""                        # the text, for lineage (kept when it mentions)
     defines: bool = False                   # DECLARE or PREPARE: rows a later FETCH/EXECUTE gets
+    code: bool = False                      # DO, CREATE, ALTER, CLUSTER, WHERE CURRENT OF
 
 
 NO_INFO = StatementInfo(False)
@@ -327,6 +332,11 @@ class ConnectionMasking:
             rel = cat.relations.get(v)
             if rel is not None:
                 names.add(rel.name.lower().encode())
+        if names:
+            # a user's function may return anything (`SELECT * FROM get_users()` names no
+            # column): calling one is a mention, so its unplaceable outputs are masked by
+            # unresolved_columns rather than left to the detectors
+            names.update(f.encode() for f in cat.user_functions)
         self._names[cat.database] = frozenset(names)
         self._stmt_cache.clear()
         self._lineage.clear()
@@ -348,16 +358,20 @@ class ConnectionMasking:
             names = self._names.get(database, frozenset())
             mentions = False
             copies = []
-            defines = False
+            defines = code = False
             for piece in pieces:
                 if piece[:7] in (b"declare", b"prepare"):
                     defines = True
+                if piece.startswith((b"do ", b"create ", b"alter ", b"cluster")) or \
+                        b" current of " in piece:
+                    code = True
                 if not mentions and self.has_columns:
                     for mt in _IDENT.finditer(piece):
                         w = mt.group(0)
                         if w[:1] == b'"':
                             w = w[1:-1].replace(b'""', b'"')
-                        if w in names or any(g.match(w) for g in self._col_globs):
+                        if w in names or w in _OPAQUE_NAMES or \
+                                any(g.match(w) for g in self._col_globs):
                             mentions = True
                             break
                 if not mentions and self.has_columns and piece.startswith(_OPAQUE_READS):
@@ -370,8 +384,8 @@ class ConnectionMasking:
             # after a catalog read asks again whether it mentions masked data (see
             # row_description)
             info = StatementInfo(mentions, tuple(copies), sql if self.has_columns else b"",
-                                 defines) if (mentions or copies or defines or
-                                              self.has_columns) else NO_INFO
+                                 defines, code) if (mentions or copies or defines or
+                                                    self.has_columns) else NO_INFO
         if len(self._stmt_cache) >= _STMT_CACHE:
             self._stmt_cache.clear()
         self._stmt_cache[key] = info
@@ -580,7 +594,7 @@ class SessionMasker:
         """A Verdict refusing a statement that stores a masked value where the session can
         read it back (masked_writes = "refuse"), or None."""
         info = self.conn.statement(self.database, sql)
-        if not info.mentions:
+        if not info.mentions and not info.code:
             return None
         stmts = self.conn.lineage(self.database, sql)
         if stmts is None and len(sql) > LINEAGE_MAX:
@@ -600,27 +614,68 @@ class SessionMasker:
             return None
         for st in stmts or ():
             for target, sources in st.writes:
+                sources = self._cursor_sources(sources)
+                if lin.CODE in sources:
+                    return self._refuse_write(
+                        "anything: a DO block, function, procedure, trigger or rule runs code "
+                        "the gateway cannot follow, CLUSTER orders rows by an index, a schema "
+                        "renamed moves tables away from the names rules match", "code")
                 masked = self.conn.masked_source(sources)
                 if masked is None or (target is not None and self._target_masked(target)):
                     continue
                 return self._refuse_write(f"the masked column {'.'.join(masked)}")
         return None
 
-    def _refuse_write(self, what: str):
+    def _cursor_sources(self, sources):
+        """`WHERE CURRENT OF c` reads what chose c's rows: every output of every DECLARE the
+        session sent for c (a cursor it did not see declared -- a function's -- reads
+        anything)."""
+        if not any(s[1] == lin.CURSOR for s in sources):
+            return sources
+        out = set(sources)
+        for src in sources:
+            if src[1] != lin.CURSOR:
+                continue
+            out.discard(src)
+            known = self._named.get(src[2])
+            if not known or any(o is None for o in known):
+                out.add(lin.CODE)
+                continue
+            for outs in known:
+                for o in outs:
+                    out |= o.sources if isinstance(o, lin.Spread) else o
+        return frozenset(out)
+
+    def _refuse_write(self, what: str, kind: str = "value"):
         event(log, "masked write refused", logging.WARNING, connection=self.conn.connection,
               database=self.database, reads=what)
         metrics.MASK_REFUSED.labels(self.conn.connection).inc()
+        if kind == "code":
+            msg = f"it may store {what} (masked_writes = \"refuse\" while column rules apply)"
+        elif kind == "unread":
+            msg = f"{what} (masked_writes = \"refuse\"; the gateway's log says why)"
+        else:
+            msg = (f"it stores a value read from {what} where it could be read back unmasked "
+                   "(a filter that chooses the rows a write touches counts; writes into a "
+                   "column masked whole as well are allowed)")
         return Verdict(action="block", rule="masked-write", matched=("masked-write",),
-                       message=f"it stores a value read from {what} where it could be read "
-                               "back unmasked (writes into a column masked as well are allowed)")
+                       message=msg)
 
     def _target_masked(self, target) -> bool:
+        """The target column is masked whole (null, redact): whatever is stored there reads
+        back as `****`. A rule that keeps part of the value (partial, hash, format) does not
+        count: `UPDATE users SET ssn = substr(ssn, 1, 5)` in a transaction shows two other
+        characters under partial(keep=2), `SET ssn = CASE WHEN ssn LIKE '1%' ...` a codebook
+        under hash."""
         schema, table, col = target
         rule = self.conn.engine.column_rule
+
+        def whole(r) -> bool:
+            return r is not None and r.strategy.name in ("null", "redact")
         if schema:
-            return rule(schema, table, col) is not None
+            return whole(rule(schema, table, col))
         rels = self.catalog.relations_named(None, table)
-        return bool(rels) and all(rule(r.schema, r.name, col) is not None for r in rels)
+        return bool(rels) and all(whole(rule(r.schema, r.name, col)) for r in rels)
 
     def command_complete(self, tag: bytes) -> None:
         if tag.startswith(_DDL):
@@ -1017,7 +1072,9 @@ class WriteGuard:
             verdict = self.masker.write_verdict(sql)
         except Exception:  # noqa: BLE001 -- a lineage bug must not crash the session
             log.exception("masked-write check failed")
-            verdict = None
+            # nor let the statement through unjudged: refused, the session goes on
+            verdict = self.masker._refuse_write(
+                "the gateway could not check this statement for masked writes", "unread")
         if verdict is not None:
             return verdict
         return self.inner.check(sql) if self.inner is not None else None
