@@ -226,11 +226,15 @@ class Forwarder:
     can hand the server's replies on in small pieces (`pieces`: sizes that cycle, one socket
     write each with `pause` between), so that whoever reads them meets every message cut at
     every place a read can end: in a header, in a row, between a CommandComplete and its
-    ReadyForQuery. What the client sends goes through unchanged."""
+    ReadyForQuery. What the client sends goes through unchanged. With `record`, `sent` and
+    `received` keep every byte each way over all connections: what a client received, fields
+    its driver never shows included."""
 
     def __init__(self, target: tuple[str, int], *, pieces: tuple[int, ...] = (),
-                 pause: float = 0.0005):
+                 pause: float = 0.0005, record: bool = False):
         self.target = target
+        self.sent = bytearray() if record else None        # client -> target, all of it
+        self.received = bytearray() if record else None    # target -> client, all of it
         self.pieces = pieces
         self.pause = pause
         self.writes = 0                           # replies' pieces written so far
@@ -256,16 +260,22 @@ class Forwarder:
                 self.sockets += [a, b]
             capture = bytearray()
             self.from_server.append(capture)
-            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-            threading.Thread(target=self._pump, args=(b, a, capture), daemon=True).start()
+            threading.Thread(target=self._pump, args=(a, b, None, self.sent),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(b, a, capture, self.received),
+                             daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, capture: bytearray | None = None) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, capture: bytearray | None = None,
+              keep: bytearray | None = None) -> None:
         i = 0
         try:
             while src not in self.doomed:
                 data = src.recv(1 << 16)
                 if not data or src in self.doomed:
                     break
+                if keep is not None:
+                    with self.lock:
+                        keep += data
                 if capture is None:
                     dst.sendall(data)
                     continue

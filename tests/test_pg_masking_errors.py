@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import struct
-import threading
 
 import asyncpg
 import psycopg
@@ -22,7 +20,7 @@ import pytest
 
 import pgraw
 from gwfixtures import conninfo, gateway_config, gateway_env
-from helpers import APP_DB, Gateway, psql, wait_until
+from helpers import APP_DB, Forwarder, Gateway, psql, wait_until
 from hoopwire.pg.errortext import scrub
 
 # Values no detector recognises (only the column rules protect them) and values only the
@@ -148,52 +146,6 @@ def direct(pg):
                            password=pg.passwords["app"], sslmode="disable", autocommit=True)
 
 
-class Tap:
-    """A TCP relay between a driver and the gateway that keeps every byte the gateway sent:
-    what the client received, fields the driver never shows included."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.received = bytearray()
-        self.sent = bytearray()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                a, _ = self.listener.accept()
-            except OSError:
-                return
-            b = socket.create_connection(self.target, timeout=10)
-            b.settimeout(None)
-            threading.Thread(target=self._pump, args=(a, b, self.sent), daemon=True).start()
-            threading.Thread(target=self._pump, args=(b, a, self.received), daemon=True).start()
-
-    def _pump(self, src, dst, keep: bytearray) -> None:
-        try:
-            while True:
-                data = src.recv(1 << 16)
-                if not data:
-                    break
-                with self.lock:
-                    keep += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 @pytest.fixture(scope="module")
 def baseline(pg, schema):
     """Each variant sent straight to the server: its SQLSTATE (None: no error) and whether
@@ -302,7 +254,7 @@ async def _asyncpg_run(port, token, extended: bool):
 @pytest.mark.parametrize("driver,how", [("psycopg", "simple"), ("psycopg", "extended"),
                                         ("asyncpg", "simple"), ("asyncpg", "extended")])
 def test_errors_and_notices_drivers(mgw, idp, baseline, driver, how):
-    tap = Tap(mgw.address("pg"))
+    tap = Forwarder(mgw.address("pg"), record=True)
     try:
         if driver == "psycopg":
             codes, notices = {}, []
