@@ -56,11 +56,11 @@ ALL_TARGETS = ("direct", "hoopwire", "pgbouncer", "haproxy")
 #   hoopwire-twin   a second plain hoopwire, configured exactly as `hoopwire`: its ratio to it
 #                   is what two identical gateway processes differ by in this run (the floor
 #                   under any "feature costs x%" read off the other ratios)
-#   hoopwire-base, hoopwire-packs-base
-#                   `hoopwire` and `hoopwire-packs` run from another source tree (--base-tree,
+#   hoopwire-base, hoopwire-packs-base, hoopwire-audit-base
+#                   `hoopwire`, `-packs` and `-audit` run from another source tree (--base-tree,
 #                   built in place): a previous build against this one in the same run
 EXTRA_TARGETS = ("hoopwire-packs", "hoopwire-audit", "hoopwire-twin", "hoopwire-base",
-                 "hoopwire-packs-base")
+                 "hoopwire-packs-base", "hoopwire-audit-base")
 HOOPWIRE_TARGETS = ("hoopwire",) + EXTRA_TARGETS
 PACKS = ("destructive-ddl", "unbounded-write", "privilege-changes", "server-side-io",
          "session-tampering")
@@ -651,12 +651,13 @@ def main(argv: list[str] | None = None) -> int:
         by_name: dict[str, Target] = {}
         gateways: dict[str, Gateway] = {}
         audit_dir = None
+        audit_dirs: dict[str, str] = {}  # recording target -> its audit log and index
         problems: list[str] = []        # warning/error lines of the recording gateway(s)
 
         def launch(name: str) -> None:
             gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers,
                                 packs=name.startswith("hoopwire-packs"),
-                                audit_dir=audit_dir if name == "hoopwire-audit" else None,
+                                audit_dir=audit_dirs.get(name),
                                 tree=args.base_tree if name.endswith("-base") else None)
             stack.callback(gw.stop)
             gateways[name] = gw
@@ -684,9 +685,11 @@ def main(argv: list[str] | None = None) -> int:
                 stack.callback(svc.stop)
                 by_name[name] = Target(name, svc.port, DB_USER, db_password, svc.pid)
             elif name in HOOPWIRE_TARGETS:
-                if name == "hoopwire-audit":
-                    audit_dir = os.path.join(workdir, "hoopwire-audit")
-                    os.mkdir(audit_dir, 0o700)
+                if name.startswith("hoopwire-audit"):
+                    audit_dirs[name] = os.path.join(workdir, name)
+                    os.mkdir(audit_dirs[name], 0o700)
+                    if name == "hoopwire-audit":
+                        audit_dir = audit_dirs[name]
                 launch(name)
         log(versions(pg, targets))
 
