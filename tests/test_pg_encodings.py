@@ -234,3 +234,32 @@ def test_allow_list():
         assert safe_client_encoding(name), name
     for name in list(UNSAFE) + ["shift_jis_2004", "Big5", "MULE", "UNKNOWN"]:
         assert not safe_client_encoding(name), name
+
+
+# -- masking reads statement text too -------------------------------------------------------------
+
+@pytest.mark.parametrize("masked_writes", ["refuse", "allow"])
+def test_a_masking_connection_without_guardrails_refuses_them_too(pg, idp, masked_writes):
+    """Masking decides by statement text what an expression reads (what it mentions, its
+    lineage): `SELECT E'<hider>', upper(ssn) FROM users --'` in Shift-JIS hides the column from
+    the lexer as a guardrail pattern would be hidden. No guardrail configured, either setting of
+    masked_writes: the encoding is refused at startup and a switch ends the session."""
+    cfg = gateway_config(pg, idp, masked_writes=masked_writes,
+                         mask=[{"columns": ["*.secret_col"], "strategy": "redact"}])
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        c = pgraw.RawConn("127.0.0.1", g.port("pg"))
+        try:
+            c.send(pgraw.startup_packet({"user": "agent-7", "database": APP_DB,
+                                         "client_encoding": "SJIS"}))
+            kind, body = c.read_message()
+            assert kind == b"R", (kind, body)
+            c.send(pgraw.typed(b"p", idp.token().encode() + b"\0"))
+            err = c.expect_error_and_close(15)
+        finally:
+            c.close()
+        assert err.get("C") == "42501" and err.get("S") == "FATAL", err
+        with psycopg.connect(conninfo(g, idp.token()), autocommit=True) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+            with pytest.raises(psycopg.Error, match="client encoding"):
+                conn.execute("SET client_encoding = 'SJIS'")
+                conn.execute("select 2")

@@ -1048,16 +1048,19 @@ def _fit(outs, n: int):
 
 
 class WriteGuard:
-    """The relay's policy while masked_writes = "refuse": a statement that stores a masked
-    value where the session can read it back (INSERT ... SELECT ssn, UPDATE ... SET x = ssn,
-    CREATE TABLE AS, COPY ... TO a file, set_config(..., ssn, ...)) is blocked like a guardrail
-    block -- 42501, logged, recorded as blocked -- before it reaches the server; every other
-    statement goes on to the guardrails (`inner`, None when there are none)."""
+    """The relay's policy while column rules apply. Masking reads statement text (what it
+    mentions, its lineage), so the relay must judge text as it does for guardrails -- which
+    also ends a session whose client encoding could hide a quote from the lexer. With
+    masked_writes = "refuse" (`refuse`), a statement that stores a masked value where the
+    session can read it back (INSERT ... SELECT ssn, UPDATE ... SET x = ssn, CREATE TABLE AS,
+    COPY ... TO a file, set_config(..., ssn, ...)) is blocked like a guardrail block -- 42501,
+    logged, recorded as blocked -- before it reaches the server; every other statement goes on
+    to the guardrails (`inner`, None when there are none)."""
 
-    __slots__ = ("inner", "masker")
+    __slots__ = ("inner", "masker", "refuse")
 
-    def __init__(self, inner, masker: "SessionMasker"):
-        self.inner, self.masker = inner, masker
+    def __init__(self, inner, masker: "SessionMasker", refuse: bool = True):
+        self.inner, self.masker, self.refuse = inner, masker, refuse
 
     @property
     def approves(self) -> bool:
@@ -1068,6 +1071,8 @@ class WriteGuard:
         return False
 
     def check(self, sql: bytes):
+        if not self.refuse:
+            return self.inner.check(sql) if self.inner is not None else None
         try:
             verdict = self.masker.write_verdict(sql)
         except Exception:  # noqa: BLE001 -- a lineage bug must not crash the session

@@ -187,15 +187,27 @@ class PgListener(Listener):
                 except StartupRefused as e:
                     s.relay.shutdown("policy_reload", m.error_response("FATAL", e.code, e.message))
                     continue
-            s.relay.policy = policy
-            if s.masker is not None and s.masker.conn.masked_writes == "refuse" and \
-                    s.masker.conn.has_columns:
-                s.relay.policy = WriteGuard(policy, s.masker)     # hoopwire/pg/masker.py
+            s.relay.policy = self._guarded(policy, s.masker)
             if s.relay.names is None and getattr(policy, "approves", False):
                 # approve rules from now on: prepared statements are followed from here.
                 # One prepared before the reload is not known, and its Executes run unheld
                 # (a reload's rules apply to what is parsed after it; the README says so)
                 s.relay.names = PreparedNames()
+
+    @staticmethod
+    def _guarded(policy, masker):
+        """The relay's policy: the guardrails, wrapped in masking's WriteGuard while column rules
+        apply (hoopwire/pg/masker.py)."""
+        if masker is None or not masker.conn.has_columns:
+            return policy
+        return WriteGuard(policy, masker, refuse=masker.conn.masked_writes == "refuse")
+
+    def _reads_text(self, policy) -> bool:
+        """Whether the gateway reads this session's statement text: guardrails, or masking by
+        column rules (what a statement mentions, its lineage). Either way an encoding that can
+        hide a quote from the lexer is refused."""
+        return policy is not None or (self.masking is not None and self.masking.active and
+                                      self.masking.has_columns)
 
     def stopped(self) -> None:
         if self.masking is not None:
@@ -297,6 +309,8 @@ class PgListener(Listener):
             policy = await asyncio.to_thread(self.policy_for, identity)
         if policy is not None:
             self._judge_startup(policy, params, identity, peer)
+        elif self._reads_text(None):
+            self._judge_encoding(params)
 
         database = cfg.database
         asked = params.get("database")
@@ -320,7 +334,7 @@ class PgListener(Listener):
         metrics.UPSTREAM_CONNECT_SECONDS.labels(cfg.name).observe(up.connect_seconds)
 
         server_encoding = _reported(up.status, b"client_encoding")
-        if policy is not None and not safe_client_encoding(server_encoding):
+        if self._reads_text(policy) and not safe_client_encoding(server_encoding):
             # the server took an encoding from the startup packet that no name check above
             # saw (an alias, getopt's forms of `options`): it reports what it uses
             up.writer.close()
@@ -352,8 +366,7 @@ class PgListener(Listener):
                                  capture_bytes=self._capture_bytes())
             masker.relay = relay
             session.masker = masker
-            if masker.conn.masked_writes == "refuse" and masker.conn.has_columns:
-                relay.policy = WriteGuard(relay.policy, masker)  # hoopwire/pg/masker.py
+            relay.policy = self._guarded(relay.policy, masker)
         elif statements is not None:
             relay.enable_results(None, NO_INFO, StatementInfo(True), record=statements,
                                  capture_bytes=self._capture_bytes())
@@ -372,19 +385,23 @@ class PgListener(Listener):
         up.reader._buffer.clear()  # noqa: SLF001
         relay.start(writer.transport, up.writer.transport, client_pending, upstream_pending)
 
-    def _judge_startup(self, policy, params: dict[str, str], identity: Identity, peer: str,
-                       current_encoding: str | None = None) -> None:
-        """Startup parameters are settings: `options=-c role=x` or a bare `role` parameter
-        would be a SET ROLE that no statement shows, so guardrails judge them as SETs."""
+    @staticmethod
+    def _judge_encoding(params: dict[str, str], current_encoding: str | None = None) -> None:
+        """What the client asked for (names and aliases: a deny list, early), and what the
+        server reports the session uses (its canonical name: the allow-list)."""
         from hoopwire.pg.packs import UNSAFE_CLIENT_ENCODINGS
-        # what the client asked for (names and aliases: a deny list, early), and what the
-        # server reports the session uses (its canonical name: the allow-list)
         asked = [v for n, v in startup_pairs(params) if n.lower() == "client_encoding"]
         for value in asked:
             if re.sub(r"[^a-z0-9]", "", value.lower()) in UNSAFE_CLIENT_ENCODINGS:
                 _refuse_encoding(value)
         if current_encoding and not safe_client_encoding(current_encoding):
             _refuse_encoding(current_encoding)
+
+    def _judge_startup(self, policy, params: dict[str, str], identity: Identity, peer: str,
+                       current_encoding: str | None = None) -> None:
+        """Startup parameters are settings: `options=-c role=x` or a bare `role` parameter
+        would be a SET ROLE that no statement shows, so guardrails judge them as SETs."""
+        self._judge_encoding(params, current_encoding)
         for (name, _), setting in zip(startup_pairs(params), startup_settings(params)):
             # allow_kinds rules judge only a role change here: every client sets something
             # at startup (client_encoding, application_name, DateStyle, ...)
