@@ -88,7 +88,7 @@ class Listener:
         end, the others get what the protocol decides (apply_protocol)."""
         self.cfg = cfg
         self.policy_engine = policy_engine
-        for s in list(getattr(self, "sessions", ())):
+        for s in list(self.sessions):
             why = self.revoked(s)
             if why is not None and s.relay is not None:
                 # what the reload took away is not kept by a session opened before it: a
