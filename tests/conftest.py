@@ -79,3 +79,6 @@ def pg(pki: PKI) -> Iterator[PgServer]:
 
 # Gateway fixtures (identity provider, a gateway in front of `pg`) live in gwfixtures.py.
 from gwfixtures import gw, idp  # noqa: E402,F401
+
+# The MariaDB server the MySQL tests use (a session fixture, started on first use).
+from mysqlfixtures import mariadb  # noqa: E402,F401
