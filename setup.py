@@ -25,6 +25,7 @@ DEBUG = os.environ.get("HOOPWIRE_DEBUG") == "1"
 EXTENSIONS = {
     "hoopwire.core._frames": "ext/hoopwire/core/_frames.pyx",
     "hoopwire.pg._wire": "ext/hoopwire/pg/_wire.pyx",
+    "hoopwire.mysql._wire": "ext/hoopwire/mysql/_wire.pyx",
     "hoopwire._sqlnorm": "ext/hoopwire/_sqlnorm.pyx",
     "hoopwire._mask": "ext/hoopwire/_mask.pyx",
     "hoopwire._auditlog": "ext/hoopwire/_auditlog.pyx",
