@@ -1,0 +1,346 @@
+"""`hoopwire demo mysql`: the demo's MariaDB part -- an agent's session through the gateway.
+
+The counterpart of hoopwire/demo.py on the MySQL wire protocol: a throwaway MariaDB with the
+same small shop database, `hoopwire serve` in front of it (TLS with a throwaway certificate,
+guardrails, masking, an approval rule, session recording), a token minted for an agent
+identity, and the agent's statements run through the gateway with PyMySQL -- what was allowed,
+blocked (MySQL evasions included: executable comments, `#` comments, backticks), masked and
+held for a human (who approves it through the admin API as a second identity); then the
+recorded session and the audit chain check. Everything runs in a temporary directory and is
+removed on exit or Ctrl-C.
+
+    python -m hoopwire.demo_mysql [--keep]
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from hoopwire.demo import _admin, _recorded_session, _say, _wait_pending
+
+__all__ = ["main"]
+
+# The gateway's account (shop_app) may read customers and orders and delete orders (the held
+# step); nothing else -- no FILE, no PROCESS, no other schema. Unlike the PostgreSQL demo's
+# view over a private table (which keeps the raw ssn from the gateway's role itself), here the
+# gateway masks ssn by its column rule: MariaDB shows an account only the catalog it has
+# privileges on, so the gateway could not follow a view into a schema its account cannot see,
+# and would then mask every column of it as unresolved.
+SAMPLE_DATA = """
+CREATE DATABASE shop CHARACTER SET utf8mb4;
+CREATE TABLE shop.customers (id int PRIMARY KEY, name varchar(64), email varchar(128),
+                             plan varchar(16), ssn varchar(11));
+CREATE TABLE shop.orders (id int PRIMARY KEY, customer_id int, total decimal(10,2),
+                          placed_at timestamp DEFAULT CURRENT_TIMESTAMP);
+INSERT INTO shop.customers VALUES
+  (1, 'Ada Lovelace', 'ada@example.com', 'pro', '123-45-6789'),
+  (2, 'Alan Turing', 'alan@example.org', 'free', '219-09-9999'),
+  (3, 'Grace Hopper', 'grace@example.net', 'pro', '078-05-1120');
+INSERT INTO shop.orders (id, customer_id, total)
+  WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 42)
+  SELECT n, 1 + n % 3, ROUND(MOD(10 + n * 7.31, 500), 2) FROM g;
+"""
+APP_GRANTS = ["SELECT ON shop.customers", "SELECT, DELETE ON shop.orders"]
+
+# What the agent runs, and what we expect the gateway to do with each.
+AGENT_STEPS = [
+    ("allowed", "SELECT COUNT(*) FROM orders"),
+    ("allowed", "SELECT c.name, SUM(o.total) FROM customers c JOIN orders o ON o.customer_id = c.id "
+                "GROUP BY c.name ORDER BY 2 DESC LIMIT 1"),
+    ("blocked", "DROP TABLE orders"),
+    ("blocked", "DELETE FROM orders"),
+    ("blocked", "SELECT LOAD_FILE('/etc/passwd')"),
+    # MySQL runs what is inside /*! ... */: a comment to a naive filter, a statement to the server
+    ("blocked", "/*!50000 DrOp */ TaBlE `customers`"),
+    ("blocked", "# just a comment\nDROP TABLE orders"),
+    ("allowed", "SELECT 'drop table orders' AS just_a_string"),
+    ("masked", "SELECT name, email, ssn AS tax_id FROM customers ORDER BY id"),
+    # an expression loses the column's name in the result's metadata: lineage still finds it
+    ("masked", "SELECT CONCAT(name, ' / ', ssn) AS who FROM customers WHERE id = 1"),
+]
+HELD_STEP = "DELETE FROM orders WHERE id = 42"
+
+
+def _config(db_port: int, gw_port: int, admin_port: int, jwks: str, api_key_sha: str,
+            work: str, cert: str, key: str) -> str:
+    return f"""\
+[admin]
+listen = "127.0.0.1:{admin_port}"
+admin_groups = ["dba"]
+
+[state]
+url = "sqlite:///{work}/state.db"
+
+[audit]
+path = "{work}/audit"
+
+[[identity.issuer]]
+issuer = "https://idp.demo.local"
+audience = "hoopwire"
+jwks_uri = "file://{jwks}"
+algorithms = ["ES256"]
+
+[[identity.api_key]]
+name = "nightly-etl"
+sha256 = "{api_key_sha}"
+groups = ["etl"]
+
+[[connection]]
+name = "shop"
+protocol = "mysql"
+listen = "127.0.0.1:{gw_port}"
+upstream = "127.0.0.1:{db_port}"
+database = "shop"
+user = "shop_app"
+password_env = "SHOP_DB_PASSWORD"
+allow_groups = ["agents", "etl"]
+# the token travels as a cleartext password (mysql_clear_password): only inside TLS
+tls_cert = "{cert}"
+tls_key = "{key}"
+
+  [[connection.guardrail]]
+  pack = "destructive-ddl"
+  message = "DDL goes through a migration, not an agent"
+
+  [[connection.guardrail]]
+  pack = "unbounded-write"
+  message = "DELETE and UPDATE need a WHERE clause"
+
+  [[connection.guardrail]]
+  pack = "server-side-io"
+
+  [[connection.guardrail]]
+  name = "deletes-need-a-human"
+  patterns = ['\\bdelete\\b']
+  action = "approve"
+  approvers = ["dba"]
+  timeout = "60s"
+
+  [[connection.mask]]
+  columns = ["shop.customers.ssn"]
+  strategy = "partial"
+  keep = 4
+
+  [[connection.mask]]
+  detectors = ["EMAIL", "US_SSN", "CREDIT_CARD", "AWS_ACCESS_KEY_ID"]
+  strategy = "redact"
+"""
+
+
+def _self_signed(work: str) -> tuple[str, str]:
+    """A throwaway certificate for 127.0.0.1 (the client pins it as its CA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hoopwire demo")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(work, "gateway.pem"), os.path.join(work, "gateway.key")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _error_text(e: Exception) -> str:
+    """`ERROR <errno> (<sqlstate>): <message>` as the mariadb CLI shows it, from a PyMySQL error
+    (which keeps errno and message; the SQLSTATE is not kept, so it is left out)."""
+    args = getattr(e, "args", ())
+    if len(args) >= 2 and isinstance(args[0], int):
+        return f"ERROR {args[0]}: {args[1]}"
+    return f"ERROR: {e}"
+
+
+def main(keep: bool = False) -> int:
+    try:
+        import pymysql
+    except ImportError:
+        print("the demo's MySQL client is PyMySQL: pip install pymysql", file=sys.stderr)
+        return 1
+    from hoopwire.devserver import free_loopback_port, wait_for_listener
+    from hoopwire.devserver.mariadb import MariaDbServer, MariaDbServerError
+    from hoopwire.identity.devtoken import create_dev_key, mint_token
+
+    work = tempfile.mkdtemp(prefix="hoopwire-demo-mysql-")
+    db = gw = None
+    # Ctrl-C anywhere: fall through to the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        print("hoopwire demo (MariaDB): an AI agent's database session, through the gateway\n")
+        _say("info", "starting a throwaway MariaDB (mariadb-install-db in a temp dir)...")
+        db_password = secrets.token_urlsafe(18)
+        try:
+            db = MariaDbServer().start()
+            db.sql(SAMPLE_DATA)
+            db.create_user("shop_app", db_password, grants=APP_GRANTS)
+        except MariaDbServerError as e:
+            print(f"cannot start MariaDB: {e}", file=sys.stderr)
+            return 1
+        _say("info", f"MariaDB {db.sql('SELECT VERSION()')} on 127.0.0.1:{db.port}, database "
+                     "shop (customers, orders)")
+
+        key = os.path.join(work, "dev-key.pem")
+        jwks = create_dev_key(key, kid="demo")
+        cert, cert_key = _self_signed(work)
+        api_key = "etl-" + secrets.token_urlsafe(24)
+        gw_port, admin_port = free_loopback_port(), free_loopback_port()
+        cfg_path = os.path.join(work, "hoopwire.toml")
+        with open(cfg_path, "w") as f:
+            f.write(_config(db.port, gw_port, admin_port, jwks,
+                            hashlib.sha256(api_key.encode()).hexdigest(), work, cert, cert_key))
+        log_path = os.path.join(work, "gateway.log")
+        log_file = open(log_path, "wb")
+        env = dict(os.environ, SHOP_DB_PASSWORD=db_password)
+        gw = subprocess.Popen([sys.executable, "-m", "hoopwire", "serve", "--config", cfg_path],
+                              env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        wait_for_listener(gw_port, gw)
+        _say("info", f"hoopwire on 127.0.0.1:{gw_port}, TLS (admin and /metrics on "
+                     f"127.0.0.1:{admin_port})")
+        token = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
+                           subject="agent-7", groups=["agents"], ttl=900, kid="demo")
+        _say("info", "minted a 15-minute token for agent-7 (group: agents) -- the agent's only "
+                     "change is where it connects and the password it sends:")
+        print(f"          mariadb -h 127.0.0.1 -P {gw_port} -u agent-7 --ssl-ca gateway.pem "
+              f"-p'{token[:12]}...' shop\n")
+
+        def connect(user: str, password: str, **kw):
+            # PyMySQL answers the gateway's switch to mysql_clear_password by itself; the
+            # certificate pinned here is what makes sending the token that way safe
+            return pymysql.connect(host="127.0.0.1", port=gw_port, user=user, password=password,
+                                   database="shop", ssl={"ca": cert}, autocommit=True,
+                                   connect_timeout=10, read_timeout=120, **kw)
+
+        with connect("agent-7", token) as conn, conn.cursor() as cur:
+            for expected, sql in AGENT_STEPS:
+                shown_sql = sql.replace("\n", "\\n")
+                try:
+                    cur.execute(sql)
+                    rows = cur.fetchall()
+                    if expected == "masked":
+                        _say("masked", f"{shown_sql}\n          -> " +
+                             "\n             ".join(str(r) for r in rows))
+                        continue
+                    shown = rows[0] if cur.description else f"ok ({cur.rowcount} rows)"
+                    _say("allowed", f"{shown_sql}\n          -> {shown}")
+                except pymysql.MySQLError as e:
+                    # the gateway's refusals name their rule; anything else is the server's
+                    # own answer (an account without DROP refuses DROP whatever got through)
+                    text = _error_text(e)
+                    _say("blocked" if "hoopwire rule" in text else "error",
+                         f"{shown_sql}\n          -> {text}")
+
+        # A statement that needs a human: the agent's call waits; a DBA approves it.
+        # the admin API's own audience ([admin] audience): a database token is no admin token
+        approver = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire-admin",
+                              subject="dana", groups=["dba"], ttl=900, kid="demo")
+        held: dict = {}
+
+        def agent_delete() -> None:
+            try:
+                with connect("agent-7", token) as c, c.cursor() as cur:
+                    held["result"] = f"{cur.execute(HELD_STEP)} row deleted"
+            except pymysql.MySQLError as e:
+                held["result"] = _error_text(e)
+        worker = threading.Thread(target=agent_delete, daemon=True)
+        worker.start()
+        try:
+            request = _wait_pending(admin_port, approver)
+        except RuntimeError as e:
+            worker.join(5)
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                tail = f.readlines()[-8:]
+            print(f"demo: {e}; the agent got: {held.get('result', '(no answer yet)')}; the "
+                  "gateway's log ends with:\n" + "".join(tail), file=sys.stderr)
+            return 1
+        _say("held", f"{HELD_STEP}\n          -> waiting: approval {request['id']} "
+                     f"(rule \"{request['rule']}\", approvers: {', '.join(request['approvers'])})")
+        decided = _admin(admin_port, "POST", f"/api/v1/approvals/{request['id']}/approve",
+                         approver, {"reason": "order 42 was a test order"})
+        worker.join(15)
+        _say("approved", f"by {decided['decided_by']} through the admin API -> the agent's "
+                         f"statement ran: {held.get('result')}")
+
+        try:
+            connect("agent-7", token[:-4] + "AAAA").close()
+            _say("allowed", "a tampered token (unexpected!)")
+        except pymysql.MySQLError as e:
+            _say("refused", f"a tampered token -> {_error_text(e)}")
+        with connect("etl", api_key) as conn, conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM customers")
+            n = cur.fetchone()[0]
+            _say("allowed", f"the nightly-etl API key (stored only as its sha256): {n} customers")
+
+        first, shown = _recorded_session(admin_port, approver, "agent-7")
+        print(f"\nThe recorded session (hoopwire sessions show {first['id']}):")
+        for st in shown["statements"]:
+            _say(st["verdict"], f"#{st['seq']} {st['statement']}".replace("\n", "\\n")
+                 + (f"  ({st['masked']} values masked)" if st.get("masked") else ""))
+        check = subprocess.run([sys.executable, "-m", "hoopwire", "audit", "verify",
+                                os.path.join(work, "audit")], capture_output=True, text=True)
+        _say("audit", f"hoopwire audit verify -> {check.stdout.strip()}")
+
+        print("\nWhat the operator's log saw (secrets and literals never appear):")
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if any(w in line for w in ("session started", "blocked", "refused", "held for",
+                                           "decided", "session closed")):
+                    _say("log", line.rstrip()[:220])
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
+        print("\nMetrics (/metrics):")
+        for line in metrics.splitlines():
+            if line.startswith(("hoopwire_connections_total", "hoopwire_guardrail_verdicts_total",
+                                "hoopwire_auth_failures_total", "hoopwire_statements_total",
+                                "hoopwire_masked_values_total")):
+                _say("log", line)
+
+        if keep:
+            fresh = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
+                               subject="you", groups=["agents"], ttl=3600, kid="demo")
+            print(f"\nStill running. Try it yourself (Ctrl-C to stop):\n  mariadb -h 127.0.0.1 "
+                  f"-P {gw_port} -u you --ssl-ca {cert} -p'{fresh}' shop")
+            while gw.poll() is None:
+                time.sleep(0.5)
+        print("\ndone: stopping the gateway and MariaDB.")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the gateway and MariaDB.")
+        return 130
+    finally:
+        if gw is not None and gw.poll() is None:
+            gw.terminate()
+            try:
+                gw.wait(10)
+            except subprocess.TimeoutExpired:
+                gw.kill()
+        if db is not None:
+            db.stop()
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(keep="--keep" in sys.argv[1:]))

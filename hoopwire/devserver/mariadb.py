@@ -1,0 +1,417 @@
+"""A throwaway MariaDB server on a loopback port.
+
+    with MariaDbServer(tls_cert="server.pem", tls_key="server.key") as db:
+        db.create_database("shop")
+        db.create_user("app", "s3cret", grants=["SELECT ON shop.*"])
+        pymysql.connect(host=db.host, port=db.port, user="app", password="s3cret")
+
+The server lives in one temporary directory (data, unix socket, pid file, error log) that stop()
+removes. It is tuned for tests and benchmarks, not for keeping data: the redo log is not flushed
+at commit and the doublewrite buffer is off.
+
+mariadbd refuses to run as root without `--user`, and a data directory made by root is not the
+server's to write, so when we are root the directory is handed to the `mysql` OS user and the
+server binaries run through `runuser`. The administrative account is root@localhost identified
+by unix_socket (the OS user who runs `mariadb` must be the one named at install time), reachable
+only over the private socket: nothing on the TCP port logs in without a password. The `mariadb`
+CLI, which only talks to the server, runs as whoever we are.
+"""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from typing import Any, Iterable
+
+from hoopwire.devserver.postgres import free_loopback_port
+
+__all__ = ["MariaDbServer", "MariaDbServerError", "find_mariadb_binaries", "quote_string"]
+
+_OS_USER = "mysql"          # owns the data directory when we run as root
+_START_TIMEOUT = 60         # seconds to wait for the server to answer a query
+_STOP_TIMEOUT = 30
+# installed names first, then the MySQL-compatible aliases older packages ship
+_NAMES = {"install_db": ("mariadb-install-db", "mysql_install_db"),
+          "server": ("mariadbd", "mysqld"),
+          "client": ("mariadb", "mysql")}
+_SEARCH = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/libexec")
+
+
+class MariaDbServerError(RuntimeError):
+    """A throwaway server could not be found, set up, started or queried."""
+
+
+def find_mariadb_binaries() -> dict[str, str]:
+    """Paths of the install script, the server and the CLI ({"install_db", "server", "client"}).
+
+    HOOPWIRE_MARIADB_BINDIR wins (all three there), then PATH, then the usual system directories
+    (Debian puts mariadbd in /usr/sbin, which a non-root PATH often lacks)."""
+    found = {}
+    forced = os.environ.get("HOOPWIRE_MARIADB_BINDIR")
+    for role, names in _NAMES.items():
+        for name in names:
+            if forced:
+                path = os.path.join(forced, name)
+                path = path if os.access(path, os.X_OK) else None
+            else:
+                path = shutil.which(name) or next(
+                    (os.path.join(d, name) for d in _SEARCH
+                     if os.access(os.path.join(d, name), os.X_OK)), None)
+            if path:
+                found[role] = path
+                break
+        else:
+            raise MariaDbServerError(
+                f"MariaDB {role.replace('_', ' ')} binary not found ({' or '.join(names)}): "
+                "install it, e.g. `apt-get install mariadb-server mariadb-client`, or set "
+                "HOOPWIRE_MARIADB_BINDIR to the directory that holds them")
+    return found
+
+
+def quote_string(value: str) -> str:
+    """A string literal under the default sql_mode (backslash escapes on)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+# Servers not yet stopped, so that an interpreter exit does not leave them running. Keyed by the
+# pid that started them: a forked child exiting must not stop its parent's servers.
+_live: dict[int, "MariaDbServer"] = {}
+
+
+@atexit.register
+def _stop_live_servers() -> None:
+    for server in list(_live.values()):
+        if server._owner_pid == os.getpid():
+            server.stop()
+
+
+class MariaDbServer:
+    """One throwaway server. Not started until start() (or `with`).
+
+    `options` are extra mariadbd command-line options (`{"max_connections": 300}` becomes
+    `--max-connections=300`; True is a bare flag), applied after the defaults below."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, *, tls_cert: str | None = None, tls_key: str | None = None,
+                 tls_ca: str | None = None, port: int | None = None,
+                 options: dict[str, Any] | None = None, basedir: str | None = None,
+                 binaries: dict[str, str] | None = None):
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        self.bin = binaries or find_mariadb_binaries()
+        self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
+        self.port = port
+        self._fixed_port = port is not None
+        self.options = dict(options or {})
+        self.basedir = basedir
+        self.workdir: str | None = None
+        self.datadir: str | None = None
+        self.socket: str | None = None
+        self.errorlog: str | None = None
+        self.pidfile: str | None = None
+        self.passwords: dict[str, str] = {}     # every password create_user set, by user name
+        self._proc: subprocess.Popen | None = None
+        self._owner_pid = os.getpid()
+        # the unix_socket account the install creates for whoever runs the CLI
+        self.admin_user = "root" if os.geteuid() == 0 else getpass.getuser()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.workdir is not None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def pid(self) -> int | None:
+        """mariadbd's own pid (not runuser's), from its pid file."""
+        try:
+            with open(self.pidfile or "", encoding="ascii") as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def start(self) -> "MariaDbServer":
+        if self.running:
+            return self
+        self.workdir = tempfile.mkdtemp(prefix="hoopwire-mariadb-", dir=self.basedir)
+        self._owner_pid = os.getpid()
+        _live[id(self)] = self  # before anything can fail: stop() cleans up half-made servers
+        self.datadir = os.path.join(self.workdir, "data")
+        self.socket = os.path.join(self.workdir, "mariadbd.sock")
+        self.errorlog = os.path.join(self.workdir, "error.log")
+        self.pidfile = os.path.join(self.workdir, "mariadbd.pid")
+        try:
+            self._give_to_owner(self.workdir)
+            self._check_owner_can_reach(self.workdir)
+            self._install()
+            self._start_server()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown; open sessions are cut), SIGKILL after a bound, then remove
+        the directory. Safe to repeat."""
+        if self.workdir is None:
+            return
+        try:
+            self._terminate()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+            _live.pop(id(self), None)
+
+    def __enter__(self) -> "MariaDbServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"{self.host}:{self.port}" if self.running else "stopped"
+        return f"<MariaDbServer {state} tls={'on' if self.tls else 'off'}>"
+
+    # -- helpers for callers ---------------------------------------------------------------------
+
+    def sql(self, script: str, database: str | None = None, *, secret: str | None = None,
+            timeout: float = 120) -> str:
+        """Run SQL as the administrative account over the unix socket; tab-separated rows
+        without a header (`mariadb -N -B`), the final newline removed. Several statements work;
+        the first error stops the script and raises. `secret` is scrubbed from error text."""
+        if not self.running:
+            raise MariaDbServerError("the server is not running")
+        cmd = [self.bin["client"], "--no-defaults", "-S", self.socket, "-u", self.admin_user,
+               "-N", "-B", "--connect-timeout=10"] + ([database] if database else [])
+        r = self._run(cmd, as_owner=False, input=script, secret=secret, timeout=timeout)
+        out = r.stdout
+        return out[:-1] if out.endswith("\n") else out
+
+    def create_database(self, name: str, charset: str = "utf8mb4") -> None:
+        self.sql(f"CREATE DATABASE {quote_ident(name)} CHARACTER SET {charset};")
+
+    def create_user(self, name: str, password: str, *, plugin: str = "mysql_native_password",
+                    host: str = "%", grants: Iterable[str] = ()) -> None:
+        """An account that logs in from `host` with `password` stored for `plugin`
+        (mysql_native_password, or ed25519 once its plugin is installed), and `grants`
+        ("SELECT ON shop.*", ...) given to it."""
+        account = f"{quote_string(name)}@{quote_string(host)}"
+        if plugin == "mysql_native_password":
+            how = f"IDENTIFIED BY {quote_string(password)}"
+        else:
+            how = f"IDENTIFIED VIA {plugin} USING PASSWORD({quote_string(password)})"
+        script = f"CREATE USER {account} {how};\n" + "".join(
+            f"GRANT {g} TO {account};\n" for g in grants)
+        self.sql(script, secret=password)
+        self.passwords[name] = password
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.errorlog or "", encoding="utf-8", errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+    # -- setting up ------------------------------------------------------------------------------
+
+    def _as_owner(self, cmd: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return cmd
+        return ["runuser", "-u", _OS_USER, "--", *cmd]
+
+    def _give_to_owner(self, path: str, mode: int | None = None) -> None:
+        if mode is not None:
+            os.chmod(path, mode)
+        if os.geteuid() != 0:
+            return
+        try:
+            entry = pwd.getpwnam(_OS_USER)
+        except KeyError:
+            raise MariaDbServerError(
+                f"running as root needs an OS user named {_OS_USER!r} to own the data directory "
+                "(mariadbd will not run as root); the Debian `mariadb-server` package creates "
+                "it") from None
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _check_owner_can_reach(self, path: str) -> None:
+        """As root, fail clearly when the mysql user cannot reach our directory (a basedir under
+        a 0700 directory of root's), instead of a cryptic install error."""
+        if os.geteuid() != 0:
+            return
+        owner = pwd.getpwnam(_OS_USER)
+        parent = os.path.dirname(os.path.abspath(path))
+        while True:
+            st = os.stat(parent)
+            if st.st_uid == owner.pw_uid:
+                ok = st.st_mode & 0o100
+            elif st.st_gid == owner.pw_gid:
+                ok = st.st_mode & 0o010
+            else:
+                ok = st.st_mode & 0o001
+            if not ok:
+                raise MariaDbServerError(
+                    f"the {_OS_USER!r} OS user cannot enter {parent} (mode "
+                    f"{st.st_mode & 0o777:o}); pass a basedir it can reach, such as /tmp")
+            if parent == os.path.dirname(parent):
+                return
+            parent = os.path.dirname(parent)
+
+    def _env(self) -> dict[str, str]:
+        # MYSQL_* variables of the caller's shell (MYSQL_PWD, MYSQL_HOST, MYSQL_TCP_PORT...)
+        # must not steer the CLI; messages untranslated
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("MYSQL", "MARIADB")) and not k.startswith("LC_")}
+        env["LC_ALL"] = "C"
+        return env
+
+    def _run(self, cmd: list[str], *, as_owner: bool = True, check: bool = True,
+             timeout: float = 120, input: str | None = None,
+             secret: str | None = None) -> subprocess.CompletedProcess:
+        name = os.path.basename(cmd[0])
+        if as_owner:
+            cmd = self._as_owner(cmd)
+        try:
+            r = subprocess.run(cmd, input=input if input is not None else "", capture_output=True,
+                               text=True, env=self._env(), cwd=self.workdir, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise MariaDbServerError(f"{name} timed out after {timeout} s") from None
+        if check and r.returncode != 0:
+            output = (r.stderr or r.stdout).strip()
+            if secret:
+                output = output.replace(secret, "***")
+            raise MariaDbServerError(f"{name} failed (exit {r.returncode}): {output}")
+        return r
+
+    def _install(self) -> None:
+        # socket authentication for the admin account: no password exists to leak or guess,
+        # and the TCP port has no account without one (no anonymous users, no test database)
+        self._run([self.bin["install_db"], "--no-defaults", f"--datadir={self.datadir}",
+                   "--auth-root-authentication-method=socket",
+                   f"--auth-root-socket-user={self.admin_user}", "--skip-test-db",
+                   "--skip-name-resolve"], timeout=120)
+
+    def _server_args(self) -> list[str]:
+        settings: dict[str, Any] = {
+            "datadir": self.datadir,
+            "socket": self.socket,
+            "pid-file": self.pidfile,
+            "log-error": self.errorlog,
+            "port": self.port,
+            "bind-address": self.host,
+            "skip-name-resolve": True,   # accounts are 'x'@'%': no reverse lookups per login
+            "character-set-server": "utf8mb4",
+            "collation-server": "utf8mb4_general_ci",
+            "max-connections": 300,
+            # a throwaway server: durability only costs time
+            "innodb-flush-log-at-trx-commit": 0,
+            "innodb-doublewrite": 0,
+            "innodb-buffer-pool-size": "128M",
+        }
+        if self.tls:
+            settings.update({"ssl-cert": self.tls_cert, "ssl-key": self.tls_key})
+            if self.tls_ca:
+                settings["ssl-ca"] = self.tls_ca
+        for key, value in self.options.items():  # last: callers override any of the above
+            settings[key.replace("_", "-")] = value
+        args = [self.bin["server"], "--no-defaults"]
+        for key, value in settings.items():
+            if value is True:
+                args.append(f"--{key}")
+            elif value is not False and value is not None:
+                args.append(f"--{key}={value}")
+        return args
+
+    def _start_server(self) -> None:
+        if self.tls:
+            for attr, mode in (("tls_cert", 0o644), ("tls_key", 0o600), ("tls_ca", 0o644)):
+                src = getattr(self, attr)
+                if src:
+                    # the server reads them as the mysql user: private copies it owns
+                    dst = os.path.join(self.workdir, attr + ".pem")
+                    shutil.copyfile(src, dst)
+                    self._give_to_owner(dst, mode)
+                    setattr(self, attr, dst)
+        # A port picked by us may be taken before mariadbd binds it; then pick another.
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            if not self._fixed_port:
+                self.port = free_loopback_port()
+            with open(os.path.join(self.workdir, "mariadbd.out"), "ab") as out:
+                # a new session keeps a terminal's Ctrl-C away from the server: stop() ends it
+                self._proc = subprocess.Popen(
+                    self._as_owner(self._server_args()), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, env=self._env(), cwd=self.workdir,
+                    start_new_session=True)
+            if self._wait_ready():
+                return
+            tail = self.log_tail()
+            self._terminate()
+            if "already in use" not in tail or attempt == attempts - 1:
+                raise MariaDbServerError(
+                    f"MariaDB did not start on {self.host}:{self.port} (waited up to "
+                    f"{_START_TIMEOUT} s)\n--- error log (tail) ---\n{tail}")
+
+    def _wait_ready(self) -> bool:
+        """Ready means it answers a real query over its socket, not just a pid file."""
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            if os.path.exists(self.socket):
+                try:
+                    self.sql("SELECT 1", timeout=15)
+                    return True
+                except MariaDbServerError:
+                    pass
+            time.sleep(0.1)
+        return False
+
+    def _terminate(self) -> None:
+        pid = self.pid
+        proc, self._proc = self._proc, None
+        if pid is not None:
+            for sig, wait in ((signal.SIGTERM, _STOP_TIMEOUT), (signal.SIGKILL, 5)):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+                if _wait_gone(pid, wait):
+                    break
+        if proc is not None:
+            if proc.poll() is None:
+                # runuser (or a server that never wrote its pid file) is still there
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(_STOP_TIMEOUT)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
