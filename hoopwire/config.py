@@ -225,6 +225,10 @@ class ConnectionConfig:
     connect_timeout: float = 10.0
     record_results: bool = False          # keep what the client saw (after masking) for replay
     record_results_max_bytes: int = 1024 * 1024   # per session
+    # mysql only: where the token may cross without TLS ("never", or "loopback": a client on a
+    # loopback address), and whether LOAD DATA LOCAL INFILE may send the client's files up
+    cleartext_without_tls: str = "never"
+    load_data_local: bool = False
 
 
 # What `hoopwire check-config --connect` can find about an upstream role (hoopwire/pg/posture.py
@@ -476,7 +480,7 @@ def _tomlname(name: str) -> str:
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,63}$")
 _TLS_MODES = ("disable", "require", "verify-full")
 _PROTOCOLS = ("postgres", "mysql", "http")
-_IMPLEMENTED_PROTOCOLS = ("postgres",)
+_IMPLEMENTED_PROTOCOLS = ("postgres", "mysql")
 _ACTIONS = ("block", "log", "approve")
 _STRATEGIES = ("redact", "partial", "hash", "null", "format")
 _ALLOWED_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
@@ -656,7 +660,8 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         r.error("name", "use letters, digits and . _ @ - (at most 63)")
     protocol = r.get("protocol", str, "postgres", choices=_PROTOCOLS)
     if protocol not in _IMPLEMENTED_PROTOCOLS:
-        r.error("protocol", f"{protocol!r} is not supported by this version yet (postgres is)")
+        r.error("protocol", f"{protocol!r} is not supported by this version yet "
+                            f"({' and '.join(_IMPLEMENTED_PROTOCOLS)} are)")
     listen = r.get("listen", str, required=True, convert=parse_listen)
     upstream = r.get("upstream", str, required=True, convert=parse_listen)
     database = r.get("database", str)
@@ -728,6 +733,13 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
                  if d is not None]
     unresolved = r.get("unresolved_columns", str, "mask", choices=("detect", "mask", "block"))
     binary_copy = r.get("binary_copy", str, "mask", choices=("mask", "refuse"))
+    for key, owner in _ONLY_FOR.items():
+        if protocol is not None and protocol != owner and key in r.table:
+            r.error(key, f"applies to protocol = \"{owner}\" connections only")
+    # mysql: the token (a cleartext password) without TLS only from loopback clients, if at all
+    cleartext_without_tls = r.get("cleartext_without_tls", str, "never",
+                                  choices=("never", "loopback"))
+    load_data_local = r.get("load_data_local", bool, False)
     masked_writes = r.get("masked_writes", str, "refuse", choices=("refuse", "allow"))
     mask_hash_key = r.secret("mask_hash_key")
     if any(m.strategy == "hash" for m in masks) and mask_hash_key is None:
@@ -746,7 +758,14 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         max_connections=max_connections, max_handshakes=max_handshakes,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout, connect_timeout=connect_timeout,
-        record_results=record_results, record_results_max_bytes=record_results_max_bytes)
+        record_results=record_results, record_results_max_bytes=record_results_max_bytes,
+        cleartext_without_tls=cleartext_without_tls, load_data_local=load_data_local)
+
+
+# keys that mean something to one protocol only: set on another, they are a mistake (a
+# binary_copy on a mysql connection would read as if COPY were masked there)
+_ONLY_FOR = {"binary_copy": "postgres", "cleartext_without_tls": "mysql",
+             "load_data_local": "mysql"}
 
 
 def _audit(r: _Reader, default_path: str) -> AuditConfig | None:

@@ -34,4 +34,5 @@ class Registry:
 # protocol name -> "module:attribute" of its ProtocolSpec
 REGISTRY = Registry({
     "postgres": "hoopwire.pg.protocol:PROTOCOL",
+    "mysql": "hoopwire.mysql.protocol:PROTOCOL",
 })
