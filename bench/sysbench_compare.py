@@ -47,7 +47,7 @@ sys.path.insert(0, BENCH_DIR)
 from helpers import Gateway, GatewayError  # noqa: E402  (tests/helpers.py)
 from pgbench_compare import (Service, fmt, median_interval, median_or_none,  # noqa: E402
                              paired, ratios, start_haproxy, tree_cpu_seconds)
-from hoopwire.devserver.mariadb import MariaDbServer  # noqa: E402
+from hoopwire.devserver import MariaDbServer  # noqa: E402
 
 ALL_TARGETS = ("direct", "haproxy", "hoopwire", "hoopwire-guarded")
 # ask for these by name (--targets ...):

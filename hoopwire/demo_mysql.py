@@ -9,7 +9,7 @@ held for a human (who approves it through the admin API as a second identity); t
 recorded session and the audit chain check. Everything runs in a temporary directory and is
 removed on exit or Ctrl-C.
 
-    python -m hoopwire.demo_mysql [--keep]
+    hoopwire demo mysql [--keep]        (or: python -m hoopwire.demo_mysql [--keep])
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ APP_GRANTS = ["SELECT ON shop.customers", "SELECT, DELETE ON shop.orders"]
 # What the agent runs, and what we expect the gateway to do with each.
 AGENT_STEPS = [
     ("allowed", "SELECT COUNT(*) FROM orders"),
-    ("allowed", "SELECT c.name, SUM(o.total) FROM customers c JOIN orders o ON o.customer_id = c.id "
+    ("allowed", "SELECT c.name, SUM(o.total) FROM customers c "
+                "JOIN orders o ON o.customer_id = c.id "
                 "GROUP BY c.name ORDER BY 2 DESC LIMIT 1"),
     ("blocked", "DROP TABLE orders"),
     ("blocked", "DELETE FROM orders"),
@@ -181,8 +182,8 @@ def main(keep: bool = False) -> int:
     except ImportError:
         print("the demo's MySQL client is PyMySQL: pip install pymysql", file=sys.stderr)
         return 1
-    from hoopwire.devserver import free_loopback_port, wait_for_listener
-    from hoopwire.devserver.mariadb import MariaDbServer, MariaDbServerError
+    from hoopwire.devserver import (MariaDbServer, MariaDbServerError, free_loopback_port,
+                                    wait_for_listener)
     from hoopwire.identity.devtoken import create_dev_key, mint_token
 
     work = tempfile.mkdtemp(prefix="hoopwire-demo-mysql-")
@@ -309,7 +310,8 @@ def main(keep: bool = False) -> int:
                 if any(w in line for w in ("session started", "blocked", "refused", "held for",
                                            "decided", "session closed")):
                     _say("log", line.rstrip()[:220])
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics",
+                                         timeout=5).read().decode()
         print("\nMetrics (/metrics):")
         for line in metrics.splitlines():
             if line.startswith(("hoopwire_connections_total", "hoopwire_guardrail_verdicts_total",

@@ -5,8 +5,9 @@ stop() (and at interpreter exit, in case a caller never got that far). Nothing h
 production data: durability is switched off for speed.
 """
 
+from hoopwire.devserver.mariadb import MariaDbServer, MariaDbServerError, find_mariadb_binaries
 from hoopwire.devserver.postgres import (PgServer, PgServerError, find_pg_bindir,
                                          free_loopback_port, wait_for_listener)
 
-__all__ = ["PgServer", "PgServerError", "find_pg_bindir", "free_loopback_port",
-           "wait_for_listener"]
+__all__ = ["MariaDbServer", "MariaDbServerError", "PgServer", "PgServerError",
+           "find_mariadb_binaries", "find_pg_bindir", "free_loopback_port", "wait_for_listener"]

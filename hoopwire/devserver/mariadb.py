@@ -1,13 +1,18 @@
 """A throwaway MariaDB server on a loopback port.
 
-    with MariaDbServer(tls_cert="server.pem", tls_key="server.key") as db:
+    with MariaDbServer(tls_cert="server.pem", tls_key="server.key", tls_ca="ca.pem") as db:
         db.create_database("shop")
         db.create_user("app", "s3cret", grants=["SELECT ON shop.*"])
+        db.create_user("ed", "s3cret", plugin="ed25519", require_ssl=True)
+        db.sql("SELECT VERSION()")          # as the admin, over the unix socket -> text
         pymysql.connect(host=db.host, port=db.port, user="app", password="s3cret")
 
-The server lives in one temporary directory (data, unix socket, pid file, error log) that stop()
-removes. It is tuned for tests and benchmarks, not for keeping data: the redo log is not flushed
-at commit and the doublewrite buffer is off.
+The tests' `mariadb` fixture (tests/mysqlfixtures.py), bench/sysbench_compare.py and `hoopwire
+demo mysql` all start their servers through this class.
+
+The server lives in one temporary directory (data, unix socket, pid file, error log, and its
+tmpdir) that stop() removes. It is tuned for tests and benchmarks, not for keeping data: the redo
+log is not flushed at commit and the doublewrite buffer is off.
 
 mariadbd refuses to run as root without `--user`, and a data directory made by root is not the
 server's to write, so when we are root the directory is handed to the `mysql` OS user and the
@@ -32,7 +37,8 @@ from typing import Any, Iterable
 
 from hoopwire.devserver.postgres import free_loopback_port
 
-__all__ = ["MariaDbServer", "MariaDbServerError", "find_mariadb_binaries", "quote_string"]
+__all__ = ["MariaDbServer", "MariaDbServerError", "find_mariadb_binaries", "quote_ident",
+           "quote_string"]
 
 _OS_USER = "mysql"          # owns the data directory when we run as root
 _START_TIMEOUT = 60         # seconds to wait for the server to answer a query
@@ -99,8 +105,11 @@ def _stop_live_servers() -> None:
 class MariaDbServer:
     """One throwaway server. Not started until start() (or `with`).
 
-    `options` are extra mariadbd command-line options (`{"max_connections": 300}` becomes
-    `--max-connections=300`; True is a bare flag), applied after the defaults below."""
+    `tls_cert`/`tls_key` turn TLS on (the server reads private copies in its directory);
+    `tls_ca` is also the CA it checks client certificates against (sysbench offers one, and
+    mariadbd refuses the handshake with "unknown ca" if it cannot verify it). `options` are extra
+    mariadbd command-line options (`{"max_connections": 300}` becomes `--max-connections=300`;
+    True is a bare flag, False or None drops a default), applied after the defaults below."""
 
     host = "127.0.0.1"
 
@@ -111,6 +120,7 @@ class MariaDbServer:
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         self.bin = binaries or find_mariadb_binaries()
+        # the caller's files, kept as given so that a stopped server can start again
         self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
         self.port = port
         self._fixed_port = port is not None
@@ -118,13 +128,15 @@ class MariaDbServer:
         self.basedir = basedir
         self.workdir: str | None = None
         self.datadir: str | None = None
+        self.tmpdir: str | None = None
         self.socket: str | None = None
-        self.errorlog: str | None = None
+        self.logfile: str | None = None
         self.pidfile: str | None = None
         self.passwords: dict[str, str] = {}     # every password create_user set, by user name
         self._proc: subprocess.Popen | None = None
         self._owner_pid = os.getpid()
-        # the unix_socket account the install creates for whoever runs the CLI
+        # the unix_socket account the install creates for whoever runs the CLI: root@localhost
+        # when we are root, else one named after our OS user
         self.admin_user = "root" if os.geteuid() == 0 else getpass.getuser()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -153,12 +165,23 @@ class MariaDbServer:
         self._owner_pid = os.getpid()
         _live[id(self)] = self  # before anything can fail: stop() cleans up half-made servers
         self.datadir = os.path.join(self.workdir, "data")
+        self.tmpdir = os.path.join(self.workdir, "tmp")
         self.socket = os.path.join(self.workdir, "mariadbd.sock")
-        self.errorlog = os.path.join(self.workdir, "error.log")
+        self.logfile = os.path.join(self.workdir, "error.log")
         self.pidfile = os.path.join(self.workdir, "mariadbd.pid")
         try:
+            # mariadb-install-db's word splitting breaks on blanks in a path (it passes the
+            # options on to `mariadbd --bootstrap` unquoted)
+            if any(c.isspace() for c in self.workdir):
+                raise MariaDbServerError(f"the work directory {self.workdir!r} has a blank in "
+                                         "its path: pass a basedir without one")
             self._give_to_owner(self.workdir)
             self._check_owner_can_reach(self.workdir)
+            # The server's temporary tables and files go here, not to the shared /tmp: under
+            # load mariadb-install-db once failed with "Could not remove temporary table
+            # '/tmp/#sql-temptable-...'" there, and a private tmpdir also goes away with stop().
+            os.mkdir(self.tmpdir, 0o700)
+            self._give_to_owner(self.tmpdir)
             self._install()
             self._start_server()
         except BaseException:
@@ -199,6 +222,7 @@ class MariaDbServer:
             raise MariaDbServerError("the server is not running")
         cmd = [self.bin["client"], "--no-defaults", "-S", self.socket, "-u", self.admin_user,
                "-N", "-B", "--connect-timeout=10"] + ([database] if database else [])
+        # the script goes through stdin, never argv: passwords in it stay out of `ps`
         r = self._run(cmd, as_owner=False, input=script, secret=secret, timeout=timeout)
         out = r.stdout
         return out[:-1] if out.endswith("\n") else out
@@ -207,23 +231,24 @@ class MariaDbServer:
         self.sql(f"CREATE DATABASE {quote_ident(name)} CHARACTER SET {charset};")
 
     def create_user(self, name: str, password: str, *, plugin: str = "mysql_native_password",
-                    host: str = "%", grants: Iterable[str] = ()) -> None:
+                    host: str = "%", grants: Iterable[str] = (), require_ssl: bool = False) -> None:
         """An account that logs in from `host` with `password` stored for `plugin`
-        (mysql_native_password, or ed25519 once its plugin is installed), and `grants`
-        ("SELECT ON shop.*", ...) given to it."""
+        (mysql_native_password, or ed25519: MariaDB's plugin, loaded at start), `grants`
+        ("SELECT ON shop.*", ...) given to it, and with `require_ssl` a plaintext login refused
+        by the server itself."""
         account = f"{quote_string(name)}@{quote_string(host)}"
         if plugin == "mysql_native_password":
             how = f"IDENTIFIED BY {quote_string(password)}"
         else:
             how = f"IDENTIFIED VIA {plugin} USING PASSWORD({quote_string(password)})"
-        script = f"CREATE USER {account} {how};\n" + "".join(
-            f"GRANT {g} TO {account};\n" for g in grants)
+        script = (f"CREATE USER {account} {how}{' REQUIRE SSL' if require_ssl else ''};\n"
+                  + "".join(f"GRANT {g} TO {account};\n" for g in grants))
         self.sql(script, secret=password)
         self.passwords[name] = password
 
     def log_tail(self, lines: int = 40) -> str:
         try:
-            with open(self.errorlog or "", encoding="utf-8", errors="replace") as f:
+            with open(self.logfile or "", encoding="utf-8", errors="replace") as f:
                 return "".join(f.readlines()[-lines:])
         except OSError:
             return "(no server log)"
@@ -274,10 +299,13 @@ class MariaDbServer:
 
     def _env(self) -> dict[str, str]:
         # MYSQL_* variables of the caller's shell (MYSQL_PWD, MYSQL_HOST, MYSQL_TCP_PORT...)
-        # must not steer the CLI; messages untranslated
+        # must not steer the CLI; messages untranslated; TMPDIR for the install script's and
+        # the server's own temporary files (the server's --tmpdir says it again)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("MYSQL", "MARIADB")) and not k.startswith("LC_")}
         env["LC_ALL"] = "C"
+        if self.tmpdir:
+            env["TMPDIR"] = self.tmpdir
         return env
 
     def _run(self, cmd: list[str], *, as_owner: bool = True, check: bool = True,
@@ -292,7 +320,7 @@ class MariaDbServer:
         except subprocess.TimeoutExpired:
             raise MariaDbServerError(f"{name} timed out after {timeout} s") from None
         if check and r.returncode != 0:
-            output = (r.stderr or r.stdout).strip()
+            output = (r.stderr or r.stdout).strip()[-2000:]
             if secret:
                 output = output.replace(secret, "***")
             raise MariaDbServerError(f"{name} failed (exit {r.returncode}): {output}")
@@ -300,33 +328,38 @@ class MariaDbServer:
 
     def _install(self) -> None:
         # socket authentication for the admin account: no password exists to leak or guess,
-        # and the TCP port has no account without one (no anonymous users, no test database)
+        # and the TCP port has no account without one (no anonymous users, no test database).
+        # Options the script does not know itself (--tmpdir) go on to `mariadbd --bootstrap`.
         self._run([self.bin["install_db"], "--no-defaults", f"--datadir={self.datadir}",
+                   f"--tmpdir={self.tmpdir}",
                    "--auth-root-authentication-method=socket",
                    f"--auth-root-socket-user={self.admin_user}", "--skip-test-db",
-                   "--skip-name-resolve"], timeout=120)
+                   "--skip-name-resolve"], timeout=180)
 
     def _server_args(self) -> list[str]:
         settings: dict[str, Any] = {
             "datadir": self.datadir,
+            "tmpdir": self.tmpdir,
             "socket": self.socket,
             "pid-file": self.pidfile,
-            "log-error": self.errorlog,
+            "log-error": self.logfile,
             "port": self.port,
             "bind-address": self.host,
             "skip-name-resolve": True,   # accounts are 'x'@'%': no reverse lookups per login
             "character-set-server": "utf8mb4",
             "collation-server": "utf8mb4_general_ci",
             "max-connections": 300,
+            # MariaDB's ed25519 authentication: create_user(plugin="ed25519") needs it loaded
+            "plugin-load-add": "auth_ed25519",
             # a throwaway server: durability only costs time
             "innodb-flush-log-at-trx-commit": 0,
             "innodb-doublewrite": 0,
             "innodb-buffer-pool-size": "128M",
+            "skip-log-bin": True,
         }
-        if self.tls:
-            settings.update({"ssl-cert": self.tls_cert, "ssl-key": self.tls_key})
-            if self.tls_ca:
-                settings["ssl-ca"] = self.tls_ca
+        for attr, name in (("tls_cert", "ssl-cert"), ("tls_key", "ssl-key"), ("tls_ca", "ssl-ca")):
+            if getattr(self, attr) and self.tls:
+                settings[name] = self._tls_copy(attr)
         for key, value in self.options.items():  # last: callers override any of the above
             settings[key.replace("_", "-")] = value
         args = [self.bin["server"], "--no-defaults"]
@@ -337,16 +370,23 @@ class MariaDbServer:
                 args.append(f"--{key}={value}")
         return args
 
+    def _tls_copy(self, attr: str) -> str:
+        return os.path.join(self.workdir, attr + ".pem")
+
+    def _copy_tls_files(self) -> None:
+        """The server reads its certificate, key and CA as the mysql user: private copies it
+        owns (the key 0600), in our directory."""
+        if not self.tls:
+            return
+        for attr, mode in (("tls_cert", 0o644), ("tls_key", 0o600), ("tls_ca", 0o644)):
+            src = getattr(self, attr)
+            if src:
+                dst = self._tls_copy(attr)
+                shutil.copyfile(src, dst)
+                self._give_to_owner(dst, mode)
+
     def _start_server(self) -> None:
-        if self.tls:
-            for attr, mode in (("tls_cert", 0o644), ("tls_key", 0o600), ("tls_ca", 0o644)):
-                src = getattr(self, attr)
-                if src:
-                    # the server reads them as the mysql user: private copies it owns
-                    dst = os.path.join(self.workdir, attr + ".pem")
-                    shutil.copyfile(src, dst)
-                    self._give_to_owner(dst, mode)
-                    setattr(self, attr, dst)
+        self._copy_tls_files()
         # A port picked by us may be taken before mariadbd binds it; then pick another.
         attempts = 1 if self._fixed_port else 3
         for attempt in range(attempts):
