@@ -44,6 +44,7 @@ from hoopwire.masking.strategies import Strategy
 from hoopwire.mysql import lineage as lin
 from hoopwire.mysql.catalog import SYSTEM_SCHEMAS, Catalog, CatalogError
 from hoopwire.mysql.kinds import column_kind, is_string
+from hoopwire.mysql._sqllex import mask_literals, statement_views
 from hoopwire.mysql.packets import err_packet
 from hoopwire.policy.rules import Verdict
 
@@ -53,6 +54,10 @@ __all__ = ["ConnectionMasking", "SessionMasker", "StatementInfo", "MaskRefused",
            "NO_INFO", "CatalogError"]
 
 _STMT_CACHE = 2048
+# result plans a session keeps (statement, result number, column definitions, protocol): a
+# prepared statement's every execute and a repeated text reuse one; 256 covers an application's
+# working set of statements, a plan is a few hundred bytes
+_PLAN_CACHE = 256
 # a result naming a relation the catalog does not hold starts a read at most this often (s): a
 # read of a 300-relation server took 30 ms; derived tables' aliases look the same as new tables
 _UNKNOWN_REREAD = 5.0
@@ -228,6 +233,48 @@ def _unquote(lit: str, mode: int) -> str:
     return body
 
 
+# Statement texts are analysed once per *shape*: the text with every literal and number replaced
+# (the dialect's lexer, hoopwire.mysql._sqllex.mask_literals), so `... WHERE id=5012` and
+# `... WHERE id=17` share their analysis, lineage and write verdict -- measured on sysbench's
+# text-mode point select with a rule on a column it never returns: 740 us/tx of proxy CPU with
+# the raw text as the key (every new literal a miss: tokenize, then sqlglot for the column
+# without a rule: 820 in a rerun), 92 with this key, 67 without a rule (bench/sysbench_compare.py,
+# 3 rounds, load average 5-7). What a literal's value can change, the shape must not hide:
+# * where literals begin and end: a text the lexer calls ambiguous (a backslash in a literal, a
+#   double quote, versioned comments, 0xA0 ...) can have another shape under another sql_mode
+#   or server -- `SELECT 'a\', CONCAT(ssn) AS v -- ', 2` is `SELECT ?, ?` under the default
+#   mode and reads ssn under NO_BACKSLASH_ESCAPES. Those keep their exact text as the key.
+# * a literal that IS a statement: PREPARE ... FROM '...', EXECUTE IMMEDIATE '...' (CALL of a
+#   routine that runs its argument): exact text.
+# * a number that is a position: `GROUP BY 2` / `ORDER BY 1` reads an output column (and to
+#   lineage a bare `HAVING 2` does too). Texts with BY, HAVING or QUALIFY keep their numbers
+#   in the key (from the lexer's code view, where they stand as written, strings as '?').
+# Case is kept (the shape is the text as written): `users` and `Users` are two tables on a
+# server with lower_case_table_names = 0. The session's schema is part of the lineage and write
+# keys; the catalog's reads clear every cache (ConnectionMasking._names_from).
+_NUMBER = re.compile(rb"(?<![\w$.])\.?[0-9](?:[\w.]|(?<=[eE])[-+])*")
+
+
+def text_key(sql: bytes):
+    """The key a statement text's analysis is cached under: ("s", shape) or ("b", shape,
+    numbers) when literals cannot change the answer, else the text itself."""
+    try:
+        code, _full, ambiguous = statement_views(sql)
+        if ambiguous:
+            return sql
+        shape = mask_literals(sql)
+    except Exception:  # noqa: BLE001 -- the lexer never raises on text; if it did: exact
+        return sql
+    # substrings, not words (a regex search cost 3 us a text): a name holding one only makes
+    # the key more exact
+    low = shape.lower()
+    if "prepare" in low or "execute" in low or "call" in low:
+        return sql
+    if "by" in low or "having" in low or "qualify" in low:
+        return ("b", shape, tuple(_NUMBER.findall(b";".join(code))))
+    return ("s", shape)
+
+
 @dataclass(frozen=True)
 class StatementInfo:
     mentions: bool = False       # names masked data (see ConnectionMasking._names_from)
@@ -236,6 +283,7 @@ class StatementInfo:
     opaque: bool = False         # some statement's rows come from text the gateway cannot see
     warnings: bool = False       # SHOW WARNINGS / ERRORS: Level and Code are not data
     ddl: bool = False            # changes the schema: the catalog is read again after it
+    key: object = None           # text_key(sql): the lineage cache's key
 
 
 NO_INFO = StatementInfo()
@@ -288,9 +336,14 @@ class ConnectionMasking:
                 col = g.rsplit(".", 1)[-1].lower()
                 self._col_globs.append(re.compile(fnmatch.translate(col), re.S))
         self._glob_memo: dict[str, bool] = {}
-        self._stmt_cache: dict[bytes, StatementInfo] = {}
-        self._write_cache: dict[tuple, Optional[str]] = {}
+        self._stmt_cache: dict[object, StatementInfo] = {}      # by text_key
+        self._exact: dict[bytes, StatementInfo] = {}             # by text: no lexing
+        self._write_cache: dict[tuple, Optional[str]] = {}      # (schema, text_key)
+        self._write_exact: dict[tuple, Optional[str]] = {}      # (schema, text)
+        self._last_key: tuple = (None, None)     # (text, text_key): WriteGuard's, then ours
         self._lineage: dict[tuple, Optional[list]] = {}
+        # bumped by every catalog read: sessions' result plans made before it are not reused
+        self.generation = 0
 
     @property
     def active(self) -> bool:
@@ -353,8 +406,11 @@ class ConnectionMasking:
         self._masked_tables = frozenset(tables)
         self._names = frozenset(names | cols)
         self._stmt_cache.clear()
+        self._exact.clear()
         self._write_cache.clear()
+        self._write_exact.clear()
         self._lineage.clear()
+        self.generation += 1
 
     def _opaque_source(self, src) -> bool:
         return (src[0].lower(), src[1].lower()) in _OPAQUE_RELS
@@ -375,11 +431,38 @@ class ConnectionMasking:
     # -- statements -------------------------------------------------------------------------
 
     def statement(self, sql: bytes) -> StatementInfo:
-        info = self._stmt_cache.get(sql)
-        if info is not None:
-            return info
         if not self.has_columns:
             return NO_INFO            # detectors alone read values, never the statement
+        # the exact text first (a prepared statement's, a repeated one: one lookup), then its
+        # shape (a new literal: two lexer passes, about 2 us, instead of 100-700 us of analysis)
+        info = self._exact.get(sql)
+        if info is not None:
+            return info
+        key = self.key_of(sql)
+        info = self._stmt_cache.get(key)
+        if info is None:
+            info = self._analyse(sql, key)
+            if len(self._stmt_cache) >= _STMT_CACHE:
+                self._stmt_cache.clear()
+            self._stmt_cache[key] = info
+        # texts by the thousand (a new literal each) fill this one, not the shapes' cache
+        if len(self._exact) >= _STMT_CACHE:
+            self._exact.clear()
+        self._exact[sql] = info
+        return info
+
+    def key_of(self, sql: bytes):
+        """text_key(sql), remembered for the next call: the relay's policy check (WriteGuard)
+        and its masker.statement ask for the same text one after the other."""
+        last = self._last_key
+        if last[0] == sql:
+            return last[1]
+        key = text_key(sql)
+        self._last_key = (sql, key)
+        return key
+
+    def _analyse(self, sql: bytes, key) -> StatementInfo:
+        """What the statement text is (see StatementInfo); the same for every text of its key."""
         text = sql.decode("utf-8", "replace")
         words = _words(text)
         # a user variable holds whatever was put there -- by a statement WriteGuard let through
@@ -390,18 +473,14 @@ class ConnectionMasking:
         if not mentions and not words & _FLAG_WORDS:
             # nothing masked named, and no word that could start a statement of another kind:
             # no tokenizing (about 15 us instead of 110 for a statement not seen before)
-            info = StatementInfo(False, sql)
-            if len(self._stmt_cache) >= _STMT_CACHE:
-                self._stmt_cache.clear()
-            self._stmt_cache[sql] = info
-            return info
+            return StatementInfo(False, sql, key=key)
         try:
             readings = [_statements(text, mode) for mode in _modes(text)]
         except Exception:  # noqa: BLE001 -- unreadable text: assume the worst
             log.exception("statement text could not be read")
             readings = None
         if readings is None:
-            info = StatementInfo(True, sql if self.has_columns else b"", opaque=True)
+            info = StatementInfo(True, sql, opaque=True, key=key)
         else:
             every = [st for r in readings for st in r]
             metadata = bool(every) and all(_metadata(st, mentions) for st in every)
@@ -413,16 +492,13 @@ class ConnectionMasking:
                          (st.first == "use" and len(readings[0]) > 1)
                          for st in every)
             ddl = any(st.first in _DDL_FIRST for st in every)
-            info = StatementInfo(mentions, sql if self.has_columns else b"", metadata, opaque,
-                                 warnings, ddl)
-        if len(self._stmt_cache) >= _STMT_CACHE:
-            self._stmt_cache.clear()
-        self._stmt_cache[sql] = info
+            info = StatementInfo(mentions, sql, metadata, opaque, warnings, ddl, key)
         return info
 
-    def lineage(self, schema: Optional[str], sql: bytes) -> Optional[list]:
-        """output_sources of `sql` over the catalog, cached until the catalog's next read."""
-        key = (schema, sql)
+    def lineage(self, schema: Optional[str], sql: bytes, key=None) -> Optional[list]:
+        """output_sources of `sql` over the catalog, cached until the catalog's next read under
+        (schema, `key`: the text's text_key, which every text of one shape shares)."""
+        key = (schema, sql if key is None else key)
         try:
             return self._lineage[key]
         except KeyError:
@@ -493,6 +569,14 @@ class SessionMasker:
         self.relay = None                  # set by the session once the relay exists
         self.masked_total = 0
         self._ddl_seen = False
+        # result plans by (statement info, result number, protocol, column definitions), valid
+        # for one catalog generation, schema and connection masking: a prepared statement's
+        # executes and a repeated text reuse theirs (sysbench's prepared point select: 96 us/tx
+        # of proxy CPU with the plan rebuilt per execute). Per session, not shared: a RowPlan
+        # counts what it masks until result_done takes the counts.
+        self._plans: dict[tuple, tuple] = {}
+        self._plans_gen = -1
+        self._cacheable = True
 
     def rebind(self, conn: Optional[ConnectionMasking]) -> None:
         """A reload changed the connection's masking: from the next result on, use it. A reload
@@ -500,6 +584,7 @@ class SessionMasker:
         running session is not worth a half-followed result)."""
         if conn is not None:
             self.conn = conn
+            self._plans.clear()
 
     @property
     def catalog(self) -> Catalog:
@@ -507,6 +592,8 @@ class SessionMasker:
 
     def schema_changed(self, schema: Optional[str]) -> None:
         """The server accepted COM_INIT_DB or USE: lineage places unqualified names there."""
+        if (schema or None) != self.schema:
+            self._plans.clear()
         self.schema = schema or None
 
     # -- statements -------------------------------------------------------------------------
@@ -537,6 +624,23 @@ class SessionMasker:
         if not conn.active:
             return None
         info = info or NO_INFO
+        if conn.generation != self._plans_gen:
+            self._plans.clear()
+            self._plans_gen = conn.generation
+        key = (id(info), index, binary, tuple(columns))
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] is info:     # the entry holds info: its id is not reused
+            return hit[1]
+        self._cacheable = conn.catalog.loaded
+        plan = self._result_plan(info, index, columns, binary)
+        if self._cacheable:
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans.clear()
+            self._plans[key] = (info, plan)
+        return plan
+
+    def _result_plan(self, info: StatementInfo, index: int, columns: list, binary: bool):
+        conn = self.conn
         cat = self.catalog
         engine = conn.engine
         rule = engine.column_rule
@@ -571,6 +675,8 @@ class SessionMasker:
                     # see (made since, by this session or another): lineage decides, and what
                     # it cannot place is unresolved; the catalog is read again
                     follow = True
+                    # judged again next time: the read it asks for may not be due yet
+                    self._cacheable = False
                     if schema:
                         cat.refresh_soon(min_age=_UNKNOWN_REREAD)
             if info.warnings and name in ("Level", "Code"):
@@ -613,7 +719,7 @@ class SessionMasker:
         candidate and a column reads what it reads in any of them."""
         if info.opaque or not info.sql:
             return None
-        stmts = self.conn.lineage(self.schema, info.sql)
+        stmts = self.conn.lineage(self.schema, info.sql, info.key)
         if stmts is None or any(s is None for s in stmts):
             return None
         rows = [s for s in stmts if s]
@@ -737,15 +843,25 @@ class SessionMasker:
         conn = self.conn
         if not conn.has_columns:
             return None
-        cache = conn._write_cache
+        exact = conn._write_exact
         key = (self.schema, sql)           # lineage places unqualified names in the schema
         try:
-            why = cache[key]
+            why = exact[key]
         except KeyError:
-            why = self._judge_write(sql.decode("utf-8", "replace"))
-            if len(cache) >= _STMT_CACHE:
-                cache.clear()
-            cache[key] = why
+            # a new literal in a known shape: the shape's verdict (literals change neither
+            # which words are code nor what lineage reads; see text_key)
+            cache = conn._write_cache
+            shaped = (self.schema, conn.key_of(sql))
+            try:
+                why = cache[shaped]
+            except KeyError:
+                why = self._judge_write(sql.decode("utf-8", "replace"))
+                if len(cache) >= _STMT_CACHE:
+                    cache.clear()
+                cache[shaped] = why
+            if len(exact) >= _STMT_CACHE:
+                exact.clear()
+            exact[key] = why
         return self._refuse_write(why) if why is not None else None
 
     def _judge_write(self, text: str) -> Optional[str]:
