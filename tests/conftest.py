@@ -14,6 +14,12 @@ modify these.
 
 from __future__ import annotations
 
+# mysql-connector's C extension first, before the suite's other imports: loaded late (after
+# psycopg's, cryptography's and our own extensions), dlopen fails with "libstdc++.so.6: cannot
+# allocate memory in static TLS block" -- glibc's static TLS surplus is gone by then -- and the
+# driver silently has no C implementation, which the tests must drive.
+import mysql.connector  # noqa: F401,E402  (must stay first)
+
 import os
 import secrets
 from dataclasses import dataclass

@@ -590,6 +590,12 @@ class SessionMasker:
     def catalog(self) -> Catalog:
         return self.conn.catalog
 
+    @property
+    def engine(self) -> MaskEngine:
+        """The connection's engine: the recorder masks a failed statement's error text with it
+        (without it, every failed statement of a masking session was lost from the audit)."""
+        return self.conn.engine
+
     def schema_changed(self, schema: Optional[str]) -> None:
         """The server accepted COM_INIT_DB or USE: lineage places unqualified names there."""
         if (schema or None) != self.schema:
