@@ -110,6 +110,7 @@ All packs
 from __future__ import annotations
 
 from hoopwire.mysql.charsets import SAFE_CHARSETS
+from hoopwire.policy.patterns import END, IDC, NEST, no_word, too_deep, word_except
 from hoopwire.policy.rules import CODE, FULL, Pack
 
 __all__ = ["CODE", "FULL", "Pack", "PACKS", "pack_names", "UNSAFE_CHARSET_PATTERNS",
@@ -117,72 +118,16 @@ __all__ = ["CODE", "FULL", "Pack", "PACKS", "pack_names", "UNSAFE_CHARSET_PATTER
 
 
 # ---------------------------------------------------------------------------------------------
-# building blocks for patterns on the normalised text (the same construction as
-# hoopwire/pg/packs.py's: the packs of two dialects may not import each other)
-
-# bytes that continue a name in MySQL (the lexer lower-cases ASCII)
-_IDC = r"a-z0-9_$\x80-\xff"
-_NEST = 8  # parentheses this deep are matched exactly; deeper ones count as suspicious
-
-
-def _name_bytes_except(chars: str) -> str:
-    """A class of the bytes that continue a name, without `chars` (letters or digits)."""
-    keep = [c for c in "0123456789abcdefghijklmnopqrstuvwxyz" if c not in chars]
-    out, i = [], 0
-    while i < len(keep):
-        j = i
-        while j + 1 < len(keep) and ord(keep[j + 1]) == ord(keep[j]) + 1:
-            j += 1
-        out.append(keep[i] if i == j else f"{keep[i]}-{keep[j]}")
-        i = j + 1
-    return "[" + "".join(out) + r"_$\x80-\xff]"
-
-
-def word_except(*words: str) -> str:
-    """A name that is none of `words` (a trie, Hyperscan has no lookahead): leave the words'
-    letters at some position, stop before a word ends, or run past its end. It means "a whole
-    word" only where the caller puts a non-name byte (or the end) right after it."""
-
-    def build(suffixes: list[str], top: bool) -> str:
-        ends_here = "" in suffixes
-        firsts = sorted({s[0] for s in suffixes if s})
-        parts = [f"{_name_bytes_except(''.join(firsts))}[{_IDC}]*"]
-        for ch in firsts:
-            parts.append(ch + build([s[1:] for s in suffixes if s and s[0] == ch], False))
-        alt = "(?:" + "|".join(parts) + ")"
-        if not top and not ends_here:
-            alt += "?"  # a proper prefix of a word is a different word
-        return alt
-
-    return build([w.lower() for w in words], True)
-
-
-def _group(depth: int) -> str:
-    """Balanced parentheses nested at most `depth` deep, any content."""
-    g = r"\([^()]*\)"
-    for _ in range(depth - 1):
-        g = r"\((?:[^()]|" + g + r")*\)"
-    return g
-
-
-def _too_deep(depth: int) -> str:
-    """The start of a parenthesised group that reaches `depth` levels."""
-    r = r"\("
-    for level in range(2, depth + 1):
-        inner = r"[^()]" if level == 2 else r"(?:[^()]|" + _group(level - 2) + ")"
-        r = r"\(" + inner + "*" + r
-    return r
-
+# building blocks for patterns on the normalised text (hoopwire/policy/patterns.py; its
+# word_except tells digits apart, so utf8mb3 and utf8mb4 are different words here)
 
 # Text at the top level of one statement with no WHERE in it
-_SEP = rf"(?:[^{_IDC}();]|{_group(_NEST)})"
-_NO_WHERE = rf"{_SEP}*(?:{word_except('where')}{_SEP}+)*(?:{word_except('where')})?"
+_NO_WHERE = no_word(word_except("where"))
 # where a DELETE / UPDATE of interest may begin: the statement start, a paren (a CTE of MySQL 8),
 # after EXPLAIN / ANALYZE (MariaDB's ANALYZE runs it), and inside compound statements
 _DML_START = (r"(?:^|[(;)]\s*|\b(?:explain|analyze|extended|partitions|atomic|begin|then|else"
               r"|do|row|loop|repeat)\s+|\bformat\s*=\s*[a-z]+\s+|:\s*)")
 _WRITE = rf"{_DML_START}(?:delete|update)\b"
-_END = r"\s*(?:;|\)|$)"
 _TAUTOLOGY = (r"where\s+(?:\(\s*)*(?:true|not\s+false|not\s+0|[1-9][0-9]*|1\s*=\s*1|'\?'\s*=\s*'\?'"
               r"|'\?')(?:\s*\))*")
 
@@ -197,7 +142,7 @@ _SCOPE = r"(?:(?:@@)?(?:session|local)\s*\.?\s*|@@)?"
 # session-tampering, and added on its own to every rule set that does not enable that pack
 # (hoopwire/mysql/dialect.py).
 _CHARSET_OK = word_except(*sorted(SAFE_CHARSETS), "default")
-_NOT_A_SAFE_NAME = (rf"(?:['\"`]?{_CHARSET_OK}(?:[^{_IDC}]|$)|['\"`]?[^a-z0-9_$\x80-\xff'\"`\s]"
+_NOT_A_SAFE_NAME = (rf"(?:['\"`]?{_CHARSET_OK}(?:[^{IDC}]|$)|['\"`]?[^a-z0-9_$\x80-\xff'\"`\s]"
                     r"|['\"`](?:['\"`]|$))")
 UNSAFE_CHARSET_PATTERNS = (
     (FULL, r"\bset\s+(?:names|character\s+set|charset)\s+" + _NOT_A_SAFE_NAME),
@@ -221,7 +166,7 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
             (CODE, r"^truncate\b"),
             (CODE, r"\btruncate\s+(?:table|partition)\b"),
             (CODE, r"^alter\s+(?:online\s+|ignore\s+)*table\b.*\bdrop\s+(?:`|"
-                   + word_except("default") + rf"(?:[^{_IDC}]|$))"),
+                   + word_except("default") + rf"(?:[^{IDC}]|$))"),
             (CODE, r"^alter\s+(?:online\s+|ignore\s+)*table\b.*\b(?:discard\s+(?:partition\b.*\b)?"
                    r"tablespace|truncate\s+partition)\b"),
         ),
@@ -231,8 +176,8 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
         summary="DELETE or UPDATE without a WHERE",
         message="DELETE and UPDATE need a WHERE clause",
         patterns=(
-            (CODE, _WRITE + _NO_WHERE + rf"(?:{_END}|{_TAUTOLOGY}\s*(?:;|\)|$|order\b|limit\b)"
-                   rf"|{_too_deep(_NEST + 1)})"),
+            (CODE, _WRITE + _NO_WHERE + rf"(?:{END}|{_TAUTOLOGY}\s*(?:;|\)|$|order\b|limit\b)"
+                   rf"|{too_deep(NEST + 1)})"),
         ),
     ),
     Pack(

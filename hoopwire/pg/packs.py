@@ -118,6 +118,8 @@ All packs, and rules of one's own
 
 from __future__ import annotations
 
+from hoopwire.policy.patterns import END, IDC, NEST, group, no_word, too_deep
+from hoopwire.policy.patterns import word_except as _word_except
 from hoopwire.policy.rules import CODE, FULL, Pack
 
 __all__ = ["CODE", "FULL", "Pack", "PACKS", "pack_names", "UNSAFE_ENCODING_PATTERNS",
@@ -125,75 +127,25 @@ __all__ = ["CODE", "FULL", "Pack", "PACKS", "pack_names", "UNSAFE_ENCODING_PATTE
 
 
 # ---------------------------------------------------------------------------------------------
-# building blocks for patterns on the normalised text
-
-# bytes that continue an identifier in PostgreSQL (the normaliser lower-cases ASCII)
-_IDC = r"a-z0-9_$\x80-\xff"
-_NEST = 8  # parentheses this deep are matched exactly; deeper ones count as suspicious
-
-
-def _letters_except(chars: str) -> str:
-    """[a-z] without `chars`, as class ranges."""
-    letters = [c for c in "abcdefghijklmnopqrstuvwxyz" if c not in chars]
-    out, i = [], 0
-    while i < len(letters):
-        j = i
-        while j + 1 < len(letters) and ord(letters[j + 1]) == ord(letters[j]) + 1:
-            j += 1
-        out.append(letters[i] if i == j else f"{letters[i]}-{letters[j]}")
-        i = j + 1
-    return "".join(out)
+# building blocks for patterns on the normalised text (hoopwire/policy/patterns.py)
 
 
 def word_except(*words: str) -> str:
-    """An identifier that is none of `words`. It only means "a whole word" where the caller
-    puts a non-identifier byte (or the end) right after it: alone it also matches a prefix. Hyperscan has no lookahead, so this is spelled out as a trie: leave the
-    words' letters at some position, stop before a word ends, or run past its end."""
-
-    def build(suffixes: list[str], top: bool) -> str:
-        ends_here = "" in suffixes
-        firsts = sorted({s[0] for s in suffixes if s})
-        parts = [f"[{_letters_except(''.join(firsts))}0-9_$\\x80-\\xff][{_IDC}]*"]
-        for ch in firsts:
-            parts.append(ch + build([s[1:] for s in suffixes if s and s[0] == ch], False))
-        alt = "(?:" + "|".join(parts) + ")"
-        if not top and not ends_here:
-            alt += "?"  # a proper prefix of a word is a different word
-        return alt
-
-    return build([w.lower() for w in words], True)
+    """An identifier that is none of `words` (hoopwire.policy.patterns.word_except). The class
+    of other bytes keeps every digit: no word here has one, and the patterns stay as they were."""
+    return _word_except(*words, digits_apart=False)
 
 
-def _group(depth: int) -> str:
-    """Balanced parentheses nested at most `depth` deep, any content."""
-    g = r"\([^()]*\)"
-    for _ in range(depth - 1):
-        g = r"\((?:[^()]|" + g + r")*\)"
-    return g
-
-
-def _too_deep(depth: int) -> str:
-    """The start of a parenthesised group that reaches `depth` levels."""
-    r = r"\("
-    for level in range(2, depth + 1):
-        inner = r"[^()]" if level == 2 else r"(?:[^()]|" + _group(level - 2) + ")"
-        r = r"\(" + inner + "*" + r
-    return r
-
-
-# Text at the top level of one statement with no WHERE in it: separators and parenthesised
-# groups (whose insides do not matter) between whole words that are not `where`.
-_SEP = rf"(?:[^{_IDC}();]|{_group(_NEST)})"
-_NO_WHERE = rf"{_SEP}*(?:{word_except('where')}{_SEP}+)*(?:{word_except('where')})?"
+# Text at the top level of one statement with no WHERE in it
+_NO_WHERE = no_word(word_except("where"))
 # where a DML statement of interest may begin: the statement start, a CTE or rule-action list
 # paren, after a WITH list, and after EXPLAIN [ANALYZE] [VERBOSE], BEGIN ATOMIC, CREATE RULE's
 # DO [ALSO|INSTEAD] and PREPARE name [(types)] AS
 _DML_START = (r"(?:^|[(;)]\s*|\b(?:explain|analyze|analyse|verbose|atomic|also|instead)\s+"
-              r"|\bprepare\s+[^\s(]+\s*(?:" + _group(3) + r"\s*)?as\s+)")
+              r"|\bprepare\s+[^\s(]+\s*(?:" + group(3) + r"\s*)?as\s+)")
 # DELETE FROM / UPDATE at such a place (CREATE RULE's plain DO DELETE too; not DO UPDATE, which
 # is INSERT ... ON CONFLICT DO UPDATE, bounded by the conflict)
 _WRITE = rf"(?:{_DML_START}(?:delete\s+from\b|update\s)|\bdo\s+delete\s+from\b)"
-_END = r"\s*(?:;|\)|$)"
 _TAUTOLOGY = (r"where\s+(?:\(\s*)*(?:true|not\s+false|1\s*=\s*1|'\?'\s*=\s*'\?'|'\?'"
               r"|'\?'\s*::\s*bool(?:ean)?)(?:\s*\))*")
 
@@ -236,7 +188,7 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
             (CODE, r"\btruncate\s+(?:table|only)\b"),
             (CODE, r"^alter\s+(?:foreign\s+)?table\b.*\bdrop\s+(?:\"|"
                    + word_except("default", "not", "identity", "expression")
-                   + rf"(?:[^{_IDC}]|$))"),
+                   + rf"(?:[^{IDC}]|$))"),
             (CODE, r"^alter\s+type\b.*\bdrop\s+attribute\b"),
         ),
     ),
@@ -248,8 +200,8 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
             # ... then no top-level WHERE up to the end of the statement (or of its CTE / rule
             # action), or only an always-true one, or parentheses too deep to follow before any
             # WHERE (refuse rather than guess). One pattern: these share most of their automaton.
-            (CODE, _WRITE + _NO_WHERE + rf"(?:{_END}|{_TAUTOLOGY}\s*(?:;|\)|$|returning\b)"
-                   rf"|{_too_deep(_NEST + 1)})"),
+            (CODE, _WRITE + _NO_WHERE + rf"(?:{END}|{_TAUTOLOGY}\s*(?:;|\)|$|returning\b)"
+                   rf"|{too_deep(NEST + 1)})"),
         ),
     ),
     Pack(
