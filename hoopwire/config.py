@@ -19,6 +19,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from hoopwire.core.tls import is_loopback
+
 __all__ = [
     "ConfigError", "Secret", "Config", "AdminConfig", "LogConfig", "IdentityConfig",
     "IssuerConfig", "ApiKeyConfig", "ConnectionConfig", "RoleConfig", "GuardrailConfig",
@@ -463,15 +465,6 @@ def _did_you_mean(key: str, path: str, used: set[str]) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _tomlname(name: str) -> str:
     return {"str": "a string", "int": "an integer", "bool": "true or false", "list": "an array",
             "dict": "a table", "float": "a number"}.get(name, name)
@@ -670,7 +663,7 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
     # Secure by default: a gateway's upstream is usually another host, and what crosses that
     # hop is every statement and every (unmasked) result. Loopback is the one place where TLS
     # buys nothing, so an upstream on 127.0.0.0/8, ::1 or localhost keeps "disable".
-    loopback = upstream is not None and _is_loopback(upstream[0])
+    loopback = upstream is not None and is_loopback(upstream[0])
     upstream_tls = r.get("upstream_tls", str, "disable" if loopback else "verify-full",
                          choices=_TLS_MODES)
     if upstream_tls == "disable" and upstream is not None and not loopback:

@@ -28,6 +28,7 @@ from hoopwire.config import ConnectionConfig, RoleConfig
 from hoopwire.core.errors import ClientProtocolError, Refused, UpstreamLoginError
 from hoopwire.core.listener import OVER_LIMIT_TIMEOUT, Admission, Listener
 from hoopwire.core.session import Session
+from hoopwire.core.tls import start_server_tls
 from hoopwire.identity import AuthError
 from hoopwire.logs import event
 from hoopwire.mysql import packets as p
@@ -106,38 +107,10 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
 async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      ctx: ssl.SSLContext) -> None:
     """TLS after an SSLRequest. A MySQL client does not wait for an answer to it: its
-    ClientHello follows at once and may already sit in the plain stream's buffer, where
-    StreamWriter.start_tls would leave it (the handshake then waits for bytes that came). So
-    the TLS protocol is put in place first, and what the plain stream holds is handed to it as
-    if it had just arrived. The plain protocol stops receiving once the swap is made, so
-    nothing can arrive between the two."""
-    loop = asyncio.get_running_loop()
-    transport = writer.transport
-    plain = transport.get_protocol()
-    task = loop.create_task(loop.start_tls(transport, plain, ctx, server_side=True))
-    # start_tls swaps in its TLS protocol and schedules that protocol's connection_made in
-    # one step; a turn of the loop after the swap, the TLS protocol is ready for bytes
-    for _ in range(100):
-        if transport.get_protocol() is not plain or task.done():
-            break
-        await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    tls = transport.get_protocol()
-    if tls is plain:
-        task.cancel()
+    ClientHello follows at once and may already sit in the plain stream's buffer, which
+    start_server_tls hands to the TLS layer."""
+    if not await start_server_tls(reader, writer, ctx):
         raise PacketError("could not start TLS")
-    pending = bytes(reader._buffer)  # noqa: SLF001 -- the ClientHello, whole or in part
-    reader._buffer.clear()  # noqa: SLF001
-    if pending:
-        if hasattr(tls, "get_buffer"):
-            buf = tls.get_buffer(len(pending))
-            buf[:len(pending)] = pending
-            tls.buffer_updated(len(pending))
-        else:
-            tls.data_received(pending)
-    new_transport = await task
-    writer._transport = new_transport  # noqa: SLF001 -- as StreamWriter.start_tls does
-    plain._replace_writer(writer)  # noqa: SLF001
 
 
 def _safe_now(relay) -> bool:

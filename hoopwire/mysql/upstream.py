@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import ssl
 import time
 from dataclasses import dataclass
 
 from hoopwire.core.errors import UpstreamLoginError
+from hoopwire.core.tls import is_loopback, upstream_ssl_context
 from hoopwire.mysql import packets as p
 from hoopwire.mysql.packets import CLIENT
 
@@ -107,17 +107,6 @@ class Upstream:
         except (OSError, RuntimeError):
             pass
         self.writer.close()
-
-
-def upstream_ssl_context(mode: str, ca_file: str | None) -> ssl.SSLContext | None:
-    if mode == "disable":
-        return None
-    ctx = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
-    if mode == "require":
-        # encrypted but not authenticated, like the clients' ssl-mode=REQUIRED
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 async def read_packet(reader: asyncio.StreamReader, max_size: int) -> tuple[int, bytes]:
@@ -237,15 +226,6 @@ def ed25519_sign(password: bytes, message: bytes) -> bytes:
 
 
 # -- the login ------------------------------------------------------------------------------------
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 async def connect_upstream(host: str, port: int, *, user: str, password: str | None,
                            database: str | None, capabilities: int, charset: int = 45,
@@ -384,7 +364,7 @@ def _first_response(plugin: str, pw: bytes, nonce: bytes, tls: bool, host: str) 
         # the password itself over TLS; without, ask for the server's key (one 0x01 byte)
         return (pw + b"\0") if tls else (b"\x01" if pw else b"")
     if plugin == "mysql_clear_password":
-        if not (tls or _is_loopback(host)):
+        if not (tls or is_loopback(host)):
             raise UpstreamError("the upstream asks for the password in clear text over a "
                                 "connection without TLS: set upstream_tls")
         return pw + b"\0"

@@ -21,6 +21,7 @@ from hoopwire.config import ConnectionConfig, RoleConfig
 from hoopwire.core.errors import HandshakeDone, Refused as StartupRefused
 from hoopwire.core.listener import Admission, Listener
 from hoopwire.core.session import Session
+from hoopwire.core.tls import start_server_tls
 from hoopwire.identity import AuthError, Identity
 from hoopwire.logs import event
 from hoopwire.pg import messages as m
@@ -85,31 +86,9 @@ async def _direct_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     pending = head + await reader.readexactly(length)
     if reader._buffer:  # noqa: SLF001 -- a client speaks after the server's hello, not before
         raise m.ProtocolError("received data after the TLS ClientHello before the handshake")
-    loop = asyncio.get_running_loop()
-    transport = writer.transport
-    plain = transport.get_protocol()
-    task = loop.create_task(loop.start_tls(transport, plain, ctx, server_side=True))
-    # start_tls swaps in its TLS protocol and schedules that protocol's connection_made in
-    # one step; a turn of the loop after the swap, the TLS protocol is ready for bytes
-    for _ in range(100):
-        if transport.get_protocol() is not plain or task.done():
-            break
-        await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    tls = transport.get_protocol()
-    if tls is plain:
-        task.cancel()
+    if not await start_server_tls(reader, writer, ctx, pending):
         raise m.ProtocolError("could not start TLS")
-    if hasattr(tls, "get_buffer"):
-        buf = tls.get_buffer(len(pending))
-        buf[:len(pending)] = pending
-        tls.buffer_updated(len(pending))
-    else:
-        tls.data_received(pending)
-    new_transport = await task
-    writer._transport = new_transport  # noqa: SLF001 -- as StreamWriter.start_tls does
-    plain._replace_writer(writer)  # noqa: SLF001
-    alpn = new_transport.get_extra_info("ssl_object").selected_alpn_protocol()
+    alpn = writer.transport.get_extra_info("ssl_object").selected_alpn_protocol()
     if alpn != "postgresql":
         raise m.ProtocolError("received direct SSL connection request without ALPN protocol "
                               "negotiation extension")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import scramp
 
 from hoopwire.core.errors import UpstreamLoginError
+from hoopwire.core.tls import upstream_ssl_context
 from hoopwire.pg import messages as m
 
 __all__ = ["UpstreamError", "Upstream", "connect_upstream", "send_cancel", "upstream_ssl_context"]
@@ -42,17 +43,6 @@ class Upstream:
     tx_status: bytes = b"I"
     connect_seconds: float = 0.0
     tls: bool = False
-
-
-def upstream_ssl_context(mode: str, ca_file: str | None) -> ssl.SSLContext | None:
-    if mode == "disable":
-        return None
-    ctx = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
-    if mode == "require":
-        # Encrypted but not authenticated, like libpq's sslmode=require.
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 async def _open(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float):
