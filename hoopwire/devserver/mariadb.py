@@ -24,10 +24,8 @@ CLI, which only talks to the server, runs as whoever we are.
 
 from __future__ import annotations
 
-import atexit
 import getpass
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -35,12 +33,11 @@ import tempfile
 import time
 from typing import Any, Iterable
 
-from hoopwire.devserver.postgres import free_loopback_port
+from hoopwire.devserver.base import ThrowawayServer, free_loopback_port, wait_gone
 
 __all__ = ["MariaDbServer", "MariaDbServerError", "find_mariadb_binaries", "quote_ident",
            "quote_string"]
 
-_OS_USER = "mysql"          # owns the data directory when we run as root
 _START_TIMEOUT = 60         # seconds to wait for the server to answer a query
 _STOP_TIMEOUT = 30
 # installed names first, then the MySQL-compatible aliases older packages ship
@@ -90,19 +87,7 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-# Servers not yet stopped, so that an interpreter exit does not leave them running. Keyed by the
-# pid that started them: a forked child exiting must not stop its parent's servers.
-_live: dict[int, "MariaDbServer"] = {}
-
-
-@atexit.register
-def _stop_live_servers() -> None:
-    for server in list(_live.values()):
-        if server._owner_pid == os.getpid():
-            server.stop()
-
-
-class MariaDbServer:
+class MariaDbServer(ThrowawayServer):
     """One throwaway server. Not started until start() (or `with`).
 
     `tls_cert`/`tls_key` turn TLS on (the server reads private copies in its directory);
@@ -111,7 +96,11 @@ class MariaDbServer:
     mariadbd command-line options (`{"max_connections": 300}` becomes `--max-connections=300`;
     True is a bare flag, False or None drops a default), applied after the defaults below."""
 
-    host = "127.0.0.1"
+    _OS_USER = "mysql"  # owns the data directory when we run as root
+    _ERROR = MariaDbServerError
+    _OWNED, _ROOT_REFUSAL = "the data directory", "mariadbd will not run as root"
+    _PACKAGE = "mariadb-server"
+    _ERROR_TAIL = 2000  # mariadb-install-db is verbose: the error is at the end
 
     def __init__(self, *, tls_cert: str | None = None, tls_key: str | None = None,
                  tls_ca: str | None = None, port: int | None = None,
@@ -142,14 +131,6 @@ class MariaDbServer:
     # -- lifecycle -------------------------------------------------------------------------------
 
     @property
-    def running(self) -> bool:
-        return self.workdir is not None
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None
-
-    @property
     def pid(self) -> int | None:
         """mariadbd's own pid (not runuser's), from its pid file."""
         try:
@@ -163,7 +144,7 @@ class MariaDbServer:
             return self
         self.workdir = tempfile.mkdtemp(prefix="hoopwire-mariadb-", dir=self.basedir)
         self._owner_pid = os.getpid()
-        _live[id(self)] = self  # before anything can fail: stop() cleans up half-made servers
+        self._track()  # before anything can fail: stop() cleans up half-made servers
         self.datadir = os.path.join(self.workdir, "data")
         self.tmpdir = os.path.join(self.workdir, "tmp")
         self.socket = os.path.join(self.workdir, "mariadbd.sock")
@@ -199,17 +180,7 @@ class MariaDbServer:
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-            _live.pop(id(self), None)
-
-    def __enter__(self) -> "MariaDbServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = f"{self.host}:{self.port}" if self.running else "stopped"
-        return f"<MariaDbServer {state} tls={'on' if self.tls else 'off'}>"
+            self._untrack()
 
     # -- helpers for callers ---------------------------------------------------------------------
 
@@ -246,56 +217,7 @@ class MariaDbServer:
         self.sql(script, secret=password)
         self.passwords[name] = password
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            with open(self.logfile or "", encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return "(no server log)"
-
     # -- setting up ------------------------------------------------------------------------------
-
-    def _as_owner(self, cmd: list[str]) -> list[str]:
-        if os.geteuid() != 0:
-            return cmd
-        return ["runuser", "-u", _OS_USER, "--", *cmd]
-
-    def _give_to_owner(self, path: str, mode: int | None = None) -> None:
-        if mode is not None:
-            os.chmod(path, mode)
-        if os.geteuid() != 0:
-            return
-        try:
-            entry = pwd.getpwnam(_OS_USER)
-        except KeyError:
-            raise MariaDbServerError(
-                f"running as root needs an OS user named {_OS_USER!r} to own the data directory "
-                "(mariadbd will not run as root); the Debian `mariadb-server` package creates "
-                "it") from None
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-
-    def _check_owner_can_reach(self, path: str) -> None:
-        """As root, fail clearly when the mysql user cannot reach our directory (a basedir under
-        a 0700 directory of root's), instead of a cryptic install error."""
-        if os.geteuid() != 0:
-            return
-        owner = pwd.getpwnam(_OS_USER)
-        parent = os.path.dirname(os.path.abspath(path))
-        while True:
-            st = os.stat(parent)
-            if st.st_uid == owner.pw_uid:
-                ok = st.st_mode & 0o100
-            elif st.st_gid == owner.pw_gid:
-                ok = st.st_mode & 0o010
-            else:
-                ok = st.st_mode & 0o001
-            if not ok:
-                raise MariaDbServerError(
-                    f"the {_OS_USER!r} OS user cannot enter {parent} (mode "
-                    f"{st.st_mode & 0o777:o}); pass a basedir it can reach, such as /tmp")
-            if parent == os.path.dirname(parent):
-                return
-            parent = os.path.dirname(parent)
 
     def _env(self) -> dict[str, str]:
         # MYSQL_* variables of the caller's shell (MYSQL_PWD, MYSQL_HOST, MYSQL_TCP_PORT...)
@@ -308,24 +230,6 @@ class MariaDbServer:
             env["TMPDIR"] = self.tmpdir
         return env
 
-    def _run(self, cmd: list[str], *, as_owner: bool = True, check: bool = True,
-             timeout: float = 120, input: str | None = None,
-             secret: str | None = None) -> subprocess.CompletedProcess:
-        name = os.path.basename(cmd[0])
-        if as_owner:
-            cmd = self._as_owner(cmd)
-        try:
-            r = subprocess.run(cmd, input=input if input is not None else "", capture_output=True,
-                               text=True, env=self._env(), cwd=self.workdir, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise MariaDbServerError(f"{name} timed out after {timeout} s") from None
-        if check and r.returncode != 0:
-            output = (r.stderr or r.stdout).strip()[-2000:]
-            if secret:
-                output = output.replace(secret, "***")
-            raise MariaDbServerError(f"{name} failed (exit {r.returncode}): {output}")
-        return r
-
     def _install(self) -> None:
         # socket authentication for the admin account: no password exists to leak or guess,
         # and the TCP port has no account without one (no anonymous users, no test database).
@@ -334,7 +238,7 @@ class MariaDbServer:
                    f"--tmpdir={self.tmpdir}",
                    "--auth-root-authentication-method=socket",
                    f"--auth-root-socket-user={self.admin_user}", "--skip-test-db",
-                   "--skip-name-resolve"], timeout=180)
+                   "--skip-name-resolve"], input="", timeout=180)
 
     def _server_args(self) -> list[str]:
         settings: dict[str, Any] = {
@@ -431,7 +335,7 @@ class MariaDbServer:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     break
-                if _wait_gone(pid, wait):
+                if wait_gone(pid, wait):
                     break
         if proc is not None:
             if proc.poll() is None:
@@ -444,14 +348,3 @@ class MariaDbServer:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False

@@ -15,24 +15,20 @@ server, runs as whoever we are.
 
 from __future__ import annotations
 
-import atexit
 import glob
 import os
-import pwd
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from typing import Any, Iterable
 
-__all__ = ["PgServer", "PgServerError", "find_pg_bindir", "free_loopback_port",
-           "wait_for_listener"]
+from hoopwire.devserver.base import ThrowawayServer, free_loopback_port, wait_gone
 
-_OS_USER = "postgres"      # owns the cluster when we run as root
+__all__ = ["PgServer", "PgServerError", "find_pg_bindir"]
+
 _START_TIMEOUT = 60        # seconds pg_ctl waits for the server to accept connections
 _STOP_TIMEOUT = 30
 _PASSWORD_METHODS = ("scram-sha-256", "md5", "password")
@@ -76,28 +72,6 @@ def _major_version(bindir: str) -> tuple[int, ...]:
     return tuple(int(p) for p in m.group(1).split(".") if p) if m else ()
 
 
-def free_loopback_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (another process may still take it first)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_listener(port: int, proc, timeout: float = 20.0) -> None:
-    """Wait until something accepts on 127.0.0.1:port; RuntimeError if `proc` (a Popen) exits
-    first or the time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the process exited during startup")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} in time")
-
-
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -122,24 +96,14 @@ def _dsn_value(value: Any) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-# Servers not yet stopped, so that an interpreter exit (a crashed test run, an uncaught
-# exception in a benchmark) does not leave clusters running. Keyed by the pid that started them:
-# a forked child exiting must not stop its parent's servers.
-_live: dict[int, "PgServer"] = {}
-
-
-@atexit.register
-def _stop_live_servers() -> None:
-    for server in list(_live.values()):
-        if server._owner_pid == os.getpid():
-            server.stop()
-
-
-class PgServer:
+class PgServer(ThrowawayServer):
     """One throwaway cluster. Not started until start() (or `with`)."""
 
-    host = "127.0.0.1"
     superuser = "postgres"
+    _OS_USER = "postgres"  # owns the cluster when we run as root
+    _ERROR = PgServerError
+    _OWNED, _ROOT_REFUSAL = "the cluster", "initdb and postgres refuse to run as root"
+    _PACKAGE = "postgresql"
 
     def __init__(self, *, tls_cert: str | None = None, tls_key: str | None = None,
                  superuser_password: str | None = None, port: int | None = None,
@@ -168,20 +132,12 @@ class PgServer:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None
-
-    @property
-    def running(self) -> bool:
-        return self.workdir is not None
-
     def start(self) -> "PgServer":
         if self.running:
             return self
         self.workdir = tempfile.mkdtemp(prefix="hoopwire-pg-", dir=self.basedir)
         self._owner_pid = os.getpid()
-        _live[id(self)] = self  # before anything can fail: stop() cleans up half-made clusters
+        self._track()  # before anything can fail: stop() cleans up half-made clusters
         self.datadir = os.path.join(self.workdir, "data")
         self.socket_dir = os.path.join(self.workdir, "sock")
         self.logfile = os.path.join(self.workdir, "postgres.log")
@@ -212,17 +168,7 @@ class PgServer:
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-            _live.pop(id(self), None)
-
-    def __enter__(self) -> "PgServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = f"{self.host}:{self.port}" if self.running else "stopped"
-        return f"<PgServer {state} tls={'on' if self.tls else 'off'}>"
+            self._untrack()
 
     # -- helpers for callers ---------------------------------------------------------------------
 
@@ -270,83 +216,16 @@ class PgServer:
         params.update(extra)
         return " ".join(f"{k}={_dsn_value(v)}" for k, v in params.items())
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            with open(self.logfile or "", encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return "(no server log)"
-
     # -- setting up ------------------------------------------------------------------------------
 
     def _bin(self, name: str) -> str:
         return os.path.join(self.bindir, name)
-
-    def _as_owner(self, cmd: list[str]) -> list[str]:
-        if os.geteuid() != 0:
-            return cmd
-        return ["runuser", "-u", _OS_USER, "--", *cmd]
-
-    def _give_to_owner(self, path: str, mode: int | None = None) -> None:
-        if mode is not None:
-            os.chmod(path, mode)
-        if os.geteuid() != 0:
-            return
-        try:
-            entry = pwd.getpwnam(_OS_USER)
-        except KeyError:
-            raise PgServerError(
-                f"running as root needs an OS user named {_OS_USER!r} to own the cluster "
-                "(initdb and postgres refuse to run as root); the Debian `postgresql` package "
-                "creates it") from None
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-
-    def _check_owner_can_reach(self, path: str) -> None:
-        """As root, fail clearly when the postgres user cannot reach our directory, e.g. a
-        basedir under pytest's /tmp/pytest-of-root (mode 0700), instead of a cryptic initdb error."""
-        if os.geteuid() != 0:
-            return
-        owner = pwd.getpwnam(_OS_USER)
-        parent = os.path.dirname(os.path.abspath(path))
-        while True:
-            st = os.stat(parent)
-            if st.st_uid == owner.pw_uid:
-                ok = st.st_mode & 0o100
-            elif st.st_gid == owner.pw_gid:
-                ok = st.st_mode & 0o010
-            else:
-                ok = st.st_mode & 0o001
-            if not ok:
-                raise PgServerError(
-                    f"the {_OS_USER!r} OS user cannot enter {parent} (mode "
-                    f"{st.st_mode & 0o777:o}); pass a basedir it can reach, such as /tmp")
-            if parent == os.path.dirname(parent):
-                return
-            parent = os.path.dirname(parent)
 
     def _env(self) -> dict[str, str]:
         # PG* variables from the caller's shell (PGDATA, PGPORT, PGHOST...) must not redirect us
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_MESSAGES"] = "C"
         return env
-
-    def _run(self, cmd: list[str], *, as_owner: bool = True, check: bool = True,
-             timeout: float = 120, input: str | None = None, secret: str | None = None,
-             new_session: bool = False) -> subprocess.CompletedProcess:
-        name = os.path.basename(cmd[0])
-        if as_owner:
-            cmd = self._as_owner(cmd)
-        try:
-            r = subprocess.run(cmd, input=input, capture_output=True, text=True, env=self._env(),
-                               cwd=self.workdir, timeout=timeout, start_new_session=new_session)
-        except subprocess.TimeoutExpired:
-            raise PgServerError(f"{name} timed out after {timeout} s") from None
-        if check and r.returncode != 0:
-            output = (r.stderr or r.stdout).strip()
-            if secret:
-                output = output.replace(secret, "***")
-            raise PgServerError(f"{name} failed (exit {r.returncode}): {output}")
-        return r
 
     def _initdb(self) -> None:
         pwfile = os.path.join(self.workdir, "pwfile")
@@ -441,13 +320,8 @@ class PgServer:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 return
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.05)
+            if wait_gone(pid, 5):
+                return
 
     def _psql(self, script: str, dbname: str, secret: str | None = None) -> str:
         if not self.running:
