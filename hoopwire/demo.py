@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,8 +88,9 @@ def _say(tag: str, text: str) -> None:
     print(f"{tag}  {text}", flush=True)
 
 
-def _config(pg_port: int, gw_port: int, admin_port: int, jwks: str, api_key_sha: str,
-            work: str) -> str:
+def config_head(admin_port: int, jwks: str, api_key_sha: str, work: str) -> str:
+    """The demo configuration's admin API, state, audit log and identities: the same for every
+    protocol's demo."""
     return f"""\
 [admin]
 listen = "127.0.0.1:{admin_port}"
@@ -111,16 +113,26 @@ name = "nightly-etl"
 sha256 = "{api_key_sha}"
 groups = ["etl"]
 
+"""
+
+
+def connection_head(protocol: str, gw_port: int, db_port: int) -> str:
+    """The demo connection "shop": where it listens, its upstream and who may use it."""
+    return f"""\
 [[connection]]
 name = "shop"
-protocol = "postgres"
+protocol = "{protocol}"
 listen = "127.0.0.1:{gw_port}"
-upstream = "127.0.0.1:{pg_port}"
+upstream = "127.0.0.1:{db_port}"
 database = "shop"
 user = "shop_app"
 password_env = "SHOP_DB_PASSWORD"
 allow_groups = ["agents", "etl"]
+"""
 
+
+# the connection's guardrails, and its masking of what a detector finds, in every demo
+GUARDRAILS = """
   [[connection.guardrail]]
   pack = "destructive-ddl"
   message = "DDL goes through a migration, not an agent"
@@ -138,16 +150,23 @@ allow_groups = ["agents", "etl"]
   action = "approve"
   approvers = ["dba"]
   timeout = "60s"
-
-  [[connection.mask]]
-  columns = ["private.customer_records.ssn"]  # shop_app cannot read it; should a grant let it
-  strategy = "partial"
-  keep = 4
-
+"""
+DETECTOR_MASK = """
   [[connection.mask]]
   detectors = ["EMAIL", "US_SSN", "CREDIT_CARD", "AWS_ACCESS_KEY_ID"]
   strategy = "redact"
 """
+
+
+def _config(pg_port: int, gw_port: int, admin_port: int, jwks: str, api_key_sha: str,
+            work: str) -> str:
+    return (config_head(admin_port, jwks, api_key_sha, work)
+            + connection_head("postgres", gw_port, pg_port) + GUARDRAILS + """
+  [[connection.mask]]
+  columns = ["private.customer_records.ssn"]  # shop_app cannot read it; should a grant let it
+  strategy = "partial"
+  keep = 4
+""" + DETECTOR_MASK)
 
 
 def _admin(port: int, method: str, path: str, token: str, body: dict | None = None) -> dict:
@@ -187,13 +206,79 @@ def _wait_pending(port: int, token: str, timeout: float = 15.0) -> dict:
     raise RuntimeError("the held statement's approval request did not appear")
 
 
+def start_gateway(cfg_path: str, env: dict[str, str], log_path: str,
+                  gw_port: int) -> subprocess.Popen:
+    """`hoopwire serve` on `cfg_path`, its output to `log_path`, once it accepts on gw_port."""
+    from hoopwire.devserver import wait_for_listener
+
+    log_file = open(log_path, "wb")
+    gw = subprocess.Popen([sys.executable, "-m", "hoopwire", "serve", "--config", cfg_path],
+                          env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    wait_for_listener(gw_port, gw)
+    return gw
+
+
+def approve_held(admin_port: int, approver: str, statement: str, request: dict,
+                 worker: threading.Thread, held: dict) -> None:
+    """Show the held `statement`'s approval request, approve it as `approver`, and show what the
+    agent's waiting call (`worker`, which puts it in held["result"]) got."""
+    _say("held", f"{statement}\n          -> waiting: approval {request['id']} "
+                 f"(rule \"{request['rule']}\", approvers: {', '.join(request['approvers'])})")
+    decided = _admin(admin_port, "POST", f"/api/v1/approvals/{request['id']}/approve",
+                     approver, {"reason": "order 42 was a test order"})
+    worker.join(15)
+    _say("approved", f"by {decided['decided_by']} through the admin API -> the agent's "
+                     f"statement ran: {held.get('result')}")
+
+
+def show_records(admin_port: int, approver: str, work: str, log_path: str) -> None:
+    """What the gateway kept of it all: agent-7's recorded session, the audit chain check, the
+    operator's log lines and the metrics."""
+    first, shown = _recorded_session(admin_port, approver, "agent-7")
+    print(f"\nThe recorded session (hoopwire sessions show {first['id']}):")
+    for st in shown["statements"]:
+        _say(st["verdict"], f"#{st['seq']} {st['statement']}".replace("\n", "\\n")
+             + (f"  ({st['masked']} values masked)" if st.get("masked") else ""))
+    check = subprocess.run([sys.executable, "-m", "hoopwire", "audit", "verify",
+                            os.path.join(work, "audit")], capture_output=True, text=True)
+    _say("audit", f"hoopwire audit verify -> {check.stdout.strip()}")
+
+    print("\nWhat the operator's log saw (secrets and literals never appear):")
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if any(w in line for w in ("session started", "blocked", "refused", "held for",
+                                       "decided", "session closed")):
+                _say("log", line.rstrip()[:220])
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics",
+                                     timeout=5).read().decode()
+    print("\nMetrics (/metrics):")
+    for line in metrics.splitlines():
+        if line.startswith(("hoopwire_connections_total", "hoopwire_guardrail_verdicts_total",
+                            "hoopwire_auth_failures_total", "hoopwire_statements_total",
+                            "hoopwire_masked_values_total")):
+            _say("log", line)
+
+
+def stop_all(gw: subprocess.Popen | None, server, work: str) -> None:
+    """Stop the gateway (SIGTERM, SIGKILL after 10 s) and the throwaway server; remove `work`."""
+    if gw is not None and gw.poll() is None:
+        gw.terminate()
+        try:
+            gw.wait(10)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+    if server is not None:
+        server.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main(keep: bool = False) -> int:
     try:
         import psycopg
     except ImportError:
         print("the demo's client is psycopg: pip install 'psycopg[binary]'", file=sys.stderr)
         return 1
-    from hoopwire.devserver import PgServer, PgServerError, free_loopback_port, wait_for_listener
+    from hoopwire.devserver import PgServer, PgServerError, free_loopback_port
     from hoopwire.identity.devtoken import create_dev_key, mint_token
 
     work = tempfile.mkdtemp(prefix="hoopwire-demo-")
@@ -225,11 +310,8 @@ def main(keep: bool = False) -> int:
             f.write(_config(pg.port, gw_port, admin_port, jwks,
                             hashlib.sha256(api_key.encode()).hexdigest(), work))
         log_path = os.path.join(work, "gateway.log")
-        log_file = open(log_path, "wb")
         env = dict(os.environ, SHOP_DB_PASSWORD=db_password)
-        gw = subprocess.Popen([sys.executable, "-m", "hoopwire", "serve", "--config", cfg_path],
-                              env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        wait_for_listener(gw_port, gw)
+        gw = start_gateway(cfg_path, env, log_path, gw_port)
         _say("info", f"hoopwire on 127.0.0.1:{gw_port} (admin and /metrics on 127.0.0.1:{admin_port})")
         posture = subprocess.run([sys.executable, "-m", "hoopwire", "check-config", "--connect",
                                   cfg_path], env=env, capture_output=True, text=True, timeout=60)
@@ -278,13 +360,7 @@ def main(keep: bool = False) -> int:
         worker = threading.Thread(target=agent_delete, daemon=True)
         worker.start()
         request = _wait_pending(admin_port, approver)
-        _say("held", f"{HELD_STEP}\n          -> waiting: approval {request['id']} "
-                     f"(rule \"{request['rule']}\", approvers: {', '.join(request['approvers'])})")
-        decided = _admin(admin_port, "POST", f"/api/v1/approvals/{request['id']}/approve",
-                         approver, {"reason": "order 42 was a test order"})
-        worker.join(15)
-        _say("approved", f"by {decided['decided_by']} through the admin API -> the agent's "
-                         f"statement ran: {held.get('result')}")
+        approve_held(admin_port, approver, HELD_STEP, request, worker, held)
 
         try:
             psycopg.connect(host="127.0.0.1", port=gw_port, dbname="shop", user="agent-7",
@@ -297,28 +373,7 @@ def main(keep: bool = False) -> int:
             n = conn.execute("SELECT count(*) FROM customers").fetchone()[0]
             _say("allowed", f"the nightly-etl API key (stored only as its sha256): {n} customers")
 
-        first, shown = _recorded_session(admin_port, approver, "agent-7")
-        print(f"\nThe recorded session (hoopwire sessions show {first['id']}):")
-        for st in shown["statements"]:
-            _say(st["verdict"], f"#{st['seq']} {st['statement']}"
-                 + (f"  ({st['masked']} values masked)" if st.get("masked") else ""))
-        check = subprocess.run([sys.executable, "-m", "hoopwire", "audit", "verify",
-                                os.path.join(work, "audit")], capture_output=True, text=True)
-        _say("audit", f"hoopwire audit verify -> {check.stdout.strip()}")
-
-        print("\nWhat the operator's log saw (secrets and literals never appear):")
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if any(w in line for w in ("session started", "blocked", "refused", "held for",
-                                           "decided", "session closed")):
-                    _say("log", line.rstrip()[:220])
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
-        print("\nMetrics (/metrics):")
-        for line in metrics.splitlines():
-            if line.startswith(("hoopwire_connections_total", "hoopwire_guardrail_verdicts_total",
-                                "hoopwire_auth_failures_total", "hoopwire_statements_total",
-                                "hoopwire_masked_values_total")):
-                _say("log", line)
+        show_records(admin_port, approver, work, log_path)
 
         if keep:
             fresh = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
@@ -333,13 +388,4 @@ def main(keep: bool = False) -> int:
         print("\ninterrupted: stopping the gateway and PostgreSQL.")
         return 130
     finally:
-        if gw is not None and gw.poll() is None:
-            gw.terminate()
-            try:
-                gw.wait(10)
-            except subprocess.TimeoutExpired:
-                gw.kill()
-        if pg is not None:
-            pg.stop()
-        import shutil
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(gw, pg, work)

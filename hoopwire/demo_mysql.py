@@ -20,14 +20,13 @@ import ipaddress
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
-from hoopwire.demo import _admin, _recorded_session, _say, _wait_pending
+from hoopwire.demo import (DETECTOR_MASK, GUARDRAILS, _say, _wait_pending, approve_held,
+                           config_head, connection_head, show_records, start_gateway, stop_all)
 
 __all__ = ["main"]
 
@@ -75,68 +74,17 @@ HELD_STEP = "DELETE FROM orders WHERE id = 42"
 
 def _config(db_port: int, gw_port: int, admin_port: int, jwks: str, api_key_sha: str,
             work: str, cert: str, key: str) -> str:
-    return f"""\
-[admin]
-listen = "127.0.0.1:{admin_port}"
-admin_groups = ["dba"]
-
-[state]
-url = "sqlite:///{work}/state.db"
-
-[audit]
-path = "{work}/audit"
-
-[[identity.issuer]]
-issuer = "https://idp.demo.local"
-audience = "hoopwire"
-jwks_uri = "file://{jwks}"
-algorithms = ["ES256"]
-
-[[identity.api_key]]
-name = "nightly-etl"
-sha256 = "{api_key_sha}"
-groups = ["etl"]
-
-[[connection]]
-name = "shop"
-protocol = "mysql"
-listen = "127.0.0.1:{gw_port}"
-upstream = "127.0.0.1:{db_port}"
-database = "shop"
-user = "shop_app"
-password_env = "SHOP_DB_PASSWORD"
-allow_groups = ["agents", "etl"]
+    return (config_head(admin_port, jwks, api_key_sha, work)
+            + connection_head("mysql", gw_port, db_port) + f"""\
 # the token travels as a cleartext password (mysql_clear_password): only inside TLS
 tls_cert = "{cert}"
 tls_key = "{key}"
-
-  [[connection.guardrail]]
-  pack = "destructive-ddl"
-  message = "DDL goes through a migration, not an agent"
-
-  [[connection.guardrail]]
-  pack = "unbounded-write"
-  message = "DELETE and UPDATE need a WHERE clause"
-
-  [[connection.guardrail]]
-  pack = "server-side-io"
-
-  [[connection.guardrail]]
-  name = "deletes-need-a-human"
-  patterns = ['\\bdelete\\b']
-  action = "approve"
-  approvers = ["dba"]
-  timeout = "60s"
-
+""" + GUARDRAILS + """
   [[connection.mask]]
   columns = ["shop.customers.ssn"]
   strategy = "partial"
   keep = 4
-
-  [[connection.mask]]
-  detectors = ["EMAIL", "US_SSN", "CREDIT_CARD", "AWS_ACCESS_KEY_ID"]
-  strategy = "redact"
-"""
+""" + DETECTOR_MASK)
 
 
 def _self_signed(work: str) -> tuple[str, str]:
@@ -182,8 +130,7 @@ def main(keep: bool = False) -> int:
     except ImportError:
         print("the demo's MySQL client is PyMySQL: pip install pymysql", file=sys.stderr)
         return 1
-    from hoopwire.devserver import (MariaDbServer, MariaDbServerError, free_loopback_port,
-                                    wait_for_listener)
+    from hoopwire.devserver import MariaDbServer, MariaDbServerError, free_loopback_port
     from hoopwire.identity.devtoken import create_dev_key, mint_token
 
     work = tempfile.mkdtemp(prefix="hoopwire-demo-mysql-")
@@ -214,11 +161,8 @@ def main(keep: bool = False) -> int:
             f.write(_config(db.port, gw_port, admin_port, jwks,
                             hashlib.sha256(api_key.encode()).hexdigest(), work, cert, cert_key))
         log_path = os.path.join(work, "gateway.log")
-        log_file = open(log_path, "wb")
         env = dict(os.environ, SHOP_DB_PASSWORD=db_password)
-        gw = subprocess.Popen([sys.executable, "-m", "hoopwire", "serve", "--config", cfg_path],
-                              env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        wait_for_listener(gw_port, gw)
+        gw = start_gateway(cfg_path, env, log_path, gw_port)
         _say("info", f"hoopwire on 127.0.0.1:{gw_port}, TLS (admin and /metrics on "
                      f"127.0.0.1:{admin_port})")
         token = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
@@ -277,13 +221,7 @@ def main(keep: bool = False) -> int:
             print(f"demo: {e}; the agent got: {held.get('result', '(no answer yet)')}; the "
                   "gateway's log ends with:\n" + "".join(tail), file=sys.stderr)
             return 1
-        _say("held", f"{HELD_STEP}\n          -> waiting: approval {request['id']} "
-                     f"(rule \"{request['rule']}\", approvers: {', '.join(request['approvers'])})")
-        decided = _admin(admin_port, "POST", f"/api/v1/approvals/{request['id']}/approve",
-                         approver, {"reason": "order 42 was a test order"})
-        worker.join(15)
-        _say("approved", f"by {decided['decided_by']} through the admin API -> the agent's "
-                         f"statement ran: {held.get('result')}")
+        approve_held(admin_port, approver, HELD_STEP, request, worker, held)
 
         try:
             connect("agent-7", token[:-4] + "AAAA").close()
@@ -295,29 +233,7 @@ def main(keep: bool = False) -> int:
             n = cur.fetchone()[0]
             _say("allowed", f"the nightly-etl API key (stored only as its sha256): {n} customers")
 
-        first, shown = _recorded_session(admin_port, approver, "agent-7")
-        print(f"\nThe recorded session (hoopwire sessions show {first['id']}):")
-        for st in shown["statements"]:
-            _say(st["verdict"], f"#{st['seq']} {st['statement']}".replace("\n", "\\n")
-                 + (f"  ({st['masked']} values masked)" if st.get("masked") else ""))
-        check = subprocess.run([sys.executable, "-m", "hoopwire", "audit", "verify",
-                                os.path.join(work, "audit")], capture_output=True, text=True)
-        _say("audit", f"hoopwire audit verify -> {check.stdout.strip()}")
-
-        print("\nWhat the operator's log saw (secrets and literals never appear):")
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if any(w in line for w in ("session started", "blocked", "refused", "held for",
-                                           "decided", "session closed")):
-                    _say("log", line.rstrip()[:220])
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics",
-                                         timeout=5).read().decode()
-        print("\nMetrics (/metrics):")
-        for line in metrics.splitlines():
-            if line.startswith(("hoopwire_connections_total", "hoopwire_guardrail_verdicts_total",
-                                "hoopwire_auth_failures_total", "hoopwire_statements_total",
-                                "hoopwire_masked_values_total")):
-                _say("log", line)
+        show_records(admin_port, approver, work, log_path)
 
         if keep:
             fresh = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
@@ -332,16 +248,7 @@ def main(keep: bool = False) -> int:
         print("\ninterrupted: stopping the gateway and MariaDB.")
         return 130
     finally:
-        if gw is not None and gw.poll() is None:
-            gw.terminate()
-            try:
-                gw.wait(10)
-            except subprocess.TimeoutExpired:
-                gw.kill()
-        if db is not None:
-            db.stop()
-        import shutil
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(gw, db, work)
 
 
 if __name__ == "__main__":
