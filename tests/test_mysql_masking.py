@@ -480,6 +480,11 @@ def test_detectors_in_error_text(db):
 # writes that would store a masked value where the session reads it back
 
 REFUSED_WRITES = [
+    # SET STATEMENT ... FOR runs the statement after FOR (red team: a wrapped rename of the
+    # masked table switched its rule off for everyone)
+    "SET STATEMENT max_statement_time=0 FOR ALTER TABLE users RENAME TO users9",
+    "SET STATEMENT max_statement_time=0 FOR RENAME TABLE users TO users9",
+    "SET STATEMENT max_statement_time=0, sql_mode='' FOR INSERT INTO sink (v) SELECT ssn FROM users",
     "INSERT INTO sink (v) SELECT ssn FROM users",
     "INSERT INTO sink (v) SELECT * FROM users",
     "INSERT INTO sink SELECT SQL_NO_CACHE * FROM users",

@@ -937,6 +937,12 @@ class SessionMasker:
     def _stores_masked(self, st: _Stmt, depth: int = 0) -> Optional[tuple[str, str]]:
         conn = self.conn
         first = st.first
+        if first == "set" and st.words[1:2] == ["statement"] and "for" in st.words:
+            # SET STATEMENT var = value [, ...] FOR <statement>: MariaDB runs the statement
+            # after FOR, so that is the one judged (a wrapped RENAME of a masked table was let
+            # through and switched its column rule off for every session)
+            rest = st.words[st.words.index("for") + 1:]
+            first = rest[0] if rest else first
         if first == "with":
             # WITH ... UPDATE / DELETE / INSERT (MySQL 8): the statement after the CTEs
             first = next((w for w in st.words[1:] if w in _STORE_FIRST), first)
