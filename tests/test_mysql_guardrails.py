@@ -46,6 +46,8 @@ def rule_of(policy, sql: bytes):
 
 # (the pack that must block, the statement): evasions a client with a valid token would try
 CAUGHT = [
+    ("destructive-ddl", b"CREATE OR REPLACE TABLE victim (x int)"),
+    ("destructive-ddl", b"create or replace table victim like items"),
     ("destructive-ddl", b"DROP TABLE t"),
     ("destructive-ddl", b"drop table if exists t"),
     ("destructive-ddl", b"DROP/**/TABLE t"),
@@ -194,7 +196,9 @@ NEAR_MISSES = [
 
 @pytest.mark.parametrize("rule,sql", CAUGHT, ids=[c[1][:50].decode("latin1") for c in CAUGHT])
 def test_packs_catch(policy, each_pack, rule, sql):
-    assert rule_of(each_pack[rule], sql) == rule, sql
+    # a SET STATEMENT ... FOR wrapper is refused as such by every rule set, whatever it wraps
+    wrapped = sql.lower().startswith(b"set statement")
+    assert rule_of(each_pack[rule], sql) in ((rule, "set-statement-for") if wrapped else (rule,)), sql
     assert rule_of(policy, sql) is not None, sql
 
 
@@ -223,7 +227,22 @@ def test_implied_rules():
     assert pol.check(b"SELECT * FROM billing.x").rule == "mine"
     # with session-tampering on, its own patterns cover the charset
     rules = DIALECT.implied_guardrails((GuardrailConfig(name="s", pack="session-tampering"),))
-    assert [r.name for r in rules] == ["s", "unreadable-statement"]
+    assert [r.name for r in rules] == ["s", "unreadable-statement", "set-statement-for"]
+
+
+@pytest.mark.parametrize("sql", [
+    b"SET STATEMENT max_statement_time=0 FOR TRUNCATE victim",
+    b"SET STATEMENT max_statement_time=0 FOR DELETE FROM victim",
+    b"set  statement\n sql_mode='' FOR UPDATE victim SET note='x'",
+    b"/*!SET*/ STATEMENT max_statement_time=0 FOR ALTER TABLE victim DROP COLUMN note",
+    b"SELECT 1; SET STATEMENT max_statement_time=0 FOR CREATE PROCEDURE p2() SELECT 1",
+])
+def test_set_statement_for_is_refused(sql):
+    """MariaDB runs the statement after FOR, where patterns anchored at a statement's start do
+    not look (the red team's bypass of unbounded-write and destructive-ddl): every rule set
+    refuses the wrapper, a pack-free one included."""
+    pol = engine(GuardrailConfig(name="mine", patterns=(r"\bbilling\.",))).for_groups(frozenset())
+    assert pol.check(sql).rule == "set-statement-for", sql
 
 
 def test_user_patterns_see_executable_comments():

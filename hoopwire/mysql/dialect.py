@@ -9,6 +9,9 @@ from hoopwire.config import GuardrailConfig
 from hoopwire.mysql._sqllex import mask_literals, statement_views
 from hoopwire.mysql.packs import PACKS, UNREADABLE_PATTERN, UNSAFE_CHARSET_PATTERNS
 
+# the wrapper's code view: `set statement <assignments> for <statement>`
+SET_STATEMENT_PATTERN = r"^set statement\b"
+
 __all__ = ["MysqlDialect", "DIALECT"]
 
 
@@ -47,6 +50,14 @@ class MysqlDialect:
         extra.append(GuardrailConfig(
             name="unreadable-statement", patterns=(UNREADABLE_PATTERN,),
             message="the statement can be read too many ways (versioned comments) to be checked"))
+        # MariaDB's SET STATEMENT var = value FOR <statement> runs the statement after FOR,
+        # where no pattern anchored at the statement's start looks: the red team emptied and
+        # dropped columns of tables through it past unbounded-write and destructive-ddl. Until
+        # the lexer hands the inner statement to the rules, the wrapper is refused.
+        extra.append(GuardrailConfig(
+            name="set-statement-for", patterns=(SET_STATEMENT_PATTERN,),
+            message="SET STATEMENT ... FOR is not allowed while guardrails apply: send the "
+                    "statement without it"))
         return rules + tuple(extra)
 
 

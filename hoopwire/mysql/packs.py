@@ -169,6 +169,9 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
                    + word_except("default") + rf"(?:[^{IDC}]|$))"),
             (CODE, r"^alter\s+(?:online\s+|ignore\s+)*table\b.*\b(?:discard\s+(?:partition\b.*\b)?"
                    r"tablespace|truncate\s+partition)\b"),
+            # MariaDB's CREATE OR REPLACE drops what it replaces: a table's rows are gone
+            # (the red team emptied a table with CREATE OR REPLACE TABLE t (x int))
+            (CODE, r"^create\s+or\s+replace\s+(?:temporary\s+)?table\b"),
         ),
     ),
     Pack(
