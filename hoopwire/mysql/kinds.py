@@ -22,44 +22,13 @@ COM_STMT_EXECUTE) is to the masker.
 from __future__ import annotations
 
 from hoopwire._mask import K_JSON, K_OTHER, K_STR
+from hoopwire.mysql.packets import TYPE
 
 __all__ = ["column_kind", "T", "BINARY_CHARSET", "STRING_TYPES", "is_string"]
 
 
-class T:
-    """MySQL column type codes (include/field_types.h; MariaDB's are the same below 256)."""
-    DECIMAL = 0
-    TINY = 1
-    SHORT = 2
-    LONG = 3
-    FLOAT = 4
-    DOUBLE = 5
-    NULL = 6
-    TIMESTAMP = 7
-    LONGLONG = 8
-    INT24 = 9
-    DATE = 10
-    TIME = 11
-    DATETIME = 12
-    YEAR = 13
-    NEWDATE = 14
-    VARCHAR = 15
-    BIT = 16
-    TIMESTAMP2 = 17
-    DATETIME2 = 18
-    TIME2 = 19
-    VECTOR = 242
-    JSON = 245
-    NEWDECIMAL = 246
-    ENUM = 247
-    SET = 248
-    TINY_BLOB = 249
-    MEDIUM_BLOB = 250
-    LONG_BLOB = 251
-    BLOB = 252
-    VAR_STRING = 253
-    STRING = 254
-    GEOMETRY = 255
+# MySQL column type codes: one table, the reference codecs' (hoopwire.mysql.packets)
+T = TYPE
 
 
 # the collation id of the `binary` character set: BINARY, VARBINARY, BLOB and every non-string

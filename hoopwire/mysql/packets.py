@@ -170,6 +170,7 @@ class TYPE:
     TIMESTAMP2 = 17
     DATETIME2 = 18
     TIME2 = 19
+    VECTOR = 242          # MariaDB 11.7
     JSON = 245
     NEWDECIMAL = 246
     ENUM = 247
