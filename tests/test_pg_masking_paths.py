@@ -334,6 +334,27 @@ def test_reload_changes_mask_rules(pg, idp, schema):
                 assert q(s2, sql) == [(clear_ssn, "****")]
 
 
+def test_result_shape_seen_before_follows_a_reload(pg, idp, schema):
+    """A statement that names nothing masked reuses the plan of its RowDescription (the
+    session's shape cache, SessionMasker.row_description), whatever its literals: once a
+    reload brings a detector, the same shape is judged anew by the new rules."""
+    ssn_rule = {"columns": ["mpath.people.ssn"], "strategy": "partial", "keep": 4}
+    codes = {"columns": ["mpath.people.pin"], "detectors": ["TWIN_CODE"], "strategy": "redact"}
+    with Gateway(gateway_config(pg, idp, mask=[ssn_rule]), env=gateway_env(pg)) as g:
+        with connect(g, idp) as s1:
+            for i in (1, 2, 1):
+                assert q(s1, f"SELECT code FROM mpa.twin WHERE id = {i}") == \
+                    [("alpha-kq7" if i == 1 else "alpha-zr2",)]
+            cfg = copy.deepcopy(g.config)
+            cfg["connection"][0]["mask"] = [ssn_rule, codes]
+            cfg["connection"][0]["detector"] = [{"name": "TWIN_CODE",
+                                                 "pattern": "alpha-[a-z0-9]{3}"}]
+            _reloaded(g, cfg)
+            for i in (1, 2):
+                assert q(s1, f"SELECT code FROM mpa.twin WHERE id = {i}") == [("****",)]
+            assert q(s1, "SELECT code FROM mpb.twin WHERE id = 1") == [("beta-open1",)]
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. COPY of a table named without its schema, and COPY (query)
 
