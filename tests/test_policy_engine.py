@@ -658,3 +658,34 @@ def test_verdicts_agree_with_each_rule_scanned_alone(packs, sql):
        st.sampled_from([b"", b";", b"; select 2", b" -- bye"]))
 def test_caught_statements_stay_caught_in_company(packs, sql, before, after):
     assert packs.for_groups(frozenset()).check(before + sql + after) is not None
+
+
+# -- verdicts by statement shape ------------------------------------------------------------------
+
+def test_statement_shape_judged_once_for_every_literal():
+    """A message that differs from one judged before only in its string literals is judged by
+    the views it scans, not scanned again (GroupPolicy._shapes): same verdict, counted each
+    time."""
+    eng = PolicyEngine((rule("deletes", r"\bdelete\b", action="log"),
+                        rule("drops", r"\bdrop\s+table\b")))
+    pol = eng.for_groups(())
+    for i in range(40):
+        v = pol.check(f"DELETE FROM t WHERE note = 'n{i}'".encode())
+        assert v is not None and v.rule == "deletes" and v.action == "log"
+        assert pol.check(f"SELECT * FROM t WHERE k = 'k{i}'".encode()) is None
+    assert eng.stats()["deletes"] == 40
+    # 80 distinct texts, two shapes (the code view keeps numbers: a pack may read them, and
+    # string literals become '?'): only their first sight reached a Hyperscan scan
+    assert pol._shapes is not None and len(pol._shapes) == 2
+    blocked = pol.check(b"drop table t")
+    assert blocked is not None and blocked.action == "block"
+
+
+def test_statement_shape_cache_is_off_while_a_rule_reads_literals():
+    """A rule that scans literals judges the text, never the shape: the same shape with another
+    literal may be refused."""
+    eng = PolicyEngine((rule("no-secret-literal", "topsecret", scan_literals=True),))
+    pol = eng.for_groups(())
+    assert pol.check(b"SELECT * FROM t WHERE k = 'open'") is None
+    v = pol.check(b"SELECT * FROM t WHERE k = 'topsecret'")
+    assert v is not None and v.rule == "no-secret-literal"

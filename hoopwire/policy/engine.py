@@ -239,7 +239,7 @@ class GroupPolicy:
 
     __slots__ = ("_engine", "rules", "approves", "_code", "_full", "_both", "_want_full", "_cache",
                  "_old", "_gen_size", "_gen_bytes", "_cached_bytes", "_on_match", "_views",
-                 "_scans", "_kind_rules", "_classify", "_literal_form", "_collect",
+                 "_scans", "_kind_rules", "_classify", "_literal_form", "_collect", "_shapes",
                  "__weakref__")
 
     def __init__(self, engine: PolicyEngine, rules: tuple[Rule, ...],
@@ -271,6 +271,13 @@ class GroupPolicy:
         self._cache: dict[bytes, object] | None = (
             {} if engine.cache_size and engine.cache_bytes else None)
         self._old: dict[bytes, object] = {}
+        # The rules that matched, by the statement views they scanned: the views are all a
+        # scan reads, so a message that differs from one judged before only in its literals
+        # (pgbench's select, a new key each time; most agents' statements) costs one lexer
+        # pass and one lookup here instead of a Hyperscan scan per statement. Only while no
+        # rule reads the literals (the code views are then everything scanned).
+        self._shapes: dict[tuple, tuple] | None = (
+            {} if engine.cache_size and full is None else None)
         self._cached_bytes = 0
         blocking = engine._blocking
 
@@ -388,6 +395,13 @@ class GroupPolicy:
         want_full = self._want_full
         views = self._views
         code, full, ambiguous = views(sql, want_full)
+        shapes = self._shapes
+        key = None
+        if shapes is not None and not ambiguous and on_match is self._on_match:
+            key = tuple(code)
+            seen = shapes.get(key)
+            if seen is not None:
+                return list(seen)
         try:
             while True:
                 if full is None:
@@ -404,6 +418,10 @@ class GroupPolicy:
                                 scan_code(c, on_match, 0, hits)
                             scan_full(f, on_match, 0, hits)
                 if not ambiguous:
+                    if key is not None:
+                        if len(shapes) >= self._gen_size:
+                            shapes.clear()
+                        shapes[key] = tuple(hits)
                     return hits
                 # A '...' literal holds a backslash. Should the client have turned
                 # standard_conforming_strings off, the server reads '\'' ... differently: read
@@ -427,3 +445,5 @@ class GroupPolicy:
             self._cache = {}
             self._old = {}
             self._cached_bytes = 0
+        if self._shapes is not None:
+            self._shapes = {}
