@@ -21,16 +21,38 @@ against the *normalised* statement (hoopwire/mysql/_sqllex.pyx) and matched with
 What each pack catches, and what it cannot (the README carries the same table):
 
 destructive-ddl
-    catches   every DROP of a table, database / schema, view, index, sequence, procedure,
+    catches   what loses rows or values, or moves them out from under the rules keyed by a name:
+              every DROP of a table, database / schema, view, index, sequence, procedure,
               function, trigger, event, server, tablespace, package (also TEMPORARY and IF
-              EXISTS); a statement starting with DROP; TRUNCATE; ALTER TABLE ... DROP [COLUMN] /
-              INDEX / KEY / PRIMARY KEY / FOREIGN KEY / CONSTRAINT / CHECK / PARTITION (not DROP
-              DEFAULT), TRUNCATE PARTITION, DISCARD TABLESPACE / PARTITION ... TABLESPACE;
-              ALTER TABLE ... REMOVE PARTITIONING is not data loss and passes
-    passes    SELECT 'drop table', a column named `drop` or truncate_at, SELECT * FROM dropbox
+              EXISTS); a statement starting with DROP; TRUNCATE; MariaDB's CREATE OR REPLACE
+              TABLE; and ALTER TABLE (also ONLINE, IF EXISTS) with
+              - DROP [COLUMN] / INDEX / KEY / PRIMARY KEY / FOREIGN KEY / CONSTRAINT / CHECK /
+                PARTITION (not DROP DEFAULT), TRUNCATE PARTITION, DISCARD [PARTITION ...]
+                TABLESPACE;
+              - MODIFY / CHANGE [COLUMN] and CONVERT TO CHARACTER SET: every value is rewritten
+                into the new type; a narrower one cuts them (MariaDB 10.11 with strict mode
+                off stores 'abcdef' -> VARCHAR(2) as 'ab' with warning 1265), and whether it
+                is narrower is not in the text; CHANGE also renames the column;
+              - IGNORE: ALTER IGNORE TABLE t ADD UNIQUE (c) deletes the duplicate rows, and
+                IGNORE turns every cut value into a warning, strict mode or not;
+              - RENAME [TO|AS] / RENAME COLUMN, and RENAME TABLE: masking rules, guardrail
+                patterns and grants name a table and a column, and a renamed one is no longer
+                what they name (RENAME INDEX / KEY pass);
+              - EXCHANGE PARTITION, CONVERT PARTITION ... TO TABLE / CONVERT TABLE ... TO
+                PARTITION (rows moved to another table's name), ENGINE = BLACKHOLE (every row
+                discarded);
+              at a statement's start, and inside BEGIN NOT ATOMIC / THEN / ELSE / DO / LOOP /
+              REPEAT bodies (a procedure or event created through procedural-code's gap).
+              ALTER COLUMN ... TYPE is PostgreSQL's spelling: MariaDB and MySQL refuse it as a
+              syntax error (the tests send it), so there is nothing to catch.
+    passes    SELECT 'drop table', a column named `drop`, `modify` or truncate_at, SELECT * FROM
+              dropbox, ALTER TABLE ... ADD COLUMN / ADD INDEX / ALTER COLUMN ... SET DEFAULT /
+              ENGINE = InnoDB / FORCE / RENAME INDEX, ALTER TABLE ... REMOVE PARTITIONING (no
+              row is lost)
     cannot    DDL assembled at run time (PREPARE s FROM @sql / CONCAT(...), a stored procedure
-              that runs it); DELETE of every row (see unbounded-write). Pair it with an
-              upstream user that does not hold DROP.
+              that runs it); DELETE of every row (see unbounded-write). A column named modify
+              or change written bare in an ALTER TABLE is taken for the keyword (blocked). Pair
+              it with an upstream user that does not hold DROP or ALTER.
 
 unbounded-write
     catches   DELETE and UPDATE with no WHERE at the top level of the statement (also
@@ -131,6 +153,12 @@ _WRITE = rf"{_DML_START}(?:delete|update)\b"
 _TAUTOLOGY = (r"where\s+(?:\(\s*)*(?:true|not\s+false|not\s+0|[1-9][0-9]*|1\s*=\s*1|'\?'\s*=\s*'\?'"
               r"|'\?')(?:\s*\))*")
 
+# where DDL of interest may begin: the statement start, and the bodies of compound statements
+# (MariaDB's BEGIN NOT ATOMIC, IF ... THEN / ELSE, an event's DO, LOOP / REPEAT, a label)
+_DDL_START = r"(?:^|\b(?:atomic|begin|then|else|do|loop|repeat)\s+|:\s*)"
+# ALTER [ONLINE] [IGNORE] TABLE: the statement every ALTER pattern below is about
+_ALTER_TABLE = _DDL_START + r"alter\s+(?:online\s+|ignore\s+)*table\b"
+
 # SET ... (also after a comma in a SET list, and inside SET STATEMENT ... FOR)
 _SET_ITEM = r"(?:^set\b|\bset\s+statement\b)(?:[^;]*[\s,@.])?"
 _SCOPE = r"(?:(?:@@)?(?:session|local)\s*\.?\s*|@@)?"
@@ -156,7 +184,7 @@ UNREADABLE_PATTERN = r"^\x00hoopwire:unreadable"
 PACKS: dict[str, Pack] = {p.name: p for p in (
     Pack(
         name="destructive-ddl",
-        summary="DROP, TRUNCATE and ALTER TABLE ... DROP",
+        summary="DROP, TRUNCATE, and ALTER TABLE that drops, retypes, renames or moves data",
         message="destructive DDL goes through a migration, not this connection",
         patterns=(
             (CODE, r"^drop\b"),
@@ -165,13 +193,25 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
                    r"|logfile|spatial)\b"),
             (CODE, r"^truncate\b"),
             (CODE, r"\btruncate\s+(?:table|partition)\b"),
-            (CODE, r"^alter\s+(?:online\s+|ignore\s+)*table\b.*\bdrop\s+(?:`|"
-                   + word_except("default") + rf"(?:[^{IDC}]|$))"),
-            (CODE, r"^alter\s+(?:online\s+|ignore\s+)*table\b.*\b(?:discard\s+(?:partition\b.*\b)?"
-                   r"tablespace|truncate\s+partition)\b"),
+            (CODE, _ALTER_TABLE + r".*\bdrop\s+(?:`|" + word_except("default")
+                   + rf"(?:[^{IDC}]|$))"),
+            (CODE, _ALTER_TABLE + r".*\b(?:discard\s+(?:partition\b.*\b)?tablespace"
+                   r"|truncate\s+partition)\b"),
+            # every value rewritten into a type the text does not show to be as wide
+            (CODE, _ALTER_TABLE + r".*\b(?:modify|change)\b"),
+            (CODE, _ALTER_TABLE + r".*\bconvert\s+to\s+(?:character\s+set|charset)\b"),
+            # IGNORE deletes the rows a new unique key refuses and cuts values without an error
+            (CODE, _DDL_START + r"alter\s+(?:online\s+)?ignore\b"),
+            # a renamed table or column is no longer the one masking rules and patterns name
+            (CODE, _DDL_START + r"rename\s+tables?\b"),
+            (CODE, _ALTER_TABLE + r".*\brename\s+(?:`|" + word_except("index", "key")
+                   + rf"(?:[^{IDC}]|$))"),
+            # rows moved to another table's name, or discarded by the engine
+            (CODE, _ALTER_TABLE + r".*\b(?:exchange\s+partition|convert\s+(?:partition|table))\b"),
+            (CODE, _ALTER_TABLE + r".*\bengine\s*=?\s*blackhole\b"),
             # MariaDB's CREATE OR REPLACE drops what it replaces: a table's rows are gone
             # (the red team emptied a table with CREATE OR REPLACE TABLE t (x int))
-            (CODE, r"^create\s+or\s+replace\s+(?:temporary\s+)?table\b"),
+            (CODE, _DDL_START + r"create\s+or\s+replace\s+(?:temporary\s+)?table\b"),
         ),
     ),
     Pack(

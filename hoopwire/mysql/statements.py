@@ -40,8 +40,10 @@ KINDS: dict[str, str] = {
     "ddl_create": "CREATE TABLE / INDEX / VIEW / DATABASE / SEQUENCE / SERVER ..., CREATE TABLE "
                   "... SELECT",
     "ddl_alter": "ALTER TABLE / DATABASE / VIEW / SEQUENCE ..., RENAME TABLE",
-    "ddl_drop": "DROP TABLE / DATABASE / VIEW / INDEX / routine ...",
-    "ddl_truncate": "TRUNCATE",
+    "ddl_drop": "DROP TABLE / DATABASE / VIEW / INDEX / routine ...; also (with ddl_alter) "
+                "ALTER TABLE ... DROP a column, key, constraint or partition, DISCARD "
+                "TABLESPACE, ENGINE = BLACKHOLE, and (with ddl_create) CREATE OR REPLACE TABLE",
+    "ddl_truncate": "TRUNCATE; also (with ddl_alter) ALTER TABLE ... TRUNCATE PARTITION",
     "create_function": "CREATE [OR REPLACE] FUNCTION / PROCEDURE / TRIGGER / EVENT / PACKAGE, "
                        "ALTER FUNCTION / PROCEDURE / EVENT",
     "role": "CREATE / ALTER / DROP / RENAME USER and ROLE, SET PASSWORD, SET DEFAULT ROLE",
@@ -147,6 +149,26 @@ def _write_kinds(tokens: list[bytes], i: int, out: set[str]) -> None:
     out.add(name if _bounded(tokens, i + 1) else name + "_no_where")
 
 
+def _table_losses(tokens: list[bytes], i: int, w: bytes, out: set[str]) -> None:
+    """CREATE / ALTER TABLE at tokens[i] that drops or empties something is also ddl_drop /
+    ddl_truncate, as the destructive-ddl pack reads it (hoopwire/mysql/packs.py): an allow_kinds
+    list with ddl_alter and no ddl_drop does not let ALTER TABLE t DROP COLUMN c through."""
+    if w == b"create":
+        if tokens[i + 1:i + 3] == [b"or", b"replace"]:
+            out.add("ddl_drop")                  # MariaDB drops the table it replaces
+        return
+    prev = b""
+    for _, t in _top_level(tokens, i + 1):
+        if prev == b"drop" and t != b"default":
+            out.add("ddl_drop")                  # a column, key, constraint, partition
+        elif prev == b"truncate" and t == b"partition":
+            out.add("ddl_truncate")
+        elif prev == b"discard" or (prev == b"engine" and t == b"blackhole") or \
+                (prev == b"=" and t == b"blackhole"):
+            out.add("ddl_drop")                  # a tablespace's rows, every row
+        prev = t
+
+
 def _kinds_at(tokens: list[bytes], i: int, out: set[str], depth: int = 0) -> None:
     """The kinds of the statement starting at tokens[i]."""
     while i < len(tokens) and tokens[i] == b"(":
@@ -201,6 +223,8 @@ def _kinds_at(tokens: list[bytes], i: int, out: set[str], depth: int = 0) -> Non
             out.add("role")
         else:
             out.add("ddl_create" if w == b"create" else "ddl_alter")
+            if what == b"table":
+                _table_losses(tokens, i, w, out)
     elif w == b"drop":
         if nxt in _USERS:
             out.add("role")
