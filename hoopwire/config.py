@@ -224,6 +224,9 @@ class ConnectionConfig:
     max_message_size: int = 64 * 1024 * 1024
     handshake_timeout: float = 15.0
     idle_timeout: float = 0.0  # 0: never
+    # a client that stops in the middle of a message (a header, part of a body) for this long
+    # loses its session: MySQL's own net_read_timeout for the same wait is 30 s
+    read_timeout: float = 30.0
     connect_timeout: float = 10.0
     record_results: bool = False          # keep what the client saw (after masking) for replay
     record_results_max_bytes: int = 1024 * 1024   # per session
@@ -701,6 +704,10 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         r.error("max_message_size", "must be at least 1KiB")
     handshake_timeout = r.get("handshake_timeout", (int, str, float), 15.0, convert=parse_duration)
     idle_timeout = r.get("idle_timeout", (int, str, float), 0.0, convert=parse_duration)
+    read_timeout = r.get("read_timeout", (int, str, float), 30.0, convert=parse_duration)
+    if read_timeout is not None and read_timeout <= 0:
+        r.error("read_timeout", "must be more than 0 (a half-sent message would hold its "
+                                "session for ever)")
     connect_timeout = r.get("connect_timeout", (int, str, float), 10.0, convert=parse_duration)
     record_results = r.get("record_results", bool, False)
     record_results_max_bytes = r.get("record_results_max_bytes", (int, str), 1024 * 1024,
@@ -750,7 +757,7 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         mask_hash_key=mask_hash_key,
         max_connections=max_connections, max_handshakes=max_handshakes,
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
-        idle_timeout=idle_timeout, connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout, read_timeout=read_timeout, connect_timeout=connect_timeout,
         record_results=record_results, record_results_max_bytes=record_results_max_bytes,
         cleartext_without_tls=cleartext_without_tls, load_data_local=load_data_local)
 

@@ -187,12 +187,16 @@ class Listener:
         """The protocol's own cleanup once no session is left."""
 
     async def _sweep(self) -> None:
-        """Close sessions idle longer than idle_timeout."""
+        """Close sessions idle longer than idle_timeout, and those whose client left a message
+        half sent for longer than read_timeout (whatever idle_timeout says, 0 included)."""
         notice = self.adapter.condition("idle_timeout",
                                         "terminating connection due to idle timeout", fatal=True)
         while True:
             limit = self.cfg.idle_timeout
-            await asyncio.sleep(min(1.0, limit / 4) if limit else 1.0)
+            stall = self.cfg.read_timeout
+            await asyncio.sleep(min(1.0, limit / 4 if limit else 1.0, stall / 4 if stall else 1.0))
+            if stall:
+                self._sweep_stalled(stall)
             if not limit:
                 continue
             for s in list(self.sessions):
@@ -202,6 +206,30 @@ class Listener:
                 if r is not None and not r.held and r.units_sent == r.units_done and \
                         r.idle_seconds() > limit:
                     s.relay.shutdown("idle_timeout", notice)
+
+    def _sweep_stalled(self, bound: float) -> None:
+        """A client that sends a header (or part of a message) and stops would hold its session
+        and the upstream's connection for ever: past `bound` seconds without a byte, the
+        session ends with the protocol's read-timeout error (MySQL's own bound for the same
+        wait, net_read_timeout, is 30 s). A message that keeps arriving, however slowly, is
+        never cut: the clock restarts at every read. A relay that bounds its reads itself
+        (http: request_timeout) has no read_stalled."""
+        notice = None
+        for s in list(self.sessions):
+            r = s.relay
+            stalled = getattr(r, "read_stalled", None)
+            if stalled is None:
+                continue
+            waited = stalled()
+            if waited > bound:
+                if notice is None:
+                    notice = self.adapter.condition(
+                        "read_timeout", "terminating connection: the client stopped in the "
+                        f"middle of a message (no byte for {bound:g} s)", fatal=True)
+                event(self.log, "client stopped mid-message", logging.WARNING,
+                      connection=self.name, session=s.id, peer=s.peer,
+                      seconds=round(waited, 1), bound=bound)
+                r.shutdown("read_timeout", notice)
 
     # -- one connection ------------------------------------------------------------------------
 

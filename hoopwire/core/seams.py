@@ -26,6 +26,7 @@ CONDITIONS = (
     "shutting_down",       # the gateway stops; the session ends
     "idle_timeout",        # idle_timeout passed with nothing running
     "handshake_timeout",   # the handshake did not finish within handshake_timeout
+    "read_timeout",        # the client stopped mid-message for longer than read_timeout
     "internal",            # a fault of ours; the log has the traceback
     "not_approved",        # a held statement was denied, expired, or nobody can approve it
     "query_cancelled",     # the client cancelled a held statement
@@ -95,6 +96,9 @@ class RelayHandle(Protocol):
     def notify_client(self, message: bytes) -> None: ...
     def refuse_statements(self, error: Optional[bytes]) -> None: ...
     def idle_seconds(self) -> float: ...
+    # seconds the client has left a message half sent (0 between messages); optional: a
+    # relay that bounds its reads itself has none
+    def read_stalled(self) -> float: ...
 
 
 class RelayEvents(Protocol):

@@ -20,6 +20,7 @@ CODES = {
     "shutting_down": "1053/08S01",      # ER_SERVER_SHUTDOWN
     "idle_timeout": "4031/HY000",       # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24's wait_timeout)
     "handshake_timeout": "1043/08S01",  # ER_HANDSHAKE_ERROR ("Bad handshake")
+    "read_timeout": "1159/08S01",       # ER_NET_READ_INTERRUPTED (net_read_timeout passed)
     "internal": "1105/HY000",           # ER_UNKNOWN_ERROR
     "not_approved": "1227/42000",       # ER_SPECIFIC_ACCESS_DENIED_ERROR
     "query_cancelled": "1317/70100",    # ER_QUERY_INTERRUPTED

@@ -15,6 +15,7 @@ _SQLSTATE = {
     "shutting_down": "57P01",       # admin_shutdown
     "idle_timeout": "57P05",        # idle_session_timeout
     "handshake_timeout": "08006",   # connection_failure
+    "read_timeout": "08006",        # connection_failure (the server itself has no such bound)
     "internal": "XX000",            # internal_error
     "not_approved": "42501",        # insufficient_privilege
     "query_cancelled": "57014",     # query_canceled

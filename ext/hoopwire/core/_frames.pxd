@@ -47,6 +47,8 @@ cdef class FrameReader:
         bint holding               # on_message returned HOLD: reading stops until resumed
         bytes stalled              # the bytes from the held message on, fed again on resume
         bint replaying             # resuming: the first message's header was seen already
+        double fed_at              # monotonic time of the last feed(): how long a message
+                                   # begun has waited for its next byte (stalled_for)
 
         # Set by parse_header for the message being cut.
         int cur_kind               # the protocol's own code for it (pg: the type byte)
@@ -62,6 +64,9 @@ cdef class FrameReader:
     cdef int too_big(self, Py_ssize_t size) except -1       # raises the FrameError for it
 
     cdef int feed(self, object data) except -1
+    # a message begun and not whole; the protocol adds its own (mysql: a continuation run)
+    cdef bint mid_message(self) noexcept
+    cdef double stalled_for(self, double now) noexcept
     cdef int resume_feed(self) except -1
     cdef int _begin(self, const unsigned char* p, Py_ssize_t avail) except -1
     cdef int _hold_more(self, const unsigned char* p, Py_ssize_t n) except -1

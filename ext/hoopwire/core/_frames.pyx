@@ -85,6 +85,7 @@ cdef class FrameReader:
             raise ValueError(f"header_size {self.header_size}: the protocol must set 1..{MAX_HEADER}")
         if not PyBytes_CheckExact(data):
             data = bytes(data)
+        self.fed_at = monotonic()
         if self.holding:
             # read before the protocol could pause its transport: keep it for the resume
             self.stalled = self.stalled + data
@@ -201,6 +202,18 @@ cdef class FrameReader:
             self.failed = True
             raise
         return 0
+
+    cdef bint mid_message(self) noexcept:
+        return self.skip != 0 or self.held is not None or self.hdr_have != 0
+
+    cdef double stalled_for(self, double now) noexcept:
+        """Seconds a message begun has waited for its next byte: 0 at a message boundary,
+        and while a whole message is held for a decision (an approval has its own bound).
+        A peer that sends a header and stops holds its session and the upstream's
+        connection until the relay's owner acts on this (hoopwire/core/listener.py)."""
+        if self.holding or self.failed or self.fed_at == 0.0 or not self.mid_message():
+            return 0.0
+        return now - self.fed_at
 
     cdef int resume_feed(self) except -1:
         """Feed again what arrived from the held message on; self.out gets the pieces."""

@@ -244,6 +244,10 @@ cdef class MysqlFrameReader(FrameReader):
                           const unsigned char* raw, Py_ssize_t raw_n, int npackets):
         return None
 
+    cdef bint mid_message(self) noexcept:
+        # between the packets of a continuation run the logical packet is not whole either
+        return FrameReader.mid_message(self) or self.in_run or self.cont_raw is not None
+
 
 cdef class MysqlFramer(MysqlFrameReader):
     """Feed bytes as they arrive; get back the logical packets they complete, as
@@ -297,6 +301,14 @@ cdef class MysqlFramer(MysqlFrameReader):
     @property
     def written(self):
         return b"".join([bytes(p) for p in self.out])
+
+    def stalled_seconds(self, double now):
+        """Tests: FrameReader.stalled_for at monotonic time `now`."""
+        return self.stalled_for(now)
+
+    @property
+    def fed_at(self):
+        return self.fed_at
 
     @property
     def pending(self):

@@ -247,6 +247,15 @@ cdef class Relay:
     def idle_seconds(self):
         return monotonic() - self.last_activity
 
+    def read_stalled(self):
+        """Seconds the client has left a packet half sent without a new byte: 0 between
+        packets, and while the gateway itself does not read it (the upstream's buffer is
+        full, or a command waits for an approval). The listener ends a session past
+        read_timeout (hoopwire/core/listener.py)."""
+        if self.closed or self.upstream_full:
+            return 0.0
+        return self.client.stalled_for(monotonic())
+
     def shutdown(self, str reason, bytes notify_client=None):
         """Close the session from outside (idle timeout, gateway stopping): `notify_client` is
         an ERR packet (sequence id 0), numbered here as the client expects its next packet."""
@@ -863,5 +872,7 @@ cdef class UpstreamSide(RelaySide):
 
     def resume_writing(self):
         self.relay.upstream_full = False
+        # the client's wait for its next byte starts again now, not at its last read
+        self.relay.client.fed_at = monotonic()
         if not self.relay.closed and not self.relay.client.holding:
             self.relay.client_tr.resume_reading()

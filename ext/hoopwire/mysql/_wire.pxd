@@ -40,6 +40,7 @@ cdef class MysqlFrameReader(FrameReader):
     cdef int on_packet_header(self, int seq, bint first, Py_ssize_t size) except -1
     cdef object on_packet(self, int seq, const unsigned char* payload, Py_ssize_t n,
                           const unsigned char* raw, Py_ssize_t raw_n, int npackets)
+    cdef bint mid_message(self) noexcept
 
 
 cdef class MysqlFramer(MysqlFrameReader):
