@@ -74,12 +74,20 @@ class Relation:
     kind: str                                   # BASE TABLE | VIEW | SYSTEM VIEW | ...
     columns: list[str] = field(default_factory=list)
     view_sql: Optional[str] = None              # VIEW_DEFINITION (None: not a view, or hidden)
+    _names: Optional[frozenset] = field(default=None, repr=False, compare=False)
 
     @property
     def is_view(self) -> bool:
         # a user's view (information_schema's tables are SYSTEM VIEWs: fixed columns, placed
         # as tables)
         return self.kind.upper() == "VIEW"
+
+    def has_column(self, name: str) -> bool:
+        """Whether the read saw a column of this name (column names compare without case)."""
+        names = self._names
+        if names is None:
+            names = self._names = frozenset(c.lower() for c in self.columns)
+        return name.lower() in names
 
 
 def _key(schema: str, name: str) -> tuple[str, str]:
@@ -105,6 +113,9 @@ class Catalog:
         self.charsets: dict[int, str] = {}                 # collation id -> character set
         self._system: dict[tuple[str, str], Relation] | None = None
         self.loaded_at = 0.0
+        # when the last successful read began (monotonic): a change on the server seen after
+        # it is one that read may not hold (the masker's fail-safe for renames made outside)
+        self.read_from = 0.0
         self.stale = True
         self.generation = 0
         self.lookups = 0
@@ -189,6 +200,7 @@ class Catalog:
         async with self._lock:
             if self.fresh():
                 return
+            started = time.monotonic()
             if self._system is None:
                 sys_rels = _relations(await self._query(_TABLES.format(_IS_SYSTEM)),
                                       await self._query(_COLUMNS.format(_IS_SYSTEM)), [])
@@ -210,6 +222,7 @@ class Catalog:
             self.schemas = schemas
             self.routines = frozenset(n.lower() for _s, n in routines if n)
             self.loaded_at = time.monotonic()
+            self.read_from = started
             self.stale = False
             self.generation += 1
             self.lookups += 1

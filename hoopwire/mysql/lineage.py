@@ -62,6 +62,11 @@ class _Unreadable(Exception):
     """The text (or one statement of it) cannot be read the way the server reads it."""
 
 
+class _Text(str):
+    """One reading's text for sqlglot, with the names double quotes made (`dq`, lower-cased)."""
+    dq: frozenset = frozenset()
+
+
 class _CallbackFailed(Exception):
     """tables() or views() raised: the caller's error, given back to it as it was."""
 
@@ -85,13 +90,15 @@ _CALL = re.compile(r"([A-Za-z0-9_$\x80-\U0010ffff]+)\s*\(")
 class _Piece:
     """A run of normalised text; cond is None, or the (mariadb_only, version) of the
     executable comment it was written in."""
-    __slots__ = ("text", "cond", "code", "opens")
+    __slots__ = ("text", "cond", "code", "opens", "dq")
 
-    def __init__(self, text: str, cond, code: bool, opens: bool = False):
+    def __init__(self, text: str, cond, code: bool, opens: bool = False,
+                 dq: Optional[str] = None):
         self.text = text
         self.cond = cond
         self.code = code            # outside strings and quoted names (for the call check)
         self.opens = opens          # an executable comment starts here
+        self.dq = dq                # a name written in double quotes (ANSI_QUOTES), lower
 
 
 def _lex(sql: str, mode: int, mariadb: Optional[bool]) -> list[list[_Piece]]:
@@ -127,7 +134,8 @@ def _lex(sql: str, mode: int, mariadb: Optional[bool]) -> list[list[_Piece]]:
                 i = k + 1
                 break
             name = "".join(parts)
-            cur.append(_Piece("`" + name.replace("`", "``") + "`", cond, False))
+            cur.append(_Piece("`" + name.replace("`", "``") + "`", cond, False,
+                              dq=name.lower() if c == '"' else None))
             if _PAREN.match(sql, i):
                 # a quoted name called as a function: MariaDB may run a stored function of
                 # that name -- not one sqlglot's reading would know
@@ -491,6 +499,9 @@ class _Analyzer:
         self.depth = depth
         self.view_cache = view_cache if view_cache is not None else {}
         self.writes: list = []      # [(target Src | None, frozenset)] a statement stores
+        # names the text wrote in double quotes under ANSI_QUOTES: one no table in sight has
+        # reads nothing in this reading (see column)
+        self.dq: frozenset = _NONE
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -976,7 +987,8 @@ class _Analyzer:
 
     # -- expressions --------------------------------------------------------------------------
 
-    def column(self, col: exp.Column, scope: _Scope, aliases: bool = False) -> frozenset:
+    def column(self, col: exp.Column, scope: _Scope, aliases: bool = False,
+               strict: bool = True) -> frozenset:
         name = col.name
         table = col.table
         if table:
@@ -1013,6 +1025,13 @@ class _Analyzer:
             if hits:
                 return frozenset().union(*hits)
             s = s.parent
+        if strict and key in self.dq:
+            # every table in sight is known and none has it (an unknown one would have
+            # answered _UNKNOWN above): under ANSI_QUOTES `SELECT "abc" FROM users` is the
+            # server's ER_BAD_FIELD_ERROR, or the name is no column where it stands (a
+            # character set's) -- no column is read; the other reading has it as a string.
+            # Taken as unplaceable, every `"..."` next to a masked table was masked whole.
+            return _NONE
         return _UNKNOWN_SET
 
     def expr(self, node, scope: _Scope, out: set, aliases: bool = False) -> None:
@@ -1075,7 +1094,8 @@ class _Analyzer:
             return
         if isinstance(node, (exp.Var, exp.Identifier)):
             # a name sqlglot took as a keyword: if a column of that name is in sight, count it
-            got = self.column(exp.Column(this=exp.to_identifier(node.name)), scope)
+            got = self.column(exp.Column(this=exp.to_identifier(node.name)), scope,
+                              strict=False)
             if got is not _UNKNOWN_SET:
                 out |= got
             return
@@ -1106,7 +1126,9 @@ def _read(sql: str, mode: int, mariadb: Optional[bool], version: Optional[int]) 
             if any(m.group(1).lower() in _SQLGLOT_ONLY for m in _CALL.finditer(code)):
                 texts.append(None)      # a stored function sqlglot would read as another's
                 continue
-            texts.append("".join(p.text for p in v))
+            text = _Text("".join(p.text for p in v))
+            text.dq = frozenset(p.dq for p in v if p.dq is not None)
+            texts.append(text)
         out.append(texts)
     return out
 
@@ -1141,7 +1163,9 @@ def _statement_sources(readings: list, default_schema, tables, views) -> Optiona
     got = None
     for text in readings:
         try:
-            outs = _Analyzer(default_schema, tables, views).statement(_parse(text))
+            a = _Analyzer(default_schema, tables, views)
+            a.dq = getattr(text, "dq", _NONE)
+            outs = a.statement(_parse(text))
         except (_Unreadable, RecursionError):
             return None
         except _CallbackFailed as e:

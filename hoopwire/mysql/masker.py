@@ -33,13 +33,14 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Optional
 
 from hoopwire import metrics
 from hoopwire._mask import RowPlan
 from hoopwire.logs import event
-from hoopwire.masking.engine import Column, MaskEngine, MaskRule
+from hoopwire.masking.engine import Column, MaskEngine, MaskRule, glob_regex
 from hoopwire.masking.strategies import Strategy
 from hoopwire.mysql import lineage as lin
 from hoopwire.mysql.catalog import SYSTEM_SCHEMAS, Catalog, CatalogError
@@ -62,6 +63,9 @@ _PLAN_CACHE = 256
 # read of a 300-relation server took 30 ms; derived tables' aliases look the same as new tables
 _UNKNOWN_REREAD = 5.0
 _UNRESOLVED = "unresolved"
+# (schema, table, column) names a result showed that the catalog contradicted, with when first
+# seen: an application's handful of derived-table aliases; bounded against made-up names
+_UNSURE_MAX = 4096
 # Longest text lineage reads: sqlglot parses at about 0.3-1.2 ms per short statement here, and
 # grows with the text (a 30 KiB SELECT of 1+1+... took 180 ms). Longer texts are unplaceable
 # (their result columns are unresolved) and their writes are judged by words alone.
@@ -336,12 +340,28 @@ class ConnectionMasking:
                 col = g.rsplit(".", 1)[-1].lower()
                 self._col_globs.append(re.compile(fnmatch.translate(col), re.S))
         self._glob_memo: dict[str, bool] = {}
+        # rules whose table or column the catalog does not hold, widened (see _orphans_from):
+        # [(regex of schema.table.column, the rule)], the widened globs, and a memo of matches
+        self._orphans: list[tuple[re.Pattern, MaskRule]] = []
+        self._orphan_globs: frozenset[str] = frozenset()
+        self._orphan_memo: dict[tuple, Optional[MaskRule]] = {}
+        # per rule index: a (schema, table, column) the engine itself resolves to that rule,
+        # which a Column for a widened match carries (the engine knows only configured globs)
+        self._anchors: dict[int, tuple[str, str, str]] = {}
+        for r in engine.rules:
+            for g in r.globs:
+                parts = g.replace("*", "").replace("?", "_").rsplit(".", 2)
+                parts = [""] * (3 - len(parts)) + parts
+                if engine.column_rule(*parts) is not None:
+                    self._anchors.setdefault(r.index, tuple(parts))
+        # names the catalog contradicted -> when first seen (monotonic; see unsure)
+        self._unsure: dict[tuple, float] = {}
         self._stmt_cache: dict[object, StatementInfo] = {}      # by text_key
         self._exact: dict[bytes, StatementInfo] = {}             # by text: no lexing
         self._write_cache: dict[tuple, Optional[str]] = {}      # (schema, text_key)
         self._write_exact: dict[tuple, Optional[str]] = {}      # (schema, text)
         self._last_key: tuple = (None, None)     # (text, text_key): WriteGuard's, then ours
-        self._lineage: dict[tuple, Optional[list]] = {}
+        self._lineage: dict[tuple, tuple] = {}       # (schema, key) -> (sources, missing)
         # bumped by every catalog read: sessions' result plans made before it are not reused
         self.generation = 0
 
@@ -362,7 +382,8 @@ class ConnectionMasking:
     def _names_from(self, cat: Catalog) -> None:
         """Masked columns, the relations holding them and every view that reads one (through
         views, to any depth, by lineage over their definitions)."""
-        rule = self.engine.column_rule
+        self._orphans_from(cat)
+        rule = self.column_rule
         cols: set[str] = set()
         tables: set[str] = set()
         for rel in cat.relations.values():
@@ -411,6 +432,87 @@ class ConnectionMasking:
         self._write_exact.clear()
         self._lineage.clear()
         self.generation += 1
+
+    def _orphans_from(self, cat: Catalog) -> None:
+        """Rules naming a table the catalog does not hold, or a table without the rule's
+        column. A table renamed outside the gateway (RENAME TABLE users TO people, two names
+        swapped, a column renamed) takes its values away from the names rules match, and the
+        next read shows the new name as a table without rules: its ssn passed in clear. Such
+        a rule is widened until the names are back: to the rule's column in every table of
+        its schema (`app.*.ssn`) and, when its table is there without the column, to every
+        column of that table (`app.users.*`). Only rules whose table part is a plain name:
+        `*` spans dots, so a glob's table cannot be told. A rule for a table not made yet
+        masks more than it meant to: the warning in the log says which."""
+        orphans: list[tuple[re.Pattern, MaskRule]] = []
+        globs: list[str] = []
+        for r in self.engine.rules:
+            for g in r.globs:
+                parts = g.split(".")
+                if len(parts) != 3 or "*" in parts[1] or "?" in parts[1]:
+                    continue
+                sg, tg, cg = parts
+                srx = re.compile(glob_regex(sg) + r"\Z", re.I | re.S)
+                crx = re.compile(glob_regex(cg) + r"\Z", re.I | re.S)
+                rels = [rel for rel in cat.relations.values()
+                        if rel.name.lower() == tg.lower() and srx.match(rel.schema)]
+                if not rels:
+                    wide = [f"{sg}.*.{cg}"]
+                elif not any(crx.match(c) for rel in rels for c in rel.columns):
+                    wide = [f"{sg}.{tg}.*", f"{sg}.*.{cg}"]
+                else:
+                    continue
+                for w in wide:
+                    if w not in globs:
+                        globs.append(w)
+                        orphans.append((re.compile(glob_regex(w) + r"\Z", re.I | re.S), r))
+        for w in globs:
+            if w not in self._orphan_globs:
+                event(log, "mask rule names a table or column the server does not have",
+                      logging.WARNING, connection=self.connection, masking=w,
+                      why="renamed or not made yet: its rule masks these names until it is "
+                          "found again")
+        self._orphans = orphans
+        self._orphan_globs = frozenset(globs)
+        self._orphan_memo.clear()
+
+    def column_rule(self, schema: str, table: str, column: str) -> Optional[MaskRule]:
+        """The rule masking schema.table.column: the engine's (configured globs), else that of
+        a widened rule (_orphans_from)."""
+        r = self.engine.column_rule(schema, table, column)
+        if r is not None or not self._orphans:
+            return r
+        key = (schema, table, column)
+        try:
+            return self._orphan_memo[key]
+        except KeyError:
+            pass
+        name = f"{schema}.{table}.{column}"
+        found = next((rule for rx, rule in self._orphans if rx.match(name)), None)
+        if len(self._orphan_memo) >= 8192:
+            self._orphan_memo.clear()
+        self._orphan_memo[key] = found
+        return found
+
+    def rule_column(self, src, kind: int) -> Optional[Column]:
+        """A Column the engine's row plan masks by src's rule (column_rule(*src) is not None);
+        None when it cannot be named so (the caller masks it whole)."""
+        if self.engine.column_rule(*src) is not None:
+            return Column(*src, kind)
+        r = self.column_rule(*src)
+        anchor = self._anchors.get(r.index) if r is not None else None
+        return Column(*anchor, kind) if anchor is not None else None
+
+    def unsure(self, key: tuple) -> bool:
+        """Whether the catalog's picture of `key` (a name a result showed that it does not
+        hold) may predate the server's: no read has begun since the name was first seen.
+        Then what the catalog says of it is not trusted (a rename made outside); once a read
+        has begun after, the name is the catalog's to judge (a derived table's alias)."""
+        first = self._unsure.get(key)
+        if first is None:
+            if len(self._unsure) >= _UNSURE_MAX:
+                self._unsure.clear()
+            first = self._unsure[key] = time.monotonic()
+        return first >= self.catalog.read_from
 
     def _opaque_source(self, src) -> bool:
         return (src[0].lower(), src[1].lower()) in _OPAQUE_RELS
@@ -498,29 +600,41 @@ class ConnectionMasking:
     def lineage(self, schema: Optional[str], sql: bytes, key=None) -> Optional[list]:
         """output_sources of `sql` over the catalog, cached until the catalog's next read under
         (schema, `key`: the text's text_key, which every text of one shape shares)."""
+        return self.lineage_of(schema, sql, key)[0]
+
+    def lineage_of(self, schema: Optional[str], sql: bytes, key=None) -> tuple:
+        """(lineage as `lineage` gives it, the (schema, table) names, lower-cased, that the
+        statement reads and the catalog does not hold)."""
         key = (schema, sql if key is None else key)
         try:
             return self._lineage[key]
         except KeyError:
             pass
         got = None
+        missing: set = set()
         if len(sql) <= LINEAGE_MAX:
             cat = self.catalog
+
+            def tables(s, t):
+                cols = cat.columns(s, t)
+                if cols is None:
+                    missing.add(((s or "").lower(), t.lower()))
+                return cols
             try:
-                got = lin.output_sources(sql.decode("utf-8", "replace"), schema, cat.columns,
+                got = lin.output_sources(sql.decode("utf-8", "replace"), schema, tables,
                                          views=cat.view_definition)
             except Exception:  # noqa: BLE001 -- never a crashed session over lineage
                 log.exception("lineage failed")
                 got = None
         if len(self._lineage) >= _STMT_CACHE:
             self._lineage.clear()
-        self._lineage[key] = got
-        return got
+        entry = self._lineage[key] = (got, frozenset(missing))
+        return entry
 
     def masked_source(self, sources) -> Optional[tuple[str, str, str]]:
         """The source among `sources` whose rule masks the most (null, redact, hash, format,
         partial; the first configured among equals), or None when none is masked."""
-        rule = self.engine.column_rule
+        rule = self.column_rule
         best, rank = None, None
         for src in sources:
             r = rule(*src)
@@ -649,13 +763,21 @@ class SessionMasker:
         conn = self.conn
         cat = self.catalog
         engine = conn.engine
-        rule = engine.column_rule
+        rule = conn.column_rule
         if conn.has_columns and not cat.loaded:
             raise self._refused("the catalog it masks results by could not be read (the "
                                 "gateway's log says why)", unavailable=True)
         measure = None
         cols: list[Optional[Column]] = []
         pending: list[int] = []          # columns lineage decides
+        # columns whose definition the catalog contradicts while it may be older than the
+        # server's names (see ConnectionMasking.unsure): of a relation it does not hold
+        # (`unknown`: lineage may still place them, a derived table's alias) or one it holds
+        # without that column (`contradicted`: lineage would place them by the old columns --
+        # two tables swapped names outside, and `SELECT *` of the one now holding ssn matched
+        # the other's width)
+        unknown: set[int] = set()
+        contradicted: set[int] = set()
         follow = info.mentions or info.opaque
         for i, c in enumerate(columns):
             schema, _table, org_table, name, org_name, charset, _len, typ, _flags, _dec = c
@@ -672,38 +794,76 @@ class SessionMasker:
                 # session's default is the likely one (a rule matched there can only over-mask)
                 where = schema or self.schema or ""
                 if org_name and rule(where, org_table, org_name) is not None:
-                    cols.append(Column(where, org_table, org_name, kind))    # the fast path
-                    continue
+                    col = conn.rule_column((where, org_table, org_name), kind)
+                    if col is not None:
+                        cols.append(col)                                    # the fast path
+                        continue
+                    contradicted.add(i)         # a widened rule without an anchor: whole
                 if (where.lower(), org_table.lower()) in _OPAQUE_RELS:
                     follow = True
-                elif not cat.knows(where, org_table):
-                    # a derived table's or CTE's alias -- or a relation the last read did not
-                    # see (made since, by this session or another): lineage decides, and what
-                    # it cannot place is unresolved; the catalog is read again
-                    follow = True
-                    # judged again next time: the read it asks for may not be due yet
-                    self._cacheable = False
-                    if schema:
-                        cat.refresh_soon(min_age=_UNKNOWN_REREAD)
+                else:
+                    rel = cat.relation(where, org_table)
+                    # (a TEMPTABLE view's column comes with no schema, the base table's
+                    # name and the view's column name: not a contradiction, lineage's)
+                    if rel is None or (org_name and schema and not rel.has_column(org_name)):
+                        # a derived table's or CTE's alias -- or a relation the last read did
+                        # not see (made or renamed since, by this session or another one, or
+                        # outside the gateway): lineage decides, what it cannot place is
+                        # unresolved, and the catalog is read again
+                        follow = True
+                        # judged again next time: the read it asks for may not be due yet
+                        self._cacheable = False
+                        if conn.unsure((where.lower(), org_table.lower(),
+                                        (org_name or "").lower())):
+                            (unknown if rel is None else contradicted).add(i)
+                            # a read that begins after now settles it (until then this is
+                            # masked: a derived table aliased as a real table, too)
+                            cat.refresh_soon(min_age=_UNKNOWN_REREAD)
+                        elif schema:
+                            cat.refresh_soon(min_age=_UNKNOWN_REREAD)
             if info.warnings and name in ("Level", "Code"):
                 cols.append(Column("", "", "", kind))        # fixed words and numbers
                 continue
             cols.append(None)
             pending.append(i)
+        if (pending and not follow and conn.has_columns and not info.metadata and info.sql
+                and any(not columns[i][2] for i in pending)):
+            # an expression over a relation the catalog does not hold names nothing masked
+            # to the words (`SELECT CONCAT(x, '') FROM v` of a view made outside over ssn):
+            # which relations it reads is lineage's (once per statement shape and catalog
+            # read: 0.3-1.2 ms of sqlglot), and one missing since no read began is followed
+            missing = conn.lineage_of(self.schema, info.sql, info.key)[1]
+            if missing:
+                self._cacheable = False
+                follow = any(conn.unsure(m + ("",)) for m in missing)
         unresolved = redact = False
         if pending:
             if not conn.has_columns or info.metadata or not follow:
                 for i in pending:
                     cols[i] = Column("", "", "", _kind(columns[i], binary))   # detectors
             else:
-                sources = self._sources(info, index, len(columns))
+                sources, missing = self._sources(info, index, len(columns))
+                # the statement reads a relation the catalog does not hold, and no read has
+                # begun since it was first seen: what lineage cannot place is masked
+                # whatever unresolved_columns says (fail safe: a table renamed or a view
+                # made outside the gateway is not an expression it cannot follow)
+                stale = any(conn.unsure(m + ("",)) for m in missing)
+                if missing:
+                    self._cacheable = False
+                    cat.refresh_soon(min_age=_UNKNOWN_REREAD)
                 for i in pending:
                     kind = _kind(columns[i], binary)
+                    if i in contradicted:
+                        # lineage would answer from the catalog's old columns: masked whole
+                        # (not refused under "block": nothing says it reads masked data)
+                        cols[i] = Column(None, None, None, kind)
+                        redact = True
+                        continue
                     srcs = sources[i] if sources is not None else None
                     col, u, r = self._by_sources(srcs, kind)
                     cols[i] = col
                     unresolved |= u
-                    redact |= r
+                    redact |= r or (u and (stale or i in unknown))
         if unresolved and conn.unresolved == "block":
             self._log_refused("result")
             raise self._refused("it reads a masked column through something the gateway "
@@ -717,27 +877,28 @@ class SessionMasker:
         plan = engine.row_plan(cols, unresolved_rule=unresolved_rule, plan_type=RowPlan)
         return None if plan.passthrough else plan
 
-    def _sources(self, info: StatementInfo, index: int, n: int) -> Optional[list]:
-        """Per column of an n-column result of `info`'s text, the sources it reads (None: not
-        placeable), or None when no statement of the text fits. Without a statement of unknown
+    def _sources(self, info: StatementInfo, index: int, n: int) -> tuple:
+        """(per column of an n-column result of `info`'s text, the sources it reads (None: not
+        placeable), or None when no statement of the text fits; the relations it names that
+        the catalog does not hold). Without a statement of unknown
         shape (CALL, EXECUTE, SHOW), result k is the k-th statement that returns rows (one
         result set each; an error ends the text); otherwise every fitting statement is a
         candidate and a column reads what it reads in any of them."""
         if info.opaque or not info.sql:
-            return None
-        stmts = self.conn.lineage(self.schema, info.sql, info.key)
+            return None, frozenset()
+        stmts, missing = self.conn.lineage_of(self.schema, info.sql, info.key)
         if stmts is None or any(s is None for s in stmts):
-            return None
+            return None, missing
         rows = [s for s in stmts if s]
         if index < len(rows) and len(rows[index]) == n:
-            return rows[index]
+            return rows[index], missing
         fitting = [s for s in rows if len(s) == n]
         if not fitting:
-            return None
+            return None, missing
         if len(fitting) == 1:
-            return fitting[0]
+            return fitting[0], missing
         return [None if any(s[i] is None for s in fitting)
-                else frozenset().union(*(s[i] for s in fitting)) for i in range(n)]
+                else frozenset().union(*(s[i] for s in fitting)) for i in range(n)], missing
 
     def _by_sources(self, srcs, kind: int):
         """(Column, unplaceable, redact) for a column reading `srcs` (None: unplaceable)."""
@@ -757,9 +918,11 @@ class SessionMasker:
                     unplaced = True
         masked = conn.masked_source(srcs)
         if masked is not None:
-            r = conn.engine.column_rule(*masked)
-            if r.strategy.name in ("null", "redact"):
-                return Column(*masked, kind), False, False
+            r = conn.column_rule(*masked)
+            col = conn.rule_column(masked, kind) if r.strategy.name in ("null", "redact") \
+                else None
+            if col is not None:
+                return col, False, False
             # a value computed from the column under a strategy that keeps part of it (partial,
             # hash, format) would be an oracle: `SUBSTR(ssn, k, 4)` shows any four characters
             return Column(None, None, None, kind), False, True
@@ -931,7 +1094,7 @@ class SessionMasker:
         if target is None:
             return False
         schema, table, col = target
-        r = self.conn.engine.column_rule(schema or self.schema or "", table, col)
+        r = self.conn.column_rule(schema or self.schema or "", table, col)
         return r is not None and r.strategy.name in ("null", "redact")
 
     def _stores_masked(self, st: _Stmt, depth: int = 0) -> Optional[tuple[str, str]]:
