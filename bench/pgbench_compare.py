@@ -53,14 +53,19 @@ ALL_TARGETS = ("direct", "hoopwire", "pgbouncer", "haproxy")
 # ask for these by name (--targets hoopwire,hoopwire-packs,...):
 #   hoopwire-packs  hoopwire with the five built-in guardrail packs on
 #   hoopwire-audit  hoopwire with session recording on ([audit] + a SQLite [state] for the index)
+#   hoopwire-mask   hoopwire with one mask rule: columns of a PII table pgbench never names, and
+#                   the EMAIL / CREDIT_CARD / US_SSN detectors
+#   hoopwire-recommended  the README's recommended configuration: the five packs, that mask rule
+#                   and recording on (issue "Inspection at relay speed")
 #   hoopwire-twin   a second plain hoopwire, configured exactly as `hoopwire`: its ratio to it
 #                   is what two identical gateway processes differ by in this run (the floor
 #                   under any "feature costs x%" read off the other ratios)
 #   hoopwire-base, hoopwire-packs-base, hoopwire-audit-base
 #                   `hoopwire`, `-packs` and `-audit` run from another source tree (--base-tree,
 #                   built in place): a previous build against this one in the same run
-EXTRA_TARGETS = ("hoopwire-packs", "hoopwire-audit", "hoopwire-twin", "hoopwire-base",
-                 "hoopwire-packs-base", "hoopwire-audit-base")
+EXTRA_TARGETS = ("hoopwire-packs", "hoopwire-audit", "hoopwire-mask", "hoopwire-recommended",
+                 "hoopwire-twin", "hoopwire-base", "hoopwire-packs-base", "hoopwire-audit-base",
+                 "hoopwire-mask-base", "hoopwire-recommended-base")
 HOOPWIRE_TARGETS = ("hoopwire",) + EXTRA_TARGETS
 PACKS = ("destructive-ddl", "unbounded-write", "privilege-changes", "server-side-io",
          "session-tampering")
@@ -201,9 +206,17 @@ def _audit_on_by_default(tree: str | None) -> bool:
         return 'r.get("enabled", bool, True)' in f.read()
 
 
+# the mask rule of hoopwire-mask and hoopwire-recommended, over the table PII_TABLE makes
+MASK_RULE = {"columns": ["public.customers.ssn", "public.customers.email"],
+             "detectors": ["EMAIL", "CREDIT_CARD", "US_SSN"], "strategy": "partial"}
+PII_TABLE = ("CREATE TABLE IF NOT EXISTS customers (id int PRIMARY KEY, email text, ssn text);"
+             "INSERT INTO customers VALUES (1, 'a@example.com', '123-45-6789') "
+             "ON CONFLICT DO NOTHING;")
+
+
 def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | None,
                    packs: bool = False, audit_dir: str | None = None,
-                   tree: str | None = None) -> Gateway:
+                   tree: str | None = None, mask: bool = False) -> Gateway:
     """The gateway; with `audit_dir`, session recording on: the audit log in `audit_dir/log`
     (default flush_interval) and the session index in `audit_dir/state.db`."""
     config = {
@@ -216,6 +229,8 @@ def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | 
     }
     if packs:
         config["connection"][0]["guardrail"] = [{"pack": p} for p in PACKS]
+    if mask:
+        config["connection"][0]["mask"] = [dict(MASK_RULE)]
     if audit_dir:
         config["audit"] = {"path": os.path.join(audit_dir, "log")}
         config["state"] = {"url": "sqlite:///" + os.path.join(audit_dir, "state.db")}
@@ -646,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         if init.returncode != 0:
             log(init.stderr)
             return 1
+        pg.sql(PII_TABLE + f"ALTER TABLE customers OWNER TO {DB_USER};", dbname=DB)
         pg.sql("VACUUM ANALYZE; CHECKPOINT;", dbname=DB)
 
         by_name: dict[str, Target] = {}
@@ -656,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def launch(name: str) -> None:
             gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers,
-                                packs=name.startswith("hoopwire-packs"),
+                                packs=name.startswith(("hoopwire-packs", "hoopwire-recommended")),
+                                mask=name.startswith(("hoopwire-mask", "hoopwire-recommended")),
                                 audit_dir=audit_dirs.get(name),
                                 tree=args.base_tree if name.endswith("-base") else None)
             stack.callback(gw.stop)
@@ -685,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack.callback(svc.stop)
                 by_name[name] = Target(name, svc.port, DB_USER, db_password, svc.pid)
             elif name in HOOPWIRE_TARGETS:
-                if name.startswith("hoopwire-audit"):
+                if name.startswith(("hoopwire-audit", "hoopwire-recommended")):
                     audit_dirs[name] = os.path.join(workdir, name)
                     os.mkdir(audit_dirs[name], 0o700)
                     if name == "hoopwire-audit":
