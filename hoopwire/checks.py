@@ -66,6 +66,25 @@ class Report:
                 "fail_on": list(self.fail_on)}
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One thing an upstream role can do that masking cannot stop (a protocol's posture module
+    reports them; hoopwire/pg/posture.py lists the kinds)."""
+    connection: str
+    user: str               # the upstream role
+    database: str
+    kind: str               # one of hoopwire.config.POSTURE_FINDINGS
+    detail: str
+
+
+def roles_of(cfg) -> list[tuple[str, object]]:
+    """(upstream user, Secret | None) of every role the connection logs in as, each user once."""
+    out: dict[str, object] = {cfg.user: cfg.password}
+    for r in cfg.roles:
+        out.setdefault(r.user, r.password)
+    return list(out.items())
+
+
 async def run_checks(config: Config, protocols) -> Report:
     """Every check of `check-config --connect`; `protocols` is the registry
     (hoopwire.protocols), whose entries bring their posture module (or none yet)."""

@@ -242,6 +242,7 @@ POSTURE_FINDINGS = (
     "raw_masked_read", "masked_stats_read", "temp", "create_database", "create_schema",
     "superuser", "createrole", "bypassrls", "read_server_files", "write_server_files",
     "execute_server_program", "read_all_stats", "set_role",
+    "grant_option",     # MySQL/MariaDB: WITH GRANT OPTION (hoopwire/mysql/posture.py)
 )
 
 

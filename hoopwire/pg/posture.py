@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
 
+from hoopwire.checks import Finding, roles_of     # what every protocol's posture reports
 from hoopwire.config import ConnectionConfig
 from hoopwire.masking.engine import glob_regex     # the masker's own reading of a column glob
 from hoopwire.pg import messages as m
@@ -55,15 +55,6 @@ _CHUNK = 1000               # masked columns per privilege query: a bounded stat
 _NAMES_SHOWN = 8            # role and schema names listed in one finding line
 
 
-@dataclass(frozen=True)
-class Finding:
-    connection: str
-    user: str               # the upstream role
-    database: str
-    kind: str               # one of hoopwire.config.POSTURE_FINDINGS
-    detail: str
-
-
 class PostureError(Exception):
     """A role could not be checked (login refused, a query failed); the text is safe to print."""
 
@@ -72,14 +63,6 @@ def database_of(cfg: ConnectionConfig) -> str:
     """The database a role is checked in: a connection without one lets clients pick, and the
     server's own default database is then the one checked (privileges on others can differ)."""
     return cfg.database or "postgres"
-
-
-def roles_of(cfg: ConnectionConfig) -> list[tuple[str, object]]:
-    """(upstream user, Secret | None) of every role the connection logs in as, each user once."""
-    out: dict[str, object] = {cfg.user: cfg.password}
-    for r in cfg.roles:
-        out.setdefault(r.user, r.password)
-    return list(out.items())
 
 
 async def check_role(cfg: ConnectionConfig, user: str, password, database: str) -> list[Finding]:
