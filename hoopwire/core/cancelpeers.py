@@ -14,7 +14,9 @@ only process that can answer it anyway. A worker's socket is named after its slo
 worker takes its predecessor's name and a dead one is simply not there (ECONNREFUSED: no).
 
 Datagrams: ask  = b"Q" nonce(8) pid(4) secret(4) connection-name(utf-8)
-           reply = b"Y" or b"N", then the same nonce
+           reply = b"Y" or b"N", then the same nonce; a "Y" may carry the owner's answer
+                   (up to _MAX_ANSWER bytes: what the asker needs to act itself, e.g. the
+                   upstream thread a MySQL KILL names)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = ["CancelPeers", "ASK_TIMEOUT"]
 # anyway. A client's cancel connection waits at most this for its answer.
 ASK_TIMEOUT = 1.0
 _MAX_DATAGRAM = 512      # a connection name is short; anything longer is not ours
+_MAX_ANSWER = 64
 _ASK = struct.Struct("!c8sII")
 
 
@@ -47,7 +50,8 @@ class CancelPeers:
     """One worker's end: answers its siblings' questions and asks them its own.
 
     `owns(connection, pid, secret)` is the worker's own check-and-cancel: it returns whether
-    the key is one of its sessions (and if so has started the cancel)."""
+    the key is one of its sessions (and if so has started the cancel), or for a yes that the
+    asker acts on itself, the answer as bytes (at most _MAX_ANSWER)."""
 
     def __init__(self, directory: str, index: int, workers: int, owns):
         self.directory, self.index, self.workers, self._owns = directory, index, workers, owns
@@ -78,8 +82,9 @@ class CancelPeers:
                 fut.set_result(False)
         self._waiting.clear()
 
-    async def ask(self, connection: str, pid: int, secret: int) -> bool:
-        """Whether a sibling issued this key (and has cancelled)."""
+    async def ask(self, connection: str, pid: int, secret: int) -> bool | bytes:
+        """Whether a sibling issued this key (and has cancelled): False, True, or the
+        sibling's answer bytes."""
         if self._sock is None:
             return False
         nonce = os.urandom(8)
@@ -121,18 +126,20 @@ class CancelPeers:
                     name = data[_ASK.size:].decode()
                 except UnicodeDecodeError:
                     name = None
-                mine = name is not None and bool(self._owns(name, pid, secret))
+                mine = self._owns(name, pid, secret) if name is not None else False
+                answer = mine if isinstance(mine, bytes) and len(mine) <= _MAX_ANSWER else b""
                 if addr:
                     try:
-                        self._sock.sendto((b"Y" if mine else b"N") + nonce, addr)
+                        self._sock.sendto((b"Y" + nonce + answer) if mine else (b"N" + nonce),
+                                          addr)
                     except OSError:
                         pass      # the asker is gone or stalled: it times out
-            elif data[:1] in (b"Y", b"N") and len(data) == 9:
-                entry = self._waiting.get(data[1:])
+            elif data[:1] in (b"Y", b"N") and 9 <= len(data) <= 9 + _MAX_ANSWER:
+                entry = self._waiting.get(data[1:9])
                 if entry is None or entry[0].done():
                     continue
                 if data[:1] == b"Y":
-                    entry[0].set_result(True)
+                    entry[0].set_result(data[9:] or True)
                 else:
                     entry[1] -= 1
                     if entry[1] <= 0:

@@ -16,11 +16,13 @@ counts.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import itertools
 import logging
 import os
 import ssl
+import struct
 import time
 
 from hoopwire import metrics
@@ -67,8 +69,11 @@ _ATTRS_MAX = 4096
 
 _ids = itertools.count(1)
 # gateway connection id -> session, for KILL: one table per process (each worker numbers its
-# own connections apart from the others': see _next_id)
+# own connections apart from the others': see _next_id). A KILL of an id this worker does not
+# hold asks the sibling workers (hoopwire.core.cancelpeers): see MysqlListener.kill_answer.
 _sessions: dict[int, Session] = {}
+# A sibling's yes to a KILL: the upstream thread (4 bytes) and the owner's _kill_mark (16)
+_KILL_ANSWER = struct.Struct("!I16s")
 
 
 def _next_id(worker: int, workers: int) -> int:
@@ -78,6 +83,14 @@ def _next_id(worker: int, workers: int) -> int:
         n = (next(_ids) * max(1, workers) + worker) & 0xFFFFFFFF
         if n and n not in _sessions:
             return n
+
+
+def _kill_mark(upstream: tuple[str, int], identity) -> bytes:
+    """Who may KILL a session, as 16 bytes a sibling worker can compare: the upstream and the
+    identity (issuer, subject). 128 bits: an id guess never meets another identity's mark."""
+    host, port = upstream
+    text = f"{host}:{port}\0{identity.issuer or ''}\0{identity.subject}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
 def _nonce() -> bytes:
@@ -123,6 +136,26 @@ def _safe_now(relay) -> bool:
 def _with_seq(packet: bytes, seq: int) -> bytes:
     """An adapter-built packet (sequence id 0) with the sequence id due."""
     return packet[:3] + bytes((seq & 0xFF,)) + packet[4:]
+
+
+def _candidates(gateway_id: int) -> list[Session]:
+    """Live sessions a KILL of `gateway_id` may mean: the one with that connection id, then
+    those whose upstream thread has that number."""
+    out = []
+    s = _sessions.get(gateway_id)
+    if s is not None and s.relay is not None:
+        out.append(s)
+    out.extend(s for s in list(_sessions.values())
+               if s.pid == gateway_id and s.relay is not None and s not in out)
+    return out
+
+
+def _own_session(gateway_id: int, mark: bytes) -> Session | None:
+    """The session a KILL of `gateway_id` by the holder of `mark` (_kill_mark) reaches."""
+    for s in _candidates(gateway_id):
+        if _kill_mark(s.listener.cfg.upstream, s.identity) == mark:
+            return s
+    return None
 
 
 class _Conn:
@@ -212,7 +245,8 @@ class MysqlListener(Listener):
             self.masking.close()
 
     def forget(self, session: Session) -> None:
-        _sessions.pop(session.client_secret, None)
+        if _sessions.get(session.client_secret) is session:
+            _sessions.pop(session.client_secret, None)
 
     # -- the handshake --------------------------------------------------------------------------
 
@@ -453,28 +487,60 @@ class MysqlListener(Listener):
                 from None
         return rows[0] if rows else (None, None, None)
 
-    def _kill_target(self, session: Session, gateway_id: int) -> int | None:
-        """KILL [QUERY] <id>: the upstream thread to kill, or None (1094 Unknown thread id).
+    def _kill_target(self, session: Session, gateway_id: int):
+        """KILL [QUERY] <id>: the upstream thread to kill, None (1094 Unknown thread id), or
+        with --workers, a future of either while the sibling workers are asked.
 
         The id is the gateway's connection id (what the greeting gave the client: drivers and
         the CLI's Ctrl-C use it) or, failing that, an upstream thread id (what CONNECTION_ID()
         returns, since that answer is the server's). Only a session of the same identity on
         the same upstream counts: a server lets a user kill its own threads, and here every
-        session logs in as the same stored user, so the identity is what "its own" means."""
-        me = session.identity
-        upstream = self.cfg.upstream
-
-        def own(s: Session | None) -> bool:
-            return (s is not None and s.relay is not None and s.listener.cfg.upstream == upstream
-                    and (s.identity.issuer, s.identity.subject) == (me.issuer, me.subject))
-
-        target = _sessions.get(gateway_id)
-        if own(target):
+        session logs in as the same stored user, so the identity is what "its own" means. The
+        KILL itself goes over the killer's own upstream connection, on any worker."""
+        mark = _kill_mark(self.cfg.upstream, session.identity)
+        target = _own_session(gateway_id, mark)
+        if target is not None:
             return target.pid
-        for s in list(_sessions.values()):
-            if s.pid == gateway_id and own(s):
-                return s.pid
+        peers = self.gateway.cancel_peers
+        if peers is None:
+            self._kill_refused(session, gateway_id)
+            return None
+        return asyncio.ensure_future(self._ask_siblings(peers, session, gateway_id, mark))
+
+    async def _ask_siblings(self, peers, session: Session, gateway_id: int,
+                            mark: bytes) -> int | None:
+        """The upstream thread behind another worker's session `gateway_id`, when it is this
+        identity's; None otherwise, or when no sibling answers within ASK_TIMEOUT (1 s)."""
+        try:
+            answer = await peers.ask(self.name, gateway_id, int.from_bytes(mark[:4], "big"))
+        except Exception as e:  # noqa: BLE001 -- the KILL is answered 1094; the loop goes on
+            event(log, "cannot ask the sibling workers about a KILL", logging.WARNING,
+                  connection=self.name, session=session.id, error=repr(e))
+            answer = None
+        if isinstance(answer, bytes) and len(answer) == _KILL_ANSWER.size:
+            thread, theirs = _KILL_ANSWER.unpack(answer)
+            if theirs == mark and thread:
+                event(log, "KILL of a session on another worker", connection=self.name,
+                      session=session.id, connection_id=gateway_id, thread_id=thread)
+                return thread
+        self._kill_refused(session, gateway_id)
         return None
+
+    def _kill_refused(self, session: Session, gateway_id: int) -> None:
+        event(log, "KILL refused: no session of this identity has that id (1094)",
+              logging.WARNING, connection=self.name, session=session.id,
+              subject=session.identity.subject, connection_id=gateway_id)
+
+    def cancel_owned(self, pid: int, secret: int, via: str) -> bytes | bool:
+        """A sibling worker's question about a KILL: is connection id (or upstream thread) `pid`
+        one of this worker's sessions, of the identity whose mark starts with `secret`? The
+        answer is the thread and the session's whole mark, which the asker compares with its
+        own before it kills anything; this worker kills nothing."""
+        for target in _candidates(pid):
+            mark = _kill_mark(target.listener.cfg.upstream, target.identity)
+            if int.from_bytes(mark[:4], "big") == secret:
+                return _KILL_ANSWER.pack(target.pid, mark)
+        return False
 
     def _capture_bytes(self) -> int:
         if self.gateway.recorder is None or not self.cfg.record_results:

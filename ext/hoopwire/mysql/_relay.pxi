@@ -83,6 +83,16 @@ _KILL = re.compile(rb"\A\s*kill(\s+(?:hard|soft))?(\s+(?:connection|query))?\s+(
 _KILL_WORD = re.compile(rb"kill", re.I)
 
 
+cdef long long _kill_id(bytes sql):
+    """The id of a KILL statement the relay maps, or -1."""
+    if _KILL_WORD.search(sql) is None:
+        return -1
+    m = _KILL.match(sql)
+    if m is None or len(m.group(3)) > 10:
+        return -1
+    return int(m.group(3))
+
+
 cdef bint _safe_charset(str name):
     try:
         from hoopwire.mysql.charsets import safe_charset
@@ -338,6 +348,8 @@ cdef class Relay:
                 # judged once the server has said what they are
                 self.waiting = True
                 return HOLD_
+            if cmd == COM_QUERY and self._kill_hold(_kill_id(sql)):
+                return HOLD_
             out = self._judge_text(cmd, sql, sql, aseq)
             if out is HOLD_ or (out is not None and PyBytes_GET_SIZE(out) == 0):
                 return out
@@ -434,6 +446,8 @@ cdef class Relay:
             if cu.bad:
                 raise MysqlFrameError("malformed COM_PROCESS_KILL", ER_MALFORMED_PACKET)
             sql = b"KILL CONNECTION %d" % stmt_id
+            if self._kill_hold(stmt_id):
+                return HOLD_
             out = self._judge_text(cmd, sql, sql, aseq)
             if out is HOLD_ or out is not None:
                 return out
@@ -497,17 +511,58 @@ cdef class Relay:
                 return True
         return False
 
+    cdef bint _kill_hold(self, long long gid) except -1:
+        """Before a KILL of `gid` is judged: find its upstream thread (`kill_known`). True while
+        the answer is still to come -- the id may be a session on another worker, asked over
+        hoopwire.core.cancelpeers (at most its ASK_TIMEOUT, 1 s) -- and the command is held
+        (`waiting`) until then. gid < 0: not a KILL. Read again after an approval decision,
+        the KILL keeps the target found before it was held (asking again would hold it again
+        and lose the decision)."""
+        if self.decision != DECISION_NONE and self.kill_known is not None and \
+                self.kill_known[0] == gid:
+            return False
+        self.kill_known = None
+        if gid < 0 or gid > 0xffffffff or self.kill_target is None:
+            return False
+        if self.kill_wait is not None:
+            fut = self.kill_wait
+            if not fut.done():
+                self.waiting = True
+                return True
+            self.kill_wait = None
+            try:
+                t = fut.result()
+            except Exception:
+                _log.exception("kill_target failed")
+                t = None
+        else:
+            try:
+                t = self.kill_target(<unsigned int>gid)
+            except Exception:
+                _log.exception("kill_target failed")
+                t = None
+            if t is not None and not isinstance(t, int):
+                # a future: the command is read again once it has its answer
+                self.kill_wait = t
+                self.waiting = True
+                t.add_done_callback(self._kill_answered)
+                return True
+        self.kill_known = (gid, 0 if t is None else t)
+        return False
+
+    def _kill_answered(self, fut):
+        if not self.closed and self.waiting and self.client.holding:
+            self._resume_client()
+
     cdef unsigned int _kill_target(self, unsigned int gid):
         """The upstream thread id behind the gateway's connection id `gid`, when it is a session
-        of the same identity; 0 when none (no server thread has id 0)."""
-        if self.kill_target is None:
+        of the same identity; 0 when none (no server thread has id 0). Found by _kill_hold
+        before the statement was judged."""
+        known = self.kill_known
+        self.kill_known = None
+        if known is None or known[0] != gid:
             return 0
-        try:
-            t = self.kill_target(gid)
-        except Exception:
-            _log.exception("kill_target failed")
-            return 0
-        return 0 if t is None else <unsigned int>t
+        return <unsigned int>known[1]
 
     cdef object _kill(self, bytes sql, int aseq):
         """KILL in a COM_QUERY: None when it is not one; the statement with the mapped id to
