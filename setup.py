@@ -27,6 +27,7 @@ EXTENSIONS = {
     "hoopwire.pg._wire": "ext/hoopwire/pg/_wire.pyx",
     "hoopwire.mysql._wire": "ext/hoopwire/mysql/_wire.pyx",
     "hoopwire.mysql._sqllex": "ext/hoopwire/mysql/_sqllex.pyx",
+    "hoopwire.http._parse": "ext/hoopwire/http/_parse.pyx",
     "hoopwire._sqlnorm": "ext/hoopwire/_sqlnorm.pyx",
     "hoopwire._mask": "ext/hoopwire/_mask.pyx",
     "hoopwire._auditlog": "ext/hoopwire/_auditlog.pyx",
