@@ -182,6 +182,7 @@ class GuardrailConfig:
 @dataclass(frozen=True)
 class MaskConfig:
     columns: tuple[str, ...] = ()      # schema.table.column globs masked whatever they hold
+    paths: tuple[str, ...] = ()        # http: JSON key paths ($.users[*].email, **.password)
     detectors: tuple[str, ...] = ()    # built-in or [[connection.detector]] names
     strategy: str = "redact"           # redact | partial | hash | null | format
     keep: int = 4                      # partial: trailing characters kept
@@ -234,6 +235,23 @@ class ConnectionConfig:
     # loopback address), and whether LOAD DATA LOCAL INFILE may send the client's files up
     cleartext_without_tls: str = "never"
     load_data_local: bool = False
+    # http only (hoopwire/http): the base URL the [[connection]] `upstream` named, split; the
+    # stored credential's header; the client's identity header; bounds of a request
+    upstream_url: str | None = None
+    upstream_scheme: str = "http"         # http | https
+    upstream_path: str = ""               # base path prefix ("" if none), no trailing "/"
+    credential_header: str = "Authorization"
+    credential_format: str = "Bearer {secret}"
+    identity_header: str = "Authorization"    # or Proxy-Authorization
+    host_header: str = "upstream"         # upstream | client
+    max_request_line: int = 8192
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    inspect_body_bytes: int = 65536
+    mask_body_bytes: int = 8 * 1024 * 1024
+    upstream_max_connections: int = 100
+    request_timeout: float = 30.0         # head + body of one request (slowloris) -> 408
+    upstream_timeout: float = 60.0        # request sent -> first response byte -> 504
 
 
 # What `hoopwire check-config --connect` can find about an upstream role (hoopwire/pg/posture.py
@@ -477,7 +495,7 @@ def _tomlname(name: str) -> str:
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,63}$")
 _TLS_MODES = ("disable", "require", "verify-full")
 _PROTOCOLS = ("postgres", "mysql", "http")
-_IMPLEMENTED_PROTOCOLS = ("postgres", "mysql")
+_IMPLEMENTED_PROTOCOLS = ("postgres", "mysql", "http")
 _ACTIONS = ("block", "log", "approve")
 _STRATEGIES = ("redact", "partial", "hash", "null", "format")
 _ALLOWED_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
@@ -611,21 +629,44 @@ def _guardrail(r: _Reader) -> GuardrailConfig | None:
                            allow_kinds=allow_kinds)
 
 
-def _mask(r: _Reader) -> MaskConfig:
+def _mask(r: _Reader, protocol: str | None = None) -> MaskConfig:
     columns = r.strings("columns")
+    paths = r.strings("paths")
+    if protocol == "http":
+        if columns:
+            r.error("columns", "an http connection masks JSON key paths: use paths = [...]")
+        for path in paths:
+            why = _json_path_problem(path)
+            if why is not None:
+                r.error("paths", f"{path!r}: {why}")
+    elif paths:
+        r.error("paths", "applies to protocol = \"http\" connections only (JSON key paths)")
     detectors = r.strings("detectors")
     strategy = r.get("strategy", str, "redact", choices=_STRATEGIES)
     keep = r.get("keep", int, 4)
     if keep is not None and not 0 <= keep <= 64:
         r.error("keep", "must be between 0 and 64")
-    if not columns and not detectors:
-        r.error("columns", "a mask rule needs columns or detectors")
+    if not columns and not paths and not detectors:
+        r.error("columns", "a mask rule needs columns (http: paths) or detectors")
     for c in columns:
         # a glob over "schema.table.column"; `*` spans dots, so "*.password" is any table's
         if "." not in c or c.count(".") > 2:
             r.error("columns", f"{c!r}: expected schema.table.column (globs allowed: *.password)")
     r.finish()
-    return MaskConfig(columns=columns, detectors=detectors, strategy=strategy, keep=keep)
+    return MaskConfig(columns=columns, paths=paths, detectors=detectors, strategy=strategy,
+                      keep=keep)
+
+
+def _json_path_problem(path: str) -> str | None:
+    """Why `path` is not a JSON key path this gateway reads ($.a.b, $.users[*].email,
+    $["odd key"], $..password, **.password), or None: the masker's own reader
+    (hoopwire.masking.jsonpath), imported here because that package imports this module."""
+    from hoopwire.masking.jsonpath import compile_path
+    try:
+        compile_path(path)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _detector(r: _Reader) -> DetectorConfig | None:
@@ -660,16 +701,33 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         r.error("protocol", f"{protocol!r} is not supported by this version yet "
                             f"({' and '.join(_IMPLEMENTED_PROTOCOLS)} are)")
     listen = r.get("listen", str, required=True, convert=parse_listen)
-    upstream = r.get("upstream", str, required=True, convert=parse_listen)
+    http = protocol == "http"
+    upstream_url = None
+    upstream_scheme, upstream_path = "http", ""
+    if http:
+        parsed = r.get("upstream", str, required=True, convert=parse_upstream_url)
+        upstream = None
+        if parsed is not None:
+            upstream_scheme, host, port, upstream_path = parsed
+            upstream = (host, port)
+            upstream_url = r.table["upstream"]
+    else:
+        upstream = r.get("upstream", str, required=True, convert=parse_listen)
     database = r.get("database", str)
-    user = r.get("user", str, required=True)
+    user = r.get("user", str, "" if http else None, required=not http)
     password = r.secret("password")
     # Secure by default: a gateway's upstream is usually another host, and what crosses that
     # hop is every statement and every (unmasked) result. Loopback is the one place where TLS
     # buys nothing, so an upstream on 127.0.0.0/8, ::1 or localhost keeps "disable".
     loopback = upstream is not None and is_loopback(upstream[0])
-    upstream_tls = r.get("upstream_tls", str, "disable" if loopback else "verify-full",
-                         choices=_TLS_MODES)
+    tls_default = "disable" if loopback else "verify-full"
+    if http:
+        # the URL's scheme says whether the hop is TLS; upstream_tls says how it is checked
+        tls_default = "verify-full" if upstream_scheme == "https" else "disable"
+    upstream_tls = r.get("upstream_tls", str, tls_default, choices=_TLS_MODES)
+    if http and upstream is not None and (upstream_tls == "disable") != (upstream_scheme == "http"):
+        r.error("upstream_tls", f"{upstream_tls!r} does not fit an {upstream_scheme}:// upstream "
+                                "(http:// is disable; https:// is require or verify-full)")
     if upstream_tls == "disable" and upstream is not None and not loopback:
         r.warn("upstream_tls", f"\"disable\" sends statements and results to {upstream[0]} in "
                                "clear text: use verify-full (or require) outside a private network")
@@ -692,7 +750,7 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         r.error("require_tls", "needs tls_cert and tls_key")
     allow_groups = r.strings("allow_groups")
     allow_client_database = r.get("allow_client_database", bool, False)
-    if database is None and not allow_client_database:
+    if database is None and not allow_client_database and not http:
         r.error("database", "is required unless allow_client_database = true")
     max_connections = r.get("max_connections", int, 1000)
     if max_connections is not None and max_connections < 1:
@@ -729,7 +787,7 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         g = _guardrail(_Reader(r.problems, t, p))
         if g is not None:
             guardrails.append(g)
-    masks = [_mask(_Reader(r.problems, t, p)) for t, p in r.tables("mask")]
+    masks = [_mask(_Reader(r.problems, t, p), protocol) for t, p in r.tables("mask")]
     detectors = [d for d in (_detector(_Reader(r.problems, t, p)) for t, p in r.tables("detector"))
                  if d is not None]
     unresolved = r.get("unresolved_columns", str, "mask", choices=("detect", "mask", "block"))
@@ -743,6 +801,11 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
     load_data_local = r.get("load_data_local", bool, False)
     masked_writes = r.get("masked_writes", str, "refuse", choices=("refuse", "allow"))
     mask_hash_key = r.secret("mask_hash_key")
+    # read on every connection (the schema's probe sees them; a stray one is reported by
+    # _ONLY_FOR above), kept on http ones
+    http_keys = _http_keys(r)
+    if not http:
+        http_keys = {}
     if any(m.strategy == "hash" for m in masks) and mask_hash_key is None:
         r.error("mask_hash_key_env", "the hash strategy needs a key (mask_hash_key_env or _file)")
     r.finish()
@@ -760,13 +823,97 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
         max_message_size=max_message_size, handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout, read_timeout=read_timeout, connect_timeout=connect_timeout,
         record_results=record_results, record_results_max_bytes=record_results_max_bytes,
-        cleartext_without_tls=cleartext_without_tls, load_data_local=load_data_local)
+        cleartext_without_tls=cleartext_without_tls, load_data_local=load_data_local,
+        upstream_url=upstream_url, upstream_scheme=upstream_scheme, upstream_path=upstream_path,
+        **http_keys)
+
+
+_HTTP_KEYS = ("credential_header", "credential_format", "identity_header", "host_header",
+              "max_request_line", "max_header_bytes", "max_headers", "inspect_body_bytes",
+              "mask_body_bytes", "upstream_max_connections", "request_timeout",
+              "upstream_timeout")
+_TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _http_keys(r: _Reader) -> dict:
+    """The keys of a protocol = "http" connection (DESIGN.md, the HTTP/1.1 section)."""
+    out = {}
+    header = r.get("credential_header", str, "Authorization")
+    if header is not None and not _TOKEN_CHARS.match(header):
+        r.error("credential_header", "expected a header name (letters, digits, -)")
+    out["credential_header"] = header or "Authorization"
+    fmt = r.get("credential_format", str, "Bearer {secret}")
+    if fmt is not None and (fmt.count("{secret}") != 1 or any(c in fmt for c in "\r\n\0")):
+        r.error("credential_format", "must hold {secret} once and no line break")
+    out["credential_format"] = fmt or "Bearer {secret}"
+    out["identity_header"] = r.get("identity_header", str, "Authorization",
+                                   choices=("Authorization", "Proxy-Authorization"))
+    out["host_header"] = r.get("host_header", str, "upstream", choices=("upstream", "client"))
+    for key, default, low, high in (("max_request_line", 8192, 256, 1024 * 1024),
+                                    ("max_header_bytes", 65536, 1024, 16 * 1024 * 1024),
+                                    ("max_headers", 100, 8, 10000)):
+        v = r.get(key, int, default)
+        if v is not None and not low <= v <= high:
+            r.error(key, f"must be from {low} to {high}")
+            v = default
+        out[key] = v if v is not None else default
+    for key, default in (("inspect_body_bytes", 65536), ("mask_body_bytes", 8 * 1024 * 1024)):
+        v = r.get(key, (int, str), default, convert=parse_size)
+        out[key] = v if v is not None else default
+    n = r.get("upstream_max_connections", int, 100)
+    if n is not None and n < 1:
+        r.error("upstream_max_connections", "must be at least 1")
+        n = 100
+    out["upstream_max_connections"] = n if n is not None else 100
+    for key, default in (("request_timeout", 30.0), ("upstream_timeout", 60.0)):
+        v = r.get(key, (int, str, float), default, convert=parse_duration)
+        if v is not None and v <= 0:
+            r.error(key, "must be positive")
+            v = default
+        out[key] = v if v is not None else default
+    return out
+
+
+def parse_upstream_url(value: Any) -> tuple[str, str, int, str]:
+    """An http connection's `upstream`: "https://billing.internal:8443/base" ->
+    (scheme, host, port, base path without a trailing "/"). No user info, query or fragment:
+    the credential is the configured header, and a base URL is a path prefix."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a base URL such as \"https://api.internal:8443/v1\"")
+    scheme, sep, rest = value.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    if any(c in value for c in "?#") or any(ord(c) <= 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"a base URL has no query, fragment, spaces or controls: {value!r}")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        raise ValueError("no user:password@ in the URL: the credential comes from "
+                         "password_env / password_file")
+    if authority.startswith("["):
+        host, close, port_s = authority[1:].partition("]")
+        if not close:
+            raise ValueError(f"unclosed [ in {value!r}")
+        ipaddress.IPv6Address(host)
+        port_s = port_s[1:] if port_s.startswith(":") else port_s
+    else:
+        host, _, port_s = authority.partition(":")
+    if not host:
+        raise ValueError(f"no host in {value!r}")
+    if port_s:
+        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            raise ValueError(f"bad port in {value!r}")
+        port = int(port_s)
+    else:
+        port = 443 if scheme == "https" else 80
+    path = ("/" + path).rstrip("/") if slash else ""
+    return scheme, host.lower(), port, path
 
 
 # keys that mean something to one protocol only: set on another, they are a mistake (a
 # binary_copy on a mysql connection would read as if COPY were masked there)
 _ONLY_FOR = {"binary_copy": "postgres", "cleartext_without_tls": "mysql",
-             "load_data_local": "mysql"}
+             "load_data_local": "mysql", **{k: "http" for k in _HTTP_KEYS}}
 
 
 def _audit(r: _Reader, default_path: str) -> AuditConfig | None:

@@ -35,4 +35,5 @@ class Registry:
 REGISTRY = Registry({
     "postgres": "hoopwire.pg.protocol:PROTOCOL",
     "mysql": "hoopwire.mysql.protocol:PROTOCOL",
+    "http": "hoopwire.http.protocol:PROTOCOL",
 })

@@ -30,7 +30,7 @@ FUNCTION_TABLES = {
     "_issuer": "identity.issuer", "_api_key": "identity.api_key", "_role": "connection.role",
     "_guardrail": "connection.guardrail", "_mask": "connection.mask",
     "_detector": "connection.detector", "_connection": "connection", "_audit": "audit",
-    "_state": "state", "_webhook": "webhook",
+    "_state": "state", "_webhook": "webhook", "_http_keys": "connection",
 }
 PARSE_CONFIG_READERS = {"root": "", "a": "admin", "lr": "log", "ir": "identity", "pr": "posture",
                         "doc": "", "audit_doc": "audit"}     # (the last two: plain dict reads)

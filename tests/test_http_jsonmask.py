@@ -510,3 +510,19 @@ def test_integer_beyond_a_double():
     out, _ = m.mask_json(b'{"n": ' + big + b', "email": "a@b.io"}')
     assert big in out and b"a@b.io" not in out
 
+
+@pytest.mark.parametrize("path", ["$..password", "**.password", "$.users[*].email", "$",
+                                  '$["odd.key"]', "$['x']", '$["a\\"b"]', '$["a\\"]', "$.a[",
+                                  "x.y", "$.items[0].card", "$.a[b]"])
+def test_config_accepts_exactly_the_paths_the_masker_compiles(path):
+    """config.py checks a mask rule's paths with the masker's own reader: a path it accepts
+    never fails at listener setup, and the brief's `$..password` is accepted."""
+    from hoopwire.config import _json_path_problem
+    try:
+        compile_path(path)
+        compiles = True
+    except ValueError:
+        compiles = False
+    assert (_json_path_problem(path) is None) == compiles
+    if path in ("$..password", "**.password", "$.users[*].email"):
+        assert compiles

@@ -1,0 +1,311 @@
+"""The HTTP/1.1 listener: each client connection's start (TLS when configured), then the relay
+(hoopwire.http.relay.Relay) owns the socket. There is no login: identity is per request, so
+the "handshake" ends as soon as the first byte shows whether the client speaks TLS.
+
+HttpConf holds what one configuration means for every request (the head's fixed parts, the
+credential line, the limits), made once per (re)load so that a request does no lookups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+
+from hoopwire.config import ConnectionConfig
+from hoopwire.core.errors import Refused
+from hoopwire.core.listener import Admission, Listener
+from hoopwire.core.session import Session
+from hoopwire.core.tls import start_server_tls, upstream_ssl_context
+from hoopwire.http import errors
+from hoopwire.http.adapter import ADAPTER
+from hoopwire.http.upstream import Pool, host_header
+from hoopwire.logs import event
+
+log = logging.getLogger("hoopwire.http")
+
+# How often the timeouts are checked: a request_timeout or upstream_timeout ends within this
+# much after it is due (250 ms against bounds of seconds)
+TICK = 0.25
+
+__all__ = ["HttpListener", "HttpConf", "DIALECT", "request_reads_body", "BadTarget"]
+
+# H4's dialect: the request text guardrails scan, the canonical target, the packs
+from hoopwire.http.dialect import (DIALECT, BadTarget, canonical_target, request_reads_body,
+                                   request_text)
+
+try:  # H3's JSON masker
+    from hoopwire.http.jsonmask import JsonMasker
+except ImportError:  # pragma: no cover
+    JsonMasker = None
+
+
+def _parse_module():
+    from hoopwire.http import _parse
+    return _parse
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class HttpConf:
+    """One configuration's constants for the relay."""
+
+    def __init__(self, cfg: ConnectionConfig, marker_prefix: bytes):
+        p = _parse_module()
+        self.new_request_parser = lambda: p.RequestParser(
+            max_line=cfg.max_request_line, max_header_bytes=cfg.max_header_bytes,
+            max_headers=cfg.max_headers)
+        self.identity_header = cfg.identity_header.lower().encode()
+        self.allow_groups = frozenset(cfg.allow_groups)
+        self.inspect_body_bytes = cfg.inspect_body_bytes
+        self.mask_body_bytes = cfg.mask_body_bytes
+        self.request_timeout = cfg.request_timeout
+        self.upstream_timeout = cfg.upstream_timeout
+        self.base = cfg.upstream_path.encode()
+        self.marker = marker_prefix.decode("ascii", "replace")
+        host, port = cfg.upstream
+        self.host = host_header(cfg.upstream_scheme, host, port)
+        self.keep_client_host = cfg.host_header == "client"
+        secret = cfg.password.get() if cfg.password is not None else ""
+        value = cfg.credential_format.replace("{secret}", secret)
+        self.credential_ok = not any(c in value for c in "\r\n\0")
+        try:
+            self.cred_line = (cfg.credential_header.encode("ascii") + b": "
+                              + value.encode("latin-1") + b"\r\n") if secret else b""
+        except UnicodeEncodeError:
+            self.credential_ok = False
+            self.cred_line = b""
+        # dropped from what the client sent: the identity header, the credential header (ours
+        # replaces it), and the hop-by-hop set (relay._HOP)
+        from hoopwire.http.relay import _HOP
+        self.drop = _HOP | {cfg.credential_header.lower().encode(), self.identity_header}
+        self.identity_encoding = False     # masking applies: set by the listener
+
+    def canonical(self, target: bytes, method: bytes) -> bytes:
+        """The origin-form target the upstream gets (and the guardrails judge); ValueError
+        (BadTarget) with the reason when it is refused."""
+        if target == b"*" and method == b"OPTIONS":
+            return target
+        return canonical_target(target)
+
+    def request_text(self, head, path: bytes, body: bytes | None) -> bytes:
+        return request_text(head, path, body)
+
+    def build_head(self, req, relay) -> bytes:
+        """The request head the upstream gets, built once."""
+        head = req.head
+        drop = self.drop
+        tokens = head.connection_tokens
+        client_host = head.get(b"host")
+        out = [head.method, b" ", self.base, req.path, b" HTTP/1.1\r\nHost: ",
+               (client_host or self.host) if self.keep_client_host else self.host, b"\r\n"]
+        if tokens:
+            drop = drop | tokens
+        if self.identity_encoding:
+            drop = drop | {b"accept-encoding"}
+        # one comprehension: 1.2 us less than appending field by field (8 fields)
+        out += [b"%b: %b\r\n" % (name, value) for name, value in head.headers
+                if name.lower() not in drop]
+        out.append(self.cred_line)
+        if self.identity_encoding:
+            # the masker reads plain bytes: a compressed body could not be masked (502)
+            out.append(b"Accept-Encoding: identity\r\n")
+        out.append(b"X-Forwarded-For: ")
+        out.append(relay.peer_ip)
+        out.append(b"\r\nX-Forwarded-Proto: https\r\n" if relay.tls
+                   else b"\r\nX-Forwarded-Proto: http\r\n")
+        if client_host:
+            out.append(b"X-Forwarded-Host: ")
+            out.append(client_host)
+            out.append(b"\r\n")
+        out.append(b"X-Request-Id: ")
+        out.append(req.rid)
+        out.append(b"\r\n\r\n")
+        return b"".join(out)
+
+    def response_head(self, req, head, *, length: int | None = -1,
+                      chunked: bool = False) -> bytes:
+        """The response head the client gets: hop-by-hop fields out, our framing in. A
+        masked body is re-framed: `length` (its Content-Length), or None for a stream
+        (`chunked` to an HTTP/1.1 client, else to the close)."""
+        tokens = head.connection_tokens
+        out = [b"HTTP/1.1 %d " % head.status, head.reason, b"\r\n"]
+        client10 = req.head.version == 10
+        reframe = length != -1
+        if head.body == 2 and client10 and not reframe:   # chunked to HTTP/1.0: data only
+            req.dechunk = True
+        drop = _RESP_HOP
+        if tokens:
+            drop = drop | tokens
+        if req.dechunk:
+            drop = drop | {b"transfer-encoding"}
+        if reframe:
+            drop = drop | _FRAMING
+        out += [b"%b: %b\r\n" % (name, value) for name, value in head.headers
+                if name.lower() not in drop]
+        if reframe:
+            if length is not None:
+                out.append(b"Content-Length: %d\r\n" % length)
+            elif chunked:
+                out.append(b"Transfer-Encoding: chunked\r\n")
+        # the client's connection ends with this response when: the body runs to the close,
+        # the request is not read whole yet, or the client asked
+        close = (head.body == 3 and not reframe) or req.dechunk or not req.req_done \
+            or not req.keep_alive or (reframe and length is None and not chunked)
+        req.resp_close = close
+        if close:
+            out.append(b"Connection: close\r\n")
+        elif client10:
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(b"X-Request-Id: ")
+        out.append(req.rid)
+        out.append(b"\r\n\r\n")
+        return b"".join(out)
+
+
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"trailer"))
+_RESP_HOP = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"upgrade",
+                       b"proxy-authenticate", b"x-request-id"))
+
+
+class HttpListener(Listener):
+    """Serves one [[connection]] with protocol = "http"."""
+
+    adapter = ADAPTER
+    dialect = DIALECT
+    log = log
+
+    def __init__(self, gateway, cfg: ConnectionConfig, policy_engine=None, mask_engine=None):
+        self.relays: set = set()        # every open client connection's relay (timeouts)
+        self._ticker = None
+        self.pool: Pool | None = None
+        self.conf: HttpConf | None = None
+        self.masker = None
+        self.tls_context = None
+        super().__init__(gateway, cfg, policy_engine, mask_engine)
+
+    def apply_protocol(self, cfg: ConnectionConfig, mask_engine=None) -> None:
+        self.tls_context = server_ssl_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+        self.conf = HttpConf(cfg, self.gateway.marker_prefix)
+        if not self.conf.credential_ok:
+            event(log, "the stored credential cannot go in a header (a line break or a "
+                  "character outside latin-1): requests are sent without it", logging.ERROR,
+                  connection=cfg.name)
+        old = self.pool
+        host, port = cfg.upstream
+        if old is None or (old.host, old.port) != (host, port) or \
+                old.max_connections != cfg.upstream_max_connections:
+            ctx = upstream_ssl_context(cfg.upstream_tls, cfg.upstream_ca) \
+                if cfg.upstream_scheme == "https" else None
+            self.pool = Pool(name=cfg.name, host=host, port=port, ssl_context=ctx,
+                             max_connections=cfg.upstream_max_connections,
+                             connect_timeout=cfg.connect_timeout,
+                             parser_factory=self._response_parser(cfg))
+            if old is not None:
+                old.close()
+        self.masker = None
+        if mask_engine is not None and JsonMasker is not None:
+            masker = JsonMasker(cfg.masks, mask_engine, cfg.mask_body_bytes,
+                                path=f"connection[{cfg.name}]")
+            if masker.active:
+                self.masker = masker
+                self.conf.identity_encoding = True
+        for s in list(self.sessions):
+            if s.relay is not None:
+                s.relay.conf = self.conf
+                s.relay.cfg = cfg
+                s.relay.tokens.clear()     # identities and policies are looked up again
+                s.relay.set_policy(self.policy_for(s.identity))
+
+    @staticmethod
+    def _response_parser(cfg: ConnectionConfig):
+        p = _parse_module()
+        return lambda: p.ResponseParser(max_line=cfg.max_request_line,
+                                        max_header_bytes=cfg.max_header_bytes,
+                                        max_headers=cfg.max_headers)
+
+    async def start(self) -> None:
+        await super().start()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """request_timeout and upstream_timeout of every connection, TICK apart."""
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            for relay in list(self.relays):
+                try:
+                    relay.tick(now)
+                except Exception:  # noqa: BLE001 -- one relay's fault must not stop the others
+                    log.exception("timeout handling failed",
+                                  extra={"fields": {"connection": self.name}})
+
+    def stopped(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.pool is not None:
+            self.pool.close()
+
+    def new_session(self, relay, identity, peer: str, tls: bool) -> Session:
+        """A Session for `identity` on `relay`'s connection, recorded and counted."""
+        s = Session(self, identity, "default", peer, tls, "")
+        s.writers = (relay.writer,)
+        recorder = self.gateway.recorder
+        if recorder is not None:
+            recorder.statement_log(s)
+        self.session_started(s, relay)
+        return s
+
+    # -- the start of a connection ----------------------------------------------------------------
+
+    async def handshake(self, reader, writer, peer: str, admission: Admission) -> None:
+        from hoopwire.http.relay import Relay
+        cfg = self.cfg
+        admission.take(Refused("too_many_connections", ADAPTER.too_many_clients_code,
+                               "too many connections"))
+        tls = False
+        first = b""
+        if self.tls_context is not None:
+            first = await reader.read(1)
+            if not first:
+                raise ConnectionResetError("client left")
+            if first == b"\x16":              # a TLS handshake record
+                if not await start_server_tls(reader, writer, self.tls_context, first):
+                    raise ConnectionResetError("TLS did not start")
+                tls = True
+                first = b""
+            elif cfg.require_tls:
+                writer.write(errors.response(400, "tls_required",
+                                             f"connection \"{cfg.name}\" requires TLS (https)",
+                                             close=True))
+                writer.close()
+                raise Refused("tls_required", "400 tls_required", "TLS required")
+        transport = writer.transport
+        relay = Relay(self, peer, tls, writer)
+        self.relays.add(relay)
+        pending = first + bytes(reader._buffer)  # noqa: SLF001 -- read before the swap
+        reader._buffer.clear()  # noqa: SLF001
+        transport.set_protocol(relay)
+        relay.connection_made(transport)
+        try:
+            transport.resume_reading()
+        except (AttributeError, RuntimeError):
+            pass
+        if pending:
+            relay.data_received(pending)
+
+    async def probe_upstream(self) -> str:
+        """/readyz: the upstream accepts a connection (no request: any request could do
+        something)."""
+        t0 = time.monotonic()
+        conn = await self.pool.open()
+        self.pool.release(conn, False)
+        host, port = self.cfg.upstream
+        return f"connected to {host}:{port} in {1000 * (time.monotonic() - t0):.0f} ms"

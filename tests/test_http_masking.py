@@ -1,0 +1,175 @@
+"""HTTP response masking end to end: a real aiohttp upstream (and a raw socket upstream for
+responses aiohttp would not send), the gateway with [[connection.mask]] paths and detectors,
+real clients (httpx, http.client, curl). JSON by key path and detector (nested arrays, unicode,
+duplicate keys, big integers), chunked JSON assembled, text and SSE streams masked as they
+come, and what cannot be masked refused with a 502, never forwarded."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import shutil
+import subprocess
+import time
+
+import httpx
+import orjson
+import pytest
+
+from httpfixtures import (HTTP_CONN, JSON_1K, JSON_64K, HttpGateway, RawUpstream,  # noqa: F401
+                          bearer, http_config, http_env, upstream)
+
+pytestmark = pytest.mark.timeout(120)
+
+MASKS = [{"paths": ["$.users[*].email", "**.password", '$["odd.key"]', "$.email"],
+          "strategy": "redact"},
+         {"detectors": ["EMAIL", "CREDIT_CARD", "EVENT_ONE", "CHUNK_THREE"],
+          "strategy": "partial", "keep": 4}]
+DETECTORS = [{"name": "EVENT_ONE", "pattern": "event-1"},
+             {"name": "CHUNK_THREE", "pattern": "chunk-3"}]
+
+
+def _config(url: str, idp, **kw) -> dict:
+    return http_config(url, idp, mask=MASKS, detector=DETECTORS, **kw)
+
+
+@pytest.fixture(scope="module")
+def maskgw(upstream, idp):
+    with HttpGateway(_config(upstream.url("/"), idp), env=http_env()) as g:
+        yield g
+
+
+def test_json_by_path_1k_and_64k(maskgw, idp):
+    with httpx.Client(headers=bearer(idp.token()), timeout=20) as c:
+        for path, raw in (("/json/1k", JSON_1K), ("/json/64k", JSON_64K)):
+            r = c.get(maskgw.url(path))
+            assert r.status_code == 200, r.text
+            assert int(r.headers["content-length"]) == len(r.content)
+            want = orjson.loads(raw)
+            for u in want["users"]:
+                u["email"] = "****"
+            assert r.json() == want
+            assert b"@ex.com" not in r.content
+
+
+def test_json_by_detector_in_an_echoed_body(maskgw, idp):
+    body = "card 4111 1111 1111 1111, mail jürgen.müller@example.com? no: bob@example.com"
+    r = httpx.post(maskgw.url("/echo/x"), content=body.encode(), timeout=20,
+                   headers={**bearer(idp.token()), "Content-Type": "text/plain"})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    # the body echoed as a JSON string (latin-1 decoded by the upstream): detectors in place
+    assert "4111 1111 1111" not in doc["body"] and doc["body"].endswith("***********.com")
+    assert "bob@" not in r.text and doc["method"] == "POST"
+
+
+def test_sse_events_masked_and_sent_as_they_end(maskgw, idp):
+    seen = []
+    t0 = time.monotonic()
+    with httpx.stream("GET", maskgw.url("/sse?n=4"), headers=bearer(idp.token()),
+                      timeout=20) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                seen.append((line, time.monotonic() - t0))
+    assert [s for s, _ in seen] == ["data: event-0", "data: ***nt-1", "data: event-2",
+                                    "data: event-3"]
+    # events are 50 ms apart upstream: the first reached the client well before the last
+    assert seen[-1][1] - seen[0][1] > 0.05
+
+
+def test_chunked_text_masked_as_a_stream(maskgw, idp):
+    r = httpx.get(maskgw.url("/chunked?n=6"), headers=bearer(idp.token()), timeout=20)
+    assert r.status_code == 200
+    assert r.text == "chunk-0\nchunk-1\nchunk-2\n***nk-3\nchunk-4\nchunk-5\n"
+
+
+def test_http_client_and_curl_see_the_same_masked_json(maskgw, idp):
+    host, port = maskgw.address(HTTP_CONN)
+    conn = http.client.HTTPConnection(host, port, timeout=20)
+    conn.request("GET", "/json/1k", headers=bearer(idp.token()))
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 200 and b"@ex.com" not in body
+    if shutil.which("curl"):
+        out = subprocess.run(["curl", "-s", "-H", f"Authorization: Bearer {idp.token()}",
+                              maskgw.url("/json/1k")], capture_output=True, timeout=30)
+        assert out.stdout == body
+
+
+# -- crafted upstream responses -----------------------------------------------------------------
+
+def _resp(body: bytes, ctype: bytes = b"application/json", extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Length: %d\r\n" %
+            len(body) + extra + b"\r\n" + body)
+
+
+def _chunked(body: bytes, ctype: bytes = b"application/json", size: int = 7) -> bytes:
+    parts = [b"%x\r\n%b\r\n" % (len(body[i:i + size]), body[i:i + size])
+             for i in range(0, len(body), size)]
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nTransfer-Encoding: chunked"
+            b"\r\n\r\n" + b"".join(parts) + b"0\r\n\r\n")
+
+
+CRAFTED = [
+    # 0: duplicate keys, escaped names, unicode, an integer over 64 bits, nested arrays
+    _resp(b'{"email": "first@x.io", "id": 123456789012345678901234567890, '
+          b'"e\\u006dail": "second@x.io", "odd.key": "s", "users": [{"email": "u@x.io", '
+          b'"n": [[{"password": "p\\u00e4ss"}]]}], "note": "\\u00fcber carol@example.org"}'),
+    # 1: JSON in chunks of 7 bytes: assembled, masked, sent with a Content-Length
+    _chunked(b'{"users": [{"email": "c1@x.io"}, {"email": "c2@x.io"}], "k": "v"}'),
+    # 2: not JSON although it says so, where key paths apply: 502, nothing of it leaves
+    _resp(b'{"email": "leak@x.io", oops}'),
+    # 3: gzip-encoded JSON: the masker reads plain bytes only
+    _resp(gzip.compress(b'{"email": "gz@x.io"}'), extra=b"Content-Encoding: gzip\r\n"),
+    # 4: a +json type and a top-level array
+    _resp(b'[{"password": "hunter2"}, "dave@example.com"]', b"application/problem+json"),
+    # 5: a type nothing masks passes byte for byte
+    _resp(b"\x89PNG bob@example.com", b"image/png"),
+]
+
+
+@pytest.fixture(scope="module")
+def crafted(idp):
+    raw = RawUpstream(CRAFTED)
+    try:
+        with HttpGateway(_config(f"http://127.0.0.1:{raw.port}/", idp, mask_body_bytes=4096),
+                         env=http_env()) as g:
+            yield g
+    finally:
+        raw.close()
+
+
+def test_crafted_responses_in_order(crafted, idp):
+    # RawUpstream answers its responses in order: one client, one request each
+    with httpx.Client(headers=bearer(idp.token()), timeout=20) as c:
+        r = c.get(crafted.url("/0"))
+        assert r.status_code == 200, r.text
+        assert b"first@" not in r.content and b"second@" not in r.content
+        assert b"123456789012345678901234567890" in r.content           # every digit kept
+        doc = json.loads(r.content)
+        assert doc["email"] == "****" and doc["odd.key"] == "****"
+        assert doc["users"] == [{"email": "****", "n": [[{"password": "****"}]]}]
+        assert doc["note"] == "über " + "*" * 13 + ".org"
+        assert int(r.headers["content-length"]) == len(r.content)
+
+        r = c.get(crafted.url("/1"))
+        assert r.status_code == 200
+        assert r.json() == {"users": [{"email": "****"}, {"email": "****"}], "k": "v"}
+        assert "transfer-encoding" not in r.headers
+
+        r = c.get(crafted.url("/2"))
+        assert r.status_code == 502 and r.json()["error"] == "unmaskable_response"
+        assert "leak@" not in r.text
+
+    with httpx.Client(headers=bearer(idp.token()), timeout=20) as c:
+        r = c.get(crafted.url("/3"))
+        assert r.status_code == 502 and r.json()["error"] == "unmaskable_response"
+
+    with httpx.Client(headers=bearer(idp.token()), timeout=20) as c:
+        r = c.get(crafted.url("/4"))
+        assert r.status_code == 200 and r.json() == [{"password": "****"}, "*" * 12 + ".com"]
+        r = c.get(crafted.url("/5"))
+        assert r.content == b"\x89PNG bob@example.com"
