@@ -50,6 +50,9 @@ _SIZE = {"anyOf": [{"type": "integer", "minimum": 1},
          "description": "a size: \"64KiB\", \"16MiB\", \"1GB\" or bytes"}
 _LISTEN = {"type": "string", "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[^\[\]]*):\d{1,5}$",
            "description": "\"host:port\", \"[ipv6]:port\" or \":port\""}
+# protocol = "http": the upstream is a base URL (config.parse_upstream_url)
+_URL = {"type": "string", "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s]+$",
+        "description": "http(s)://host[:port][/base path] (protocol = \"http\")"}
 _STRINGS = {"anyOf": [{"type": "string", "minLength": 1},
                       {"type": "array", "items": {"type": "string", "minLength": 1}}]}
 _JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number",
@@ -133,6 +136,9 @@ def schema() -> dict:
         if name in node["properties"]:
             return
         prop = _value_schema(kind, convert, choices)
+        if name == "upstream" and convert is _config.parse_listen:
+            # the probe's connection is a database one; an http connection reads a base URL
+            prop = {"anyOf": [dict(_LISTEN), dict(_URL)]}
         placed = _PLACED_DEFAULTS.get((path, name))
         if placed is not None:
             prop["description"] = f"default: {placed}"
