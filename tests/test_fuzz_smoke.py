@@ -178,7 +178,16 @@ MASK_COPY = [
             3, 0x00, 0x01, 0x02, 2, 0x1c, 0x1d, 0xff])
      for e in range(8) for csv in (0, 8)] + noise(8, 20, 80)
 
+# fuzz_http_parser: [requests/responses and how the input is read, HEAD bits] + the bytes
+HTTP = [b"", b"\x00", b"\x00\x00GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\x00\x00POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+        b"\x01\x00HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] + noise(9, 20, 120)
+
 CORPORA = {
+    "fuzz_http_parser": HTTP,
+    "fuzz_mysql_packets": noise(10, 20, 120),
+    "fuzz_mysql_lexer": SQL,
     "fuzz_pg_framing": FRAMING,
     "fuzz_sqlnorm": SQL,
     "fuzz_sqlnorm_vs_pglast": SQL,
