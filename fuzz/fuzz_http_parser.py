@@ -118,12 +118,12 @@ def _check_shapes(events, parser, is_response, data):
     return False
 
 
-def _fields(pairs):
+def fields_of(pairs):
     return tuple((n.lower(), v.strip(b" \t").lower() if n.lower() == b"transfer-encoding"
                   else v.strip(b" \t")) for n, v in pairs)
 
 
-def _upgrade(fields) -> bool:
+def upgrades(fields) -> bool:
     return any(n == b"upgrade" or (n == b"connection" and b"upgrade" in
                                    [t.strip().lower() for t in v.split(b",")]) for n, v in fields)
 
@@ -137,13 +137,13 @@ def _mine(events):
             cur[1] += ev[2]
         elif ev[0] == END:
             h = cur[0]
-            reqs.append((h.method, h.target, _fields(h.headers), cur[1], _fields(ev[1])))
-            if not h.keep_alive or _upgrade(reqs[-1][2]):
+            reqs.append((h.method, h.target, fields_of(h.headers), cur[1], fields_of(ev[1])))
+            if not h.keep_alive or upgrades(reqs[-1][2]):
                 break
     return reqs
 
 
-def _h11(data: bytes):
+def read_h11(data: bytes):
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(data)
     conn.receive_data(b"")
@@ -159,10 +159,10 @@ def _h11(data: bytes):
                 cur[1] += bytes(ev.data)
             elif isinstance(ev, h11.EndOfMessage):
                 r = cur[0]
-                reqs.append((bytes(r.method), bytes(r.target), _fields(r.headers.raw_items()),
-                             cur[1], _fields(ev.headers.raw_items())))
+                reqs.append((bytes(r.method), bytes(r.target), fields_of(r.headers.raw_items()),
+                             cur[1], fields_of(ev.headers.raw_items())))
                 cur = None
-                if conn.their_state is not h11.DONE or _upgrade(reqs[-1][2]):
+                if conn.their_state is not h11.DONE or upgrades(reqs[-1][2]):
                     # h11 closes every HTTP/1.0 connection, even one the client keeps alive
                     return reqs, False, r.http_version == b"1.0"
                 conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
@@ -195,7 +195,7 @@ def test_one_input(data: bytes) -> None:
         assert one == whole, (one, whole)
 
     if not is_response and not failed:
-        reqs, refused, h10_stop = _h11(msg)
+        reqs, refused, h10_stop = read_h11(msg)
         mine = _mine(whole)
         if h10_stop:
             mine = mine[:len(reqs)]

@@ -10,6 +10,9 @@ disagree with each other, hoopwire is on the refusing side.
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import h11
 import httptools
 import pytest
@@ -20,24 +23,15 @@ from hoopwire.http._parse import BODY, END, ERROR, HEAD, RequestParser
 
 from http_smuggling_corpus import CORPUS, REJECT
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "fuzz"))
+# h11 read the way the fuzz harness reads it: one reader for both differential runs
+from fuzz_http_parser import fields_of, read_h11, upgrades  # noqa: E402
+
 
 # -- three readers, one result shape: (requests, refused) -----------------------------------------
 # A request is (method, target, ((name lower-cased, value), ...), body). Reading stops after a
 # request that does not keep the connection alive (what follows it is never read by a server);
 # bytes that end inside a message are a refusal (the peer closed mid-message).
-
-def _fields(pairs):
-    # transfer-coding names are case-insensitive (RFC 9112 §7): h11 hands them out lower-cased
-    return tuple((n.lower(), v.strip(b" \t").lower() if n.lower() == b"transfer-encoding"
-                  else v.strip(b" \t")) for n, v in pairs)
-
-
-def _upgrade(fields) -> bool:
-    """An Upgrade field or the `upgrade` connection option: the gateway refuses the request
-    (501) and closes, h11 stops reading for the switch; llhttp would stop with both."""
-    return any(n == b"upgrade" or (n == b"connection" and b"upgrade" in
-                                   [t.strip().lower() for t in v.split(b",")]) for n, v in fields)
-
 
 def read_hoopwire(data: bytes):
     p = RequestParser()
@@ -49,46 +43,12 @@ def read_hoopwire(data: bytes):
             cur[1] += ev[2]
         elif ev[0] == END:
             h = cur[0]
-            reqs.append((h.method, h.target, _fields(h.headers), cur[1], _fields(ev[1])))
-            if not h.keep_alive or _upgrade(reqs[-1][2]):
+            reqs.append((h.method, h.target, fields_of(h.headers), cur[1], fields_of(ev[1])))
+            if not h.keep_alive or upgrades(reqs[-1][2]):
                 return reqs, False
         elif ev[0] == ERROR:
             return reqs, True
     return reqs, False
-
-
-def read_h11(data: bytes):
-    conn = h11.Connection(h11.SERVER)
-    conn.receive_data(data)
-    conn.receive_data(b"")
-    reqs, cur = [], None
-    try:
-        while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA or isinstance(ev, h11.ConnectionClosed):
-                return reqs, cur is not None, False
-            if isinstance(ev, h11.Request):
-                cur = [ev, b""]
-            elif isinstance(ev, h11.Data):
-                cur[1] += bytes(ev.data)
-            elif isinstance(ev, h11.EndOfMessage):
-                r = cur[0]
-                reqs.append((bytes(r.method), bytes(r.target), _fields(r.headers.raw_items()),
-                             cur[1], _fields(ev.headers.raw_items())))
-                cur = None
-                if conn.their_state is not h11.DONE or _upgrade(reqs[-1][2]):
-                    # MUST_CLOSE, or a protocol switch (CONNECT, Upgrade); h11 closes every
-                    # HTTP/1.0 connection, keep-alive or not: that stop is marked
-                    return reqs, False, r.http_version == b"1.0"
-                conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
-                conn.send(h11.EndOfMessage())
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-                    return reqs, False, False
-                conn.start_next_cycle()
-            elif ev is h11.PAUSED:
-                return reqs, False, False
-    except h11.RemoteProtocolError:
-        return reqs, True, False
 
 
 class _LlhttpReader:
@@ -117,9 +77,9 @@ class _LlhttpReader:
     def on_message_complete(self):
         if not self.closed:
             c = self.cur
-            self.reqs.append((self.parser.get_method(), c["url"], _fields(c["headers"]), c["body"],
-                              _fields(c["trailers"])))
-            self.closed = not self.parser.should_keep_alive() or _upgrade(self.reqs[-1][2])
+            self.reqs.append((self.parser.get_method(), c["url"], fields_of(c["headers"]), c["body"],
+                              fields_of(c["trailers"])))
+            self.closed = not self.parser.should_keep_alive() or upgrades(self.reqs[-1][2])
         self.cur = None
 
 
