@@ -115,6 +115,8 @@ def _cmd_hash_key(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.database == "mysql":
         from hoopwire.demo_mysql import main as demo_main
+    elif args.database == "http":
+        from hoopwire.demo_http import main as demo_main
     else:
         from hoopwire.demo import main as demo_main
     return demo_main(keep=args.keep)
@@ -167,11 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("key", nargs="?", help="the key (read from stdin when omitted)")
     h.set_defaults(func=_cmd_hash_key)
 
-    d = sub.add_parser("demo", help="run hoopwire in front of a throwaway PostgreSQL (or MariaDB) "
-                       "and show an agent's session")
-    d.add_argument("database", nargs="?", choices=("postgres", "mysql"), default="postgres",
-                   help="the database behind the gateway: postgres (default) or mysql (a "
-                        "throwaway MariaDB, spoken to over the MySQL protocol)")
+    d = sub.add_parser("demo", help="run hoopwire in front of a throwaway PostgreSQL (or MariaDB, "
+                       "or REST API) and show an agent's session")
+    d.add_argument("database", nargs="?", choices=("postgres", "mysql", "http"), default="postgres",
+                   help="what is behind the gateway: postgres (default), mysql (a throwaway "
+                        "MariaDB, spoken to over the MySQL protocol) or http (a throwaway JSON "
+                        "API, over HTTP/1.1)")
     d.add_argument("--keep", action="store_true", help="keep running until Ctrl-C after the demo")
     d.set_defaults(func=_cmd_demo)
 

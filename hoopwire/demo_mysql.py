@@ -14,9 +14,7 @@ removed on exit or Ctrl-C.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import os
 import secrets
 import signal
@@ -26,7 +24,8 @@ import threading
 import time
 
 from hoopwire.demo import (DETECTOR_MASK, GUARDRAILS, _say, _wait_pending, approve_held,
-                           config_head, connection_head, show_records, start_gateway, stop_all)
+                           config_head, connection_head, self_signed, show_records, start_gateway,
+                           stop_all)
 
 __all__ = ["main"]
 
@@ -87,34 +86,6 @@ tls_key = "{key}"
 """ + DETECTOR_MASK)
 
 
-def _self_signed(work: str) -> tuple[str, str]:
-    """A throwaway certificate for 127.0.0.1 (the client pins it as its CA)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hoopwire demo")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = os.path.join(work, "gateway.pem"), os.path.join(work, "gateway.key")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def _error_text(e: Exception) -> str:
     """`ERROR <errno> (<sqlstate>): <message>` as the mariadb CLI shows it, from a PyMySQL error
     (which keeps errno and message; the SQLSTATE is not kept, so it is left out)."""
@@ -153,7 +124,7 @@ def main(keep: bool = False) -> int:
 
         key = os.path.join(work, "dev-key.pem")
         jwks = create_dev_key(key, kid="demo")
-        cert, cert_key = _self_signed(work)
+        cert, cert_key = self_signed(work)
         api_key = "etl-" + secrets.token_urlsafe(24)
         gw_port, admin_port = free_loopback_port(), free_loopback_port()
         cfg_path = os.path.join(work, "hoopwire.toml")
