@@ -1,8 +1,10 @@
 """The LangGraph example (examples/langgraph_agent) runs end to end and tells the seed story:
-an allowed query, a blocked DROP, masked customer data, a DELETE held until a human approves it."""
+an allowed query, a blocked DROP, masked customer data, a DELETE held until a human approves it;
+then its HTTP tool through the gateway: a masked CRM record and a blocked admin path."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,7 +17,10 @@ EXAMPLE = os.path.join(ROOT, "examples", "langgraph_agent")
 RUN = os.path.join(EXAMPLE, "run.py")
 
 CLEAR_SECRETS = ["536-22-8741", "412-67-0935", "601-38-2254",
-                 "ada@example.com", "alan@example.org", "grace@example.net"]
+                 "ada@example.com", "alan@example.org", "grace@example.net",
+                 # the CRM API's (hoopwire/demo_http.py): a password, an e-mail in free text,
+                 # the admin key behind the blocked path
+                 "analytical-engine-1843", "a.lovelace@example.net", "sk_live_"]
 
 
 def test_langgraph_example_runs_the_story():
@@ -53,6 +58,24 @@ def test_langgraph_example_runs_the_story():
                      out)
     assert held and held.group(1) == m.group(1), out
     assert "order 7 is gone" in out and "still there with 41 rows" in out
+
+    # the HTTP tool, through the gateway with the agent's token: the CRM record comes back with
+    # its e-mail (key path), password (key path) and the e-mail in its note (detector) masked
+    crm = re.search(r"\[5\] MASKED +crm_profile: GET /v1/users/1\n +-> HTTP 200\n +body\n +(.*)\n",
+                    out)
+    assert crm, out
+    user = json.loads(crm.group(1))["user"]
+    assert user["name"] == "Ada Lovelace" and user["plan"] == "pro"
+    assert user["email"] == "****" and user["password"] == "****", user
+    assert user["note"] == "prefers **** for invoices", user
+    # an admin path: refused by the gateway's pack, with a JSON error naming the rule
+    assert re.search(r"\[6\] BLOCKED +api_keys: GET /admin/keys\n +-> ERROR 403 blocked: "
+                     r".*hoopwire rule \"http-admin-paths\"", out), out
+    assert "summary: 6 statements and requests: 4 succeeded, 2 failed (drop_old_orders, api_keys)" \
+        in out
+    # the API saw the gateway's stored credential on every request, never the agent's token
+    assert re.search(r"on the CRM API itself: [1-9]\d* request\(s\), each with the gateway's "
+                     r"service token; the agent's token reached it 0 times", out), out
     assert "removed the temporary directory" in out
 
 
@@ -65,8 +88,12 @@ def test_the_graph_is_plain_langgraph_and_psycopg():
         sys.path.remove(EXAMPLE)
     nodes = set(agent.build_graph().get_graph().nodes)
     assert {"plan", "top_customers", "drop_old_orders", "customer_contacts", "delete_order",
-            "summarize", langgraph.graph.START, langgraph.graph.END} <= nodes
+            "crm_profile", "api_keys", "summarize", langgraph.graph.START,
+            langgraph.graph.END} <= nodes
     with open(agent.__file__, encoding="utf-8") as f:
         source = f.read()
     assert not re.search(r"^\s*(from|import) hoopwire", source, re.M)
     assert 'os.environ.get("HOOPWIRE_DSN")' in source
+    # the HTTP tool: a base URL and a bearer token, nothing gateway-specific
+    assert 'os.environ.get("HOOPWIRE_API_URL")' in source
+    assert 'os.environ.get("HOOPWIRE_API_TOKEN")' in source

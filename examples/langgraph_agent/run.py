@@ -1,13 +1,17 @@
-"""The seed story: a LangGraph agent on a production-like database, through hoopwire. No LLM needed.
+"""The seed story: a LangGraph agent on a production-like database and an internal REST API,
+through hoopwire. No LLM needed.
 
     python examples/langgraph_agent/run.py
 
-Starts a throwaway PostgreSQL with a small shop database, starts `hoopwire serve` in front of it
-(guardrails, masking, a human approval rule), mints a token for the agent (agent-7) and one for a
-human approver (dana), runs the graph of agent.py in a thread with HOOPWIRE_DSN pointing at the
-gateway, and plays the human meanwhile: waits for the held statement on the admin API, shows it,
-and approves it. Then prints what happened to each step. Everything lives in a temporary
-directory removed on exit or Ctrl-C. Needs the PostgreSQL server binaries (Debian: postgresql).
+Starts a throwaway PostgreSQL with a small shop database and the shop's internal JSON API (the
+one `hoopwire demo http` uses: users with e-mails and passwords, admin keys), starts `hoopwire
+serve` in front of both (guardrails, masking, a human approval rule; the API's own service token
+stored in the gateway), mints a token for the agent (agent-7) and one for a human approver
+(dana), runs the graph of agent.py in a thread with HOOPWIRE_DSN and HOOPWIRE_API_URL pointing
+at the gateway (the agent's token as the password and as its bearer token), and plays the human
+meanwhile: waits for the held statement on the admin API, shows it, and approves it. Then prints
+what happened to each step. Everything lives in a temporary directory removed on exit or
+Ctrl-C. Needs the PostgreSQL server binaries (Debian: postgresql).
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ INSERT INTO orders
 """
 
 
-def config(pg_port: int, gw_port: int, admin_port: int, jwks: str, state_db: str) -> str:
+def config(pg_port: int, gw_port: int, admin_port: int, jwks: str, state_db: str,
+           api_port: int, api_gw_port: int) -> str:
     return f"""\
 [admin]
 listen = "127.0.0.1:{admin_port}"
@@ -90,6 +95,26 @@ allow_groups = ["agents"]
   [[connection.mask]]
   detectors = ["EMAIL"]
   strategy = "redact"
+
+[[connection]]
+name = "crm-api"
+protocol = "http"
+listen = "127.0.0.1:{api_gw_port}"
+upstream = "http://127.0.0.1:{api_port}"
+password_env = "CRM_API_TOKEN"      # the API's service token, sent upstream instead of the agent's
+allow_groups = ["agents"]
+
+  [[connection.guardrail]]
+  pack = "http-admin-paths"
+  message = "admin endpoints are for people, not agents"
+
+  [[connection.mask]]
+  paths = ["$.user.email", "**.password"]
+  strategy = "redact"
+
+  [[connection.mask]]
+  detectors = ["EMAIL"]
+  strategy = "redact"
 """
 
 
@@ -121,11 +146,12 @@ def label(step: dict, approval_id: str | None) -> str:
 
 def main() -> int:
     work = tempfile.mkdtemp(prefix="hoopwire-langgraph-")
-    pg = gw = None
+    pg = gw = api = None
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     log_path = os.path.join(work, "gateway.log")
     try:
-        from agent import build_graph   # the graph: ordinary LangGraph + psycopg code
+        from agent import build_graph   # the graph: ordinary LangGraph + psycopg + urllib code
+        from hoopwire.demo_http import ShopApi
         from hoopwire.devserver import (PgServer, PgServerError, free_loopback_port,
                                         wait_for_listener)
         from hoopwire.identity.devtoken import create_dev_key, mint_token
@@ -140,22 +166,29 @@ def main() -> int:
         pg.create_role("shop_app", db_password)
         pg.create_database("shop", owner="shop_app")
         pg.sql("SET ROLE shop_app;\n" + SHOP, dbname="shop")
+        api_token = "svc-" + secrets.token_urlsafe(24)
+        api = ShopApi(api_token).start()
 
         key = os.path.join(work, "dev-key.pem")
         jwks = create_dev_key(key, kid="example")
         gw_port, admin_port = free_loopback_port(), free_loopback_port()
+        api_gw_port = free_loopback_port()
         cfg = os.path.join(work, "hoopwire.toml")
         with open(cfg, "w") as f:
-            f.write(config(pg.port, gw_port, admin_port, jwks, os.path.join(work, "state.db")))
+            f.write(config(pg.port, gw_port, admin_port, jwks, os.path.join(work, "state.db"),
+                           api.port, api_gw_port))
         with open(log_path, "wb") as log_file:
             gw = subprocess.Popen([sys.executable, "-m", "hoopwire", "serve", "--config", cfg],
-                                  env=dict(os.environ, SHOP_DB_PASSWORD=db_password), cwd=ROOT,
+                                  env=dict(os.environ, SHOP_DB_PASSWORD=db_password,
+                                           CRM_API_TOKEN=api_token), cwd=ROOT,
                                   stdout=log_file, stderr=subprocess.STDOUT)
         wait_for_listener(gw_port, gw)
+        wait_for_listener(api_gw_port, gw)
         wait_for_listener(admin_port, gw)
         admin = f"http://127.0.0.1:{admin_port}"
         print(f"PostgreSQL 127.0.0.1:{pg.port} (shop) <- hoopwire 127.0.0.1:{gw_port} "
               f"(admin API {admin})")
+        print(f"CRM API 127.0.0.1:{api.port} <- hoopwire http://127.0.0.1:{api_gw_port}")
 
         def token(subject: str, groups: list[str], audience: str = AUDIENCE) -> str:
             return mint_token(key, issuer=ISSUER, audience=audience, subject=subject,
@@ -167,8 +200,12 @@ def main() -> int:
         dana_token = token("dana", ["dba"], audience="hoopwire-admin")
         os.environ["HOOPWIRE_DSN"] = (f"host=127.0.0.1 port={gw_port} dbname=shop user=agent-7 "
                                       f"password={agent_token} sslmode=disable")
+        os.environ["HOOPWIRE_API_URL"] = f"http://127.0.0.1:{api_gw_port}"
+        os.environ["HOOPWIRE_API_TOKEN"] = agent_token
         print(f"agent's DSN: host=127.0.0.1 port={gw_port} dbname=shop user=agent-7 "
-              f"password={agent_token[:12]}...\n")
+              f"password={agent_token[:12]}...")
+        print(f"agent's API: HOOPWIRE_API_URL=http://127.0.0.1:{api_gw_port} "
+              f"HOOPWIRE_API_TOKEN={agent_token[:12]}...\n")
 
         # the agent: the graph in a thread (its delete blocks until a human decides)
         out: dict = {}
@@ -232,9 +269,14 @@ def main() -> int:
         print(f"on PostgreSQL itself: the orders table is still there with {total} rows; "
               f"order 7 {'is gone' if seven == 0 else 'is still there'}")
 
+        # the API's side: every request it got carried its own service token, none the agent's
+        leaked = sum(1 for seen in api.seen if agent_token in seen)
+        print(f"on the CRM API itself: {len(api.seen)} request(s), each with the gateway's "
+              f"service token; the agent's token reached it {leaked} times")
+
         labels = [label(s, approval_id) for s in state["steps"]]
-        expected = ["ALLOWED", "BLOCKED", "MASKED", "HELD -> APPROVED"]
-        ok = labels == expected and total == 41 and seven == 0
+        expected = ["ALLOWED", "BLOCKED", "MASKED", "HELD -> APPROVED", "MASKED", "BLOCKED"]
+        ok = labels == expected and total == 41 and seven == 0 and leaked == 0
         if not ok:
             print(f"unexpected outcome: {labels}", file=sys.stderr)
         return 0 if ok else 1
@@ -259,8 +301,10 @@ def main() -> int:
                 gw.wait()
         if pg is not None:
             pg.stop()
+        if api is not None:
+            api.stop()
         shutil.rmtree(work, ignore_errors=True)
-        print("stopped the gateway and PostgreSQL; removed the temporary directory")
+        print("stopped the gateway, PostgreSQL and the API; removed the temporary directory")
 
 
 if __name__ == "__main__":
