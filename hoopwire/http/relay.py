@@ -56,6 +56,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Request ids: 16 hex digits, a random prefix per process and a counter (os.urandom per request
 # cost 1.5 us of the ~30 us of Python a request takes here; unique across workers all the same)
 _RID_PREFIX = os.urandom(4).hex().encode()
+# the audit tags of a status ("HTTP 200"), made once per status
+_STATUS_TAGS: dict[int, tuple] = {}
 _rid_count = itertools.count(1)
 
 
@@ -115,6 +117,9 @@ class Relay(asyncio.Protocol):
         self.peer = peer
         self.peer_ip = peer.rsplit(":", 1)[0].strip("[]").encode()
         self.tls = tls
+        # the X-Forwarded-For and -Proto lines of every request of the connection, made once
+        self.xff = b"X-Forwarded-For: " + self.peer_ip + (
+            b"\r\nX-Forwarded-Proto: https\r\n" if tls else b"\r\nX-Forwarded-Proto: http\r\n")
         self.writer = writer              # the handshake's StreamWriter: it closes on collection
         self.transport = None
         c = self.conf
@@ -273,7 +278,7 @@ class Relay(asyncio.Protocol):
         hit = self.tokens.get(token)
         if hit is not None:
             identity = hit[0]
-            if identity.expires_at is None or identity.expires_at > time.time():
+            if identity.expires_at is None or identity.expires_at > req.started:
                 self._admit(req, identity, hit[1])
                 return
             del self.tokens[token]
@@ -768,8 +773,10 @@ class Relay(asyncio.Protocol):
         text = req.text
         if text is None:
             text = req.method + b" " + (req.path or req.head.target)
-        log_.add_raw((req.started, time.time(), text, [b"HTTP %d" % req.status],
-                      req.error, req.masked, None))
+        tags = _STATUS_TAGS.get(req.status)
+        if tags is None:
+            tags = _STATUS_TAGS[req.status] = (b"HTTP %d" % req.status,)
+        log_.add_raw((req.started, time.time(), text, tags, req.error, req.masked, None))
 
     # -- timers ------------------------------------------------------------------------------------
 

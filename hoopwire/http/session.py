@@ -85,8 +85,22 @@ class HttpConf:
         # dropped from what the client sent: the identity header, the credential header (ours
         # replaces it), and the hop-by-hop set (relay._HOP)
         from hoopwire.http.relay import _HOP
-        self.drop = _HOP | {cfg.credential_header.lower().encode(), self.identity_header}
+        self._drop = _HOP | {cfg.credential_header.lower().encode(), self.identity_header}
+        self._drops: dict = {}             # Connection tokens -> drop set (_drop_with)
+        self._resp_drops: dict = {}        # the same for response heads
         self.identity_encoding = False     # masking applies: set by the listener
+
+    @property
+    def identity_encoding(self) -> bool:
+        """Masking applies (set by the listener): the client's Accept-Encoding is replaced by
+        identity, so that the masker reads plain bytes."""
+        return self._identity_encoding
+
+    @identity_encoding.setter
+    def identity_encoding(self, on: bool) -> None:
+        self._identity_encoding = on
+        self.drop = self._drop | {b"accept-encoding"} if on else self._drop
+        self._drops = {}
 
     def canonical(self, target: bytes, method: bytes) -> bytes:
         """The origin-form target the upstream gets (and the guardrails judge); ValueError
@@ -99,36 +113,34 @@ class HttpConf:
         return request_text(head, path, body)
 
     def build_head(self, req, relay) -> bytes:
-        """The request head the upstream gets, built once."""
+        """The request head the upstream gets, built once: one join over a flat list of
+        pieces (no per-field %-format: 8 fields cost 1.5 us formatted, 1.1 us as pieces)."""
         head = req.head
-        drop = self.drop
         tokens = head.connection_tokens
+        drop = self.drop if not tokens else self._drop_with(tokens)
         client_host = head.get(b"host")
         out = [head.method, b" ", self.base, req.path, b" HTTP/1.1\r\nHost: ",
                (client_host or self.host) if self.keep_client_host else self.host, b"\r\n"]
-        if tokens:
-            drop = drop | tokens
-        if self.identity_encoding:
-            drop = drop | {b"accept-encoding"}
-        # one comprehension: 1.2 us less than appending field by field (8 fields)
-        out += [b"%b: %b\r\n" % (name, value) for name, value in head.headers
-                if name.lower() not in drop]
+        for name, value in head.headers:
+            if name.lower() not in drop:
+                out += (name, b": ", value, b"\r\n")
         out.append(self.cred_line)
-        if self.identity_encoding:
+        if self._identity_encoding:
             # the masker reads plain bytes: a compressed body could not be masked (502)
             out.append(b"Accept-Encoding: identity\r\n")
-        out.append(b"X-Forwarded-For: ")
-        out.append(relay.peer_ip)
-        out.append(b"\r\nX-Forwarded-Proto: https\r\n" if relay.tls
-                   else b"\r\nX-Forwarded-Proto: http\r\n")
-        if client_host:
-            out.append(b"X-Forwarded-Host: ")
-            out.append(client_host)
-            out.append(b"\r\n")
-        out.append(b"X-Request-Id: ")
-        out.append(req.rid)
-        out.append(b"\r\n\r\n")
+        out += (relay.xff, b"X-Forwarded-Host: " + client_host + b"\r\nX-Request-Id: "
+                if client_host else b"X-Request-Id: ", req.rid, b"\r\n\r\n")
         return b"".join(out)
+
+    def _drop_with(self, tokens: frozenset) -> frozenset:
+        """self.drop plus a request's Connection tokens, cached per token set (a client
+        sends the same few on every request: the union cost 0.2 us a request)."""
+        drop = self._drops.get(tokens)
+        if drop is None:
+            if len(self._drops) >= 64:
+                self._drops.clear()
+            drop = self._drops[tokens] = self.drop | tokens
+        return drop
 
     def response_head(self, req, head, *, length: int | None = -1,
                       chunked: bool = False) -> bytes:
@@ -143,13 +155,20 @@ class HttpConf:
             req.dechunk = True
         drop = _RESP_HOP
         if tokens:
-            drop = drop | tokens
+            # the upstream's Connection tokens (keep-alive on every nginx answer): the union
+            # cached per token set, as for requests
+            drop = self._resp_drops.get(tokens)
+            if drop is None:
+                if len(self._resp_drops) >= 64:
+                    self._resp_drops.clear()
+                drop = self._resp_drops[tokens] = _RESP_HOP | tokens
         if req.dechunk:
             drop = drop | {b"transfer-encoding"}
         if reframe:
             drop = drop | _FRAMING
-        out += [b"%b: %b\r\n" % (name, value) for name, value in head.headers
-                if name.lower() not in drop]
+        for name, value in head.headers:
+            if name.lower() not in drop:
+                out += (name, b": ", value, b"\r\n")
         if reframe:
             if length is not None:
                 out.append(b"Content-Length: %d\r\n" % length)
@@ -164,9 +183,7 @@ class HttpConf:
             out.append(b"Connection: close\r\n")
         elif client10:
             out.append(b"Connection: keep-alive\r\n")
-        out.append(b"X-Request-Id: ")
-        out.append(req.rid)
-        out.append(b"\r\n\r\n")
+        out += (b"X-Request-Id: ", req.rid, b"\r\n\r\n")
         return b"".join(out)
 
 
