@@ -450,3 +450,26 @@ def test_mask_literals_on_a_cut_text(cut):
     text = request(b"GET /v1?access_token=s3cr3tvalue&b=2", body=b"password=hunter2")
     masked = mask_literals(text[:cut])
     assert "s3cr" not in masked and "hunt" not in masked
+
+
+# -- the C masker the audit thread runs (hoopwire.http._literals) ----------------------------------
+
+_TEXT_PIECES = [b"GET ", b"POST ", b"/v1/users", b"?", b"&", b";", b"=", b"a", b"tok", b"\n",
+                b"\n\n", b": ", b"x-original-url: ", b"x-rewrite-url: ", b"host: ", b" ",
+                b"\xc3\xa9", b"\xff", b"{\"k\": 1}"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_TEXT_PIECES), max_size=24).map(b"".join))
+def test_c_masker_is_the_reference_byte_for_byte(text):
+    from hoopwire.http._literals import mask_literals as c_mask
+    from hoopwire.http.dialect import mask_literals_reference
+    assert c_mask(text) == mask_literals_reference(text)
+    for cut in (1, 7, len(text) // 2):
+        assert c_mask(text[:cut]) == mask_literals_reference(text[:cut])
+
+
+def test_the_audit_masks_http_texts_in_c():
+    """The audit's encoder takes a dialect's C half from its `c_dialect` capsule; without one
+    it falls back to Python under the GIL for every new request text."""
+    assert getattr(DIALECT.mask_literals, "c_dialect", None) is not None

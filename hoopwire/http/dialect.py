@@ -115,6 +115,7 @@ import unicodedata
 import orjson
 
 from hoopwire.config import GuardrailConfig
+from hoopwire.http._literals import mask_literals   # C: the audit thread runs it without the GIL
 from hoopwire.http.packs import PACKS
 from hoopwire.policy.rules import FULL
 
@@ -512,9 +513,11 @@ def _mask_target(target: bytes) -> bytes:
     return path + sep + _mask_query(query) if sep else path
 
 
-def mask_literals(text: bytes) -> str:
+def mask_literals_reference(text: bytes) -> str:
     """The request text as logs and the audit show it: query values and the body as '?'.
-    The text may be cut short (statement_text_limit): whatever part is there is masked."""
+    The text may be cut short (statement_text_limit): whatever part is there is masked.
+    The gateway runs the same in C (hoopwire.http._literals.mask_literals, which the audit
+    thread calls without the GIL); this one is its reference in the tests."""
     if type(text) is not bytes:
         text = bytes(text)
     cut = text.find(b"\n\n")
