@@ -510,6 +510,12 @@ class PlanningMasker:
     def statement(self, sql):
         return ("info", sql)
 
+    def pending_read(self):         # no catalog: nothing to wait for after a DDL
+        return None
+
+    def answered(self, info):
+        pass
+
     def result_plan(self, info, index, columns, binary):
         self.calls.append((info, index, [c[4] for c in columns], binary))
         if self.refuse is not None:

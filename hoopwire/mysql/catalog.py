@@ -166,6 +166,11 @@ class Catalog:
     def invalidate(self) -> None:
         self.stale = True
 
+    def reading(self) -> Optional[asyncio.Task]:
+        """The read under way (refresh_soon's), or None."""
+        task = self._task
+        return task if task is not None and not task.done() else None
+
     def refresh_soon(self, min_age: float = 0.0) -> None:
         """Start a read in the background (at most one at a time); errors are logged, and the
         last read stays in use until one succeeds. `min_age`: not when the last read is

@@ -348,6 +348,8 @@ cdef class Relay:
                 # judged once the server has said what they are
                 self.waiting = True
                 return HOLD_
+            if self.results.mask_on and self._catalog_hold():
+                return HOLD_
             if cmd == COM_QUERY and self._kill_hold(_kill_id(sql)):
                 return HOLD_
             out = self._judge_text(cmd, sql, sql, aseq)
@@ -550,6 +552,24 @@ cdef class Relay:
         self.kill_known = (gid, 0 if t is None else t)
         return False
 
+    cdef bint _catalog_hold(self) except -1:
+        """True while the statement after this session's DDL waits (`waiting`, bounded by the
+        masker's _DDL_READ_WAIT) for the catalog read that DDL asked for: planned before it,
+        the new table's rows would be masked whole (SessionMasker.pending_read)."""
+        if self.catalog_wait is not None:
+            if not self.catalog_wait.done():
+                self.waiting = True
+                return True
+            self.catalog_wait = None
+            return False
+        fut = self.results.masker.pending_read()
+        if fut is None:
+            return False
+        self.catalog_wait = fut
+        self.waiting = True
+        fut.add_done_callback(self._kill_answered)     # the same wake-up: read the command again
+        return True
+
     def _kill_answered(self, fut):
         if not self.closed and self.waiting and self.client.holding:
             self._resume_client()
@@ -678,6 +698,10 @@ cdef class Relay:
     cdef int _answered(self, object cmd) except -1:
         cdef Cmd c = <Cmd>cmd
         self.units_done += 1
+        if c.info is not None:
+            # a DDL's answer has the catalog read again from now on, for this session's next
+            # statement (_catalog_hold) and for the other sessions that read what it made
+            self.results.masker.answered(c.info)
         self.stats.observe_rtt(monotonic() - c.t_mono)
         if self.waiting:
             self.resume_wanted = True

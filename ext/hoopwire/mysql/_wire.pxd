@@ -132,6 +132,7 @@ cdef class Relay:
         bint resume_wanted                # an answer ended while the client waits for it
         int cur_aseq                      # the answer's first sequence id, for the command being read
         object kill_wait                  # a KILL's target still being asked for (a future)
+        object catalog_wait               # the catalog read after this session's DDL (a future)
         tuple kill_known                  # (gid, upstream thread or 0) for the KILL being read
 
     cdef int _close(self, str reason, object notify_client) except -1
@@ -143,6 +144,7 @@ cdef class Relay:
     cdef bint _changes_in_flight(self)
     cdef bint _prepare_in_flight(self)
     cdef bint _kill_hold(self, long long gid) except -1
+    cdef bint _catalog_hold(self) except -1
     cdef unsigned int _kill_target(self, unsigned int gid)
     cdef object _kill(self, bytes sql, int aseq)
     cdef object _judge_text(self, int cmd, bytes sql, bytes judged, int aseq)
