@@ -219,3 +219,8 @@ def test_requests_are_recorded_and_counted(guarded, idp):
     line = next(l for l in text.splitlines() if l.startswith("hoopwire_statements_total{")
                 and 'protocol="http"' in l and "simple" in l)
     assert float(line.rsplit(" ", 1)[1]) >= 1
+    # the upstream's latency, as statements' round trips are (request sent -> response whole)
+    count = next(l for l in text.splitlines()
+                 if l.startswith("hoopwire_statement_seconds_count{")
+                 and f'connection="{HTTP_CONN}"' in l)
+    assert float(count.rsplit(" ", 1)[1]) >= 1

@@ -694,6 +694,9 @@ class Relay(asyncio.Protocol):
 
     def _response_end(self, req: _Req, up) -> None:
         self.units_done += 1
+        if req.sent_at:
+            # request sent -> response complete: hoopwire_statement_seconds, as a statement's
+            self.stats.observe(time.monotonic() - req.sent_at)
         if up is not None:
             req.up = None
             self.listener.pool.release(up, req.up_reusable and req.req_done)

@@ -249,6 +249,11 @@ cdef class ConnStats:
                 return
         self.rtt_buckets[RTT_BUCKETS - 1] += 1
 
+    def observe(self, double seconds):
+        """observe_rtt for a relay written in Python (http): one statement's or request's
+        round trip into hoopwire_statement_seconds."""
+        self.observe_rtt(seconds)
+
     def rtt_histogram(self):
         """Cumulative bucket counts [(upper bound, count)], +Inf last, and the sum."""
         cdef unsigned long long acc = 0
