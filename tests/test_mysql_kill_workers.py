@@ -48,14 +48,14 @@ def _both_serve(gw, idp) -> bool:
     return seen == {0, 1}
 
 
-def _on_worker(gw, token: str, residue: int, keep: list):
-    """A connection whose gateway id is `residue` mod 2 (a worker), opening more as needed;
-    the one returned goes into `keep` (closed by the caller), the others are closed: a KILL
-    of an upstream thread number finds a session with that connection id first, and those
-    would be this identity's too."""
+def _on_worker(gw, token: str, residue: int, keep: list, avoid: int = -1):
+    """A connection whose gateway id is `residue` mod 2 (a worker) and not `avoid`, opening
+    more as needed; the one returned goes into `keep` (closed by the caller), the others are
+    closed: a KILL of an upstream thread number finds a session with that connection id first,
+    and those would be this identity's too."""
     for _ in range(_TRIES):
         c = pymysql_connect(gw, token)
-        if c.thread_id() % 2 == residue:
+        if c.thread_id() % 2 == residue and c.thread_id() != avoid:
             keep.append(c)
             return c
         c.close()
@@ -120,9 +120,9 @@ def test_kill_query_reaches_the_session_on_the_other_worker(gw2, idp, mariadb, b
         cur = victim.cursor()
         cur.execute("SELECT CONNECTION_ID()")
         thread = cur.fetchone()[0]
-        killer = _on_worker(gw2, token, 1 - victim.thread_id() % 2, keep)
-        if by == "thread-id" and killer.thread_id() == thread:
-            pytest.skip("the killer's own connection id is the victim's thread number")
+        # by thread id, the killer must not itself hold the victim's thread number as its id
+        killer = _on_worker(gw2, token, 1 - victim.thread_id() % 2, keep,
+                            avoid=thread if by == "thread-id" else -1)
         sleeper = _Sleeper(victim, 30)
         sleeper.start()
         wait_until(lambda: _running(mariadb, thread), 10, "the SLEEP is running upstream")
