@@ -21,6 +21,7 @@ def _post(fields: bytes, body: bytes = b"", target: bytes = b"/") -> bytes:
 
 _SMUGGLED = b"GET /admin HTTP/1.1\r\nHost: h\r\n\r\n"
 _CHUNKED_SMUGGLE = b"0\r\n\r\n" + _SMUGGLED          # 0-chunk, then a second request
+TE = b"Transfer-Encoding: chunked\r\n"
 
 CORPUS: list[tuple[str, bytes, object]] = [
     # --- the baseline: unambiguous messages the gateway must read as the RFC says ----------------
@@ -182,4 +183,79 @@ CORPUS: list[tuple[str, bytes, object]] = [
     ("crlf-between-pipelined", _post(b"Content-Length: 5\r\n", b"hello\r\n" + _SMUGGLED), REJECT),
     ("request-line-only", b"GET / HTTP/1.1\r\n", REJECT),
     ("cl-body-short", _post(b"Content-Length: 10\r\n", b"hello"), REJECT),
+
+    # === the categories of published HTTP desync research (TE.TE obfuscation, CL parsing,
+    # chunk-size and extension abuse, trailers, line ends, absolute-form authorities), in
+    # bytes of our own. Where h11 or llhttp accept one of the refused shapes below, hoopwire is
+    # the strict side (test_where_a_reference_refuses_hoopwire_refuses checks the other way).
+    # --- TE.TE ---------------------------------------------------------------------------------
+    ("te-underscore-name", _post(b"Transfer_Encoding: chunked\r\n", _CHUNKED_SMUGGLE), REJECT),
+    ("te-name-space-and-tab-before-colon", _post(b"Transfer-Encoding \t: chunked\r\n", _CHUNKED_SMUGGLE), REJECT),
+    ("te-first-field-leading-space", b"POST / HTTP/1.1\r\n Transfer-Encoding: chunked\r\nHost: h\r\n\r\n"
+     + _CHUNKED_SMUGGLE, REJECT),
+    ("te-leading-comma", _post(b"Transfer-Encoding: , chunked\r\n", _CHUNKED_SMUGGLE), REJECT),
+    ("te-trailing-comma", _post(b"Transfer-Encoding: chunked,\r\n", _CHUNKED_SMUGGLE), REJECT),
+    ("te-trailing-semicolon", _post(b"Transfer-Encoding: chunked;\r\n", _CHUNKED_SMUGGLE), REJECT),
+    ("te-second-field-empty", _post(TE + b"Transfer-Encoding: \r\n", _CHUNKED_SMUGGLE), REJECT),
+    ("te-kelvin-sign", _post("Transfer-Encoding: chun\u212aed\r\n".encode(), _CHUNKED_SMUGGLE), REJECT),
+    ("te-nul-after-value", _post(b"Transfer-Encoding: chunked\x00\r\n", _CHUNKED_SMUGGLE), REJECT),
+    ("te-cr-inside-value", _post(b"Transfer-Encoding: chun\rked\r\n", _CHUNKED_SMUGGLE), REJECT),
+    ("te-mixed-case-value", _post(b"Transfer-Encoding: ChUnKeD\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+     [(b"POST", b"/", b"hello")]),
+    ("te-on-get-hides-request", b"GET / HTTP/1.1\r\nHost: h\r\n" + TE + b"\r\n" + _CHUNKED_SMUGGLE,
+     [(b"GET", b"/", b""), (b"GET", b"/admin", b"")]),
+    # --- CL shapes -----------------------------------------------------------------------------
+    ("cl-empty", _post(b"Content-Length: \r\n", b"hello"), REJECT),
+    ("cl-minus-zero", _post(b"Content-Length: -0\r\n", b""), REJECT),
+    ("cl-trailing-comma", _post(b"Content-Length: 5,\r\n", b"hello"), REJECT),
+    ("cl-twenty-leading-zeros", _post(b"Content-Length: 00000000000000000005\r\n", b"hello"), REJECT),
+    ("cl-nul-after-digits", _post(b"Content-Length: 5\x00\r\n", b"hello"), REJECT),
+    ("cl-underscore-name", _post(b"Content_Length: 5\r\n", b"hello"), REJECT),
+    ("cl-vertical-tab-value", _post(b"Content-Length: \x0b5\r\n", b"hello"), REJECT),
+    ("cl-hides-request-in-get", b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+     % len(_SMUGGLED) + _SMUGGLED, [(b"GET", b"/", _SMUGGLED)]),
+    ("cl-zero-then-request", _post(b"Content-Length: 0\r\n", _SMUGGLED),
+     [(b"POST", b"/", b""), (b"GET", b"/admin", b"")]),
+    # --- chunk framing -------------------------------------------------------------------------
+    ("chunk-size-0X-upper", _post(TE, b"0X5\r\nhello\r\n0\r\n\r\n"), REJECT),
+    ("chunk-size-negative", _post(TE, b"-5\r\nhello\r\n0\r\n\r\n"), REJECT),
+    ("chunk-size-tab-before-ext", _post(TE, b"5\t;a=b\r\nhello\r\n0\r\n\r\n"), REJECT),
+    ("chunk-size-leading-zeros", _post(TE, b"0005\r\nhello\r\n0\r\n\r\n"), [(b"POST", b"/", b"hello")]),
+    ("chunk-last-with-extension", _post(TE, b"5\r\nhello\r\n0;done=1\r\n\r\n"), [(b"POST", b"/", b"hello")]),
+    ("chunk-ext-over-line-limit", _post(TE, b"5;" + b"a" * 9000 + b"\r\nhello\r\n0\r\n\r\n"), REJECT),
+    ("chunk-ext-many-short", _post(TE, b"5" + b";a" * 5000 + b"\r\nhello\r\n0\r\n\r\n"), REJECT),
+    ("chunk-data-bare-cr-end", _post(TE, b"5\r\nhello\r0\r\n\r\n"), REJECT),
+    ("chunk-size-cr-only", _post(TE, b"5\rhello\r\n0\r\n\r\n"), REJECT),
+    ("chunk-last-no-final-crlf", _post(TE, b"5\r\nhello\r\n0\r\n"), REJECT),
+    ("chunk-nul-in-size", _post(TE, b"5\x00\r\nhello\r\n0\r\n\r\n"), REJECT),
+    # --- trailers ------------------------------------------------------------------------------
+    ("trailer-method-override", _post(TE, b"0\r\nX-HTTP-Method-Override: DELETE\r\n\r\n"), REJECT),
+    ("trailer-original-url-underscore", _post(TE, b"0\r\nX_Original_URL: /admin\r\n\r\n"), REJECT),
+    ("trailer-forwarded-for", _post(TE, b"0\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"), REJECT),
+    ("trailer-obs-fold", _post(TE, b"0\r\nX-Sum: 1\r\n 2\r\n\r\n"), REJECT),
+    ("trailer-bare-lf", _post(TE, b"0\r\nX-Sum: 1\n\r\n"), REJECT),
+    ("trailer-space-before-colon", _post(TE, b"0\r\nX-Sum : 1\r\n\r\n"), REJECT),
+    # --- line ends, fields, request line -------------------------------------------------------
+    ("lf-only-before-pipelined", b"GET / HTTP/1.1\r\nHost: h\r\n\r\n\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+     REJECT),
+    ("vertical-tab-in-value", b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x0bb\r\n\r\n", REJECT),
+    ("formfeed-in-value", b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x0cb\r\n\r\n", REJECT),
+    ("high-bit-in-name", b"GET / HTTP/1.1\r\nHost: h\r\nX\xff: b\r\n\r\n", REJECT),
+    ("host-twice-other-case", b"GET / HTTP/1.1\r\nHost: h\r\nhost: h\r\n\r\n", REJECT),
+    ("host-with-space", b"GET / HTTP/1.1\r\nHost: h x\r\n\r\n", REJECT),
+    ("host-with-slash", b"GET / HTTP/1.1\r\nHost: h/admin\r\n\r\n", REJECT),
+    ("request-line-tab-separator", b"GET\t/ HTTP/1.1\r\nHost: h\r\n\r\n", REJECT),
+    ("request-line-trailing-space", b"GET / HTTP/1.1 \r\nHost: h\r\n\r\n", REJECT),
+    ("nul-in-target", b"GET /a\x00b HTTP/1.1\r\nHost: h\r\n\r\n", REJECT),
+    ("nul-in-method", b"G\x00T / HTTP/1.1\r\nHost: h\r\n\r\n", REJECT),
+    ("absolute-form-userinfo", b"GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n", REJECT),
+    ("absolute-form-at-in-authority", b"GET http://h:80@evil/ HTTP/1.1\r\nHost: h:80@evil\r\n\r\n", REJECT),
+    ("absolute-form-port-vs-host", b"GET http://h:8080/ HTTP/1.1\r\nHost: h\r\n\r\n", REJECT),
+    ("absolute-form-no-authority", b"GET http:///admin HTTP/1.1\r\nHost: h\r\n\r\n", REJECT),
+    ("absolute-form-backslash", b"GET http://h\\@evil/ HTTP/1.1\r\nHost: h\r\n\r\n", REJECT),
+    ("header-line-over-limit", b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 70000 + b"\r\n\r\n", REJECT),
+    ("too-many-fields", b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: a\r\n" * 200 + b"\r\n", REJECT),
+    ("request-line-over-limit", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", REJECT),
+    ("http10-cl-then-request", b"POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello" + _SMUGGLED,
+     [(b"POST", b"/", b"hello")]),
 ]

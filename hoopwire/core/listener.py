@@ -55,7 +55,7 @@ class Admission:
         if self.over is not None:
             raise self.over
         lst = self.listener
-        if len(lst.sessions) + lst.admitted >= lst.cfg.max_connections:
+        if lst.open_connections() + lst.admitted >= lst.cfg.max_connections:
             raise refusal
         lst.admitted += 1
         self.taken = True
@@ -116,6 +116,13 @@ class Listener:
 
     def apply_protocol(self, cfg, mask_engine) -> None:
         raise NotImplementedError
+
+    def open_connections(self) -> int:
+        """Client connections past their handshake that hold a max_connections slot. A SQL
+        session lives exactly as long as its connection; a protocol whose connections outlive
+        or precede their sessions (http: identity is per request, so an unauthenticated
+        keep-alive socket has none) counts its connections instead."""
+        return len(self.sessions)
 
     def mask_statement(self, sql: bytes) -> str:
         """A statement as it may appear in a log line: literals replaced by '?'."""

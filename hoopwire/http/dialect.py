@@ -74,8 +74,11 @@ What the guardrails scan: request_text
     LF body-prefix          (only when the relay passes a body)
 
 Selected headers: host, content-type, content-encoding, x-http-method-override, x-http-method,
-x-method-override, x-original-url, x-rewrite-url, x-forwarded-prefix. The URL headers are
-written canonical (a bad one raises BadTarget like the target). The method is upper-cased.
+x-method-override, x-original-url, x-rewrite-url, x-forwarded-prefix, also spelled with `_` for
+`-` (a WSGI server reads X_HTTP_Method_Override as the override). The URL headers are written
+canonical (a bad one raises BadTarget like the target). The method is upper-cased. None of them
+may come as a trailer: the parser refuses them there (a trailer arrives after the head was
+judged and forwarded).
 
 Views (statement_views). The code view is the request line and headers; the full view adds
 the body. A rule sees the code view unless it says `scan_literals = true`, which here means
@@ -95,12 +98,17 @@ Each reading is a text of its own: `^` is the start of its request line. More th
 is padding, not a client: the request is then read as sent plus a marker that the rule every
 rule set gets (`unreadable-request`) blocks, never a subset an attacker could pad past.
 
-Bodies the rules cannot read as the upstream will are refused while a body rule applies (the
-implied rule `unreadable-request-body`): a Content-Encoding other than identity (Express, Rails
-and Go middleware inflate what the rules saw compressed), a charset outside the ASCII-compatible
-allow-list (UTF-7 spells `<` as `+ADw-`; UTF-16/32 hide every ASCII word), and a body starting
-with a UTF-16/32 BOM or with a NUL in its first two bytes (Jackson and .NET detect UTF-16/32
-JSON from its first bytes). Without a body rule there is nothing to hide from.
+The body as the rules read it (body_text). Rules read text, so a body is read in the charset
+the upstream will read it in and scanned as UTF-8: the Content-Type charset, else a byte order
+mark, else, for JSON and XML, the NULs of its first bytes (Jackson, System.Text.Json and XML
+parsers find UTF-16/32 so), and an XML declaration's encoding. `D\0R\0O\0P\0` is DROP to the
+rules as it is to the upstream. Shift_JIS, Big5 and GBK bodies are read both ways (their second
+bytes may be ASCII letters). While a body rule applies, a body the rules cannot read as the
+upstream will is refused 415 (`unsupported_body`) before any rule runs: a Content-Encoding other
+than identity (Express, Rails and Go middleware inflate what the rules would see packed), a
+charset outside the list in body_text's table (UTF-7 spells `<` as `+ADw-`), bytes invalid in
+the charset, a BOM or XML declaration that disagrees with the Content-Type. Without a body rule
+there is nothing to hide from.
 
 Masking for logs and the audit (mask_literals): every query value (and a parameter with no `=`)
 becomes `?`, also in the URL headers, and the body becomes `?`: an `access_token=` in a query
@@ -116,15 +124,28 @@ import orjson
 
 from hoopwire.config import GuardrailConfig
 from hoopwire.http._literals import mask_literals   # C: the audit thread runs it without the GIL
+from hoopwire.http.errors import RequestRefused
 from hoopwire.http.packs import PACKS
 from hoopwire.policy.rules import FULL
 
-__all__ = ["BadTarget", "canonical_target", "request_text", "statement_views", "mask_literals",
-           "request_reads_body", "HttpDialect", "DIALECT", "SELECTED_HEADERS"]
+__all__ = ["BadTarget", "UnreadableBody", "canonical_target", "request_text", "body_text",
+           "statement_views", "mask_literals", "request_reads_body", "HttpDialect", "DIALECT",
+           "SELECTED_HEADERS"]
 
 
-class BadTarget(ValueError):
+class BadTarget(RequestRefused):
     """A request target (or URL header) with more than one reading: answered 400."""
+
+    status = 400
+    code = "bad_target"
+
+
+class UnreadableBody(RequestRefused):
+    """A body a rule must read that the gateway cannot read as the upstream will (compressed,
+    an unknown or undecodable charset): answered 415 (body_text)."""
+
+    status = 415
+    code = "unsupported_body"
 
 
 # the headers the request text carries, in the order it writes them
@@ -340,7 +361,9 @@ def request_text(head, path: bytes, body: bytes | None = None) -> bytes:
     picked = None
     for name, value in head.headers:
         if len(name) in _SELECTED_LENGTHS:        # most headers are ruled out by length alone
-            lname = name.lower()
+            # `_` read as `-`: CGI and WSGI servers put X_HTTP_Method_Override in the same
+            # environ key as X-HTTP-Method-Override (Werkzeug and uWSGI pass both through)
+            lname = name.lower().replace(b"_", b"-")
             order = _SELECTED.get(lname)
             if order is not None:
                 if picked is None:
@@ -356,6 +379,9 @@ def request_text(head, path: bytes, body: bytes | None = None) -> bytes:
                 value = canonical_target(value.strip())
             parts += (name, b": ", value, b"\n")
     if body is not None:
+        if body:
+            body = body_text(body, [v for _, n, v in picked or () if n == b"content-type"],
+                             [v for _, n, v in picked or () if n == b"content-encoding"])
         parts += (b"\n", body)
     return b"".join(parts)
 
@@ -371,18 +397,173 @@ _METHOD_PARAM = re.compile(rb"(?:^|[&;])_method=([^&;]*)")
 _BODY_METHOD = re.compile(rb'(?:^|&)_method=([A-Za-z%0-9+]*)'
                           rb'|name="?_method"?\r?\n(?:[^\r\n]+\r?\n)*\r?\n([A-Za-z]+)', re.I | re.M)
 _CONTENT_TYPE = re.compile(rb"^content-type: ([^\n]*)", re.M)
-_CONTENT_ENCODING = re.compile(rb"^content-encoding: ([^\n]*)", re.M)
-_CHARSET = re.compile(rb'(?i);\s*charset\s*=\s*"?([^";\s]*)')
-# charsets in which every ASCII byte means its ASCII character, as the rules read the body
-_ASCII_CHARSETS = frozenset((b"utf-8", b"utf8", b"us-ascii", b"ascii", b"iso-8859-1",
-                             b"latin1", b"latin-1", b"iso-8859-15", b"windows-1252", b"cp1252"))
-# What a request with more readings than _MAX_READINGS is scanned as, and a body the rules cannot
-# read as the upstream will: the rules every rule set gets (implied_guardrails) refuse them.
-# They start with a NUL: no request line does.
+# What a request with more readings than _MAX_READINGS is scanned as: the rule every rule set
+# gets (implied_guardrails) refuses it. It starts with a NUL: no request line does.
 UNREADABLE = b"\x00hoopwire:too-many-readings"
 UNREADABLE_PATTERN = r"^\x00hoopwire:too-many-readings"
-UNREADABLE_BODY = b"\x00hoopwire:unreadable-body"
-UNREADABLE_BODY_PATTERN = r"^\x00hoopwire:unreadable-body"
+
+
+# -- the body as the rules read it -------------------------------------------------------------
+
+# The charsets a body may declare while a body rule applies, by label (lower-case: IANA names
+# and the WHATWG aliases clients send), and the codec that reads them. Any other label is
+# refused: a body in a charset we cannot read hides its words from the rules. Left out on
+# purpose: UTF-7 (spells `<` as `+ADw-`; WHATWG dropped it), the stateful ISO-2022 family (an
+# escape turns ASCII bytes into other characters), and Python's own codecs (`unicode_escape`
+# reads `\x44` as `D`, `punycode` rewrites ASCII: readings no upstream shares).
+_CHARSETS: dict[bytes, str] = {
+    b"utf-8": "utf-8", b"utf8": "utf-8", b"unicode-1-1-utf-8": "utf-8",
+    b"us-ascii": "latin-1", b"ascii": "latin-1", b"iso-8859-1": "latin-1",
+    b"iso8859-1": "latin-1", b"iso_8859-1": "latin-1", b"latin1": "latin-1",
+    b"latin-1": "latin-1", b"l1": "latin-1",
+    b"utf-16": "utf-16", b"utf-16le": "utf-16-le", b"utf-16be": "utf-16-be",
+    b"utf-32": "utf-32", b"utf-32le": "utf-32-le", b"utf-32be": "utf-32-be",
+    b"koi8-r": "koi8-r", b"koi8-u": "koi8-u",
+    b"shift_jis": "shift_jis", b"shift-jis": "shift_jis", b"sjis": "shift_jis",
+    b"windows-31j": "cp932", b"cp932": "cp932", b"euc-jp": "euc-jp", b"euc-kr": "euc-kr",
+    b"gbk": "gbk", b"gb2312": "gbk", b"gb18030": "gb18030", b"big5": "big5",
+}
+_CHARSETS.update({b"windows-%d" % n: "cp%d" % n for n in range(1250, 1259)})
+_CHARSETS.update({b"cp%d" % n: "cp%d" % n for n in range(1250, 1259)})
+for _n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16):
+    for _label in (b"iso-8859-%d", b"iso8859-%d", b"iso_8859-%d"):
+        _CHARSETS[_label % _n] = "iso8859-%d" % _n
+# Multi-byte charsets whose second byte may be an ASCII letter (Shift_JIS 0x40-0x7E, Big5 and
+# GBK 0x40-0x7E): `\x81DROP` is one character and "ROP" to us, "DROP" to an upstream that
+# ignores the charset and reads bytes. The rules read such a body both ways.
+_KEEP_RAW = frozenset(("shift_jis", "cp932", "big5", "gbk", "gb18030"))
+# UTF-32 before UTF-16: FF FE 00 00 is UTF-32LE's mark
+_BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"),
+         (b"\xef\xbb\xbf", "utf-8"), (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"))
+_CHARSET = re.compile(rb'(?i);\s*charset\s*=\s*"?([^";\s]*)')
+# the first bytes of a body with a BOM, or NULs a JSON reader may sniff
+_MAYBE_MARKED = frozenset((b"\x00", b"\xef", b"\xfe", b"\xff"))
+# The media types whose readers find the charset in the body itself, from a BOM or the NULs of
+# its first bytes (Jackson, System.Text.Json and XML parsers do: RFC 4627 3, XML 1.0 F.1; text/*
+# too, where a reader may do the same)
+_SNIFFED = re.compile(rb"(?i)^\s*(?:application/(?:[\w.+-]*\+)?(?:json|xml)|text/[\w.+-]+)\s*(?:;|$)")
+_XML_TYPE = re.compile(rb"(?i)^\s*(?:application|text)/(?:[\w.+-]*\+)?xml\s*(?:;|$)")
+_XML_DECL = re.compile(r"^\ufeff?<\?xml[^>]*?\sencoding\s*=\s*[\"']([A-Za-z0-9._:-]+)[\"']")
+
+
+def _codec(label: bytes) -> str:
+    codec = _CHARSETS.get(label.strip().lower())
+    if codec is None:
+        raise UnreadableBody(f"the body's charset {label.decode('latin-1')!r} is not one the "
+                             "guardrails read")
+    return codec
+
+
+def _family(codec: str) -> str:
+    """'utf-16' for utf-16, utf-16-le and utf-16-be (a BOM names one of them)."""
+    return codec[:6] if codec.startswith(("utf-16", "utf-32")) else codec
+
+
+def _sniff(body: bytes) -> str | None:
+    """The UTF-16/32 a JSON or XML reader finds in a body without a BOM, from where its first
+    bytes are NUL (RFC 4627 3); None for a body without NUL there."""
+    head = body[:4]
+    if b"\x00" not in head[:2]:
+        return None
+    if len(head) == 4:
+        if head[:3] == b"\x00\x00\x00":
+            return "utf-32-be"
+        if head[1:] == b"\x00\x00\x00":
+            return "utf-32-le"
+    if head[:1] == b"\x00" and head[1:2] != b"\x00":
+        return "utf-16-be"
+    if head[:1] != b"\x00" and head[1:2] == b"\x00":
+        return "utf-16-le"
+    raise UnreadableBody("the body starts with NUL bytes no text encoding explains")
+
+
+def body_text(body: bytes, ctypes: list, encodings: list) -> bytes:
+    """The body as the rules read it: UTF-8, decoded from the charset it declares (the
+    Content-Type charset, a BOM, or for JSON and XML the NULs of its first bytes; an XML
+    declaration's encoding too). UnreadableBody (415) for a body the rules cannot read as the
+    upstream will: a Content-Encoding (the upstream inflates what the rules would see packed:
+    decoding here would mean a second inflater that must agree with the upstream's on
+    `deflate`, which servers read as zlib or raw, and a bomb to bound, for a rare request
+    shape), an unknown charset, bytes invalid in it, or two declarations that disagree.
+    Multipart bodies are read as bytes (each part has its own type)."""
+    if not encodings and len(ctypes) < 2 and body[:1] not in _MAYBE_MARKED and \
+            b"\x00" not in body[1:4]:
+        ctype = ctypes[0] if ctypes else b""
+        if b"=" not in ctype and b"xml" not in ctype.lower():
+            # no charset parameter (it has an '='), no BOM, no NUL to sniff, no XML
+            # declaration: the bytes as sent. The common request pays this test alone.
+            return body
+    for value in encodings:
+        if any(t.strip().lower() not in (b"identity", b"") for t in value.split(b",")):
+            raise UnreadableBody("a compressed request body (Content-Encoding: "
+                                 f"{value.decode('latin-1')}) cannot be inspected: send it "
+                                 "uncompressed")
+    labels = {m.lower() for v in ctypes for m in _CHARSET.findall(v)}
+    ctype = ctypes[0] if ctypes else b""
+    if len(ctypes) > 1 and len({v.strip().lower() for v in ctypes}) > 1:
+        raise UnreadableBody("more than one Content-Type, and they differ")
+    if ctype.lower().lstrip().startswith(b"multipart/"):
+        return body
+    declared = None
+    if labels:
+        if len(labels) > 1:
+            raise UnreadableBody("the Content-Type declares more than one charset")
+        declared = _codec(labels.pop())
+    text_like = not ctype.strip() or _SNIFFED.match(ctype) is not None or \
+        ctype.lower().lstrip().startswith(b"application/x-www-form-urlencoded")
+    bom = None
+    if text_like or declared is not None:
+        bom = next((c for mark, c in _BOMS if body.startswith(mark)), None)
+    codec = declared
+    if bom is not None:
+        # `utf-16` takes either mark; `utf-16le` only its own (Java's UTF-16LE reads an FE FF
+        # mark as a character and the rest little-endian, whatever the mark says)
+        if declared is not None and bom != declared and _family(bom) != declared:
+            raise UnreadableBody("the body's byte order mark and its declared charset disagree")
+        codec = bom
+    elif declared is None and (not ctype.strip() or _SNIFFED.match(ctype)):
+        codec = _sniff(body)
+    if codec is None or codec == "utf-8":
+        text = None if bom is None else body[3:]
+    elif codec in ("utf-16", "utf-32"):
+        # no mark: big-endian to Java and RFC 2781 4.3, little-endian to .NET's "utf-16":
+        # the rules read it both ways
+        text = _decode(body, codec + "-be", False) + b"\n" + _decode(body, codec + "-le", False)
+    else:
+        text = _decode(body, codec, bom is not None)
+    if _XML_TYPE.match(ctype):
+        if body.startswith(b"\x4c\x6f\xa7\x94"):
+            # `<?xm` in EBCDIC: XML parsers detect it (XML 1.0 F.1) and read DROP from bytes
+            # that are no ASCII word
+            raise UnreadableBody("an EBCDIC XML body cannot be inspected")
+        _check_xml_declaration(body if text is None else text, codec or "utf-8",
+                               declared is not None or bom is not None)
+    if text is None:
+        return body
+    return text + b"\n" + body if codec in _KEEP_RAW else text
+
+
+def _decode(body: bytes, codec: str, strip_bom: bool) -> bytes:
+    try:
+        text = body.decode(codec)
+    except UnicodeDecodeError:
+        raise UnreadableBody(f"the body is not valid {codec}") from None
+    if strip_bom and text[:1] == "\ufeff":
+        text = text[1:]
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _check_xml_declaration(text: bytes, codec: str, declared: bool) -> None:
+    """An XML parser reads the encoding an `<?xml ... encoding="x"?>` names when nothing else
+    does: a declaration that disagrees with what the rules read is refused."""
+    m = _XML_DECL.match(text[:256].decode("utf-8", "replace"))
+    if m is None:
+        return
+    named = _codec(m.group(1).encode("ascii"))
+    if _family(named) != _family(codec) and not ({named, codec} <= {"utf-8", "latin-1"}
+                                                 and not declared):
+        raise UnreadableBody(f"the XML declaration names {m.group(1)!r}, the body reads as "
+                             f"{codec}")
 
 
 def _claimed(value: bytes) -> bytes:
@@ -397,21 +578,11 @@ def _form_decode(value: bytes) -> bytes:
     return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m.group(1), 16),)), value)
 
 
-def _body_readings(rest: bytes, body: bytes, methods: list) -> bool:
-    """Add the methods a body claims to `methods`; False when the rules cannot read the body as
-    the upstream will (implied_guardrails refuses it then)."""
-    for m in _CONTENT_ENCODING.finditer(rest):
-        if any(t.strip().lower() not in (b"identity", b"") for t in m.group(1).split(b",")):
-            return False   # Express, Rails and Go middleware inflate what the rules saw packed
+def _body_readings(rest: bytes, body: bytes, methods: list) -> None:
+    """Add the methods a body claims to `methods` (the body is UTF-8 already: body_text)."""
     ctype = b""
     for m in _CONTENT_TYPE.finditer(rest):
         ctype += m.group(1).lower() + b"\n"
-        c = _CHARSET.search(m.group(1))
-        if c is not None and c.group(1).lower() not in _ASCII_CHARSETS:
-            return False   # UTF-7 spells '<' as +ADw-; UTF-16/32 hide every ASCII word
-    if body[:2] in (b"\xfe\xff", b"\xff\xfe") or b"\x00" in body[:2]:
-        return False       # UTF-16/32 (a BOM, or NUL in the first two bytes): Jackson and
-        #                    .NET read a JSON body so by its first bytes
     if b"_method" in body:
         for m in _BODY_METHOD.finditer(body):
             methods.append(_claimed(m.group(1) or m.group(2)))
@@ -433,7 +604,6 @@ def _body_readings(rest: bytes, body: bytes, methods: list) -> bool:
             doc = None
         if isinstance(doc, dict) and isinstance(doc.get("_method"), str):
             methods.append(doc["_method"].encode("utf-8", "replace").strip().upper())
-    return True
 
 
 _JSON_METHOD = re.compile(rb'"_method"\s*:\s*"([^"\\]*)"')
@@ -467,9 +637,8 @@ def statement_views(text: bytes, want_full: bool, *args, **kwargs) -> tuple:
     if b"_method=" in query:
         for m in _METHOD_PARAM.finditer(query):
             methods.append(_claimed(m.group(1)))
-    readable = True
     if body is not None and want_full and len(body) > 1:
-        readable = _body_readings(rest, body[1:], methods)
+        _body_readings(rest, body[1:], methods)
     if len(methods) == 1 and len(targets) == 1:
         code = [head]
     else:
@@ -487,9 +656,6 @@ def statement_views(text: bytes, want_full: bool, *args, **kwargs) -> tuple:
     if body is None:
         return code, code, False
     full = [c if c[:1] == b"\x00" else c + body for c in code]
-    if not readable:
-        code.append(UNREADABLE_BODY)
-        full.append(UNREADABLE_BODY)
     return code, full, False
 
 
@@ -555,21 +721,15 @@ class HttpDialect:
 
     @staticmethod
     def implied_guardrails(rules: tuple) -> tuple:
-        """The rules every rule set gets (an empty one gets none): `unreadable-request` (too
-        many readings) always, `unreadable-request-body` when a rule reads bodies (the module
-        docstring says which bodies)."""
+        """The rule every rule set gets (an empty one gets none): `unreadable-request` (too
+        many readings). Bodies the rules cannot read are refused 415 before any rule runs
+        (body_text)."""
         if not rules:
             return rules
-        extra = (GuardrailConfig(
+        return rules + (GuardrailConfig(
             name="unreadable-request", patterns=(UNREADABLE_PATTERN,),
             message="the request claims too many methods or paths (override headers, "
                     "_method) to be checked"),)
-        if not any(g.scan_literals for g in rules):
-            return rules + extra
-        return rules + extra + (GuardrailConfig(
-            name="unreadable-request-body", patterns=(UNREADABLE_BODY_PATTERN,),
-            message="a request body the guardrails cannot read (compressed, UTF-16/32) is not "
-                    "allowed while body rules apply"),)
 
 
 DIALECT = HttpDialect()

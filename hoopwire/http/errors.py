@@ -10,16 +10,28 @@ from __future__ import annotations
 
 import orjson
 
-__all__ = ["response", "REASONS", "RID_PLACEHOLDER", "with_request_id", "code_of"]
+__all__ = ["response", "REASONS", "RID_PLACEHOLDER", "with_request_id", "code_of",
+           "RequestRefused"]
 
 REASONS = {
     100: b"Continue", 200: b"OK", 400: b"Bad Request", 401: b"Unauthorized",
     403: b"Forbidden", 404: b"Not Found", 408: b"Request Timeout",
-    413: b"Content Too Large", 414: b"URI Too Long", 417: b"Expectation Failed",
+    413: b"Content Too Large", 414: b"URI Too Long", 415: b"Unsupported Media Type",
+    417: b"Expectation Failed",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
     504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
+
+
+class RequestRefused(ValueError):
+    """A request the gateway answers itself before any rule runs, as `status` with the JSON
+    `code` and the exception's text as its message (hoopwire.http.dialect raises them while
+    it builds the request text: BadTarget 400, UnreadableBody 415)."""
+
+    status = 400
+    code = "bad_request"
+
 
 # The core asks the adapter for an error before the relay knows which request it answers
 # (a denied approval): such a body carries this placeholder, as long as a request id (16 hex

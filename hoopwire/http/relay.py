@@ -385,9 +385,13 @@ class Relay(asyncio.Protocol):
         """The guardrails' verdict: True to forward now; False when refused or held."""
         try:
             text = req.text = self.conf.request_text(req.head, req.path, body)
-        except ValueError as e:      # BadTarget: a URL header with more than one reading
-            self._answer(req, errors.response(400, "bad_target", str(e), req.rid, close=True),
-                         close=True)
+        except ValueError as e:      # errors.RequestRefused: BadTarget 400, UnreadableBody 415
+            status, code = getattr(e, "status", 400), getattr(e, "code", "bad_target")
+            event(log, "request refused", logging.WARNING, connection=self.cfg.name,
+                  peer=self.peer, status=status, reason=code, request_id=req.rid.decode())
+            close = not req.req_done    # a body read whole leaves the connection in step
+            self._answer(req, errors.response(status, code, str(e), req.rid, close=close),
+                         close=close)
             return False
         verdict = self.policy.check(text)
         if verdict is None:

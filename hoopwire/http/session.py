@@ -270,6 +270,13 @@ class HttpListener(Listener):
         if self.pool is not None:
             self.pool.close()
 
+    def open_connections(self) -> int:
+        """Every client connection with a relay counts against max_connections, authenticated
+        or not: an HTTP session starts only with a request's token, so counting sessions let
+        idle or 401'd sockets pile up without bound (each a socket and a relay); the
+        request_timeout closes one that sends no request."""
+        return len(self.relays)
+
     def new_session(self, relay, identity, peer: str, tls: bool) -> Session:
         """A Session for `identity` on `relay`'s connection, recorded and counted."""
         s = Session(self, identity, "default", peer, tls, "")

@@ -60,10 +60,18 @@ _tables()
 # fields a chunked body's trailer section may not carry: framing, routing and credentials. The
 # trailers are forwarded as received, and a server that merges them into its headers would
 # otherwise get a second Host, length or Authorization the gateway never judged (RFC 9110 §6.5.1).
+# Also every field the guardrail text reads (hoopwire.http.dialect.SELECTED_HEADERS: the method
+# overrides, X-Original-URL, X-Forwarded-Prefix) and the ones the gateway sets itself: a head is
+# judged and forwarded before its body arrives (bodies stream, 64 KiB backlog at most), so a
+# trailer comes too late to be judged; refused for every request, a rule on a header cannot be
+# sidestepped by sending it last (Tomcat merges allowed trailers into the headers).
 cdef frozenset NO_TRAILER = frozenset((
     b"content-length", b"transfer-encoding", b"host", b"connection", b"upgrade", b"te",
     b"trailer", b"expect", b"authorization", b"proxy-authorization", b"content-type",
-    b"content-encoding", b"cookie", b"keep-alive", b"proxy-connection"))
+    b"content-encoding", b"cookie", b"keep-alive", b"proxy-connection",
+    b"x-http-method-override", b"x-http-method", b"x-method-override", b"x-original-url",
+    b"x-rewrite-url", b"x-forwarded-prefix", b"x-forwarded-for", b"x-forwarded-host",
+    b"x-forwarded-proto", b"forwarded", b"x-request-id"))
 
 
 cdef inline bytes _slice(object src, const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
@@ -291,8 +299,9 @@ cdef class _Parser:
             # OWS may be a tab (RFC 9110 §5.6.3), but llhttp (Node) refuses `chunked<HT>` and
             # a server that keeps the tab reads another coding: framing fields get spaces only
             return self.fail(400, "tab around a framing field's value")
-        if trailer and name.lower() in NO_TRAILER:
-            return self.fail(400, "framing or credential field in trailers")
+        if trailer and name.lower().replace(b"_", b"-") in NO_TRAILER:
+            # `_` as `-`: CGI and WSGI servers name X_HTTP_Method_Override as the dashed one
+            return self.fail(400, "a framing, credential or inspected field in trailers")
         self.fields.append((name, PyBytes_FromStringAndSize(<const char*>q + a, b - a)))
         return 0
 
