@@ -29,6 +29,7 @@ EXTENSIONS = {
     "hoopwire.mysql._sqllex": "ext/hoopwire/mysql/_sqllex.pyx",
     "hoopwire.http._parse": "ext/hoopwire/http/_parse.pyx",
     "hoopwire.http._literals": "ext/hoopwire/http/_literals.pyx",
+    "hoopwire.http._relay": "ext/hoopwire/http/_relay.pyx",
     "hoopwire._sqlnorm": "ext/hoopwire/_sqlnorm.pyx",
     "hoopwire._mask": "ext/hoopwire/_mask.pyx",
     "hoopwire._auditlog": "ext/hoopwire/_auditlog.pyx",

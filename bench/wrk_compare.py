@@ -8,6 +8,8 @@ handling, CPU accounting and statistics are reused).
     python bench/wrk_compare.py --rounds 3 --duration 5
     python bench/wrk_compare.py --targets direct,nginx,haproxy --duration 5     # no gateway
     python bench/wrk_compare.py --bodies 1k --targets direct,nginx,hoopwire,hoopwire-twin
+    python bench/wrk_compare.py --bodies 1k --targets nginx,hoopwire,hoopwire-baseline \
+        --baseline-tree /tmp/before      # a change's before/after in one run
 
 The upstream is nginx serving static JSON files (sendfile, open_file_cache, no access log): the
 cheapest HTTP server at hand, so that it is not the bottleneck and every proxy sees the same
@@ -54,9 +56,12 @@ from sysbench_compare import load_average, machine_busy_seconds  # noqa: E402
 ALL_TARGETS = ("direct", "nginx", "haproxy", "hoopwire", "hoopwire-masked")
 # ask for these by name (--targets ...):
 #   hoopwire-bare  hoopwire with no guardrail (auth and relay only): what the rules cost
+#   hoopwire-baseline  `hoopwire` run from another source tree (--baseline-tree, e.g. a copy
+#                  of the tree before a change, its extensions built): a change's before/after
+#                  in one run, where a busy machine moves every figure between two runs
 #   hoopwire-twin  a second `hoopwire` configured exactly like it: its ratio to it is what two
 #                  identical gateway processes differ by in this run
-EXTRA_TARGETS = ("hoopwire-bare", "hoopwire-twin")
+EXTRA_TARGETS = ("hoopwire-bare", "hoopwire-twin", "hoopwire-baseline")
 HOOPWIRE_TARGETS = ("hoopwire", "hoopwire-masked") + EXTRA_TARGETS
 BODIES = {"1k": 1024, "64k": 65536}
 # the guardrails of `hoopwire` and `hoopwire-masked`: the HTTP packs (none of which a GET of a
@@ -248,10 +253,13 @@ def hoopwire_config(upstream_port: int, api_key: str, *, guardrails: bool, maski
 
 
 def start_hoopwire(name: str, upstream_port: int, api_key: str, secret: str,
-                   workers: int) -> Gateway:
+                   workers: int, baseline_tree: str | None = None) -> Gateway:
     config = hoopwire_config(upstream_port, api_key,
                              guardrails=name != "hoopwire-bare",
                              masking=name == "hoopwire-masked")
+    if name == "hoopwire-baseline":
+        return Gateway(config, env={UPSTREAM_SECRET_ENV: secret}, workers=workers,
+                       tree=baseline_tree)
     return Gateway(config, env={UPSTREAM_SECRET_ENV: secret}, workers=workers)
 
 
@@ -436,11 +444,14 @@ def print_tables(body_names: list[str], targets: list[str],
                 lo, hi = median_interval(r)
                 print(f"    {t} / nginx per round: median {statistics.median(r):.3f}, 95% "
                       f"interval {lo:.3f}-{hi:.3f}, range {min(r):.3f}-{max(r):.3f}")
-            cpu = [(a.proxy_cpu_us, n.proxy_cpu_us) for a, n in zip(runs[t], runs.get("nginx", []))
-                   if a and n and a.proxy_cpu_us and n.proxy_cpu_us]
-            if cpu:
-                print(f"    {t} proxy CPU / nginx's, per round: median "
-                      f"{statistics.median(a / n for a, n in cpu):.2f}")
+            for base in ("nginx", "hoopwire-baseline"):
+                if t == base or base not in runs:
+                    continue
+                cpu = [(a.proxy_cpu_us, n.proxy_cpu_us) for a, n in zip(runs[t], runs[base])
+                       if a and n and a.proxy_cpu_us and n.proxy_cpu_us]
+                if cpu:
+                    print(f"    {t} proxy CPU / {base}'s, per round: median "
+                          f"{statistics.median(a / n for a, n in cpu):.2f}")
         if "hoopwire-masked" in targets:
             kib = body_size[b] / 1024
             masked = median_or_none([r.proxy_cpu_us for r in runs["hoopwire-masked"] if r])
@@ -494,12 +505,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="worker_processes of the upstream nginx (default 1)")
     ap.add_argument("--seed", type=int, default=None, help="seed for the target order")
     ap.add_argument("--json", metavar="PATH", help="also write every run's numbers as JSON")
+    ap.add_argument("--baseline-tree", metavar="DIR",
+                    help="the source tree the hoopwire-baseline target runs (with its built "
+                         "extensions): e.g. rsync -a --exclude .git ./ /tmp/before/ before a "
+                         "change")
     args = ap.parse_args(argv)
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = set(targets) - set(ALL_TARGETS) - set(EXTRA_TARGETS)
     if unknown or not targets:
         ap.error(f"unknown targets: {', '.join(sorted(unknown)) or '(none)'}")
+    if ("hoopwire-baseline" in targets) != bool(args.baseline_tree):
+        ap.error("the hoopwire-baseline target and --baseline-tree go together")
     body_names = [b.strip() for b in args.bodies.split(",") if b.strip()]
     if not body_names or set(body_names) - set(BODIES):
         ap.error(f"--bodies: 1k and/or 64k, not {args.bodies}")
@@ -538,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
                     stack.callback(svc.stop)
                     by_name[name] = Target(name, svc.port, svc.pid)
                 else:
-                    gw = start_hoopwire(name, upstream.port, api_key, secret, args.proxy_workers)
+                    gw = start_hoopwire(name, upstream.port, api_key, secret, args.proxy_workers,
+                                        args.baseline_tree)
                     stack.callback(gw.stop)
                     by_name[name] = Target(name, gw.port("api"), gw.pid)
             except (GatewayError, RuntimeError) as e:

@@ -41,6 +41,9 @@ BACKLOG_MAX = 64 * 1024
 # Identities cached per connection: one token per connection is the rule; a client rotating
 # through more is served, the oldest entry dropped.
 TOKENS_MAX = 8
+# Verdicts cached per connection (Relay.verdicts): an agent repeats a few method+target shapes;
+# bounded, dropped whole when full (cheaper than an LRU per request)
+VERDICTS_MAX = 256
 
 # RFC 9110 7.6.1: the fields a proxy never forwards (with those the Connection field names);
 # Transfer-Encoding is forwarded as is because the body is forwarded as it was framed.
@@ -72,7 +75,7 @@ class _Req:
                  "pending", "pending_bytes", "req_done", "resp_started", "resp_close",
                  "skip_end", "up_deadline", "retried", "body_sent", "phase", "inspect", "status",
                  "close_after", "identity", "error", "keep_alive", "sent_at", "up_reusable",
-                 "dechunk", "mask", "masked")
+                 "dechunk", "mask", "masked", "shape")
 
     def __init__(self, head, rid: bytes):
         self.head = head
@@ -104,6 +107,7 @@ class _Req:
         self.dechunk = False         # an HTTP/1.0 client gets a chunked body's data only
         self.mask = None             # the response's _Masking while masking rules apply
         self.masked = 0              # values masked in its response
+        self.shape = None            # the Host when the request text is method+target+Host
 
 
 class Relay(asyncio.Protocol):
@@ -131,6 +135,12 @@ class Relay(asyncio.Protocol):
         self.policy = None                # RelayHandle: the session's GroupPolicy (reload swaps)
         self.reads_body = False           # some rule of it reads request bodies
         self.tokens: dict[bytes, tuple] = {}   # token -> (identity, policy)
+        # (method, target, Host) -> (canonical target, request text) of requests without a
+        # body that no rule matched under the current policy: the next one skips the target's
+        # canonical form, the request text and the policy lookup (set_policy empties it). Only
+        # for heads whose guardrail text is made of the method, target and Host alone
+        # (Rewriter.scan) and with no body (nothing of a body or trailer is in the text)
+        self.verdicts: dict[tuple, tuple] = {}
         self.held = False
         self.units_sent = 0
         self.units_done = 0
@@ -270,10 +280,11 @@ class Relay(asyncio.Protocol):
                 501, "not_implemented", "CONNECT and protocol upgrades (websocket) are not "
                 "relayed by this gateway", rid, close=True), close=True)
             return
-        value = head.get(conf.identity_header)
-        token = _bearer(value)
+        # _bearer(head.get(identity_header)) and the verdict cache's Host, in one C pass
+        token, req.shape = conf.rw.scan(head)
         if token is None:
-            self._unauthorized(req, "no_token" if value is None else "bad_scheme")
+            self._unauthorized(req, "no_token" if head.get(conf.identity_header) is None
+                               else "bad_scheme")
             return
         hit = self.tokens.get(token)
         if hit is not None:
@@ -356,6 +367,13 @@ class Relay(asyncio.Protocol):
             self.set_policy(policy)
         req.identity = identity
         head = req.head
+        if req.shape is not None and self.policy is not None and head.body == B_NONE:
+            hit = self.verdicts.get((head.method, head.target, req.shape))
+            if hit is not None:
+                # judged before, nothing matched: the same canonical target and text
+                req.path, req.text = hit
+                self._forward(req)
+                return
         try:
             req.path = self.conf.canonical(head.target, head.method)
         except ValueError as e:
@@ -395,6 +413,13 @@ class Relay(asyncio.Protocol):
             return False
         verdict = self.policy.check(text)
         if verdict is None:
+            head = req.head
+            if body is None and req.shape is not None and head.body == B_NONE and \
+                    text == _shape_text(head.method, req.path, req.shape):
+                verdicts = self.verdicts
+                if len(verdicts) >= VERDICTS_MAX:
+                    verdicts.clear()
+                verdicts[(head.method, head.target, req.shape)] = (req.path, text)
             return True
         s = self.session
         if verdict.action == "block":
@@ -419,6 +444,7 @@ class Relay(asyncio.Protocol):
         from hoopwire.http.session import request_reads_body
         self.policy = policy
         self.reads_body = request_reads_body(policy)
+        self.verdicts = {}               # judged by the policy before: judged again
 
     def decide(self, approved: bool, error) -> None:
         """RelayHandle: the held request's approval was decided (or expired)."""
@@ -470,7 +496,8 @@ class Relay(asyncio.Protocol):
 
     def _forward(self, req: _Req) -> None:
         req.phase = "connect"
-        req.out_head = self.conf.build_head(req, self)
+        # HttpConf.build_head, in C
+        req.out_head = self.conf.rw.request(req.head, req.path, self.xff, req.rid)
         pool = self.listener.pool
         up = pool.take_idle()
         if up is not None:
@@ -511,14 +538,14 @@ class Relay(asyncio.Protocol):
         up.parser.expect(req.method)
         req.phase = "forward"
         if req.pending:
-            up.write(req.out_head + b"".join(req.pending))
+            up.transport.write(req.out_head + b"".join(req.pending))
             req.pending = []
             req.body_sent = True
             if req.pending_bytes > BACKLOG_MAX:
                 self.resume_client("body")
             req.pending_bytes = 0
         else:
-            up.write(req.out_head)
+            up.transport.write(req.out_head)   # (up.write's body: a Python call less)
         if self.out_paused:
             up.paused = True
             up.transport.pause_reading()
@@ -594,7 +621,12 @@ class Relay(asyncio.Protocol):
                             self._unmaskable(req, up)
                             return
                         continue
-                write(self.conf.response_head(req, head))
+                # HttpConf.response_head(req, head), in C
+                data, req.resp_close, dechunk = self.conf.rw.response(
+                    head, req.head.version == 10, req.req_done, req.keep_alive, req.rid)
+                if dechunk:
+                    req.dechunk = True
+                write(data)
             elif kind == END:
                 if req.skip_end:
                     req.skip_end = False
@@ -754,7 +786,7 @@ class Relay(asyncio.Protocol):
                 (self.eof and not self.queue):
             self._close("client_done")
             return
-        self._arm_request_timer()
+        self.deadline = time.monotonic() + self.conf.request_timeout   # _arm_request_timer
         if self.queue and not self.busy:
             self._pump()
 
@@ -996,6 +1028,13 @@ def _mask_counter(name: str, key: str):
 def _merge_counts(into: dict, counts: dict | None) -> None:
     for k, n in (counts or {}).items():
         into[k] = into.get(k, 0) + n
+
+
+def _shape_text(method: bytes, path: bytes, host: bytes) -> bytes:
+    """The request text of a method, canonical target and Host with no other field of it: what
+    dialect.request_text must have made for a verdict to be cached (a field it reads that
+    Rewriter.scan did not see would make it differ, and the verdict is then not cached)."""
+    return method.upper() + b" " + path + b"\n" + (b"host: " + host + b"\n" if host else b"")
 
 
 def _bearer(value: bytes | None) -> bytes | None:

@@ -32,8 +32,8 @@ TICK = 0.25
 __all__ = ["HttpListener", "HttpConf", "DIALECT", "request_reads_body", "BadTarget"]
 
 # H4's dialect: the request text guardrails scan, the canonical target, the packs
-from hoopwire.http.dialect import (DIALECT, BadTarget, canonical_target, request_reads_body,
-                                   request_text)
+from hoopwire.http.dialect import (DIALECT, SELECTED_HEADERS, BadTarget, canonical_target,
+                                   request_reads_body, request_text)
 
 try:  # H3's JSON masker
     from hoopwire.http.jsonmask import JsonMasker
@@ -44,6 +44,11 @@ except ImportError:  # pragma: no cover
 def _parse_module():
     from hoopwire.http import _parse
     return _parse
+
+
+def _relay_module():
+    from hoopwire.http import _relay
+    return _relay
 
 
 def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
@@ -101,6 +106,11 @@ class HttpConf:
         self._identity_encoding = on
         self.drop = self._drop | {b"accept-encoding"} if on else self._drop
         self._drops = {}
+        # the relay's per-request rewrites in C (hoopwire.http._relay): build_head and
+        # response_head below are their reference, used where a body is re-framed
+        self.rw = _relay_module().Rewriter(self.base, self.host, self.keep_client_host,
+                                           self.drop, self.cred_line, on, _RESP_HOP,
+                                           self.identity_header, frozenset(SELECTED_HEADERS))
 
     def canonical(self, target: bytes, method: bytes) -> bytes:
         """The origin-form target the upstream gets (and the guardrails judge); ValueError
