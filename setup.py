@@ -30,6 +30,7 @@ EXTENSIONS = {
     "hoopwire.http._parse": "ext/hoopwire/http/_parse.pyx",
     "hoopwire.http._literals": "ext/hoopwire/http/_literals.pyx",
     "hoopwire.http._relay": "ext/hoopwire/http/_relay.pyx",
+    "hoopwire.http._jsonwalk": "ext/hoopwire/http/_jsonwalk.pyx",
     "hoopwire._sqlnorm": "ext/hoopwire/_sqlnorm.pyx",
     "hoopwire._mask": "ext/hoopwire/_mask.pyx",
     "hoopwire._auditlog": "ext/hoopwire/_auditlog.pyx",

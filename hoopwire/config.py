@@ -252,6 +252,7 @@ class ConnectionConfig:
     upstream_max_connections: int = 100
     request_timeout: float = 30.0         # head + body of one request (slowloris) -> 408
     upstream_timeout: float = 60.0        # request sent -> first response byte -> 504
+    mask_timeout: float = 2.0             # masking one gathered JSON response -> 504
 
 
 # What `hoopwire check-config --connect` can find about an upstream role (hoopwire/pg/posture.py
@@ -831,7 +832,7 @@ def _connection(r: _Reader) -> ConnectionConfig | None:
 _HTTP_KEYS = ("credential_header", "credential_format", "identity_header", "host_header",
               "max_request_line", "max_header_bytes", "max_headers", "inspect_body_bytes",
               "mask_body_bytes", "upstream_max_connections", "request_timeout",
-              "upstream_timeout")
+              "upstream_timeout", "mask_timeout")
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -865,7 +866,8 @@ def _http_keys(r: _Reader) -> dict:
         r.error("upstream_max_connections", "must be at least 1")
         n = 100
     out["upstream_max_connections"] = n if n is not None else 100
-    for key, default in (("request_timeout", 30.0), ("upstream_timeout", 60.0)):
+    for key, default in (("request_timeout", 30.0), ("upstream_timeout", 60.0),
+                         ("mask_timeout", 2.0)):
         v = r.get(key, (int, str, float), default, convert=parse_duration)
         if v is not None and v <= 0:
             r.error(key, "must be positive")

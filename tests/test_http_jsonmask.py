@@ -526,3 +526,214 @@ def test_config_accepts_exactly_the_paths_the_masker_compiles(path):
     assert (_json_path_problem(path) is None) == compiles
     if path in ("$..password", "**.password", "$.users[*].email"):
         assert compiles
+
+
+# -- the C walk (hoopwire/http/_jsonwalk.pyx) against the Python reference walk (issue 21) --------
+
+import threading  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from hoopwire.http import jsonmask as jm  # noqa: E402
+
+RULE_SETS = [
+    # (paths, strategy, keep, detectors, detector strategy)
+    (("$.users[*].email", "**.password", "$.a[1].b", "$.*.card"), "redact", 4, DETECTORS,
+     "redact"),
+    (("$..email", "$.a.*", "$.n"), "partial", 2, DETECTORS, "partial"),
+    (("**.Card", "$.a[0]"), "hash", 4, ("EMAIL", "CREDIT_CARD"), "hash"),
+    (("$.a", "**.note"), "format", 4, (), "redact"),
+    (("$.users.password",), "null", 4, ("EMAIL", "US_SSN"), "format"),
+    (("$",), "redact", 4, (), "redact"),
+    ((), "redact", 4, DETECTORS, "partial"),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _pair(rules):
+    """(the Python reference masker, the C one) of one rule set, on one engine."""
+    paths, strategy, keep, detectors, det_strategy = rules
+    masks = []
+    if paths:
+        masks.append(MaskConfig(paths=paths, strategy=strategy, keep=keep))
+    if detectors:
+        masks.append(MaskConfig(detectors=detectors, strategy=det_strategy, keep=keep))
+    eng = MaskEngine(masks, hash_key=KEY, path="connection[0]")
+    return (JsonMasker(tuple(masks), eng, 1 << 20, reference=True),
+            JsonMasker(tuple(masks), eng, 1 << 20))
+
+
+_PII = ["bob@example.com", "Jürgen.Müller@example.org", "4111 1111 1111 1111",
+        "4111111111111111", "123-45-6789", "token: abcdef0123456789",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlX3g",
+        "note bob@example.com and 5555555555554444",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----",
+        "", "x", "✓ 日本 🎉", "a@b", "4111111111111111111111"]
+_KEYS = ["email", "Email", "password", "users", "card", "a", "b", "n", "note", "client_secret",
+         "api_key", "odd.key", "é", "bob@example.com"]
+_scalars = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-10 ** 16, max_value=10 ** 16),
+    st.sampled_from([4111111111111111, 10 ** 12, -10 ** 13, 123456789012, 2 ** 63, 10 ** 25]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(_PII), st.text(max_size=12),
+    st.builds(lambda a, b: a + b, st.sampled_from(_PII), st.text(max_size=6)))
+_keys = st.one_of(st.sampled_from(_KEYS), st.text(max_size=6))
+
+
+def _obj(pairs):
+    return ("obj", pairs)
+
+
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5),
+                            st.lists(st.tuples(_keys, inner), max_size=5).map(_obj)),
+    max_leaves=40)
+
+
+def _text(v, ascii_only: bool) -> str:
+    """JSON text of a generated value; objects from pairs, so duplicate names stay in."""
+    if type(v) is tuple:
+        return "{" + ",".join(json.dumps(k, ensure_ascii=ascii_only) + ":" + _text(x, ascii_only)
+                              for k, x in v[1]) + "}"
+    if type(v) is list:
+        return "[" + ",".join(_text(x, ascii_only) for x in v) + "]"
+    return json.dumps(v, ensure_ascii=ascii_only)
+
+
+def _nest(v, depth: int, kinds: list[bool]):
+    for i in range(depth):
+        v = [v] if kinds[i % len(kinds)] else ("obj", [("users", v)])
+    return v
+
+
+_docs = st.one_of(
+    st.tuples(_values, st.booleans()).map(lambda t: _text(t[0], t[1]).encode()),
+    st.tuples(_values, st.integers(1, 300), st.lists(st.booleans(), min_size=1, max_size=3))
+    .map(lambda t: _text(_nest(t[0], t[1], t[2]), False).encode()))
+
+
+@pytest.mark.parametrize("rules", RULE_SETS, ids=[str(i) for i in range(len(RULE_SETS))])
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(body=_docs)
+def test_c_walk_masks_as_the_reference(rules, body):
+    """Nested arrays, unicode (escaped and not), numbers and numbers as strings, duplicate
+    member names, nesting to 300 levels: the C walk gives the reference walk's bytes and
+    counts, on the event loop's Scanner and on the masking thread's."""
+    ref, fast = _pair(rules)
+    want = ref.mask_json(body)
+    assert fast.mask_json(body) == want
+    assert fast.mask_json(body, offloaded=True) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.lists(st.one_of(st.sampled_from(_PII), st.text(max_size=20)), max_size=8)
+       .map(" \n".join))
+def test_c_spans_are_the_reference_spans(text):
+    ref, fast = _pair(RULE_SETS[0])
+    data = text.encode("utf-8", "surrogatepass")
+    assert fast._finder.spans(data) == ref._finder.spans(data)
+
+
+def test_a_passed_deadline_stops_before_parsing():
+    m = masker(paths=["$.a"])
+    with pytest.raises(jm.MaskTimeout):
+        m.mask_json(b'{"a": 1}', jm._clock() - 1)
+    assert m.mask_json(b'{"a": 1}', jm._clock() + 60)[0] == b'{"a":"****"}'
+
+
+def test_the_walk_stops_at_its_deadline():
+    """40,000 containers take milliseconds: a deadline 0.1 ms away is passed at the walk's
+    first clock check, and the walk raises instead of finishing."""
+    body = orjson.dumps({"rows": [{"a": i, "b": [i]} for i in range(20000)]})
+    m = masker(paths=["$.rows[*].a"], strategy="hash")
+    with pytest.raises(jm.MaskTimeout):
+        m.mask_json(body, jm._clock() + 1e-4)
+    with pytest.raises(jm.MaskTimeout):
+        m.mask_json(body, jm._clock() + 1e-4, offloaded=True)
+    assert m.mask_json(body) is not None          # no deadline: it finishes
+
+
+def test_a_masker_compiles_no_hyperscan_database_on_the_loop(monkeypatch):
+    """Building a JsonMasker (at start and at every reload, on the event loop) compiles
+    nothing: it scans with its engine's Scanner, compiled with the engine off the loop. The
+    masking thread compiles its own Scanner once, in that thread."""
+    import hoopwire._mask as hm
+    made = []
+
+    class Counting(hm.Scanner):
+        def __init__(self, *a):
+            made.append(threading.get_ident())
+            super().__init__(*a)
+
+    masks = (MaskConfig(paths=("$.a",)), MaskConfig(detectors=("EMAIL", "US_SSN")))
+    eng = MaskEngine(masks, hash_key=KEY)
+    monkeypatch.setattr(hm, "Scanner", Counting)
+    m = JsonMasker(masks, eng, 1 << 20)
+    assert m.mask_json(b'{"a": 1, "b": "bob@example.com"}')[0] == b'{"a":"****","b":"****"}'
+    assert made == []
+    out = []
+    t = threading.Thread(target=lambda: out.append(
+        m.mask_json(b'{"b": "123-45-6789"}', offloaded=True)))
+    t.start()
+    t.join(30)
+    assert out[0][0] == b'{"b":"****"}'
+    assert made == [t.ident]
+    m.mask_json(b'{"b": "x@example.com"}', offloaded=True)
+    assert made == [t.ident]                       # once per masker
+
+
+# -- the relay's _Masking without a socket -------------------------------------------------------
+
+class _FakeRelay:
+    def __init__(self):
+        from types import SimpleNamespace as NS
+        self.written, self.ended, self.unmaskable = [], [], []
+        self.cfg = NS(name="api")
+        self.closed = False
+        self.conf = NS(response_head=lambda req, head, length, chunked:
+                       b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length)
+        self.transport = NS(write=self.written.append)
+
+    def _response_end(self, req, up):
+        self.ended.append(req)
+
+    def _unmaskable(self, req, up):
+        self.unmaskable.append(req)
+
+
+def _masking(masker, body: bytes):
+    from types import SimpleNamespace as NS
+    from hoopwire.http.relay import _Masking
+    relay = _FakeRelay()
+    req = NS(head=NS(version=11), resp_close=False, rid=b"r1", masked=0, dechunk=False,
+             resp_started=False, up=None)
+    m = _Masking(relay, req, NS(body=0, content_length=len(body)), masker, "json")
+    assert m.start()
+    assert m.body(body)
+    m.end(None)
+    return relay, req, m
+
+
+def test_a_masked_response_leaves_no_reference_cycle():
+    """req.mask -> _Masking -> req was a cycle per masked response, for the cyclic GC to find:
+    once answered, the _Masking holds neither the request nor the relay."""
+    relay, req, m = _masking(masker(paths=["$.a"]), b'{"a": "x", "b": 1}')
+    assert relay.written == [b'HTTP/1.1 200 OK\r\nContent-Length: 18\r\n\r\n{"a":"****","b":1}']
+    assert relay.ended == [req] and req.masked == 1
+    assert m.req is None and m.relay is None
+
+
+def test_a_masker_fault_is_a_502_not_a_traceback_into_the_loop(monkeypatch, caplog):
+    mk = masker(paths=["$.b"])
+
+    def broken(*a, **k):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(mk, "mask_json", broken)
+    relay, req, m = _masking(mk, b'{"b": 1}')
+    assert relay.unmaskable == [req] and relay.written == [] and relay.ended == []
+    assert "response masking failed" in caplog.text

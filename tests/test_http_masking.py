@@ -173,3 +173,167 @@ def test_crafted_responses_in_order(crafted, idp):
         assert r.status_code == 200 and r.json() == [{"password": "****"}, "*" * 12 + ".com"]
         r = c.get(crafted.url("/5"))
         assert r.content == b"\x89PNG bob@example.com"
+
+
+# -- big bodies off the event loop, the time bound, reload (issue 21) ----------------------------
+
+import signal  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+# ~6 MiB of rows whose `v` a `hash` rule masks: an HMAC in Python per value, so masking it
+# takes most of a second (the C walk's own share is ~15 ms): long enough that a small request
+# made once it is in the masking thread has its answer well before it ends
+BIG_ROWS = 240_000
+BIG = orjson.dumps({"rows": [{"v": f"val{i:07d}", "w": i} for i in range(BIG_ROWS)]})
+MID = orjson.dumps({"rows": [{"v": f"val{i:07d}", "w": i} for i in range(4000)]})   # ~100 KiB
+SMALL = orjson.dumps({"rows": [{"v": "small-one", "w": 1}], "mail": "bob@example.com"})
+# over OFFLOAD_BYTES (256 KiB), with an e-mail address and an SSN: for after a reload
+BIG2 = orjson.dumps({"mail": "bob@example.com", "ssn": "123-45-6789",
+                     "rows": [{"v": f"val{i:07d}", "w": i} for i in range(12000)]})
+OFF_MASKS = [{"paths": ["$.rows[*].v"], "strategy": "hash"},
+             {"detectors": ["EMAIL"], "strategy": "redact"}]
+
+
+class _Bodies(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    bodies = {"/big": BIG, "/mid": MID, "/small": SMALL, "/big2": BIG2}
+
+    def do_GET(self):  # noqa: N802 -- http.server's name
+        body = self.bodies.get(self.path.split("?")[0], b"{}")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture(scope="module")
+def bodies_upstream():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Bodies)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _offgw(url: str, idp, **kw) -> HttpGateway:
+    cfg = http_config(url, idp, mask=OFF_MASKS, upstream_timeout="60s",
+                      mask_hash_key_env="HTTP_MASK_KEY", **kw)
+    cfg["log"] = {"level": "debug"}
+    return HttpGateway(cfg, env={**http_env(), "HTTP_MASK_KEY": "test-mask-key-0123456789"})
+
+
+def _get_raw(gw, path: str, token: str, on_first_byte=None) -> tuple[int, bytes]:
+    """GET over a raw socket (Connection: close): (status, body); on_first_byte() is called
+    when the response's first byte arrives."""
+    host, port = gw.address(HTTP_CONN)
+    with socket.create_connection((host, port), timeout=60) as s:
+        s.sendall(b"GET %b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+                  b"Connection: close\r\n\r\n" % (path.encode(), token.encode()))
+        chunks = [s.recv(65536)]
+        if on_first_byte is not None:
+            on_first_byte()
+        while chunks[-1]:
+            chunks.append(s.recv(1 << 20))
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def _hashed(body: bytes, n: int) -> None:
+    doc = orjson.loads(body)
+    assert len(doc["rows"]) == n
+    assert all(r["v"].startswith("h:") and len(r["v"]) == 18 for r in doc["rows"])
+    assert doc["rows"][-1]["w"] == n - 1
+
+
+def test_a_big_body_masked_in_the_thread_does_not_stall_another_client(bodies_upstream, idp):
+    """While a 6 MiB body is masked in the masking thread, another client's request is
+    answered: its answer completes before the big response's first byte (with the masking on
+    the event loop the small request waits for it: the big head is written first)."""
+    token = idp.token()
+    with _offgw(bodies_upstream, idp, mask_timeout="60s") as gw:
+        assert _get_raw(gw, "/small", token)[0] == 200          # warm: auth cached, pool open
+        small_done = threading.Event()
+        seen: dict = {}
+
+        def big():
+            seen["small_done_first"] = None
+            seen["resp"] = _get_raw(gw, "/big", token, on_first_byte=lambda: seen.update(
+                small_done_first=small_done.is_set()))
+
+        t = threading.Thread(target=big)
+        t.start()
+        try:
+            gw.wait_log(r"masking a response in the masking thread", timeout=60)
+            status, body = _get_raw(gw, "/small", token)
+            small_done.set()
+            assert status == 200
+            assert orjson.loads(body)["mail"] == "****"
+            assert orjson.loads(body)["rows"][0]["v"].startswith("h:")
+        finally:
+            t.join(120)
+        assert seen["small_done_first"] is True
+        status, body = seen["resp"]
+        assert status == 200
+        _hashed(body, BIG_ROWS)
+
+
+def test_masking_past_its_time_bound_is_a_504(bodies_upstream, idp):
+    """mask_timeout: a body that takes longer to mask gets a 504 JSON error and a log line,
+    nothing of the body; on the loop (100 KiB) and in the masking thread (6 MiB) alike. The
+    connection serves on."""
+    token = idp.token()
+    with _offgw(bodies_upstream, idp, mask_timeout="1ms") as gw:
+        for path in ("/mid", "/big"):
+            status, body = _get_raw(gw, path, token)
+            assert status == 504, body[:200]
+            doc = json.loads(body)
+            assert doc["error"] == "mask_timeout" and "val00" not in body.decode()
+        assert gw.log_text().count("response masking timed out") == 2
+        with httpx.Client(headers=bearer(token), timeout=20) as c:
+            r = c.get(gw.url("/small"))
+            assert r.status_code == 200 and r.json()["mail"] == "****"
+
+
+def test_reload_while_a_body_is_masked_in_the_thread(bodies_upstream, idp):
+    """A reload swaps the masker for new responses; the body already in the masking thread
+    leaves masked by the rules it started with, and the next body masked in the thread is
+    masked by the new masker's detectors (the thread's Scanner is the masker's own)."""
+    token = idp.token()
+    with _offgw(bodies_upstream, idp, mask_timeout="60s") as gw:
+        seen: dict = {}
+        t = threading.Thread(target=lambda: seen.update(resp=_get_raw(gw, "/big", token)))
+        t.start()
+        try:
+            gw.wait_log(r"masking a response in the masking thread", timeout=60)
+            cfg = gw.config
+            cfg["connection"][0]["mask"] = [{"paths": ["$.rows[*].w"], "strategy": "null"},
+                                            {"detectors": ["US_SSN"], "strategy": "redact"}]
+            gw.write_config(cfg)
+            gw.signal(signal.SIGHUP)
+            gw.wait_log(r"configuration reloaded", timeout=60)
+            status, body = _get_raw(gw, "/small", token)
+            assert status == 200
+            assert orjson.loads(body) == {"rows": [{"v": "small-one", "w": None}],
+                                          "mail": "bob@example.com"}
+        finally:
+            t.join(120)
+        status, body = seen["resp"]
+        assert status == 200
+        _hashed(body, BIG_ROWS)
+        status, body = _get_raw(gw, "/big2", token)
+        assert status == 200
+        doc = orjson.loads(body)
+        assert (doc["mail"], doc["ssn"]) == ("bob@example.com", "****")
+        assert doc["rows"][5] == {"v": "val0000005", "w": None}
+        assert len(gw.log_text().split("masking a response in the masking thread")) == 3

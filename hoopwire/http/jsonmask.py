@@ -1,9 +1,10 @@
 """Masking of HTTP response bodies: JSON by key path and detector, text and SSE streams.
 
-    m = JsonMasker(conn.masks, engine, max_bytes=conn.mask_body_bytes)   # compiles: off the loop
+    m = JsonMasker(conn.masks, engine, max_bytes=conn.mask_body_bytes, timeout=conn.mask_timeout)
     m.active, m.has_paths                 # any rule at all; any JSON key-path rule
     m.wants(b"application/json")          # "json" | "text" | "sse" | "pass"
-    m.mask_json(body)                     # (bytes, counts) | None
+    m.mask_json(body, m.deadline())       # (bytes, counts) | None; MaskTimeout past the deadline
+    m.mask_json(body, d, offloaded=True)  # the same, in the relay's masking thread
     s = m.text_stream(); s.feed(chunk) -> bytes; s.end() -> bytes; s.take_counts()
     s = m.sse_stream();  s.feed(chunk) -> bytes; s.end() -> bytes; s.take_counts()
 
@@ -24,6 +25,11 @@ What the relay must do
   wants() masks as one that could not be masked (502).
 * Unchanged bodies come back as the same object: the relay may then keep Content-Length.
 * Stream counts: call take_counts() when the response ends.
+* MaskTimeout: the deadline passed (checked before the parse and every 256 containers of the
+  walk): answer 504, nothing of the body. A body the relay masks in its masking thread is
+  masked with offloaded=True (one thread: its Scanner is compiled there, once per masker).
+* Building a JsonMasker compiles no Hyperscan database (it runs on the event loop at start and
+  reload): detectors scan with the engine's Scanner, compiled with the engine in a thread.
 
 Key paths (the `paths` of a [[connection.mask]])
 ------------------------------------------------
@@ -67,9 +73,14 @@ only the value's part of a hit is rewritten. A masked member name that collides 
 name of its object gets a `~2`, `~3`… suffix (dropping either would lose data).
 
 All the strings of a document are scanned in ONE Hyperscan call (joined with "\\n\\0\\n", which
-no built-in pattern crosses: `.` stops at the newline, `\\s` at the NUL); a hit that crosses a
-joint is re-scanned value by value. A scan call costs more than the few bytes of a value
-(0.3 µs before any data; STYLE.md), so this is what keeps a 64 KiB document cheap.
+no built-in pattern crosses: `.` stops at the newline, `\\s` at the NUL) of the database without
+start-of-match, which says which strings a match ends in; only those are scanned again, each
+alone, for their spans (start-of-match, validators). A scan call costs more than the few bytes
+of a value (0.3 µs before any data; STYLE.md), and a start-of-match scan several times more
+per byte than one without, so this is what keeps a 64 KiB document cheap.
+
+The walk is C (ext/hoopwire/http/_jsonwalk.pyx); _Job below is its Python reference, kept
+for the tests, which mask a generated corpus both ways (JsonMasker(..., reference=True)).
 
 Re-serialising: orjson, compact, key order kept. Unchanged documents are returned as received,
 so numbers keep their text unless something was masked. orjson 3.8 reads an integer over 64 bits
@@ -78,11 +89,11 @@ and holds a run of 20+ digits is read and written by the stdlib json instead (ex
 bounded by max_bytes and MAX_DEPTH). Newline-delimited JSON (one document a line, the
 application/x-ndjson family) is masked line by line.
 
-Cost (tests/httpfixtures.py JSON_1K / JSON_64K, CPU time, one core shared by 8 jobs, so an
-upper bound): orjson loads+dumps alone 5-8 µs/KiB; paths whose member names are nowhere in
-the body 8-11 µs/KiB (a bytes search skips the walk: see _may_match); a path masking the e-mail
-of every record 22-50 µs/KiB; all 14 detectors with a hit in every record 80-113 µs/KiB (a
-hit costs ~5 µs of Python: marker, rewrite, re-encode).
+Cost (bench/wrk_compare.py's documents and hoopwire-masked rules, CPU time, best of 3, on
+2 cores at load average 8-9, so upper bounds; bench/README.md): key paths 10-15 µs/KiB (the
+Python walk: 25-36), detectors alone with a hit in every record 34-42 µs/KiB (67-69), both
+18-19 µs/KiB at 64 KiB (43-46) and 25 µs for the 1 KiB document (61). orjson's parse is
+~4-7 µs/KiB of that.
 
 The path language here reads a superset of what hoopwire.config's check accepts (config has
 no `$..`, `$['x']`, escapes in brackets or a bare `$`); a path config accepts compiles here
@@ -116,9 +127,15 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Iterable, Optional
 
 import orjson
+
+try:
+    from hoopwire.http import _jsonwalk
+except ImportError:  # pragma: no cover -- a tree without its extensions built
+    _jsonwalk = None
 
 from hoopwire.config import ConfigError, MaskConfig
 from hoopwire.logs import event
@@ -126,8 +143,8 @@ from hoopwire.masking.engine import MaskEngine
 from hoopwire.masking.jsonpath import ANY, DEEP, INDEX, NAME, compile_path
 from hoopwire.masking.strategies import REDACTED, Strategy
 
-__all__ = ["JsonMasker", "TextStream", "SseStream", "PathError", "compile_path", "MAX_DEPTH",
-           "TEXT_TAIL", "MAX_CARRY", "MAX_EVENT"]
+__all__ = ["JsonMasker", "TextStream", "SseStream", "PathError", "MaskTimeout", "compile_path",
+           "MAX_DEPTH", "TEXT_TAIL", "MAX_CARRY", "MAX_EVENT", "MASK_TIMEOUT"]
 
 log = logging.getLogger("hoopwire.http.mask")
 
@@ -144,8 +161,18 @@ _DETECT_INT = 10 ** 12    # integers of 13+ digits go to the detectors (cards st
 _KEY_CACHE = 4096         # member names cached per automaton state
 
 
+MASK_TIMEOUT = 2.0        # seconds one response's masking may take (JsonMasker.timeout)
+
+
+_clock = _jsonwalk.monotonic if _jsonwalk is not None else time.monotonic
+
+
 class PathError(ConfigError):
     """Key paths that do not compile, each as (key path, reason)."""
+
+
+class MaskTimeout(Exception):
+    """mask_json passed its deadline: the relay answers 504, nothing of the body leaves."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,8 +252,9 @@ class _State:
 class _Automaton:
     _MAX_STATES = 4096      # distinct state sets remembered (dedupe only; a state stays valid)
 
-    def __init__(self, paths: list[tuple]):
+    def __init__(self, paths: list[tuple], state_type=_State):
         self.paths = paths
+        self.state_type = state_type     # _State, or its C twin _jsonwalk.State
         self._states: dict[frozenset, _State] = {}
 
     def closure(self, positions: Iterable) -> frozenset:
@@ -248,7 +276,7 @@ class _Automaton:
         if st is None:
             if len(self._states) >= self._MAX_STATES:
                 self._states.clear()
-            st = self._states[key] = _State(self, key)
+            st = self._states[key] = self.state_type(self, key)
         return st
 
 
@@ -276,20 +304,32 @@ class _Mark:
 
 class _SpanFinder:
     """The validated detector spans [(start, end, detector)] of a text, as MaskEngine.mask_text
-    would rewrite them (overlaps joined under the leftmost's strategy)."""
+    would rewrite them (overlaps joined under the leftmost's strategy).
 
-    def __init__(self, engine: MaskEngine):
-        from hoopwire._mask import Scanner
+    With the C walk (_jsonwalk) it reads them straight from a Scanner's C API: the engine's
+    own (compiled with the engine, off the event loop; used on the loop thread only) or, for
+    the masking thread, one compiled in that thread (`scanner`: a Scanner has one scratch per
+    database, so two threads must not share one). The reference route (reference=True, or
+    no extension) compiles a Scanner of marker strategies here, as the first version did."""
+
+    def __init__(self, engine: MaskEngine, scanner=None, reference: bool = False):
         self.names = engine.detector_names
         # MaskEngine keeps each detector's strategy privately; the strategies must be the
         # engine's own (same hash key) for a value to mask alike in SQL rows and HTTP bodies.
         self.strategies = list(engine._detector_strategies)
+        self.fast = _jsonwalk is not None and not reference
+        if self.fast:
+            self.scanner = scanner if scanner is not None else engine.scanner
+            return
+        from hoopwire._mask import Scanner
         self.hits: list[tuple[int, int]] = []
         self.marker = b"\0hoopwire-" + os.urandom(16).hex().encode() + b"\0"
         marks = [_Mark(i, self.hits, self.marker) for i in range(len(self.names))]
         self.scanner = Scanner(list(engine.detectors), marks)
 
     def spans(self, data: bytes) -> list[tuple[int, int, int]]:
+        if self.fast:
+            return _jsonwalk.text_spans(self.scanner, bytes(data))
         hits = self.hits
         hits.clear()
         out, _ = self.scanner.mask(data)
@@ -539,6 +579,15 @@ def _rename(d: dict, renamed: dict[str, str]) -> None:
         d[nk] = v
 
 
+def _whole_scalar(strategy: Strategy, v):
+    """A number or true/false at a masked path, under a strategy that is not `null` (the C
+    walk's share of _Job.whole that is not about strings)."""
+    if type(v) is bool:
+        return REDACTED.decode()
+    text = json.dumps(v).encode() if type(v) is int else orjson.dumps(v)
+    return _number_or_text(strategy, strategy.whole(text))
+
+
 def _number_or_text(strategy: Strategy, masked: bytes | None):
     if masked is None:
         return None
@@ -593,9 +642,13 @@ class JsonMasker:
     """One connection's response masking (see the module doc)."""
 
     def __init__(self, masks: Iterable[MaskConfig], engine: MaskEngine, max_bytes: int,
-                 *, path: str = "connection"):
+                 *, path: str = "connection", timeout: float = MASK_TIMEOUT,
+                 reference: bool = False):
         self.engine = engine
         self.max_bytes = int(max_bytes)
+        self.timeout = timeout           # seconds per response; <= 0: unbounded
+        # the C walk (_jsonwalk) unless asked for the Python reference (tests compare them)
+        self._c = _jsonwalk is not None and not reference
         key = getattr(engine, "_key", b"") or os.urandom(32)
         rules: list[tuple[str, Strategy]] = []
         compiled: list[tuple] = []
@@ -615,7 +668,7 @@ class JsonMasker:
             raise PathError(problems)
         self._rules = rules
         self.has_paths = bool(compiled)
-        auto = _Automaton(compiled)
+        auto = _Automaton(compiled, _jsonwalk.State if self._c else _State)
         self._root = auto.state({(r, 0) for r in range(len(compiled))})
         self._dead = auto.state(())
         # per path, the member names it needs (quoted, as they appear in a body), or None when
@@ -628,7 +681,11 @@ class JsonMasker:
                 break
             needles.append([n.lower() for n in names])
         self._needles = needles if compiled else None
-        self._finder = _SpanFinder(engine) if engine.scanner is not None else None
+        # no Hyperscan compile here (this runs on the event loop at start and reload): the
+        # C route scans with the engine's Scanner, compiled with the engine in a thread
+        self._finder = _SpanFinder(engine, reference=reference) \
+            if engine.scanner is not None else None
+        self._off_finder: Optional[_SpanFinder] = None   # the masking thread's (offloaded)
         self.active = self.has_paths or self._finder is not None
 
     # -- what a response gets ------------------------------------------------------------------
@@ -657,28 +714,41 @@ class JsonMasker:
 
     # -- whole JSON bodies ---------------------------------------------------------------------
 
-    def mask_json(self, body: bytes) -> Optional[tuple[bytes, dict[str, int]]]:
+    def deadline(self) -> float:
+        """The deadline of a response whose masking starts now (0.0: none), on the clock
+        mask_json reads (_jsonwalk.monotonic, CLOCK_MONOTONIC like time.monotonic)."""
+        return _clock() + self.timeout if self.timeout > 0 else 0.0
+
+    def mask_json(self, body: bytes, deadline: float = 0.0, *, offloaded: bool = False
+                  ) -> Optional[tuple[bytes, dict[str, int]]]:
         """(the masked document, counts), or None when it cannot be masked as JSON (see the
-        module doc for what the relay does then). An unchanged document is `body` itself."""
+        module doc for what the relay does then). An unchanged document is `body` itself.
+        deadline (self.deadline()): MaskTimeout once it has passed (checked before the
+        parse and every few hundred containers of the walk). offloaded: called in the
+        relay's masking thread (relay._Masking), which has a Scanner of its own."""
         if len(body) > self.max_bytes:
             return None
         if not self.active:
             return body, {}
+        if deadline and _clock() > deadline:
+            raise MaskTimeout()         # e.g. queued behind another body for the thread
+        finder = self._thread_finder() if offloaded and self._finder is not None \
+            else self._finder
         body = bytes(body)
         try:
             doc = orjson.loads(body)
         except (ValueError, RecursionError):
             if not _long_digits(body):
-                return self._ndjson(body)
+                return self._ndjson(body, deadline, offloaded)
             try:
                 doc = _std_loads(body)        # an integer too big even for a double
             except (ValueError, RecursionError):
                 return None
-            return self._mask_doc(body, doc, self._root, True)
+            return self._mask_doc(body, doc, self._root, True, deadline, finder)
         root = self._root if self._may_match(body) else self._dead
-        if root.dead and self._finder is None:
+        if root.dead and finder is None:
             return body, {}
-        r = self._mask_doc(body, doc, root, False)
+        r = self._mask_doc(body, doc, root, False, deadline, finder)
         if r is not None and r[0] is not body and _long_digits(body):
             # orjson 3.8 reads an integer over 64 bits as a float: a document that must be
             # written again is read again by the stdlib, which keeps every digit
@@ -686,8 +756,21 @@ class JsonMasker:
                 doc = _std_loads(body)
             except (ValueError, RecursionError):
                 return None
-            r = self._mask_doc(body, doc, root, True)
+            r = self._mask_doc(body, doc, root, True, deadline, finder)
         return r
+
+    def _thread_finder(self) -> "_SpanFinder":
+        """The masking thread's span finder: its own Scanner, compiled in that thread on
+        first use (one thread: relay._MASK_THREAD has a single worker)."""
+        f = self._off_finder
+        if f is None:
+            if not self._finder.fast:
+                return self._finder      # the reference route: tests only, one thread
+            from hoopwire._mask import Scanner
+            e = self.engine
+            f = self._off_finder = _SpanFinder(
+                e, Scanner(list(e.detectors), list(e._detector_strategies)))
+        return f
 
     def _may_match(self, body: bytes) -> bool:
         """False when no path can match: each needs a member name that is nowhere in the
@@ -699,15 +782,28 @@ class JsonMasker:
         low = body.lower()
         return any(all(n in low for n in needles) for needles in self._needles)
 
-    def _mask_doc(self, body: bytes, doc, root: _State, std: bool):
-        job = _Job(self)
+    def _mask_doc(self, body: bytes, doc, root: _State, std: bool, deadline: float = 0.0,
+                  finder: Optional[_SpanFinder] = None):
         holder = [doc]
-        try:
-            job.root(holder, root)
-            if job.detect:
-                job.scan()
-        except (_TooDeep, RecursionError):
-            return None
+        if self._c:
+            job = _jsonwalk.Walk(self._rules, _whole_scalar, finder is not None, deadline)
+            try:
+                job.root(holder, root)
+                if finder is not None:
+                    job.scan(finder.scanner, list(finder.names), finder.strategies,
+                             _number_or_text, _rename)
+            except (_jsonwalk.TooDeep, RecursionError):
+                return None
+            except _jsonwalk.TimedOut:
+                raise MaskTimeout() from None
+        else:
+            job = _Job(self)
+            try:
+                job.root(holder, root)
+                if job.detect:
+                    job.scan()
+            except (_TooDeep, RecursionError):
+                return None
         if not job.changed:
             return body, job.counts
         try:
@@ -716,7 +812,7 @@ class JsonMasker:
             return None
         return out, job.counts
 
-    def _ndjson(self, body: bytes):
+    def _ndjson(self, body: bytes, deadline: float = 0.0, offloaded: bool = False):
         """Newline-delimited JSON (one document a line), masked line by line; None if a line
         is not JSON."""
         if b"\n" not in body.strip():
@@ -729,7 +825,7 @@ class JsonMasker:
             if not core.strip():
                 out.append(line)
                 continue
-            r = self.mask_json(core)
+            r = self.mask_json(core, deadline, offloaded=offloaded)
             if r is None:
                 return None
             if r[0] is not core:
@@ -744,6 +840,16 @@ class JsonMasker:
 
     def text_stream(self) -> "TextStream":
         return TextStream(self._finder)
+
+    def mask_as_text(self, body: bytes, *, offloaded: bool = False
+                     ) -> tuple[bytes, dict[str, int]]:
+        """A whole body through the detectors as text (a text_stream fed once); offloaded:
+        in the masking thread, with its Scanner."""
+        finder = self._thread_finder() if offloaded and self._finder is not None \
+            else self._finder
+        s = TextStream(finder)
+        out = s.feed(body) + s.end()
+        return out, s.take_counts()
 
     def sse_stream(self) -> "SseStream":
         return SseStream(self, min(MAX_EVENT, max(self.max_bytes, 1)))

@@ -24,6 +24,7 @@ import os
 import time
 
 from hoopwire.http import errors
+from hoopwire.http.jsonmask import MaskTimeout, _clock as _mask_clock
 from hoopwire.identity import AuthError
 from hoopwire.logs import event
 
@@ -633,8 +634,8 @@ class Relay(asyncio.Protocol):
                     continue
                 if out:
                     self.transport.write(b"".join(out))
-                if req.mask is not None and not req.mask.end():
-                    self._unmaskable(req, up)
+                if req.mask is not None:
+                    req.mask.end(up)    # answers, or hands the body to the masking thread
                     return
                 self._response_end(req, up)
                 return
@@ -661,8 +662,8 @@ class Relay(asyncio.Protocol):
                     else:
                         self.transport.write(ev[2] if req.dechunk else ev[1])
                 elif ev[0] == END:
-                    if req.mask is not None and not req.mask.end():
-                        self._unmaskable(req, None)
+                    if req.mask is not None:
+                        req.mask.end(None)
                         return
                     self._response_end(req, None)
                     return
@@ -913,15 +914,20 @@ class _Masking:
     """One response under masking rules (hoopwire.http.jsonmask, its module doc says what the
     relay must do): a JSON body is gathered (up to mask_body_bytes), masked and sent with its
     Content-Length; text and event streams go through the detectors as they come, re-framed
-    chunked (HTTP/1.1 clients) or to the close (HTTP/1.0)."""
+    chunked (HTTP/1.1 clients) or to the close (HTTP/1.0).
 
-    __slots__ = ("relay", "req", "head", "masker", "kind", "buf", "stream", "counts")
+    A gathered body over OFFLOAD_BYTES is masked in the masking thread (_mask_thread) while the
+    event loop serves the worker's other sessions; every JSON body has a deadline
+    (JsonMasker.timeout) past which the client gets a 504 and nothing of the body."""
+
+    __slots__ = ("relay", "req", "head", "masker", "kind", "buf", "stream", "counts", "task")
 
     def __init__(self, relay: Relay, req: _Req, head, masker, kind: str):
         self.relay, self.req, self.head, self.masker, self.kind = relay, req, head, masker, kind
         self.buf = None
         self.stream = None
         self.counts: dict[str, int] = {}
+        self.task = None                 # the offloaded masking, while it runs
 
     def start(self) -> bool:
         head = self.head
@@ -974,26 +980,100 @@ class _Masking:
         self._chunk(self.stream.feed(bytes(data)))
         return True
 
-    def end(self) -> bool:
-        if self.buf is not None:
-            r = self.masker.mask_json(bytes(self.buf))
-            if r is None:
-                if self.masker.has_paths:
-                    return False
-                stream = self.masker.text_stream()
-                body = stream.feed(bytes(self.buf)) + stream.end()
-                _merge_counts(self.counts, stream.take_counts())
-            else:
-                body = r[0]
-                _merge_counts(self.counts, r[1])
-            self._send_head(len(body), body)
-        else:
+    def end(self, up) -> None:
+        """The upstream's response is complete: mask what was gathered and answer (here, or
+        from the masking thread's callback), then the relay's _response_end; or 502/504."""
+        relay, req = self.relay, self.req
+        if self.buf is None:
             self._chunk(self.stream.end())
             _merge_counts(self.counts, self.stream.take_counts())
-            if not (self.req.resp_close and self.req.head.version == 10):
-                self.relay.transport.write(b"0\r\n\r\n")
+            if not (req.resp_close and req.head.version == 10):
+                relay.transport.write(b"0\r\n\r\n")
+            self._count()
+            self._done()
+            relay._response_end(req, up)
+            return
+        body, self.buf = bytes(self.buf), None
+        deadline = self.masker.deadline()
+        if len(body) > OFFLOAD_BYTES:
+            # the upstream's part is over: its connection goes back to the pool now, and a
+            # close of it while the thread works is no concern of this response
+            if up is not None:
+                req.up = None
+                relay.listener.pool.release(up, req.up_reusable and req.req_done)
+            event(log, "masking a response in the masking thread", logging.DEBUG,
+                  connection=relay.cfg.name, request_id=req.rid.decode(), bytes=len(body))
+            self.task = asyncio.get_running_loop().create_task(self._offload(body, deadline))
+            return
+        try:
+            r = _mask_body(self.masker, body, deadline, False)
+        except MaskTimeout:
+            self._timed_out(up, len(body))
+            return
+        except Exception:  # noqa: BLE001 -- a masker fault: the body cannot leave unmasked
+            log.exception("response masking failed",
+                          extra={"fields": {"connection": relay.cfg.name}})
+            r = None
+        self._answer(r, up)
+
+    async def _offload(self, body: bytes, deadline: float) -> None:
+        relay, req = self.relay, self.req
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(_mask_thread(), _mask_body, self.masker, body, deadline, True)
+        try:
+            if deadline:
+                # the walk stops itself at the deadline; the grace covers what cannot be
+                # interrupted (orjson's parse of 8 MiB: ~30 ms here)
+                r = await asyncio.wait_for(fut, max(0.0, deadline - _mask_clock()) + MASK_GRACE)
+            else:
+                r = await fut
+        except (MaskTimeout, asyncio.TimeoutError):
+            r = _TIMED_OUT
+        except Exception:  # noqa: BLE001 -- a masker fault: the body cannot leave unmasked
+            log.exception("response masking failed",
+                          extra={"fields": {"connection": relay.cfg.name}})
+            r = None
+        self.task = None
+        if relay.closed or relay.cur is not req:
+            return                       # the client left meanwhile
+        if r is _TIMED_OUT:
+            self._timed_out(None, len(body))
+        else:
+            self._answer(r, None)
+
+    def _answer(self, r, up) -> None:
+        """The masked body (r: _mask_body's result) with its head, or the 502 of a body that
+        could not be masked."""
+        relay, req = self.relay, self.req
+        if r is None:
+            self._done()
+            relay._unmaskable(req, up)
+            return
+        body, counts = r
+        _merge_counts(self.counts, counts)
+        self._send_head(len(body), body)
         self._count()
-        return True
+        self._done()
+        relay._response_end(req, up)
+
+    def _timed_out(self, up, size: int) -> None:
+        relay, req = self.relay, self.req
+        event(log, "response masking timed out", logging.WARNING, connection=relay.cfg.name,
+              request_id=req.rid.decode(), timeout=self.masker.timeout, bytes=size)
+        if up is not None:
+            req.up = None
+            relay.listener.pool.release(up, req.up_reusable and req.req_done)
+        self._done()
+        relay._upstream_failed(req, 504, "mask_timeout",
+                               f"the response could not be masked within "
+                               f"{self.masker.timeout:g}s")
+        relay._pump()
+
+    def _done(self) -> None:
+        """The response is answered: drop the references back to the request and relay.
+        req.mask -> this -> req was a reference cycle per masked response, left to the cyclic
+        GC (gc_collect_main: ~3% of the masked gateway's perf samples, none unmasked)."""
+        self.relay = self.req = self.head = None
 
     def _count(self) -> None:
         if not self.counts:
@@ -1007,6 +1087,36 @@ class _Masking:
                 counter = _mask_counter(name, key)
             counter.inc(n)
         self.req.masked += total
+
+
+# A gathered JSON body over this many bytes is masked in the masking thread. Measured with
+# the C walk (bench/README.md, wrk_compare): ~10-20 us per KiB, so 256 KiB holds the loop for
+# ~3-5 ms at most, while the hand-off to the thread and back costs ~0.1 ms and two wake-ups:
+# below this the thread would cost the small responses more than it saves the others.
+OFFLOAD_BYTES = 256 * 1024
+MASK_GRACE = 0.5                 # seconds the loop waits past the deadline for the thread
+_TIMED_OUT = object()
+_MASK_THREAD = None
+
+
+def _mask_thread():
+    """The worker's masking thread: one, so the masker's thread Scanner (one scratch) is
+    never used by two threads, and big bodies queue rather than take the second core from
+    the event loop (their deadline runs while they wait)."""
+    global _MASK_THREAD
+    if _MASK_THREAD is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _MASK_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoopwire-mask")
+    return _MASK_THREAD
+
+
+def _mask_body(masker, body: bytes, deadline: float, offloaded: bool):
+    """(masked body, counts) or None (502): mask_json, or with detectors only a body that is
+    not JSON through the detectors as text. MaskTimeout past the deadline."""
+    r = masker.mask_json(body, deadline, offloaded=offloaded)
+    if r is not None or masker.has_paths:
+        return r
+    return masker.mask_as_text(body, offloaded=offloaded)
 
 
 # (connection, count key) -> its hoopwire_masked_values child: a label lookup took a lock and

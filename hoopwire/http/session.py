@@ -240,7 +240,7 @@ class HttpListener(Listener):
         self.masker = None
         if mask_engine is not None and JsonMasker is not None:
             masker = JsonMasker(cfg.masks, mask_engine, cfg.mask_body_bytes,
-                                path=f"connection[{cfg.name}]")
+                                path=f"connection[{cfg.name}]", timeout=cfg.mask_timeout)
             if masker.active:
                 self.masker = masker
                 self.conf.identity_encoding = True
