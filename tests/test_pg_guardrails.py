@@ -269,6 +269,29 @@ def test_reload_adds_a_rule_for_open_sessions(pg, idp):
             assert_blocked(conn, "SELECT count(*) FROM items", "no-items")
 
 
+def test_a_reload_changes_a_verdict_cached_by_shape(pg, idp, table):
+    """Verdicts are cached by statement shape (integers set aside): `WHERE id = 2` passes after
+    `WHERE id = 3` passed, `WHERE 1 = 1` -- another integer -- is still refused; a reload's new
+    rule refuses the shape an open session had passed before."""
+    cfg = gateway_config(pg, idp, guardrail=[{"pack": "unbounded-write"}])
+    with Gateway(cfg, env=gateway_env(pg)) as g:
+        cfg = g.config
+        with connect(g, idp) as conn:
+            conn.execute(f"UPDATE {table} SET note = 'x' WHERE id = 3")
+            conn.execute(f"UPDATE {table} SET note = 'y' WHERE id = 2")
+            assert_blocked(conn, f"UPDATE {table} SET note = 'z' WHERE 1 = 1", "unbounded-write")
+            assert pg.sql(f"select string_agg(note, ',' order by id) from {table}",
+                          dbname="appdb") == "a,y,x"
+            cfg["connection"][0]["guardrail"].append(
+                {"name": "no-note-updates", "patterns": [r"\bset\s+note\b"]})
+            g.write_config(cfg)
+            g.signal(signal.SIGHUP)
+            g.wait_log(r"configuration reloaded")
+            # the very shape `WHERE id = 2` had, passed before the reload
+            assert_blocked(conn, f"UPDATE {table} SET note = 'y' WHERE id = 3", "no-note-updates")
+        assert pg.sql(f"select note from {table} where id = 3", dbname="appdb") == "x"
+
+
 def test_check_config_names_a_bad_pattern(pg, idp, tmp_path):
     import os
     import sys

@@ -24,6 +24,7 @@ from hoopwire.policy.engine import PolicyEngine as _PolicyEngine
 
 def PolicyEngine(guardrails, **kw):
     """The engine in PostgreSQL's dialect, as a postgres connection builds it."""
+    kw.setdefault("shape", DIALECT.statement_shape)
     return _PolicyEngine(guardrails, views=DIALECT.statement_views, packs=DIALECT.packs, **kw)
 from hoopwire.policy.engine import HS_FLAGS
 from hoopwire.pg.packs import CODE, FULL, word_except
@@ -521,7 +522,7 @@ def test_cache_skips_repeated_statements():
     seen = []
     # cache_size=4: two generations of two entries each
     engine = PolicyEngine((rule("no-drop", r"\bdrop\b"), rule("log-t", r"\bt\b", action="log")),
-                          cache_size=4, scan_seconds=seen.append)
+                          cache_size=4, scan_seconds=seen.append, shape=None)   # the text cache
     p = engine.for_groups(frozenset())
     a, b, c = b"drop table t", b"select 1", b"select * from t"
     assert p.check(a).rule == "no-drop"
@@ -555,7 +556,7 @@ def test_cache_bounds():
     for _ in range(3):
         p.check(b"select x")
     assert engine.misses == 3
-    engine = PolicyEngine((rule("x", r"\bx\b"),), cache_bytes=100)
+    engine = PolicyEngine((rule("x", r"\bx\b"),), cache_bytes=100, shape=None)
     p = engine.for_groups(frozenset())
     stmts = [b"select %d /* padding padding padding */" % i for i in range(5)]
     for s in stmts + stmts:
@@ -667,7 +668,7 @@ def test_statement_shape_judged_once_for_every_literal():
     the views it scans, not scanned again (GroupPolicy._shapes): same verdict, counted each
     time."""
     eng = PolicyEngine((rule("deletes", r"\bdelete\b", action="log"),
-                        rule("drops", r"\bdrop\s+table\b")))
+                        rule("drops", r"\bdrop\s+table\b")), shape=None)
     pol = eng.for_groups(())
     for i in range(40):
         v = pol.check(f"DELETE FROM t WHERE note = 'n{i}'".encode())
@@ -689,3 +690,111 @@ def test_statement_shape_cache_is_off_while_a_rule_reads_literals():
     assert pol.check(b"SELECT * FROM t WHERE k = 'open'") is None
     v = pol.check(b"SELECT * FROM t WHERE k = 'topsecret'")
     assert v is not None and v.rule == "no-secret-literal"
+
+
+# -- verdicts by statement shape, integers set aside (the dialect's statement_shape) ---------------
+
+@pytest.fixture(scope="module")
+def shaped_packs() -> PolicyEngine:
+    """The `packs` engine's rules, cached by shape as a postgres connection runs them."""
+    return PolicyEngine(tuple(GuardrailConfig(name=p, pack=p) for p in PACKS))
+
+
+def test_integers_share_a_shape_but_the_tautology_does_not():
+    """pgbench's select with a new key each time is judged once; two statements that differ
+    only in an integer, one of them `WHERE 1 = 1`, get different verdicts whichever comes
+    first."""
+    eng = PolicyEngine(tuple(GuardrailConfig(name=p, pack=p) for p in PACKS))
+    pol = eng.for_groups(())
+    assert pol._shape is not None
+    for aid in (48213, 7, 1, 0, 99999999999999999999):
+        assert pol.check(b"SELECT abalance FROM pgbench_accounts WHERE aid = %d;" % aid) is None
+    assert eng.misses == 2          # 1 is a shape of its own (the packs read it)
+    for first, second in ((b"1 = 2", b"1 = 1"), (b"2 = 2", b"1 = 1"), (b"1 = 1", b"1 = 10")):
+        eng = PolicyEngine(tuple(GuardrailConfig(name=p, pack=p) for p in PACKS))
+        pol = eng.for_groups(())
+        verdicts = [pol.check(b"DELETE FROM t WHERE " + w) for w in (first, second, first)]
+        blocked = [v is not None and v.rule == "unbounded-write" for v in verdicts]
+        assert blocked == [first == b"1 = 1", second == b"1 = 1", first == b"1 = 1"], verdicts
+    assert eng.stats()["unbounded-write"] == 2
+
+
+def test_a_pattern_that_may_read_an_integer_keeps_the_text_cache():
+    """`limit\\s+\\d{4,}` reads the integer: its rule set is judged by the text, not the shape."""
+    eng = PolicyEngine((rule("big-limit", r"\blimit\s+\d{4,}"),
+                        rule("drops", r"\bdrop\s+table\b")))
+    pol = eng.for_groups(())
+    assert pol._shape is None
+    assert pol.check(b"select * from t limit 10") is None
+    assert pol.check(b"select * from t limit 10000").rule == "big-limit"
+    # digit-blind patterns of one's own are judged by the shape
+    blind = PolicyEngine((rule("drops", r"\bdrop\s+table\b", r"(?:^|;)\s*vacuum\b"),))
+    assert blind.for_groups(())._shape is not None
+
+
+def test_rules_reading_literals_see_them_in_the_shape():
+    """A full-view rule sees string literals: two texts that differ in one have two shapes."""
+    eng = PolicyEngine((rule("no-secret", "topsecret", scan_literals=True),))
+    pol = eng.for_groups(())
+    assert pol._shape is not None
+    assert pol.check(b"SELECT * FROM t WHERE k = 'open' AND n = 1") is None
+    assert pol.check(b"SELECT * FROM t WHERE k = 'topsecret' AND n = 2").rule == "no-secret"
+    assert pol.check(b"SELECT * FROM t WHERE k = 'open' AND n = 3") is None
+
+
+_NUMBERS = st.sampled_from([b"0", b"1", b"2", b"01", b"10", b"11", b"1.0", b"1e1", b"0x1",
+                            b"1_0", b"123456789"])
+
+
+def _renumbered(drawn: tuple) -> bytes:
+    """Every digit 1 of a message replaced by one of the numbers drawn, in turn."""
+    sql, numbers = drawn
+    first, *rest = sql.split(b"1")
+    return first + b"".join(numbers[i % len(numbers)] + p for i, p in enumerate(rest))
+
+
+numbered_messages = st.tuples(sql_messages, st.lists(_NUMBERS, min_size=1, max_size=4)).map(
+    _renumbered)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(sql_messages, numbered_messages))
+@example(b"DELETE FROM t WHERE 1 = 1")
+@example(b"DELETE FROM t WHERE 2 = 2")
+@example(b"DELETE FROM t WHERE 11 = 1")
+@example(b"delete from t where (1=1)")
+def test_shape_verdicts_agree_with_each_rule_scanned_alone(shaped_packs, sql):
+    """As test_verdicts_agree_with_each_rule_scanned_alone, through one long-lived engine that
+    caches by shape: whatever was judged before, a text's verdict is its own."""
+    want = reference_rules(shaped_packs, sql)
+    v = shaped_packs.for_groups(frozenset()).check(sql)
+    if not want:
+        assert v is None, (sql, v)
+        return
+    assert v is not None, (sql, want)
+    assert v.action == "block" and v.rule in want and v.rule in v.matched
+    assert set(v.matched) <= want, (sql, v.matched, want)
+
+
+def test_kinds_of_a_new_shape_take_no_second_lexer_pass(monkeypatch):
+    """On a shape not judged yet, the classifier reads the shape's code pieces (the same cache
+    key as the text's own) instead of running the lexer again."""
+    from hoopwire.pg import statements
+    classifier = statements.StatementClassifier()
+    eng = _PolicyEngine((GuardrailConfig(name="reads", allow_kinds=("select",)),),
+                        views=DIALECT.statement_views, packs=DIALECT.packs,
+                        shape=DIALECT.statement_shape, classifier=classifier)
+    pol = eng.for_groups(())
+
+    def no_views(*_a, **_k):
+        raise AssertionError("the lexer ran twice")
+
+    monkeypatch.setattr(statements, "statement_views", no_views)
+    assert pol.check(b"SELECT * FROM t WHERE id = 48213") is None
+    v = pol.check(b"DELETE FROM t WHERE id = 7")
+    assert v is not None and v.kinds == ("delete",)
+    assert pol.check(b"SELECT * FROM t WHERE id = 5") is None and classifier.parses == 2
+    monkeypatch.undo()
+    # the text's own key is the same: no parse for it
+    assert classifier.classify(b"select * from t where id = 9") == {"select"}
+    assert classifier.parses == 2

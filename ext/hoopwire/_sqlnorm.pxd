@@ -34,6 +34,7 @@ cdef struct Out:
     bint had_token       # M_SPLIT: the current statement holds more than whitespace
     bint scs             # standard_conforming_strings: '...' has no backslash escapes
     bint ambiguous       # a '...' literal held a backslash: scs would change its reading
+    bint shape           # statement_shape: integers written 1 (the integer 1) or 0 (any other)
 
 cdef int out_init(Out* o, Py_ssize_t cap, int mode, bint scs=*) except -1 nogil
 cdef void out_free(Out* o) noexcept nogil

@@ -71,8 +71,8 @@ cdef extern from *:
     int hw_append_bytes(object lst, const char* p, Py_ssize_t n) except -1 nogil
     int hw_append_last(object dst, object src) except -1 nogil
 
-__all__ = ["normalize", "normalize_statements", "statement_views", "split_statements",
-           "mask_literals", "KEYWORDS"]
+__all__ = ["normalize", "normalize_statements", "statement_views", "statement_shape",
+           "split_statements", "mask_literals", "KEYWORDS"]
 
 ctypedef unsigned char uchar
 
@@ -208,6 +208,7 @@ cdef int out_init(Out* o, Py_ssize_t cap, int mode, bint scs=True) except -1 nog
     o.had_token = False
     o.scs = scs
     o.ambiguous = False
+    o.shape = False
     return 0
 
 
@@ -801,12 +802,25 @@ cdef inline int emit_word(Out* o, const uchar* p, Py_ssize_t n) except -1 nogil:
     return 0
 
 
+cdef inline bint _all_digits(const uchar* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        if not (CLS[p[k]] & C_DIGIT):
+            return False
+    return True
+
+
 cdef inline int emit_number(Out* o, const uchar* p, Py_ssize_t n) except -1 nogil:
     if o == NULL or o.mode == M_SPLIT:
         return 0
     if o.mode == M_MASK:
         begin_token(o, 63)
         out_byte(o, 63)
+    elif o.shape and _all_digits(p, n):
+        # statement_shape: a run of digits, whatever its value and length, is one digit -- the
+        # packs read digits only as name bytes, and one integer, the 1 of `WHERE 1 = 1`
+        begin_token(o, 48)
+        out_byte(o, 49 if n == 1 and p[0] == 49 else 48)
     else:
         begin_token(o, p[0])
         out_lower(o, p, n)
@@ -1075,6 +1089,58 @@ def statement_views(sql, bint full=False, *, bint standard_conforming_strings=Tr
         else:
             lex(<const uchar*>PyBytes_AS_STRING(b), n, &o, True, code)
         return code, fpieces, bool(o.ambiguous)
+    finally:
+        out_free(&o)
+        out_free(&fo)
+
+
+def statement_shape(sql, bint full=False):
+    """What a verdict on `sql` can depend on, once literals and integers are set aside:
+    `(key, code, full_view)`, or None when no such key is safe -- a '...' literal holds a
+    backslash (the text reads two ways), or the text holds a 0x00 / 0x01 byte (the key's
+    separators).
+
+    `code` and `full_view` are statement_views(sql, full)'s two lists with every integer (a
+    run of digits) written `0`, or `1` where it is the integer 1; decimals, exponents, 0x..
+    and 1_000 are kept as written. `key` is one bytes object naming both lists: the code
+    pieces joined by 0x00, then, when some statement's full view differs from its code view,
+    0x01 and the full pieces joined by 0x00. Two texts with the same key have the same pieces,
+    so whatever is judged from the pieces can be cached by the key: pgbench's
+    `... WHERE aid = 48213` and `... WHERE aid = 7` share one, `WHERE 1 = 1` and `WHERE 2 = 2`
+    do not."""
+    cdef bytes b = _as_bytes(sql)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef const uchar* s = <const uchar*>PyBytes_AS_STRING(b)
+    cdef list code = [], fpieces = None
+    cdef Py_ssize_t k, m
+    cdef bint differs = False
+    cdef Out o, fo
+    if memchr(s, 0, n) != NULL or memchr(s, 1, n) != NULL:
+        return None
+    out_init(&o, n + (n >> 2) + 16, M_CODE)
+    o.shape = True
+    fo.buf = NULL
+    try:
+        if full:
+            fpieces = []
+            out_init(&fo, n + (n >> 2) + 16, M_FULL)
+            fo.shape = True
+            lex(s, n, &o, True, code, &fo, fpieces)
+        else:
+            lex(s, n, &o, True, code)
+        if o.ambiguous:
+            return None
+        m = len(code)
+        if m == 1 and fpieces is None:
+            return code[0], code, fpieces
+        if fpieces is not None:
+            for k in range(m):
+                if fpieces[k] is not code[k]:
+                    differs = True
+                    break
+        if not differs:
+            return (code[0] if m == 1 else b"\0".join(code)), code, fpieces
+        return b"\0".join(code) + b"\1" + b"\0".join(fpieces), code, fpieces
     finally:
         out_free(&o)
         out_free(&fo)

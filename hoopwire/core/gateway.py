@@ -47,7 +47,7 @@ def _build_policy(cfg, protocols):
     return PolicyEngine(rules, path=f"connection[{cfg.name}].guardrail",
                         scan_seconds=GUARDRAIL_SCAN_SECONDS.labels(cfg.name).observe,
                         views=dialect.statement_views, classifier=dialect.classifier(rules),
-                        packs=dialect.packs)
+                        packs=dialect.packs, shape=getattr(dialect, "statement_shape", None))
 
 
 def build_policies(config: Config, protocols) -> dict:

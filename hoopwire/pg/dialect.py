@@ -4,7 +4,7 @@ PostgreSQL connection with guardrails gets."""
 
 from __future__ import annotations
 
-from hoopwire._sqlnorm import mask_literals, statement_views
+from hoopwire._sqlnorm import mask_literals, statement_shape, statement_views
 from hoopwire.config import GuardrailConfig
 from hoopwire.pg.packs import PACKS, UNSAFE_ENCODING_PATTERNS
 
@@ -17,6 +17,9 @@ class PgDialect:
     # runs the lexer in C without a call into Python per statement
     mask_literals = staticmethod(mask_literals)
     statement_views = staticmethod(statement_views)
+    # the guardrail verdict cache's key (hoopwire.policy.engine): integers set aside, which
+    # PACKS read only as name bytes and as the 1 of `WHERE 1 = 1` -- kept apart from 0 here
+    statement_shape = staticmethod(statement_shape)
     packs = PACKS                   # the built-in guardrail packs (hoopwire/pg/packs.py)
 
     @staticmethod

@@ -29,13 +29,13 @@ import logging
 import re
 import struct
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from hoopwire import metrics
 from hoopwire._mask import MaskRowError, RowPlan
 from hoopwire.pg._wire import HOLD, DataRowPlan, error_response
 from hoopwire.pg import messages as m
-from hoopwire._sqlnorm import normalize_statements
+from hoopwire._sqlnorm import normalize_statements, statement_shape
 from hoopwire.logs import event
 from hoopwire.masking.engine import MaskEngine, MaskRule
 # Columns here carry PostgreSQL type OIDs and format codes; _plan maps them to the masker's
@@ -80,8 +80,10 @@ class CopySpec:
     header: bool = False
 
 
-@dataclass(frozen=True)
-class StatementInfo:
+class StatementInfo(NamedTuple):
+    """What a statement's text says to masking. A tuple, not a frozen dataclass: one is made per
+    statement whose text is new (pgbench's select, a new key each time), and a dataclass's
+    __init__ cost 3 us of it, a tuple's 0.6 (Python 3.11, this machine)."""
     mentions: bool                          # names a masked column, its table or a view over it
     copies: tuple[CopySpec, ...] = ()       # COPY TO STDOUT statements, in order
     sql: bytes = b""                        # the text, for lineage (kept when it mentions)
@@ -295,6 +297,10 @@ class ConnectionMasking:
         self.catalogs: dict[str, Catalog] = {}
         self._names: dict[str, frozenset[bytes]] = {}
         self._stmt_cache: dict[tuple[str, bytes], StatementInfo] = {}
+        # (database, statement_shape key) -> (mentions, defines, code): what `statement` reads
+        # from a text holds for every text of its shape (literals and integers set aside: no
+        # name is in one), so a new key in a known statement costs one lexer pass in C
+        self._shape_facts: dict[tuple[str, bytes], tuple[bool, bool, bool]] = {}
         self.has_columns = bool(engine.rules)
         # column-part globs of the rules: an identifier matching one is a mention even when
         # the catalog has not seen the column yet
@@ -368,6 +374,7 @@ class ConnectionMasking:
         self._names[cat.database] = frozenset(names)
         self._needles[cat.database] = _needle(self._names[cat.database], self._glob_heads)
         self._stmt_cache.clear()
+        self._shape_facts.clear()
         self._lineage.clear()
         self._lineage_raw.clear()
 
@@ -377,51 +384,77 @@ class ConnectionMasking:
         if info is not None:
             return info
         try:
-            pieces = normalize_statements(sql, True)
-        except Exception:  # noqa: BLE001 -- unreadable text: assume the worst
-            pieces = []
-            info = StatementInfo(True)
-        if not pieces and info is None:
-            info = NO_INFO
+            shaped = statement_shape(sql, True) if len(sql) <= LINEAGE_MAX else None
+        except Exception:  # noqa: BLE001 -- read below, the long way
+            shaped = None
+        if shaped is not None and not shaped[1]:
+            info = NO_INFO                  # blank, or only comments
+        elif shaped is not None:
+            skey = (database, shaped[0])
+            facts = self._shape_facts.get(skey)
+            if facts is None:
+                # read from the shape's own pieces, so what is cached is the shape's by
+                # construction; a COPY's options are read from its text, the long way
+                got = self._facts(database, shaped[2])
+                if not got[1]:
+                    facts = (got[0], got[2], got[3])
+                    if len(self._shape_facts) >= _STMT_CACHE:
+                        self._shape_facts.clear()
+                    self._shape_facts[skey] = facts
+            if facts is not None:
+                info = self._info(facts[0], (), sql, facts[1], facts[2])
         if info is None:
-            names = self._names.get(database, frozenset())
-            needle = self._needles.get(database, self._no_names)
-            mentions = False
-            copies = []
-            defines = code = False
-            for piece in pieces:
-                if piece[:7] in (b"declare", b"prepare"):
-                    defines = True
-                if piece.startswith((b"do ", b"create ", b"alter ", b"cluster")) or \
-                        b" current of " in piece:
-                    code = True
-                if not mentions and self.has_columns and (
-                        needle is None or needle.search(piece) is not None):
-                    for mt in _IDENT.finditer(piece):
-                        w = mt.group(0)
-                        if w[:1] == b'"':
-                            w = w[1:-1].replace(b'""', b'"')
-                        if w in names or w in _OPAQUE_NAMES or \
-                                any(g.match(w) for g in self._col_globs):
-                            mentions = True
-                            break
-                if not mentions and self.has_columns and piece.startswith(_OPAQUE_READS):
-                    mentions = True      # rows of a statement or cursor declared earlier
-                if piece[:4] == b"copy":
-                    spec = parse_copy(piece)
-                    if spec is not None:
-                        copies.append(spec)
-            # the text is kept while column rules apply: lineage reads it, and a result judged
-            # after a catalog read asks again whether it mentions masked data (see
-            # row_description)
-            info = StatementInfo(mentions, tuple(copies), sql if self.has_columns else b"",
-                                 defines, code) if (mentions or copies or defines or
-                                                    self.has_columns) else NO_INFO
+            try:
+                pieces = normalize_statements(sql, True)
+            except Exception:  # noqa: BLE001 -- unreadable text: assume the worst
+                info = StatementInfo(True)
+            else:
+                mentions, copies, defines, code = self._facts(database, pieces)
+                info = self._info(mentions, copies, sql, defines, code) if pieces else NO_INFO
         if len(self._stmt_cache) >= _STMT_CACHE:
             self._stmt_cache.clear()
         self._stmt_cache[key] = info
         return info
 
+    def _facts(self, database: str, pieces: list) -> tuple[bool, tuple, bool, bool]:
+        """(mentions, copies, defines, code) of a text's statements (full views)."""
+        names = self._names.get(database, frozenset())
+        needle = self._needles.get(database, self._no_names)
+        mentions = False
+        copies = []
+        defines = code = False
+        for piece in pieces:
+            if piece[:7] in (b"declare", b"prepare"):
+                defines = True
+            if piece.startswith((b"do ", b"create ", b"alter ", b"cluster")) or \
+                    b" current of " in piece:
+                code = True
+            if not mentions and self.has_columns and (
+                    needle is None or needle.search(piece) is not None):
+                for mt in _IDENT.finditer(piece):
+                    w = mt.group(0)
+                    if w[:1] == b'"':
+                        w = w[1:-1].replace(b'""', b'"')
+                    if w in names or w in _OPAQUE_NAMES or \
+                            any(g.match(w) for g in self._col_globs):
+                        mentions = True
+                        break
+            if not mentions and self.has_columns and piece.startswith(_OPAQUE_READS):
+                mentions = True      # rows of a statement or cursor declared earlier
+            if piece[:4] == b"copy":
+                spec = parse_copy(piece)
+                if spec is not None:
+                    copies.append(spec)
+        return mentions, tuple(copies), defines, code
+
+    def _info(self, mentions: bool, copies: tuple, sql: bytes, defines: bool,
+              code: bool) -> StatementInfo:
+        # the text is kept while column rules apply: lineage reads it, and a result judged
+        # after a catalog read asks again whether it mentions masked data (see row_description)
+        if mentions or copies or defines or self.has_columns:
+            return StatementInfo(mentions, copies, sql if self.has_columns else b"", defines,
+                                 code)
+        return NO_INFO
 
     def lineage(self, database: str, sql: bytes) -> Optional[list]:
         """The statements of `sql` with their column lineage (hoopwire/pg/lineage.py), or None
@@ -736,11 +769,17 @@ class SessionMasker:
         # statement made it stale and the result has expressions: `CREATE OR REPLACE VIEW v AS
         # SELECT ssn AS x ...` then `SELECT upper(x) FROM v` is judged by the new definition
         has_expr = shape.has_expr and self.conn.has_columns
-        need = self._need(oids) if oids or info.mentions or (
-            has_expr and self.catalog.stale and self._reads_relations(info, len(fields))) \
-            else None
-        if need is not None:
-            return self._hold(need)
+        if oids or info.mentions or (
+                has_expr and self.catalog.stale and self._reads_relations(info, len(fields))):
+            cat = self.catalog
+            # every relation of this RowDescription was known at this catalog generation (a
+            # read replaces the relations and moves the generation on): only freshness to ask
+            if shape.known_cat is not cat or shape.known_gen != cat.generation or \
+                    not cat.fresh():
+                need = self._need(oids)
+                if need is not None:
+                    return self._hold(need)
+                shape.known_cat, shape.known_gen = cat, cat.generation
         if not has_expr and not info.mentions:
             # Every column is a table's own (or there are no column rules) and the statement
             # names nothing masked: the plan follows from the RowDescription, the catalog's
@@ -1154,7 +1193,7 @@ class _Shape:
     """One RowDescription as the session saw it: its fields, the relations it names, and the
     plan its rows had when neither an expression nor a mention of masked data was involved."""
 
-    __slots__ = ("fields", "oids", "has_expr", "plan_key", "plan")
+    __slots__ = ("fields", "oids", "has_expr", "plan_key", "plan", "known_cat", "known_gen")
 
     def __init__(self, fields):
         self.fields = fields
@@ -1162,6 +1201,8 @@ class _Shape:
         self.has_expr = len(self.oids) < len(fields)
         self.plan_key = None
         self.plan = None
+        self.known_cat = None     # the catalog, and its generation, that knew every oid
+        self.known_gen = -1
 
 
 def _row_description(msg: bytes):

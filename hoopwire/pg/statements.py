@@ -306,6 +306,16 @@ class StatementClassifier:
             kinds = kinds_of(text)
             other = _backslash_reading(text)
             return kinds | (kinds_of(other) if other is not None else {"unparsed"})
+        return self._by_code(sql, code)
+
+    def classify_shape(self, sql: bytes, code: list) -> frozenset[str]:
+        """classify, for a text whose statement_shape the caller has made (so not ambiguous):
+        its code pieces, integers written 0 or 1, give the same cache key as the text's own,
+        and the lexer does not run a second time (the guardrail engine, on a shape it has not
+        judged yet)."""
+        return self._by_code(sql, code)
+
+    def _by_code(self, sql: bytes, code: list) -> frozenset[str]:
         key = _NUMBER.sub(b"0", b"\0".join(code))
         with self._lock:
             hit = self._cache.get(key)

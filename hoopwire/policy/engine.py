@@ -33,6 +33,17 @@ asked only when a pack blocks a message: the packs then judge the literal form i
 PostgreSQL, pg_dump's set_config(name, ...) FROM pg_settings WHERE name = '<literal>'), while
 the connection's own patterns still judge the text as written.
 
+A dialect may also offer `shape(sql, want_full) -> (key, code, full) | None` (PostgreSQL's is
+hoopwire._sqlnorm.statement_shape): the two views with every integer set aside (written 0, or 1
+where it is the integer 1), and one bytes key naming them. Verdicts are then cached by that key
+and judged from those views, so a message that differs from one judged before only in its
+literals and integers (pgbench's `WHERE aid = <n>`, an agent's `LIMIT 50`) costs one lexer pass
+in C and one lookup. Only for rule sets whose every pattern judges the shape as it judges the
+text: the dialect's own packs (a dialect that offers `shape` vouches for its packs: PostgreSQL's
+read digits only as name bytes, and the integer 1 of `WHERE 1 = 1`), and patterns of one's own
+that cannot match a digit (`_digit_blind`). Any other pattern turns the shape cache off for the
+rule sets it is in; they are judged by the text as before.
+
 Compiling is CPU work (milliseconds for a few rules, around a second for a thousand): build the
 engine, and call for_groups for a group set not seen before, off the event loop, then swap the
 result in by reference. A GroupPolicy is meant to be used from one thread at a time (each of its
@@ -68,6 +79,16 @@ _MISS = object()
 _OBSERVE_EVERY = 16  # scan_seconds sees one cache miss in this many (a power of two)
 _GROUP_CACHE = 1024          # group sets remembered by for_groups
 _CACHE_ITEM_MAX = 64 * 1024  # longer messages are scanned every time rather than cached
+# A pattern of one's own that cannot match a digit: every byte a literal that is no digit and no
+# class, or \s \b \B, or an escaped punctuation byte. Such a pattern's matches lie between
+# digits, so rewriting runs of digits into other runs of digits changes none (\b too: a digit is
+# a word byte either way). Anything else (., [...], \w, \d, \S, \x31, a digit, a {n}) might
+# read an integer's value, and keeps its rule set judged by the text.
+_DIGIT_BLIND = re.compile(rb"(?:[^.\[\]{}\\0-9]|\\[sbB]|\\[^A-Za-z0-9])*\Z")
+
+
+def _digit_blind(pattern: bytes) -> bool:
+    return _DIGIT_BLIND.match(pattern) is not None
 
 
 def _compile(patterns: list[tuple[bytes, int]]) -> hyperscan.Database | None:
@@ -128,10 +149,14 @@ class PolicyEngine:
                  cache_size: int = 4096, path: str = "guardrail",
                  scan_seconds: Callable[[float], None] | None = None,
                  cache_bytes: int = 8 * 1024 * 1024, classifier: KindClassifier | None = None,
-                 packs: Mapping[str, Pack] | None = None):
+                 packs: Mapping[str, Pack] | None = None, shape: Callable | None = None):
         if cache_size < 0 or cache_bytes < 0:
             raise ValueError("cache_size and cache_bytes must not be negative")
         self.views = views          # the dialect's lexer: (code, full, ambiguous) of a message
+        self.shape = shape          # the dialect's shape key and views, or None (module docstring)
+        # the dialect's pack patterns: a dialect that offers `shape` vouches for them
+        self._vouched = frozenset(p.encode() for pk in (packs or {}).values()
+                                  for _, p in pk.patterns) if shape is not None else frozenset()
         self.classifier = classifier
         self._rules: tuple[Rule, ...] = tuple(build_rules(
             tuple(guardrails), path, classifier.names if classifier is not None else None,
@@ -240,6 +265,7 @@ class GroupPolicy:
     __slots__ = ("_engine", "rules", "approves", "_code", "_full", "_both", "_want_full", "_cache",
                  "_old", "_gen_size", "_gen_bytes", "_cached_bytes", "_on_match", "_views",
                  "_scans", "_kind_rules", "_classify", "_literal_form", "_collect", "_shapes",
+                 "_shape", "_by_shape", "_old_shape", "_shape_bytes", "_classify_shape",
                  "__weakref__")
 
     def __init__(self, engine: PolicyEngine, rules: tuple[Rule, ...],
@@ -260,6 +286,10 @@ class GroupPolicy:
         # the allow_kinds rules, (index, kinds allowed), and the classifier only if there are
         self._kind_rules = tuple((r.index, r.kinds) for r in rules if r.kinds is not None)
         self._classify = engine.classifier.classify if self._kind_rules else None
+        # classify_shape(sql, code pieces of its shape), where the classifier offers it: no
+        # second lexer pass on a shape not judged before
+        self._classify_shape = getattr(engine.classifier, "classify_shape", None) \
+            if self._kind_rules else None
         self._literal_form = getattr(engine.classifier, "literal_form", None)
         # Two generations of plain dicts: entries go to the young one; when it is full it
         # becomes the old one and the previous old one is dropped; a hit in the old one is
@@ -278,6 +308,19 @@ class GroupPolicy:
         # rule reads the literals (the code views are then everything scanned).
         self._shapes: dict[tuple, tuple] | None = (
             {} if engine.cache_size and full is None else None)
+        # Verdicts by the dialect's shape key (see the module docstring): with it, the cache
+        # above is not needed. Two generations, bounded like the text cache; a reload builds a
+        # new engine, and with it empty caches.
+        vouched = engine._vouched
+        self._shape = engine.shape if (
+            engine.shape is not None and self._cache is not None and
+            all(p in vouched or _digit_blind(p) for r in rules for _, p, _ in r.patterns)) \
+            else None
+        if self._shape is not None:
+            self._shapes = None
+        self._by_shape: dict[bytes, object] = {}
+        self._old_shape: dict[bytes, object] = {}
+        self._shape_bytes = 0
         self._cached_bytes = 0
         blocking = engine._blocking
 
@@ -303,7 +346,8 @@ class GroupPolicy:
 
         One blocked statement blocks the message. For a block, `matched` holds the rules found
         up to the first blocking match (the scan stops there); for log/approve it is complete.
-        Verdicts are cached by the exact bytes of the message. `kinds`, when given, are the
+        Verdicts are cached by the exact bytes of the message, and by its shape where the
+        dialect offers one (module docstring). `kinds`, when given, are the
         message's statement kinds as the caller knows them (a text it wrote itself, such as a
         startup setting): allow_kinds rules judge those, and the verdict is not cached."""
         if type(sql) is not bytes:
@@ -324,25 +368,32 @@ class GroupPolicy:
                 return hit[0]
         if not self.rules:
             return None
+        shaped = None
+        if cache is not None and self._shape is not None and len(sql) <= _CACHE_ITEM_MAX:
+            shaped = self._shape(sql, self._want_full)
+            if shaped is not None:
+                hit = self._by_shape.get(shaped[0], _MISS)
+                if hit is _MISS:
+                    hit = self._old_shape.get(shaped[0], _MISS)
+                    if hit is not _MISS:
+                        self._remember_shape(shaped[0], hit)
+                if hit is not _MISS:
+                    if hit is None:
+                        return None
+                    matches = self._engine._matches
+                    for i in hit[1]:
+                        matches[i] += 1
+                    return hit[0]
         engine = self._engine
         observe = engine.scan_seconds
         engine._misses += 1
-        refused = None
         if observe is not None and not engine._misses & (_OBSERVE_EVERY - 1):
             # timing every miss costs about as much as a small scan: sample instead
             t0 = time.perf_counter()
-            hits = self._inspect(sql) if self._scans else []
-            if hits and self._literal_form is not None:
-                hits = self._judge_literal_form(sql, hits)
-            if self._kind_rules:
-                refused = self._judge_kinds(sql, kinds, hits)
+            hits, refused, by_shape = self._judge(sql, kinds, shaped)
             observe(time.perf_counter() - t0)
         else:
-            hits = self._inspect(sql) if self._scans else []
-            if hits and self._literal_form is not None:
-                hits = self._judge_literal_form(sql, hits)
-            if self._kind_rules:
-                refused = self._judge_kinds(sql, kinds, hits)
+            hits, refused, by_shape = self._judge(sql, kinds, shaped)
         result = None
         if hits:
             result = self._engine._verdict(hits, refused)
@@ -351,7 +402,56 @@ class GroupPolicy:
                 matches[i] += 1
         if cache is not None and len(sql) <= _CACHE_ITEM_MAX:
             self._remember(sql, result)
+            if by_shape:
+                self._remember_shape(shaped[0], result)
         return result[0] if result is not None else None
+
+    def _judge(self, sql: bytes, kinds: frozenset[str] | None, shaped: tuple | None
+               ) -> tuple[list[int], dict | None, bool]:
+        """(rule ids that match, kinds refused by rule, whether the verdict holds for every
+        text of the shape). With a shape, its views are scanned: the verdict is then the
+        shape's by construction. Not the shape's: pg_dump's literal form (read from the
+        string literals), and a refusal of `unparsed` text (a bad literal the shape hides)."""
+        refused = None
+        if shaped is not None:
+            hits = self._scan_views(shaped[1], shaped[2]) if self._scans else []
+        else:
+            hits = self._inspect(sql) if self._scans else []
+        by_shape = shaped is not None
+        if hits and self._literal_form is not None:
+            judged = self._judge_literal_form(sql, hits)
+            if judged is not hits:
+                hits, by_shape = judged, False
+        if self._kind_rules:
+            if kinds is None and shaped is not None and self._classify_shape is not None and \
+                    not any(self._engine._blocking[i] for i in hits):
+                kinds = self._classify_shape(sql, shaped[1])
+            refused = self._judge_kinds(sql, kinds, hits)
+            if refused and any("unparsed" in k for k in refused.values()):
+                by_shape = False
+        return hits, refused, by_shape
+
+    def _scan_views(self, code: list, full: list | None) -> list[int]:
+        """The rules that match statement views already made (a shape's), in the order found."""
+        hits: list[int] = []
+        on_match = self._on_match
+        try:
+            if full is None:
+                scan = self._code
+                for stmt in code:
+                    scan(stmt, on_match, 0, hits)
+            else:
+                scan_code, scan_full, scan_both = self._code, self._full, self._both
+                for c, f in zip(code, full):
+                    if c is f:
+                        scan_both(c, on_match, 0, hits)
+                    else:
+                        if scan_code is not None:
+                            scan_code(c, on_match, 0, hits)
+                        scan_full(f, on_match, 0, hits)
+        except hyperscan.ScanTerminated:
+            pass  # a blocking rule matched
+        return hits
 
     def _judge_kinds(self, sql: bytes, kinds: frozenset[str] | None,
                      hits: list[int]) -> dict[int, tuple[str, ...]] | None:
@@ -440,10 +540,22 @@ class GroupPolicy:
             self._cache = {}
             self._cached_bytes = 0
 
+    def _remember_shape(self, key: bytes, result: object) -> None:
+        young = self._by_shape
+        young[key] = result
+        self._shape_bytes += len(key)
+        if len(young) >= self._gen_size or self._shape_bytes >= self._gen_bytes:
+            self._old_shape = young
+            self._by_shape = {}
+            self._shape_bytes = 0
+
     def clear_cache(self) -> None:
         if self._cache is not None:
             self._cache = {}
             self._old = {}
             self._cached_bytes = 0
+        self._by_shape = {}
+        self._old_shape = {}
+        self._shape_bytes = 0
         if self._shapes is not None:
             self._shapes = {}
