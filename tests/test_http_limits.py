@@ -1,13 +1,19 @@
 """max_connections on an http connection counts every client connection, authenticated or not:
 an idle socket and a keep-alive socket that only ever got 401 hold a slot each, a connection
-over the limit is answered 503 JSON and closed, and request_timeout frees a slot whose client
-never sends a request."""
+over the limit is answered 503 JSON and closed (over TLS on a TLS listener), and
+request_timeout frees a slot whose client never sends a request. A flood of refusals is
+logged as its first line and then a summary per window, while the metric counts each."""
 
 from __future__ import annotations
 
+import re
 import socket
+import ssl
+import subprocess
 import time
+import urllib.request
 
+import httpx
 import orjson
 import pytest
 
@@ -19,10 +25,10 @@ pytestmark = pytest.mark.timeout(120)
 UNAUTH = b"GET /json/1k HTTP/1.1\r\nHost: gw\r\n\r\n"
 
 
-def _connect(address) -> socket.socket:
+def _connect(address, tls: ssl.SSLContext | None = None) -> socket.socket:
     s = socket.create_connection(address, timeout=10)
     s.settimeout(10)
-    return s
+    return tls.wrap_socket(s, server_hostname="localhost") if tls is not None else s
 
 
 def _read_response(s: socket.socket) -> bytes:
@@ -45,10 +51,10 @@ def _status(resp: bytes) -> int:
     return int(resp[9:12]) if resp.startswith(b"HTTP/1.1 ") else 0
 
 
-def _held_401(address) -> socket.socket | None:
+def _held_401(address, tls: ssl.SSLContext | None = None) -> socket.socket | None:
     """A keep-alive connection that got 401 and stays open, or None if the gateway answered
     503 (a slot still held by the fixture's readiness probe, which ends soon)."""
-    s = _connect(address)
+    s = _connect(address, tls)
     s.sendall(UNAUTH)
     resp = _read_response(s)
     if _status(resp) == 401:
@@ -124,3 +130,104 @@ def test_unauthenticated_connections_count_against_max_connections(upstream, idp
                 s.close()
             return True if status == 200 else None
         _until(served, "a request served once the slots are free")
+
+
+def test_a_full_tls_listener_answers_503_over_tls(upstream, idp, pki):
+    cfg = http_config(upstream.url("/"), idp, max_connections=1, request_timeout="30s",
+                      tls_cert=pki.server_cert, tls_key=pki.server_key,
+                      require_tls=False)       # a plain client is part of the test
+    ctx = ssl.create_default_context(cafile=pki.ca_pem)
+    with HttpGateway(cfg, env=http_env()) as g:
+        host, port = g.address("api")
+        held = _until(lambda: _held_401((host, port), ctx), "a TLS connection admitted")
+        try:
+            # before, the 503 went out in plain text ahead of the handshake: httpx and curl
+            # saw a TLS record error, not the answer
+            r = httpx.get(f"https://localhost:{port}/json/1k", headers=bearer(idp.token()),
+                          verify=ctx, timeout=10)
+            assert r.status_code == 503 and r.json()["error"] == "too_many_connections"
+            assert r.headers["connection"] == "close"
+            out = subprocess.run(
+                ["curl", "-sS", "--max-time", "10", "--cacert", pki.ca_pem, "-o", "/dev/null",
+                 "-w", "%{http_code}", f"https://localhost:{port}/json/1k"],
+                capture_output=True, text=True, timeout=20)
+            assert (out.returncode, out.stdout) == (0, "503"), out
+            # a plain client on the same listener is still told in plain text
+            plain = _connect((host, port))
+            plain.sendall(UNAUTH)
+            assert _status(_read_response(plain)) == 503
+            plain.close()
+        finally:
+            held.close()
+
+
+def _refused_total(g) -> float:
+    text = urllib.request.urlopen(g.admin_url + "/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("hoopwire_connections_total{")
+               and 'result="too_many_connections"' in line)
+
+
+def test_a_flood_of_refusals_is_summarised_in_the_log(upstream, idp):
+    cfg = http_config(upstream.url("/"), idp, max_connections=1, request_timeout="60s")
+    with HttpGateway(cfg, env=http_env()) as g:
+        address = g.address("api")
+        held = _until(lambda: _held_401(address), "a connection admitted")
+        try:
+            for _ in range(40):
+                c = _connect(address)
+                assert _status(_read_response(c)) == 503
+                c.close()
+            refused = _refused_total(g)
+            assert refused >= 40                         # the metric counts every one
+            # the first in full, the rest in summaries (one per 10 s window while they go on)
+            summary = r"connections refused since the last line .*refused=(\d+)"
+            g.wait_log(summary, timeout=15)
+            log = g.log_text()
+            full = re.findall(r"connection refused .*reason=too_many_connections", log)
+            counted = sum(int(n) for n in re.findall(summary, log))
+            assert 1 <= len(full) <= 2, full
+            assert len(full) + counted == refused, (full, counted, refused)
+            assert re.search(r"reasons=too_many_connections:\d+ .*busiest=127\.0\.0\.1:",
+                             log), log
+        finally:
+            held.close()
+
+
+def test_refusal_log_windows(caplog):
+    """In process, with 0.1 s windows: a window without refusals ends the summaries (the next
+    refusal is in full again), and a stopping listener logs the count it still holds."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from hoopwire.core.listener import RefusalLog
+
+    lst = SimpleNamespace(log=logging.getLogger("hoopwire.test.refusals"), name="api")
+
+    async def run():
+        rl = RefusalLog(lst, window=0.1)
+        for i in range(5):
+            rl.refused(f"10.0.0.{i % 2}:5{i}", "too_many_connections", "too many connections")
+        rl.refused("10.0.0.1:60", "too_many_handshakes", "3 handshakes in progress")
+        for _ in range(200):                     # a summary, then a quiet window ends them
+            if rl.timer is None:
+                break
+            await asyncio.sleep(0.05)
+        rl.refused("10.0.0.2:61", "too_many_connections", "too many connections")
+        rl.refused("10.0.0.2:62", "too_many_connections", "too many connections")
+        rl.close()
+        assert rl.timer is None
+
+    with caplog.at_level(logging.WARNING, logger="hoopwire.test.refusals"):
+        asyncio.run(run())
+    lines = [(r.getMessage(), r.fields) for r in caplog.records]
+    summary = "connections refused since the last line"
+    assert [m for m, _ in lines] == ["connection refused", summary, "connection refused", summary]
+    assert lines[0][1]["peer"] == "10.0.0.0:50"
+    first = lines[1][1]
+    assert first["refused"] == 5 and first["hosts"] == 2
+    assert first["reasons"] == "too_many_connections:4,too_many_handshakes:1"
+    assert first["busiest"] == "10.0.0.1:3"
+    assert lines[2][1]["peer"] == "10.0.0.2:61"
+    assert lines[3][1]["refused"] == 1 and lines[3][1]["busiest"] == "10.0.0.2:1"

@@ -2,9 +2,10 @@
 
 It owns the listening socket, the limits (max_handshakes apart from max_connections: sockets
 that never finish a handshake cannot take the slots of clients that log in), the handshake
-timeout, the idle sweep, reload (`apply`) and stop, and the set of live sessions. A protocol
-subclasses it and writes only its handshake (`handshake`) and what a reload means for its
-sessions (`apply_protocol`); every refusal it raises is one of hoopwire.core.errors, worded for
+timeout, the idle sweep, reload (`apply`) and stop, the set of live sessions, and the log of
+capacity refusals (RefusalLog: a flood of them is summarised, not logged line by line). A
+protocol subclasses it and writes only its handshake (`handshake`) and what a reload means for
+its sessions (`apply_protocol`); every refusal it raises is one of hoopwire.core.errors, worded for
 the client by the protocol's adapter.
 """
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hoopwire.listener")
 
-__all__ = ["Listener", "Admission"]
+__all__ = ["Listener", "Admission", "RefusalLog"]
 
 # A listener over max_handshakes still answers its client's first message (as the server
 # would) but within this bound, not the configured handshake timeout.
@@ -36,6 +37,76 @@ OVER_LIMIT_TIMEOUT = 5.0
 # Seconds a stopping listener gives its cancels of still-running statements (each one is a
 # connection to the upstream and one packet; 2 s each in the PostgreSQL listener).
 CANCEL_BOUND = 3.0
+# A full listener refuses as fast as clients retry: one client looping on a full http
+# listener was refused 900 times a second (2 cores at load 10), a WARNING line each. Past the
+# first refusal, the log gets one summary line per this many seconds while they go on (8,640
+# a day at most per listener and worker); hoopwire_connections_total still counts each one.
+REFUSAL_LOG_WINDOW = 10.0
+# the refusals a flood makes; the others (auth_failed, tls_required ...) name a client's
+# own fault, one line each
+CAPACITY_REASONS = frozenset(("too_many_connections", "too_many_handshakes"))
+# distinct client hosts a summary tells apart (the busiest is named); past it, "256+"
+_PEER_HOSTS = 256
+
+
+class RefusalLog:
+    """The log lines of one listener's capacity refusals: the first in full; then, while they
+    go on, one summary per `window` seconds with their count by reason and the busiest host.
+    A window without any ends the summary: the next refusal is logged in full again."""
+
+    __slots__ = ("listener", "window", "counts", "hosts", "since", "timer")
+
+    def __init__(self, listener: "Listener", window: float = REFUSAL_LOG_WINDOW):
+        self.listener = listener
+        self.window = window
+        self.counts: dict[str, int] = {}
+        self.hosts: dict[str, int] = {}
+        self.since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def refused(self, peer: str, reason: str, detail: str) -> None:
+        if self.timer is None:
+            lst = self.listener
+            event(lst.log, "connection refused", logging.WARNING, connection=lst.name,
+                  peer=peer, reason=reason, detail=detail,
+                  then=f"a summary every {self.window:g} s while refusals go on")
+            self.since = time.monotonic()
+            self.timer = asyncio.get_running_loop().call_later(self.window, self._tick)
+            return
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        host = peer.rpartition(":")[0] or peer
+        if host in self.hosts or len(self.hosts) < _PEER_HOSTS:
+            self.hosts[host] = self.hosts.get(host, 0) + 1
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.counts:
+            self.flush()
+            self.timer = asyncio.get_running_loop().call_later(self.window, self._tick)
+
+    def flush(self) -> None:
+        """Log the refusals counted since the last line, if any."""
+        if not self.counts:
+            return
+        lst = self.listener
+        now = time.monotonic()
+        top, top_n = max(self.hosts.items(), key=lambda kv: kv[1]) if self.hosts else ("", 0)
+        event(lst.log, "connections refused since the last line", logging.WARNING,
+              connection=lst.name, refused=sum(self.counts.values()),
+              seconds=round(now - self.since, 1),
+              reasons=",".join(f"{r}:{n}" for r, n in sorted(self.counts.items())),
+              hosts=len(self.hosts) if len(self.hosts) < _PEER_HOSTS else f"{_PEER_HOSTS}+",
+              busiest=f"{top}:{top_n}")
+        self.counts.clear()
+        self.hosts.clear()
+        self.since = now
+
+    def close(self) -> None:
+        """The listener stops: the pending count is logged, not lost."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.flush()
 
 
 class Admission:
@@ -77,6 +148,7 @@ class Listener:
         self.admitted = 0           # handshakes past the max_connections check, not yet sessions
         self.server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
+        self.refusals = RefusalLog(self)
         self.apply(cfg, policy_engine, mask_engine)
 
     @property
@@ -160,6 +232,7 @@ class Listener:
             self.server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.refusals.close()
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -277,8 +350,11 @@ class Listener:
             result = e.result
         except Refused as e:
             result = e.reason
-            event(self.log, "connection refused", logging.WARNING, connection=cfg.name,
-                  peer=peer_s, reason=e.reason, detail=e.detail or e.message)
+            if e.reason in CAPACITY_REASONS:
+                self.refusals.refused(peer_s, e.reason, e.detail or e.message)
+            else:
+                event(self.log, "connection refused", logging.WARNING, connection=cfg.name,
+                      peer=peer_s, reason=e.reason, detail=e.detail or e.message)
             await self._refuse(writer, adapter.fatal(e.code, e.message))
         except ClientProtocolError as e:
             result = "protocol_error"
