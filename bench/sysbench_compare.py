@@ -132,7 +132,7 @@ def make_pki(workdir: str) -> tuple[str, str, str]:
 def start_hoopwire(db: MariaDbServer, db_password: str, api_key: str, workers: int | None,
                    *, packs: bool = False, mask_pad: bool = False, mask_c: bool = False,
                    audit_dir: str | None = None,
-                   tls: tuple[str, str] | None = None) -> Gateway:
+                   tls: tuple[str, str] | None = None, start: bool = True) -> Gateway:
     conn = {"name": "bench", "protocol": "mysql", "upstream": f"{db.host}:{db.port}",
             "database": DB, "user": DB_USER, "password_env": PW_ENV}
     if tls:
@@ -158,7 +158,7 @@ def start_hoopwire(db: MariaDbServer, db_password: str, api_key: str, workers: i
         config["state"] = {"url": "sqlite:///" + os.path.join(audit_dir, "state.db")}
     else:
         config["audit"] = {"enabled": False}     # the other targets record nothing
-    return Gateway(config, env={PW_ENV: db_password}, workers=workers)
+    return Gateway(config, env={PW_ENV: db_password}, workers=workers, start=start)
 
 
 @dataclass

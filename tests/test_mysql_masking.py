@@ -708,9 +708,12 @@ def test_ddl_reads_the_catalog_again(db):
     gen = conn.catalog.generation
 
     async def go():
-        masker.statement(b"CREATE TABLE h4tmp (ssn char(11))")
+        info = masker.statement(b"CREATE TABLE h4tmp (ssn char(11))")
+        assert info.ddl
         db.sql(f"CREATE TABLE {DB}.h4tmp (ssn char(11))")
-        masker.statement(b"SELECT 1")                   # the next statement starts a read
+        # the server's answer to the DDL starts a read (the relay calls answered for a DDL's
+        # answer, then holds the next statement on pending_read until the read lands)
+        masker.answered(info)
         for _ in range(100):
             await asyncio.sleep(0.05)
             if conn.catalog.generation > gen:

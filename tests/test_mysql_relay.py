@@ -447,6 +447,31 @@ def test_kill_mapped_to_the_upstream_thread():
     assert err_fields(payloads(w.client.drain())[0][1])[0] == 1094
 
 
+def test_the_kill_word_test_finds_what_a_case_blind_search_finds():
+    # the relay's per-query test for KILL (a byte loop in C) must see every KILL the regular
+    # expression it replaced saw, and nothing it did not: any case, anywhere, any neighbours
+    import random
+    import re
+    from hoopwire.mysql._wire import has_kill
+    word = re.compile(rb"kill", re.I)
+    fixed = [b"", b"kil", b"KILL", b"kIlL 4", b"/*!kiLL*/ 1", b"skilled", b"k i l l", b"KIL L",
+             b"\xcb\xc9\xcc\xcc", b"\x4bILL", b"KILl"[:3], b"x" * 100 + b"Kill"]
+    rng = random.Random(20)
+    alphabet = b"kKiIlL\x4b\x6b\xcb\xeb \x00;"
+    texts = fixed + [bytes(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+                     for _ in range(5000)]
+    for t in texts:
+        assert has_kill(t) == (word.search(t) is not None), t
+
+
+def test_a_kill_in_any_case_is_mapped_or_refused():
+    w = Wire(kill_target={42: 9001}.get)
+    assert w.send(com_query(b"kIlL QuErY 42")) == com_query(b"KILL QuErY 9001")
+    w.answer(ok(1))
+    assert w.send(com_query(b"KiLL 43")) == b""
+    assert err_fields(payloads(w.client.drain())[0][1])[:2] == (1094, "HY000")
+
+
 @pytest.mark.parametrize("sql", [b"KILL USER app", b"KILL QUERY ID 5", b"/*!KILL 42*/",
                                  b"SELECT 1; KILL 42", b"KILL 42 /* x */ + 1"])
 def test_kill_forms_that_cannot_be_mapped_are_refused(sql):
@@ -499,6 +524,12 @@ from hoopwire.mysql.adapter import ADAPTER                       # noqa: E402
 FIXED_TYPES = {1, 2, 3, 4, 5, 8, 9, 13, 7, 10, 11, 12, 14}
 
 
+class _Info(tuple):
+    """What the relay reads of a statement's info (hoopwire.mysql.masker.StatementInfo): its
+    `ddl` flag, whose answer has the relay ask for a catalog read (pending_read)."""
+    ddl = False
+
+
 class PlanningMasker:
     def __init__(self, columns=("app.customers.ssn",), strategy="redact", refuse=None):
         self.engine = MaskEngine([MaskConfig(columns=tuple(columns), strategy=strategy)],
@@ -508,7 +539,7 @@ class PlanningMasker:
         self.done = 0
 
     def statement(self, sql):
-        return ("info", sql)
+        return _Info(("info", sql))
 
     def pending_read(self):         # no catalog: nothing to wait for after a DDL
         return None

@@ -138,24 +138,18 @@ def _with_seq(packet: bytes, seq: int) -> bytes:
     return packet[:3] + bytes((seq & 0xFF,)) + packet[4:]
 
 
-def _candidates(gateway_id: int) -> list[Session]:
-    """Live sessions a KILL of `gateway_id` may mean: the one with that connection id, then
-    those whose upstream thread has that number."""
-    out = []
-    s = _sessions.get(gateway_id)
-    if s is not None and s.relay is not None:
-        out.append(s)
-    out.extend(s for s in list(_sessions.values())
-               if s.pid == gateway_id and s.relay is not None and s not in out)
-    return out
-
-
 def _own_session(gateway_id: int, mark: bytes) -> Session | None:
-    """The session a KILL of `gateway_id` by the holder of `mark` (_kill_mark) reaches."""
-    for s in _candidates(gateway_id):
-        if _kill_mark(s.listener.cfg.upstream, s.identity) == mark:
-            return s
-    return None
+    """The session a KILL of `gateway_id` by the holder of `mark` (_kill_mark) reaches: the live
+    session with that connection id, when it is the same identity's on the same upstream.
+
+    Only the gateway's ids count. Upstream thread ids live in the same number range (both
+    count up from 1 here), so taking an id that is no gateway id as a thread id made one
+    number mean two sessions: a KILL of another identity's connection id reached the
+    caller's own session whose thread had that number."""
+    s = _sessions.get(gateway_id)
+    if s is None or s.relay is None:
+        return None
+    return s if _kill_mark(s.listener.cfg.upstream, s.identity) == mark else None
 
 
 class _Conn:
@@ -491,12 +485,13 @@ class MysqlListener(Listener):
         """KILL [QUERY] <id>: the upstream thread to kill, None (1094 Unknown thread id), or
         with --workers, a future of either while the sibling workers are asked.
 
-        The id is the gateway's connection id (what the greeting gave the client: drivers and
-        the CLI's Ctrl-C use it) or, failing that, an upstream thread id (what CONNECTION_ID()
-        returns, since that answer is the server's). Only a session of the same identity on
-        the same upstream counts: a server lets a user kill its own threads, and here every
-        session logs in as the same stored user, so the identity is what "its own" means. The
-        KILL itself goes over the killer's own upstream connection, on any worker."""
+        The id is the gateway's connection id: what the greeting gave the client, and what
+        drivers and the CLI's Ctrl-C send. Only a session of the same identity on the same
+        upstream counts: a server lets a user kill its own threads, and here every session
+        logs in as the same stored user, so the identity is what "its own" means. An upstream
+        thread id (CONNECTION_ID()'s answer, the server's) is not taken: it would be a second
+        meaning of the same number (see _own_session). The KILL itself goes over the killer's
+        own upstream connection, on any worker."""
         mark = _kill_mark(self.cfg.upstream, session.identity)
         target = _own_session(gateway_id, mark)
         if target is not None:
@@ -532,14 +527,16 @@ class MysqlListener(Listener):
               subject=session.identity.subject, connection_id=gateway_id)
 
     def cancel_owned(self, pid: int, secret: int, via: str) -> bytes | bool:
-        """A sibling worker's question about a KILL: is connection id (or upstream thread) `pid`
-        one of this worker's sessions, of the identity whose mark starts with `secret`? The
-        answer is the thread and the session's whole mark, which the asker compares with its
-        own before it kills anything; this worker kills nothing."""
-        for target in _candidates(pid):
-            mark = _kill_mark(target.listener.cfg.upstream, target.identity)
-            if int.from_bytes(mark[:4], "big") == secret:
-                return _KILL_ANSWER.pack(target.pid, mark)
+        """A sibling worker's question about a KILL: is connection id `pid` one of this
+        worker's sessions, of the identity whose mark starts with `secret`? The answer is the
+        thread and the session's whole mark, which the asker compares with its own before it
+        kills anything; this worker kills nothing."""
+        target = _sessions.get(pid)
+        if target is None or target.relay is None:
+            return False
+        mark = _kill_mark(target.listener.cfg.upstream, target.identity)
+        if int.from_bytes(mark[:4], "big") == secret:
+            return _KILL_ANSWER.pack(target.pid, mark)
         return False
 
     def _capture_bytes(self) -> int:

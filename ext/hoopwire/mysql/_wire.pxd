@@ -133,6 +133,8 @@ cdef class Relay:
         int cur_aseq                      # the answer's first sequence id, for the command being read
         object kill_wait                  # a KILL's target still being asked for (a future)
         object catalog_wait               # the catalog read after this session's DDL (a future)
+        bint catalog_due                  # a DDL was answered since the last statement: ask
+                                          # the masker for the read it calls for (_catalog_hold)
         tuple kill_known                  # (gid, upstream thread or 0) for the KILL being read
 
     cdef int _close(self, str reason, object notify_client) except -1
