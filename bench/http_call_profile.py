@@ -3,11 +3,13 @@
 
     python bench/http_call_profile.py [--duration 5] [--connections 4] [--top 25]
     python bench/http_call_profile.py --perf        # perf's split too (kernel / interpreter / C)
+    python bench/http_call_profile.py --masked      # wrk_compare.py's `hoopwire-masked` target
 
 One gateway configured as wrk_compare.py's `hoopwire` target (API key auth, the
 http-write-methods and http-admin-paths packs, a pattern rule, masking off) runs under cProfile
 (one worker) in front of wrk_compare.py's static nginx upstream; wrk sends keep-alive GETs of the
-1 KiB body for --duration seconds and the profile is read back per request. Calls per request do
+1 KiB body for --duration seconds and the profile is read back per request. With --masked the
+gateway is the `hoopwire-masked` target (its key paths and detectors on that body). Calls per request do
 not move with the machine's load, so the split can be taken on a busy box; cProfile's times are
 several times the real ones and only rank the functions. With --perf, a second run without
 cProfile is sampled by `perf record` and the samples are split by where they landed (kernel,
@@ -46,7 +48,7 @@ def run_gateway(cmd_prefix: list[str], workdir: str, upstream_port: int, api_key
     (a command to which the gateway's pid is appended), a 1 s wrk warms the gateway up first
     and the command runs alongside the counted wrk only."""
     port = free_port()
-    config = hoopwire_config(upstream_port, api_key, guardrails=True, masking=False)
+    config = hoopwire_config(upstream_port, api_key, guardrails=True, masking=args.masked)
     config["connection"][0]["listen"] = f"127.0.0.1:{port}"
     config["admin"] = {"listen": f"127.0.0.1:{free_port()}"}
     path = os.path.join(workdir, "gw.toml")
@@ -155,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--perf", action="store_true", help="also sample a run with perf record")
+    ap.add_argument("--masked", action="store_true",
+                    help="the hoopwire-masked target (masking rules on the 1 KiB body)")
     ap.add_argument("--save", metavar="PATH", help="keep the cProfile output (pstats) there")
     args = ap.parse_args(argv)
     api_key = secrets.token_urlsafe(24)

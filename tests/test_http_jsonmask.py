@@ -694,8 +694,10 @@ class _FakeRelay:
         self.written, self.ended, self.unmaskable = [], [], []
         self.cfg = NS(name="api")
         self.closed = False
-        self.conf = NS(response_head=lambda req, head, length, chunked:
-                       b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length)
+        # the masked head is Rewriter.reframed's (C): (head, the connection closes)
+        self.conf = NS(rw=NS(reframed=lambda head, client10, req_done, keep_alive, rid, length,
+                             chunked: (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+                                       % length, False)))
         self.transport = NS(write=self.written.append)
 
     def _response_end(self, req, up):
@@ -710,7 +712,7 @@ def _masking(masker, body: bytes):
     from hoopwire.http.relay import _Masking
     relay = _FakeRelay()
     req = NS(head=NS(version=11), resp_close=False, rid=b"r1", masked=0, dechunk=False,
-             resp_started=False, up=None)
+             resp_started=False, up=None, req_done=True, keep_alive=True)
     m = _Masking(relay, req, NS(body=0, content_length=len(body)), masker, "json")
     assert m.start()
     assert m.body(body)

@@ -337,3 +337,30 @@ def test_reload_while_a_body_is_masked_in_the_thread(bodies_upstream, idp):
         assert (doc["mail"], doc["ssn"]) == ("bob@example.com", "****")
         assert doc["rows"][5] == {"v": "val0000005", "w": None}
         assert len(gw.log_text().split("masking a response in the masking thread")) == 3
+
+
+# -- the masked values' metric (issue 21) ---------------------------------------------------------
+
+def _masked_by_path(gw) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "hoopwire_masked_values_total" and s.labels.get("connection")
+               == HTTP_CONN and s.labels.get("kind") == "path")
+
+
+def test_masked_values_reach_the_metric(maskgw, idp):
+    """hoopwire_masked_values counts each value a path masked (added on the listener's tick,
+    not per response): one per user's e-mail in the 1 KiB body."""
+    from helpers import wait_until
+    before = _masked_by_path(maskgw)
+    users = len(orjson.loads(JSON_1K)["users"])
+    r = httpx.get(maskgw.url("/json/1k"), headers=bearer(idp.token()), timeout=20)
+    assert r.status_code == 200 and r.json()["users"][0]["email"] != \
+        orjson.loads(JSON_1K)["users"][0]["email"]
+    wait_until(lambda: _masked_by_path(maskgw) - before == users, 10,
+               "the masked values counted", maskgw)
+    assert _masked_by_path(maskgw) - before == users

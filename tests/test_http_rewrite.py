@@ -158,6 +158,28 @@ def test_response_head_as_the_reference(monkeypatch):
                 assert (got, close, dechunk) == (want, req.resp_close, req.dechunk), raw
 
 
+def test_reframed_response_head_as_the_reference(monkeypatch):
+    """A masked body's head (Rewriter.reframed): the upstream's framing out, ours in
+    (Content-Length, chunked, or to the close), the same bytes as response_head(length=)."""
+    c = conf(monkeypatch)
+    rng = random.Random(2112)
+    raws = RESPONSES + accepted([generated(rng, True) for _ in range(400)], True)
+    for raw in raws:
+        head = response_head(raw)
+        for client in (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n",
+                       b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                       b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"):
+            for req_done in (True, False):
+                for length, chunked in ((0, False), (7, False), (1024, False), (10**12, False),
+                                        (None, True), (None, False)):
+                    req = _Req(request_head(client), b"ffeeddccbbaa9988")
+                    req.req_done = req_done
+                    want = c.response_head(req, head, length=length, chunked=chunked)
+                    got = c.rw.reframed(head, req.head.version == 10, req_done, req.keep_alive,
+                                        req.rid, -1 if length is None else length, chunked)
+                    assert got == (want, req.resp_close), (raw, client, length, chunked)
+
+
 @pytest.mark.parametrize("identity_header", ["Authorization", "Proxy-Authorization"])
 def test_bearer_as_the_reference(monkeypatch, identity_header):
     c = conf(monkeypatch, identity_header=identity_header)

@@ -215,6 +215,7 @@ class HttpListener(Listener):
         self.pool: Pool | None = None
         self.conf: HttpConf | None = None
         self.masker = None
+        self.mask_kinds: dict = {}       # Content-Type -> masker.wants() of it (relay)
         self.tls_context = None
         super().__init__(gateway, cfg, policy_engine, mask_engine)
 
@@ -238,18 +239,19 @@ class HttpListener(Listener):
             if old is not None:
                 old.close()
         self.masker = None
+        self.mask_kinds = {}
         if mask_engine is not None and JsonMasker is not None:
             masker = JsonMasker(cfg.masks, mask_engine, cfg.mask_body_bytes,
                                 path=f"connection[{cfg.name}]", timeout=cfg.mask_timeout)
             if masker.active:
                 self.masker = masker
                 self.conf.identity_encoding = True
-        for s in list(self.sessions):
-            if s.relay is not None:
-                s.relay.conf = self.conf
-                s.relay.cfg = cfg
-                s.relay.tokens.clear()     # identities and policies are looked up again
-                s.relay.set_policy(self.policy_for(s.identity))
+        # Every open connection, authenticated or not, takes the new conf at its next request
+        # boundary (Relay.reloaded): only those with a session were updated before, so a
+        # keep-alive connection that had not authenticated kept sending the old credential
+        # to the old upstream for as long as it lived.
+        for relay in list(self.relays):
+            relay.reloaded()
 
     @staticmethod
     def _response_parser(cfg: ConnectionConfig):
@@ -263,9 +265,16 @@ class HttpListener(Listener):
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def _tick(self) -> None:
-        """request_timeout and upstream_timeout of every connection, TICK apart."""
+        """request_timeout and upstream_timeout of every connection, TICK apart; and the
+        values masked since the last tick to hoopwire_masked_values."""
+        from hoopwire.http.relay import flush_mask_counts
         while True:
             await asyncio.sleep(TICK)
+            try:
+                flush_mask_counts()
+            except Exception:  # noqa: BLE001 -- a metrics fault must not stop the timeouts
+                log.exception("masked values count failed",
+                              extra={"fields": {"connection": self.name}})
             now = time.monotonic()
             for relay in list(self.relays):
                 try:
@@ -275,6 +284,8 @@ class HttpListener(Listener):
                                   extra={"fields": {"connection": self.name}})
 
     def stopped(self) -> None:
+        from hoopwire.http.relay import flush_mask_counts
+        flush_mask_counts()
         if self._ticker is not None:
             self._ticker.cancel()
         if self.pool is not None:
