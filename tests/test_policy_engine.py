@@ -63,6 +63,13 @@ CAUGHT = {
         b"drop function f(int)",
         b"drop owned by app",
         b"drop role app",
+        # retyped, renamed, moved or detached (tests/test_pg_redteam_ddl.py has the variants)
+        b"ALTER TABLE orders ALTER COLUMN total TYPE numeric(4,0)",
+        b"ALTER TYPE addr ALTER ATTRIBUTE zip TYPE int",
+        b"ALTER TABLE orders RENAME TO orders_old",
+        b"ALTER SCHEMA billing RENAME TO old_billing",
+        b"ALTER TABLE orders SET SCHEMA archive",
+        b"ALTER TABLE orders DETACH PARTITION orders_2025",
         b"TRUNCATE orders",
         b"truncate table only orders restart identity",
         b'truncate "orders"',

@@ -16,14 +16,37 @@ A rule with `scan_literals = true` scans every pattern of its pack in the full v
 What each pack catches, and what it cannot (the README carries the same table):
 
 destructive-ddl
-    catches   every DROP statement (DROP TABLE / SCHEMA / DATABASE / VIEW / INDEX / FUNCTION /
-              ROLE / OWNED ...); TRUNCATE; ALTER TABLE / ALTER FOREIGN TABLE ... DROP [COLUMN]
-              col and DROP CONSTRAINT (but not DROP DEFAULT / NOT NULL / IDENTITY / EXPRESSION);
-              ALTER TYPE ... DROP ATTRIBUTE
-    passes    SELECT 'drop table', columns such as truncate_at or "drop", SELECT * FROM dropbox
+    catches   what loses rows or values, or moves them out from under the rules keyed by a
+              schema.table.column name (masking rules, guardrail patterns, grants):
+              - every DROP statement (DROP TABLE / SCHEMA / DATABASE / VIEW / INDEX / FUNCTION /
+                ROLE / OWNED ...); TRUNCATE; ALTER TABLE / ALTER FOREIGN TABLE ... DROP
+                [COLUMN] col and DROP CONSTRAINT (but not DROP DEFAULT / NOT NULL / IDENTITY /
+                EXPRESSION); ALTER TYPE ... DROP ATTRIBUTE;
+              - ALTER TABLE ... ALTER [COLUMN] c [SET DATA] TYPE ... (and ALTER TYPE ... ALTER
+                ATTRIBUTE ... TYPE): every value is rewritten; USING runs any expression per row
+                (USING NULL blanks the column), and a narrower type cuts values without an
+                error (numeric(10,2) -> numeric(4,0) rounds 12.34 to 12, timestamp -> date
+                drops the time);
+              - RENAME of a table, view, materialized view, foreign table or column (ALTER
+                TABLE / VIEW ... RENAME [COLUMN] ... TO, RENAME TO), ALTER SCHEMA ... RENAME TO
+                and ALTER DATABASE ... RENAME TO: a renamed object is no longer what the rules
+                name (RENAME CONSTRAINT, ALTER INDEX / SEQUENCE ... RENAME pass);
+              - ALTER TABLE / VIEW ... SET SCHEMA (the same move by another name);
+              - ALTER TABLE ... DETACH PARTITION and NO INHERIT: the partition's or child's rows
+                leave the parent table the rules name;
+              - ALTER TABLE ... SET UNLOGGED: the table is emptied at the next crash recovery
+                and reads as empty on every standby (unlogged tables are not replicated).
+    passes    SELECT 'drop table', columns such as truncate_at or "drop", SELECT * FROM dropbox,
+              ALTER TABLE ... ADD COLUMN, ALTER COLUMN ... SET DEFAULT / DROP DEFAULT / SET NOT
+              NULL / SET STATISTICS, ATTACH PARTITION, SET LOGGED, RENAME CONSTRAINT, ALTER
+              INDEX ... RENAME, CREATE UNLOGGED TABLE
     cannot    DDL run from a DO block, a function body or EXECUTE of a built string (they are
-              literals here); DELETE of all rows (see unbounded-write); DROP inside a
-              CREATE EXTENSION script. Pair it with a role that does not own the objects.
+              literals here: the procedural-code pack refuses creating and running them);
+              DELETE of all rows (see unbounded-write); DROP inside a CREATE EXTENSION script;
+              REFRESH MATERIALIZED VIEW ... WITH NO DATA (rows that a REFRESH brings back).
+              A column named rename, type, detach or inherit written bare in an ALTER TABLE
+              can be taken for the keyword (blocked). Pair it with a role that does not own
+              the objects.
 
 unbounded-write
     catches   DELETE FROM and UPDATE ... SET with no WHERE at the top level of the statement:
@@ -149,6 +172,14 @@ _WRITE = rf"(?:{_DML_START}(?:delete\s+from\b|update\s)|\bdo\s+delete\s+from\b)"
 _TAUTOLOGY = (r"where\s+(?:\(\s*)*(?:true|not\s+false|1\s*=\s*1|'\?'\s*=\s*'\?'|'\?'"
               r"|'\?'\s*::\s*bool(?:ean)?)(?:\s*\))*")
 
+# ALTER [FOREIGN] TABLE, and the relations whose names rules also key on (a view's columns are
+# what a SELECT through it returns)
+_ALTER_TABLE = r"^alter\s+(?:foreign\s+)?table"
+_ALTER_RELATION = r"^alter\s+(?:foreign\s+table|table|view|materialized\s+view)"
+# a column name after ALTER [COLUMN]: quoted (the code view writes it "_name" or bare), or a
+# bare word that is not COLUMN (so ALTER COLUMN type SET DEFAULT is not read as a type change)
+_COLUMN = r'(?:"[^"]*"|' + word_except("column") + ")"
+
 _SERVER_FUNCTIONS = (
     r"pg_read_file|pg_read_binary_file|pg_ls_dir|pg_stat_file|pg_ls_logdir|pg_ls_waldir"
     r"|pg_ls_tmpdir|pg_ls_archive_statusdir|pg_ls_logicalsnapdir|pg_ls_logicalmapdir"
@@ -178,7 +209,7 @@ UNSAFE_CLIENT_ENCODINGS = frozenset(_UNSAFE_ENCODINGS)
 PACKS: dict[str, Pack] = {p.name: p for p in (
     Pack(
         name="destructive-ddl",
-        summary="DROP, TRUNCATE and ALTER ... DROP",
+        summary="DROP, TRUNCATE, and ALTER that drops, retypes, renames or moves data",
         message="destructive DDL goes through a migration, not this connection",
         patterns=(
             (CODE, r"^drop\b"),
@@ -186,10 +217,22 @@ PACKS: dict[str, Pack] = {p.name: p for p in (
                    r"|function|procedure|extension|owned)\b"),
             (CODE, r"^truncate\b"),
             (CODE, r"\btruncate\s+(?:table|only)\b"),
-            (CODE, r"^alter\s+(?:foreign\s+)?table\b.*\bdrop\s+(?:\"|"
+            (CODE, _ALTER_TABLE + r"\b.*\bdrop\s+(?:\"|"
                    + word_except("default", "not", "identity", "expression")
                    + rf"(?:[^{IDC}]|$))"),
             (CODE, r"^alter\s+type\b.*\bdrop\s+attribute\b"),
+            # every value rewritten (USING runs any expression; a narrower type rounds or cuts)
+            (CODE, _ALTER_TABLE + r"\b.*\balter\s+(?:column\s+)?" + _COLUMN
+                   + r"\s+(?:set\s+data\s+)?type\b"),
+            (CODE, r"^alter\s+type\b.*\balter\s+attribute\s+" + _COLUMN
+                   + r"\s+(?:set\s+data\s+)?type\b"),
+            # renamed or moved to another schema: no longer what the rules name
+            (CODE, _ALTER_RELATION + r"\b.*\brename\s+(?:\"|" + word_except("constraint")
+                   + rf"(?:[^{IDC}]|$))"),
+            (CODE, r"^alter\s+(?:schema|database)\b.*\brename\s+to\b"),
+            (CODE, _ALTER_RELATION + r"\b.*\bset\s+schema\b"),
+            # rows leave the table the rules name: now, or at the next crash (and on standbys)
+            (CODE, _ALTER_TABLE + r"\b.*\b(?:detach\s+partition|no\s+inherit|set\s+unlogged)\b"),
         ),
     ),
     Pack(
