@@ -60,7 +60,8 @@ A value at a matched path is masked whole by the first matching rule's strategy:
 * null stays null. Objects and arrays: every leaf below is masked; member names stay (they are
   the structure) but go through the detectors like every name.
 Duplicate member names: the last one wins, as in the parsers clients use (orjson, the stdlib,
-JavaScript); the document re-serialised holds it once, masked.
+JavaScript); the document re-serialised holds it once, masked, also when nothing in it was
+(`{"email": "a@b.c", "email": null}` is written again as `{"email":null}`: _dropped_members).
 
 Detectors
 ---------
@@ -804,13 +805,13 @@ class JsonMasker:
                     job.scan()
             except (_TooDeep, RecursionError):
                 return None
-        if not job.changed:
-            return body, job.counts
         try:
             out = _std_dumps(holder[0]) if std else orjson.dumps(holder[0])
         except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError):
-            return None
-        return out, job.counts
+            out = None                   # e.g. deeper than orjson writes, in a part not walked
+        if not job.changed and not _dropped_members(body, out):
+            return body, job.counts
+        return None if out is None else (out, job.counts)
 
     def _ndjson(self, body: bytes, deadline: float = 0.0, offloaded: bool = False):
         """Newline-delimited JSON (one document a line), masked line by line; None if a line
@@ -862,6 +863,35 @@ class JsonMasker:
         if not spans:
             return data
         return self._finder.apply(data, spans, counts)
+
+
+_ESCAPED_COLON = re.compile(rb"\\u003[aA]")
+
+
+def _dropped_members(body: bytes, out: bytes | None) -> bool:
+    """Whether the parse dropped members of `body` (a duplicate name: the parser kept the last,
+    the walk saw only that one), `out` being the parsed document written again. Returned as
+    received, `{"email": "a@b.c", "email": null}` would show the first value in clear to a
+    person or agent reading the text and to parsers that keep the first (simdjson's
+    find_field, Go's jsonparser). Every colon outside a string is one member and writing
+    again adds or drops none, nor any inside a string, except that `\\u003a` becomes `:`; so
+    without such an escape, fewer colons written means members dropped. Per unchanged
+    document: orjson's write and two counts, 4.3 us/KiB CPU on a 77 KiB list of records
+    against 8.9 for its parse (load 4-7); with the escape, or no
+    `out` (a document orjson reads but cannot write), the stdlib parse tells."""
+    if out is not None and _ESCAPED_COLON.search(body) is None:
+        return out.count(b":") != body.count(b":")
+    seen_dup = []
+
+    def pairs(items):
+        if len({k for k, _ in items}) != len(items):
+            seen_dup.append(True)
+        return dict(items)
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return True                   # unreadable to the check: write it again, to be safe
+    return bool(seen_dup)
 
 
 def _merge(into: dict, counts: dict) -> None:
