@@ -4,6 +4,8 @@ PostgreSQL, through hoopwire without masking, and through hoopwire with masking 
 
     python bench/masking_e2e.py                       # 1,000,000 rows, 3 rounds
     python bench/masking_e2e.py --rows 200000 --rounds 1 --seed 1
+    python bench/masking_e2e.py --rows 50000 --rules columns --soak 300   # memory over many reads
+    python bench/masking_e2e.py --rows 50000 --soak 300 --tracemalloc     # ... and where it goes
 
 What it starts (all throwaway, on loopback, stopped and removed on exit, Ctrl-C or SIGTERM):
 
@@ -45,21 +47,36 @@ How to read the output:
   highest sample during it, and the difference (KiB, medians over rounds; per-round values
   below). A growth of the order of the result size means the gateway buffers the result instead
   of streaming it; a `before` that climbs from round to round means memory is not given back.
+
+`--soak N` times nothing: it reads the table N times through masking-off and masking-on in turn
+and prints both gateways' RSS after every N/10 reads (masking-on's split by kind of mapping),
+then at the same point the RSS after a full gc.collect() in each gateway, with what the
+collector found unreachable and the bytes those objects held, and after malloc_trim(0); last,
+the growth over the first and the second half of the reads after a warm-up (the first N/5). A
+leak grows by about as much in both halves; a cache that levels off grows in the first only.
+A `sitecustomize` put on the gateways' PYTHONPATH answers these requests from a thread. With
+`--tracemalloc` masking-on also runs under tracemalloc and the report adds the Python heap it
+traces and the allocation sites that grew most after the warm-up. tracemalloc slows the gateway
+severalfold and its snapshots allocate enough to set off the collector (memory that waits for
+the collector then looks flat): read RSS from a run without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import re
 import secrets
-import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,9 +86,9 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
 
 from helpers import Gateway  # noqa: E402  (tests/helpers.py)
 from hoopwire.devserver import PgServer  # noqa: E402
+from common import CpuWindow, fmt, log, median_or_none, run_main, tree_rss_kib  # noqa: E402
 from pgbench_compare import (  # noqa: E402  (bench/pgbench_compare.py)
-    CLIENT_USER, DB, DB_USER, PW_ENV, Target, fmt, log, median_or_none, pg_env, start_hoopwire,
-    tree_cpu_seconds, tree_rss_kib)
+    CLIENT_USER, DB, DB_USER, PW_ENV, Target, pg_env, start_hoopwire)
 
 TARGETS = ("direct", "masking-off", "masking-on")
 QUERY = "SELECT * FROM people"
@@ -277,7 +294,7 @@ def timed_select(bindir: str, target: Target) -> Run | None:
     env = psql_env(target)
     with contextlib.ExitStack() as stack:
         sampler = stack.enter_context(RssSampler(target.pid)) if target.pid else None
-        cpu0 = tree_cpu_seconds(target.pid) if target.pid else None
+        cpu = CpuWindow(gateway=target.pid)
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
@@ -291,14 +308,14 @@ def timed_select(bindir: str, target: Target) -> Run | None:
             log(f"    psql against {target.name} did not finish within {RUN_TIMEOUT} s")
             return None
         seconds = time.perf_counter() - started
-        cpu1 = tree_cpu_seconds(target.pid) if target.pid else None
+        cpu.close()
     if proc.returncode != 0:
         log(f"    psql against {target.name} failed (exit {proc.returncode}): "
             f"{err.decode(errors='replace').strip()[-500:]}")
         return None
     run = Run(seconds)
     if target.pid:
-        run.cpu_s = cpu1 - cpu0
+        run.cpu_s = cpu.used("gateway")
         run.rss_before, run.rss_peak = sampler.before, sampler.peak
         run.rss_after = tree_rss_kib(target.pid)
     return run
@@ -383,6 +400,296 @@ def gateway_problems(name: str, gw: Gateway) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# --soak: the gateways' memory over many reads
+
+# Written as `sitecustomize.py` into a directory put first on a gateway's PYTHONPATH: Python
+# imports it at start-up, so the gateway is probed unchanged. A thread answers requests left as
+# files: `TAG.snap.want` -> a tracemalloc snapshot in TAG.snap (when tracing); `TAG.gc.want` ->
+# a full collection by the cyclic garbage collector, and what it found unreachable by type (JSON
+# in TAG.gc): memory that only the collector frees waits for its rare full pass; `TAG.trim.want`
+# -> glibc's malloc_trim(0), which hands the free memory of every heap back to the kernel: what
+# RSS loses then was free but kept by the allocator, not memory anything still holds.
+PROBE_HOOK = '''\
+"""bench/masking_e2e.py --soak: answers the bench's requests inside the gateway."""
+import collections
+import ctypes
+import gc
+import json
+import os
+import threading
+import time
+import tracemalloc
+
+_DIR = os.environ.get("HOOPWIRE_BENCH_PROBE")
+
+
+def _garbage():
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        found = gc.collect()
+        kinds = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}"
+                                    for o in gc.garbage)
+        # bytes and bytearrays are not tracked by the collector (they refer to nothing), so
+        # they are never among the garbage: count them where a garbage object refers to them
+        held = collections.Counter()
+        for o in gc.garbage:
+            for r in gc.get_referents(o):
+                if isinstance(r, (bytes, bytearray, memoryview)):
+                    held[type(o).__qualname__] += r.nbytes if isinstance(r, memoryview) else len(r)
+        out = {"unreachable": found, "bytes_held": sum(held.values()),
+               "held_by": held.most_common(6), "types": kinds.most_common(12),
+               "ours": sorted((k, n) for k, n in kinds.items() if k.startswith("hoopwire"))}
+    finally:
+        gc.set_debug(0)
+        del gc.garbage[:]
+    gc.collect()
+    return out
+
+
+def _answer(tag, kind):
+    if kind == "snap":
+        # no collection first: what waits for the collector is part of what grows
+        tracemalloc.take_snapshot().dump(tag + ".part")
+    elif kind == "gc":
+        with open(tag + ".part", "w") as f:
+            json.dump(_garbage(), f)
+    else:
+        with open(tag + ".part", "w") as f:
+            f.write(str(ctypes.CDLL("libc.so.6").malloc_trim(0)))
+    os.rename(tag + ".part", tag + "." + kind)
+
+
+def _serve():
+    while True:
+        for name in sorted(os.listdir(_DIR)):
+            if name.endswith(".want"):
+                tag, kind = name[:-len(".want")].rsplit(".", 1)
+                _answer(os.path.join(_DIR, tag), kind)
+                os.unlink(os.path.join(_DIR, name))
+        time.sleep(0.05)
+
+
+if _DIR:
+    if os.environ.get("HOOPWIRE_BENCH_TRACEMALLOC"):
+        tracemalloc.start(int(os.environ["HOOPWIRE_BENCH_TRACEMALLOC"]))
+    threading.Thread(target=_serve, name="bench-probe", daemon=True).start()
+'''
+PROBE_TIMEOUT = 300      # seconds a request may take (a snapshot of a traced heap is slow)
+TRACE_FRAMES = 8
+
+
+class GatewayProbe:
+    """Requests to PROBE_HOOK inside one gateway process."""
+
+    def __init__(self, workdir: str, name: str, trace: bool):
+        self.dir = os.path.join(workdir, name)
+        self.trace = trace
+        os.makedirs(os.path.join(self.dir, "hook"))
+        os.mkdir(os.path.join(self.dir, "requests"))
+        with open(os.path.join(self.dir, "hook", "sitecustomize.py"), "w") as f:
+            f.write(PROBE_HOOK)
+
+    def env(self) -> dict[str, str]:
+        env = {"PYTHONPATH": os.pathsep.join((REPO_ROOT, os.path.join(self.dir, "hook"))),
+               "HOOPWIRE_BENCH_PROBE": os.path.join(self.dir, "requests")}
+        if self.trace:
+            env["HOOPWIRE_BENCH_TRACEMALLOC"] = str(TRACE_FRAMES)
+        return env
+
+    def _ask(self, tag: str, kind: str) -> str:
+        base = os.path.join(self.dir, "requests", tag)
+        open(f"{base}.{kind}.want", "w").close()
+        deadline = time.monotonic() + PROBE_TIMEOUT
+        while not os.path.exists(f"{base}.{kind}"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no answer to {kind} from the gateway within {PROBE_TIMEOUT} s")
+            time.sleep(0.05)
+        return f"{base}.{kind}"
+
+    def snapshot(self, tag: str) -> tracemalloc.Snapshot:
+        path = self._ask(tag, "snap")
+        snap = tracemalloc.Snapshot.load(path)
+        os.unlink(path)
+        # the tracer's own bookkeeping and the import system are not the gateway's memory
+        return snap.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__),
+                                   tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"),
+                                   tracemalloc.Filter(False, "*/sitecustomize.py")])
+
+    def trim(self, tag: str) -> None:
+        os.unlink(self._ask(tag, "trim"))
+
+    def collect(self, tag: str) -> dict:
+        path = self._ask(tag, "gc")
+        with open(path) as f:
+            found = json.load(f)
+        os.unlink(path)
+        return found
+
+
+def traced_kib(snap: tracemalloc.Snapshot) -> float:
+    return sum(stat.size for stat in snap.statistics("filename")) / 1024
+
+
+@dataclass
+class Mark:
+    reads: int
+    off_kib: int
+    on_kib: int
+    traced_kib: float | None = None
+    on_parts: dict[str, int] | None = None     # masking-on's RSS by kind of mapping, KiB
+    step: str = ""        # "" after a read; "gc" / "trim" after the end's collection / trim
+    garbage: dict[str, dict] = field(default_factory=dict)   # gateway -> what gc found
+
+
+def rss_parts_kib(pid: int) -> dict[str, int]:
+    """One process's RSS by kind of mapping (/proc/PID/smaps): `heap` is the brk heap (glibc's
+    main arena), `arena 1M` the anonymous mappings of exactly 1 MiB (CPython's object allocator
+    takes its arenas in those since 3.10), `anon` the other anonymous ones (glibc's thread
+    arenas, large blocks, thread stacks), `file` what is mapped from files (code, libraries)."""
+    parts = {"heap": 0, "arena 1M": 0, "anon": 0, "file": 0}
+    kind = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and not head[0].endswith(":"):      # a mapping's first line
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                path = head[5] if len(head) > 5 else ""
+                kind = ("heap" if path == "[heap]" else
+                        "file" if path.startswith("/") else
+                        "arena 1M" if not path and hi - lo == 1 << 20 else "anon")
+            elif head[0] == "Rss:" and kind:
+                parts[kind] += int(head[1])
+    return parts
+
+
+def soak(bindir: str, targets: dict[str, Target], gateways: dict[str, Gateway], reads: int,
+         probes: dict[str, GatewayProbe]) -> list[Mark]:
+    """`reads` full reads through masking-off and masking-on in turn; RSS of both after the first
+    read and every reads/10; when masking-on is traced, its traced heap at the same points; at
+    the end, both gateways' RSS after a full garbage collection and then after a malloc_trim."""
+    probe = probes["masking-on"] if probes and probes["masking-on"].trace else None
+    every = max(1, reads // 10)
+    points = sorted({1, *range(every, reads + 1, every), reads})
+    marks, snaps = [], {}
+    started = time.monotonic()
+    for i in range(1, reads + 1):
+        for name in ("masking-off", "masking-on"):
+            if timed_select(bindir, targets[name]) is None:
+                raise RuntimeError(f"read {i} through {name} failed")
+            gw = gateways[name]
+            if gw.proc.poll() is not None:
+                raise RuntimeError(f"{name} gateway exited with {gw.proc.returncode}:\n"
+                                   f"{gw.log_text()[-3000:]}")
+        if i not in points:
+            continue
+        mark = Mark(i, tree_rss_kib(targets["masking-off"].pid),
+                    tree_rss_kib(targets["masking-on"].pid),
+                    on_parts=rss_parts_kib(targets["masking-on"].pid))
+        if probe:
+            snaps[i] = probe.snapshot(f"read-{i}")
+            mark.traced_kib = traced_kib(snaps[i])
+        marks.append(mark)
+        log(f"  read {i:>5}/{reads}  masking-off RSS {mark.off_kib / 1024:6.1f} MiB  masking-on RSS "
+            f"{mark.on_kib / 1024:6.1f} MiB"
+            + (f"  traced {mark.traced_kib / 1024:6.1f} MiB" if probe else "")
+            + f"  ({time.monotonic() - started:.0f} s)")
+        # only the warm-up's end and the last snapshot are compared: drop the others' traces
+        warm = _nearest(points, reads // 5)
+        for k in [k for k in snaps if k not in (warm, i)]:
+            del snaps[k]
+    if probes:
+        # the same point after a full garbage collection, and then after malloc_trim(0)
+        for step in ("gc", "trim"):
+            mark = Mark(reads, 0, 0)
+            for name, probe_ in probes.items():
+                if step == "gc":
+                    mark.garbage[name] = probe_.collect(f"end-{name}")
+                else:
+                    probe_.trim(f"end-{name}")
+            time.sleep(0.5)
+            mark.step = step
+            mark.off_kib = tree_rss_kib(targets["masking-off"].pid)
+            mark.on_kib = tree_rss_kib(targets["masking-on"].pid)
+            mark.on_parts = rss_parts_kib(targets["masking-on"].pid)
+            marks.append(mark)
+            log(f"  after {'a full gc.collect()' if step == 'gc' else 'malloc_trim(0)'}: "
+                f"masking-off RSS {mark.off_kib / 1024:6.1f} MiB  "
+                f"masking-on RSS {mark.on_kib / 1024:6.1f} MiB")
+    if probe:
+        print_heap_growth(snaps[_nearest(points, reads // 5)], snaps[reads])
+    return marks
+
+
+def _nearest(points: list[int], want: int) -> int:
+    return min(points, key=lambda p: (abs(p - want), p))
+
+
+def print_soak(marks: list[Mark], reads: int, size: ResultSize, rules: str) -> None:
+    print(f"\nsoak: {reads} reads of {size.rows:,} rows ({size.wire_bytes / 1e6:.1f} MB of DataRows) "
+          f"through masking-off and masking-on in turn; masking-on rules: {rules}")
+    traced = marks[0].traced_kib is not None
+    after = [m for m in marks if m.step]
+    marks = [m for m in marks if not m.step]
+    kinds = list(marks[0].on_parts or {})
+    print(f"  {'reads':>6} {'masking-off RSS MiB':>20} {'masking-on RSS MiB':>19}"
+          + (f" {'masking-on traced MiB':>22}" if traced else "")
+          + "   masking-on RSS by mapping, MiB: " + " / ".join(kinds))
+    for m in marks:
+        print(f"  {m.reads:>6} {m.off_kib / 1024:20.1f} {m.on_kib / 1024:19.1f}"
+              + (f" {m.traced_kib / 1024:22.1f}" if traced else "")
+              + "   " + " / ".join(f"{m.on_parts[k] / 1024:.1f}" for k in kinds))
+    for m in after:
+        print(f"  {'+' + m.step:>6} {m.off_kib / 1024:20.1f} {m.on_kib / 1024:19.1f}"
+              + (f" {'':>22}" if traced else "")
+              + "   " + " / ".join(f"{m.on_parts[k] / 1024:.1f}" for k in kinds)
+              + ("   (the same point after a full gc.collect() in each gateway)" if m.step == "gc"
+                 else "   (and then after malloc_trim(0))"))
+        for name, found in m.garbage.items():
+            print(f"         {name}: {found['unreachable']} unreachable objects, holding "
+                  f"{found['bytes_held'] / 1024:.0f} KiB of bytes ("
+                  + ", ".join(f"{k} {n / 1024:.0f}" for k, n in found["held_by"])
+                  + "); most common: "
+                  + ", ".join(f"{k} {n}" for k, n in found["types"][:8])
+                  + "; hoopwire's: " + (", ".join(f"{k} {n}" for k, n in found["ours"]) or "none"))
+    points = [m.reads for m in marks]
+    by_reads = {m.reads: m for m in marks}
+    warm = by_reads[_nearest(points, reads // 5)]
+    mid = by_reads[_nearest(points, (warm.reads + reads) // 2)]
+    end = marks[-1]
+    if not warm.reads < mid.reads < end.reads:
+        print("  (too few reads for halves after a warm-up: use --soak 10 or more)")
+        return
+    print(f"  growth after the warm-up (reads {warm.reads} -> {mid.reads} -> {end.reads}), KiB:")
+    for label, attr in (("masking-off RSS", "off_kib"), ("masking-on RSS", "on_kib"),
+                        ("masking-on traced", "traced_kib")):
+        if attr == "traced_kib" and not traced:
+            continue
+        a, b, c = getattr(warm, attr), getattr(mid, attr), getattr(end, attr)
+        first, second = b - a, c - b
+        # a leak grows by about as much in both halves; a cache or an allocator high-water mark
+        # grows in the first and stops
+        verdict = ("flat" if max(first, second) <= 256 else
+                   "levels off" if second <= max(256, first / 4) else "STILL GROWING")
+        print(f"    {label:<18} first half {first:+8.0f}  second half {second:+8.0f}  "
+              f"per 100 reads in the second half {second * 100 / (end.reads - mid.reads):+7.0f}  "
+              f"{verdict}")
+
+
+def print_heap_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot,
+                      top: int = 12) -> None:
+    print(f"\nmasking-on's traced heap: {traced_kib(before) / 1024:.1f} MiB at the warm-up's end, "
+          f"{traced_kib(after) / 1024:.1f} MiB after the last read; the sites that grew most:")
+    for stat in after.compare_to(before, "traceback")[:top]:
+        if stat.size_diff <= 0:
+            break
+        frames = stat.traceback.format(limit=-4)
+        print(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks "
+              f"(now {stat.size / 1024:.1f} KiB in {stat.count} blocks)")
+        for line in frames:
+            print(f"      {line.rstrip()}")
+
+
+# ------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -394,18 +701,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="seed for the target order")
     ap.add_argument("--gateway-workers", type=int, default=None,
                     help="hoopwire serve --workers (default: the CLI's default)")
+    ap.add_argument("--soak", type=int, default=0, metavar="N",
+                    help="instead of timed rounds: N reads through each gateway, RSS along the way")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="with --soak: run masking-on under tracemalloc and show what grew")
     args = ap.parse_args(argv)
     global MASK_RULES
     MASK_RULES = MASK_RULE_SETS[args.rules]
     if args.rows < 10 or args.rounds < 1:
         ap.error("need --rows >= 10 and --rounds >= 1")
-
-    # SIGTERM unwinds like Ctrl-C, so every process below is stopped by the ExitStack; SIGINT
-    # too even when we were started with it ignored (a background job of a script)
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.tracemalloc and not args.soak:
+        ap.error("--tracemalloc goes with --soak")
+    if args.soak and args.gateway_workers not in (None, 1):
+        ap.error("--soak probes one gateway process (forked workers lose the probe's thread): "
+                 "leave --gateway-workers at 1")
 
     wall0 = time.monotonic()
     rng = random.Random(args.seed)
@@ -424,10 +733,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{size.wire_bytes / 1e6:.1f} MB of DataRows per full read")
 
         log("starting the gateways ...")
-        off_gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers)
+        probes: dict[str, GatewayProbe] = {}
+        if args.soak:
+            # both gateways probed, so that the hook's thread is in both or in neither
+            workdir = tempfile.mkdtemp(prefix="hoopwire-soak-")
+            stack.callback(shutil.rmtree, workdir, True)
+            probes = {"masking-off": GatewayProbe(workdir, "masking-off", False),
+                      "masking-on": GatewayProbe(workdir, "masking-on", args.tracemalloc)}
+        off_gw = start_hoopwire(pg, db_password, api_key, args.gateway_workers,
+                                env=probes["masking-off"].env() if probes else None)
         stack.callback(off_gw.stop)
-        on_gw = Gateway(masked_config(off_gw.config), env={PW_ENV: db_password},
-                        workers=args.gateway_workers)
+        on_gw = Gateway(masked_config(off_gw.config),
+                        env={PW_ENV: db_password,
+                             **(probes["masking-on"].env() if probes else {})},
+                        workers=args.gateway_workers,
+                        timeout=120 if args.tracemalloc else 20)  # every import traced: slow
         stack.callback(on_gw.stop)
         targets = {
             "direct": Target("direct", pg.port, DB_USER, db_password),
@@ -439,6 +759,16 @@ def main(argv: list[str] | None = None) -> int:
 
         log("checking that masking-on masks ...")
         verify_masking(pg.bindir, targets["masking-on"], targets["masking-off"])
+
+        if args.soak:
+            log(f"soak: {args.soak} reads through each gateway ...")
+            marks = soak(pg.bindir, targets, {"masking-off": off_gw, "masking-on": on_gw},
+                         args.soak, probes)
+            print_soak(marks, args.soak, size, args.rules)
+            gateway_problems("masking-off", off_gw)
+            gateway_problems("masking-on", on_gw)
+            log(f"total {time.monotonic() - wall0:.0f} s")
+            return 0
 
         # one untimed read straight from PostgreSQL, so round 1 does not pay for a cold cache
         log("warm-up read (direct, not counted) ...")
@@ -480,8 +810,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; everything started here has been stopped")
-        sys.exit(130)
+    run_main(main)

@@ -34,7 +34,6 @@ import re
 import resource
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
 
-from helpers import Gateway, free_port, wait_port  # noqa: E402  (tests/helpers.py)
+from common import (CpuWindow, Service, fmt, log, median_interval,  # noqa: E402,F401
+                    median_or_none, paired, ratios, run_main, tree_rss_kib)
+from helpers import Gateway, free_port  # noqa: E402  (tests/helpers.py)
 from hoopwire.devserver import PgServer  # noqa: E402
 
 ALL_TARGETS = ("direct", "hoopwire", "pgbouncer", "haproxy")
@@ -75,57 +76,8 @@ CLIENT_USER = "bench-client"    # what clients put in `user` when going through 
 PW_ENV = "HOOPWIRE_BENCH_DB_PASSWORD"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------------------------------------
 # the proxies under comparison
-
-class Service:
-    """A long-running child process with its output in a log file; its own process group."""
-
-    def __init__(self, name: str, cmd: list[str], workdir: str, port: int):
-        self.name, self.port, self.workdir = name, port, workdir
-        self.logfile = os.path.join(workdir, f"{name}.log")
-        with open(self.logfile, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=workdir,
-                                         start_new_session=True)
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-                try:
-                    wait_port("127.0.0.1", port, timeout=0.2)
-                    break
-                except TimeoutError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{name} is not listening on {port}:\n{self.log_tail()}")
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        with open(self.logfile, encoding="utf-8", errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
 
 def _chown_to_postgres(path: str) -> None:
     # PgBouncer refuses to run as root; as root we start it with `-u postgres`
@@ -216,9 +168,11 @@ PII_TABLE = ("CREATE TABLE IF NOT EXISTS customers (id int PRIMARY KEY, email te
 
 def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | None,
                    packs: bool = False, audit_dir: str | None = None,
-                   tree: str | None = None, mask: bool = False) -> Gateway:
+                   tree: str | None = None, mask: bool = False,
+                   env: dict[str, str] | None = None) -> Gateway:
     """The gateway; with `audit_dir`, session recording on: the audit log in `audit_dir/log`
-    (default flush_interval) and the session index in `audit_dir/state.db`."""
+    (default flush_interval) and the session index in `audit_dir/state.db`. `env` is added to
+    its environment."""
     config = {
         "identity": {"api_key": [{"name": "bench",
                                   "sha256": hashlib.sha256(api_key.encode()).hexdigest(),
@@ -236,7 +190,7 @@ def start_hoopwire(pg: PgServer, db_password: str, api_key: str, workers: int | 
         config["state"] = {"url": "sqlite:///" + os.path.join(audit_dir, "state.db")}
     elif _audit_on_by_default(tree):
         config["audit"] = {"enabled": False}     # the plain target records nothing
-    return Gateway(config, env={PW_ENV: db_password}, workers=workers,
+    return Gateway(config, env={PW_ENV: db_password, **(env or {})}, workers=workers,
                    **({"tree": tree} if tree else {}))
 
 
@@ -275,23 +229,6 @@ class Result:
     proxy_cpu_us: float | None = None  # the proxy's own CPU (user+system) per transaction
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its descendants (gateway workers), in seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo.extend(int(c) for c in f.read().split())
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / tick
-
-
 _TPS = re.compile(r"^tps = ([\d.]+)", re.M)
 _LAT = re.compile(r"^latency average = ([\d.]+) ms", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
@@ -328,9 +265,9 @@ def run_pgbench(pg: PgServer, target: Target, v: Variant, duration: int,
                             stderr=subprocess.PIPE, text=True)
     started = time.monotonic()
     time.sleep(lead)
-    cpu0, window0 = tree_cpu_seconds(target.pid) if target.pid else None, time.monotonic()
+    cpu = CpuWindow(proxy=target.pid)
     time.sleep(duration)
-    cpu1, window = tree_cpu_seconds(target.pid) if target.pid else None, time.monotonic() - window0
+    cpu.close()
     try:
         out, err = proc.communicate(timeout=max(1.0, total + 120 - (time.monotonic() - started)))
     except subprocess.TimeoutExpired:
@@ -352,8 +289,8 @@ def run_pgbench(pg: PgServer, target: Target, v: Variant, duration: int,
     result = Result(counted / len(seconds), sum(t * ms for t, ms in seconds) / max(counted, 1e-9),
                     int(failed.group(1)) if failed else 0,
                     int(processed.group(1)) if processed else None)
-    if cpu0 is not None and result.tps > 0:
-        result.proxy_cpu_us = (cpu1 - cpu0) / (result.tps * window) * 1e6
+    if cpu.used("proxy") is not None and result.tps > 0:
+        result.proxy_cpu_us = cpu.used("proxy") / (result.tps * cpu.seconds) * 1e6
     return result
 
 
@@ -368,34 +305,11 @@ def parse_clients(spec: str) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------------------------------------
 # reporting
 
-def median_or_none(values: list[float]) -> float | None:
-    values = [x for x in values if x is not None]
-    return statistics.median(values) if values else None
-
-
-def paired(results: dict[str, list[Result | None]], target: str,
-           base: str) -> list[tuple[Result, Result]]:
-    """The rounds in which both `target` and `base` ran: (target's result, base's result)."""
-    return [(mine, theirs) for mine, theirs in zip(results.get(target, []), results.get(base, []))
-            if mine and theirs and theirs.tps > 0]
-
-
-def ratios(results: dict[str, list[Result | None]], target: str, base: str) -> list[float]:
-    return [mine.tps / theirs.tps for mine, theirs in paired(results, target, base)]
-
-
-def median_interval(values: list[float], level: float = 0.95, draws: int = 4000) -> tuple[float, float]:
-    """A bootstrap interval for the median of `values` (seeded: the same runs print the same)."""
-    rng = random.Random(0)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
-    cut = int(draws * (1 - level) / 2)
-    return meds[cut], meds[draws - 1 - cut]
-
-
-def fmt(value: float | None, spec: str) -> str:
-    """`spec` as in format(); a missing value is a right-aligned '-' of the same width."""
-    width = int(re.match(r"\d*", spec).group() or 0)
-    return "-".rjust(width) if value is None else format(value, spec)
+def added_latency_us(results: dict[str, list[Result | None]], target: str) -> list[float]:
+    """Per round: the target's mean latency minus `direct`'s, in us: what the hop adds to a
+    round trip (the -c 1 figure issue 25 compares with PgBouncer's)."""
+    return [(mine.latency_ms - theirs.latency_ms) * 1000
+            for mine, theirs in paired(results, target, "direct")]
 
 
 def print_tables(variants: list[Variant], targets: list[str],
@@ -406,7 +320,8 @@ def print_tables(variants: list[Variant], targets: list[str],
     for v in variants:
         print(f"\n{v.label}  ({rounds} round{'s' if rounds > 1 else ''})")
         print(f"  {'target':<{width}} {'TPS':>11} {'latency ms':>11} {'vs direct':>10} {'vs pgbouncer':>13}"
-              + (f" {'vs hoopwire':>12}" if vs_gateway else "") + f" {'proxy CPU us/tx':>16}")
+              + (f" {'vs hoopwire':>12}" if vs_gateway else "") + f" {'proxy CPU us/tx':>16}"
+              + (f" {'added us':>9}" if "direct" in targets else ""))
         for t in targets:
             runs = results[v][t]
             ok = [r for r in runs if r]
@@ -416,12 +331,15 @@ def print_tables(variants: list[Variant], targets: list[str],
             vs_bouncer = median_or_none(ratios(results[v], t, "pgbouncer"))
             vs_hoopwire = median_or_none(ratios(results[v], t, "hoopwire")) if t != "hoopwire" else None
             cpu = median_or_none([r.proxy_cpu_us for r in ok])
+            added = (median_or_none(added_latency_us(results[v], t))
+                     if "direct" in targets and t != "direct" else None)
             note = "" if len(ok) == len(runs) else f"  ({len(runs) - len(ok)} failed)"
             if any(r.failed for r in ok):
                 note += f"  ({sum(r.failed for r in ok)} failed transactions)"
             print(f"  {t:<{width}} {fmt(tps, '11.1f')} {fmt(lat, '11.3f')} {fmt(vs_direct, '10.3f')} "
                   f"{fmt(vs_bouncer, '13.3f')}" + (f" {fmt(vs_hoopwire, '12.3f')}" if vs_gateway else "")
-                  + f" {fmt(cpu, '16.1f')}{note}")
+                  + f" {fmt(cpu, '16.1f')}"
+                  + (f" {fmt(added, '9.1f')}" if "direct" in targets else "") + note)
         if vs_gateway:
             # One round's ratio moves by several percent on a small shared machine; say how
             # well the median is pinned down before anyone reads a cost off it.
@@ -515,22 +433,6 @@ def audit_summary(audit_dir: str, results: dict[Variant, dict[str, list[Result |
 
 # ------------------------------------------------------------------------------------------------
 # idle connections: memory per connection
-
-def tree_rss_kib(pid: int) -> int:
-    """VmRSS of a process and its descendants (gateway workers), in KiB."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-    return total
-
 
 def measure_idle(pg: PgServer, target: Target, n: int) -> None:
     import psycopg
@@ -636,11 +538,6 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-    # SIGTERM unwinds like Ctrl-C, so every process below is stopped by the ExitStack
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_sigterm)
 
     rng = random.Random(args.seed)
     db_password = secrets.token_urlsafe(18)
@@ -769,8 +666,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; everything started here has been stopped")
-        sys.exit(130)
+    run_main(main)

@@ -30,7 +30,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,8 +44,9 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
 sys.path.insert(0, BENCH_DIR)
 
 from helpers import Gateway, GatewayError  # noqa: E402  (tests/helpers.py)
-from pgbench_compare import (Service, fmt, median_interval, median_or_none,  # noqa: E402
-                             paired, ratios, start_haproxy, tree_cpu_seconds)
+from common import (CpuWindow, Service, fmt, load_average, log,  # noqa: E402
+                    median_interval, median_or_none, paired, ratios, run_main)
+from pgbench_compare import start_haproxy  # noqa: E402
 from hoopwire.devserver import MariaDbServer  # noqa: E402
 
 ALL_TARGETS = ("direct", "haproxy", "hoopwire", "hoopwire-guarded")
@@ -72,10 +72,6 @@ PW_ENV = "HOOPWIRE_BENCH_DB_PASSWORD"
 # statements, binary rows: COM_STMT_PREPARE once per thread, COM_STMT_EXECUTE per query);
 # `text` sends every query as COM_QUERY text (a new literal each time, text rows)
 PS_MODES = {"prepared": "auto", "text": "disable"}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,18 +193,6 @@ class Result:
     others_cpu: float | None = None    # CPUs' worth busy outside server, proxy and sysbench
 
 
-def machine_busy_seconds() -> float:
-    """All CPUs' busy time since boot, in seconds, counted the way a process's utime + stime
-    are: user, nice, system, irq and softirq (/proc/stat's first line). With tick-based
-    accounting (CONFIG_TICK_CPU_ACCOUNTING, no IRQ_TIME_ACCOUNTING: this machine's kernel) a
-    tick that lands in softirq -- where loopback packets are delivered -- is charged to the
-    running task's stime too, so leaving irq/softirq out here would hide our own traffic from
-    the machine's side and not from ours. Idle, iowait and steal are no one's."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f.readline().split()[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 _SECOND = re.compile(r"^\[ *(\d+)s \] thds: \d+ tps: ([\d.]+) qps: ([\d.]+) .*?"
                      r"lat \(ms,95%\): ([\d.]+) err/s: ([\d.]+)", re.M)
 _TX = re.compile(r"^\s*transactions:\s+(\d+)", re.M)
@@ -261,13 +245,9 @@ def run_sysbench(cfg: str, target: Target, v: Variant, args,
     started = time.monotonic()
     time.sleep(lead)
 
-    def sample() -> tuple[float | None, float | None, float, float]:
-        return (tree_cpu_seconds(target.pid) if target.pid else None,
-                tree_cpu_seconds(server_pid) if server_pid else None,
-                tree_cpu_seconds(proc.pid), machine_busy_seconds())
-    before, window0 = sample(), time.monotonic()
+    cpu = CpuWindow(proxy=target.pid, server=server_pid, client=proc.pid)
     time.sleep(duration)
-    after, window = sample(), time.monotonic() - window0
+    cpu.close()
     try:
         out, err = proc.communicate(timeout=max(1.0, total + 120 - (time.monotonic() - started)))
     except subprocess.TimeoutExpired:
@@ -288,14 +268,13 @@ def run_sysbench(cfg: str, target: Target, v: Variant, args,
     result = Result(tps, qps, v.threads * 1000 / tps if tps else float("inf"),
                     statistics.median(s[2] for s in seconds), sum(s[3] for s in seconds),
                     int(tx.group(1)) if tx else None)
-    carried = tps * window
+    carried = tps * cpu.seconds
     if carried > 0:
-        if before[0] is not None:
-            result.proxy_cpu_us = (after[0] - before[0]) / carried * 1e6
-        if before[1] is not None:
-            result.server_cpu_us = (after[1] - before[1]) / carried * 1e6
-    ours = sum(a - b for a, b in zip(after[:3], before[:3]) if a is not None and b is not None)
-    result.others_cpu = max(0.0, (after[3] - before[3]) - ours) / window
+        if cpu.used("proxy") is not None:
+            result.proxy_cpu_us = cpu.used("proxy") / carried * 1e6
+        if cpu.used("server") is not None:
+            result.server_cpu_us = cpu.used("server") / carried * 1e6
+    result.others_cpu = cpu.others()
     return result
 
 
@@ -318,11 +297,6 @@ def prepare_tables(db: MariaDbServer, password: str, args, workdir: str) -> None
 
 # ------------------------------------------------------------------------------------------------
 # reporting
-
-def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
 
 def print_tables(variants: list[Variant], targets: list[str],
                  results: dict[Variant, dict[str, list[Result | None]]], rounds: int) -> None:
@@ -453,11 +427,6 @@ def main(argv: list[str] | None = None) -> int:
                 for n in args.threads.split(",")]
     max_clients = max(v.threads for v in variants)
 
-    # SIGTERM unwinds like Ctrl-C, so every process below is stopped by the ExitStack
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_sigterm)
-
     rng = random.Random(args.seed)
     db_password = secrets.token_urlsafe(18)
     api_key = secrets.token_urlsafe(24)
@@ -563,8 +532,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; everything started here has been stopped")
-        sys.exit(130)
+    run_main(main)

@@ -32,12 +32,10 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -49,9 +47,8 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
 sys.path.insert(0, BENCH_DIR)
 
 from helpers import Gateway, GatewayError, free_port  # noqa: E402  (tests/helpers.py)
-from pgbench_compare import (Service, fmt, median_interval, median_or_none,  # noqa: E402
-                             tree_cpu_seconds)
-from sysbench_compare import load_average, machine_busy_seconds  # noqa: E402
+from common import (CpuWindow, Service, fmt, load_average, log, median_interval,  # noqa: E402
+                    median_or_none, ratios, run_main)
 
 ALL_TARGETS = ("direct", "nginx", "haproxy", "hoopwire", "hoopwire-masked")
 # ask for these by name (--targets ...):
@@ -72,10 +69,6 @@ UPSTREAM_SECRET_ENV = "HOOPWIRE_BENCH_UPSTREAM_TOKEN"
 # what every proxy sends upstream in place of the client's token (nginx and HAProxy set it as a
 # header too, so that each proxy does the same header work hoopwire does)
 UPSTREAM_HEADER = "Authorization"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,10 +314,7 @@ def run_wrk(url: str, token: str, target: Target, args, upstream_pid: int) -> Re
                        timeout=args.warmup + 60)
     cmd = wrk_cmd(url, token, args, args.duration)
 
-    def sample() -> tuple[float | None, float, float]:
-        return (tree_cpu_seconds(target.pid) if target.pid else None,
-                tree_cpu_seconds(upstream_pid), machine_busy_seconds())
-    before, t0 = sample(), time.monotonic()
+    cpu = CpuWindow(proxy=target.pid, upstream=upstream_pid)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=args.duration + 60)
@@ -334,7 +324,7 @@ def run_wrk(url: str, token: str, target: Target, args, upstream_pid: int) -> Re
         log(f"    wrk against {target.name} hung; counted as failed")
         return None
     # wrk's own CPU: read from the rusage of the child we just reaped
-    after, window = sample(), time.monotonic() - t0
+    cpu.close()
     wrk_cpu = _last_child_cpu()
     parsed = parse_wrk(out)
     if proc.returncode != 0 or parsed is None or parsed[3] == 0:
@@ -343,12 +333,10 @@ def run_wrk(url: str, token: str, target: Target, args, upstream_pid: int) -> Re
         return None
     rps, p50, p99, requests, bad = parsed
     res = Result(rps, p50, p99, requests, bad)
-    if before[0] is not None and after[0] is not None:
-        res.proxy_cpu_us = (after[0] - before[0]) * 1e6 / requests
-    upstream_cpu = after[1] - before[1]
-    res.upstream_cpu_us = upstream_cpu * 1e6 / requests
-    proxy_cpu = (after[0] - before[0]) if before[0] is not None else 0.0
-    res.others_cpu = max(0.0, (after[2] - before[2]) - upstream_cpu - proxy_cpu - wrk_cpu) / window
+    if cpu.used("proxy") is not None:
+        res.proxy_cpu_us = cpu.used("proxy") * 1e6 / requests
+    res.upstream_cpu_us = cpu.used("upstream") * 1e6 / requests
+    res.others_cpu = cpu.others(also_ours=wrk_cpu)
     return res
 
 
@@ -407,9 +395,8 @@ def check_target(t: Target, token: str, bodies: dict[str, bytes]) -> str | None:
 # ------------------------------------------------------------------------------------------------
 # reporting
 
-def ratios(runs: dict[str, list[Result | None]], target: str, base: str) -> list[float]:
-    return [a.rps / b.rps for a, b in zip(runs.get(target, []), runs.get(base, []))
-            if a and b and b.rps > 0]
+def rps_ratios(runs: dict[str, list[Result | None]], target: str, base: str) -> list[float]:
+    return ratios(runs, target, base, value=lambda r: r.rps)
 
 
 def print_tables(body_names: list[str], targets: list[str],
@@ -431,15 +418,15 @@ def print_tables(body_names: list[str], targets: list[str],
             print(f"  {t:<{width}} {fmt(median_or_none([r.rps for r in ok]), '9.0f')} "
                   f"{fmt(median_or_none([r.p50_ms for r in ok]), '7.3f')} "
                   f"{fmt(median_or_none([r.p99_ms for r in ok]), '7.2f')} "
-                  f"{fmt(median_or_none(ratios(runs, t, 'direct')), '9.3f')} "
-                  f"{fmt(median_or_none(ratios(runs, t, 'nginx')), '8.3f')} "
+                  f"{fmt(median_or_none(rps_ratios(runs, t, 'direct')), '9.3f')} "
+                  f"{fmt(median_or_none(rps_ratios(runs, t, 'nginx')), '8.3f')} "
                   f"{fmt(median_or_none([r.proxy_cpu_us for r in ok]), '16.1f')} "
                   f"{fmt(median_or_none([r.upstream_cpu_us for r in ok]), '15.1f')} "
                   f"{fmt(median_or_none([r.others_cpu for r in ok]), '11.2f')}{note}")
         for t in targets:
             if not t.startswith("hoopwire"):
                 continue
-            r = ratios(runs, t, "nginx")
+            r = rps_ratios(runs, t, "nginx")
             if len(r) >= 3:
                 lo, hi = median_interval(r)
                 print(f"    {t} / nginx per round: median {statistics.median(r):.3f}, 95% "
@@ -461,7 +448,7 @@ def print_tables(body_names: list[str], targets: list[str],
                 if plain is not None:
                     line += (f"; masking's own share {(masked - plain) / kib:.1f} us per KiB "
                              f"(masked - hoopwire)")
-                vs = median_or_none(ratios(runs, "hoopwire-masked", "hoopwire"))
+                vs = median_or_none(rps_ratios(runs, "hoopwire-masked", "hoopwire"))
                 if vs is not None:
                     line += f"; req/s masked / not {vs:.3f}"
                 print(line)
@@ -523,10 +510,6 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             ap.error(f"{tool} not found: apt-get install wrk nginx-light")
-
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_sigterm)
 
     rng = random.Random(args.seed)
     api_key = secrets.token_urlsafe(24)
@@ -615,8 +598,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; everything started here has been stopped")
-        sys.exit(130)
+    run_main(main)
