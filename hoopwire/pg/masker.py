@@ -57,6 +57,11 @@ _DDL = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"GRANT", b"REVOKE", b"SECURIT
         b"REFRESH", b"SELECT INTO")
 _TEXT_FIELDS = frozenset(b"MDHWq")       # message, detail, hint, context, internal query
 _UNRESOLVED = "unresolved"
+# statements after which a database's catalog connection must be gone (normaliser's full view)
+_DB_WORD = re.compile(rb"(?i)database")
+_DB_NAME = rb'("(?:[^"]|"")*"|[^\s;"]+)'
+_DB_GOING = (re.compile(rb"^drop\s+database\s+(?:if\s+exists\s+)?" + _DB_NAME),
+             re.compile(rb"^alter\s+database\s+" + _DB_NAME + rb"\s+rename\b"))
 # statements whose rows come from a statement or cursor named earlier, whose text we do not see
 _OPAQUE_READS = (b"execute", b"fetch", b"move")
 # relations whose rows are copies of any column's values (lineage._OPAQUE_RELS): naming one is a
@@ -337,6 +342,38 @@ class ConnectionMasking:
     def close(self) -> None:
         for c in self.catalogs.values():
             c.close()
+
+    def release(self, database: str) -> None:
+        """No session is left on `database`: end its catalog connection (what was read stays,
+        so the next session reads only when it is stale). An idle side connection would make a
+        client's DROP DATABASE of it fail with 55006."""
+        cat = self.catalogs.get(database)
+        if cat is not None:
+            cat.close()
+
+    def database_statement(self, sql: bytes) -> None:
+        """A DROP DATABASE or ALTER DATABASE ... RENAME is about to go upstream: the catalog of
+        that name is closed and forgotten first (a database made again under the name has new
+        OIDs, which the old read would name wrongly). Names compare without case: closing one
+        too many costs a reconnect."""
+        if len(sql) > 4096:
+            return
+        try:
+            pieces = normalize_statements(sql, True)
+        except Exception:  # noqa: BLE001 -- not ours to judge; the server reads it
+            return
+        for piece in pieces:
+            mt = _DB_GOING[0].match(piece) or _DB_GOING[1].match(piece)
+            if mt is None:
+                continue
+            name = mt.group(1)
+            if name[:1] == b'"':
+                name = name[1:-1].replace(b'""', b'"')
+            low = name.decode("utf-8", "replace").lower()
+            for db in [d for d in self.catalogs if d.lower() == low]:
+                event(log, "masking catalog closed for a database statement", logging.INFO,
+                      connection=self.connection, database=db)
+                self.catalogs.pop(db).close()
 
     def _names_from(self, cat: Catalog) -> None:
         """Identifiers that mention masked data in this database: masked columns, the
@@ -1171,6 +1208,8 @@ class WriteGuard:
         return False
 
     def check(self, sql: bytes):
+        if _DB_WORD.search(sql) is not None:
+            self.masker.conn.database_statement(sql)
         if not self.refuse:
             return self.inner.check(sql) if self.inner is not None else None
         try:

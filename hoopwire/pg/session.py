@@ -524,3 +524,9 @@ class PgListener(Listener):
 
     def forget(self, session: Session) -> None:
         self.cancel_keys.unregister(self.name, session.pid, session.client_secret)
+        masker = session.masker
+        if masker is not None and not any(
+                s.database == session.database and s.masker is not None for s in self.sessions):
+            # the last session on this database: its catalog connection goes too, or a
+            # client's DROP DATABASE of it fails with 55006 (asyncpg's and pg8000's suites)
+            masker.conn.release(session.database)
