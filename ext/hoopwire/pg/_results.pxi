@@ -65,10 +65,11 @@ cdef inline tuple _define(dict named, tuple unnamed, bytes name, tuple known):
 
 cdef inline bint light_reads(char kind) noexcept:
     """Whether a light PgResults reads this upstream message: what ends a statement or a unit
-    (C E I s Z), ParseComplete (so that an error is pinned on the right Parse or Execute), and
-    ParameterStatus for the relay."""
+    (C E I s Z), ParseComplete (so that an error is pinned on the right Parse or Execute),
+    CopyInResponse (the Syncs sent during a copy-in get no ReadyForQuery), and ParameterStatus
+    for the relay."""
     return kind == c'C' or kind == c'E' or kind == c'Z' or kind == c'I' or kind == c's' or \
-        kind == c'1' or kind == c'S'
+        kind == c'1' or kind == c'S' or kind == c'G'
 
 
 cdef class PgResults:
@@ -99,7 +100,17 @@ cdef class PgResults:
     cdef int client_header(self, char kind) except -1:
         """INSPECT for messages whose body we need; Sync only counts."""
         if kind == c'S':
-            self._push(R_SYNC, None, None, 0.0)
+            if self.state != S_COPY_IN:     # (in copy-in the server ignores it: no answer)
+                self._push(R_SYNC, None, None, 0.0)
+            self.last_client = kind
+            return FORWARD
+        if kind == c'c' or kind == c'f':
+            # CopyDone / CopyFail: where a copy-in ends, for a CopyInResponse still to come
+            # (see _copy_in); with nothing outstanding it can end no copy, and is not kept
+            if self.state == S_COPY_IN:
+                self.state = S_NONE
+            elif self.rq_len:
+                self._push(R_COPY_END, None, None, 0.0)
             self.last_client = kind
             return FORWARD
         if kind == c'H':
@@ -326,6 +337,11 @@ cdef class PgResults:
                     self.qt_cap = 0
         self.rq_head = (self.rq_head + 1) & (self.rq_cap - 1)
         self.rq_len -= 1
+        while self.rq_len and self.reqs[self.rq_head].kind == R_COPY_END:
+            # a CopyDone/CopyFail no CopyInResponse claimed (its COPY failed first, or the
+            # client sent it outside a copy): the server drops it, nothing answers it
+            self.rq_head = (self.rq_head + 1) & (self.rq_cap - 1)
+            self.rq_len -= 1
 
     cdef int _expect(self, int kind) except -1:
         cdef Req* head = self._head()
@@ -539,6 +555,9 @@ cdef class PgResults:
         elif kind == c'c':
             if self.state != S_SKIP:
                 self._end_result()
+        elif kind == c'G':
+            if self.state != S_SKIP:
+                self._copy_in()
         if self.state == S_SKIP:
             return b""
         return None
@@ -558,13 +577,18 @@ cdef class PgResults:
         if kind == c'C' or kind == c'I' or kind == c's':
             if kind == c'C':
                 self._tag(msg, size)
+                self.state = S_NONE     # (a copy-in, the only state kept here, is done)
             self._completed()
         elif kind == c'Z':
+            self.state = S_NONE
             self._ready()
         elif kind == c'1':
             self._expect(R_PARSE)
         elif kind == c'E':
+            self.state = S_NONE
             self._error(msg, size)
+        elif kind == c'G':
+            self._copy_in()
         return 0                    # ParameterStatus: the relay's (nothing else is inspected)
 
     cdef int _tag(self, const unsigned char* msg, Py_ssize_t size) except -1:
@@ -598,6 +622,33 @@ cdef class PgResults:
             hk = self.reqs[self.rq_head].kind
             if hk != R_QUERY and hk != R_SYNC:
                 self._error_skip()
+        return 0
+
+    cdef int _copy_in(self) except -1:
+        """CopyInResponse: the server now reads CopyData until CopyDone or CopyFail and ignores
+        Sync and Flush meanwhile (protocol docs, "COPY Operations"). So the Syncs the client
+        sent after this statement and before its CopyDone/CopyFail get no ReadyForQuery: they
+        leave the queue (pg8000 sends Execute, Sync, then the data; counted, that one Sync
+        left every later answer one request out of step). Syncs still to come before the
+        CopyDone are not queued (S_COPY_IN, see client_header)."""
+        cdef int hk = self._head().kind
+        cdef Py_ssize_t i, j = 1, mask = self.rq_cap - 1
+        cdef Req* r
+        cdef bint ended = False
+        if hk != R_EXEC and hk != R_QUERY:
+            raise ResultTrackingError(f"CopyInResponse answering request {hk}")
+        self._end_result()
+        for i in range(1, self.rq_len):
+            r = &self.reqs[(self.rq_head + i) & mask]
+            if not ended and (r.kind == R_SYNC or r.kind == R_COPY_END):
+                ended = r.kind == R_COPY_END    # (neither holds a reference)
+                continue
+            if i != j:
+                self.reqs[(self.rq_head + j) & mask] = r[0]
+            j += 1
+        self.rq_len = j
+        if not ended:
+            self.state = S_COPY_IN
         return 0
 
     cdef object _copy_out(self, const unsigned char* msg, Py_ssize_t size):

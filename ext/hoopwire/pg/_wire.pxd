@@ -163,12 +163,14 @@ cdef enum:
     R_CLOSE = 7
     R_SYNC = 8
     R_QUERY = 9            # simple Query (or a refused FunctionCall, replaced by one)
+    R_COPY_END = 10        # client's CopyDone/CopyFail: no answer, marks where a copy-in ends
 
 cdef enum:
     S_NONE = 0             # no result open: a DataRow now is a tracking failure
     S_ROWS = 1             # rows of `plan`
     S_COPY = 2             # CopyData of `copy` (None: forwarded as they are)
     S_SKIP = 3             # a refused result: drop everything up to ReadyForQuery
+    S_COPY_IN = 4          # the server reads CopyData: the client's Syncs get no answer
 
 
 # One outstanding request. A C ring of these rather than a deque of tuples: the queue sees every
@@ -231,6 +233,7 @@ cdef class PgResults:
     cdef int _tag(self, const unsigned char* msg, Py_ssize_t size) except -1
     cdef int _completed(self) except -1
     cdef int _error(self, const unsigned char* msg, Py_ssize_t size) except -1
+    cdef int _copy_in(self) except -1
     cdef object _head_sql(self)
     cdef tuple _stmt(self, bytes name)
     cdef tuple _portal(self, bytes name)
