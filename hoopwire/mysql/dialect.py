@@ -6,7 +6,7 @@ classifier for allow_kinds."""
 from __future__ import annotations
 
 from hoopwire.config import GuardrailConfig
-from hoopwire.mysql._sqllex import mask_literals, statement_views
+from hoopwire.mysql._sqllex import mask_literals, statement_shape, statement_views
 from hoopwire.mysql.packs import PACKS, UNREADABLE_PATTERN, UNSAFE_CHARSET_PATTERNS
 
 # the wrapper's code view: `set statement <assignments> for <statement>`
@@ -22,6 +22,10 @@ class MysqlDialect:
     # statement_views(sql, full, *, mode=<sql_mode bits>): see hoopwire/mysql/_sqllex.pyx
     mask_literals = staticmethod(mask_literals)
     statement_views = staticmethod(statement_views)
+    # the guardrail verdict cache's key (hoopwire.policy.engine): integers written 0, 1, 00 or 2,
+    # the four classes PACKS tell apart (unbounded-write's WHERE 0 / 1 / 1=1 / [1-9][0-9]*);
+    # tests/test_mysql_shapes.py holds every pack's examples to that
+    statement_shape = staticmethod(statement_shape)
     packs = PACKS                   # the built-in guardrail packs (hoopwire/mysql/packs.py)
 
     @staticmethod

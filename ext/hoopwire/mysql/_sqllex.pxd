@@ -55,6 +55,7 @@ cdef struct Out:
     Reading r
     bint ambiguous       # another Reading could lex this text differently
     bint dynamic         # the word PREPARE or EXECUTE was seen (dynamic SQL, maybe a literal)
+    bint shape           # statement_shape: integers written 0, 1, 2 or 00 (emit_number)
     int nversions        # distinct versions of versioned comments seen (up to MAX_VERSIONS)
     bint too_many        # ... and more than that
     unsigned long versions[MAX_VERSIONS]

@@ -89,7 +89,8 @@ cdef extern from *:
     int hwm_append_bytes(object lst, const char* p, Py_ssize_t n) except -1 nogil
     int hwm_append_last(object dst, object src) except -1 nogil
 
-__all__ = ["normalize", "normalize_statements", "statement_views", "split_statements",
+__all__ = ["normalize", "normalize_statements", "statement_views", "statement_shape",
+           "split_statements",
            "mask_literals", "views_as", "KEYWORDS", "UNREADABLE", "MODE_NO_BACKSLASH_ESCAPES",
            "MODE_ANSI_QUOTES", "MODE_MSSQL"]
 
@@ -278,6 +279,7 @@ cdef int out_init(Out* o, Py_ssize_t cap, int mode) except -1 nogil:
     o.r.version = 0
     o.ambiguous = False
     o.dynamic = False
+    o.shape = False
     o.nversions = 0
     o.too_many = False
     return 0
@@ -537,6 +539,14 @@ cdef int emit_word(Out* o, const uchar* p, Py_ssize_t n) except -1 nogil:
     return 0
 
 
+cdef inline bint _all_digits(const uchar* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        if not (CLS[p[k]] & C_DIGIT):
+            return False
+    return True
+
+
 cdef int emit_number(Out* o, const uchar* p, Py_ssize_t n) except -1 nogil:
     if o == NULL or o.mode == M_SPLIT:
         return 0
@@ -544,6 +554,16 @@ cdef int emit_number(Out* o, const uchar* p, Py_ssize_t n) except -1 nogil:
         begin_token(o, 63)
         out_byte(o, 63)
         return 0
+    if o.shape and _all_digits(p, n):
+        # statement_shape: an integer as one of four, the classes the packs tell apart --
+        # unbounded-write reads `where 0` apart from `where not 0`, `where [1-9][0-9]*` and
+        # `where 1 = 1`, and a leading zero (`where 01`, true on the server) fails all three;
+        # every other pattern reads a digit only as a name byte
+        if n == 1 and (p[0] == 48 or p[0] == 49):
+            return emit_word(o, p, 1)                               # 0, 1
+        if p[0] == 48:
+            return emit_word(o, <const uchar*>b"00", 2)             # 00, 01, 007
+        return emit_word(o, <const uchar*>b"2", 1)                  # 2-9, 10, 48213
     return emit_word(o, p, n)
 
 
@@ -715,6 +735,9 @@ cdef int lex(const uchar* s, Py_ssize_t n, Out* o, bint split, list pieces,
                         if digit_at(s, n, k + 5) and r.server != SV_MYSQL:
                             length = 6                      # MariaDB: 100000 is 10.0.0; MySQL
                                                             # reads 5 digits, the 6th is code
+                            # ... so MySQL reads other code: `WHERE /*!000001*/` is WHERE
+                            # there and WHERE 1 on MySQL, whatever the version
+                            o.ambiguous = True
                         version = 0
                         for j in range(length):
                             version = version * 10 + (s[k + j] - 48)
@@ -1068,6 +1091,58 @@ def statement_views(sql, bint full=False, *, int mode=0, bint standard_conformin
     r.server = SV_ANY
     r.version = 0
     return _views(b, full, r, None)
+
+
+def statement_shape(sql, bint full=False):
+    """What a guardrail verdict on `sql` can depend on, integers set aside: `(key, code,
+    full_view)` as statement_views(sql, full) gives the two lists, with every integer (a run of
+    digits) written 0 or 1 where it is that integer, 00 where it has a leading zero, else 2
+    (decimals, 1e5, 0x1f and names such as 1abc as written). `key` is one bytes object naming
+    both lists: the code pieces joined by 0x00, then, where some statement's two views differ,
+    0x01 and the full pieces joined by 0x00. sysbench's `... WHERE id=4812` and `WHERE id=7`
+    share one; `WHERE 1`, `WHERE 0`, `WHERE 01` and `WHERE 2` do not.
+
+    None -- the caller reads the text itself -- for whatever the first reading alone does not
+    decide: a text another sql_mode, server or version could read differently (a backslash in
+    a literal, a double quote, a [, a versioned comment such as /*!50700, whose number decides
+    whether the body runs, 0xA0 / 0xFF), dynamic SQL (PREPARE / EXECUTE: its literal is lexed
+    again), a byte >= 0x80 (what is a digit or a quote then depends on the client charset), and
+    a 0x00 or 0x01 byte (the key's separators)."""
+    cdef bytes b = _as_bytes(sql)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    cdef const uchar* s = <const uchar*>PyBytes_AS_STRING(b)
+    cdef list code = [], fpieces = None
+    cdef Py_ssize_t k, m
+    cdef bint differs = False
+    cdef Out o, fo
+    for k in range(n):
+        if s[k] < 2 or s[k] >= 128:
+            return None
+    out_init(&o, n + (n >> 2) + 16, M_CODE)
+    o.shape = True
+    fo.buf = NULL
+    try:
+        if full:
+            fpieces = []
+            out_init(&fo, n + (n >> 2) + 16, M_FULL)
+            fo.shape = True
+            lex(s, n, &o, True, code, &fo, fpieces)
+        else:
+            lex(s, n, &o, True, code)
+        if o.ambiguous or o.dynamic:
+            return None
+        m = len(code)
+        if fpieces is not None:
+            for k in range(m):
+                if fpieces[k] is not code[k]:
+                    differs = True
+                    break
+        if not differs:
+            return (code[0] if m == 1 else b"\0".join(code)), code, fpieces
+        return b"\0".join(code) + b"\1" + b"\0".join(fpieces), code, fpieces
+    finally:
+        out_free(&o)
+        out_free(&fo)
 
 
 _SERVERS = {"any": SV_ANY, "mariadb": SV_MARIADB, "mysql": SV_MYSQL}
