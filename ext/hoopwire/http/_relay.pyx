@@ -62,6 +62,43 @@ cdef inline Py_ssize_t _put_c(char* w, Py_ssize_t at, const char* s, Py_ssize_t 
     return at + n
 
 
+cdef inline Py_ssize_t _start_line_and_fields(char* w, int status, bytes reason, list headers,
+                                              const char* keep, Py_ssize_t nh):
+    """`HTTP/1.1 <status> <reason>` and the fields `keep` marks, written from w[0]: how every
+    response head the gateway rewrites begins. Returns the offset after them."""
+    cdef Py_ssize_t at, i
+    cdef tuple t
+    # the parser admits 100..599 only: three digits
+    at = _put_c(w, 0, "HTTP/1.1 ", 9)
+    w[9] = <char>(48 + status // 100)
+    w[10] = <char>(48 + status // 10 % 10)
+    w[11] = <char>(48 + status % 10)
+    w[12] = 32
+    at = _put(w, 13, reason)
+    at = _put_c(w, at, "\r\n", 2)
+    for i in range(nh):
+        if keep[i]:
+            t = <tuple>headers[i]
+            at = _put(w, at, <bytes>t[0])
+            at = _put_c(w, at, ": ", 2)
+            at = _put(w, at, <bytes>t[1])
+            at = _put_c(w, at, "\r\n", 2)
+    return at
+
+
+cdef inline Py_ssize_t _connection_and_id(char* w, Py_ssize_t at, bint close, bint client10,
+                                          bytes rid):
+    """How every rewritten response head ends: the connection's fate where the client must be
+    told, the request id, the blank line."""
+    if close:
+        at = _put_c(w, at, "Connection: close\r\n", 19)
+    elif client10:
+        at = _put_c(w, at, "Connection: keep-alive\r\n", 24)
+    at = _put_c(w, at, "X-Request-Id: ", 14)
+    at = _put(w, at, rid)
+    return _put_c(w, at, "\r\n\r\n", 4)
+
+
 cdef class Rewriter:
     """One configuration's head rewrites (HttpConf makes one per (re)load)."""
 
@@ -269,30 +306,10 @@ cdef class Rewriter:
             total += 14 + PyBytes_GET_SIZE(rid) + 4
             out = PyBytes_FromStringAndSize(NULL, total)
             w = PyBytes_AS_STRING(out)
-            # the parser admits 100..599 only: three digits
-            at = _put_c(w, 0, "HTTP/1.1 ", 9)
-            w[9] = <char>(48 + status // 100)
-            w[10] = <char>(48 + status // 10 % 10)
-            w[11] = <char>(48 + status % 10)
-            w[12] = 32
-            at = _put(w, 13, head.reason)
-            at = _put_c(w, at, "\r\n", 2)
-            for i in range(nh):
-                if keep[i]:
-                    t = <tuple>headers[i]
-                    at = _put(w, at, <bytes>t[0])
-                    at = _put_c(w, at, ": ", 2)
-                    at = _put(w, at, <bytes>t[1])
-                    at = _put_c(w, at, "\r\n", 2)
+            at = _start_line_and_fields(w, status, head.reason, headers, keep, nh)
         finally:
             PyMem_Free(keep)
-        if close:
-            at = _put_c(w, at, "Connection: close\r\n", 19)
-        elif client10:
-            at = _put_c(w, at, "Connection: keep-alive\r\n", 24)
-        at = _put_c(w, at, "X-Request-Id: ", 14)
-        at = _put(w, at, rid)
-        at = _put_c(w, at, "\r\n\r\n", 4)
+        at = _connection_and_id(w, at, close, client10, rid)
         assert at == total
         return out, close, dechunk
 
@@ -352,20 +369,7 @@ cdef class Rewriter:
             total += 14 + PyBytes_GET_SIZE(rid) + 4
             out = PyBytes_FromStringAndSize(NULL, total)
             w = PyBytes_AS_STRING(out)
-            at = _put_c(w, 0, "HTTP/1.1 ", 9)
-            w[9] = <char>(48 + status // 100)
-            w[10] = <char>(48 + status // 10 % 10)
-            w[11] = <char>(48 + status % 10)
-            w[12] = 32
-            at = _put(w, 13, head.reason)
-            at = _put_c(w, at, "\r\n", 2)
-            for i in range(nh):
-                if keep[i]:
-                    t = <tuple>headers[i]
-                    at = _put(w, at, <bytes>t[0])
-                    at = _put_c(w, at, ": ", 2)
-                    at = _put(w, at, <bytes>t[1])
-                    at = _put_c(w, at, "\r\n", 2)
+            at = _start_line_and_fields(w, status, head.reason, headers, keep, nh)
         finally:
             PyMem_Free(keep)
         if length >= 0:
@@ -376,12 +380,6 @@ cdef class Rewriter:
             at = _put_c(w, at, "\r\n", 2)
         elif chunked:
             at = _put_c(w, at, "Transfer-Encoding: chunked\r\n", 28)
-        if close:
-            at = _put_c(w, at, "Connection: close\r\n", 19)
-        elif client10:
-            at = _put_c(w, at, "Connection: keep-alive\r\n", 24)
-        at = _put_c(w, at, "X-Request-Id: ", 14)
-        at = _put(w, at, rid)
-        at = _put_c(w, at, "\r\n\r\n", 4)
+        at = _connection_and_id(w, at, close, client10, rid)
         assert at == total
         return out, close
