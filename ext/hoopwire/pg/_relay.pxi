@@ -393,6 +393,51 @@ cdef class Relay:
             return None
         return HOLD_
 
+    cdef int _copy_in(self) except -1:
+        """CopyInResponse: the server reads CopyData until CopyDone or CopyFail and ignores
+        Sync meanwhile (protocol docs, "COPY Operations"), so the Syncs the client sent after
+        this COPY and before its CopyDone get no ReadyForQuery. pg8000 sends Execute, Sync and
+        only then the data: counted, that Sync kept units_sent one ahead for the rest of the
+        session (the in-flight test always true: every statement with a backslash after a
+        non-ASCII byte refused; prepared names a unit late). Those already sent are counted
+        done now; those still to come are not counted (in_copy_in, see ClientSide.on_header).
+        The same rule as PgResults._copy_in, kept here because no results object follows a
+        session with masking and audit off."""
+        cdef unsigned long long n = self.units_done + 1     # the unit this COPY is in
+        cdef unsigned long long last = self.units_sent      # last unit sent before its end
+        cdef unsigned long long u, e, dropped = 0
+        cdef bint ended = False
+        while self.copy_ends:
+            e = self.copy_ends.pop(0)
+            # e + 1 is the unit the end was sent in: an earlier one, or one sent before this
+            # unit's Query, belongs to a COPY that failed (the server dropped it)
+            if e + 1 > n or e + 1 == n and not (self.query_units >> (n & 63)) & 1:
+                last = e
+                ended = True
+                break
+        u = n
+        while u <= last:
+            if not (self.query_units >> (u & 63)) & 1:     # (a Query's own Z still comes)
+                dropped += 1
+            u += 1
+        self.units_done += dropped
+        while dropped and self.sent_head < self.sent_tail:
+            self.sent_head += 1         # (their send times: no answer will time them)
+            dropped -= 1
+        self.in_copy_in = not ended
+        return 0
+
+    cdef int _copy_end_sent(self) except -1:
+        """The client's CopyDone/CopyFail: ends the copy-in the server is in, or, with
+        something unanswered, marks where one not yet reported ends (see _copy_in)."""
+        if self.in_copy_in:
+            self.in_copy_in = False
+        elif self.units_sent > self.units_done or self.unsynced_executes:
+            if self.copy_ends is None:
+                self.copy_ends = []
+            self.copy_ends.append(self.units_sent)
+        return 0
+
     cdef object _rewrite_error(self, const unsigned char* msg, Py_ssize_t size):
         """An upstream ErrorResponse while a blocked statement is pending: ours, or genuine?"""
         cdef bytes raw = msg[:size]
@@ -405,9 +450,9 @@ cdef class Relay:
 
 cdef inline bint plain_reads(char kind) noexcept:
     """Whether the relay reads this upstream message when nothing follows results: Ready-
-    ForQuery (six bytes; its status ends a unit) and ParameterStatus (rare; the client encoding
-    is remembered)."""
-    return kind == c'Z' or kind == c'S'
+    ForQuery (six bytes; its status ends a unit), ParameterStatus (rare; the client encoding
+    is remembered) and CopyInResponse (rare; the Syncs sent during a copy-in are no units)."""
+    return kind == c'Z' or kind == c'S' or kind == c'G'
 
 
 cdef class RelaySide(PgFrameReader):
@@ -436,10 +481,15 @@ cdef class ClientSide(RelaySide):
         if r.results is not None:
             disp = r.results.client_header(kind)
         if kind == c'Q' or kind == c'S' or kind == c'F':
+            if kind == c'S' and r.in_copy_in:
+                return disp         # the server ignores it: no unit (see Relay._copy_in)
             # each of these ends in exactly one ReadyForQuery
             r.units_sent += 1
             if kind == c'S':
                 r.unsynced_executes = 0
+                r.query_units &= ~(1ULL << (r.units_sent & 63))
+            else:
+                r.query_units |= 1ULL << (r.units_sent & 63)
             if r.sent_tail - r.sent_head < RTT_RING:
                 r.sent_at[r.sent_tail % RTT_RING] = r.last_activity
                 r.sent_tail += 1
@@ -458,6 +508,8 @@ cdef class ClientSide(RelaySide):
         elif kind == c'P':
             if r.policy is not None:
                 return INSPECT
+        elif kind == c'c' or kind == c'f':
+            r._copy_end_sent()
         elif kind == c'X':
             r.close_reason = "client_terminate"
         return disp
@@ -546,6 +598,11 @@ cdef class UpstreamSide(RelaySide):
         if r.names is not None and (kind == c'1' or kind == c'2' or kind == c'3'):
             self._answered(kind)
             return out
+        if kind == c'G':
+            r._copy_in()
+            return out
+        if r.in_copy_in and (kind == c'C' or kind == c'E'):
+            r.in_copy_in = False        # the copy ended (an error: the server left copy-in)
         if kind == c'Z':
             self._ready_for_query(msg, size)
             if r.rewrites:
@@ -567,7 +624,11 @@ cdef class UpstreamSide(RelaySide):
         cdef Relay r = self.relay
         if size >= 6:
             r.tx_status = msg[5]
-        r.units_done += 1
+        r.in_copy_in = False
+        if r.units_done < r.units_sent:     # (a Sync in a copy-in the server left by an error)
+            r.units_done += 1
+        if r.copy_ends:
+            r.copy_ends = [e for e in r.copy_ends if e >= r.units_done]    # unit e + 1 not done
         if r.sent_head < r.sent_tail:
             r.stats.observe_rtt(monotonic() - r.sent_at[r.sent_head % RTT_RING])
             r.sent_head += 1
@@ -628,6 +689,8 @@ cdef class UpstreamSide(RelaySide):
                 # what on_header inspects in this state (E only while rewriting: not here)
                 if r.names is not None and (kind == c'1' or kind == c'2' or kind == c'3'):
                     self._answered(kind)        # (5 bytes: whole; the results follow it too)
+                if r.in_copy_in and (kind == c'C' or kind == c'E'):
+                    r.in_copy_in = False        # the copy ended (an error: it left copy-in)
                 if light_reads(kind) if res is not None else plain_reads(kind):
                     if avail < size:
                         break
@@ -637,6 +700,8 @@ cdef class UpstreamSide(RelaySide):
                         self._ready_for_query(p + pos, size)
                     elif kind == c'S':
                         self._parameter_status(p + pos, size)
+                    elif kind == c'G':
+                        r._copy_in()
                 elif avail < size:
                     self.skip = size - avail        # the rest of a row (say) in later reads
                     return 0

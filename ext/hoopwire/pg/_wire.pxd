@@ -75,7 +75,7 @@ cdef class Relay:
         readonly double last_activity   # monotonic seconds
         readonly unsigned long long bytes_in    # from the client, this session
         readonly unsigned long long bytes_out   # from the upstream, this session
-        readonly bint in_copy_in        # client is streaming COPY data
+        readonly bint in_copy_in        # CopyInResponse seen, the client's CopyDone/CopyFail not yet
         # Backpressure: the transport that said pause_writing (its buffer is past its high
         # water mark) until it says resume_writing. The other side is not read meanwhile,
         # whatever else wants it read (an approval decided, a masker's hold released).
@@ -92,6 +92,10 @@ cdef class Relay:
         char last_upstream_kind         # a server's FATAL is its last word: add nothing after it
         public str client_encoding      # as the server last reported it (ParameterStatus)
         unsigned long long unsynced_executes    # Executes forwarded since the last Sync (each may run a SET)
+        # COPY FROM STDIN: the server ignores Syncs until CopyDone/CopyFail, so those are no
+        # units (see Relay._copy_in). Bit (unit & 63): that unit is a Query/FunctionCall, not a Sync.
+        unsigned long long query_units
+        list copy_ends                  # units_sent at each CopyDone/CopyFail no CopyInResponse took yet
 
         # Blocked statements replaced by a marker statement that makes the upstream fail
         # exactly where the blocked one would have; its error is rewritten on the way back.
@@ -121,6 +125,8 @@ cdef class Relay:
     cdef object _sql_prepared(self, bytes sql, object verdict)
     cdef object _track_approvals(self, char kind, const unsigned char* msg, Py_ssize_t size)
     cdef object _approval(self, object verdict, bytes sql)
+    cdef int _copy_in(self) except -1
+    cdef int _copy_end_sent(self) except -1
 
 
 cdef class RelaySide(PgFrameReader):
