@@ -332,7 +332,8 @@ def test_wants():
         assert m.wants(b"Application/Problem+JSON; charset=utf-8") == "json"
         assert m.wants(b"text/event-stream") == "sse"
         assert m.wants(b"image/png") == "pass"
-    assert paths.wants(b"text/plain") == "pass" and dets.wants(b"text/plain") == "text"
+    # key paths sniff text for JSON (test_http_masking_types.py); detectors alone stream it
+    assert paths.wants(b"text/plain") == "sniff" and dets.wants(b"text/plain") == "text"
     assert dets.wants(None) == "text" and dets.wants(b"application/xml") == "text"
     assert paths.wants(b"application/x-ndjson") == "json"
     assert dets.wants(b"application/x-ndjson") == "text"

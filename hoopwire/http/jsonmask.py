@@ -2,7 +2,7 @@
 
     m = JsonMasker(conn.masks, engine, max_bytes=conn.mask_body_bytes, timeout=conn.mask_timeout)
     m.active, m.has_paths                 # any rule at all; any JSON key-path rule
-    m.wants(b"application/json")          # "json" | "text" | "sse" | "pass"
+    m.wants(b"application/json")          # "json" | "sniff" | "text" | "sse" | "pass"
     m.mask_json(body, m.deadline())       # (bytes, counts) | None; MaskTimeout past the deadline
     m.mask_json(body, d, offloaded=True)  # the same, in the relay's masking thread
     s = m.text_stream(); s.feed(chunk) -> bytes; s.end() -> bytes; s.take_counts()
@@ -23,6 +23,10 @@ What the relay must do
 * Content-Encoding other than identity: the masker reads plain bytes only. While `active`, ask
   the upstream for `Accept-Encoding: identity` and treat an encoded response of a type that
   wants() masks as one that could not be masked (502).
+* wants() "sniff" (key paths, and a type a JSON body can hide under: text, JavaScript,
+  octet-stream, a comma-list, none): gather; sniff(first bytes) says "json"/"jsonp" (then
+  mask_sniffed, the same rules as mask_json: None or over max_bytes is 502) or "text" (then
+  sniffed_text(): the detectors, or the body as it came).
 * Unchanged bodies come back as the same object: the relay may then keep Content-Length.
 * Stream counts: call take_counts() when the response ends.
 * MaskTimeout: the deadline passed (checked before the parse and every 256 containers of the
@@ -145,6 +149,7 @@ from hoopwire.masking.jsonpath import ANY, DEEP, INDEX, NAME, compile_path
 from hoopwire.masking.strategies import REDACTED, Strategy
 
 __all__ = ["JsonMasker", "TextStream", "SseStream", "PathError", "MaskTimeout", "compile_path",
+           "sniff", "SNIFF_BYTES",
            "MAX_DEPTH", "TEXT_TAIL", "MAX_CARRY", "MAX_EVENT", "MASK_TIMEOUT"]
 
 log = logging.getLogger("hoopwire.http.mask")
@@ -631,12 +636,67 @@ _TEXT_TYPES = {"application/xml", "application/javascript", "application/x-www-f
                "application/sql", "application/csv", "application/ecmascript"}
 
 
+# Types sniffed when key paths apply (JsonMasker.wants -> "sniff"): a JSON body served as any of
+# these (text/plain, JSONP as javascript, a download, no type at all) is still read as JSON by
+# the clients that asked for it, and a client can often pick the type (Accept, ?callback=,
+# ?format=), so a path rule that looked at the Content-Type alone was dodged by all of them.
+_SNIFF_TYPES = {"application/octet-stream", "application/x-javascript", "binary/octet-stream"}
+
+# What makes a sniffed body JSON: after a BOM, whitespace and /* */ comments, `{` or `[`, or
+# JSONP: a callback name (a.b.c, $cb) and `(` before one, after an optional guard
+# `typeof cb === 'function' && ` (`/**/ typeof cb === 'function' && cb({...});` is Express's
+# res.jsonp, `/**/cb({...})` Rails'). A JSONP of a scalar (`cb("x")`) is left to the
+# detectors: a path rule addresses members and elements, and requiring `{`/`[` keeps text
+# like `print("hi")` a text.
+# A /* */ comment, unrolled so each byte has one way to match: the lazy `/\*.*?\*/` let one
+# comment span several and took over 10 s on 4 KiB of `/**/` (backtracking); this is linear
+_COMMENT = rb"/\*[^*]*\*+(?:[^/*][^*]*\*+)*/"
+_SNIFF_JSON = re.compile(
+    rb"(?:\xef\xbb\xbf)?(?:\s|" + _COMMENT + rb")*+(?:([\[{])|"
+    rb"(?:typeof\s+[\w$.]+\s*===?\s*(['\"])function\2\s*&&\s*)?"
+    rb"[A-Za-z_$][\w$.]*\s*(\()\s*[\[{])")
+# A prefix that may still become one of those with more bytes (undecided): a part of a BOM,
+# of a comment (not closed yet), of the typeof guard, or a callback name and its `(`
+_SNIFF_OPEN = re.compile(
+    rb"(?:\xef(?:\xbb\xbf?)?)?(?:\s|" + _COMMENT + rb")*+"
+    rb"(?:/|/\*[^*]*(?:\*+[^/*][^*]*)*\**|typeof\s[^(]*|[A-Za-z_$][\w$.]*\s*(?:\(\s*)?)?")
+_JSONP_TAIL = re.compile(rb"\)\s*;?\s*\Z")
+_BOM = b"\xef\xbb\xbf"
+SNIFF_BYTES = 4096       # the relay decides on at most this much of a body's start (a longer
+                         # undecided prefix is gathered and decided whole, within max_bytes)
+
+
+def sniff(prefix: bytes, final: bool = False) -> Optional[str]:
+    """What a body of a sniffed type is, from its first bytes: "json", "jsonp", "text", or
+    None while `prefix` could still become JSON (final: the body ends here, decide)."""
+    m = _SNIFF_JSON.match(prefix)
+    if m is not None:
+        return "json" if m.group(1) else "jsonp"
+    if not final and _SNIFF_OPEN.fullmatch(prefix):
+        return None
+    return "text"
+
+
 def media_type(content_type: bytes | str | None) -> str:
     if content_type is None:
         return ""
     if isinstance(content_type, (bytes, bytearray)):
         content_type = bytes(content_type).decode("latin-1")
     return content_type.split(";", 1)[0].strip().lower()
+
+
+class _PassStream:
+    """A text_stream's interface that changes nothing: a sniffed body that is not JSON, with
+    no detectors configured."""
+
+    def feed(self, data: bytes) -> bytes:
+        return bytes(data)
+
+    def end(self) -> bytes:
+        return b""
+
+    def take_counts(self) -> dict[str, int]:
+        return {}
 
 
 class JsonMasker:
@@ -692,26 +752,39 @@ class JsonMasker:
     # -- what a response gets ------------------------------------------------------------------
 
     def wants(self, content_type: bytes | str | None) -> str:
-        """"json" (buffer up to max_bytes, mask_json), "sse" (sse_stream), "text"
-        (text_stream) or "pass" (forward as it comes)."""
+        """"json" (buffer up to max_bytes, mask_json), "sniff" (JSON or not by its first
+        bytes: sniff), "sse" (sse_stream), "text" (text_stream) or "pass" (forward as it
+        comes)."""
         if not self.active:
             return "pass"
         mt = media_type(content_type)
+        if "," in mt:
+            # `application/json, text/plain`: which one a client reads is its own choice (the
+            # Fetch standard takes the last), so the list gets the most any member gets, and
+            # with key paths never less than a sniff
+            kinds = {self._wants(t.strip()) for t in mt.split(",")}
+            for kind in ("json", "sniff", "sse", "text"):
+                if kind in kinds:
+                    return kind
+            return "sniff" if self.has_paths else "pass"
+        return self._wants(mt)
+
+    def _wants(self, mt: str) -> str:
         if mt == "text/event-stream":
             return "sse"
-        if mt in _JSON_TYPES or mt.endswith("+json"):
-            return "json"
         if mt in _NDJSON_TYPES:
             # lines of JSON: mask_json masks them line by line; buffered, so only when key
             # paths need it (a path in a stream of lines cannot be masked by text rules)
             return "json" if self.has_paths else "text"
+        if mt in _JSON_TYPES or "json" in mt.partition("/")[2]:
+            return "json"                # +json, x-amz-json-1.1, json-seq, vnd.x.json ...
+        textual = not mt or mt.startswith("text/") or mt in _TEXT_TYPES or \
+            mt.endswith(("+xml", "+yaml"))
+        if self.has_paths and (textual or mt in _SNIFF_TYPES):
+            return "sniff"               # JSON by its first bytes (sniff), else as text
         if self._finder is None:
             return "pass"                # key paths only: nothing to look for in other types
-        if not mt:
-            return "text"                # no type said: assume it may be read as text
-        if mt.startswith("text/") or mt in _TEXT_TYPES or mt.endswith(("+xml", "+yaml")):
-            return "text"
-        return "pass"
+        return "text" if textual else "pass"   # no type said: it may be read as text
 
     # -- whole JSON bodies ---------------------------------------------------------------------
 
@@ -841,6 +914,31 @@ class JsonMasker:
 
     def text_stream(self) -> "TextStream":
         return TextStream(self._finder)
+
+    def mask_sniffed(self, body: bytes, deadline: float = 0.0, *, offloaded: bool = False
+                     ) -> Optional[tuple[bytes, dict[str, int]]]:
+        """mask_json for a body of a sniffed type that sniff() found JSON or JSONP: a BOM is
+        kept (mask_json refuses one), JSONP is masked inside its parentheses; the rest of the
+        body is kept as it came. None: not JSON after all (502 where key paths apply)."""
+        m = _SNIFF_JSON.match(body)
+        if m is None:
+            return None
+        if m.group(1):
+            start = body.startswith(_BOM) and 3
+            head, inner, tail = body[:start], body[start:], b""
+        else:
+            t = _JSONP_TAIL.search(body)
+            if t is None:
+                return None
+            head, inner, tail = body[:m.end(3)], body[m.end(3):t.start()], body[t.start():]
+        r = self.mask_json(inner, deadline, offloaded=offloaded)
+        if r is None or r[0] is inner:
+            return r if r is None else (body, r[1])
+        return head + r[0] + tail, r[1]
+
+    def sniffed_text(self) -> "TextStream | _PassStream":
+        """The stream for a sniffed body that is not JSON: the detectors, or nothing."""
+        return self.text_stream() if self._finder is not None else _PassStream()
 
     def mask_as_text(self, body: bytes, *, offloaded: bool = False
                      ) -> tuple[bytes, dict[str, int]]:

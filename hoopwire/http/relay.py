@@ -24,7 +24,7 @@ import os
 import time
 
 from hoopwire.http import errors
-from hoopwire.http.jsonmask import MaskTimeout, _clock as _mask_clock
+from hoopwire.http.jsonmask import SNIFF_BYTES, MaskTimeout, _clock as _mask_clock, sniff
 from hoopwire.identity import AuthError
 from hoopwire.logs import event
 
@@ -973,7 +973,8 @@ class _Masking:
     event loop serves the worker's other sessions; every JSON body has a deadline
     (JsonMasker.timeout) past which the client gets a 504 and nothing of the body."""
 
-    __slots__ = ("relay", "req", "head", "masker", "kind", "buf", "stream", "counts", "task")
+    __slots__ = ("relay", "req", "head", "masker", "kind", "buf", "stream", "counts", "task",
+                 "sniff_at")
 
     def __init__(self, relay: Relay, req: _Req, head, masker, kind: str):
         self.relay, self.req, self.head, self.masker, self.kind = relay, req, head, masker, kind
@@ -981,9 +982,15 @@ class _Masking:
         self.stream = None
         self.counts: dict[str, int] = {}
         self.task = None                 # the offloaded masking, while it runs
+        self.sniff_at = 0                # "sniff": gathered bytes at which to decide again
 
     def start(self) -> bool:
         head = self.head
+        if self.kind == "sniff":
+            # a type a JSON body may come under (jsonmask.wants): its first bytes decide
+            # (body, _sniff); gathered meanwhile, nothing sent
+            self.buf = bytearray()
+            return True
         if self.kind == "json":
             too_big = head.body == B_LENGTH and head.content_length > self.masker.max_bytes
             if not too_big:
@@ -1023,6 +1030,15 @@ class _Masking:
     def body(self, data) -> bool:
         if self.buf is not None:
             self.buf += data
+            if self.kind == "sniff" and self.sniff_at <= min(len(self.buf), SNIFF_BYTES):
+                # decided on the first SNIFF_BYTES, again each time what was gathered has
+                # doubled: an open prefix costs ~75 ns a byte to sniff (~0.3 ms at 4 KiB), so
+                # a pass per chunk was up to 4096 passes for a body trickled byte by byte;
+                # doubling is at most 13, ~2 passes' worth. Still open past SNIFF_BYTES:
+                # decided whole at the end (bounded by max_bytes)
+                self.sniff_at = 2 * len(self.buf)
+                if not self._sniff(False):
+                    return True          # not JSON: now a stream
             if len(self.buf) <= self.masker.max_bytes:
                 return True
             if self.masker.has_paths:
@@ -1037,10 +1053,28 @@ class _Masking:
         self._chunk(self.stream.feed(bytes(data)))
         return True
 
+    def _sniff(self, final: bool) -> bool:
+        """Decide what a sniffed body is (jsonmask.sniff): JSON or JSONP stays gathered
+        (True); otherwise it becomes a stream from here, with what was gathered (False)."""
+        buf = self.buf
+        kind = sniff(bytes(buf if final else buf[:SNIFF_BYTES]), final)
+        if kind is None:
+            return True
+        if kind != "text":
+            self.kind = "sniffed"        # JSON or JSONP: mask_sniffed (BOM, callback kept)
+            return True
+        self.kind, self.buf = "text", None
+        self.stream = self.masker.sniffed_text()
+        self._send_head(None)
+        self._chunk(self.stream.feed(bytes(buf)))
+        return False
+
     def end(self, up) -> None:
         """The upstream's response is complete: mask what was gathered and answer (here, or
         from the masking thread's callback), then the relay's _response_end; or 502/504."""
         relay, req = self.relay, self.req
+        if self.kind == "sniff":
+            self._sniff(True)
         if self.buf is None:
             self._chunk(self.stream.end())
             _merge_counts(self.counts, self.stream.take_counts())
@@ -1065,7 +1099,8 @@ class _Masking:
         masker = self.masker
         try:
             # _mask_body, inlined: a Python call less on every masked JSON response
-            r = masker.mask_json(body, deadline)
+            r = masker.mask_json(body, deadline) if self.kind == "json" else \
+                masker.mask_sniffed(body, deadline)
             if r is None and not masker.has_paths:
                 r = masker.mask_as_text(body)
         except MaskTimeout:
@@ -1080,7 +1115,8 @@ class _Masking:
     async def _offload(self, body: bytes, deadline: float) -> None:
         relay, req = self.relay, self.req
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(_mask_thread(), _mask_body, self.masker, body, deadline, True)
+        fut = loop.run_in_executor(_mask_thread(), _mask_body, self.masker, body, deadline, True,
+                                   self.kind != "json")
         try:
             if deadline:
                 # the walk stops itself at the deadline; the grace covers what cannot be
@@ -1177,10 +1213,12 @@ def _mask_thread():
     return _MASK_THREAD
 
 
-def _mask_body(masker, body: bytes, deadline: float, offloaded: bool):
-    """(masked body, counts) or None (502): mask_json, or with detectors only a body that is
-    not JSON through the detectors as text. MaskTimeout past the deadline."""
-    r = masker.mask_json(body, deadline, offloaded=offloaded)
+def _mask_body(masker, body: bytes, deadline: float, offloaded: bool, sniffed: bool = False):
+    """(masked body, counts) or None (502): mask_json (mask_sniffed for a body sniffed as JSON
+    or JSONP), or with detectors only a body that is not JSON through the detectors as text.
+    MaskTimeout past the deadline."""
+    r = masker.mask_sniffed(body, deadline, offloaded=offloaded) if sniffed else \
+        masker.mask_json(body, deadline, offloaded=offloaded)
     if r is not None or masker.has_paths:
         return r
     return masker.mask_as_text(body, offloaded=offloaded)
