@@ -47,6 +47,7 @@ from hoopwire.mysql import lineage as lin
 from hoopwire.mysql.catalog import SYSTEM_SCHEMAS, Catalog, CatalogError
 from hoopwire.mysql.kinds import column_kind, is_string
 from hoopwire.mysql._sqllex import mask_literals, statement_views
+from hoopwire.mysql._wire import ColumnDefs
 from hoopwire.mysql.packets import err_packet
 from hoopwire.policy.rules import Verdict
 
@@ -797,10 +798,20 @@ class SessionMasker:
         if conn.generation != self._plans_gen:
             self._plans.clear()
             self._plans_gen = conn.generation
-        key = (id(info), index, binary, tuple(columns))
+        # Every input of _result_plan is in the key or clears the cache: the statement (id(info)
+        # here, and the entry holds info so the id is not reused), result number, protocol and
+        # column definitions here; catalog generation (above), schema (schema_changed) and
+        # connection masking (rebind); results judged by a catalog that is unloaded or unsure
+        # are not cached (_cacheable). The relay's definitions come as ColumnDefs, keyed by
+        # their raw bytes and decoded only on a miss (a guarded point select spent 19% of its
+        # samples in libpython building and hashing the tuples); tests pass lists of tuples.
+        defs = type(columns) is ColumnDefs
+        key = (id(info), index, binary, columns.raw if defs else tuple(columns))
         hit = self._plans.get(key)
         if hit is not None and hit[0] is info:     # the entry holds info: its id is not reused
             return hit[1]
+        if defs:
+            columns = list(columns)
         self._cacheable = conn.catalog.loaded
         plan = self._result_plan(info, index, columns, binary)
         if self._cacheable:

@@ -207,7 +207,9 @@ cdef class MyResults:
         readonly int state
         Py_ssize_t coldefs_left
         Py_ssize_t params_left
-        list columns               # decoded definitions of the result being read
+        bytearray coldef_raw       # the result's column definitions, each after its 3-byte
+                                   # length: the masker's plan key (ColumnDefs)
+        Py_ssize_t coldef_n        # how many coldef_raw holds
         unsigned char* types       # per column: its MYSQL_TYPE, for binary rows
         unsigned char* unsig       # ... and whether it is UNSIGNED (not needed for lengths)
         Py_ssize_t types_cap
