@@ -440,24 +440,29 @@ class GroupPolicy:
     def _scan_views(self, code: list, full: list | None) -> list[int]:
         """The rules that match statement views already made (a shape's), in the order found."""
         hits: list[int] = []
-        on_match = self._on_match
         try:
-            if full is None:
-                scan = self._code
-                for stmt in code:
-                    scan(stmt, on_match, 0, hits)
-            else:
-                scan_code, scan_full, scan_both = self._code, self._full, self._both
-                for c, f in zip(code, full):
-                    if c is f:
-                        scan_both(c, on_match, 0, hits)
-                    else:
-                        if scan_code is not None:
-                            scan_code(c, on_match, 0, hits)
-                        scan_full(f, on_match, 0, hits)
+            self._scan_into(code, full, self._on_match, hits)
         except hyperscan.ScanTerminated:
             pass  # a blocking rule matched
         return hits
+
+    def _scan_into(self, code: list, full: list | None, on_match, hits: list) -> None:
+        """One Hyperscan scan per statement and view into `hits`, or one of the combined database
+        where a statement's two views are the same text. ScanTerminated (a blocking rule
+        matched) goes to the caller, which decides what else is read."""
+        if full is None:
+            scan = self._code
+            for stmt in code:
+                scan(stmt, on_match, 0, hits)
+        else:
+            scan_code, scan_full, scan_both = self._code, self._full, self._both
+            for c, f in zip(code, full):
+                if c is f:
+                    scan_both(c, on_match, 0, hits)
+                else:
+                    if scan_code is not None:
+                        scan_code(c, on_match, 0, hits)
+                    scan_full(f, on_match, 0, hits)
 
     def _judge_kinds(self, sql: bytes, kinds: frozenset[str] | None,
                      hits: list[int]) -> dict[int, tuple[str, ...]] | None:
@@ -510,19 +515,7 @@ class GroupPolicy:
                 return list(seen)
         try:
             while True:
-                if full is None:
-                    scan = self._code
-                    for stmt in code:
-                        scan(stmt, on_match, 0, hits)
-                else:
-                    scan_code, scan_full, scan_both = self._code, self._full, self._both
-                    for c, f in zip(code, full):
-                        if c is f:
-                            scan_both(c, on_match, 0, hits)
-                        else:
-                            if scan_code is not None:
-                                scan_code(c, on_match, 0, hits)
-                            scan_full(f, on_match, 0, hits)
+                self._scan_into(code, full, on_match, hits)
                 if not ambiguous:
                     if key is not None:
                         if len(shapes) >= self._gen_size:
