@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from httpfixtures import (HTTP_CONN, JSON_1K, JSON_64K, HttpGateway, RawUpstream,  # noqa: F401
                           bearer, http_config, http_env, upstream)
+from helpers import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -225,11 +227,16 @@ def bodies_upstream():
         srv.server_close()
 
 
-def _offgw(url: str, idp, **kw) -> HttpGateway:
+def _offgw(url: str, idp, hold=None, **kw) -> HttpGateway:
+    """The gateway for the masking thread's tests; hold=(directory, file) loads _MASK_HOLD."""
     cfg = http_config(url, idp, mask=OFF_MASKS, upstream_timeout="60s",
                       mask_hash_key_env="HTTP_MASK_KEY", **kw)
     cfg["log"] = {"level": "debug"}
-    return HttpGateway(cfg, env={**http_env(), "HTTP_MASK_KEY": "test-mask-key-0123456789"})
+    env = {**http_env(), "HTTP_MASK_KEY": "test-mask-key-0123456789"}
+    if hold is not None:
+        env["PYTHONPATH"] = os.pathsep.join((REPO_ROOT, str(hold[0])))
+        env["HOOPWIRE_TEST_MASK_HOLD"] = str(hold[1])
+    return HttpGateway(cfg, env=env)
 
 
 def _get_raw(gw, path: str, token: str, on_first_byte=None) -> tuple[int, bytes]:
@@ -256,12 +263,37 @@ def _hashed(body: bytes, n: int) -> None:
     assert doc["rows"][-1]["w"] == n - 1
 
 
-def test_a_big_body_masked_in_the_thread_does_not_stall_another_client(bodies_upstream, idp):
+# Loaded into the gateway's process as sitecustomize (a directory put first on its PYTHONPATH):
+# the masking thread's job waits, at most 60 s, until the file HOLD names exists. Without the
+# hold the ordering test below was a race: on a quiet machine the thread masked 6 MiB before
+# the small request's round trip ended (it failed 1 CI run in 3).
+_MASK_HOLD = """
+import os, time
+import hoopwire.http.relay as relay
+_real, _hold = relay._mask_body, os.environ["HOOPWIRE_TEST_MASK_HOLD"]
+
+def _held(*a, **kw):
+    open(_hold + ".entered", "w").close()
+    end = time.monotonic() + 60
+    while not os.path.exists(_hold) and time.monotonic() < end:
+        time.sleep(0.01)
+    return _real(*a, **kw)
+
+relay._mask_body = _held
+"""
+
+
+def test_a_big_body_masked_in_the_thread_does_not_stall_another_client(bodies_upstream, idp,
+                                                                        tmp_path):
     """While a 6 MiB body is masked in the masking thread, another client's request is
-    answered: its answer completes before the big response's first byte (with the masking on
-    the event loop the small request waits for it: the big head is written first)."""
+    answered: its answer completes before the big response's first byte. The thread's job is
+    held until the small request is done (_MASK_HOLD), so the order is the loop's doing, not
+    the machine's speed: with the masking on the event loop the hold stalls the loop, and the
+    small request waits for it (the big head is written first)."""
     token = idp.token()
-    with _offgw(bodies_upstream, idp, mask_timeout="60s") as gw:
+    (tmp_path / "sitecustomize.py").write_text(_MASK_HOLD)
+    hold = tmp_path / "release"
+    with _offgw(bodies_upstream, idp, mask_timeout="60s", hold=(tmp_path, hold)) as gw:
         assert _get_raw(gw, "/small", token)[0] == 200          # warm: auth cached, pool open
         small_done = threading.Event()
         seen: dict = {}
@@ -277,10 +309,12 @@ def test_a_big_body_masked_in_the_thread_does_not_stall_another_client(bodies_up
             gw.wait_log(r"masking a response in the masking thread", timeout=60)
             status, body = _get_raw(gw, "/small", token)
             small_done.set()
+            assert os.path.exists(f"{hold}.entered")        # the hold is in the thread's job
             assert status == 200
             assert orjson.loads(body)["mail"] == "****"
             assert orjson.loads(body)["rows"][0]["v"].startswith("h:")
         finally:
+            hold.touch()
             t.join(120)
         assert seen["small_done_first"] is True
         status, body = seen["resp"]
