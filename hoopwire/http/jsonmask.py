@@ -29,6 +29,10 @@ What the relay must do
   sniffed_text(): the detectors, or the body as it came).
 * Unchanged bodies come back as the same object: the relay may then keep Content-Length.
 * Stream counts: call take_counts() when the response ends.
+* A stream's next feed costs about its backlog() plus the new bytes: over the relay's
+  OFFLOAD_BYTES it feeds in the masking thread, the stream's `offloaded` set (the thread's
+  Scanner) and its `deadline` set (SseStream: the JSON of an event is masked by it; MaskTimeout
+  past it); one feed at a time, in order.
 * MaskTimeout: the deadline passed (checked before the parse and every 256 containers of the
   walk): answer 504, nothing of the body. A body the relay masks in its masking thread is
   masked with offloaded=True (one thread: its Scanner is compiled there, once per masker).
@@ -689,6 +693,12 @@ class _PassStream:
     """A text_stream's interface that changes nothing: a sniffed body that is not JSON, with
     no detectors configured."""
 
+    offloaded = False
+    deadline = 0.0
+
+    def backlog(self) -> int:
+        return 0
+
     def feed(self, data: bytes) -> bytes:
         return bytes(data)
 
@@ -913,7 +923,7 @@ class JsonMasker:
     # -- streams -------------------------------------------------------------------------------
 
     def text_stream(self) -> "TextStream":
-        return TextStream(self._finder)
+        return TextStream(self._finder, masker=self)
 
     def mask_sniffed(self, body: bytes, deadline: float = 0.0, *, offloaded: bool = False
                      ) -> Optional[tuple[bytes, dict[str, int]]]:
@@ -940,10 +950,14 @@ class JsonMasker:
         """The stream for a sniffed body that is not JSON: the detectors, or nothing."""
         return self.text_stream() if self._finder is not None else _PassStream()
 
-    def mask_as_text(self, body: bytes, *, offloaded: bool = False
+    def mask_as_text(self, body: bytes, deadline: float = 0.0, *, offloaded: bool = False
                      ) -> tuple[bytes, dict[str, int]]:
         """A whole body through the detectors as text (a text_stream fed once); offloaded:
-        in the masking thread, with its Scanner."""
+        in the masking thread, with its Scanner. MaskTimeout if the deadline passed before
+        it starts (queued behind another body); the scan itself is one uninterrupted
+        Hyperscan pass, ~20 ms a MiB here."""
+        if deadline and _clock() > deadline:
+            raise MaskTimeout()
         finder = self._thread_finder() if offloaded and self._finder is not None \
             else self._finder
         s = TextStream(finder)
@@ -953,14 +967,16 @@ class JsonMasker:
     def sse_stream(self) -> "SseStream":
         return SseStream(self, min(MAX_EVENT, max(self.max_bytes, 1)))
 
-    def mask_text(self, data: bytes, counts: dict) -> bytes:
-        """Detectors over one piece of text; counts updated."""
+    def mask_text(self, data: bytes, counts: dict, offloaded: bool = False) -> bytes:
+        """Detectors over one piece of text; counts updated (offloaded: in the masking
+        thread, with its Scanner)."""
         if self._finder is None or not data:
             return data
-        spans = self._finder.spans(data)
+        finder = self._thread_finder() if offloaded else self._finder
+        spans = finder.spans(data)
         if not spans:
             return data
-        return self._finder.apply(data, spans, counts)
+        return finder.apply(data, spans, counts)
 
 
 _ESCAPED_COLON = re.compile(rb"\\u003[aA]")
@@ -1000,9 +1016,13 @@ def _merge(into: dict, counts: dict) -> None:
 class TextStream:
     """Detectors over a byte stream; a hit split across chunks is still masked (module doc)."""
 
+    offloaded = False        # the next feed/end runs in the masking thread (its Scanner)
+    deadline = 0.0           # unused by text (a scan is not interrupted): SseStream's twin
+
     def __init__(self, finder: Optional[_SpanFinder], tail: int = TEXT_TAIL,
-                 max_carry: int = MAX_CARRY):
+                 max_carry: int = MAX_CARRY, masker: Optional["JsonMasker"] = None):
         self._finder = finder
+        self._masker = masker    # for its thread's finder, when offloaded
         self._tail = tail
         self._max = max(max_carry, tail)
         self._buf = bytearray()
@@ -1029,22 +1049,39 @@ class TextStream:
         c, self._counts = self._counts, {}
         return c
 
+    def backlog(self) -> int:
+        """Bytes held back: what the next feed scans besides its own."""
+        return len(self._buf) + len(self._head)
+
     def _flush(self, final: bool) -> bytes:
+        finder = self._finder
+        if self.offloaded and self._masker is not None:
+            finder = self._masker._thread_finder()
         head = self._head
         p = len(head)
         buf = head + bytes(self._buf)
         n = len(buf)
-        spans = self._finder.spans(buf)
+        spans = finder.spans(buf)
         cut = n
         self._head = b""
         if not final:
             cut = n - self._tail
-            for s, e, _ in reversed(spans):
-                # a hit reaching into the tail may still grow, and a hit just after the cut
-                # may need the text before it (`token: <value>` masks only the value)
-                if e > cut and s < cut + TEXT_CONTEXT:
-                    cut = max(0, s - TEXT_CONTEXT)
-            if cut < p or cut < n - self._max:
+            # a hit reaching into the tail may still grow, and a hit just after the cut may
+            # need the text before it (`token: <value>` masks only the value): the first of
+            # them is held back with TEXT_CONTEXT bytes before it, or the text since the hit
+            # before it (which leaves whole: a cut never splits a hit, nor puts one after
+            # the cut without its context). The cut once moved back hit by hit: in text
+            # with an address every 35 bytes that walked it to 0, read as one hit over
+            # MAX_CARRY, and everything went, an address just begun at the end in clear.
+            first, before = n, 0
+            for s, e, _ in spans:
+                if e > cut:
+                    first = s
+                    break
+                before = e
+            if first < cut + TEXT_CONTEXT:
+                cut = max(first - TEXT_CONTEXT, before)
+            if first < p or first < n - self._max:
                 # an open hit longer than the bound: it all leaves masked, and its head stays
                 # as context for what follows (a PEM body goes on matching after its BEGIN)
                 cut = n
@@ -1052,8 +1089,10 @@ class TextStream:
                     if e > n - self._tail:
                         self._head = buf[s:s + TEXT_CONTEXT]
                         break
-        out = self._finder.apply(buf, [sp for sp in spans if sp[0] < cut and sp[1] > p],
-                                 self._counts, p, cut)
+            else:
+                cut = max(cut, p)        # the head went already: context, never sent again
+        out = finder.apply(buf, [sp for sp in spans if sp[0] < cut and sp[1] > p],
+                           self._counts, p, cut)
         del self._buf[:cut - p]
         self._carried = len(self._buf)
         return out
@@ -1064,6 +1103,9 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 class SseStream:
     """text/event-stream masked per event (module doc)."""
+
+    offloaded = False        # the next feed/end runs in the masking thread (its Scanner)
+    deadline = 0.0           # an event's JSON is masked by it (MaskTimeout past it)
 
     def __init__(self, masker: JsonMasker, max_event: int = MAX_EVENT):
         self._m = masker
@@ -1081,6 +1123,12 @@ class SseStream:
     def take_counts(self) -> dict[str, int]:
         c, self._counts = self._counts, {}
         return c
+
+    def backlog(self) -> int:
+        """Bytes the next feed may mask besides its own: the event gathered so far (masked
+        whole when it ends) and what is not split into lines yet."""
+        text = self._text
+        return len(self._buf) + self._size + (text.backlog() if text is not None else 0)
 
     def feed(self, data: bytes) -> bytes:
         self._buf += data
@@ -1154,10 +1202,12 @@ class SseStream:
                 raw = b"".join(l + t for l, t in self._lines) + raw
             self._lines = []
         if self._text is not None:
+            self._text.offloaded = self.offloaded
             out.append(self._text.feed(raw))
 
     def _finish_event(self, term: bytes, out: list) -> None:
         if self._text is not None:
+            self._text.offloaded = self.offloaded
             out.append(self._text.end())
             _merge(self._counts, self._text.take_counts())
             self._text = None
@@ -1188,13 +1238,14 @@ class SseStream:
         new_data = None
         if values:
             data = b"\n".join(values)
-            r = m.mask_json(data) if data.strip() else None
+            r = m.mask_json(data, self.deadline, offloaded=self.offloaded) \
+                if data.strip() else None
             if r is not None:
                 if r[0] is not data:
                     new_data = r[0].split(b"\n")     # NDJSON data: one line per document
                 _merge(counts, r[1])
             else:
-                masked = m.mask_text(data, counts)
+                masked = m.mask_text(data, counts, self.offloaded)
                 if masked is not data:
                     new_data = masked.split(b"\n")
         out = []
@@ -1205,6 +1256,6 @@ class SseStream:
                     out.extend(b"data: " + d + term for d in new_data)
                 continue
             if name != b"data" and line:
-                line = m.mask_text(line, counts)   # event names, ids, comments
+                line = m.mask_text(line, counts, self.offloaded)   # event, id, comments
             out.append(line + term)
         return b"".join(out)
