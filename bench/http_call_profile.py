@@ -4,6 +4,7 @@
     python bench/http_call_profile.py [--duration 5] [--connections 4] [--top 25]
     python bench/http_call_profile.py --perf        # perf's split too (kernel / interpreter / C)
     python bench/http_call_profile.py --masked      # wrk_compare.py's `hoopwire-masked` target
+    python bench/http_call_profile.py --pure        # the relay's Python twin of its C plumbing
 
 One gateway configured as wrk_compare.py's `hoopwire` target (API key auth, the
 http-write-methods and http-admin-paths packs, a pattern rule, masking off) runs under cProfile
@@ -157,10 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--perf", action="store_true", help="also sample a run with perf record")
+    ap.add_argument("--pure", action="store_true",
+                    help="the relay's Python plumbing (HOOPWIRE_HTTP_PURE=1) instead of the C "
+                    "one, whose calls cProfile does not see")
     ap.add_argument("--masked", action="store_true",
                     help="the hoopwire-masked target (masking rules on the 1 KiB body)")
     ap.add_argument("--save", metavar="PATH", help="keep the cProfile output (pstats) there")
     args = ap.parse_args(argv)
+    if args.pure:
+        os.environ["HOOPWIRE_HTTP_PURE"] = "1"     # the gateway's environment is ours
     api_key = secrets.token_urlsafe(24)
     secret = secrets.token_urlsafe(18)
     workdir = tempfile.mkdtemp(prefix="hoopwire-httpprof-")

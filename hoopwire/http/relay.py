@@ -963,6 +963,21 @@ class Relay(asyncio.Protocol):
         return time.monotonic() - self.last_active
 
 
+# The event plumbing in C (hoopwire.http._relay, its comment has the profile that decided it):
+# data_received, _pump, _forward, _attach, _request_end, upstream_data, _response_end and
+# _finish are bound over the Python methods above, _Req and new_request_id replaced; the C
+# hands every case but the common one back to the Python methods (_begin, _admit,
+# upstream_data under masking). HOOPWIRE_HTTP_PURE=1 keeps the Python twin (the tests run
+# both: tests/test_http_fastpath.py).
+PURE = bool(os.environ.get("HOOPWIRE_HTTP_PURE"))
+if not PURE:
+    from hoopwire.http import _relay as _c
+
+    _Req = _c.Req  # noqa: F811
+    new_request_id = _c.new_request_id  # noqa: F811
+    _c.install(Relay)
+
+
 class _Masking:
     """One response under masking rules (hoopwire.http.jsonmask, its module doc says what the
     relay must do): a JSON body is gathered (up to mask_body_bytes), masked and sent with its

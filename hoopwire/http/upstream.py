@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import socket
 import time
 
@@ -113,6 +114,14 @@ class UpstreamConn(asyncio.Protocol):
         self.relay = None
         if self.transport is not None:
             self.transport.abort()
+
+
+if not os.environ.get("HOOPWIRE_HTTP_PURE"):
+    # the relay's plumbing in C (hoopwire.http._relay): the response goes from here to the
+    # relay's C upstream_data without a Python call in between
+    from hoopwire.http._relay import upstream_conn_data_received
+
+    UpstreamConn.data_received = upstream_conn_data_received
 
 
 class Pool:
@@ -221,3 +230,10 @@ class Pool:
             self.idle.pop().close()
         if self.count <= 0:
             event(log, "upstream pool closed", logging.DEBUG, connection=self.name)
+
+
+if not os.environ.get("HOOPWIRE_HTTP_PURE"):
+    # take_idle and release in C as well (hoopwire.http._relay.install_pool)
+    from hoopwire.http._relay import install_pool
+
+    install_pool(Pool, IDLE_MAX)

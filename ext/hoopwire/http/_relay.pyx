@@ -144,7 +144,7 @@ cdef class Rewriter:
         None (no such header, another scheme, or no token: the caller tells which)."""
         return self.scan(head)[0]
 
-    def scan(self, RequestHead head):
+    cpdef scan(self, RequestHead head):
         """One pass over the fields for what the relay asks of every request: (the Bearer
         token as bearer() reads it, the shape's Host) where the Host is the Host field's value
         (b"" without one) when it is the only field of the request text (`selected`, names
@@ -191,7 +191,7 @@ cdef class Rewriter:
                 token = PyBytes_FromStringAndSize(<const char*>q + a, b - a)
         return token, host
 
-    def request(self, RequestHead head, bytes path, bytes xff, bytes rid):
+    cpdef request(self, RequestHead head, bytes path, bytes xff, bytes rid):
         """The request head the upstream gets (HttpConf.build_head)."""
         cdef list headers = head.headers
         cdef Py_ssize_t nh = len(headers), i, total, at
@@ -265,7 +265,7 @@ cdef class Rewriter:
         assert at == total
         return out
 
-    def response(self, ResponseHead head, bint client10, bint req_done, bint keep_alive,
+    cpdef response(self, ResponseHead head, bint client10, bint req_done, bint keep_alive,
                  bytes rid):
         """The response head the client gets when its body is forwarded as framed
         (HttpConf.response_head without `length`): (head bytes, the client's connection ends
@@ -383,3 +383,503 @@ cdef class Rewriter:
         at = _connection_and_id(w, at, close, client10, rid)
         assert at == total
         return out, close
+
+
+# -- the relay's event plumbing ------------------------------------------------------------------
+#
+# Why C: after the head rewrites moved here, the event plumbing of hoopwire/http/relay.py
+# (data_received, _pump, _begin, _admit, _forward, _attach, upstream_data, _response_end,
+# _finish, _Req()) was about a third of the gateway's CPU and 38 Python calls per keep-alive
+# request (bench/http_call_profile.py, bench/README.md). These functions are that plumbing for
+# the common case -- a cached identity, a cached "no rule matched" verdict, no masking, a
+# pooled upstream connection -- and call the Python methods of relay.Relay for everything
+# else (authentication, judging, masking, answers the gateway makes, errors, timeouts), so the
+# slow paths stay in one place. relay.py keeps its Python methods as the twin these replace
+# (install() binds these over them; HOOPWIRE_HTTP_PURE=1 keeps the Python ones), and
+# tests/test_http_fastpath.py runs the same exchanges through both.
+import asyncio
+import logging
+import os
+
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+
+cdef object _log = logging.getLogger("hoopwire.http")
+cdef object _get_running_loop = asyncio.get_running_loop
+
+DEF HEAD = 1
+DEF BODY = 2
+DEF END = 3
+DEF ERROR = 4
+DEF B_NONE = 0
+DEF B_CLOSE = 3
+# relay.BACKLOG_MAX (the contract's 64 KiB of pipelined requests before the client is paused)
+DEF BACKLOG_MAX = 64 * 1024
+
+cdef str _FORWARD = "forward"
+cdef str _INSPECT = "inspect"
+cdef str _ANSWERED = "answered"
+
+# relay.Relay's Python methods the fast path hands the rest of a request to (install())
+cdef object _py_begin = None
+cdef object _py_admit = None
+cdef object _py_upstream_data = None
+cdef object _relay_cls = None
+
+
+cdef inline double _monotonic() noexcept:
+    """time.monotonic() (CLOCK_MONOTONIC on Linux): the relay's deadlines compare with it."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline double _time() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+# Request ids: 16 hex digits, a random prefix per process and a counter (relay.new_request_id's
+# scheme; os.urandom per request cost 1.5 us of the ~30 us of Python a request took)
+cdef bytes _RID_PREFIX = os.urandom(4).hex().encode()
+cdef unsigned int _rid_count = 0
+cdef const char* _HEX = "0123456789abcdef"
+
+
+cpdef bytes new_request_id():
+    global _rid_count
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 16)
+    cdef char* w = PyBytes_AS_STRING(out)
+    cdef unsigned int v
+    cdef int i
+    _rid_count += 1                  # wraps at 2**32 as relay's `& 0xFFFFFFFF` does
+    v = _rid_count
+    memcpy(w, PyBytes_AS_STRING(_RID_PREFIX), 8)
+    for i in range(15, 7, -1):
+        w[i] = _HEX[v & 15]
+        v >>= 4
+    return out
+
+
+cdef class Req:
+    """One request, from its head to the end of its response (relay._Req's fields)."""
+
+    cdef public object head, rid, method, path, text, up, out_head, pending, phase, inspect
+    cdef public object identity, error, mask, shape
+    cdef public double started, up_deadline, sent_at
+    cdef public long long pending_bytes, masked
+    cdef public int status
+    cdef public bint req_done, resp_started, resp_close, skip_end, retried, body_sent
+    cdef public bint close_after, keep_alive, up_reusable, dechunk
+
+    def __init__(self, head, rid):
+        self.head = head
+        self.rid = rid
+        self.started = _time()
+        self.method = head.method
+        self.path = b""
+        self.pending = []            # body slices waiting for the upstream connection
+        self.phase = "auth"          # auth -> inspect? -> held? -> connect -> forward
+        self.keep_alive = head.keep_alive
+        # the rest as relay._Req: None, 0 and False (Cython's defaults)
+
+
+cdef Req _new_req(RequestHead head, bytes rid):
+    cdef Req r = Req.__new__(Req)
+    r.head = head
+    r.rid = rid
+    r.started = _time()
+    r.method = head.method
+    r.path = b""
+    r.pending = []
+    r.phase = "auth"
+    r.keep_alive = head.keep_alive
+    return r
+
+
+def install(cls):
+    """Bind the C plumbing over relay.Relay's Python methods (kept for the rest)."""
+    global _py_begin, _py_admit, _py_upstream_data, _relay_cls
+    _py_begin = cls._begin
+    _py_admit = cls._admit
+    _py_upstream_data = cls.upstream_data
+    _relay_cls = cls
+    cls.data_received = relay_data_received
+    cls._pump = relay_pump
+    cls._begin = relay_begin
+    cls._forward = relay_forward
+    cls._attach = relay_attach
+    cls._request_end = relay_request_end
+    cls.upstream_data = relay_upstream_data
+    cls._response_end = relay_response_end
+    cls._finish = relay_finish
+
+
+# -- the client's side
+
+def relay_data_received(self, data):
+    cdef Py_ssize_t n = len(data)
+    self.bytes_in += n
+    stats = self.stats
+    stats.bytes_from_client += n
+    self.last_active = _monotonic()
+    cur = self.cur
+    if cur is not None and (<Req?>cur).req_done:
+        self.backlog += n
+        if self.backlog > BACKLOG_MAX:
+            self.pause_client("backlog")
+    try:
+        events = self.parser.feed(data)
+    except Exception:  # a parser fault is ours: the client hears 500
+        _log.exception("request parser failed", extra={"fields": {"connection": self.cfg.name}})
+        self._fail(500, "internal", "internal error in the gateway")
+        return
+    if events:
+        self.queue.extend(events)
+        if not self.busy:
+            _pump(self)
+
+
+def relay_pump(self):
+    _pump(self)
+
+
+cdef int _pump(self) except -1:
+    """Handle the queued events while nothing waits (auth, connect, approval, response)."""
+    queue = self.queue
+    cdef tuple ev
+    cdef int kind
+    cdef Req req
+    while queue and not self.busy and not self.closed:
+        cur = self.cur
+        ev = <tuple?>queue[0]
+        kind = ev[0]
+        if cur is None or (<Req?>cur).req_done:
+            if cur is not None:
+                return 0         # the next request waits for this response
+            queue.popleft()
+            if kind == HEAD:
+                _begin(self, ev[1])
+            elif kind == ERROR:
+                self._refuse_parse(ev[1], ev[2])
+            # a stray BODY/END cannot come without a HEAD: the parser's contract
+            continue
+        req = <Req>cur
+        queue.popleft()
+        if kind == BODY:
+            if req.phase == _FORWARD:
+                req.up.transport.write(ev[1])     # UpstreamConn.write's body
+                req.body_sent = True
+            else:
+                self._body(req, ev[1], ev[2])
+        elif kind == END:
+            _request_end(self, req)
+        elif kind == ERROR:
+            # the request broke off mid-body: what reached the upstream is not a request
+            self._refuse_parse(ev[1], ev[2], req)
+        elif kind == HEAD:
+            queue.appendleft(ev)   # unreachable: the parser ends a message before a head
+            return 0
+    if not queue and self.backlog:
+        self.backlog = 0
+        self.resume_client("backlog")
+    return 0
+
+
+def relay_begin(self, head):
+    _begin(self, head)
+
+
+cdef int _begin(self, RequestHead head) except -1:
+    conf = self.conf
+    if conf is not self.listener.conf or self.refusing is not None or \
+            head.method == b"CONNECT" or head.upgrade:
+        # a reload while a request was in flight, refusing, a tunnel: relay.Relay._begin
+        _py_begin(self, head)
+        return 0
+    cdef Req req = _new_req(head, new_request_id())
+    self.cur = req
+    cdef Rewriter rw = <Rewriter?>conf.rw
+    cdef tuple scanned = <tuple>rw.scan(head)
+    token = scanned[0]
+    req.shape = scanned[1]
+    if token is None:
+        self._unauthorized(req, "no_token" if head.get(conf.identity_header) is None
+                           else "bad_scheme")
+        return 0
+    tokens = self.tokens
+    hit = tokens.get(token)
+    if hit is not None:
+        identity = hit[0]
+        expires = identity.expires_at
+        if expires is None or expires > req.started:
+            _admit(self, req, identity, hit[1])
+            return 0
+        del tokens[token]
+    self.busy = True
+    _get_running_loop().create_task(self._authenticate(req, token))
+    return 0
+
+
+cdef int _admit(self, Req req, identity, policy) except -1:
+    """relay.Relay._admit's common case: the groups allowed, the session's own identity, a
+    cached verdict. Anything else is the Python method's (nothing here has happened yet that
+    it would do twice)."""
+    allowed = self.conf.allow_groups
+    s = self.session
+    cdef RequestHead head = <RequestHead>req.head
+    if (allowed and not (identity.groups & allowed)) or s is None or \
+            s.identity is not identity or req.shape is None or self.policy is None or \
+            head.body != B_NONE:
+        _py_admit(self, req, identity, policy)
+        return 0
+    hit = self.verdicts.get((head.method, head.target, req.shape))
+    if hit is None:
+        _py_admit(self, req, identity, policy)
+        return 0
+    req.identity = identity
+    # judged before, nothing matched: the same canonical target and text
+    req.path = (<tuple?>hit)[0]
+    req.text = (<tuple>hit)[1]
+    _forward(self, req)
+    return 0
+
+
+def relay_request_end(self, req):
+    _request_end(self, <Req?>req)
+
+
+cdef int _request_end(self, Req req) except -1:
+    req.req_done = True
+    self.deadline = 0.0              # _cancel_request_timer
+    phase = req.phase
+    if phase == _INSPECT:
+        if not self._judge(req, bytes(req.inspect)):
+            return 0
+        _forward(self, req)
+    elif phase == _ANSWERED:
+        _finish(self, req)
+    return 0
+
+
+# -- upstream
+
+def relay_forward(self, req):
+    _forward(self, <Req?>req)
+
+
+cdef int _forward(self, Req req) except -1:
+    req.phase = "connect"
+    # HttpConf.build_head, in C
+    req.out_head = (<Rewriter?>self.conf.rw).request(req.head, req.path, self.xff, req.rid)
+    pool = self.listener.pool
+    up = pool.take_idle()
+    if up is not None:
+        _attach(self, req, up)
+        return 0
+    self.busy = True
+    _get_running_loop().create_task(self._connect(req, pool))
+    return 0
+
+
+def relay_attach(self, req, up):
+    _attach(self, <Req?>req, up)
+
+
+cdef int _attach(self, Req req, up) except -1:
+    req.up = up
+    up.relay = self
+    up.parser.expect(req.method)
+    req.phase = _FORWARD
+    transport = up.transport
+    if req.pending:
+        transport.write(req.out_head + b"".join(req.pending))
+        req.pending = []
+        req.body_sent = True
+        if req.pending_bytes > BACKLOG_MAX:
+            self.resume_client("body")
+        req.pending_bytes = 0
+    else:
+        transport.write(req.out_head)
+    if self.out_paused:
+        up.paused = True
+        transport.pause_reading()
+    self.units_sent += 1
+    stats = self.stats
+    stats.queries += 1
+    cdef double now = _monotonic()
+    req.sent_at = now
+    req.up_deadline = now + self.conf.upstream_timeout
+    return 0
+
+
+def upstream_conn_data_received(self, data):
+    """UpstreamConn.data_received."""
+    relay = self.relay
+    if relay is None:
+        # a server that speaks on an idle connection (a 408 before it closes): not a response
+        # to anything we sent; the connection is not reused
+        self.close()
+        return
+    if _relay_cls is not None and type(relay) is _relay_cls:
+        _upstream_data(relay, self, data)
+    else:
+        relay.upstream_data(self, data)
+
+
+def relay_upstream_data(self, up, data):
+    _upstream_data(self, up, data)
+
+
+cdef int _upstream_data(self, up, data) except -1:
+    cur = self.cur
+    if cur is None or (<Req?>cur).up is not up:
+        up.close()
+        return 0
+    cdef Req req = <Req>cur
+    if req.mask is not None or self.listener.masker is not None:
+        _py_upstream_data(self, up, data)    # masking: relay.Relay.upstream_data
+        return 0
+    req.up_deadline = 0.0
+    cdef Py_ssize_t n = len(data)
+    self.bytes_out += n
+    stats = self.stats
+    stats.bytes_from_upstream += n
+    try:
+        events = up.parser.feed(data)
+    except Exception:
+        _log.exception("response parser failed", extra={"fields": {"connection": self.cfg.name}})
+        events = [(ERROR, 502, "parser fault")]
+    # one write per read from the upstream: head and body in one send (two sends cost a
+    # syscall more, and a client's stack may wait for the second)
+    cdef list out = []
+    cdef tuple ev
+    cdef int kind
+    cdef ResponseHead head
+    cdef tuple r
+    transport = self.transport
+    for ev in events:
+        kind = ev[0]
+        if kind == BODY:
+            out.append(ev[2] if req.dechunk else ev[1])
+        elif kind == HEAD:
+            head = <ResponseHead?>ev[1]
+            if head.status < 200:
+                # 1xx: the gateway answered 100-continue itself; interim responses are not
+                # relayed (an HTTP/1.0 client must never see one)
+                req.skip_end = True
+                continue
+            req.status = head.status
+            req.resp_started = True
+            req.up_reusable = head.keep_alive and head.body != B_CLOSE
+            # HttpConf.response_head(req, head), in C
+            r = (<Rewriter?>self.conf.rw).response(
+                head, (<RequestHead>req.head).version == 10, req.req_done, req.keep_alive,
+                req.rid)
+            req.resp_close = r[1]
+            if r[2]:
+                req.dechunk = True
+            out.append(r[0])
+        elif kind == END:
+            if req.skip_end:
+                req.skip_end = False
+                continue
+            if out:
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            _response_end(self, req, up)
+            return 0
+        else:
+            if out:
+                transport.write(b"".join(out))
+            self._bad_upstream(req, up, ev[2])
+            return 0
+    if out:
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+    return 0
+
+
+def relay_response_end(self, req, up):
+    _response_end(self, <Req?>req, up)
+
+
+cdef int _response_end(self, Req req, up) except -1:
+    self.units_done += 1
+    if req.sent_at:
+        # request sent -> response complete: hoopwire_statement_seconds, as a statement's
+        self.stats.observe(_monotonic() - req.sent_at)
+    if up is not None:
+        req.up = None
+        # its own pool: a reload that changed the upstream made a new listener.pool, and the
+        # old upstream's connection must close there, not serve the new one's requests
+        up.pool.release(up, req.up_reusable and req.req_done)
+    _finish(self, req)
+    return 0
+
+
+def relay_finish(self, req):
+    _finish(self, <Req?>req)
+
+
+cdef int _finish(self, Req req) except -1:
+    """The request's exchange is over: record it, then the next one (or close)."""
+    if self.cur is not req:
+        return 0
+    self.cur = None
+    s = self.session
+    if s is not None and req.identity is not None and s.statements is not None:
+        self._record(req)
+    if req.close_after or not req.keep_alive or req.resp_close or not req.req_done or \
+            (self.eof and not self.queue):
+        self._close("client_done")
+        return 0
+    conf = self.conf
+    if conf is not self.listener.conf and not self.queue:
+        conf = self._take_conf(True)     # a reload during the request: its conf from now on
+    self.deadline = _monotonic() + conf.request_timeout   # _arm_request_timer
+    if self.queue and not self.busy:
+        _pump(self)
+    return 0
+
+
+# -- the upstream pool's per-request pair (upstream.Pool.take_idle and release, bound over the
+# Python ones by install_pool: two Python calls and a third (_wake) of the 7 a request had left)
+
+cdef double _idle_max = 4.0          # upstream.IDLE_MAX (install_pool)
+
+
+def install_pool(cls, double idle_max):
+    global _idle_max
+    _idle_max = idle_max
+    cls.take_idle = pool_take_idle
+    cls.release = pool_release
+
+
+def pool_take_idle(self):
+    """An idle connection, most recently used first (its server has it warmest), or None."""
+    idle = self.idle
+    cdef double now = _monotonic()
+    while idle:
+        conn = idle.pop()
+        if conn.closed:
+            continue
+        if now - conn.idle_since > _idle_max:
+            conn.close()
+            continue
+        conn.reused = True
+        return conn
+    return None
+
+
+def pool_release(self, conn, bint reusable):
+    """A request is done with `conn`: back to the pool, or closed."""
+    conn.relay = None
+    if conn.paused:
+        conn.paused = False
+        conn.transport.resume_reading()
+    if not reusable or conn.closed or self.closing:
+        conn.close()
+        return
+    conn.idle_since = _monotonic()
+    self.idle.append(conn)
+    if self.waiters:
+        self._wake()
