@@ -19,6 +19,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from hoopwire.logs import escape
+
 __all__ = ["add_commands"]
 
 
@@ -30,6 +32,14 @@ def _when(ts) -> str:
     if ts is None:
         return "-"
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _emit(line: str, file=None) -> None:
+    """Print one line for a human, every control character written as an escape. What is printed
+    comes from clients (a statement's identifiers, an HTTP request's head, a subject): a raw ESC
+    or CR in a held statement could redraw the approver's terminal line (`\\x1b[2K\\r`), and an
+    HTTP request's head would spread one row of `approvals list` over several lines."""
+    print(escape(line), file=file)
 
 
 def _call(args, method: str, path: str, body: dict | None = None) -> dict:
@@ -48,6 +58,12 @@ def _call(args, method: str, path: str, body: dict | None = None) -> dict:
             msg = json.loads(e.read())["error"]["message"]
         except Exception:  # noqa: BLE001
             msg = e.reason
+        if e.code == 401:
+            # The API keeps its reasons to the gateway's log; the usual one for a newcomer is a
+            # database token (aud "hoopwire") used for the admin API.
+            msg += (" (the admin API takes a JWT whose aud is [admin] audience, default "
+                    "\"hoopwire-admin\", or an API key with use = \"admin\"; the gateway's log "
+                    "names the reason)")
         raise CliError(f"{e.code}: {msg}") from None
     except (urllib.error.URLError, OSError) as e:
         raise CliError(f"cannot reach the admin API at {base}: {getattr(e, 'reason', e)}") from None
@@ -98,10 +114,10 @@ def _approvals_list(args) -> int:
         return 0
     rows = data["approvals"]
     if not rows:
-        print("no approval requests" + (f" with status {args.status}" if args.status else ""))
+        _emit("no approval requests" + (f" with status {args.status}" if args.status else ""))
         return 0
     for a in rows:
-        print(f"{a['id']}  {a['status']:<9}  {_when(a['created_at'])}  {a['requester']:<16} "
+        _emit(f"{a['id']}  {a['status']:<9}  {_when(a['created_at'])}  {a['requester']:<16} "
               f"{a['connection']:<12} {a['rule']:<20} {a['statement'][:60]}")
     return 0
 
@@ -119,7 +135,7 @@ def _approvals_show(args) -> int:
             v = _when(v)
         elif isinstance(v, list):
             v = ", ".join(v)
-        print(f"{k:>16}: {v if v is not None else '-'}")
+        _emit(f"{k:>17}: {v if v is not None else '-'}")
     return 0
 
 
@@ -133,7 +149,7 @@ def _decide(args, verb: str) -> int:
         body["window_seconds"] = int(parse_duration(args.window))
     a = _call(args, "POST", f"/api/v1/approvals/{urllib.parse.quote(args.id)}/{verb}", body)
     if not _out(args, a):
-        print(f"{a['id']} {a['status']} by {a['decided_by']}"
+        _emit(f"{a['id']} {a['status']} by {a['decided_by']}"
               + (f" until {_when(a['grant_until'])}" if a.get("grant_until") else ""))
     return 0
 
@@ -156,10 +172,10 @@ def _sessions_list(args) -> int:
     if _out(args, data):
         return 0
     for s in data["sessions"]:
-        print(f"{s['id']}  {_when(s['started_at'])}  {s['subject']:<16} {s['connection']:<12} "
+        _emit(f"{s['id']}  {_when(s['started_at'])}  {s['subject']:<16} {s['connection']:<12} "
               f"{s['statements']:>5} stmts  {s.get('close_reason') or 'open'}")
     if not data["sessions"]:
-        print("no sessions")
+        _emit("no sessions")
     return 0
 
 
@@ -168,13 +184,13 @@ def _sessions_show(args) -> int:
     if _out(args, data):
         return 0
     s = data["session"]
-    print(f"session {s['id']}: {s['subject']} ({', '.join(s.get('groups') or [])}) on "
+    _emit(f"session {s['id']}: {s['subject']} ({', '.join(s.get('groups') or [])}) on "
           f"{s['connection']} from {s['client_addr']}, {_when(s['started_at'])} -> "
           f"{_when(s.get('ended_at'))} ({s.get('close_reason') or 'open'})")
     for st in data["statements"]:
         extra = f" error: {st['error']}" if st.get("error") else ""
         rows = f" rows={st['rows']}" if st.get("rows") is not None else ""
-        print(f"  #{st['seq']:<4} {st['verdict']:<7} {st.get('duration_ms') or 0:>9.3f} ms"
+        _emit(f"  #{st['seq']:<4} {st['verdict']:<7} {st.get('duration_ms') or 0:>9.3f} ms"
               f"{rows} masked={st.get('masked', 0)}  {st['statement']}{extra}")
     return 0
 
@@ -192,24 +208,24 @@ def _sessions_replay(args) -> int:
             last = ts
         kind = r.get("type")
         if kind == "session.start":
-            print(f"[{_when(r['ts'])}] {r['subject']} connected to {r['connection']} "
+            _emit(f"[{_when(r['ts'])}] {r['subject']} connected to {r['connection']} "
                   f"as {r.get('role')} from {r.get('client')}")
         elif kind == "statement":
-            print(f"[{_when(ts)}] {r['verdict'].upper():<7} {r['statement']}")
+            _emit(f"[{_when(ts)}] {r['verdict'].upper():<7} {r['statement']}")
             if r.get("error"):
-                print(f"          error {r['error'].get('code')}: {r['error'].get('message')}")
+                _emit(f"          error {r['error'].get('code')}: {r['error'].get('message')}")
             else:
-                print(f"          {', '.join(r.get('tags') or [])}"
+                _emit(f"          {', '.join(r.get('tags') or [])}"
                       + (f" ({r['masked']} values masked)" if r.get("masked") else ""))
             for row in r.get("result") or []:
-                print(f"          | {row}")
+                _emit(f"          | {row}")
         elif kind == "session.end":
-            print(f"[{_when(r['ts'])}] session ended: {r['reason']} after {r['statements']} "
+            _emit(f"[{_when(r['ts'])}] session ended: {r['reason']} after {r['statements']} "
                   "statement(s)")
         else:
             fields = {k: v for k, v in r.items()
                       if k not in ("type", "session", "ts", "gw", "seq", "prev", "hash")}
-            print(f"[{_when(r['ts'])}] {kind} {json.dumps(fields, sort_keys=True)}")
+            _emit(f"[{_when(r['ts'])}] {kind} {json.dumps(fields, sort_keys=True)}")
     return 0
 
 
@@ -237,7 +253,7 @@ def _guard(fn):
         try:
             return fn(args)
         except CliError as e:
-            print(f"error: {e}", file=sys.stderr)
+            _emit(f"error: {e}", file=sys.stderr)
             return 1
     return run
 

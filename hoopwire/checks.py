@@ -92,8 +92,7 @@ async def run_checks(config: Config, protocols) -> Report:
     for c in config.connections:
         posture = protocols.get(c.protocol).posture
         if posture is None:
-            report.checks.append(Check("upstream", c.name, False,
-                                       f"no posture check for protocol {c.protocol} yet"))
+            report.checks.append(await check_reachable(c))
             continue
         database = posture.database_of(c)
         host, port = c.upstream
@@ -117,6 +116,36 @@ async def run_checks(config: Config, protocols) -> Report:
     if config.audit is not None:
         report.checks.append(check_audit_dir(config.audit.path))
     return report
+
+
+async def check_reachable(c) -> Check:
+    """A protocol without a posture check (http): the upstream takes a connection, TCP and TLS as
+    the gateway would open it, and nothing is sent -- any request could do something, which is
+    why /readyz probes it the same way. Reporting "no posture check" as a check that could not
+    run made every config with an HTTP connection exit 2, so no CI gate could ever pass it."""
+    from hoopwire.core.tls import upstream_ssl_context
+    host, port = c.upstream
+    scheme = getattr(c, "upstream_scheme", None) or "tcp"
+    https = scheme == "https"
+    target = f"{c.name} ({scheme}://{host}:{port}, tls {c.upstream_tls if https else 'off'})"
+    try:
+        ctx = upstream_ssl_context(c.upstream_tls, c.upstream_ca) if https else None
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ctx,
+                                    server_hostname=host if ctx is not None else None),
+            c.connect_timeout)
+    except asyncio.TimeoutError:
+        return Check("upstream", target, False, f"no connection within {c.connect_timeout:g}s")
+    except OSError as e:         # refused, unreachable, and ssl.SSLError (a bad certificate)
+        return Check("upstream", target, False, f"cannot connect: {e}")
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return Check("upstream", target, True,
+                 f"connected; no posture check for protocol {c.protocol} (no upstream role "
+                 "to read)")
 
 
 async def check_jwks(issuers: tuple[IssuerConfig, ...]) -> list[Check]:

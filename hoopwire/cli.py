@@ -91,8 +91,16 @@ def _cmd_token(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         jwks = create_dev_key(args.key, kid=args.kid)
-        print(f"development key written to {args.key}; its JWKS (for jwks_uri = \"file://"
-              f"{os.path.abspath(jwks)}\") to {jwks}", file=sys.stderr)
+        # The issuer block to paste: without it a newcomer has to decode a token to learn the
+        # iss and aud the gateway must be told (both are this command's defaults).
+        print(f"development key written to {args.key}, its JWKS to {jwks}; tokens minted with "
+              f"it are accepted by:\n"
+              f"  [[identity.issuer]]\n"
+              f"  issuer = \"{args.issuer}\"\n"
+              f"  audience = \"{args.audience}\"\n"
+              f"  jwks_uri = \"file://{os.path.abspath(jwks)}\"\n"
+              f"  algorithms = [\"ES256\"]\n"
+              f"(admin API tokens: --audience hoopwire-admin)", file=sys.stderr)
         if not args.subject:
             return 0
     if not args.subject:
@@ -158,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--create-key", action="store_true",
                    help="create the key and KEY.jwks.json (the JWKS to configure as jwks_uri)")
     t.add_argument("--kid", default="dev")
-    t.add_argument("--issuer", default="https://hoopwire.dev.local")
-    t.add_argument("--audience", default="hoopwire")
+    t.add_argument("--issuer", default="https://hoopwire.dev.local",
+                   help="the iss claim (default %(default)s): the [[identity.issuer]] issuer")
+    t.add_argument("--audience", default="hoopwire",
+                   help="the aud claim (default %(default)s: the data path's; the admin API "
+                        "wants hoopwire-admin, its [admin] audience)")
     t.add_argument("--subject", help="the identity, e.g. agent-7")
     t.add_argument("--groups", help="comma-separated groups, e.g. agents,analysts")
     t.add_argument("--ttl", default="15m", help="lifetime, e.g. 15m (default)")
@@ -189,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `hoopwire sessions replay ID | head`: the reader left, which is no error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141   # 128 + SIGPIPE, what a shell reports for a writer killed by the pipe
 
 
 if __name__ == "__main__":

@@ -485,7 +485,17 @@ def _did_you_mean(key: str, path: str, used: set[str]) -> str:
         from hoopwire.configschema import keys_at
         known |= keys_at(path)
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    if close:
+        return f' (did you mean "{close[0]}"?)'
+    if _key_listener is None:
+        # A key put in the wrong table (record_results under [audit] rather than
+        # [[connection]]) is no typo: name the tables where it belongs.
+        from hoopwire.configschema import tables_with
+        here = re.sub(r"\[\d+\]", "", path)
+        elsewhere = [t for t in tables_with(key) if t.strip("[]") != here]
+        if elsewhere:
+            return f" (it is a key of {' and '.join(elsewhere)})"
+    return ""
 
 
 def _tomlname(name: str) -> str:

@@ -164,6 +164,25 @@ def schema() -> dict:
             **_finish(root)}
 
 
+def tables_with(key: str) -> list[str]:
+    """The tables that accept `key`, spelt as in TOML: ["[[connection]]", "[audit]"]."""
+    found: list[str] = []
+
+    def walk(node: dict, names: list[str], array: bool) -> None:
+        props = node.get("properties", {})
+        if names and key in props:
+            found.append(f"[[{'.'.join(names)}]]" if array else f"[{'.'.join(names)}]")
+        for name, prop in props.items():
+            is_array = "anyOf" in prop and prop["anyOf"][0].get("type") == "array" \
+                and prop["anyOf"][1].get("type") == "object"
+            sub = prop["anyOf"][1] if is_array else prop
+            if sub.get("type") == "object":
+                walk(sub, names + [name], is_array)
+
+    walk(schema(), [], False)
+    return found
+
+
 def keys_at(path: str) -> set[str]:
     """The keys the table at `path` ("connection[3].guardrail[0]") accepts."""
     node: dict = schema()

@@ -286,6 +286,10 @@ def show_records(admin_port: int, approver: str, work: str, log_path: str) -> No
         if line.startswith(("hoopwire_connections_total", "hoopwire_guardrail_verdicts_total",
                             "hoopwire_auth_failures_total", "hoopwire_statements_total",
                             "hoopwire_masked_values_total")):
+            if 'result="client_gone"' in line:
+                # start_gateway's wait_for_listener connected and left; without the note a user
+                # looks for the client the demo never showed vanishing
+                line += "   (the demo's own check that the port was open)"
             _say("log", line)
 
 

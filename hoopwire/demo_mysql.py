@@ -140,8 +140,10 @@ def main(keep: bool = False) -> int:
                            subject="agent-7", groups=["agents"], ttl=900, kid="demo")
         _say("info", "minted a 15-minute token for agent-7 (group: agents) -- the agent's only "
                      "change is where it connects and the password it sends:")
-        print(f"          mariadb -h 127.0.0.1 -P {gw_port} -u agent-7 --ssl-ca gateway.pem "
-              f"-p'{token[:12]}...' shop\n")
+        # the token in MYSQL_PWD, as the README tells users: -p'...' would put it in the process
+        # list and the shell history
+        print(f"          MYSQL_PWD='{token[:12]}...' mariadb -h 127.0.0.1 -P {gw_port} -u agent-7 "
+              "--ssl-ca gateway.pem --ssl-verify-server-cert shop\n")
 
         def connect(user: str, password: str, **kw):
             # PyMySQL answers the gateway's switch to mysql_clear_password by itself; the
@@ -209,8 +211,9 @@ def main(keep: bool = False) -> int:
         if keep:
             fresh = mint_token(key, issuer="https://idp.demo.local", audience="hoopwire",
                                subject="you", groups=["agents"], ttl=3600, kid="demo")
-            print(f"\nStill running. Try it yourself (Ctrl-C to stop):\n  mariadb -h 127.0.0.1 "
-                  f"-P {gw_port} -u you --ssl-ca {cert} -p'{fresh}' shop")
+            print(f"\nStill running. Try it yourself (Ctrl-C to stop):\n  MYSQL_PWD='{fresh}' "
+                  f"mariadb -h 127.0.0.1 -P {gw_port} -u you --ssl-ca {cert} "
+                  "--ssl-verify-server-cert shop")
             while gw.poll() is None:
                 time.sleep(0.5)
         print("\ndone: stopping the gateway and MariaDB.")
