@@ -38,7 +38,7 @@ PW_ENV = "HOOPWIRE_BENCH_DB_PASSWORD"
 MASK = {"columns": ["public.customers.ssn"], "detectors": ["EMAIL", "CREDIT_CARD"]}
 
 
-def config_for(kind: str, pg: PgServer, api_key: str, port: int) -> dict:
+def config_for(kind: str, pg: PgServer, api_key: str, port: int, workdir: str) -> dict:
     conn = {"name": "bench", "protocol": "postgres", "listen": f"127.0.0.1:{port}",
             "upstream": f"{pg.host}:{pg.port}", "database": "bench", "user": "bench",
             "password_env": PW_ENV}
@@ -46,8 +46,13 @@ def config_for(kind: str, pg: PgServer, api_key: str, port: int) -> dict:
         conn["guardrail"] = [{"pack": p} for p in PACKS]
     if kind in ("mask", "recommended"):
         conn["mask"] = [dict(MASK)]
-    return {"admin": {"listen": f"127.0.0.1:{free_port()}"},
-            "audit": {"enabled": False},
+    # recommended records sessions as the README (and pgbench_compare's target) has it
+    audit = {"path": os.path.join(workdir, f"{kind}-audit.log")} if kind == "recommended" \
+        else {"enabled": False}
+    state = {"state": {"url": "sqlite:///" + os.path.join(workdir, f"{kind}-state.db")}} \
+        if kind == "recommended" else {}
+    return {**state, "admin": {"listen": f"127.0.0.1:{free_port()}"},
+            "audit": audit,
             "identity": {"api_key": [{"name": "bench", "groups": ["bench"],
                                       "sha256": hashlib.sha256(api_key.encode()).hexdigest()}]},
             "connection": [conn]}
@@ -59,7 +64,7 @@ def profile(kind: str, pg: PgServer, db_password: str, n: int, mode: str,
     port = free_port()
     path = os.path.join(workdir, f"{kind}.toml")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(to_toml(config_for(kind, pg, api_key, port)))
+        f.write(to_toml(config_for(kind, pg, api_key, port, workdir)))
     out = os.path.join(workdir, f"{kind}.prof")
     env = dict(os.environ, PYTHONPATH=ROOT, **{PW_ENV: db_password})
     gw = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", out, "-m", "hoopwire", "serve",

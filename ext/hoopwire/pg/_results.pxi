@@ -402,7 +402,7 @@ cdef class PgResults:
         return 0
 
     cdef int _end_result(self) except -1:
-        if self.state == S_ROWS and self.plan_work:
+        if self.state == S_ROWS and self.plan_work and self.plan.counted():
             self.cur_masked += self.masker.result_done(self.plan) or 0
         elif self.state == S_COPY and self.copy is not None:
             self.cur_masked += self.copy.done() or 0

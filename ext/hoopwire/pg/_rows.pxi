@@ -27,6 +27,21 @@ cdef class DataRowPlan(RowPlan):
     COPY TO STDOUT data rows. hoopwire.pg.masker builds them (MaskEngine.row_plan(...,
     plan_type=DataRowPlan))."""
 
+    cdef bint counted(self) noexcept:
+        """Whether anything was masked since the last take_counts(): the counters are all the
+        masker's result_done reads, so a result that masked nothing (pgbench's abalance, every
+        result of a read that names no masked column) ends without that Python call and its
+        dict (one call per result: bench/pg_call_profile.py)."""
+        cdef Py_ssize_t i
+        if self.scanner is not None:
+            for i in range(self.scanner.ndet):
+                if self.det_counts[i]:
+                    return True
+        for i in range(len(self.rule_names)):
+            if self.rule_counts[i]:
+                return True
+        return False
+
     # -- DataRow -------------------------------------------------------------------------------
 
     def rewrite(self, msg):

@@ -16,6 +16,7 @@ from hoopwire._mask cimport ACT_DETECT, out_changed, out_value
 
 cdef class DataRowPlan(RowPlan):
     cdef object rewrite_ptr(self, const unsigned char* msg, Py_ssize_t size)
+    cdef bint counted(self) noexcept
     cdef int prescan(self, object chunk, Py_ssize_t start) except -1
 
 
@@ -113,10 +114,15 @@ cdef class Relay:
         # fail-closed audit: every new statement is answered with this error while it is set
         bytes refuse_error
 
+        # connection_lost heard from the client (1) and the upstream (2): with both, nothing
+        # calls into the session again and _release breaks its reference cycles
+        unsigned char lost
+
         # Masking: the request/response tracking that ties rows to their RowPlan (None: off).
         readonly PgResults results
 
     cdef int _close(self, str reason, object notify_client) except -1
+    cdef int _release(self, unsigned char side) except -1
     cdef int _client_failed(self, object e) except -1
     cdef int _upstream_failed(self, object e) except -1
     cdef object _judge(self, char kind, const unsigned char* msg, Py_ssize_t size)
