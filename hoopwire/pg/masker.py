@@ -31,6 +31,10 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
+import pglast
+import pglast.ast
+import pglast.enums
+
 from hoopwire import metrics
 from hoopwire._mask import MaskRowError, RowPlan
 from hoopwire.pg._wire import HOLD, DataRowPlan, error_response
@@ -570,8 +574,17 @@ class SessionMasker:
         self._again = False                # a hold came in: the lookup task goes round again
         self._failure: str | None = None   # why the catalog could not be read (see _refusal)
         self.masked_total = 0
-        # DECLARE / PREPARE name -> the lineages it may have (see statement): FETCH and EXECUTE
+        # prepared statement name -> what EXECUTE of it may return: lineages of SQL PREPAREs
+        # (see _define), or the text of a protocol Parse the server took (see parsed); and
+        # cursor name -> the lineages of its DECLAREs, for FETCH. Two namespaces, as the
+        # server has them: DEALLOCATE ALL closes no cursor.
         self._named: dict[str, list] = {}
+        self._cursors: dict[str, list] = {}
+        # cursor name -> [DECLARE text, the DDL count when the server answered it (None: not
+        # yet)] for a DECLARE whose lineage, taken when sent, could not place a column: a
+        # table made earlier in the session that the catalog had not read yet (see _fetched)
+        self._redeclare: dict[str, list] = {}
+        self._ddl_seen = 0                 # DDL statements the server answered this session
         self._described: dict[bytes, _Shape] = {}   # RowDescription bytes -> _Shape
 
     def rebind(self, conn: Optional[ConnectionMasking]) -> None:
@@ -604,14 +617,107 @@ class SessionMasker:
         and a FETCH is judged by all of them: a failed DECLARE cannot unmask a cursor."""
         stmts = self.conn.lineage(self.database, sql)
         for st in stmts or ():
-            if st.kind not in ("declare", "prepare"):
+            if st.kind == "declare":
+                book = self._cursors
+            elif st.kind == "prepare":
+                book = self._named
+            else:
                 continue
-            known = self._named.setdefault(st.name, [])
+            known = book.setdefault(st.name, [])
             if st.outputs not in known:
                 known.append(st.outputs)
                 del known[:-4]
-            if len(self._named) > _NAMED_MAX:
-                self._named.pop(next(iter(self._named)))
+            if book is self._cursors:
+                if len(known) == 1 and _unplaced(st.outputs):
+                    self._redeclare[st.name] = [sql, None]
+                else:
+                    self._redeclare.pop(st.name, None)
+            if len(book) > _NAMED_MAX:
+                self._redeclare.pop(book.pop(next(iter(book))), None)
+
+    def _declared(self, sql: Optional[bytes]) -> None:
+        """DECLARE CURSOR answered: the cursors `sql` declares were planned on the schema as
+        it is after every DDL answered so far."""
+        for redo in self._redeclare.values():
+            if redo[1] is None and redo[0] == sql:
+                redo[1] = self._ddl_seen
+
+    def _fetched(self, name: str) -> list:
+        """The lineages FETCH from cursor `name` may have. A DECLARE sent before the catalog
+        had read a table the session made (CREATE TABLE t2, then DECLARE ... FROM t2: its
+        lineage could place nothing, every column masked) is read again on the catalog as
+        FETCH's result made it read -- only while no DDL has been answered since the server
+        ran the DECLARE, so the schema read is the one the cursor was planned on. Else the
+        lineages taken when sent stand (masking what they cannot place)."""
+        redo = self._redeclare.get(name)
+        if redo is not None and redo[1] == self._ddl_seen and self.catalog.fresh():
+            outs = [st.outputs for st in self.conn.lineage(self.database, redo[0]) or ()
+                    if st.kind == "declare" and st.name == name]
+            if outs:
+                self._cursors[name] = outs[-4:]
+                if not any(_unplaced(o) for o in outs):
+                    del self._redeclare[name]
+        return self._cursors.get(name) or [None]
+
+    def parsed(self, name: bytes, sql: bytes) -> None:
+        """The server's ParseComplete for the named statement `name` (the relay calls this once
+        per named Parse, never on Bind or Execute): SQL EXECUTE of it returns what `sql` does.
+        Unlike a PREPARE's lineage, taken when sent, this is the server's answer, and a Parse
+        of a name that exists fails (42P05): the name was free and now holds this text alone,
+        so it replaces what the name had. The text is kept, not its lineage: EXECUTE's result
+        is judged on the catalog as read for it (a Parse may come before the first read)."""
+        if not self.conn.has_columns:
+            return
+        key = name.decode("utf-8", "replace")
+        self._named.pop(key, None)
+        self._named[key] = [sql]
+        if len(self._named) > _NAMED_MAX:
+            self._named.pop(next(iter(self._named)))
+
+    def closed(self, name: bytes) -> None:
+        """CloseComplete of the named statement `name`: EXECUTE of it no longer runs anything."""
+        self._named.pop(name.decode("utf-8", "replace"), None)
+
+    def _deallocated(self, tag: bytes, sql: Optional[bytes]) -> None:
+        """DEALLOCATE or DISCARD ALL answered: the names it closed are forgotten. The text's
+        statements are replayed in order, so a PREPARE after the DEALLOCATE in the same Query
+        (its lineage taken when sent) stands. At the text's first such answer the later ones
+        count as done too; a PREPARE sent in a later Query before this answer is forgotten with
+        the name: EXECUTE of a name not known is judged unknown (masked by default), the safe
+        side, for an odd client."""
+        if tag.startswith(b"DISCARD") and tag != b"DISCARD ALL":
+            return                  # PLANS, SEQUENCES, TEMP: no name closes
+        nodes = None
+        if sql is not None and len(sql) <= LINEAGE_MAX:
+            try:
+                nodes = [s.stmt for s in pglast.parse_sql(sql.decode("utf-8", "replace"))]
+            except Exception:  # noqa: BLE001 -- the server read it; see below
+                nodes = None
+        if nodes is None:           # not known or not readable: every name it may have closed
+            self._named.clear()
+            if tag == b"DISCARD ALL":
+                self._cursors.clear()
+                self._redeclare.clear()
+            return
+        stmts = self.conn.lineage(self.database, sql)
+        if stmts is None or len(stmts) != len(nodes):
+            stmts = [None] * len(nodes)
+        for node, st in zip(nodes, stmts):
+            if isinstance(node, pglast.ast.DeallocateStmt):
+                if node.isall or not node.name:
+                    self._named.clear()
+                else:
+                    self._named.pop(node.name, None)
+            elif isinstance(node, pglast.ast.DiscardStmt) and \
+                    node.target == pglast.enums.DiscardMode.DISCARD_ALL:
+                self._named.clear()
+                self._cursors.clear()
+                self._redeclare.clear()
+            elif st is not None and st.kind == "prepare":
+                known = self._named.setdefault(st.name, [])
+                if st.outputs not in known:
+                    known.append(st.outputs)
+                    del known[:-4]
 
     def _lineage_columns(self, info: StatementInfo, n: int, copy: bool = False,
                          names: Optional[list] = None):
@@ -652,10 +758,20 @@ class SessionMasker:
                 if f is not None:
                     yield st, f
             elif not copy and st.kind in ("fetch", "execute"):
-                for outs in self._named.get(st.name) or [None]:
+                for outs in self._fetched(st.name) if st.kind == "fetch" else \
+                        self._named.get(st.name) or [None]:
+                    if isinstance(outs, bytes):
+                        outs = self._parsed_outputs(outs)
                     f = _fit(outs, n)
                     if f is not None:
                         yield lin.Statement("rows", outs), f
+
+    def _parsed_outputs(self, sql: bytes) -> Optional[list]:
+        """What a protocol Parse's text returns (its lineage's outputs), None: not known."""
+        stmts = self.conn.lineage(self.database, sql)
+        if not stmts or len(stmts) != 1 or stmts[0].kind != "rows":
+            return None
+        return stmts[0].outputs
 
     def _by_lineage(self, cols: list, info: StatementInfo, copy: bool = False,
                     names: Optional[list] = None):
@@ -739,7 +855,7 @@ class SessionMasker:
             if src[1] != lin.CURSOR:
                 continue
             out.discard(src)
-            known = self._named.get(src[2])
+            known = self._cursors.get(src[2])
             if not known or any(o is None for o in known):
                 out.add(lin.CODE)
                 continue
@@ -779,9 +895,17 @@ class SessionMasker:
         rels = self.catalog.relations_named(None, table)
         return bool(rels) and all(whole(rule(r.schema, r.name, col)) for r in rels)
 
-    def command_complete(self, tag: bytes) -> None:
+    def command_complete(self, tag: bytes, sql: Optional[bytes] = None) -> None:
+        """CommandComplete of DDL, DECLARE, DEALLOCATE or DISCARD (the relay calls for these
+        tags only); `sql`: the text it answers, when known."""
         if tag.startswith(_DDL):
+            self._ddl_seen += 1
             self.catalog.invalidate()
+        elif tag.startswith(b"DECLARE"):
+            if self._redeclare:
+                self._declared(sql)
+        elif tag.startswith((b"DEALLOCATE", b"DISCARD")):
+            self._deallocated(tag, sql)
 
     # -- result sets ---------------------------------------------------------------------------
 
@@ -1162,6 +1286,13 @@ class _BinaryCopy:
 
     def done(self) -> int:
         return self.masker.result_done(self.plan)
+
+
+def _unplaced(outs) -> bool:
+    """Whether lineage outputs leave a column unplaced (not known, or reading UNKNOWN)."""
+    if outs is None:
+        return True
+    return any(lin.UNKNOWN in (o.sources if isinstance(o, lin.Spread) else o) for o in outs)
 
 
 def _fit(outs, n: int):

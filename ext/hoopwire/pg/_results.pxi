@@ -19,7 +19,9 @@ cdef object SUSPECT_INFO = None          # statements we know nothing about: ass
 cdef tuple SUSPECT = None                # (SUSPECT_INFO, b""): what an unknown name stands for
 cdef bytes EMPTY_NAME = b""
 cdef tuple DDL_TAGS = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"GRANT", b"REVOKE",
-                       b"SECURITY", b"IMPORT", b"REFRESH", b"SELECT INTO")
+                       b"SECURITY", b"IMPORT", b"REFRESH", b"SELECT INTO",
+                       b"DEALLOCATE", b"DISCARD",     # (these two: names the masker forgets)
+                       b"DECLARE")                    # (see SessionMasker._fetched)
 
 
 class ResultTrackingError(Exception):
@@ -132,6 +134,7 @@ cdef class PgResults:
         cdef Cursor c = cursor(msg + 5, size - 5)
         cdef unsigned int what
         cdef bytes name, other
+        cdef bytes closing = None
         cdef object info
         cdef object out = replaced
         cdef bytes sql
@@ -159,7 +162,10 @@ cdef class PgResults:
             else:
                 sql = _cstr(&c)
                 self._set_stmt(name, (self.masker.statement(sql) if self.mask_on else None, sql))
-            self._push(R_PARSE, None, sql, 0.0)
+            # a named statement's name rides in `info` (unused for a Parse) to its ParseComplete,
+            # where the masker learns what SQL EXECUTE of it returns: one call per named Parse
+            self._push(R_PARSE, name if self.mask_on and PyBytes_GET_SIZE(name) else None,
+                       sql, 0.0)
         elif kind == c'B':
             name = _cstr(&c)
             other = _cstr(&c)
@@ -200,10 +206,13 @@ cdef class PgResults:
                 name = _cstr(&c)
                 if what == c'S':
                     self._set_stmt(name, None)
+                    if self.mask_on and PyBytes_GET_SIZE(name):
+                        closing = name
                 else:
                     self._set_portal(name, None)
             if not self.light:
-                self._push(R_CLOSE, None, None, 0.0)
+                # a statement's name waits for CloseComplete, as a Parse's for ParseComplete
+                self._push(R_CLOSE, closing, None, 0.0)
         self.last_client = kind
         return out
 
@@ -509,7 +518,7 @@ cdef class PgResults:
                 if self.mask_on:
                     tag = msg[5:size - 1 if size - 1 < 64 else 64]
                     if tag.startswith(DDL_TAGS):
-                        self.masker.command_complete(tag)
+                        self.masker.command_complete(tag, self._head_sql())
                 self._tag(msg, size)
             if self.state != S_SKIP:
                 self._end_result()
@@ -539,10 +548,18 @@ cdef class PgResults:
                 return b"" if hk == R_DESC_OURS or self.state == S_SKIP else None
             raise ResultTrackingError(f"NoData answering request {hk}")
         if kind == c'1':
+            head = self._head()
+            if head.kind == R_PARSE and head.info != NULL:
+                # the server took the name: a Parse it refused (42P05, the name exists) gets
+                # no ParseComplete and changes nothing (the gateway follows the server)
+                self.masker.parsed(<object>head.info, <object>head.sql)
             self._expect(R_PARSE)
         elif kind == c'2':
             self._expect(R_BIND)
         elif kind == c'3':
+            head = self._head()
+            if head.kind == R_CLOSE and head.info != NULL:
+                self.masker.closed(<object>head.info)
             self._expect(R_CLOSE)
         elif kind == c'H':
             if self.state == S_SKIP:
