@@ -694,6 +694,9 @@ _MEASURE = {"utf8": "UTF8", "utf8mb3": "UTF8", "utf8mb4": "UTF8", "ascii": "SQL_
 class SessionMasker:
     """Per session: called by the relay's result tracking (ext/hoopwire/mysql/_results.pxi)."""
 
+    # the relay may remember this masker's plans and statement readings (see __init__)
+    plan_memo = True
+
     def __init__(self, conn: ConnectionMasking, schema: Optional[str]):
         self.conn = conn
         self.schema = schema or None       # the session's default schema (USE / COM_INIT_DB)
@@ -705,9 +708,14 @@ class SessionMasker:
         # executes and a repeated text reuse theirs (sysbench's prepared point select: 96 us/tx
         # of proxy CPU with the plan rebuilt per execute). Per session, not shared: a RowPlan
         # counts what it masks until result_done takes the counts.
+        # The relay remembers a plan of this cache next to its statement (PlanMemo in
+        # ext/hoopwire/mysql/_wire.pxd) and uses it while `_plans` is still the same dict and
+        # the catalog generation `_plans_gen`: so the cache is never emptied in place, it is
+        # replaced. `plan_kept`: whether the last result_plan's answer is in the cache.
         self._plans: dict[tuple, tuple] = {}
         self._plans_gen = -1
         self._cacheable = True
+        self.plan_kept = False
 
     def rebind(self, conn: Optional[ConnectionMasking]) -> None:
         """A reload changed the connection's masking: from the next result on, use it. A reload
@@ -715,7 +723,7 @@ class SessionMasker:
         running session is not worth a half-followed result)."""
         if conn is not None:
             self.conn = conn
-            self._plans.clear()
+            self._plans = {}
 
     @property
     def catalog(self) -> Catalog:
@@ -730,7 +738,7 @@ class SessionMasker:
     def schema_changed(self, schema: Optional[str]) -> None:
         """The server accepted COM_INIT_DB or USE: lineage places unqualified names there."""
         if (schema or None) != self.schema:
-            self._plans.clear()
+            self._plans = {}
         self.schema = schema or None
 
     # -- statements -------------------------------------------------------------------------
@@ -792,12 +800,13 @@ class SessionMasker:
         """A RowPlan for the rows of result set `index` of the statement `info`, None when no
         column needs anything; raises MaskRefused when the result must not reach the client."""
         conn = self.conn
+        if conn.generation != self._plans_gen:
+            self._plans = {}
+            self._plans_gen = conn.generation
         if not conn.has_columns and conn.engine.scanner is None:
+            self.plan_kept = True     # (any result of this connection masking: None)
             return None               # (conn.active without the property's call)
         info = info or NO_INFO
-        if conn.generation != self._plans_gen:
-            self._plans.clear()
-            self._plans_gen = conn.generation
         # Every input of _result_plan is in the key or clears the cache: the statement (id(info)
         # here, and the entry holds info so the id is not reused), result number, protocol and
         # column definitions here; catalog generation (above), schema (schema_changed) and
@@ -809,15 +818,18 @@ class SessionMasker:
         key = (id(info), index, binary, columns.raw if defs else tuple(columns))
         hit = self._plans.get(key)
         if hit is not None and hit[0] is info:     # the entry holds info: its id is not reused
+            self.plan_kept = True
             return hit[1]
+        self.plan_kept = False
         if defs:
             columns = list(columns)
         self._cacheable = conn.catalog.loaded
         plan = self._result_plan(info, index, columns, binary)
         if self._cacheable:
             if len(self._plans) >= _PLAN_CACHE:
-                self._plans.clear()
+                self._plans = {}
             self._plans[key] = (info, plan)
+            self.plan_kept = True
         return plan
 
     def _result_plan(self, info: StatementInfo, index: int, columns: list, binary: bool):

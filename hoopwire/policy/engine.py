@@ -539,6 +539,21 @@ class GroupPolicy:
             self._cache = {}
             self._cached_bytes = 0
 
+    def passes_whole_shape(self, sql: bytes) -> bool:
+        """Whether the answer for `sql` is None for every text of its shape: a None stored in
+        the shape cache. Verdicts read from a literal form, and refusals of unparsed text, are
+        kept by text alone, never there. False without a shape cache or a shape for `sql`.
+        The MySQL relay asks it before remembering a statement shape (hoopwire.mysql.memo)."""
+        if self._shape is None:
+            return False
+        shaped = self._shape(sql, self._want_full)
+        if shaped is None:
+            return False
+        hit = self._by_shape.get(shaped[0], _MISS)
+        if hit is _MISS:
+            hit = self._old_shape.get(shaped[0], _MISS)
+        return hit is None
+
     def _remember_shape(self, key: bytes, result: object) -> None:
         young = self._by_shape
         young[key] = result

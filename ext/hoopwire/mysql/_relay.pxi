@@ -12,6 +12,9 @@ import re
 _log = logging.getLogger("hoopwire.mysql")
 
 cdef Py_ssize_t HOLD_READ_LIMIT = 1024 * 1024
+# statement shapes a session remembers (Relay.memo); past it the memo starts again. A key is
+# about twice its text: 256 shapes of 100-byte statements are ~60 KB a session
+cdef Py_ssize_t MEMO_MAX = 256
 # MySQL's max_allowed_packet can be at most 1 GB: no row from a server is larger
 cdef Py_ssize_t UPSTREAM_MAX_LOGICAL = 1024 * 1024 * 1024
 
@@ -358,6 +361,8 @@ cdef class Relay:
         cdef object known
         cdef bytes sql
         cdef bint is_kill
+        cdef object key = None
+        cdef PlanMemo memo = None
         if cmd == COM_QUERY or cmd == COM_STMT_PREPARE:
             sql = p[1:n]
             if self.refuse_error is not None:
@@ -373,9 +378,15 @@ cdef class Relay:
             is_kill = cmd == COM_QUERY and _has_kill(p + 1, n - 1)
             if is_kill and self._kill_hold(_kill_id(sql)):
                 return HOLD_
-            out = self._judge_text(cmd, sql, sql, aseq)
-            if out is HOLD_ or (out is not None and PyBytes_GET_SIZE(out) == 0):
-                return out
+            if cmd == COM_QUERY and not is_kill and self.results.memo_on and \
+                    (self.policy is not None or self.results.mask_on):
+                key = memo_key(p + 1, n - 1)
+                if key is not None and self._memo_ready():
+                    memo = self.memo.get(key)
+            if memo is None:
+                out = self._judge_text(cmd, sql, sql, aseq)
+                if out is HOLD_ or (out is not None and PyBytes_GET_SIZE(out) == 0):
+                    return out
             if is_kill:
                 kill = self._kill(sql, aseq)
                 if kill is not None:
@@ -385,7 +396,15 @@ cdef class Relay:
             c = Cmd.__new__(Cmd)
             c.cmd = cmd
             c.sql = sql
-            c.info = self.results.masker.statement(sql) if self.results.mask_on else None
+            if memo is not None:
+                # a shape judged before: no verdict, and the masker's reading of it
+                c.info = memo.info
+            else:
+                c.info = self.results.masker.statement(sql) if self.results.mask_on else None
+                if key is not None and out is None and self.judged_none and \
+                        (c.info is None or not c.info.ddl):
+                    memo = self._memo_put(key, sql, c.info)
+            c.memo = memo
             c.may_change = cmd == COM_QUERY
             if cmd == COM_QUERY:
                 c.state = U_FIRST
@@ -429,6 +448,9 @@ cdef class Relay:
             c.may_change = True
             c.sql = sql
             c.info = known[2] if known is not None else None
+            c.memo = known[3] if known is not None else None
+            if c.memo is not None:
+                self._prepared_info(c, sql)
             self.stats.executes += 1
             self._send(c)
             return None
@@ -644,11 +666,13 @@ cdef class Relay:
         """Policy on a statement's text: None to go on, HOLD, or b"" when the gateway answered
         it (blocked, denied). A COM_STMT_PREPARE under an approve rule goes on: each execute of
         it waits for a person instead (pending_verdict)."""
+        self.judged_none = True
         if self.policy is None:
             return None
         verdict = self.policy.check(judged)
         if verdict is None:
             return None
+        self.judged_none = False
         if verdict.action == "approve":
             if cmd == COM_STMT_PREPARE:
                 self.pending_verdict = verdict
@@ -667,6 +691,72 @@ cdef class Relay:
             ER_SPECIFIC_ACCESS_DENIED, "42000",
             f"statement blocked by hoopwire rule \"{verdict.rule}\""
             + (f": {verdict.message}" if verdict.message else "")), aseq, sql, b"")
+
+    cdef bint _memo_ready(self) except -1:
+        """Whether the statement memo may answer now. It holds only for the policy and, while
+        masking, the connection masking, catalog generation and schema it was filled under:
+        when any of them moved it is emptied and starts again under the new ones. Not while
+        the catalog is stale or past its TTL: the masker's own path then asks for the read
+        (SessionMasker.statement), as it would without the memo."""
+        cdef object masker, conn, gen, schema
+        cdef bint same = self.memo is not None and self.policy is self.memo_policy
+        if self.results.mask_on:
+            masker = self.results.masker
+            conn = masker.conn
+            gen = conn.generation
+            schema = masker.schema
+            if same and (conn is not self.memo_conn or gen != self.memo_gen or
+                         schema != self.memo_schema):
+                same = False
+            if not same:
+                self.memo_conn = conn
+                self.memo_gen = gen
+                self.memo_schema = schema
+                self.memo_cat = conn.catalog
+                # the catalog's TTL, as of its last read: a read lands with a new generation
+                self.memo_until = self.memo_cat.loaded_at + self.memo_cat.ttl
+        if not same:
+            self.memo = {}
+            self.memo_policy = self.policy
+        if self.results.mask_on and (self.memo_cat.stale or monotonic() >= self.memo_until):
+            return False
+        return True
+
+    cdef int _prepared_info(self, Cmd c, bytes sql) except -1:
+        """An execute's statement reading, as of the catalog now. What a statement mentions
+        is read against the catalog (a view that reads a masked column is a mention), so a
+        reading from before a catalog read is read again: kept from the prepare, a view
+        redefined to read ssn was planned by its old reading and ssn went out in clear
+        (tests/test_mysql_relay_cost.py)."""
+        cdef PlanMemo m = c.memo
+        masker = self.results.masker
+        conn = masker.conn
+        gen = conn.generation
+        if m.info_conn is not conn or m.info_gen != gen:
+            m.info = masker.statement(sql)
+            m.info_conn = conn
+            m.info_gen = gen
+            m.filled = False
+        c.info = m.info
+        return 0
+
+    cdef PlanMemo _memo_put(self, bytes key, bytes sql, object info):
+        """After a statement judged without a verdict: remember its shape when every text of
+        it would be judged the same (verdict_holds_for_shape; asked once per shape)."""
+        cdef PlanMemo m
+        if not self._memo_ready():
+            return None
+        if self.memo_holds is None:
+            from hoopwire.mysql.memo import verdict_holds_for_shape
+            self.memo_holds = verdict_holds_for_shape
+        if not self.memo_holds(self.policy, sql):
+            return None
+        if len(self.memo) >= MEMO_MAX:
+            self.memo = {}
+        m = PlanMemo.__new__(PlanMemo)
+        m.info = info
+        self.memo[key] = m
+        return m
 
     cdef object _approval(self, object verdict, bytes sql):
         """None to let it through (approved on its replay, or a standing grant), HOLD to wait
@@ -743,7 +833,13 @@ cdef class Relay:
 
     cdef int _statement_prepared(self, object cmd, unsigned int stmt_id) except -1:
         cdef Cmd c = <Cmd>cmd
-        self.stmts[stmt_id] = (c.verdict, c.sql, c.info)
+        cdef PlanMemo m = None
+        if self.results.mask_on and self.results.memo_on:
+            # its executes' result plans: the definitions do not change between them, so
+            # after the first the plan is found here (MyResults._plan)
+            m = PlanMemo.__new__(PlanMemo)
+            m.info = c.info
+        self.stmts[stmt_id] = (c.verdict, c.sql, c.info, m)
         self.last_stmt = stmt_id
         return 0
 

@@ -138,6 +138,13 @@ def column_definition(payload):
     return decode_coldef(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
 
 
+cdef class PlanMemo:
+    """One statement's last result plan (see _wire.pxd); made by the relay."""
+
+    def __repr__(self):
+        return f"PlanMemo(filled={self.filled}, index={self.index}, binary={self.binary})"
+
+
 cdef class Cmd:
     def __cinit__(self):
         self.state = U_SIMPLE
@@ -160,6 +167,7 @@ cdef class MyResults:
         self.relay = relay
         self.masker = masker
         self.mask_on = masker is not None
+        self.memo_on = masker is None or getattr(masker, "plan_memo", False) is True
         self.stmt_log = record
         self.record_on = record is not None
         self.capture_left = capture_bytes if self.record_on else 0
@@ -453,15 +461,43 @@ cdef class MyResults:
             self.plan_work = False
             self.held_head = None
             return None
-        try:
-            res = self.masker.result_plan(head.info, self.result_index,
-                                          ColumnDefs(bytes(self.coldef_raw)), self.binary)
-        except Exception as e:
-            if self.refused_type is None or not isinstance(e, self.refused_type):
-                raise
-            res = bytes(e.packet)
-        if res is HOLD_:
-            return HOLD_
+        cdef PlanMemo memo = head.memo
+        cdef object masker = self.masker
+        cdef Py_ssize_t k = PyByteArray_GET_SIZE(self.coldef_raw)
+        if not self.memo_on:
+            memo = None
+        if memo is not None and memo.filled and memo.info is head.info and \
+                memo.index == self.result_index and memo.binary == self.binary and \
+                PyBytes_GET_SIZE(memo.raw) == k and \
+                memcmp(PyBytes_AS_STRING(memo.raw), PyByteArray_AS_STRING(self.coldef_raw),
+                       k) == 0 and \
+                masker._plans is memo.plans and masker.conn.generation == memo.gen:
+            # the plan the masker's cache holds for these definitions, without asking it:
+            # its cache is the one the plan was kept in (every change that could alter a plan
+            # -- schema, masking reloaded, a full cache -- starts a new one) and the catalog
+            # generation the same (a read lands: the masker starts a new cache on its next
+            # call). A prepared point select's execute asked the masker every time.
+            res = memo.plan
+        else:
+            defs = bytes(self.coldef_raw)
+            try:
+                res = masker.result_plan(head.info, self.result_index, ColumnDefs(defs),
+                                         self.binary)
+            except Exception as e:
+                if self.refused_type is None or not isinstance(e, self.refused_type):
+                    raise
+                res = bytes(e.packet)
+            if res is HOLD_:
+                return HOLD_
+            if memo is not None and memo.info is head.info and \
+                    not isinstance(res, (bytes, bytearray)) and masker.plan_kept:
+                memo.filled = True
+                memo.index = self.result_index
+                memo.binary = self.binary
+                memo.raw = defs
+                memo.plan = res
+                memo.plans = masker._plans
+                memo.gen = masker._plans_gen
         me = self._reseq(raw, raw_n) or raw[:raw_n]
         if res is None:
             self.plan = None

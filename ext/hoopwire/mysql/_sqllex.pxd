@@ -72,3 +72,6 @@ cdef int lex(const unsigned char* s, Py_ssize_t n, Out* o, bint split, list piec
 
 # is the lower-case ASCII word p[0:n] a MariaDB / MySQL keyword?
 cdef bint is_keyword(const unsigned char* p, Py_ssize_t n) noexcept nogil
+
+# the relay's statement memo key (see _sqllex.pyx): bytes, or None when the text is not keyed
+cdef object memo_key(const unsigned char* s, Py_ssize_t n)

@@ -1145,6 +1145,87 @@ def statement_shape(sql, bint full=False):
         out_free(&fo)
 
 
+# -- the relay's statement memo key ------------------------------------------------------------
+# The relay (ext/hoopwire/mysql/_relay.pxi) remembers, per session, what a statement text's
+# shape was judged to be -- no guardrail verdict, masking's StatementInfo -- and serves a new
+# literal of a known shape without a call into Python (sysbench's text point select: ~15
+# Python calls and three lexer passes a statement before; mysql_call_profile.py). Its key must
+# tell texts apart at least as finely as every cache it stands in for:
+#   * the guardrail engine's shape, statement_shape(sql, full)[0]: the code view split into
+#     statements, integers as their class, plus the full view where a statement's differs;
+#   * masking's text_key(sql): ("s", mask_literals(sql)), where the text is not ambiguous and
+#     names none of prepare / execute / call / by / having / qualify.
+# One lexer pass gives both: the code view with integer classes (not split: the `;` stays in
+# it, so it is finer than the joined pieces) and mask_literals' output beside it. Texts where
+# the two readings could part are not keyed (None): a quote of any kind (the full view would
+# differ from the code view, so the engine's key would need it), an executable comment (`;`
+# ends one's code in the split reading and not in the whole-text one), bytes < 2 or >= 0x80
+# (statement_shape's own refusals), and whatever statement_shape or text_key refuse.
+
+cdef enum:
+    MEMO_TEXT_MAX = 4096      # longer texts are not keyed (agents' point reads are far shorter)
+
+
+cdef inline bint _has_ci(const uchar* p, Py_ssize_t n, const char* w) noexcept nogil:
+    """Whether p[0:n] holds the lower-case ASCII word w anywhere, in any ASCII case (a
+    substring test, as text_key's on its lower-cased shape)."""
+    cdef Py_ssize_t i, k, wn = 0
+    while w[wn] != 0:
+        wn += 1
+    for i in range(n - wn + 1):
+        k = 0
+        while k < wn and LOWER[p[i + k]] == <uchar>w[k]:
+            k += 1
+        if k == wn:
+            return True
+    return False
+
+
+cdef object memo_key(const uchar* s, Py_ssize_t n):
+    """The relay's memo key of a statement text (see above), or None when the text is not
+    keyed."""
+    cdef Py_ssize_t k
+    cdef uchar c
+    cdef Out o, f
+    cdef object key
+    cdef char* d
+    if n == 0 or n > MEMO_TEXT_MAX:
+        return None
+    for k in range(n):
+        c = s[k]
+        if c < 2 or c >= 128 or c == 39 or c == 34 or c == 96:
+            return None
+        if c == 47 and k + 2 < n and s[k + 1] == 42 and (s[k + 2] == 33 or s[k + 2] == 77):
+            return None                     # /*! or /*M
+    out_init(&o, n + (n >> 2) + 16, M_CODE)
+    o.shape = True
+    f.buf = NULL
+    try:
+        out_init(&f, n + 16, M_MASK)
+        lex(s, n, &o, False, None, &f, None)
+        if o.ambiguous or o.dynamic:
+            return None
+        if _has_ci(f.buf, f.len, "by") or _has_ci(f.buf, f.len, "having") or \
+                _has_ci(f.buf, f.len, "qualify") or _has_ci(f.buf, f.len, "prepare") or \
+                _has_ci(f.buf, f.len, "execute") or _has_ci(f.buf, f.len, "call"):
+            return None
+        key = PyBytes_FromStringAndSize(NULL, o.len + 1 + f.len)
+        d = PyBytes_AS_STRING(key)
+        memcpy(d, o.buf, o.len)
+        d[o.len] = 0
+        memcpy(d + o.len + 1, f.buf, f.len)
+        return key
+    finally:
+        out_free(&o)
+        out_free(&f)
+
+
+def statement_memo_key(sql):
+    """Tests: memo_key over bytes (the relay calls it in C)."""
+    cdef bytes b = _as_bytes(sql)
+    return memo_key(<const uchar*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+
 _SERVERS = {"any": SV_ANY, "mariadb": SV_MARIADB, "mysql": SV_MYSQL}
 
 

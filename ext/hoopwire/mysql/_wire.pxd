@@ -4,6 +4,7 @@
 cimport cython
 from hoopwire._auditlog cimport StatementLog, TagBuf, tags_push
 from hoopwire._mask cimport RowPlan, out_changed, out_value
+from hoopwire.mysql._sqllex cimport memo_key
 from hoopwire.core._frames cimport ConnStats, FORWARD, INSPECT, FrameReader, monotonic
 from hoopwire.core.cursor cimport (Cursor, cursor, cur_cstr, cur_le16, cur_le24, cur_le32,
                                    cur_le64, cur_lenenc, cur_lenenc_str, cur_skip, cur_take,
@@ -63,6 +64,26 @@ cdef enum:
 
 cdef class MyResults
 
+
+cdef class PlanMemo:
+    # What the masker planned for a result of one statement, kept where the next execution
+    # finds it without a call into Python: a prepared statement's (its Relay.stmts entry) or a
+    # statement shape's (Relay.memo). Valid while the masker's plan cache is the one it was
+    # kept in and the catalog generation the same (MyResults._plan checks both).
+    cdef object info                 # the statement's StatementInfo (compared by identity)
+    cdef bint filled
+    cdef int index                   # result number
+    cdef bint binary
+    cdef bytes raw                   # the column definitions (ColumnDefs.raw)
+    cdef object plan                 # RowPlan, or None (nothing to do)
+    cdef object plans                # SessionMasker._plans when kept
+    cdef object gen                  # ... and its catalog generation
+    # a prepared statement's: the connection masking and catalog generation `info` was read
+    # under (None: not yet; the first execute reads it)
+    cdef object info_conn
+    cdef object info_gen
+
+
 cdef class Cmd:
     # One command in flight (or answered by the gateway itself, waiting for its turn).
     cdef public int cmd
@@ -78,6 +99,7 @@ cdef class Cmd:
     cdef public object verdict       # COM_STMT_PREPARE under an approve rule: (verdict, sql)
     cdef public object arg           # COM_INIT_DB: the schema (str)
     cdef public int aseq             # the sequence id its answer starts with
+    cdef PlanMemo memo               # where its result plans are remembered (None: nowhere)
 
 
 
@@ -136,6 +158,19 @@ cdef class Relay:
         bint catalog_due                  # a DDL was answered since the last statement: ask
                                           # the masker for the read it calls for (_catalog_hold)
         tuple kill_known                  # (gid, upstream thread or 0) for the KILL being read
+        # Statement shapes judged before (_sqllex.memo_key -> PlanMemo, its info): a new
+        # literal of one is sent with no call into Python. Valid for one policy object and,
+        # while masking, one connection masking, catalog generation and schema (memo_*):
+        # _memo_ready clears it when any moved.
+        dict memo
+        object memo_policy
+        object memo_conn
+        object memo_gen
+        object memo_schema
+        object memo_cat                   # memo_conn's catalog
+        double memo_until                 # its TTL runs out: the masker's path asks for a read
+        bint judged_none                  # _judge_text found no verdict at all
+        object memo_holds                 # hoopwire.mysql.memo.verdict_holds_for_shape
 
     cdef int _close(self, str reason, object notify_client) except -1
     cdef int _client_failed(self, object e) except -1
@@ -150,6 +185,9 @@ cdef class Relay:
     cdef unsigned int _kill_target(self, unsigned int gid)
     cdef object _kill(self, bytes sql, int aseq)
     cdef object _judge_text(self, int cmd, bytes sql, bytes judged, int aseq)
+    cdef bint _memo_ready(self) except -1
+    cdef PlanMemo _memo_put(self, bytes key, bytes sql, object info)
+    cdef int _prepared_info(self, Cmd c, bytes sql) except -1
     cdef object _approval(self, object verdict, bytes sql)
     cdef object _local(self, bytes err, int aseq, object sql, object mark)
     cdef int _answered(self, object cmd) except -1
@@ -220,6 +258,8 @@ cdef class MyResults:
         bint skipping              # a refused result: drop packets to the end of the answer
         object masker
         bint mask_on
+        bint memo_on               # the masker keeps plans the relay may remember (PlanMemo):
+                                   # hoopwire.mysql.masker's SessionMasker, or no masker
         RowPlan plan
         bint plan_work
         bint record_on
