@@ -52,6 +52,13 @@ def healthz(gw: Gateway) -> int:
     return get(gw.admin_url + "/healthz")[0]
 
 
+def _pg_checked(gw: Gateway) -> tuple[int, dict] | None:
+    """/readyz's answer once the "pg" connection's upstream check has passed, else None."""
+    status, body = readyz(gw)
+    ok = isinstance(body, dict) and body.get("checks", {}).get("upstream:pg", {}).get("ok")
+    return (status, body) if ok else None
+
+
 @pytest.fixture
 def role(pg):
     """An upstream role of its own whose password a test may change under the gateway."""
@@ -100,7 +107,11 @@ def test_readyz_unreachable_upstream_at_start(pg, idp):
     down.pop("listen", None)
     cfg["connection"].append(down)
     with Gateway(cfg, env=gateway_env(pg)) as g:
-        status, body = readyz(g)
+        # Waits for pg's check rather than reading /readyz once: the gateway waits at most
+        # FIRST_CHECK_WAIT (3 s) for the first checks before it listens, and a loaded machine's
+        # first login to pg can take longer (then pg is not checked yet, and not ok).
+        status, body = wait_until(
+            lambda: _pg_checked(g), 30, "pg's upstream check passed", g)
         assert status == 503 and body["failed"] == ["upstream:down"], body
         assert body["checks"]["upstream:pg"]["ok"] is True, body
 
@@ -138,7 +149,9 @@ def test_readyz_jwks_source_down_at_start(pg, idp, tmp_path):
     with Gateway(gateway_config(pg, idp, identity=identity,
                                 admin={"upstream_check_interval": "1s"}),
                  env=gateway_env(pg)) as g:
-        status, body = readyz(g)
+        # as above: pg's first check may land after the gateway listens (FIRST_CHECK_WAIT)
+        status, body = wait_until(
+            lambda: _pg_checked(g), 30, "pg's upstream check passed", g)
         assert status == 503 and body["failed"] == [f"jwks:{idp.issuer}"], body
         shutil.copy(idp.jwks, jwks)
         wait_until(lambda: readyz(g) == (200, {"ready": True}), 15, "ready once the keys load", g)
@@ -304,6 +317,7 @@ def test_shutdown_cancels_the_running_statement(pg, idp, workers):
         gone = time.monotonic() - t0
         assert g.proc.wait(grace + 15) == 0
         print(f"statement gone upstream {gone:.2f}s after SIGTERM (grace {grace:g}s)")
-        assert "running statement cancelled" in g.log_text()
+        # waited for: the process has exited, but its last lines may still be in the pipe
+        g.wait_log(r"running statement cancelled", timeout=30)
     finally:
         g.stop()

@@ -91,7 +91,11 @@ def _idle_counted(address) -> socket.socket | None:
 
 
 def test_unauthenticated_connections_count_against_max_connections(upstream, idp):
-    cfg = http_config(upstream.url("/"), idp, max_connections=2, request_timeout="4s")
+    # request_timeout also ends `a` (re-armed after its 401), and `a` must still hold its slot
+    # when `d` is refused: with 4 s, a loaded machine could spend that on b, c and the idle
+    # socket's 1.5 s of silence (3.2 s when the first idle socket came before b's close was
+    # seen), and `d` was admitted. 10 s leaves room; the idle socket's end waits for it.
+    cfg = http_config(upstream.url("/"), idp, max_connections=2, request_timeout="10s")
     with HttpGateway(cfg, env=http_env()) as g:
         address = g.address("api")
         a = _until(lambda: _held_401(address), "a first 401 connection admitted")
@@ -111,8 +115,8 @@ def test_unauthenticated_connections_count_against_max_connections(upstream, idp
         d = _connect(address)
         assert _status(_read_response(d)) == 503
         d.close()
-        # ... until request_timeout (4 s) ends it, quietly: no request, no answer
-        idle.settimeout(15)
+        # ... until request_timeout (10 s) ends it, quietly: no request, no answer
+        idle.settimeout(40)
         assert idle.recv(65536) == b""
         idle.close()
         a.close()

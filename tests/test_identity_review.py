@@ -480,17 +480,23 @@ def test_sessions_end_at_token_expiry_only_when_asked(pg, idp, end_at_expiry):
     cfg = gateway_config(pg, idp)
     cfg["identity"]["end_sessions_at_expiry"] = end_at_expiry
     with Gateway(cfg, env=gateway_env(pg)) as gw:
-        short = idp.token("agent-7", ["agents"], ttl=2.0)
+        # 6 s: the two logins and the first query must land before the expiry ends the
+        # session. With 2 s (exp is whole seconds, so 1-2 s after minting) a loaded machine's
+        # logins could outlast it and the first query met the ending instead.
+        short = idp.token("agent-7", ["agents"], ttl=6.0)
+        exp = pyjwt.decode(short, options={"verify_signature": False})["exp"]
         long = idp.token("agent-8", ["agents"], ttl=600.0)
         with psycopg.connect(conninfo(gw, short), autocommit=True) as a, \
                 psycopg.connect(conninfo(gw, long), autocommit=True) as b:
             assert a.execute("select 1").fetchone() == (1,)
             if end_at_expiry:
-                gw.wait_log(r"session ended: its token expired", timeout=15)
+                gw.wait_log(r"session ended: its token expired", timeout=30)
                 with pytest.raises(psycopg.OperationalError, match="token expired"):
                     a.execute("select 2")
             else:
-                time.sleep(3.0)      # past the token's expiry: the session goes on
+                # past the token's expiry (by the claim itself, plus a second): it goes on
+                while time.time() < exp + 1:
+                    time.sleep(0.1)
                 assert a.execute("select 2").fetchone() == (2,)
                 assert "its token expired" not in gw.log_text()
             # a session whose token has not expired is never touched

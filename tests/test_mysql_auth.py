@@ -375,15 +375,20 @@ def test_clear_password_in_the_first_response_is_taken(plaingw, idp):
 def test_handshake_timeout(mariadb, idp, pki):
     with Gateway(mysql_gateway_config(mariadb, idp, pki, handshake_timeout="1s"),
                  env=mysql_gateway_env(mariadb)) as gw:
+        # timed from before the connect: the gateway's clock starts at accept, after it.
+        # (Timed from the greeting, the lower bound lost whatever the greeting took, and a
+        # loaded machine's greeting could take half the 1 s.)
+        t0 = time.monotonic()
         with _raw(gw) as s:
             _read_packet(s)
-            t0 = time.monotonic()
             seq, err = _read_packet(s)      # we say nothing: the gateway gives up
             took = time.monotonic() - t0
             e = p.parse_err(err)
             assert seq == 1 and e.errno == 1043, e
             assert b"timed out" in e.message
-            assert 0.5 < took < 5
+            # the 1 s setting, not before it, nor the 15 s default (the upper bound only
+            # tells them apart)
+            assert 0.9 < took < 10, took
             assert _closed(s)
         wait_until(lambda: "startup timed out" in gw.log_text(), 10, "logged", gw)
         _no_traceback(gw)
@@ -633,9 +638,10 @@ def test_silent_upstream_is_bounded_by_connect_timeout(idp, pki, mariadb):
             err = _refused(gw, idp.token())
             took = time.monotonic() - t0
             assert err.args == (1105, "the gateway could not connect to the upstream server")
-            # the greeting's version probe (1 s) and the login (1 s), well within the 15 s
-            # handshake_timeout
-            assert took < 6, took
+            # the greeting's version probe (1 s) and the login (1 s), not the 15 s
+            # handshake_timeout (the bound only tells them apart: 6 s left a loaded machine
+            # 4 s for the rest)
+            assert took < 12, took
             wait_until(lambda: "TimeoutError" in gw.log_text(), 10, "logged", gw)
             _no_traceback(gw)
     finally:

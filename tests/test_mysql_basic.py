@@ -11,6 +11,7 @@ import time
 import pymysql
 import pytest
 
+from helpers import wait_until
 from mysqlfixtures import MY_DB, MY_ITEMS
 from mysqlgw import connector_connect, mygw, mysql_cli, pymysql_connect  # noqa: F401
 
@@ -73,7 +74,13 @@ def test_schema_switch_and_the_cli(mygw, idp):
     assert r.stdout.strip() == "information_schema"
 
 
-def test_kill_query_by_the_gateway_connection_id(mygw, idp):
+def _sleeping(mariadb, thread: int) -> bool:
+    """The upstream thread `thread` is running a SELECT SLEEP (the server's processlist)."""
+    return bool(mariadb.sql(f"SELECT 1 FROM information_schema.processlist WHERE id = "
+                            f"{int(thread)} AND info LIKE 'SELECT SLEEP%'"))
+
+
+def test_kill_query_by_the_gateway_connection_id(mygw, idp, mariadb):
     # the id a driver knows (the greeting's) is the gateway's; KILL QUERY with it stops the
     # statement on the upstream thread behind it -- for the same identity only
     token = idp.token(subject="killer")
@@ -94,15 +101,21 @@ def test_kill_query_by_the_gateway_connection_id(mygw, idp):
 
     try:
         gid = victim.thread_id()
+        cur = victim.cursor()
+        cur.execute("SELECT CONNECTION_ID()")             # the upstream thread behind gid
+        thread = cur.fetchone()[0]
         t = threading.Thread(target=sleep)
         t.start()
-        time.sleep(0.5)
+        # the KILL must find the SLEEP running: sent before it (a fixed 0.5 s pause was all
+        # that ordered them), it would stop nothing and the SLEEP would run its 20 s
+        wait_until(lambda: _sleeping(mariadb, thread), 30, "the SLEEP is running upstream")
         with pytest.raises(pymysql.err.MySQLError) as e:
             other.cursor().execute(f"KILL QUERY {gid}")
         assert e.value.args[0] == 1094                     # Unknown thread id
         killer.cursor().execute(f"KILL QUERY {gid}")
         t.join(25)
-        assert result["took"] < 10
+        assert not t.is_alive()
+        assert result["took"] < 15                          # not the SLEEP's 20 s
         # MariaDB ends a killed SLEEP() with the value 1, or ERR 1317 (query interrupted)
         assert result.get("row") == (1,) or result["error"].args[0] == 1317
     finally:

@@ -18,7 +18,7 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT, COMMAND
 
-from helpers import Gateway
+from helpers import Gateway, wait_until
 from mysqlfixtures import MY_DB, MY_ITEMS
 from mysqlgw import (connector_connect, mygw, mysql_gateway_config,  # noqa: F401
                      mysql_gateway_env, mysqlclient_connect, pymysql_connect)
@@ -239,11 +239,14 @@ def test_guardrail_block_is_an_error_and_the_session_goes_on(guarded, idp, table
     assert mariadb.sql(f"SHOW TABLES FROM {MY_DB} LIKE 'cmd_drop_me'") == [("cmd_drop_me",)]
 
 
-def test_kill_query_of_own_session_and_unknown_id(mygw, idp):
+def test_kill_query_of_own_session_and_unknown_id(mygw, idp, mariadb):
     a = pymysql_connect(mygw, idp.token())
     b = pymysql_connect(mygw, idp.token())
     try:
         gid = a.thread_id()
+        cur = a.cursor()
+        cur.execute("SELECT CONNECTION_ID()")                 # the upstream thread behind gid
+        thread = cur.fetchone()[0]
         out = {}
 
         def run():
@@ -258,10 +261,15 @@ def test_kill_query_of_own_session_and_unknown_id(mygw, idp):
 
         t = threading.Thread(target=run)
         t.start()
-        time.sleep(1.0)
+        # the KILL must find the SLEEP running: sent before it (a fixed 1 s pause was all that
+        # ordered them), it would stop nothing and the SLEEP would run its 20 s
+        wait_until(lambda: mariadb.sql(
+            f"SELECT 1 FROM information_schema.processlist WHERE id = {int(thread)} "
+            f"AND info LIKE 'SELECT SLEEP%'"), 30, "the SLEEP is running upstream")
         b.cursor().execute(f"KILL QUERY {gid}")
         t.join(15)
-        assert out["took"] < 10 and (out.get("rows") == ((1,),) or out.get("err") == 1317)
+        assert not t.is_alive()
+        assert out["took"] < 15 and (out.get("rows") == ((1,),) or out.get("err") == 1317)
         with pytest.raises(pymysql.err.MySQLError) as e:
             b.cursor().execute("KILL QUERY 4000000000")
         assert _error_of(e) == 1094

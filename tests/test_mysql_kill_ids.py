@@ -73,24 +73,39 @@ def _server_wording(mariadb, n: int):
         conn.close()
 
 
-class _Sleeper(threading.Thread):
-    def __init__(self, conn, seconds: int):
+class _Waiter(threading.Thread):
+    """SELECT GET_LOCK(lock, 60) on `conn`, a lock the test holds (_hold): the statement runs
+    until the test releases it, however slow the machine. (A SLEEP(3) here ended by itself when
+    the KILLs and checks took longer than 3 s, and then the check that it still ran failed.) It
+    answers 1 once it has the lock; a KILL QUERY would end it with NULL or ERR 1317."""
+
+    def __init__(self, conn, lock: str):
         super().__init__(daemon=True)
-        self.conn, self.seconds = conn, seconds
+        self.conn, self.lock = conn, lock
         self.rows = self.err = None
 
     def run(self):
         try:
             cur = self.conn.cursor()
-            cur.execute(f"SELECT SLEEP({self.seconds})")
+            cur.execute(f"SELECT GET_LOCK('{self.lock}', 60)")
             self.rows = cur.fetchall()
         except pymysql.err.MySQLError as e:
             self.err = e.args[0]
 
 
+def _hold(mariadb, lock: str):
+    """A connection straight to the server holding the user lock `lock` (close it or
+    RELEASE_LOCK to let a _Waiter go on)."""
+    conn = mariadb.connect("root")
+    cur = conn.cursor()
+    cur.execute(f"SELECT GET_LOCK('{lock}', 0)")
+    assert cur.fetchall() == ((1,),)
+    return conn
+
+
 def _running(mariadb, thread_id: int) -> bool:
     return bool(mariadb.sql(f"SELECT 1 FROM information_schema.processlist WHERE id = "
-                            f"{int(thread_id)} AND info LIKE 'SELECT SLEEP%'"))
+                            f"{int(thread_id)} AND info LIKE 'SELECT GET_LOCK%'"))
 
 
 def test_an_id_that_is_another_identitys_session_and_your_own_thread(kgw, idp, mariadb):
@@ -110,19 +125,26 @@ def test_an_id_that_is_another_identitys_session_and_your_own_thread(kgw, idp, m
         bob = pymysql_connect(kgw, idp.token(subject="bob-kill-ids"))
         keep.append(bob)
         assert bob.thread_id() == t, (bob.thread_id(), t)
-        sleeper = _Sleeper(victim, 3)
-        sleeper.start()
-        wait_until(lambda: _running(mariadb, t), 10, "alice's SLEEP is running upstream")
+        lock = _hold(mariadb, "hoopwire-kill-ids")
+        keep.append(lock)
+        waiter = _Waiter(victim, "hoopwire-kill-ids")
+        waiter.start()
+        wait_until(lambda: _running(mariadb, t), 30, "alice's statement is running upstream")
         # t is bob's gateway id and alice's own thread: neither is hers to kill by that number
         for stmt in (f"KILL QUERY {t}", f"KILL {t}"):
             assert _error(killer, stmt) == (1094, f"Unknown thread id: {t}"), stmt
         assert _running(mariadb, t), "a KILL of bob's id reached alice's own statement"
-        sleeper.join(15)
-        assert sleeper.err is None and sleeper.rows == ((0,),), (sleeper.err, sleeper.rows)
+        lock.cursor().execute("SELECT RELEASE_LOCK('hoopwire-kill-ids')")
+        waiter.join(30)
+        assert not waiter.is_alive()
+        # 1: it waited for the lock and got it, nothing interrupted it
+        assert waiter.err is None and waiter.rows == ((1,),), (waiter.err, waiter.rows)
         # bob's session was never touched, and alice's KILL by her own gateway id still works
         bob.cursor().execute("SELECT 1")
         assert _error(killer, f"KILL QUERY {victim.thread_id()}") == (0, "")
-        assert "KILL refused" in kgw.log_text()
+        # waited for: the refusal's answer can reach us before the log line has come
+        # through the gateway's output pipe
+        kgw.wait_log(r"KILL refused", timeout=30)
     finally:
         for c in keep:
             c.close()

@@ -474,11 +474,13 @@ def test_cost_per_statement_is_bounded():
     ]
     for sql in typical:
         output_sources(sql, "app", tables)
-        t0 = time.perf_counter()
+        # this thread's CPU time, not the wall clock: other processes taking the cores (a
+        # loaded CI machine) cannot push it past the bound, a costlier analysis still does
+        t0 = time.thread_time()
         for _ in range(20):
             output_sources(sql, "app", tables)
-        per = (time.perf_counter() - t0) / 20
-        # measured 0.5-1.3 ms here on an idle core; the masker caches per text
+        per = (time.thread_time() - t0) / 20
+        # measured 0.03-0.12 ms of CPU here; the masker caches per text
         assert per < 0.05, (sql, per)
 
 

@@ -15,12 +15,10 @@ F9  an output that reads no masked column is byte-identical to the server's: `"a
 
 from __future__ import annotations
 
-import time
-
 import pymysql
 import pytest
 
-from helpers import Gateway
+from helpers import Gateway, wait_until
 from hoopwire.mysql import lineage as lin
 from mysqlgw import (connector_connect, mysql_gateway_config, mysql_gateway_env,
                      pymysql_connect)
@@ -68,6 +66,7 @@ def rdb(mariadb):
 
 def _gateway(rdb, idp, pki, **conn):
     cfg = mysql_gateway_config(rdb, idp, pki, database=DB, mask=RULES, **conn)
+    cfg["log"] = {"level": "debug"}         # "catalog loaded": what _reread waits for
     g = Gateway(cfg, env=mysql_gateway_env(rdb))
     g.pki = pki
     return g
@@ -112,12 +111,16 @@ def _connect(g, idp, **kw):
     return pymysql_connect(g, idp.token(), database=DB, autocommit=True, **kw)
 
 
-def _reread(conn):
-    """Have the gateway read its catalog again: a DDL through it marks the catalog stale, the
-    next statement starts the read (about 30 ms here)."""
+def _reread(conn, g):
+    """Have gateway `g` read its catalog again: a DDL through it marks the catalog stale, the
+    next statement starts the read (about 30 ms here). Waits for the read's own log line, not
+    a fixed second: a loaded machine's read could take longer, and the assertions after it
+    then met the old catalog."""
+    loaded = g.log_text().count("catalog loaded")
     _rows(conn, "CREATE TABLE IF NOT EXISTS tick (i int)")
     _rows(conn, "SELECT 1")
-    time.sleep(1.0)
+    wait_until(lambda: g.log_text().count("catalog loaded") > loaded, 30,
+               "the catalog read the DDL started", g)
     _rows(conn, "SELECT 1")
 
 
@@ -134,7 +137,7 @@ def test_table_renamed_outside_stays_masked_before_and_after_the_catalog_reads_i
                    "SELECT UPPER(ssn), name FROM acct_renamed", "SELECT a.ssn FROM acct_renamed a"]
         for sql in queries:                       # the catalog still says acct
             assert not _leaks(_rows(conn, sql)), sql
-        _reread(conn)
+        _reread(conn, gw)
         # the operator is told, once per widened name
         log = [ln for ln in gw.log_text().splitlines()
                if "mask rule names a table or column the server does not have" in ln]
@@ -163,7 +166,7 @@ def test_table_renamed_outside_binary_rows_prepared(gw, idp, rdb):
         rdb.sql(f"RENAME TABLE {DB}.acct3 TO {DB}.acct3_new")
         for reread in (False, True):
             if reread:
-                _reread(conn)
+                _reread(conn, gw)
             pc = connector_connect(gw, idp.token(), database=DB, pure=True)
             try:
                 cur = pc.cursor(prepared=True)
@@ -196,7 +199,7 @@ def test_rename_through_the_gateway_after_one_outside(gw, idp, rdb):
                         f"SELECT CONCAT(ssn, '') FROM {where}"):
                 got = _rows(conn, sql)
                 assert got and not _leaks(got), (sql, got)
-            _reread(conn)
+            _reread(conn, gw)
         # and once the catalog holds it, a further rename through the gateway is refused
         with pytest.raises(pymysql.MySQLError) as e:
             _rows(conn, f"RENAME TABLE {where} TO acct2_z")
@@ -217,7 +220,7 @@ def test_names_swapped_outside_are_masked_while_the_catalog_is_stale(gw, idp, rd
         for sql in ("SELECT * FROM pets", "SELECT ssn FROM pets", "SELECT id, ssn FROM pets p"):
             got = _rows(conn, sql)
             assert got and not _leaks(got), (sql, got)
-        _reread(conn)
+        _reread(conn, gw)
         for sql in ("SELECT * FROM pets", "SELECT ssn FROM pets", "SELECT LOWER(ssn) FROM pets"):
             got = _rows(conn, sql)
             assert got and not _leaks(got), (sql, got)
@@ -235,7 +238,7 @@ def test_masked_column_renamed_outside(gw, idp, rdb):
                         "SELECT REVERSE(REVERSE(tax_id)) FROM colren"):
                 got = _rows(conn, sql)
                 assert got and not _leaks(got), (sql, got)
-            _reread(conn)
+            _reread(conn, gw)
     finally:
         conn.close()
 
@@ -254,7 +257,7 @@ def test_relation_made_outside_is_masked_under_detect_until_read(detectgw, idp, 
                     "SELECT CONCAT(ssn, '') FROM wnd2_new"):
             got = _rows(conn, sql)
             assert got and not _leaks(got), (sql, got)
-        _reread(conn)
+        _reread(conn, detectgw)
         for sql in ("SELECT x FROM v_outside", "SELECT CONCAT(ssn, '') FROM wnd2_new"):
             got = _rows(conn, sql)
             assert got and not _leaks(got), (sql, got)
@@ -276,7 +279,7 @@ def test_view_made_outside_read_through_an_expression(gw, idp, rdb):
             assert got and not _leaks(got), (sql, got)
         # what reads no unknown relation is untouched
         assert _rows(conn, "SELECT CONCAT(v, '!') FROM other") == [["abc!"]]
-        _reread(conn)
+        _reread(conn, gw)
         got = _rows(conn, "SELECT CONCAT(hidden2, '') FROM v_outside2")
         assert got and not _leaks(got), got
     finally:

@@ -261,8 +261,8 @@ def test_gateway_blocks(ddlgw, idp, mariadb, table, sql):
         assert cur.fetchone() == (4,)
     assert snapshot(mariadb, table) == before
     assert snapshot(mariadb, table + "_moved") == ([], [], [])
-    wait_until(lambda: len(re.findall(line, ddlgw.log_text())) > logged, 5,
-               "the operator's log line")
+    wait_until(lambda: len(re.findall(line, ddlgw.log_text())) > logged, 30,
+               "the operator's log line")        # a hang guard (was 5 s)
 
 
 @pytest.mark.parametrize("sql,damage", [

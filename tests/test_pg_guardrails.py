@@ -312,7 +312,9 @@ def test_approve_rules_need_approvers(pg, idp):
     cfg = gateway_config(pg, idp, guardrail=[{"name": "ask", "patterns": ["delete"],
                                               "action": "approve"}])
     with pytest.raises(GatewayError, match="approvers"):
-        Gateway(cfg, env=gateway_env(pg), timeout=10)
+        # only a deadline for exiting: at 10 s, a loaded machine's start-up (imports alone
+        # take a second or two here) could outlast it, and the error then named no approvers
+        Gateway(cfg, env=gateway_env(pg), timeout=60)
 
 
 def test_client_encodings_that_can_hide_a_quote_are_refused(pg, idp):

@@ -197,10 +197,12 @@ def test_parse_failure_and_depth():
 def test_lineage_cost_first_sight_under_a_few_ms():
     sql = ("WITH x AS (SELECT id, ssn FROM users) SELECT upper(x.ssn), count(*), u.name "
            "FROM x JOIN users u USING (id) WHERE u.id > 1 GROUP BY 1, 3")
-    t = time.perf_counter()
+    # this thread's CPU time, not the wall clock: other processes taking the cores (a loaded
+    # CI machine) cannot push it past the bound, a costlier analysis still does (0.2 ms here)
+    t = time.thread_time()
     for _ in range(50):
         analyze(sql, Cat())
-    per = (time.perf_counter() - t) / 50
+    per = (time.thread_time() - t) / 50
     assert per < 0.005, per
 
 
@@ -430,7 +432,8 @@ def test_masked_writes_refused_and_session_goes_on(lgw, lgw_allow, idp):
         g.execute("UPDATE lin.people SET ssn = trim(ssn) WHERE id = 6")   # masked -> masked
         assert g.execute("SELECT count(*) FROM lin.sink").fetchone() == (6,)  # name: no ssn
         g.execute("DELETE FROM lin.sink")
-    assert "masked write refused" in lgw.log_text()
+    # waited for: the refusal can reach us before the log line has come through the pipe
+    lgw.wait_log(r"masked write refused", timeout=30)
     with _gw(lgw_allow, idp, name="pga") as g:
         g.execute("INSERT INTO lin.sink (v) SELECT ssn FROM lin.people WHERE id = 1")
         assert g.execute("SELECT v FROM lin.sink").fetchall() == [("123-45-6789",)]

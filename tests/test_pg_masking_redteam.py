@@ -462,10 +462,13 @@ def test_stated_side_channels_remain(pg, rgw, idp):
     with psycopg.connect(conninfo(rgw, idp.token()), autocommit=True) as c:
         def took(g):
             t = time.monotonic()
-            c.execute("SELECT pg_sleep(CASE WHEN ssn LIKE %s THEN 0.3 ELSE 0 END) FROM rt.users "
+            c.execute("SELECT pg_sleep(CASE WHEN ssn LIKE %s THEN 2 ELSE 0 END) FROM rt.users "
                       "WHERE id = 1", (g + "%",)).fetchall()
             return time.monotonic() - t
-        assert took(RIGHT) - took(WRONG) > 0.2          # timing
+        # timing: the right guess sleeps, and pg_sleep never ends early, so it takes 2 s at
+        # least; the wrong one is a one-row query (tens of ms). (With 0.3 s and "more than
+        # 0.2 s apart", 0.1 s on a loaded machine's wrong-guess round trip would fail it.)
+        assert took(RIGHT) >= 2.0 > took(WRONG)
         n = [len(c.execute("SELECT 1 FROM rt.users WHERE ssn LIKE %s", (g + "%",)).fetchall())
              for g in (RIGHT, WRONG)]
         assert n == [1, 0]                               # the number of rows

@@ -173,9 +173,11 @@ def test_busy_session_not_closed_by_idle_timeout(pg, idp):
     cfg = gateway_config(pg, idp, idle_timeout="1s")
     with Gateway(cfg, env=gateway_env(pg)) as g:
         with psycopg.connect(conninfo(g, idp.token()), autocommit=True) as c:
-            sid = session_id_of(g, c.info.backend_pid)
-            # three times idle_timeout with no byte either way: several sweeps see it
+            # three times idle_timeout with no byte either way: several sweeps see it. At once
+            # after the login: waiting for the session's log line first left it idle for as
+            # long as that took, and past 1 s (a loaded machine) the sweep would close it.
             c.execute("SELECT pg_sleep(3)").fetchall()
+            sid = session_id_of(g, c.info.backend_pid)
             assert f"session={sid}" not in "".join(
                 ln for ln in g.log_text().splitlines(True) if "session closed" in ln)
             assert c.execute("SELECT 1").fetchall() == [(1,)]
@@ -459,7 +461,17 @@ def test_webhook_approval_expired(hooked, pg, idp):
             out.values["after"] = c.execute("SELECT 1").fetchall()
 
     t, out = in_thread(client)
-    req = wait_pending(g, dana, table)
+
+    # The request as its approval.created delivery names it, not as the pending list shows
+    # it: the rule expires it after 1 s, and a loaded machine's polls of the pending list
+    # could all miss that second (then no pending request ever appeared).
+    def created():
+        for _, b in list(rec.received):
+            doc = json.loads(b)
+            if doc["event"] == "approval.created" and table in doc["data"]["statement"]:
+                return doc["data"]
+        return None
+    req = wait_until(created, f"an approval.created delivery for {table!r}")
     headers, body, doc = rec.wait_event("approval.expired", req["id"])
     finish(t)
     assert out.error is None, out.error
