@@ -15,11 +15,14 @@ Its handlers:
     /json/1k, /json/64k a JSON body of about that size
     /chunked?n=N        N chunks of "chunk-i\\n", Transfer-Encoding: chunked
     /slow?delay=S       answers after S seconds
-    /sse?n=N            N server-sent events, 50 ms apart
+    /sse?n=N            N server-sent events, 50 ms apart; with &gate=NAME the events after
+                        the first wait until the threading.Event stats[NAME] is set
     /download?size=N    N bytes streamed in 64 KiB writes (Content-Length set)
     /close              closes the socket without an answer
     /hang               never answers
     /status/CODE        an empty answer with that status (204, 304, ...)
+    /echo's fields are also kept by request id: sent_headers(upstream, rid) is what the
+                        upstream got (the client's copy has the stored credential redacted)
     /count              how many requests ("requests": /echo ones) and TCP connections
                         ("connections": distinct client addresses) the upstream has seen
 
@@ -47,7 +50,7 @@ import trustme
 from helpers import Gateway
 
 __all__ = ["upstream", "httpgw", "http_config", "http_env", "HTTP_SECRET", "HTTP_CONN",
-           "Upstream", "RawUpstream", "bearer", "raw_exchange", "JSON_1K", "JSON_64K"]
+           "Upstream", "RawUpstream", "bearer", "sent_headers", "raw_exchange", "JSON_1K", "JSON_64K"]
 
 HTTP_CONN = "api"
 HTTP_SECRET = "stored-upstream-secret-" + os.urandom(6).hex()
@@ -81,6 +84,14 @@ class Upstream:
         return f"{'https' if tls else 'http'}://{self.host}:{port}{path}"
 
 
+def sent_headers(upstream: Upstream, rid: str) -> dict[str, list[str]]:
+    """The fields /echo got in the request with X-Request-Id `rid`, by lower-case name."""
+    out: dict[str, list[str]] = {}
+    for k, v in upstream.stats["seen"][rid]:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
@@ -91,6 +102,13 @@ def _app(stats: dict):
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
         stats["requests"] = stats.get("requests", 0) + 1
+        # the fields as the upstream got them, by X-Request-Id (sent_headers): what the client
+        # gets back has the stored credential redacted (issue 21)
+        seen = stats.setdefault("seen", {})
+        if len(seen) > 4096:
+            seen.clear()
+        seen[request.headers.get("X-Request-Id", "")] = [
+            [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers]
         return web.json_response({
             "method": request.method, "path": request.raw_path,
             "headers": [[k.decode("latin-1"), v.decode("latin-1")]
@@ -123,9 +141,18 @@ def _app(stats: dict):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        gate = request.query.get("gate")
         for i in range(n):
             await resp.write(f"id: {i}\ndata: event-{i}\n\n".encode())
-            await asyncio.sleep(0.05)
+            if gate is None:
+                await asyncio.sleep(0.05)
+            elif i == 0:
+                # the rest waits for the client to have read event 0 (the test sets the
+                # threading.Event it put in stats[gate]): a gateway that buffers the stream
+                # leaves it to time out, which the test reads as a failure, not a slow run
+                ev = stats[gate]
+                if not await asyncio.get_running_loop().run_in_executor(None, ev.wait, 20):
+                    stats[gate + ".timed_out"] = True
         await resp.write_eof()
         return resp
 
