@@ -1091,6 +1091,12 @@ class TextStream:
                         break
             else:
                 cut = max(cut, p)        # the head went already: context, never sent again
+                if first < n and first - TEXT_CONTEXT < cut:
+                    # the hit before it ends inside its context, and may hold what it needs:
+                    # in `u@corp.token: <value>` the key word is the address's end. Sent with
+                    # that hit, the value was scanned next without it and left in clear
+                    # (tests/test_redteam_session5.py); those bytes stay as context
+                    self._head = buf[max(0, first - TEXT_CONTEXT):cut]
         out = finder.apply(buf, [sp for sp in spans if sp[0] < cut and sp[1] > p],
                            self._counts, p, cut)
         del self._buf[:cut - p]

@@ -580,11 +580,6 @@ class SessionMasker:
         # server has them: DEALLOCATE ALL closes no cursor.
         self._named: dict[str, list] = {}
         self._cursors: dict[str, list] = {}
-        # cursor name -> [DECLARE text, the DDL count when the server answered it (None: not
-        # yet)] for a DECLARE whose lineage, taken when sent, could not place a column: a
-        # table made earlier in the session that the catalog had not read yet (see _fetched)
-        self._redeclare: dict[str, list] = {}
-        self._ddl_seen = 0                 # DDL statements the server answered this session
         self._described: dict[bytes, _Shape] = {}   # RowDescription bytes -> _Shape
 
     def rebind(self, conn: Optional[ConnectionMasking]) -> None:
@@ -627,36 +622,18 @@ class SessionMasker:
             if st.outputs not in known:
                 known.append(st.outputs)
                 del known[:-4]
-            if book is self._cursors:
-                if len(known) == 1 and _unplaced(st.outputs):
-                    self._redeclare[st.name] = [sql, None]
-                else:
-                    self._redeclare.pop(st.name, None)
             if len(book) > _NAMED_MAX:
-                self._redeclare.pop(book.pop(next(iter(book))), None)
-
-    def _declared(self, sql: Optional[bytes]) -> None:
-        """DECLARE CURSOR answered: the cursors `sql` declares were planned on the schema as
-        it is after every DDL answered so far."""
-        for redo in self._redeclare.values():
-            if redo[1] is None and redo[0] == sql:
-                redo[1] = self._ddl_seen
+                book.pop(next(iter(book)))
 
     def _fetched(self, name: str) -> list:
-        """The lineages FETCH from cursor `name` may have. A DECLARE sent before the catalog
-        had read a table the session made (CREATE TABLE t2, then DECLARE ... FROM t2: its
-        lineage could place nothing, every column masked) is read again on the catalog as
-        FETCH's result made it read -- only while no DDL has been answered since the server
-        ran the DECLARE, so the schema read is the one the cursor was planned on. Else the
-        lineages taken when sent stand (masking what they cannot place)."""
-        redo = self._redeclare.get(name)
-        if redo is not None and redo[1] == self._ddl_seen and self.catalog.fresh():
-            outs = [st.outputs for st in self.conn.lineage(self.database, redo[0]) or ()
-                    if st.kind == "declare" and st.name == name]
-            if outs:
-                self._cursors[name] = outs[-4:]
-                if not any(_unplaced(o) for o in outs):
-                    del self._redeclare[name]
+        """The lineages FETCH from cursor `name` may have: its DECLAREs', taken when sent. A
+        DECLARE over a table the session made before the catalog read it places nothing, and
+        every column of its FETCH is masked. Placing it again at FETCH, on a later catalog
+        read, leaked: a cursor keeps the plan of its DECLARE, while the read sees what another
+        session changed since (a view replaced after DECLARE ... WITH HOLD gave its old
+        column, ssn, in clear: tests/test_redteam_session5.py). Over-masking is the safe
+        error; holding such a DECLARE until the catalog has read the session's DDL (as
+        MySQL's pending_read does) is the fix that keeps the columns."""
         return self._cursors.get(name) or [None]
 
     def parsed(self, name: bytes, sql: bytes) -> None:
@@ -697,7 +674,6 @@ class SessionMasker:
             self._named.clear()
             if tag == b"DISCARD ALL":
                 self._cursors.clear()
-                self._redeclare.clear()
             return
         stmts = self.conn.lineage(self.database, sql)
         if stmts is None or len(stmts) != len(nodes):
@@ -712,7 +688,6 @@ class SessionMasker:
                     node.target == pglast.enums.DiscardMode.DISCARD_ALL:
                 self._named.clear()
                 self._cursors.clear()
-                self._redeclare.clear()
             elif st is not None and st.kind == "prepare":
                 known = self._named.setdefault(st.name, [])
                 if st.outputs not in known:
@@ -896,14 +871,10 @@ class SessionMasker:
         return bool(rels) and all(whole(rule(r.schema, r.name, col)) for r in rels)
 
     def command_complete(self, tag: bytes, sql: Optional[bytes] = None) -> None:
-        """CommandComplete of DDL, DECLARE, DEALLOCATE or DISCARD (the relay calls for these
-        tags only); `sql`: the text it answers, when known."""
+        """CommandComplete of DDL, DEALLOCATE or DISCARD (the relay calls for these tags, and
+        DECLARE's, only); `sql`: the text it answers, when known."""
         if tag.startswith(_DDL):
-            self._ddl_seen += 1
             self.catalog.invalidate()
-        elif tag.startswith(b"DECLARE"):
-            if self._redeclare:
-                self._declared(sql)
         elif tag.startswith((b"DEALLOCATE", b"DISCARD")):
             self._deallocated(tag, sql)
 
@@ -1286,13 +1257,6 @@ class _BinaryCopy:
 
     def done(self) -> int:
         return self.masker.result_done(self.plan)
-
-
-def _unplaced(outs) -> bool:
-    """Whether lineage outputs leave a column unplaced (not known, or reading UNKNOWN)."""
-    if outs is None:
-        return True
-    return any(lin.UNKNOWN in (o.sources if isinstance(o, lin.Spread) else o) for o in outs)
 
 
 def _fit(outs, n: int):

@@ -194,9 +194,12 @@ def _subcommand(head: str) -> str:
     statements tests/test_pg_redteam_ddl.py generates, and DROP identity (a column so named)
     passed. Any comma, not only a top-level one, is taken: one inside parentheses can only make
     the pack block more, never less. ONLY, IF and EXISTS may also be a name's first part: every
-    reading is tried (Hyperscan reports a match if any path matches)."""
-    return (head + r"\s+(?:(?:if\s+exists\s+)?(?:only\s+)?" + _NAME
-            + r"(?:\s+|\s*\*\s*)|.*,\s*)")
+    reading is tried (Hyperscan reports a match if any path matches). gram.y's relation_expr
+    also takes ONLY ( name ): without that form, ALTER TABLE ONLY (t) DROP COLUMN c passed,
+    and so did all 156 spellings of 13 destructive subcommands tests/test_redteam_session5.py
+    sends that way."""
+    return (head + r"\s+(?:(?:if\s+exists\s+)?(?:only\s*\(\s*" + _NAME + r"\s*\)\s*|"
+            + r"(?:only\s+)?" + _NAME + r"(?:\s+|\s*\*\s*))|.*,\s*)")
 
 
 # a column name after ALTER [COLUMN]: quoted (the code view writes it "_name" or bare), or a

@@ -20,8 +20,7 @@ cdef tuple SUSPECT = None                # (SUSPECT_INFO, b""): what an unknown 
 cdef bytes EMPTY_NAME = b""
 cdef tuple DDL_TAGS = (b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"GRANT", b"REVOKE",
                        b"SECURITY", b"IMPORT", b"REFRESH", b"SELECT INTO",
-                       b"DEALLOCATE", b"DISCARD",     # (these two: names the masker forgets)
-                       b"DECLARE")                    # (see SessionMasker._fetched)
+                       b"DEALLOCATE", b"DISCARD")     # (these two: names the masker forgets)
 
 
 class ResultTrackingError(Exception):

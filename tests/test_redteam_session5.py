@@ -1,0 +1,197 @@
+"""Red team of session 5's fast paths and caches: each test here is a way around one of them that
+was found by attacking it with a valid agent token, against the real servers.
+
+* destructive-ddl (hoopwire/pg/packs.py, _subcommand): the ALTER TABLE subcommand patterns start
+  right after the relation's name, which gram.y's relation_expr also writes ONLY ( name ): every
+  destructive subcommand after that form passed the pack.
+* PostgreSQL DECLARE re-placed at FETCH (hoopwire/pg/masker.py, SessionMasker._fetched): the guard
+  "no DDL answered since the DECLARE ran" counts this session's DDL only. A second session with
+  the same token replaces the view after the DECLARE; the FETCH is judged by the new definition
+  while the cursor returns what the old one read. Not fixed here (the session-local guard cannot
+  see another session's DDL; a sound fix changes what FETCH of such a cursor may place): this
+  test fails until it is.
+* HTTP text masking's hold-back (hoopwire/http/jsonmask.py, TextStream._flush): the cut stops at
+  the end of the hit before the one it holds back; when that hit ends with the next one's key
+  word (`ops@corp.token: <value>`), the word left with it and the value was scanned without it:
+  the secret reached the client in clear.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import psycopg
+import pytest
+
+from gwfixtures import conninfo
+from httpfixtures import HttpGateway, bearer, http_config, http_env
+from test_pg_masking_named import direct, mgw, schema  # noqa: F401
+from test_pg_redteam_ddl import (PACK, blocked_by, connect, ddlgw, destructive,  # noqa: F401
+                                 engine, snapshot, table, variants)
+from hoopwire.config import GuardrailConfig
+
+# -- destructive-ddl: ALTER TABLE ONLY ( name ) ---------------------------------------------------
+
+ONLY_PAREN = [
+    "ALTER TABLE ONLY ({t}) DROP COLUMN {c}",
+    "ALTER TABLE ONLY({t})DROP {c}",
+    "ALTER TABLE IF EXISTS ONLY ( {t} ) DROP CONSTRAINT k",
+    "ALTER TABLE ONLY ({t}) RENAME TO moved",
+    "ALTER TABLE ONLY ({t}) RENAME COLUMN {c} TO moved",
+    "ALTER TABLE ONLY ({t}) RENAME {c} TO moved",
+    "ALTER TABLE ONLY ({t}) SET SCHEMA elsewhere",
+    "ALTER TABLE ONLY ({t}) ALTER COLUMN {c} TYPE text USING NULL",
+    "ALTER TABLE ONLY ({t}) ALTER {c} SET DATA TYPE int",
+    "ALTER TABLE ONLY ({t}) DETACH PARTITION p1",
+    "ALTER TABLE ONLY ({t}) NO INHERIT parent",
+    "ALTER TABLE ONLY ({t}) SET UNLOGGED",
+    "ALTER FOREIGN TABLE ONLY ({t}) DROP COLUMN {c}",
+]
+
+
+@pytest.fixture(scope="module")
+def ddl_pack():
+    return engine(GuardrailConfig(name=PACK, pack=PACK))
+
+
+@pytest.mark.parametrize("template", ONLY_PAREN)
+def test_only_parenthesised_name_is_read_as_a_name(ddl_pack, template):
+    """PostgreSQL's parse tree calls every spelling destructive; the pack blocks each one."""
+    for sql in variants(template, 12, 500 + ONLY_PAREN.index(template)):
+        assert destructive(sql), ("the oracle disagrees with the generator", sql)
+        assert blocked_by(ddl_pack, sql.encode()) == PACK, sql
+
+
+def test_only_parenthesised_harmless_still_passes(ddl_pack):
+    for sql in ("ALTER TABLE ONLY (t) ADD COLUMN extra int",
+                "ALTER TABLE ONLY (t) ALTER COLUMN c SET DEFAULT 1",
+                "ALTER TABLE ONLY (t) ADD COLUMN rename int, ALTER COLUMN type SET DEFAULT 1",
+                "ALTER TABLE ONLY (t) RENAME CONSTRAINT k TO k2"):
+        assert not destructive(sql), sql
+        assert ddl_pack.check(sql.encode()) is None, sql
+
+
+@pytest.mark.parametrize("sql", [
+    "ALTER TABLE ONLY ({t}) RENAME TO {t}_moved",
+    "ALTER TABLE IF EXISTS ONLY ( public . {t} ) RENAME TO {t}_moved",
+    "ALTER TABLE ONLY({t})SET SCHEMA elsewhere",
+    "ALTER TABLE ONLY ({t}) DETACH PARTITION {t}_p1",
+    "ALTER TABLE ONLY ({t}_p1) SET UNLOGGED",
+])
+def test_gateway_blocks_only_parenthesised(ddlgw, idp, pg, table, sql):  # noqa: F811
+    """End to end against PostgreSQL (each of these runs there and does its damage: the
+    mutation run without the fix saw every one pass): blocked, and the table is what it was.
+    (ALTER COLUMN ... TYPE and RENAME COLUMN with ONLY are refused by the server itself on a
+    partitioned table, so they are checked against the pack alone, above.)"""
+    before = snapshot(pg, table)
+    persistence = pg.sql(f"SELECT relpersistence FROM pg_class WHERE relname = '{table}_p1'",
+                         dbname="appdb")
+    with connect(ddlgw, idp) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            conn.execute(sql.format(t=table))
+        assert f'rule "{PACK}"' in str(e.value), str(e.value)
+    assert snapshot(pg, table) == before
+    assert pg.sql(f"SELECT relpersistence FROM pg_class WHERE relname = '{table}_p1'",
+                  dbname="appdb") == persistence == "p"
+
+
+# -- PostgreSQL: a DECLARE re-placed at FETCH after another session's DDL ---------------------------
+
+def test_declare_then_another_sessions_ddl_keeps_the_old_reading(mgw, idp, pg):  # noqa: F811
+    """The view reads ssn when the cursor is declared (WITH HOLD: its rows are the old
+    definition's); a second session of the same agent replaces it with one reading name. The
+    FETCH returns ssn values: they must come back masked."""
+    with psycopg.connect(conninfo(mgw, idp.token()), autocommit=True) as c, \
+            psycopg.connect(conninfo(mgw, idp.token()), autocommit=True) as other:
+        c.execute("CREATE VIEW mexec.v9 AS SELECT id, ssn AS x FROM mexec.users")
+        c.execute("DECLARE c9 CURSOR WITH HOLD FOR SELECT id, x FROM mexec.v9 ORDER BY id")
+        other.execute("CREATE OR REPLACE VIEW mexec.v9 AS SELECT id, name AS x FROM mexec.users")
+        got = c.execute("FETCH ALL FROM c9").fetchall()
+        c.execute("CLOSE c9")
+    with direct(pg) as d:
+        d.execute("DROP VIEW IF EXISTS mexec.v9")
+    assert "123-45-6789" not in str(got) and "987-65-4321" not in str(got), got
+    assert [r[1] for r in got] == ["****", "****"], got
+
+
+# -- HTTP: a text stream's hold-back and a key word at the end of the hit before ------------------
+
+SECRET = b"Zq8vT2mK9pL4xR7nW3yB6cF1"
+
+
+def _key_after_address(pad: int) -> bytes:
+    return (b"x" * pad + b" ops@corp.token: " + SECRET + b" and more text " +
+            b"y" * 3000)
+
+
+def test_text_stream_keeps_a_key_word_the_hit_before_ends_with():
+    """Fed in two pieces split at every offset around the pair, the stream masks as the whole
+    text does: the value after `token:` never leaves in clear."""
+    from hoopwire.config import MaskConfig
+    from hoopwire.http.jsonmask import TEXT_TAIL, JsonMasker
+    from hoopwire.masking import MaskEngine
+
+    masks = (MaskConfig(detectors=("EMAIL", "GENERIC_API_KEY"), strategy="redact"),)
+    m = JsonMasker(masks, MaskEngine(masks, hash_key=b"k"), 1 << 20)
+    text = _key_after_address(200)
+    want, _ = m.engine.mask_text(text)
+    assert SECRET not in want and b"ops@corp" not in want
+    at = text.index(b"ops@")
+    for k in range(at, at + 80):
+        s = m.text_stream()
+        got = s.feed(text[:k + TEXT_TAIL]) + s.feed(text[k + TEXT_TAIL:]) + s.end()
+        assert SECRET[:8] not in got, (k, got[at - 10:at + 80])
+        assert got == want, k
+
+
+# every line an address whose domain ends in the key word of the value after it
+KEY_LINES = b"".join(b"ops%d@corp.token: Zq8vT2mK9pL4xR7n%08d\n" % (i, i) for i in range(4000))
+
+
+class _Keys(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 -- http.server's name
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(KEY_LINES), 4096):
+            part = KEY_LINES[i:i + 4096]
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(part), part))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture(scope="module")
+def keys_upstream():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Keys)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_streamed_text_through_the_gateway_masks_every_value(keys_upstream, idp):
+    """End to end: a chunked text/plain response of such lines (160 KiB) through a gateway
+    with the EMAIL and GENERIC_API_KEY detectors. Wherever the stream's cuts fall, no value
+    reaches the client (the mutation run, without the fix, had 3 of the 4000 in clear)."""
+    masks = [{"detectors": ["EMAIL", "GENERIC_API_KEY"], "strategy": "redact"}]
+    cfg = http_config(keys_upstream, idp, mask=masks, upstream_timeout="60s",
+                      request_timeout="60s")
+    with HttpGateway(cfg, env=http_env()) as g:
+        r = httpx.get(g.url("/keys"), headers=bearer(idp.token()), timeout=60)
+    assert r.status_code == 200
+    body = r.content
+    assert body.count(b"\n") == 4000, body[:200]
+    leaked = body.count(b"Zq8vT2mK")
+    assert leaked == 0, (leaked, body[:300])
