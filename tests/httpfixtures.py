@@ -37,6 +37,7 @@ The gateway (`httpgw`, module scope) is named "api", plain HTTP on the client si
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -460,3 +461,18 @@ def parse_responses(out: bytes) -> list[tuple[int, dict, bytes]]:
             body, out = out, b""
         res.append((status, headers, body))
     return res
+
+
+@contextlib.contextmanager
+def serve_threaded(handler) -> Iterator[str]:
+    """A stdlib ThreadingHTTPServer answering with `handler` on a loopback port, in a daemon
+    thread, for tests that need a response the aiohttp upstream cannot make: its base URL."""
+    from http.server import ThreadingHTTPServer
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from httpfixtures import (HTTP_CONN, JSON_1K, JSON_64K, HttpGateway, RawUpstream,  # noqa: F401
-                          bearer, http_config, http_env, upstream)
+                          bearer, http_config, http_env, serve_threaded, upstream)
 from helpers import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -183,7 +183,7 @@ def test_crafted_responses_in_order(crafted, idp):
 import signal  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from http.server import BaseHTTPRequestHandler  # noqa: E402
 
 # ~6 MiB of rows whose `v` a `hash` rule masks: an HMAC in Python per value, so masking it
 # takes most of a second (the C walk's own share is ~15 ms): long enough that a small request
@@ -217,15 +217,8 @@ class _Bodies(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def bodies_upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Bodies)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_threaded(_Bodies) as url:
+        yield url
 
 
 def _offgw(url: str, idp, hold=None, **kw) -> HttpGateway:

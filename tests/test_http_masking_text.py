@@ -14,14 +14,15 @@ import socket
 import subprocess
 import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import orjson
 import pytest
 
 from helpers import REPO_ROOT, wait_until
-from httpfixtures import HTTP_CONN, HttpGateway, bearer, http_config, http_env
+from httpfixtures import (HTTP_CONN, HttpGateway, bearer, http_config, http_env,
+                          serve_threaded)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -80,15 +81,8 @@ class _Bodies(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def bodies():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Bodies)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_threaded(_Bodies) as url:
+        yield url
 
 
 # Loaded into the gateway as sitecustomize: each job of the masking thread (a gathered body,

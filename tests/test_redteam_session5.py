@@ -18,15 +18,14 @@ was found by attacking it with a valid agent token, against the real servers.
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import psycopg
 import pytest
 
 from gwfixtures import conninfo
-from httpfixtures import HttpGateway, bearer, http_config, http_env
+from httpfixtures import HttpGateway, bearer, http_config, http_env, serve_threaded
 from test_pg_masking_named import direct, mgw, schema  # noqa: F401
 from test_pg_redteam_ddl import (PACK, blocked_by, connect, ddlgw, destructive,  # noqa: F401
                                  engine, snapshot, table, variants)
@@ -170,15 +169,8 @@ class _Keys(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def keys_upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Keys)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_threaded(_Keys) as url:
+        yield url
 
 
 def test_streamed_text_through_the_gateway_masks_every_value(keys_upstream, idp):
