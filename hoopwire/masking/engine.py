@@ -177,6 +177,12 @@ class MaskEngine:
         there are any, and detect is true). plan_type: RowPlan, or a protocol's subclass of it that
         adds its row walk (hoopwire.pg._wire.DataRowPlan)."""
         cols = []
+        names = self.rule_names
+        # the unresolved rule is no configured one: it gets the counter after them, or what
+        # it masked (every value of `COPY (SELECT upper(ssn) ...)`) would be counted nowhere
+        extra = -1
+        if unresolved_rule is not None and unresolved_rule.index not in self._rule_pos:
+            extra, names = len(names), names + (unresolved_rule.label,)
         for c in columns:
             c = c if isinstance(c, Column) else Column(*c)
             kind = c.kind
@@ -188,12 +194,13 @@ class MaskEngine:
             elif unresolved_rule is not None:
                 rule = unresolved_rule
             if rule is not None:
-                cols.append((ACT_WHOLE, kind, rule.strategy, self._rule_pos.get(rule.index, -1)))
+                cols.append((ACT_WHOLE, kind, rule.strategy,
+                             self._rule_pos.get(rule.index, extra)))
             elif self.scanner is not None and detect:
                 cols.append((ACT_DETECT, kind, None, -1))
             else:
                 cols.append((ACT_PASS, kind, None, -1))
-        return plan_type(cols, self.scanner, self.rule_names)
+        return plan_type(cols, self.scanner, names)
 
     def copy_plan(self, columns: Iterable[Column | tuple], **kw) -> RowPlan:
         """A RowPlan for rows of text values (COPY TO STDOUT in text or CSV): every value is

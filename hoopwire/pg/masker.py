@@ -13,9 +13,10 @@ through the RowPlan in Cython. Here:
   reads -- a masked column: masked; nothing masked: passed as sent; not placeable: by
   unresolved_columns (`detect` leaves them to the detectors, `mask` masks them, `block`
   refuses the result). WriteGuard refuses statements that store a masked value.
-* COPY TO STDOUT: the statement names the table and columns (or a query: unresolved); text and
-  CSV rows are masked line by line; binary COPY is masked like a binary result when the
-  catalog names its columns, and refused when it cannot (or with binary_copy = refuse).
+* COPY TO STDOUT: the statement names the table and columns, or a query whose plain columns
+  are named as its RowDescription would name them and the rest by lineage; text and CSV rows
+  are masked line by line; binary COPY is masked like a binary result when the catalog names
+  its columns (a table's), and refused when it cannot (or with binary_copy = refuse).
 * ErrorResponse / NoticeResponse: while column rules apply, text fields are withheld unless
   their shape is known to carry no data (hoopwire/pg/errortext.py); then, like Notification-
   Response payloads, through the detectors.
@@ -547,6 +548,8 @@ class ConnectionMasking:
         return best
 
 
+# the type of a binary COPY column the catalog does not name: not a string (kinds.column_kind)
+_UNTYPED = -1
 # how much of a value a strategy lets through, least first (for an output reading several)
 _STRICT = {"null": 0, "redact": 1, "hash": 2, "format": 3, "partial": 4}
 # Longest text lineage reads: parsing runs on the event loop, about 15 us per node of the tree
@@ -569,6 +572,7 @@ class SessionMasker:
         self.database = database
         self.catalog = conn.catalog(database)
         self.relay = None                 # set by the session once the relay exists
+        self.marker_prefix: Optional[bytes] = None     # the gateway's, set with relay
         self._task: asyncio.Task | None = None
         self._wanted: set[int] = set()     # relations the held result waits for
         self._again = False                # a hold came in: the lookup task goes round again
@@ -975,6 +979,11 @@ class SessionMasker:
             if spec.table is None and overall != 1 and info.mentions and self.conn.has_columns:
                 if not self.catalog.fresh():
                     return self._hold(set())
+                # COPY (query) has no RowDescription: the plain columns the server would name
+                # in one come from the query's text, so `COPY (SELECT id, ssn FROM users)`
+                # keeps ssn's own rule (partial) as `SELECT id, ssn FROM users` does, instead
+                # of the `****` lineage gives a value it cannot tell from `substr(ssn, 1, 6)`
+                cols = self._copy_origins(info, ncols) or cols
                 cols, unresolved, redact = self._by_lineage(cols, info, copy=True)  # (query)
         if overall == 1:
             if self.conn.binary_copy == "refuse":
@@ -994,7 +1003,11 @@ class SessionMasker:
                     "ERROR", "42501", "binary COPY of columns the gateway cannot name is not "
                     "allowed while masking applies",
                     hint="use FORMAT text or csv, or COPY table (columns) TO STDOUT")
-            plan = self._plan([c._replace(format=1) for c in cols], suspect, "COPY")
+            # a column the gateway cannot name has no type either (COPY sends none): masked
+            # whole it becomes NULL, valid in every type -- `****` as an int4 read 707406378,
+            # and an int8 reader fails on its 4 bytes
+            plan = self._plan([c._replace(format=1, type_oid=c.type_oid or _UNTYPED)
+                               for c in cols], suspect, "COPY")
             return None if isinstance(plan, RowPlan) and plan.passthrough else \
                 plan if isinstance(plan, bytes) else _BinaryCopy(plan, self)
         plan = self._plan([Column(c.schema, c.table, c.column, 0, 0) for c in cols],
@@ -1002,6 +1015,47 @@ class SessionMasker:
         if isinstance(plan, bytes) or plan.passthrough:
             return None if not isinstance(plan, bytes) else plan
         return _TextCopy(plan, spec, self)
+
+    def _copy_origins(self, info: StatementInfo, ncols: int) -> Optional[list[Column]]:
+        """Columns of an ncols-wide COPY (query) TO STDOUT named as a RowDescription of the
+        query would name them: a plain column of a table, or of a view followed to its base
+        column (Catalog.source), keeps that column; anything else (an expression, a column
+        this cannot follow) is Column(None) and left to lineage. With several COPY (query) of
+        that width in one text, a position keeps a column only where every one of them names
+        one (the strictest rule among them). None: no position named."""
+        if len(info.sql) > LINEAGE_MAX:
+            return None                 # not read on the event loop (see LINEAGE_MAX)
+        try:
+            raws = pglast.parse_sql(info.sql.decode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001 -- unreadable: lineage decides alone
+            return None
+        found: Optional[list] = None
+        for raw in raws:
+            st = raw.stmt
+            if not isinstance(st, pglast.ast.CopyStmt) or st.is_from or st.query is None or \
+                    st.filename is not None or st.is_program:
+                continue
+            try:
+                outs = _query_origins(st.query, self.catalog)
+            except Exception:  # noqa: BLE001 -- a shape not foreseen: lineage decides alone
+                outs = None
+            if outs is None:
+                found = [None] * ncols          # its width is not known: it may be this one
+                continue
+            if len(outs) != ncols:
+                continue
+            found = outs if found is None else [
+                a | b if a is not None and b is not None else None for a, b in zip(found, outs)]
+        if not found or all(o is None for o in found):
+            return None
+        cols = []
+        for srcs in found:
+            if srcs is None:
+                cols.append(Column(None, None, None, 0, 0))
+                continue
+            src = self.conn.masked_source(srcs) or min(srcs)
+            cols.append(Column(src[0], src[1], src[2], 0, 0))
+        return cols
 
     def _copy_columns(self, cands, spec: CopySpec, ncols: int) -> list[Column]:
         """Columns of COPY table [(cols)]. A name given without a schema may denote several
@@ -1078,6 +1132,12 @@ class SessionMasker:
         Then the detectors run over what is left."""
         parts = msg[5:].split(b"\0")
         by = {p[:1]: p[1:] for p in parts if p}
+        prefix = self.marker_prefix
+        if prefix is not None and prefix in msg and _marker_error(by, prefix):
+            # the server's answer to the marker statement a blocked statement was replaced by:
+            # the relay puts the gateway's own error in its place (Relay._rewrite_error), and
+            # it quotes nothing but the marker -- no server text to withhold or to count
+            return None
         changed = False
         if self.conn.has_columns:
             kept = scrub(msg[:1], by, sql)
@@ -1257,6 +1317,139 @@ class _BinaryCopy:
 
     def done(self) -> int:
         return self.masker.result_done(self.plan)
+
+
+class _Origins:
+    """One FROM item of a COPY (query) as _query_origins sees it: its visible name, the schema
+    written, and per relation the name may denote (a name without a schema may denote one in
+    each schema) its columns in order with the source the catalog gives each; cands None:
+    what the item holds is not known (a subquery, a function, a relation not read)."""
+
+    __slots__ = ("name", "schema", "cands")
+
+    def __init__(self, name: str, schema: Optional[str], cands: Optional[list]):
+        self.name, self.schema, self.cands = name, schema, cands
+
+    def has(self, col: str) -> Optional[bool]:
+        """Whether the item has `col`: True, False, or None (not known, or only some of the
+        relations the name may denote have it)."""
+        if self.cands is None:
+            return None
+        got = {any(n == col for n, _s in c) for c in self.cands}
+        return got.pop() if len(got) == 1 else None
+
+    def origin(self, col: str) -> Optional[frozenset]:
+        """The sources `col` may have (one per relation the name may denote); None where one
+        of them is an expression (a view's computed column)."""
+        out = set()
+        for c in self.cands or ():
+            for n, src in c:
+                if n == col:
+                    if src is None:
+                        return None
+                    out.add(src)
+        return frozenset(out) or None
+
+    def star(self) -> Optional[list]:
+        if not self.cands or len({tuple(n for n, _s in c) for c in self.cands}) != 1:
+            return None
+        return [self.origin(n) for n, _s in self.cands[0]]
+
+
+def _query_origins(q, catalog: Catalog) -> Optional[list]:
+    """Per output of a COPY's query, the source column PostgreSQL would name in its
+    RowDescription (a frozenset of candidates, see _Origins) or None; None overall when the
+    outputs cannot be counted. Only the shapes a RowDescription names plain columns of are
+    followed here -- one SELECT over tables and views, joined without USING or an alias; a
+    set operation, a CTE, VALUES or a subquery's columns name none (lineage masks them by
+    what they read, `****` where that is a column kept in part)."""
+    if not isinstance(q, pglast.ast.SelectStmt) or q.op != pglast.enums.SetOperation.SETOP_NONE \
+            or q.valuesLists or q.withClause is not None:
+        return None
+    entries: list[_Origins] = []
+    if not all(_from_origins(item, catalog, entries) for item in q.fromClause or ()):
+        return None
+    outs: list = []
+    for rt in q.targetList or ():
+        val = rt.val
+        if not isinstance(val, pglast.ast.ColumnRef):
+            outs.append(None)
+            continue
+        names = [f.sval if isinstance(f, pglast.ast.String) else None for f in val.fields]
+        if isinstance(val.fields[-1], pglast.ast.A_Star):
+            chosen = entries if len(names) == 1 else _qualified(entries, names[:-1])
+            if chosen is None:
+                return None
+            for e in chosen:
+                star = e.star()
+                if star is None:
+                    return None
+                outs.extend(star)
+            continue
+        if None in names:
+            outs.append(None)
+        elif len(names) > 1:
+            chosen = _qualified(entries, names[:-1])
+            outs.append(chosen[0].origin(names[-1]) if chosen and
+                        chosen[0].has(names[-1]) else None)
+        else:
+            has = [e.has(names[0]) for e in entries]
+            outs.append(entries[has.index(True)].origin(names[0])
+                        if None not in has and has.count(True) == 1 else None)
+    return outs
+
+
+def _qualified(entries: list, qual: list) -> Optional[list]:
+    """The one FROM item `qual` (rel, schema.rel or db.schema.rel) names, as a list; None."""
+    if None in qual:
+        return None
+    schema = qual[-2] if len(qual) >= 2 else None
+    got = [e for e in entries if e.name == qual[-1] and (schema is None or e.schema == schema)]
+    return got if len(got) == 1 else None
+
+
+def _from_origins(item, catalog: Catalog, entries: list) -> bool:
+    """Add a FROM item's _Origins to `entries`; False when the item's shape is not followed
+    here (a join with USING, NATURAL or an alias renames or merges columns)."""
+    ast = pglast.ast
+    if isinstance(item, ast.JoinExpr):
+        if item.alias is not None or item.usingClause or item.isNatural:
+            return False
+        return _from_origins(item.larg, catalog, entries) and \
+            _from_origins(item.rarg, catalog, entries)
+    if isinstance(item, ast.RangeVar):
+        alias = item.alias
+        cands = None
+        if alias is None or not alias.colnames:
+            cands = []
+            for rel in catalog.relations_named(item.schemaname, item.relname):
+                if rel.placeholder:
+                    cands = None
+                    break
+                cands.append([(n, catalog.source(rel.oid, a))
+                              for a, (n, _t) in sorted(rel.columns.items())])
+            cands = cands or None
+        entries.append(_Origins(alias.aliasname if alias is not None else item.relname,
+                                item.schemaname if alias is None else None, cands))
+        return True
+    alias = getattr(item, "alias", None)
+    entries.append(_Origins(alias.aliasname if alias is not None else "", None, None))
+    return True
+
+
+def _marker_error(by: dict, prefix: bytes) -> bool:
+    """Whether an ErrorResponse's fields are exactly the server's syntax error for a marker
+    statement (`<prefix>[r]<n>` alone: ext/hoopwire/pg/_relay.pxi): no field but the fixed ones
+    and a message quoting the marker alone, so it cannot carry a value."""
+    if by.get(b"C") != b"42601" or any(k in by for k in (b"D", b"H", b"W", b"q", b"p")):
+        return False
+    m_ = by.get(b"M", b"")
+    head = b'syntax error at or near "' + prefix
+    if not m_.startswith(head) or not m_.endswith(b'"'):
+        return False
+    tail = m_[len(head):-1]
+    tail = tail[1:] if tail[:1] == b"r" else tail
+    return tail.isdigit()
 
 
 def _fit(outs, n: int):

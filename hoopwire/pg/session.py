@@ -344,6 +344,7 @@ class PgListener(Listener):
             relay.enable_results(masker, NO_INFO, StatementInfo(True), record=statements,
                                  capture_bytes=self._capture_bytes())
             masker.relay = relay
+            masker.marker_prefix = self.gateway.marker_prefix
             session.masker = masker
             relay.policy = self._guarded(relay.policy, masker)
         elif statements is not None:
