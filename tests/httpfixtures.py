@@ -51,7 +51,8 @@ import trustme
 from helpers import Gateway
 
 __all__ = ["upstream", "httpgw", "http_config", "http_env", "HTTP_SECRET", "HTTP_CONN",
-           "Upstream", "RawUpstream", "bearer", "sent_headers", "raw_exchange", "JSON_1K", "JSON_64K"]
+           "Upstream", "RawUpstream", "bearer", "sent_headers", "raw_exchange", "JSON_1K",
+           "JSON_64K"]
 
 HTTP_CONN = "api"
 HTTP_SECRET = "stored-upstream-secret-" + os.urandom(6).hex()

@@ -698,7 +698,7 @@ class _FakeRelay:
         # the masked head is Rewriter.reframed's (C): (head, the connection closes)
         self.conf = NS(rw=NS(reframed=lambda head, client10, req_done, keep_alive, rid, length,
                              chunked: (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
-                                       % length, False)))
+                                       % length, False)), secret_scan=None)
         self.transport = NS(write=self.written.append)
 
     def _response_end(self, req, up):

@@ -86,7 +86,9 @@ def test_trailers_and_chunk_framing_pass_byte_exact_both_ways(idp):
             out = raw_exchange(g.address(HTTP_CONN), data)
             head, _, rest = out.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200")
-            assert rest == b"4;ext=1\r\nabcd\r\n0\r\nX-Digest: 99\r\n\r\n"
+            # the response's data and trailers as sent; re-chunked by the stored credential's
+            # scan (issue 21: a form split across two chunks), so without the chunk extension
+            assert rest == b"4\r\nabcd\r\n0\r\nX-Digest: 99\r\n\r\n"
             (seen,) = raw.received
             up_head, _, up_body = seen.partition(b"\r\n\r\n")
             assert up_head.startswith(b"POST /base/up?q=1 HTTP/1.1\r\n")

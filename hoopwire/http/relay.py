@@ -76,7 +76,7 @@ class _Req:
                  "pending", "pending_bytes", "req_done", "resp_started", "resp_close",
                  "skip_end", "up_deadline", "retried", "body_sent", "phase", "inspect", "status",
                  "close_after", "identity", "error", "keep_alive", "sent_at", "up_reusable",
-                 "dechunk", "mask", "masked", "shape")
+                 "dechunk", "mask", "masked", "shape", "carry", "reframe", "redacted")
 
     def __init__(self, head, rid: bytes):
         self.head = head
@@ -109,6 +109,9 @@ class _Req:
         self.mask = None             # the response's _Masking while masking rules apply
         self.masked = 0              # values masked in its response
         self.shape = None            # the Host when the request text is method+target+Host
+        self.carry = None            # the body's bytes held back by the secret scan, or None
+        self.reframe = False         # a chunked body re-chunked as the scan sends it
+        self.redacted = 0            # forms of the stored credential redacted (issue 21)
 
 
 class Relay(asyncio.Protocol):
@@ -625,6 +628,7 @@ class Relay(asyncio.Protocol):
         # syscall more, and a client's stack may wait for the second)
         out: list = []
         write = out.append
+        scan = self.conf.secret_scan
         for ev in events:
             kind = ev[0]
             if kind == BODY:
@@ -632,6 +636,10 @@ class Relay(asyncio.Protocol):
                     if not req.mask.body(ev[2]):
                         self._unmaskable(req, up)
                         return
+                elif scan is not None:
+                    data = self._scan_body(req, scan, ev[2])
+                    if data:
+                        write(data)
                 else:
                     write(ev[2] if req.dechunk else ev[1])
             elif kind == HEAD:
@@ -676,11 +684,23 @@ class Relay(asyncio.Protocol):
                     head, req.head.version == 10, req.req_done, req.keep_alive, req.rid)
                 if dechunk:
                     req.dechunk = True
+                if scan is not None:
+                    if head.body != B_NONE and not _plain(head):
+                        req.resp_started = False
+                        self._unscannable(req, up)
+                        return
+                    req.reframe = head.body == B_CHUNKED and not req.dechunk
+                    data, hits = scan.redact(data)
+                    if hits:
+                        self._credential_echo(req, hits, "head")
                 write(data)
             elif kind == END:
                 if req.skip_end:
                     req.skip_end = False
                     continue
+                if req.mask is None and scan is not None and (req.carry is not None or
+                                                              req.reframe):
+                    write(self._scan_end(req, ev[1]))
                 if out:
                     self.transport.write(b"".join(out))
                 if req.mask is not None:
@@ -702,18 +722,23 @@ class Relay(asyncio.Protocol):
             return
         if req.resp_started:
             events = up.parser.feed_eof()
+            scan = self.conf.secret_scan
             for ev in events:
                 if ev[0] == BODY:
                     if req.mask is not None:
                         if not req.mask.body(ev[2]):
                             self._unmaskable(req, None)
                             return
+                    elif scan is not None:
+                        self.transport.write(self._scan_body(req, scan, ev[2]))
                     else:
                         self.transport.write(ev[2] if req.dechunk else ev[1])
                 elif ev[0] == END:
                     if req.mask is not None:
                         req.mask.end(None)
                         return
+                    if scan is not None and (req.carry is not None or req.reframe):
+                        self.transport.write(self._scan_end(req, ev[1]))
                     self._response_end(req, None)
                     return
             # cut off mid-response: the client must not take a partial body for a whole one
@@ -738,6 +763,63 @@ class Relay(asyncio.Protocol):
               error=type(exc).__name__ if exc else "eof")
         self._upstream_failed(req, 502, "upstream_closed",
                               "the upstream closed the connection without answering")
+        self._pump()
+
+    # -- the stored credential in responses (issue 21; the C twin: hoopwire.http._relay) ---------
+
+    def _scan_body(self, req: _Req, scan, data: bytes) -> bytes:
+        """A read of a response body with the stored credential's forms redacted; its last
+        bytes that begin a form held back (req.carry); a chunked body re-chunked (req.reframe:
+        the chunk framing the upstream sent is not where the data's bytes are)."""
+        out, req.carry, hits = scan.step(req.carry, bytes(data), False)
+        if hits:
+            self._credential_echo(req, hits, "body")
+        if req.reframe and out:
+            return b"%x\r\n%b\r\n" % (len(out), out)
+        return out
+
+    def _scan_end(self, req: _Req, trailers) -> bytes:
+        """The end of a scanned body: what was held back (no form completes in it any more)
+        and, re-chunked, the last chunk and the trailers the upstream sent, redacted."""
+        tail, req.carry = req.carry or b"", None
+        if not req.reframe:
+            return tail
+        if tail:
+            tail = b"%x\r\n%b\r\n" % (len(tail), tail)
+        fields = b"".join(name + b": " + value + b"\r\n" for name, value in trailers)
+        if fields:
+            fields, hits = self.conf.secret_scan.redact(fields)
+            if hits:
+                self._credential_echo(req, hits, "trailer")
+        return tail + b"0\r\n" + fields + b"\r\n"
+
+    def _credential_echo(self, req: _Req, hits: int, where: str) -> None:
+        """The upstream's response carried the stored credential, redacted: counted as
+        hoopwire_masked_values{name="upstream-credential"} and in the request's audit count,
+        logged once per response (never the secret)."""
+        first = not req.redacted
+        req.redacted += hits
+        req.masked += hits
+        k = (self.cfg.name, CREDENTIAL_KEY)
+        _MASK_PENDING[k] = _MASK_PENDING.get(k, 0) + hits
+        if first:
+            event(log, "the upstream's response carried the stored credential: redacted",
+                  logging.WARNING, connection=self.cfg.name, request_id=req.rid.decode(),
+                  status=req.status, where=where)
+
+    def _unscannable(self, req: _Req, up) -> None:
+        """A compressed response on a connection with a stored credential: the gateway asked
+        for identity (Accept-Encoding) and cannot read the body for the credential, so 502 and
+        nothing of it leaves, as for a body masking cannot read."""
+        event(log, "response refused: compressed, so it cannot be checked for the stored "
+              "credential", logging.WARNING, connection=self.cfg.name,
+              request_id=req.rid.decode(), status=req.status)
+        if up is not None:
+            up.abort()
+        req.up = None
+        self._upstream_failed(req, 502, "unscannable_response",
+                              "the upstream's response is compressed although identity was "
+                              "asked for: it cannot be checked for the stored credential")
         self._pump()
 
     def _unmaskable(self, req: _Req, up) -> None:
@@ -1040,10 +1122,26 @@ class _Masking:
         head, req.resp_close = relay.conf.rw.reframed(
             self.head, req.head.version == 10, req.req_done, req.keep_alive, req.rid,
             -1 if length is None else length, chunked)
+        scan = relay.conf.secret_scan
+        if scan is not None:
+            # what the masker made is what is scanned: it may have decoded an escaped form
+            head, hits = scan.redact(head)
+            if hits:
+                relay._credential_echo(req, hits, "head")
+            if body:
+                body, hits = scan.redact(bytes(body))
+                if hits:
+                    relay._credential_echo(req, hits, "body")
         relay.transport.write(head + body if body else head)
         req.resp_started = True
 
-    def _chunk(self, data: bytes) -> None:
+    def _chunk(self, data: bytes, final: bool = False) -> None:
+        scan = self.relay.conf.secret_scan
+        if scan is not None:
+            req = self.req
+            data, req.carry, hits = scan.step(req.carry, bytes(data), final)
+            if hits:
+                self.relay._credential_echo(req, hits, "body")
         if not data:
             return
         if self.req.resp_close and self.req.head.version == 10:
@@ -1170,6 +1268,8 @@ class _Masking:
     def _stream_end(self) -> None:
         relay, req = self.relay, self.req
         _merge_counts(self.counts, self.stream.take_counts())
+        if req.carry is not None:
+            self._chunk(b"", True)       # what the secret scan held back
         if not (req.resp_close and req.head.version == 10):
             relay.transport.write(b"0\r\n\r\n")
         self._count()
@@ -1419,6 +1519,17 @@ def _mask_counter(name: str, key: str):
     if len(_MASK_COUNTERS) < 4096:
         _MASK_COUNTERS[(name, key)] = counter
     return counter
+
+
+# the count key of a redacted stored credential: hoopwire_masked_values{kind="detector",
+# name="upstream-credential"}
+CREDENTIAL_KEY = "upstream-credential"
+
+
+def _plain(head) -> bool:
+    """No Content-Encoding but identity: bytes the secret scan reads."""
+    enc = head.get(b"content-encoding")
+    return enc is None or enc.strip().lower() == b"identity"
 
 
 def _merge_counts(into: dict, counts: dict | None) -> None:

@@ -87,12 +87,21 @@ class HttpConf:
         except UnicodeEncodeError:
             self.credential_ok = False
             self.cred_line = b""
+        # the stored credential's forms a response is checked for (relay: "upstream-credential")
+        self.secret_scan = None
+        self.secret_short = bool(secret) and len(secret.encode("utf-8")) < SECRET_MIN
+        if secret and self.cred_line:
+            needles = secret_forms(secret, value)
+            if needles:
+                self.secret_scan = _relay_module().SecretScan(needles)
         # dropped from what the client sent: the identity header, the credential header (ours
         # replaces it), and the hop-by-hop set (relay._HOP)
         from hoopwire.http.relay import _HOP
         self._drop = _HOP | {cfg.credential_header.lower().encode(), self.identity_header}
         self._drops: dict = {}             # Connection tokens -> drop set (_drop_with)
         self._resp_drops: dict = {}        # the same for response heads
+        # a response the secret scan cannot read (compressed) is refused: the upstream is asked
+        # for identity whenever there is a credential to look for, not only when masking applies
         self.identity_encoding = False     # masking applies: set by the listener
 
     @property
@@ -103,6 +112,7 @@ class HttpConf:
 
     @identity_encoding.setter
     def identity_encoding(self, on: bool) -> None:
+        on = bool(on) or self.secret_scan is not None
         self._identity_encoding = on
         self.drop = self._drop | {b"accept-encoding"} if on else self._drop
         self._drops = {}
@@ -197,6 +207,74 @@ class HttpConf:
         return b"".join(out)
 
 
+# A secret shorter than this is not looked for on its own in responses: 7 bytes or fewer of an
+# API key (a PIN-like "12345", "admin") also occur in ordinary data, and each false match would
+# change a client's bytes; only its full header value ("Bearer 12345", itself at least this
+# long) is, and the listener logs a warning. Every real API key seen (32-64 bytes) is far above.
+SECRET_MIN = 8
+
+
+def secret_forms(secret: str, value: str) -> list[bytes]:
+    """The byte strings a response is checked for so that the stored credential never reaches
+    the client (relay, issue 21): the secret (or, shorter than SECRET_MIN, the full header
+    value), and the encodings an echoing upstream commonly applies -- URL-encoded, JSON- and
+    HTML-escaped (each escapes character by character, so the secret's form is a substring of
+    any longer string's), and base64 at each of the three alignments a longer string may put it
+    at. For a `Basic` format, the decoded user:password and the password too. Longest first."""
+    import base64
+    import html
+    import json
+    from urllib.parse import quote, quote_plus
+    seeds = []
+    if len(secret.encode("utf-8")) >= SECRET_MIN:
+        seeds.append(secret)
+    elif secret in value and len(value.encode("utf-8")) >= SECRET_MIN:
+        seeds.append(value)
+    if value[:6].lower() == "basic ":
+        try:
+            plain = base64.b64decode(secret.strip(), validate=True).decode("utf-8")
+        except ValueError:
+            plain = ""
+        seeds += [t for t in (plain, plain.partition(":")[2])
+                  if len(t.encode("utf-8")) >= SECRET_MIN]
+    forms: set[bytes] = set()
+    for seed in seeds:
+        raw = seed.encode("utf-8")
+        forms.add(raw)
+        try:
+            forms.add(seed.encode("latin-1"))      # as it went in the header
+        except UnicodeEncodeError:
+            pass
+        for text in (quote(seed, safe=""), quote_plus(seed, safe=""),
+                     json.dumps(seed)[1:-1], json.dumps(seed, ensure_ascii=False)[1:-1],
+                     json.dumps(seed)[1:-1].replace("/", "\\/"), html.escape(seed)):
+            forms.add(text.encode("utf-8"))
+        for k in range(3):
+            # the characters that depend on the secret's bytes alone when k bytes precede it
+            enc = base64.b64encode(b"\0" * k + raw)
+            a, b = -(-8 * k // 6), 8 * (k + len(raw)) // 6
+            forms.add(enc[a:b])
+            forms.add(enc[a:b].translate(_URLSAFE))
+    return sorted((f for f in forms if len(f) >= SECRET_MIN), key=lambda f: (-len(f), f))
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def redact_reference(needles, data: bytes) -> tuple[bytes, int]:
+    """What SecretScan.redact does, in Python (tests/test_http_secret_echo.py compares them):
+    every occurrence of every needle, longest first, replaced by as many `*`."""
+    out = bytearray(data)
+    hits = 0
+    for nd in needles:
+        at = out.find(nd)
+        while at >= 0:
+            out[at:at + len(nd)] = b"*" * len(nd)
+            hits += 1
+            at = out.find(nd, at + len(nd))
+    return bytes(out), hits
+
+
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"trailer"))
 _RESP_HOP = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"upgrade",
                        b"proxy-authenticate", b"x-request-id"))
@@ -226,6 +304,10 @@ class HttpListener(Listener):
             event(log, "the stored credential cannot go in a header (a line break or a "
                   "character outside latin-1): requests are sent without it", logging.ERROR,
                   connection=cfg.name)
+        elif self.conf.secret_short:
+            event(log, f"the stored credential is shorter than {SECRET_MIN} bytes: only its full "
+                  "header value is redacted from responses, not the secret alone",
+                  logging.WARNING, connection=cfg.name)
         old = self.pool
         host, port = cfg.upstream
         if old is None or (old.host, old.port) != (host, port) or \
