@@ -1217,20 +1217,7 @@ class _Masking:
         deadline = self.masker.deadline()
         stream.deadline = deadline
         stream.offloaded = True          # the thread's Scanner
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(_mask_thread(), _mask_feed, stream, data, deadline, final)
-        try:
-            if deadline:
-                out = await asyncio.wait_for(fut, max(0.0, deadline - _mask_clock()) +
-                                             MASK_GRACE)
-            else:
-                out = await fut
-        except (MaskTimeout, asyncio.TimeoutError):
-            out = _TIMED_OUT
-        except Exception:  # noqa: BLE001 -- a masker fault: nothing more of it leaves
-            log.exception("response masking failed",
-                          extra={"fields": {"connection": relay.cfg.name}})
-            out = None
+        out = await self._in_thread(deadline, _mask_feed, stream, data, deadline, final)
         self.task = None
         if relay.closed or relay.cur is not req:
             return                       # the client left meanwhile
@@ -1359,24 +1346,28 @@ class _Masking:
             r = None
         self._answer(r, up)
 
-    async def _offload(self, body: bytes, deadline: float) -> None:
-        relay, req = self.relay, self.req
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(_mask_thread(), _mask_body, self.masker, body, deadline, True,
-                                   self.kind)
+    async def _in_thread(self, deadline: float, fn, *args):
+        """fn(*args) in the masking thread: what it returns; _TIMED_OUT past the deadline (the
+        walk stops itself there; MASK_GRACE covers what cannot be interrupted, orjson's parse
+        of 8 MiB: 30-100 ms here); None after a masker fault, logged (nothing of the body
+        leaves unmasked). A gathered body and a stream's feed alike."""
+        name = self.relay.cfg.name
+        fut = asyncio.get_running_loop().run_in_executor(_mask_thread(), fn, *args)
         try:
             if deadline:
-                # the walk stops itself at the deadline; the grace covers what cannot be
-                # interrupted (orjson's parse of 8 MiB: ~30 ms here)
-                r = await asyncio.wait_for(fut, max(0.0, deadline - _mask_clock()) + MASK_GRACE)
-            else:
-                r = await fut
+                return await asyncio.wait_for(fut, max(0.0, deadline - _mask_clock()) +
+                                              MASK_GRACE)
+            return await fut
         except (MaskTimeout, asyncio.TimeoutError):
-            r = _TIMED_OUT
-        except Exception:  # noqa: BLE001 -- a masker fault: the body cannot leave unmasked
-            log.exception("response masking failed",
-                          extra={"fields": {"connection": relay.cfg.name}})
-            r = None
+            return _TIMED_OUT
+        except Exception:  # noqa: BLE001 -- a masker fault
+            log.exception("response masking failed", extra={"fields": {"connection": name}})
+            return None
+
+    async def _offload(self, body: bytes, deadline: float) -> None:
+        relay, req = self.relay, self.req
+        r = await self._in_thread(deadline, _mask_body, self.masker, body, deadline, True,
+                                  self.kind)
         self.task = None
         if relay.closed or relay.cur is not req:
             return                       # the client left meanwhile
