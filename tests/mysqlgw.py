@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from typing import Iterator
 
 import pytest
@@ -30,7 +31,7 @@ import pytest
 from helpers import Gateway
 from mysqlfixtures import MY_DB
 
-__all__ = ["mygw", "mysql_gateway_config", "mysql_gateway_env", "pymysql_connect",
+__all__ = ["mygw", "LockWaiter", "hold_lock", "mysql_gateway_config", "mysql_gateway_env", "pymysql_connect",
            "mysqlclient_connect", "connector_connect", "aiomysql_connect", "mysql_cli",
            "MY_CONN"]
 
@@ -143,3 +144,35 @@ def mysql_cli(gw, token: str, *args: str, user: str = "agent", database: str | N
     env["MYSQL_PWD"] = token
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
                           env=env, input=input)
+
+
+class LockWaiter(threading.Thread):
+    """SELECT GET_LOCK(lock, 60) on `conn`, a lock the test holds (hold_lock): the statement
+    runs until the test releases it, however slow the machine. (SLEEP(3) and SLEEP(6) here
+    ended by themselves when the KILLs and checks took longer, and then the check that the
+    statement still ran failed.) It answers 1 once it has the lock; a KILL QUERY would end it
+    with NULL or ERR 1317."""
+
+    def __init__(self, conn, lock: str):
+        super().__init__(daemon=True)
+        self.conn, self.lock = conn, lock
+        self.rows = self.err = None
+
+    def run(self):
+        import pymysql
+        try:
+            cur = self.conn.cursor()
+            cur.execute(f"SELECT GET_LOCK('{self.lock}', 60)")
+            self.rows = cur.fetchall()
+        except pymysql.err.MySQLError as e:
+            self.err = e.args[0]
+
+
+def hold_lock(mariadb, lock: str):
+    """A connection straight to the server holding the user lock `lock` (close it or
+    RELEASE_LOCK to let a LockWaiter go on)."""
+    conn = mariadb.connect("root")
+    cur = conn.cursor()
+    cur.execute(f"SELECT GET_LOCK('{lock}', 0)")
+    assert cur.fetchall() == ((1,),)
+    return conn

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 
 import pymysql
 import pytest
 
 from helpers import Gateway, wait_until
-from mysqlgw import MY_CONN, mysql_gateway_config, mysql_gateway_env, pymysql_connect
+from mysqlgw import (MY_CONN, LockWaiter, hold_lock, mysql_gateway_config, mysql_gateway_env,
+                     pymysql_connect)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -73,36 +73,6 @@ def _server_wording(mariadb, n: int):
         conn.close()
 
 
-class _Waiter(threading.Thread):
-    """SELECT GET_LOCK(lock, 60) on `conn`, a lock the test holds (_hold): the statement runs
-    until the test releases it, however slow the machine. (A SLEEP(3) here ended by itself when
-    the KILLs and checks took longer than 3 s, and then the check that it still ran failed.) It
-    answers 1 once it has the lock; a KILL QUERY would end it with NULL or ERR 1317."""
-
-    def __init__(self, conn, lock: str):
-        super().__init__(daemon=True)
-        self.conn, self.lock = conn, lock
-        self.rows = self.err = None
-
-    def run(self):
-        try:
-            cur = self.conn.cursor()
-            cur.execute(f"SELECT GET_LOCK('{self.lock}', 60)")
-            self.rows = cur.fetchall()
-        except pymysql.err.MySQLError as e:
-            self.err = e.args[0]
-
-
-def _hold(mariadb, lock: str):
-    """A connection straight to the server holding the user lock `lock` (close it or
-    RELEASE_LOCK to let a _Waiter go on)."""
-    conn = mariadb.connect("root")
-    cur = conn.cursor()
-    cur.execute(f"SELECT GET_LOCK('{lock}', 0)")
-    assert cur.fetchall() == ((1,),)
-    return conn
-
-
 def _running(mariadb, thread_id: int) -> bool:
     return bool(mariadb.sql(f"SELECT 1 FROM information_schema.processlist WHERE id = "
                             f"{int(thread_id)} AND info LIKE 'SELECT GET_LOCK%'"))
@@ -125,9 +95,9 @@ def test_an_id_that_is_another_identitys_session_and_your_own_thread(kgw, idp, m
         bob = pymysql_connect(kgw, idp.token(subject="bob-kill-ids"))
         keep.append(bob)
         assert bob.thread_id() == t, (bob.thread_id(), t)
-        lock = _hold(mariadb, "hoopwire-kill-ids")
+        lock = hold_lock(mariadb, "hoopwire-kill-ids")
         keep.append(lock)
-        waiter = _Waiter(victim, "hoopwire-kill-ids")
+        waiter = LockWaiter(victim, "hoopwire-kill-ids")
         waiter.start()
         wait_until(lambda: _running(mariadb, t), 30, "alice's statement is running upstream")
         # t is bob's gateway id and alice's own thread: neither is hers to kill by that number

@@ -22,7 +22,8 @@ import pymysql
 import pytest
 
 from helpers import Gateway, wait_until
-from mysqlgw import mysql_gateway_config, mysql_gateway_env, pymysql_connect
+from mysqlgw import (LockWaiter, hold_lock, mysql_gateway_config, mysql_gateway_env,
+                     pymysql_connect)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -79,35 +80,6 @@ class _Sleeper(threading.Thread):
         except pymysql.err.MySQLError as e:
             self.err = e.args[0]
         self.took = time.monotonic() - t0
-
-
-class _Waiter(threading.Thread):
-    """SELECT GET_LOCK(lock, 60) on `conn`, a lock the test holds (_hold): the statement runs
-    until the test releases it, however slow the machine. (A SLEEP(6) here ended by itself when
-    56 KILLs took longer than 6 s, and then the check that it still ran failed.) It answers 1
-    once it has the lock; a KILL QUERY would end it with NULL or ERR 1317."""
-
-    def __init__(self, conn, lock: str):
-        super().__init__(daemon=True)
-        self.conn, self.lock = conn, lock
-        self.rows = self.err = None
-
-    def run(self):
-        try:
-            cur = self.conn.cursor()
-            cur.execute(f"SELECT GET_LOCK('{self.lock}', 60)")
-            self.rows = cur.fetchall()
-        except pymysql.err.MySQLError as e:
-            self.err = e.args[0]
-
-
-def _hold(mariadb, lock: str):
-    """A connection straight to the server holding the user lock `lock`."""
-    conn = mariadb.connect("root")
-    cur = conn.cursor()
-    cur.execute(f"SELECT GET_LOCK('{lock}', 0)")
-    assert cur.fetchall() == ((1,),)
-    return conn
 
 
 def _running(mariadb, thread_id: int, what: str = "SELECT SLEEP") -> bool:
@@ -193,9 +165,9 @@ def test_another_identity_cannot_kill_on_either_worker(gw2, idp, mariadb):
         eve = idp.token(subject="eve")
         here = _on_worker(gw2, eve, gid % 2, keep)
         there = _on_worker(gw2, eve, 1 - gid % 2, keep)
-        lock = _hold(mariadb, "hoopwire-kill-workers")
+        lock = hold_lock(mariadb, "hoopwire-kill-workers")
         keep.append(lock)
-        waiter = _Waiter(victim, "hoopwire-kill-workers")
+        waiter = LockWaiter(victim, "hoopwire-kill-workers")
         waiter.start()
         wait_until(lambda: _running(mariadb, thread, "SELECT GET_LOCK"), 30,
                    "the statement is running upstream")
