@@ -34,10 +34,12 @@ Try (the token is the password):
   psql "postgresql://agent-7:$AGENT@$HOST:$PORT/orders?sslmode=disable" -c 'DROP TABLE customers'   # refused by destructive-ddl
   psql "postgresql://agent-7:$AGENT@$HOST:$PORT/orders?sslmode=disable" -c 'DELETE FROM customers WHERE id = 2'   # held for approval
 
-Approve it as alice (group platform):
+Approve it as alice (group platform): list what is held, then approve its id
   curl -s -H "Authorization: Bearer $ADMIN_TOKEN" $ADMIN/api/v1/approvals
+  curl -s -X POST -H "Authorization: Bearer $ADMIN_TOKEN" $ADMIN/api/v1/approvals/<id>/approve
 
-Targets for the protocols that come next (direct, not through hoopwire yet):
+MariaDB and an HTTP service, reachable directly (this config fronts only PostgreSQL; hoopwire
+fronts both too: see \`hoopwire demo mysql\` and \`hoopwire demo http\`):
   mysql://app:app-dev-password@$HOST:3306/orders      http://$HOST:8080/
 Metrics: $ADMIN/metrics    Prometheus: http://$HOST:9090
 TXT
