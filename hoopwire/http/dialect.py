@@ -124,7 +124,6 @@ import re
 import unicodedata
 from urllib.parse import unquote_to_bytes
 
-import orjson
 
 from hoopwire.config import GuardrailConfig
 from hoopwire.http._literals import mask_literals   # C: the audit thread runs it without the GIL
@@ -511,7 +510,9 @@ def body_text(body: bytes, ctypes: list, encodings: list) -> bytes:
         raise UnreadableBody("more than one Content-Type, and they differ")
     if ctype.lower().lstrip().startswith(b"multipart/"):
         _check_parts(body)
-        return body
+        # a part's own JSON or XML is read by the upstream's part parser (Spring's
+        # @RequestPart through Jackson): its escapes are read here as a body's are
+        return _value_readings(body, ctype)
     declared = None
     if labels:
         if len(labels) > 1:
@@ -561,8 +562,15 @@ _VALUES_SEP = b"\n\0\n"
 def _value_readings(text: bytes, ctype: bytes) -> bytes:
     """`text` and, after it, the values as the upstream's parser hands them over where they
     are spelled otherwise: a form's fields decoded (`sql=DR%4FP+TABLE` is DROP TABLE to every
-    form parser), a JSON document's strings unescaped (`"DR\\u004fP\\nTABLE"` is DROP TABLE to
-    every JSON parser), one per line. The rules match either reading."""
+    form parser); JSON's escapes (`"DR\\u004fP\\nTABLE"` is DROP TABLE to every JSON parser)
+    and XML's character references (`DR&#79;P`) read wherever they stand. The rules match
+    either reading.
+
+    The escapes are read over the whole text, not through a JSON parser: a parse that failed
+    where the upstream's succeeds left the values unread (orjson refuses NaN and a lone
+    \\ud800, which Python's json, Flask and Django take), and a top-level string or a
+    multipart part is no document. Read outside strings too, they only make a rule match
+    more."""
     low = ctype.lower().lstrip()
     if low.startswith(b"application/x-www-form-urlencoded"):
         if b"%" in text or b"+" in text:
@@ -570,24 +578,35 @@ def _value_readings(text: bytes, ctype: bytes) -> bytes:
             # on a 3.6 KiB form of 150 fields (66 against 149 us, load average 7)
             return text + _VALUES_SEP + unquote_to_bytes(text.replace(b"+", b" "))
         return text
-    if b"\\" in text and text.lstrip()[:1] in (b"{", b"["):
-        try:
-            doc = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return text              # not JSON to us: nor, then, to a strict parser
-        strings: list[str] = []
-        stack = [doc]
-        while stack:
-            v = stack.pop()
-            if isinstance(v, str):
-                strings.append(v)
-            elif isinstance(v, dict):
-                strings.extend(v)
-                stack.extend(v.values())
-            elif isinstance(v, list):
-                stack.extend(v)
-        return text + _VALUES_SEP + "\n".join(strings).encode("utf-8", "surrogatepass")
-    return text
+    read = text
+    if b"\\" in read:
+        read = _JSON_ESCAPE.sub(_json_unescaped, read)
+    if b"&#" in read:
+        read = _CHAR_REF.sub(_char_ref, read)
+    return text if read is text else text + _VALUES_SEP + read
+
+
+# JSON's escapes, a surrogate pair first (one character). `\\` is one escape, so a `u0041`
+# after it stays as sent, as a JSON parser reads it
+_JSON_ESCAPE = re.compile(rb'\\(?:u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})'
+                          rb'|u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
+_JSON_SIMPLE = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n",
+                b"r": b"\r", b"t": b"\t"}
+_CHAR_REF = re.compile(rb"&#(?:[xX]([0-9a-fA-F]{1,6})|([0-9]{1,7}));")
+
+
+def _json_unescaped(m) -> bytes:
+    if m.group(4) is not None:
+        return _JSON_SIMPLE[m.group(4)]
+    if m.group(3) is not None:
+        return chr(int(m.group(3), 16)).encode("utf-8", "surrogatepass")
+    hi, lo = int(m.group(1), 16), int(m.group(2), 16)
+    return chr(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)).encode("utf-8")
+
+
+def _char_ref(m) -> bytes:
+    code = int(m.group(1), 16) if m.group(1) is not None else int(m.group(2))
+    return chr(code).encode("utf-8", "surrogatepass") if code <= 0x10FFFF else m.group(0)
 
 
 # A part's own transfer encoding or charset: Go's mime/multipart decodes a quoted-printable part
@@ -669,17 +688,10 @@ def _body_readings(rest: bytes, body: bytes, methods: list) -> None:
             if eq and b"%" in name and _form_decode(name) == b"_method":
                 methods.append(_claimed(value))
     if b'"_method"' in body:
+        # the values reading is part of `body`: Laravel reads a JSON body's members as its
+        # input, and "\u005fmethod" is _method there
         for m in _JSON_METHOD.finditer(body):
             methods.append(m.group(1).strip().upper())
-    if b"\\u" in sent and sent.lstrip()[:1] == b"{":
-        # Laravel reads a JSON body's members as its input: "\u005fmethod" is _method (read
-        # whatever the content type says: errs towards judging one reading more)
-        try:
-            doc = orjson.loads(sent)
-        except orjson.JSONDecodeError:
-            doc = None
-        if isinstance(doc, dict) and isinstance(doc.get("_method"), str):
-            methods.append(doc["_method"].encode("utf-8", "replace").strip().upper())
 
 
 _JSON_METHOD = re.compile(rb'"_method"\s*:\s*"([^"\\]*)"')
