@@ -209,3 +209,22 @@ def test_a_compressed_response_is_refused_not_passed(idp, pure):
             assert b"gzip" not in raw.received[0]
     finally:
         raw.close()
+
+
+@PATHS
+@pytest.mark.parametrize("coding", [
+    # the first Content-Encoding field alone was read: identity, then gzip, passed
+    b"Content-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n",
+    b"Content-Encoding: identity, gzip\r\nContent-Length: 4\r\n",
+    # a transfer coding before chunked: the client inflates it as well
+    b"Transfer-Encoding: gzip, chunked\r\n",
+])
+def test_a_coding_in_any_field_is_refused(idp, pure, coding):
+    body = b"abcd" if b"Length" in coding else b"4\r\nabcd\r\n0\r\n\r\n"
+    raw, gw = _raw([b"HTTP/1.1 200 OK\r\n" + coding + b"\r\n" + body], pure, idp)
+    try:
+        with gw as g:
+            (status, _, out), = parse_responses(_get(g, "/x", idp.token()))
+            assert status == 502 and b"unscannable_response" in out
+    finally:
+        raw.close()

@@ -24,6 +24,7 @@ import os
 import time
 
 from hoopwire.http import errors
+from hoopwire.http._relay import plain_coding as _plain
 from hoopwire.http.jsonmask import SNIFF_BYTES, MaskTimeout, _clock as _mask_clock, sniff
 from hoopwire.identity import AuthError
 from hoopwire.logs import event
@@ -668,8 +669,7 @@ class Relay(asyncio.Protocol):
                         if len(kinds) < 64:
                             kinds[ctype] = kind
                     if kind != "pass":
-                        enc = head.get(b"content-encoding")
-                        if enc is not None and enc.strip().lower() != b"identity":
+                        if not _plain(head):
                             req.resp_started = False
                             self._unmaskable(req, up)     # the masker reads plain bytes only
                             return
@@ -1330,13 +1330,14 @@ class _Masking:
             return
         masker = self.masker
         try:
-            # _mask_body, inlined: a Python call less on every masked JSON response
+            # _mask_body's steps, here on the loop: the tests hold _mask_body itself to stand
+            # for a slow masking thread (tests/test_http_masking.py), and a Python call less
             kind = self.kind
             r = masker.mask_json(body, deadline) if kind == "json" else \
                 masker.mask_sniffed(body, deadline) if kind == "sniffed" else \
                 masker.mask_as_text(body, deadline)
             if r is None and not masker.has_paths:
-                r = masker.mask_as_text(body)
+                r = masker.mask_as_text(body, deadline)
         except MaskTimeout:
             self._timed_out(up, len(body))
             return
@@ -1515,12 +1516,6 @@ def _mask_counter(name: str, key: str):
 # the count key of a redacted stored credential: hoopwire_masked_values{kind="detector",
 # name="upstream-credential"}
 CREDENTIAL_KEY = "upstream-credential"
-
-
-def _plain(head) -> bool:
-    """No Content-Encoding but identity: bytes the secret scan reads."""
-    enc = head.get(b"content-encoding")
-    return enc is None or enc.strip().lower() == b"identity"
 
 
 def _merge_counts(into: dict, counts: dict | None) -> None:

@@ -897,7 +897,7 @@ cdef int _upstream_data(self, up, data) except -1:
                 req.dechunk = True
             hb = <bytes>r[0]
             if scan is not None:
-                if head.body != B_NONE and not _plain(head):
+                if head.body != B_NONE and not plain_coding(head):
                     # a compressed body cannot be read for the credential (relay._unscannable)
                     req.resp_started = False
                     self._unscannable(req, up)
@@ -928,10 +928,24 @@ cdef int _upstream_data(self, up, data) except -1:
     return 0
 
 
-cdef inline bint _plain(ResponseHead head) except -1:
-    """No Content-Encoding but identity: bytes the secret scan reads."""
-    enc = head.get(b"content-encoding")
-    return enc is None or (<bytes?>enc).strip().lower() == b"identity"
+cpdef bint plain_coding(ResponseHead head) except -1:
+    """The body is the bytes the client reads: no content coding but identity in any
+    Content-Encoding field, and no transfer coding but chunked (a client inflates `gzip,
+    chunked` too). The secret scan and the masker read only such bodies; the first field
+    alone let `Content-Encoding: identity` then `Content-Encoding: gzip` through."""
+    cdef bytes n, v, t
+    for n, v in head.headers:
+        if len(n) == 16 and n.lower() == b"content-encoding":
+            for t in v.split(b","):
+                t = t.strip().lower()
+                if t and t != b"identity":
+                    return False
+        elif len(n) == 17 and n.lower() == b"transfer-encoding":
+            for t in v.split(b","):
+                t = t.strip().lower()
+                if t and t != b"chunked":
+                    return False
+    return True
 
 
 cdef bytes _scan_body(self, Req req, SecretScan scan, bytes data):
