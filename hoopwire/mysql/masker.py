@@ -1281,6 +1281,16 @@ class WriteGuard:
                 return verdict
         return self.inner.check(sql, *args, **kw) if self.inner is not None else None
 
+    def passes_whole_shape(self, sql: bytes) -> bool:
+        """Whether this answers None for every text of `sql`'s shape, having just answered
+        None for `sql` (the MySQL relay's statement memo asks): the write verdicts are cached
+        by (schema, text_key), shape-wide already, so the guardrails (`inner`) decide."""
+        inner = self.inner
+        if inner is None:
+            return True
+        passes = getattr(inner, "passes_whole_shape", None)
+        return passes is not None and passes(sql)
+
     def __getattr__(self, name):
         # anything else the relay reads of a policy (statement views, caches) is the inner one's
         inner = object.__getattribute__(self, "inner")

@@ -543,7 +543,7 @@ class GroupPolicy:
         """Whether the answer for `sql` is None for every text of its shape: a None stored in
         the shape cache. Verdicts read from a literal form, and refusals of unparsed text, are
         kept by text alone, never there. False without a shape cache or a shape for `sql`.
-        The MySQL relay asks it before remembering a statement shape (hoopwire.mysql.memo)."""
+        The MySQL relay asks it before remembering a statement shape (Relay._memo_put)."""
         if self._shape is None:
             return False
         shaped = self._shape(sql, self._want_full)

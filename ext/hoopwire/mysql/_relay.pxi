@@ -15,6 +15,9 @@ cdef Py_ssize_t HOLD_READ_LIMIT = 1024 * 1024
 # statement shapes a session remembers (Relay.memo); past it the memo starts again. A key is
 # about twice its text: 256 shapes of 100-byte statements are ~60 KB a session
 cdef Py_ssize_t MEMO_MAX = 256
+# a shape the policy cannot answer for as a whole (Relay._memo_put said no): remembered too,
+# so that it is asked once per shape, not on every statement of it
+cdef PlanMemo NO_MEMO = PlanMemo.__new__(PlanMemo)
 # MySQL's max_allowed_packet can be at most 1 GB: no row from a server is larger
 cdef Py_ssize_t UPSTREAM_MAX_LOGICAL = 1024 * 1024 * 1024
 
@@ -383,6 +386,9 @@ cdef class Relay:
                 key = memo_key(p + 1, n - 1)
                 if key is not None and self._memo_ready():
                     memo = self.memo.get(key)
+                    if memo is NO_MEMO:
+                        memo = None
+                        key = None         # judged as before, and not asked again
             if memo is None:
                 out = self._judge_text(cmd, sql, sql, aseq)
                 if out is HOLD_ or (out is not None and PyBytes_GET_SIZE(out) == 0):
@@ -741,18 +747,24 @@ cdef class Relay:
         return 0
 
     cdef PlanMemo _memo_put(self, bytes key, bytes sql, object info):
-        """After a statement judged without a verdict: remember its shape when every text of
-        it would be judged the same (verdict_holds_for_shape; asked once per shape)."""
+        """After a statement judged without a verdict: remember its shape when the policy
+        answers None for every text of it (passes_whole_shape: the guardrail engine's shape
+        cache, which holds only verdicts true for a whole shape; masking's write verdicts are
+        kept by (schema, text_key), which the key is finer than). A no is remembered as
+        NO_MEMO: asked once per shape. The memo_key is at least as fine as the engine's shape
+        and masking's text_key (sysbench's text point select made ~13 Python calls and three
+        lexer passes a statement for WriteGuard.check, write_verdict, the engine's check and
+        SessionMasker.statement; bench/README.md)."""
         cdef PlanMemo m
         if not self._memo_ready():
             return None
-        if self.memo_holds is None:
-            from hoopwire.mysql.memo import verdict_holds_for_shape
-            self.memo_holds = verdict_holds_for_shape
-        if not self.memo_holds(self.policy, sql):
-            return None
+        policy = self.policy
+        passes = None if policy is None else getattr(policy, "passes_whole_shape", None)
         if len(self.memo) >= MEMO_MAX:
             self.memo = {}
+        if policy is not None and (passes is None or not passes(sql)):
+            self.memo[key] = NO_MEMO
+            return None
         m = PlanMemo.__new__(PlanMemo)
         m.info = info
         self.memo[key] = m

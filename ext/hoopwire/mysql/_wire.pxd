@@ -170,7 +170,6 @@ cdef class Relay:
         object memo_cat                   # memo_conn's catalog
         double memo_until                 # its TTL runs out: the masker's path asks for a read
         bint judged_none                  # _judge_text found no verdict at all
-        object memo_holds                 # hoopwire.mysql.memo.verdict_holds_for_shape
 
     cdef int _close(self, str reason, object notify_client) except -1
     cdef int _client_failed(self, object e) except -1
