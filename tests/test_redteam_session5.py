@@ -210,3 +210,48 @@ def test_escaped_values_are_read_whatever_a_parser_makes_of_the_rest(body, ctype
 def test_an_escaped_backslash_is_not_read_as_an_escape():
     from hoopwire.http.dialect import body_text
     assert b"DROP" not in body_text(b'{"a": "\\\\u0044ROP"}', [b"application/json"], [])
+
+
+# -- PostgreSQL: Syncs pipelined behind a COPY past what the relay's unit mask remembers -------
+
+@pytest.mark.parametrize("nsync", [3, 64, 200])
+def test_syncs_behind_a_copy_never_put_the_unit_count_ahead(ddlgw, idp, nsync):
+    """COPY ... FROM STDIN with N Syncs pipelined behind it (the server ignores them in
+    copy-in): at N = 64 a Sync shared the COPY's own bit in the relay's 64-unit mask, the
+    COPY's Query was counted dropped, and the in-flight test (a statement with a backslash
+    after a non-ASCII byte while a client-encoding change may be on its way) stopped
+    guarding: the pipelined statement reached the server."""
+    import pgraw
+    from test_pg_masking_named import exchange, kinds, query
+    host, port = ddlgw.address("pg")
+    with pgraw.login(host, port, idp.token()) as c:
+        exchange(c, query(b"CREATE TEMP TABLE rvc (a text)"))
+        c.send(query(b"COPY rvc FROM STDIN; SELECT pg_sleep(1)") + pgraw.typed(b"S") * nsync)
+        kind, _ = c.read_message(10.0)
+        assert kind == b"G"
+        c.send(pgraw.typed(b"c") + query(b"SELECT '\x95\\' AS x"))
+        errors, ready = [], 0
+        while ready < 2:
+            kind, body = c.read_message(10.0)
+            if kind == b"E":
+                errors.append(pgraw.error_fields(body))
+            ready += kind == b"Z"
+        assert [e["C"] for e in errors] == ["42501"]
+        assert "client-encoding-in-flight" in errors[0]["M"]
+        # and the session goes on
+        assert b"E" not in kinds(exchange(c, query(b"SELECT 1")))
+
+
+def test_parsed_names_that_are_no_utf8_do_not_unmask_each_other(mgw, idp):  # noqa: F811
+    """Under LATIN1 (a safe client encoding) b"\\xe9" and b"\\xe8" both read as U+FFFD: the
+    second Parse replaced what SQL EXECUTE of the first was judged by, and its upper(ssn) came
+    back clear."""
+    import pgraw
+    from test_pg_masking_named import exchange, kinds, parse, query, rows_of
+    host, port = mgw.address("pg")
+    with pgraw.login(host, port, idp.token()) as c:
+        assert b"E" not in kinds(exchange(c, query(b"SET client_encoding TO 'LATIN1'")))
+        exchange(c, parse(b"\xe9", b"SELECT upper(ssn) AS x FROM mexec.users WHERE id = 1"))
+        exchange(c, parse(b"\xe8", b"SELECT 'a'::text AS x"))
+        got = rows_of(exchange(c, query(b'EXECUTE "\xe9"')))
+    assert len(got) == 1 and got[0][0] in (None, "****")

@@ -651,7 +651,11 @@ class SessionMasker:
             return
         key = name.decode("utf-8", "replace")
         self._named.pop(key, None)
-        self._named[key] = [sql]
+        # a name that is no UTF-8 (LATIN1 is a safe client encoding) reads as U+FFFD here and
+        # in EXECUTE's text alike: b"\xe9" and b"\xe8" share a key, and the second Parse
+        # replaced what EXECUTE "\xe9" was judged by (its upper(ssn) came back clear). Such
+        # a name is not known: masked
+        self._named[key] = [None if "\ufffd" in key else sql]
         if len(self._named) > _NAMED_MAX:
             self._named.pop(next(iter(self._named)))
 
